@@ -1,0 +1,132 @@
+//! An event as Waymark keeps it: one Segment message, validated, with its identities
+//! extracted and its time corrected for client clock skew.
+
+use serde_json::{Map, Value, json};
+
+use crate::Identity;
+use crate::time::{Millis, format_iso8601};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Identify,
+    Track,
+    Page,
+    Screen,
+    Group,
+    Alias,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 6] = [
+        EventKind::Identify,
+        EventKind::Track,
+        EventKind::Page,
+        EventKind::Screen,
+        EventKind::Group,
+        EventKind::Alias,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Identify => "identify",
+            EventKind::Track => "track",
+            EventKind::Page => "page",
+            EventKind::Screen => "screen",
+            EventKind::Group => "group",
+            EventKind::Alias => "alias",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub message_id: String,
+    pub kind: EventKind,
+    /// `event` of a track call, `name` of a page or screen call.
+    pub name: Option<String>,
+    pub user_id: Option<String>,
+    pub anonymous_id: Option<String>,
+    /// The identity an `alias` call folds into `user_id`.
+    pub previous_id: Option<String>,
+    pub group_id: Option<String>,
+    pub traits: Map<String, Value>,
+    pub properties: Map<String, Value>,
+    pub context: Map<String, Value>,
+    pub integrations: Map<String, Value>,
+    /// When it happened, corrected for the sender's clock skew (see `segment`).
+    pub timestamp: Millis,
+    pub original_timestamp: Option<Millis>,
+    pub sent_at: Option<Millis>,
+    pub received_at: Millis,
+    /// Every identity the message names, in resolution priority order.
+    pub identities: Vec<Identity>,
+}
+
+impl Event {
+    /// The name journeys and counters know this event by: the track event's name, or
+    /// Segment's conventional names for the other calls.
+    pub fn display_name(&self) -> &str {
+        match (self.kind, self.name.as_deref()) {
+            (EventKind::Track, Some(name)) => name,
+            (EventKind::Identify, _) => "Identify",
+            (EventKind::Page, _) => "Page Viewed",
+            (EventKind::Screen, _) => "Screen Viewed",
+            (EventKind::Group, _) => "Group",
+            (EventKind::Alias, _) => "Alias",
+            (EventKind::Track, None) => "",
+        }
+    }
+
+    /// The event in Segment's own JSON shape, as stored and as served back by the API.
+    pub fn to_json(&self) -> Value {
+        let mut out = Map::new();
+        out.insert("messageId".into(), json!(self.message_id));
+        out.insert("type".into(), json!(self.kind.as_str()));
+        match self.kind {
+            EventKind::Track => {
+                out.insert("event".into(), json!(self.name));
+            }
+            EventKind::Page | EventKind::Screen => {
+                if let Some(name) = &self.name {
+                    out.insert("name".into(), json!(name));
+                }
+            }
+            _ => {}
+        }
+        let optional = [
+            ("userId", &self.user_id),
+            ("anonymousId", &self.anonymous_id),
+            ("previousId", &self.previous_id),
+            ("groupId", &self.group_id),
+        ];
+        for (key, value) in optional {
+            if let Some(value) = value {
+                out.insert(key.into(), json!(value));
+            }
+        }
+        let maps = [
+            ("traits", &self.traits),
+            ("properties", &self.properties),
+            ("context", &self.context),
+            ("integrations", &self.integrations),
+        ];
+        for (key, map) in maps {
+            if !map.is_empty() {
+                out.insert(key.into(), Value::Object(map.clone()));
+            }
+        }
+        out.insert("timestamp".into(), json!(format_iso8601(self.timestamp)));
+        if let Some(t) = self.original_timestamp {
+            out.insert("originalTimestamp".into(), json!(format_iso8601(t)));
+        }
+        if let Some(t) = self.sent_at {
+            out.insert("sentAt".into(), json!(format_iso8601(t)));
+        }
+        out.insert("receivedAt".into(), json!(format_iso8601(self.received_at)));
+        Value::Object(out)
+    }
+}

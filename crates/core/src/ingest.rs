@@ -1,0 +1,315 @@
+//! Identity resolution and profile folding for a batch of events, as a pure function.
+//!
+//! A store runs ingest in three steps inside one transaction:
+//! 1. look up what [`lookups`] asks for (identity owners, their profiles, seen message ids)
+//!    into a [`WorkingSet`];
+//! 2. call [`plan`], which decides everything and performs no I/O;
+//! 3. write the returned [`IngestPlan`] in the order its fields are documented.
+//!
+//! Because every backend calls the same `plan`, identity merges behave identically on all of them.
+//!
+//! Merge rules:
+//! - an event's profile is the one owning its `user_id`; failing that the first profile found
+//!   through its other identities (in priority order: anonymous id, email, phone, custom),
+//!   preferring one that already has a user id when the event has none; failing that, a new one;
+//! - every other profile the event's identities point at is merged into it, unless that
+//!   profile has a different user id (two known people who share a device or an email stay
+//!   two people); `alias` merges unconditionally, since it is an explicit instruction;
+//! - identities not yet known are attached to the event's profile.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::identity::Namespace;
+use crate::time::Millis;
+use crate::{Event, EventKind, Identity, ProfileState, partition_of};
+
+pub type ProfileId = String;
+
+#[derive(Debug, Default)]
+pub struct WorkingSet {
+    /// Current owner of each looked-up identity that exists.
+    pub owners: HashMap<Identity, ProfileId>,
+    /// The profiles those owners point at.
+    pub profiles: HashMap<ProfileId, ProfileState>,
+    /// Message ids among the batch's that are already stored.
+    pub seen_message_ids: HashSet<String>,
+}
+
+/// What a store must read before planning a batch.
+#[derive(Debug, Default, PartialEq)]
+pub struct Lookups {
+    pub identities: Vec<Identity>,
+    pub message_ids: Vec<String>,
+}
+
+/// The identities an alias's `previousId` may already be known under.
+fn previous_candidates(previous: &str) -> Vec<Identity> {
+    [
+        Identity::user_id(previous),
+        Identity::anonymous_id(previous),
+    ]
+    .into_iter()
+    .filter_map(Result::ok)
+    .collect()
+}
+
+pub fn lookups<'a>(events: impl IntoIterator<Item = &'a Event>) -> Lookups {
+    let mut identities = HashSet::new();
+    let mut message_ids = Vec::new();
+    for event in events {
+        message_ids.push(event.message_id.clone());
+        identities.extend(event.identities.iter().cloned());
+        if event.kind == EventKind::Alias {
+            if let Some(prev) = &event.previous_id {
+                identities.extend(previous_candidates(prev));
+            }
+        }
+    }
+    let mut identities: Vec<_> = identities.into_iter().collect();
+    identities.sort();
+    Lookups {
+        identities,
+        message_ids,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted { profile_id: ProfileId },
+    Duplicate,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Merge {
+    pub from: ProfileId,
+    pub into: ProfileId,
+}
+
+/// Everything one batch changes. A store applies it in field order:
+/// `merges` (repoint identities and events of `from` to `into`, delete `from`),
+/// then insert `new_identities`, then insert `events`, then upsert `profiles`.
+#[derive(Debug, Default)]
+pub struct IngestPlan {
+    /// One per input event, in input order.
+    pub outcomes: Vec<Outcome>,
+    pub merges: Vec<Merge>,
+    /// Identities to insert, each with its final owner.
+    pub new_identities: Vec<(Identity, ProfileId)>,
+    /// Indexes of input events to store, each with its final profile.
+    pub events: Vec<(usize, ProfileId)>,
+    /// Final state of every profile the batch created or changed.
+    pub profiles: Vec<ProfileState>,
+}
+
+impl IngestPlan {
+    pub fn accepted(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn duplicates(&self) -> usize {
+        self.outcomes.len() - self.events.len()
+    }
+}
+
+struct Planner<'a> {
+    ws: WorkingSet,
+    redirects: HashMap<ProfileId, ProfileId>,
+    touched: Vec<ProfileId>,
+    partitions: u32,
+    now: Millis,
+    new_id: &'a mut dyn FnMut() -> ProfileId,
+    plan: IngestPlan,
+}
+
+impl Planner<'_> {
+    fn current(&self, id: &ProfileId) -> ProfileId {
+        let mut id = id;
+        while let Some(next) = self.redirects.get(id) {
+            id = next;
+        }
+        id.clone()
+    }
+
+    fn owner(&self, identity: &Identity) -> Option<ProfileId> {
+        self.ws.owners.get(identity).map(|p| self.current(p))
+    }
+
+    fn has_user_id(&self, id: &ProfileId) -> bool {
+        self.ws
+            .profiles
+            .get(id)
+            .is_some_and(ProfileState::has_user_id)
+    }
+
+    fn touch(&mut self, id: &ProfileId) {
+        if !self.touched.contains(id) {
+            self.touched.push(id.clone());
+        }
+    }
+
+    fn create(&mut self) -> ProfileId {
+        let id = (self.new_id)();
+        let state = ProfileState::new(id.clone(), partition_of(&id, self.partitions), self.now);
+        self.ws.profiles.insert(id.clone(), state);
+        self.touch(&id);
+        id
+    }
+
+    fn attach(&mut self, identity: Identity, profile: &ProfileId) {
+        if let Some(state) = self.ws.profiles.get_mut(profile) {
+            state.add_identity(&identity);
+        }
+        self.ws.owners.insert(identity.clone(), profile.clone());
+        self.plan.new_identities.push((identity, profile.clone()));
+        self.touch(profile);
+    }
+
+    fn merge(&mut self, from: &ProfileId, into: &ProfileId) {
+        let Some(absorbed) = self.ws.profiles.remove(from) else {
+            return;
+        };
+        for identity in absorbed.identity_list() {
+            self.ws.owners.insert(identity, into.clone());
+        }
+        if let Some(target) = self.ws.profiles.get_mut(into) {
+            target.merge_from(absorbed);
+        }
+        self.redirects.insert(from.clone(), into.clone());
+        self.plan.merges.push(Merge {
+            from: from.clone(),
+            into: into.clone(),
+        });
+        self.touch(into);
+    }
+
+    fn apply(&mut self, index: usize, event: &Event) {
+        let mut found: Vec<ProfileId> = Vec::new();
+        let mut unknown: Vec<Identity> = Vec::new();
+        for identity in &event.identities {
+            match self.owner(identity) {
+                Some(p) if !found.contains(&p) => found.push(p),
+                Some(_) => {}
+                None => unknown.push(identity.clone()),
+            }
+        }
+        let alias = event.kind == EventKind::Alias;
+        if alias {
+            if let Some(prev) = &event.previous_id {
+                let candidates = previous_candidates(prev);
+                match candidates.iter().find_map(|c| self.owner(c)) {
+                    Some(p) if !found.contains(&p) => found.push(p),
+                    Some(_) => {}
+                    None => unknown.extend(
+                        candidates
+                            .into_iter()
+                            .filter(|c| c.namespace.as_str() == Namespace::ANONYMOUS_ID),
+                    ),
+                }
+            }
+        }
+
+        let user_identity = event.identities.iter().find(|i| i.is_user_id());
+        let target = match user_identity {
+            Some(uid) => match self.owner(uid) {
+                Some(p) => p,
+                None => match found.iter().find(|p| !self.has_user_id(p)).cloned() {
+                    Some(p) => p,
+                    None => self.create(),
+                },
+            },
+            None => match found
+                .iter()
+                .find(|p| self.has_user_id(p))
+                .or(found.first())
+                .cloned()
+            {
+                Some(p) => p,
+                None => self.create(),
+            },
+        };
+
+        for other in found {
+            if other != target && (alias || !self.has_user_id(&other)) {
+                self.merge(&other, &target);
+            }
+        }
+        for identity in unknown {
+            self.attach(identity, &target);
+        }
+        if let Some(state) = self.ws.profiles.get_mut(&target) {
+            state.apply_event(event);
+        }
+        self.touch(&target);
+        self.plan.events.push((index, target.clone()));
+        self.plan
+            .outcomes
+            .push(Outcome::Accepted { profile_id: target });
+    }
+
+    fn finish(mut self) -> IngestPlan {
+        let new_identities = std::mem::take(&mut self.plan.new_identities);
+        self.plan.new_identities = new_identities
+            .into_iter()
+            .map(|(i, p)| (i, self.current(&p)))
+            .collect();
+        let events = std::mem::take(&mut self.plan.events);
+        self.plan.events = events
+            .into_iter()
+            .map(|(i, p)| (i, self.current(&p)))
+            .collect();
+        let outcomes = std::mem::take(&mut self.plan.outcomes);
+        self.plan.outcomes = outcomes
+            .into_iter()
+            .map(|o| match o {
+                Outcome::Accepted { profile_id } => Outcome::Accepted {
+                    profile_id: self.current(&profile_id),
+                },
+                Outcome::Duplicate => Outcome::Duplicate,
+            })
+            .collect();
+        for id in std::mem::take(&mut self.touched) {
+            if self.redirects.contains_key(&id) {
+                continue;
+            }
+            if let Some(state) = self.ws.profiles.remove(&id) {
+                self.plan.profiles.push(state);
+            }
+        }
+        self.plan
+    }
+}
+
+/// Decides what a batch does to the identity graph and the profiles. Events are applied in
+/// input order; a message id already stored, or repeated within the batch, is a duplicate and
+/// changes nothing.
+pub fn plan(
+    ws: WorkingSet,
+    events: &[Event],
+    partitions: u32,
+    now: Millis,
+    new_id: &mut dyn FnMut() -> ProfileId,
+) -> IngestPlan {
+    let mut seen = HashSet::new();
+    let mut planner = Planner {
+        ws,
+        redirects: HashMap::new(),
+        touched: Vec::new(),
+        partitions,
+        now,
+        new_id,
+        plan: IngestPlan::default(),
+    };
+    for (index, event) in events.iter().enumerate() {
+        if planner.ws.seen_message_ids.contains(&event.message_id)
+            || !seen.insert(event.message_id.as_str())
+        {
+            planner.plan.outcomes.push(Outcome::Duplicate);
+            continue;
+        }
+        planner.apply(index, event);
+    }
+    planner.finish()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,206 @@
+use super::*;
+use crate::segment::{Receipt, parse_batch};
+use serde_json::json;
+
+/// A minimal in-memory model of a store, applying plans the way the real backends do, so
+/// these tests exercise `lookups` + `plan` across batches.
+#[derive(Default)]
+struct Model {
+    owners: HashMap<Identity, ProfileId>,
+    profiles: HashMap<ProfileId, ProfileState>,
+    events: Vec<(String, ProfileId)>,
+    next: u32,
+}
+
+impl Model {
+    fn ingest(&mut self, events: &[Event]) -> IngestPlan {
+        let look = lookups(events);
+        let mut ws = WorkingSet::default();
+        for identity in look.identities {
+            if let Some(owner) = self.owners.get(&identity) {
+                ws.profiles
+                    .insert(owner.clone(), self.profiles[owner].clone());
+                ws.owners.insert(identity, owner.clone());
+            }
+        }
+        ws.seen_message_ids = look
+            .message_ids
+            .into_iter()
+            .filter(|m| self.events.iter().any(|(id, _)| id == m))
+            .collect();
+        let mut next = self.next;
+        let plan = plan(ws, events, 64, 0, &mut || {
+            next += 1;
+            format!("p{next}")
+        });
+        self.next = next;
+        for m in &plan.merges {
+            for owner in self.owners.values_mut() {
+                if *owner == m.from {
+                    *owner = m.into.clone();
+                }
+            }
+            for (_, owner) in &mut self.events {
+                if *owner == m.from {
+                    *owner = m.into.clone();
+                }
+            }
+            self.profiles.remove(&m.from);
+        }
+        for (identity, owner) in &plan.new_identities {
+            assert!(
+                self.owners
+                    .insert(identity.clone(), owner.clone())
+                    .is_none(),
+                "identity {identity} inserted twice"
+            );
+        }
+        for (i, owner) in &plan.events {
+            self.events
+                .push((events[*i].message_id.clone(), owner.clone()));
+        }
+        for p in &plan.profiles {
+            self.profiles.insert(p.id.clone(), p.clone());
+        }
+        plan
+    }
+
+    fn owner(&self, ns: &str, value: &str) -> Option<&ProfileState> {
+        let id = self
+            .owners
+            .get(&Identity::parse(ns, value).expect("valid"))?;
+        self.profiles.get(id)
+    }
+}
+
+fn events(batch: serde_json::Value) -> Vec<Event> {
+    let body = serde_json::to_vec(&json!({ "batch": batch })).expect("json");
+    let mut n = 0;
+    let mut gen_id = || {
+        n += 1;
+        format!("gen-{n}")
+    };
+    let mut receipt = Receipt {
+        received_at: 1_000_000,
+        new_message_id: &mut gen_id,
+    };
+    parse_batch(&body, &mut receipt)
+        .expect("valid batch")
+        .events
+}
+
+#[test]
+fn anonymous_activity_follows_the_person_after_identify() {
+    let mut m = Model::default();
+    m.ingest(&events(json!([
+        {"type": "track", "messageId": "1", "anonymousId": "a1", "event": "Viewed", "timestamp": "2026-01-01T00:00:00Z"},
+        {"type": "identify", "messageId": "2", "anonymousId": "a1", "traits": {"plan": "free"}, "timestamp": "2026-01-01T00:00:01Z"},
+    ])));
+    assert_eq!(m.profiles.len(), 1);
+    m.ingest(&events(json!([
+        {"type": "identify", "messageId": "3", "userId": "u1", "anonymousId": "a1", "traits": {"email": "Ada@Example.com"}, "timestamp": "2026-01-01T00:00:02Z"},
+    ])));
+    let p = m.owner("user_id", "u1").expect("profile for u1");
+    assert_eq!(p.event_count, 3);
+    assert_eq!(p.traits["plan"], json!("free"));
+    assert_eq!(
+        m.owner("email", "ada@example.com").map(|p| &p.id),
+        Some(&p.id)
+    );
+    assert_eq!(m.owner("anonymous_id", "a1").map(|p| &p.id), Some(&p.id));
+    assert!(m.events.iter().all(|(_, owner)| owner == &p.id));
+}
+
+#[test]
+fn anonymous_profile_merges_into_existing_known_profile() {
+    let mut m = Model::default();
+    m.ingest(&events(
+        json!([{"type": "identify", "messageId": "1", "userId": "u1", "traits": {"name": "Ada"}}]),
+    ));
+    m.ingest(&events(
+        json!([{"type": "track", "messageId": "2", "anonymousId": "a9", "event": "Browsed"}]),
+    ));
+    assert_eq!(m.profiles.len(), 2);
+    let plan = m.ingest(&events(
+        json!([{"type": "identify", "messageId": "3", "userId": "u1", "anonymousId": "a9"}]),
+    ));
+    assert_eq!(plan.merges.len(), 1);
+    assert_eq!(m.profiles.len(), 1);
+    let p = m.owner("anonymous_id", "a9").expect("merged");
+    assert_eq!(p.identities["user_id"], vec!["u1".to_string()]);
+    assert_eq!(p.event_counts["Browsed"], 1);
+    assert_eq!(p.traits["name"], json!("Ada"));
+}
+
+#[test]
+fn two_known_people_sharing_a_device_stay_apart() {
+    let mut m = Model::default();
+    m.ingest(&events(
+        json!([{"type": "identify", "messageId": "1", "userId": "u1", "anonymousId": "shared"}]),
+    ));
+    let plan = m.ingest(&events(
+        json!([{"type": "identify", "messageId": "2", "userId": "u2", "anonymousId": "shared"}]),
+    ));
+    assert!(plan.merges.is_empty());
+    let u1 = m.owner("user_id", "u1").expect("u1").id.clone();
+    let u2 = m.owner("user_id", "u2").expect("u2").id.clone();
+    assert_ne!(u1, u2);
+    assert_eq!(
+        m.owner("anonymous_id", "shared").map(|p| p.id.clone()),
+        Some(u1)
+    );
+    assert_eq!(m.profiles[&u2].event_count, 1);
+}
+
+#[test]
+fn alias_folds_previous_id_into_user() {
+    let mut m = Model::default();
+    m.ingest(&events(
+        json!([{"type": "page", "messageId": "1", "anonymousId": "old-anon"}]),
+    ));
+    m.ingest(&events(
+        json!([{"type": "alias", "messageId": "2", "userId": "u7", "previousId": "old-anon"}]),
+    ));
+    assert_eq!(m.profiles.len(), 1);
+    let p = m.owner("user_id", "u7").expect("u7");
+    assert_eq!(
+        m.owner("anonymous_id", "old-anon").map(|x| &x.id),
+        Some(&p.id)
+    );
+    assert_eq!(p.event_count, 2);
+}
+
+#[test]
+fn replayed_and_repeated_message_ids_change_nothing() {
+    let mut m = Model::default();
+    let batch = events(json!([
+        {"type": "track", "messageId": "m1", "userId": "u1", "event": "A"},
+        {"type": "track", "messageId": "m1", "userId": "u1", "event": "A"},
+    ]));
+    let first = m.ingest(&batch);
+    assert_eq!((first.accepted(), first.duplicates()), (1, 1));
+    let before = m.profiles.clone();
+    let again = m.ingest(&batch);
+    assert_eq!((again.accepted(), again.duplicates()), (0, 2));
+    assert!(again.profiles.is_empty());
+    assert_eq!(m.profiles, before);
+    assert_eq!(m.events.len(), 1);
+}
+
+#[test]
+fn chain_of_merges_within_one_batch_resolves_to_one_profile() {
+    let mut m = Model::default();
+    let plan = m.ingest(&events(json!([
+        {"type": "track", "messageId": "1", "anonymousId": "a1", "event": "X"},
+        {"type": "track", "messageId": "2", "anonymousId": "a2", "event": "X"},
+        {"type": "identify", "messageId": "3", "anonymousId": "a1", "traits": {"email": "e@x.io"}},
+        {"type": "identify", "messageId": "4", "anonymousId": "a2", "traits": {"email": "e@x.io"}},
+        {"type": "identify", "messageId": "5", "userId": "u1", "anonymousId": "a2"},
+    ])));
+    assert_eq!(m.profiles.len(), 1, "{:?}", plan.merges);
+    let p = m.owner("user_id", "u1").expect("u1");
+    assert_eq!(p.event_count, 5);
+    let ids: Vec<_> = plan.events.iter().map(|(_, o)| o).collect();
+    assert!(ids.iter().all(|o| **o == p.id));
+    assert!(plan.new_identities.iter().all(|(_, o)| *o == p.id));
+}

@@ -1,0 +1,21 @@
+//! Waymark's domain model and the pure rules that change it.
+//!
+//! Architecture invariant: this crate performs no I/O. It knows nothing of tokio, sockets,
+//! files or SQL; time and identifiers are passed in. Everything here is testable as plain
+//! functions, and every storage backend runs the same rules by calling into it.
+
+pub mod error;
+pub mod event;
+pub mod identity;
+pub mod ingest;
+pub mod partition;
+pub mod profile;
+pub mod segment;
+pub mod time;
+
+pub use error::FieldError;
+pub use event::{Event, EventKind};
+pub use identity::{Identity, Namespace};
+pub use ingest::{IngestPlan, Merge, ProfileId, WorkingSet};
+pub use partition::{PartitionId, partition_of};
+pub use profile::ProfileState;

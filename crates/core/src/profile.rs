@@ -1,0 +1,193 @@
+//! The real-time profile: what Waymark knows about one person, folded from their events.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::time::Millis;
+use crate::{Event, EventKind, Identity};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfileState {
+    pub id: String,
+    pub partition: u32,
+    /// Namespace -> values, each sorted; the identity table is the index over these.
+    pub identities: BTreeMap<String, Vec<String>>,
+    pub traits: Map<String, Value>,
+    /// Event time of the last write to each trait (including removals), so that an older
+    /// event arriving late never overwrites a newer value.
+    pub trait_times: BTreeMap<String, Millis>,
+    pub first_seen: Millis,
+    pub last_seen: Millis,
+    pub event_count: u64,
+    pub event_counts: BTreeMap<String, u64>,
+    /// Ids of the profiles folded into this one by identity merges.
+    #[serde(default)]
+    pub merged_from: Vec<String>,
+    pub created_at: Millis,
+}
+
+impl ProfileState {
+    pub fn new(id: String, partition: u32, now: Millis) -> Self {
+        Self {
+            id,
+            partition,
+            identities: BTreeMap::new(),
+            traits: Map::new(),
+            trait_times: BTreeMap::new(),
+            first_seen: Millis::MAX,
+            last_seen: Millis::MIN,
+            event_count: 0,
+            event_counts: BTreeMap::new(),
+            merged_from: Vec::new(),
+            created_at: now,
+        }
+    }
+
+    pub fn has_user_id(&self) -> bool {
+        self.identities
+            .get(crate::Namespace::USER_ID)
+            .is_some_and(|v| !v.is_empty())
+    }
+
+    pub fn add_identity(&mut self, identity: &Identity) {
+        let values = self
+            .identities
+            .entry(identity.namespace.as_str().to_owned())
+            .or_default();
+        if let Err(pos) = values.binary_search(&identity.value) {
+            values.insert(pos, identity.value.clone());
+        }
+    }
+
+    pub fn identity_list(&self) -> Vec<Identity> {
+        self.identities
+            .iter()
+            .flat_map(|(ns, values)| {
+                values
+                    .iter()
+                    .filter_map(move |v| Identity::parse(ns, v).ok())
+            })
+            .collect()
+    }
+
+    /// Folds one event into the profile: counters, first/last seen, and for identify calls
+    /// the traits, each written only if this event is at least as new as its last write.
+    /// A trait set to `null` is removed.
+    pub fn apply_event(&mut self, event: &Event) {
+        self.first_seen = self.first_seen.min(event.timestamp);
+        self.last_seen = self.last_seen.max(event.timestamp);
+        self.event_count += 1;
+        *self
+            .event_counts
+            .entry(event.display_name().to_owned())
+            .or_default() += 1;
+        if event.kind == EventKind::Identify {
+            for (key, value) in &event.traits {
+                self.write_trait(key, value.clone(), event.timestamp);
+            }
+        }
+    }
+
+    fn write_trait(&mut self, key: &str, value: Value, at: Millis) {
+        let newer = self.trait_times.get(key).is_none_or(|&t| at >= t);
+        if !newer {
+            return;
+        }
+        self.trait_times.insert(key.to_owned(), at);
+        if value.is_null() {
+            self.traits.remove(key);
+        } else {
+            self.traits.insert(key.to_owned(), value);
+        }
+    }
+
+    /// Folds `other` (a profile found to be the same person) into this one.
+    pub fn merge_from(&mut self, other: ProfileState) {
+        for (ns, values) in other.identities {
+            let mine = self.identities.entry(ns).or_default();
+            for v in values {
+                if let Err(pos) = mine.binary_search(&v) {
+                    mine.insert(pos, v);
+                }
+            }
+        }
+        for (key, at) in &other.trait_times {
+            let value = other.traits.get(key).cloned().unwrap_or(Value::Null);
+            self.write_trait(key, value, *at);
+        }
+        self.first_seen = self.first_seen.min(other.first_seen);
+        self.last_seen = self.last_seen.max(other.last_seen);
+        self.event_count += other.event_count;
+        for (name, n) in other.event_counts {
+            *self.event_counts.entry(name).or_default() += n;
+        }
+        self.merged_from.push(other.id);
+        self.merged_from.extend(other.merged_from);
+        self.created_at = self.created_at.min(other.created_at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn identify(ts: Millis, traits: Value) -> Event {
+        Event {
+            message_id: format!("m{ts}"),
+            kind: EventKind::Identify,
+            name: None,
+            user_id: Some("u1".into()),
+            anonymous_id: None,
+            previous_id: None,
+            group_id: None,
+            traits: traits.as_object().cloned().unwrap_or_default(),
+            properties: Map::new(),
+            context: Map::new(),
+            integrations: Map::new(),
+            timestamp: ts,
+            original_timestamp: Some(ts),
+            sent_at: None,
+            received_at: ts,
+            identities: vec![],
+        }
+    }
+
+    #[test]
+    fn later_event_wins_even_when_it_arrives_first() {
+        let mut p = ProfileState::new("p".into(), 0, 0);
+        p.apply_event(&identify(200, json!({"plan": "pro"})));
+        p.apply_event(&identify(100, json!({"plan": "free", "city": "Oslo"})));
+        assert_eq!(p.traits["plan"], json!("pro"));
+        assert_eq!(p.traits["city"], json!("Oslo"));
+        assert_eq!((p.first_seen, p.last_seen, p.event_count), (100, 200, 2));
+    }
+
+    #[test]
+    fn null_removes_a_trait_and_older_values_do_not_resurrect_it() {
+        let mut p = ProfileState::new("p".into(), 0, 0);
+        p.apply_event(&identify(100, json!({"coupon": "X"})));
+        p.apply_event(&identify(300, json!({"coupon": null})));
+        p.apply_event(&identify(200, json!({"coupon": "Y"})));
+        assert!(!p.traits.contains_key("coupon"));
+    }
+
+    #[test]
+    fn merge_keeps_newest_traits_and_sums_counts() {
+        let mut known = ProfileState::new("known".into(), 0, 50);
+        known.apply_event(&identify(100, json!({"name": "Ada", "plan": "free"})));
+        let mut anon = ProfileState::new("anon".into(), 0, 10);
+        anon.add_identity(&Identity::anonymous_id("a1").expect("ok"));
+        anon.apply_event(&identify(150, json!({"plan": "pro"})));
+        anon.apply_event(&identify(20, json!({"name": "old"})));
+        known.merge_from(anon);
+        assert_eq!(known.traits["plan"], json!("pro"));
+        assert_eq!(known.traits["name"], json!("Ada"));
+        assert_eq!(known.event_count, 3);
+        assert_eq!(known.first_seen, 20);
+        assert_eq!(known.identities["anonymous_id"], vec!["a1".to_string()]);
+        assert_eq!(known.merged_from, vec!["anon".to_string()]);
+    }
+}

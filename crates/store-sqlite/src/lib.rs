@@ -1,0 +1,283 @@
+//! The embedded default store: one SQLite file in the data directory.
+//!
+//! Writes go through one writer thread that drains every request waiting in its queue and
+//! commits them in a single transaction (group commit): under load many HTTP requests share
+//! one fsync, and each is answered only after that commit. Reads use a small pool of
+//! read-only connections, which WAL lets run beside the writer.
+
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+use waymark_core::time::Millis;
+use waymark_core::{Event, Identity, ProfileState};
+use waymark_store::{
+    Erasure, EventPage, IngestReceipt, PageRequest, ProfileStore, Store, StoreError, StoreOptions,
+    StoredEvent, decode_cursor, encode_cursor,
+};
+
+use writer::Command;
+
+pub const DATABASE_FILE: &str = "waymark.db";
+
+pub struct SqliteStore {
+    path: PathBuf,
+    partitions: u32,
+    commands: Mutex<Option<mpsc::Sender<Command>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    readers: r2d2::Pool<SqliteConnectionManager>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = OFF;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA cache_size = -32768;",
+    )
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `data_dir`, running pending migrations.
+    pub fn open(data_dir: &Path, options: StoreOptions) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            unavailable(format!(
+                "cannot create data directory {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let path = data_dir.join(DATABASE_FILE);
+        let mut conn = Connection::open(&path)
+            .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
+        configure(&conn).map_err(unavailable)?;
+        schema::migrate(&mut conn).map_err(unavailable)?;
+        let partitions = schema::partitions(&conn, options.partitions).map_err(unavailable)?;
+
+        let manager = SqliteConnectionManager::file(&path)
+            .with_flags(
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .with_init(|c| {
+                c.busy_timeout(std::time::Duration::from_secs(10))?;
+                c.execute_batch("PRAGMA cache_size = -16384; PRAGMA query_only = ON;")
+            });
+        let readers = r2d2::Pool::builder()
+            .max_size(8)
+            .min_idle(Some(1))
+            .build(manager)
+            .map_err(unavailable)?;
+
+        let (tx, rx) = mpsc::channel(4096);
+        let config = writer::Config {
+            partitions,
+            options,
+        };
+        let handle = std::thread::Builder::new()
+            .name("waymark-sqlite-writer".into())
+            .spawn(move || writer::run(conn, rx, config))
+            .map_err(unavailable)?;
+        Ok(Self {
+            path,
+            partitions,
+            commands: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(handle)),
+            readers,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn send<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+    ) -> Result<T, StoreError> {
+        let sender = self
+            .commands
+            .lock()
+            .map_err(|_| StoreError::Closed)?
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send(make(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.get().map_err(unavailable)?;
+            f(&conn)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+}
+
+pub(crate) fn profile_id_of(
+    conn: &Connection,
+    identity: &Identity,
+) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT profile_id FROM identities WHERE namespace = ?1 AND value = ?2")?
+        .query_row(params![identity.namespace.as_str(), identity.value], |r| {
+            r.get(0)
+        })
+        .optional()
+}
+
+pub(crate) fn decode_profile(json: &str) -> Result<ProfileState, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("profile state: {e}")))
+}
+
+#[async_trait]
+impl ProfileStore for SqliteStore {
+    async fn ingest(&self, events: Vec<Event>) -> Result<IngestReceipt, StoreError> {
+        if events.is_empty() {
+            return Ok(IngestReceipt::default());
+        }
+        self.send(|reply| Command::Ingest { events, reply }).await
+    }
+
+    async fn profile(&self, identity: &Identity) -> Result<Option<ProfileState>, StoreError> {
+        let identity = identity.clone();
+        self.read(move |conn| {
+            let state: Option<String> = conn
+                .prepare_cached(
+                    "SELECT p.state FROM identities i JOIN profiles p ON p.id = i.profile_id
+                     WHERE i.namespace = ?1 AND i.value = ?2",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![identity.namespace.as_str(), identity.value], |r| {
+                        r.get(0)
+                    })
+                    .optional()
+                })
+                .map_err(unavailable)?;
+            state.as_deref().map(decode_profile).transpose()
+        })
+        .await
+    }
+
+    async fn events(
+        &self,
+        identity: &Identity,
+        page: PageRequest,
+    ) -> Result<Option<EventPage>, StoreError> {
+        let identity = identity.clone();
+        self.read(move |conn| {
+            let Some(profile_id) = profile_id_of(conn, &identity).map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let (before_ts, before_seq) = page
+                .before
+                .as_deref()
+                .and_then(decode_cursor)
+                .unwrap_or((Millis::MAX, i64::MAX));
+            let limit = page.limit.max(1);
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT timestamp, seq, body FROM events
+                     WHERE profile_id = ?1 AND (timestamp, seq) < (?2, ?3)
+                     ORDER BY timestamp DESC, seq DESC LIMIT ?4",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(
+                    params![profile_id, before_ts, before_seq, i64::from(limit) + 1],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, String>(2)?,
+                        ))
+                    },
+                )
+                .map_err(unavailable)?;
+            let mut events = Vec::new();
+            for row in rows {
+                let (timestamp, seq, body) = row.map_err(unavailable)?;
+                let body = serde_json::from_str(&body)
+                    .map_err(|e| StoreError::Corrupt(format!("event {seq}: {e}")))?;
+                events.push(StoredEvent {
+                    timestamp,
+                    seq,
+                    body,
+                });
+            }
+            let next = if events.len() > limit as usize {
+                events.truncate(limit as usize);
+                events.last().map(encode_cursor)
+            } else {
+                None
+            };
+            Ok(Some(EventPage { events, next }))
+        })
+        .await
+    }
+
+    async fn erase(&self, identity: &Identity) -> Result<Option<Erasure>, StoreError> {
+        let identity = identity.clone();
+        self.send(|reply| Command::Erase { identity, reply }).await
+    }
+
+    async fn prune_expired(&self, now: Millis) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let deleted = self.send(|reply| Command::Prune { now, reply }).await?;
+            total += deleted;
+            if deleted < writer::PRUNE_CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn close(&self) {
+        // Dropping the sender lets the writer finish what is queued, commit, and exit.
+        let sender = self.commands.lock().ok().and_then(|mut s| s.take());
+        drop(sender);
+        let handle = self.writer.lock().ok().and_then(|mut h| h.take());
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! Versioned migrations, applied in order at start; each runs once, in its own transaction.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+     CREATE TABLE profiles (
+         id TEXT PRIMARY KEY,
+         partition INTEGER NOT NULL,
+         state TEXT NOT NULL,
+         updated_at INTEGER NOT NULL
+     );
+     CREATE TABLE identities (
+         namespace TEXT NOT NULL,
+         value TEXT NOT NULL,
+         profile_id TEXT NOT NULL,
+         PRIMARY KEY (namespace, value)
+     ) WITHOUT ROWID;
+     CREATE INDEX identities_by_profile ON identities (profile_id);
+     CREATE TABLE events (
+         seq INTEGER PRIMARY KEY,
+         message_id TEXT NOT NULL UNIQUE,
+         profile_id TEXT NOT NULL,
+         kind TEXT NOT NULL,
+         name TEXT,
+         timestamp INTEGER NOT NULL,
+         received_at INTEGER NOT NULL,
+         body TEXT NOT NULL
+     );
+     CREATE INDEX events_by_profile ON events (profile_id, timestamp, seq);
+     CREATE INDEX events_by_time ON events (timestamp);
+     CREATE TABLE merges (from_id TEXT NOT NULL, into_id TEXT NOT NULL, at INTEGER NOT NULL);
+     CREATE INDEX merges_into ON merges (into_id);",
+)];
+
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+    )?;
+    for (version, sql) in MIGRATIONS {
+        let applied: Option<i64> = conn
+            .query_row(
+                "SELECT version FROM schema_migrations WHERE version = ?1",
+                [version],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if applied.is_some() {
+            continue;
+        }
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, unixepoch())",
+            [version],
+        )?;
+        tx.commit()?;
+        tracing::info!(version, "applied sqlite migration");
+    }
+    Ok(())
+}
+
+/// The store's partition count: recorded on first open, read back ever after.
+pub fn partitions(conn: &Connection, wanted: u32) -> rusqlite::Result<u32> {
+    conn.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('partitions', ?1)",
+        params![wanted.to_string()],
+    )?;
+    let value: String =
+        conn.query_row("SELECT value FROM meta WHERE key = 'partitions'", [], |r| {
+            r.get(0)
+        })?;
+    value.parse().map_err(|_| {
+        rusqlite::Error::InvalidColumnType(0, "partitions".into(), rusqlite::types::Type::Text)
+    })
+}

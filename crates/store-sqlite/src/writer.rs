@@ -1,0 +1,366 @@
+//! The single writer thread and its group commit.
+
+use std::time::Instant;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use tokio::sync::{mpsc, oneshot};
+use waymark_core::ingest::{Outcome, WorkingSet, lookups, plan};
+use waymark_core::time::Millis;
+use waymark_core::{Event, Identity};
+use waymark_store::{Erasure, IngestReceipt, StoreError, StoreOptions};
+
+use crate::{decode_profile, profile_id_of, unavailable};
+
+/// Most events committed in one transaction; bounds the latency a request waits behind others.
+const MAX_GROUP_EVENTS: usize = 20_000;
+pub const PRUNE_CHUNK: u64 = 10_000;
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+pub enum Command {
+    Ingest {
+        events: Vec<Event>,
+        reply: Reply<IngestReceipt>,
+    },
+    Erase {
+        identity: Identity,
+        reply: Reply<Option<Erasure>>,
+    },
+    Prune {
+        now: Millis,
+        reply: Reply<u64>,
+    },
+}
+
+/// What one command asks the transaction to do, split from where its answer goes.
+enum Work {
+    Ingest(Vec<Event>),
+    Erase(Identity),
+    Prune(Millis),
+}
+
+enum Done {
+    Ingest(IngestReceipt),
+    Erase(Option<Erasure>),
+    Prune(u64),
+}
+
+enum Answer {
+    Ingest(Reply<IngestReceipt>),
+    Erase(Reply<Option<Erasure>>),
+    Prune(Reply<u64>),
+}
+
+impl Command {
+    fn split(self) -> (Work, Answer) {
+        match self {
+            Command::Ingest { events, reply } => (Work::Ingest(events), Answer::Ingest(reply)),
+            Command::Erase { identity, reply } => (Work::Erase(identity), Answer::Erase(reply)),
+            Command::Prune { now, reply } => (Work::Prune(now), Answer::Prune(reply)),
+        }
+    }
+}
+
+impl Work {
+    fn weight(&self) -> usize {
+        match self {
+            Work::Ingest(events) => events.len(),
+            _ => 1,
+        }
+    }
+}
+
+impl Answer {
+    fn send(self, result: Result<Done, &StoreError>) {
+        let err = |e: &StoreError| StoreError::Unavailable(e.to_string());
+        // A closed receiver means the caller went away; the work is committed regardless.
+        match (self, result) {
+            (Answer::Ingest(r), Ok(Done::Ingest(v))) => drop(r.send(Ok(v))),
+            (Answer::Erase(r), Ok(Done::Erase(v))) => drop(r.send(Ok(v))),
+            (Answer::Prune(r), Ok(Done::Prune(v))) => drop(r.send(Ok(v))),
+            (Answer::Ingest(r), Err(e)) => drop(r.send(Err(err(e)))),
+            (Answer::Erase(r), Err(e)) => drop(r.send(Err(err(e)))),
+            (Answer::Prune(r), Err(e)) => drop(r.send(Err(err(e)))),
+            (Answer::Ingest(r), Ok(_)) => {
+                drop(r.send(Err(StoreError::Corrupt("mismatched answer".into()))))
+            }
+            (Answer::Erase(r), Ok(_)) => {
+                drop(r.send(Err(StoreError::Corrupt("mismatched answer".into()))))
+            }
+            (Answer::Prune(r), Ok(_)) => {
+                drop(r.send(Err(StoreError::Corrupt("mismatched answer".into()))))
+            }
+        }
+    }
+}
+
+pub struct Config {
+    pub partitions: u32,
+    pub options: StoreOptions,
+}
+
+pub fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, config: Config) {
+    while let Some(first) = rx.blocking_recv() {
+        let (work, answer) = first.split();
+        let mut weight = work.weight();
+        let mut works = vec![work];
+        let mut answers = vec![answer];
+        while weight < MAX_GROUP_EVENTS {
+            match rx.try_recv() {
+                Ok(cmd) => {
+                    let (work, answer) = cmd.split();
+                    weight += work.weight();
+                    works.push(work);
+                    answers.push(answer);
+                }
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        match commit_group(&mut conn, works, &config) {
+            Ok(results) => {
+                metrics::histogram!("waymark_store_commit_seconds", "backend" => "sqlite")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::histogram!("waymark_store_commit_events", "backend" => "sqlite")
+                    .record(weight as f64);
+                metrics::histogram!("waymark_store_commit_requests", "backend" => "sqlite")
+                    .record(answers.len() as f64);
+                for (answer, result) in answers.into_iter().zip(results) {
+                    answer.send(Ok(result));
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, requests = answers.len(), "sqlite group commit failed; rolled back");
+                metrics::counter!("waymark_store_commit_failures_total", "backend" => "sqlite")
+                    .increment(1);
+                for answer in answers {
+                    answer.send(Err(&err));
+                }
+            }
+        }
+    }
+    tracing::info!("sqlite writer stopped");
+}
+
+/// Runs every command of the group in one transaction and commits it. Consecutive ingests
+/// are planned together, so one lookup pass serves them all. On any error nothing commits.
+fn commit_group(
+    conn: &mut Connection,
+    works: Vec<Work>,
+    config: &Config,
+) -> Result<Vec<Done>, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(unavailable)?;
+    let mut results = Vec::with_capacity(works.len());
+    let mut run: Vec<Vec<Event>> = Vec::new();
+    for work in works {
+        match work {
+            Work::Ingest(events) => {
+                run.push(events);
+                continue;
+            }
+            Work::Erase(identity) => {
+                flush_ingests(&tx, &mut run, &mut results, config)?;
+                results.push(Done::Erase(erase(&tx, &identity)?));
+            }
+            Work::Prune(now) => {
+                flush_ingests(&tx, &mut run, &mut results, config)?;
+                results.push(Done::Prune(prune(&tx, now, config)?));
+            }
+        }
+    }
+    flush_ingests(&tx, &mut run, &mut results, config)?;
+    tx.commit().map_err(unavailable)?;
+    Ok(results)
+}
+
+fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or_default()
+}
+
+fn flush_ingests(
+    tx: &Transaction<'_>,
+    run: &mut Vec<Vec<Event>>,
+    results: &mut Vec<Done>,
+    config: &Config,
+) -> Result<(), StoreError> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    let requests = std::mem::take(run);
+    let sizes: Vec<usize> = requests.iter().map(Vec::len).collect();
+    let all: Vec<Event> = requests.into_iter().flatten().collect();
+    let mut outcomes = ingest(tx, &all, config)?.into_iter();
+    for size in sizes {
+        let mut receipt = IngestReceipt::default();
+        for outcome in outcomes.by_ref().take(size) {
+            match outcome {
+                Outcome::Accepted { .. } => receipt.accepted += 1,
+                Outcome::Duplicate => receipt.duplicates += 1,
+            }
+        }
+        results.push(Done::Ingest(receipt));
+    }
+    Ok(())
+}
+
+fn ingest(
+    tx: &Transaction<'_>,
+    events: &[Event],
+    config: &Config,
+) -> Result<Vec<Outcome>, StoreError> {
+    let look = lookups(events);
+    let mut ws = WorkingSet::default();
+    {
+        let mut profile_stmt = tx
+            .prepare_cached("SELECT state FROM profiles WHERE id = ?1")
+            .map_err(unavailable)?;
+        for identity in look.identities {
+            let Some(owner) = profile_id_of(tx, &identity).map_err(unavailable)? else {
+                continue;
+            };
+            if !ws.profiles.contains_key(&owner) {
+                let state: Option<String> = profile_stmt
+                    .query_row([&owner], |r| r.get(0))
+                    .optional()
+                    .map_err(unavailable)?;
+                if let Some(state) = state {
+                    ws.profiles.insert(owner.clone(), decode_profile(&state)?);
+                }
+            }
+            ws.owners.insert(identity, owner);
+        }
+        let mut seen_stmt = tx
+            .prepare_cached("SELECT 1 FROM events WHERE message_id = ?1")
+            .map_err(unavailable)?;
+        for message_id in look.message_ids {
+            if seen_stmt.exists([&message_id]).map_err(unavailable)? {
+                ws.seen_message_ids.insert(message_id);
+            }
+        }
+    }
+    let now = now_ms();
+    let plan = plan(ws, events, config.partitions, now, &mut || {
+        uuid::Uuid::now_v7().to_string()
+    });
+
+    for merge in &plan.merges {
+        tx.prepare_cached("UPDATE identities SET profile_id = ?1 WHERE profile_id = ?2")
+            .and_then(|mut s| s.execute(params![merge.into, merge.from]))
+            .and_then(|_| {
+                tx.prepare_cached("UPDATE events SET profile_id = ?1 WHERE profile_id = ?2")
+            })
+            .and_then(|mut s| s.execute(params![merge.into, merge.from]))
+            .and_then(|_| tx.prepare_cached("DELETE FROM profiles WHERE id = ?1"))
+            .and_then(|mut s| s.execute([&merge.from]))
+            .and_then(|_| {
+                tx.prepare_cached("INSERT INTO merges (from_id, into_id, at) VALUES (?1, ?2, ?3)")
+            })
+            .and_then(|mut s| s.execute(params![merge.from, merge.into, now]))
+            .map_err(unavailable)?;
+    }
+    {
+        let mut stmt = tx
+            .prepare_cached(
+                "INSERT INTO identities (namespace, value, profile_id) VALUES (?1, ?2, ?3)",
+            )
+            .map_err(unavailable)?;
+        for (identity, owner) in &plan.new_identities {
+            stmt.execute(params![identity.namespace.as_str(), identity.value, owner])
+                .map_err(unavailable)?;
+        }
+    }
+    {
+        let mut stmt = tx
+            .prepare_cached(
+                "INSERT INTO events (message_id, profile_id, kind, name, timestamp, received_at, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .map_err(unavailable)?;
+        for (index, owner) in &plan.events {
+            let e = &events[*index];
+            let body = e.to_json().to_string();
+            stmt.execute(params![
+                e.message_id,
+                owner,
+                e.kind.as_str(),
+                e.name,
+                e.timestamp,
+                e.received_at,
+                body
+            ])
+            .map_err(unavailable)?;
+        }
+    }
+    {
+        let mut upsert = tx
+            .prepare_cached(
+                "INSERT INTO profiles (id, partition, state, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+            )
+            .map_err(unavailable)?;
+        let mut trim = tx
+            .prepare_cached(
+                "DELETE FROM events WHERE profile_id = ?1 AND seq NOT IN (
+                     SELECT seq FROM events WHERE profile_id = ?1 ORDER BY timestamp DESC, seq DESC LIMIT ?2)",
+            )
+            .map_err(unavailable)?;
+        let max = i64::try_from(config.options.max_events_per_profile).unwrap_or(i64::MAX);
+        for profile in &plan.profiles {
+            let state =
+                serde_json::to_string(profile).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            upsert
+                .execute(params![profile.id, profile.partition, state, now])
+                .map_err(unavailable)?;
+            if profile.event_count > config.options.max_events_per_profile {
+                trim.execute(params![profile.id, max])
+                    .map_err(unavailable)?;
+            }
+        }
+    }
+    Ok(plan.outcomes)
+}
+
+fn erase(tx: &Transaction<'_>, identity: &Identity) -> Result<Option<Erasure>, StoreError> {
+    let Some(profile_id) = profile_id_of(tx, identity).map_err(unavailable)? else {
+        return Ok(None);
+    };
+    let events_deleted = tx
+        .execute("DELETE FROM events WHERE profile_id = ?1", [&profile_id])
+        .map_err(unavailable)?;
+    let identities_deleted = tx
+        .execute(
+            "DELETE FROM identities WHERE profile_id = ?1",
+            [&profile_id],
+        )
+        .map_err(unavailable)?;
+    tx.execute("DELETE FROM profiles WHERE id = ?1", [&profile_id])
+        .map_err(unavailable)?;
+    tx.execute(
+        "DELETE FROM merges WHERE into_id = ?1 OR from_id = ?1",
+        [&profile_id],
+    )
+    .map_err(unavailable)?;
+    Ok(Some(Erasure {
+        profile_id,
+        events_deleted: events_deleted as u64,
+        identities_deleted: identities_deleted as u64,
+    }))
+}
+
+fn prune(tx: &Transaction<'_>, now: Millis, config: &Config) -> Result<u64, StoreError> {
+    let Some(max_age) = config.options.max_event_age_ms else {
+        return Ok(0);
+    };
+    let deleted = tx
+        .execute(
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE timestamp < ?1 LIMIT ?2)",
+            params![now - max_age, PRUNE_CHUNK as i64],
+        )
+        .map_err(unavailable)?;
+    Ok(deleted as u64)
+}

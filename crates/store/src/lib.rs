@@ -1,0 +1,125 @@
+//! The storage boundary: traits that every backend implements, and [`conformance`], the one
+//! test suite every backend must pass.
+//!
+//! Architecture invariant: nothing above this crate knows which backend it runs on, and no
+//! SQL exists outside the `store-*` crates. Backends run the identity and profile rules of
+//! `waymark_core::ingest`, so they cannot disagree about what an event means.
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::Value;
+use waymark_core::time::Millis;
+use waymark_core::{Event, Identity, ProfileState};
+
+pub mod conformance;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached or refused the operation; the caller may retry.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data could not be read back: a bug or a corrupted store.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("store is shutting down")]
+    Closed,
+}
+
+/// Settings a store is opened with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Partitions a new store is created with; an existing store keeps its own.
+    pub partitions: u32,
+    /// Most events kept per profile; older ones are dropped as new ones arrive.
+    pub max_events_per_profile: u64,
+    /// Events older than this (by event time) are removed by [`ProfileStore::prune_expired`].
+    pub max_event_age_ms: Option<Millis>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            partitions: waymark_core::partition::DEFAULT_PARTITIONS,
+            max_events_per_profile: 1000,
+            max_event_age_ms: Some(365 * 24 * 3600 * 1000),
+        }
+    }
+}
+
+/// What happened to each event of an ingest call.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct IngestReceipt {
+    pub accepted: usize,
+    pub duplicates: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredEvent {
+    pub timestamp: Millis,
+    pub seq: i64,
+    /// The event in Segment's JSON shape ([`Event::to_json`]).
+    pub body: Value,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageRequest {
+    /// Opaque cursor from a previous page's `next`.
+    pub before: Option<String>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventPage {
+    pub events: Vec<StoredEvent>,
+    /// Cursor for the next (older) page, if there is one.
+    pub next: Option<String>,
+}
+
+/// Page cursors are `timestamp.seq` of the last event served; opaque to clients.
+pub fn encode_cursor(e: &StoredEvent) -> String {
+    format!("{}.{}", e.timestamp, e.seq)
+}
+
+pub fn decode_cursor(cursor: &str) -> Option<(Millis, i64)> {
+    let (t, s) = cursor.split_once('.')?;
+    Some((t.parse().ok()?, s.parse().ok()?))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Erasure {
+    pub profile_id: String,
+    pub events_deleted: u64,
+    pub identities_deleted: u64,
+}
+
+#[async_trait]
+pub trait ProfileStore: Send + Sync {
+    /// Applies a batch of events atomically: identity resolution, profile updates and event
+    /// history. Returns only once the batch is durable on disk.
+    async fn ingest(&self, events: Vec<Event>) -> Result<IngestReceipt, StoreError>;
+
+    async fn profile(&self, identity: &Identity) -> Result<Option<ProfileState>, StoreError>;
+
+    /// The profile's events, newest first. `None` if no profile has this identity.
+    async fn events(
+        &self,
+        identity: &Identity,
+        page: PageRequest,
+    ) -> Result<Option<EventPage>, StoreError>;
+
+    /// Deletes the profile with this identity, all its identities and all its events.
+    async fn erase(&self, identity: &Identity) -> Result<Option<Erasure>, StoreError>;
+
+    /// Removes events older than the configured age; returns how many.
+    async fn prune_expired(&self, now: Millis) -> Result<u64, StoreError>;
+}
+
+#[async_trait]
+pub trait Store: ProfileStore + 'static {
+    fn backend(&self) -> &'static str;
+    fn partitions(&self) -> u32;
+    /// Cheap round trip to the backend, for health checks.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Finishes in-flight writes and releases the backend. Later calls fail with `Closed`.
+    async fn close(&self);
+}
