@@ -1,0 +1,542 @@
+//! The PostgreSQL store: the same traits and the same rules as the embedded store, on a
+//! database several Waymark nodes can share.
+//!
+//! Concurrency: each ingest is one READ COMMITTED transaction that first takes transaction
+//! advisory locks on the hashes of every identity it names (in sorted order, so two
+//! transactions never wait on each other in a cycle), then locks the profiles those
+//! identities point at (`FOR UPDATE`, sorted by id), then re-reads the identities. If a
+//! concurrent merge moved or deleted anything in between, it rolls back and retries. The
+//! few races left (two transactions inserting the same message id) end in a unique
+//! violation, which is retried the same way.
+
+mod schema;
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Transaction};
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+use waymark_core::ingest::{Outcome, WorkingSet, lookups, plan};
+use waymark_core::time::Millis;
+use waymark_core::{Event, Identity, ProfileState};
+use waymark_store::{
+    Erasure, EventPage, IngestReceipt, PageRequest, ProfileStore, Store, StoreError, StoreOptions,
+    StoredEvent, decode_cursor, encode_cursor,
+};
+
+const MAX_ATTEMPTS: u32 = 20;
+
+pub struct PostgresStore {
+    pool: Pool,
+    partitions: u32,
+    options: StoreOptions,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn db_error(e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) => {
+            StoreError::Unavailable(format!("postgres: {} ({})", db.message(), db.code().code()))
+        }
+        None => StoreError::Unavailable(format!("postgres: {e}")),
+    }
+}
+
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::UNIQUE_VIOLATION
+    )
+}
+
+fn decode_profile(json: &str) -> Result<ProfileState, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("profile state: {e}")))
+}
+
+fn identity_lock_key(identity: &Identity) -> i64 {
+    let mut bytes =
+        Vec::with_capacity(identity.namespace.as_str().len() + identity.value.len() + 1);
+    bytes.extend_from_slice(identity.namespace.as_str().as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(identity.value.as_bytes());
+    xxhash_rust::xxh3::xxh3_64(&bytes) as i64
+}
+
+fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or_default()
+}
+
+/// Why an attempt did not commit: a race to retry, or a real failure.
+enum Abort {
+    Retry(&'static str),
+    Fail(StoreError),
+}
+
+impl From<tokio_postgres::Error> for Abort {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if retryable(&e) {
+            Abort::Retry("conflict")
+        } else {
+            Abort::Fail(db_error(e))
+        }
+    }
+}
+
+impl From<StoreError> for Abort {
+    fn from(e: StoreError) -> Self {
+        Abort::Fail(e)
+    }
+}
+
+impl PostgresStore {
+    /// Connects with a `postgres://` URL (or key=value string), migrating the schema.
+    pub async fn open(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
+        let config = tokio_postgres::Config::from_str(url)
+            .map_err(|e| unavailable(format!("invalid postgres url: {e}")))?;
+        Self::open_with_config(config, options).await
+    }
+
+    pub async fn open_with_config(
+        config: tokio_postgres::Config,
+        options: StoreOptions,
+    ) -> Result<Self, StoreError> {
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .build()
+            .map_err(unavailable)?;
+        let mut client = pool
+            .get()
+            .await
+            .map_err(|e| unavailable(format!("cannot connect to postgres: {e}")))?;
+        schema::migrate(&mut client).await.map_err(db_error)?;
+        let partitions = schema::partitions(&client, options.partitions)
+            .await
+            .map_err(db_error)?;
+        Ok(Self {
+            pool,
+            partitions,
+            options,
+        })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| unavailable(format!("postgres pool: {e}")))
+    }
+
+    async fn profile_id_of(
+        client: &impl deadpool_postgres::GenericClient,
+        identity: &Identity,
+    ) -> Result<Option<String>, StoreError> {
+        let row = client
+            .query_opt(
+                "SELECT profile_id FROM identities WHERE namespace = $1 AND value = $2",
+                &[&identity.namespace.as_str(), &identity.value],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn owners(
+        tx: &Transaction<'_>,
+        identities: &[Identity],
+    ) -> Result<HashMap<Identity, String>, tokio_postgres::Error> {
+        let namespaces: Vec<&str> = identities.iter().map(|i| i.namespace.as_str()).collect();
+        let values: Vec<&str> = identities.iter().map(|i| i.value.as_str()).collect();
+        let rows = tx
+            .query(
+                "SELECT i.namespace, i.value, i.profile_id FROM identities i
+                 JOIN unnest($1::text[], $2::text[]) AS q(ns, v) ON i.namespace = q.ns AND i.value = q.v",
+                &[&namespaces, &values],
+            )
+            .await?;
+        let mut owners = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let (ns, value, owner): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+            if let Ok(identity) = Identity::parse(&ns, &value) {
+                owners.insert(identity, owner);
+            }
+        }
+        Ok(owners)
+    }
+
+    async fn try_ingest(&self, events: &[Event]) -> Result<Vec<Outcome>, Abort> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let look = lookups(events);
+
+        let mut keys: Vec<i64> = look.identities.iter().map(identity_lock_key).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(k) FROM (SELECT k FROM unnest($1::bigint[]) AS k ORDER BY k) AS sorted",
+            &[&keys],
+        )
+        .await?;
+
+        let owners = Self::owners(&tx, &look.identities).await?;
+        let mut profile_ids: Vec<&String> = owners.values().collect();
+        profile_ids.sort();
+        profile_ids.dedup();
+        let rows = tx
+            .query(
+                "SELECT id, state::text FROM profiles WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                &[&profile_ids],
+            )
+            .await?;
+        if rows.len() != profile_ids.len() {
+            return Err(Abort::Retry("a profile was merged away concurrently"));
+        }
+        let recheck = Self::owners(&tx, &look.identities).await?;
+        if recheck != owners {
+            return Err(Abort::Retry("an identity moved concurrently"));
+        }
+        let mut ws = WorkingSet {
+            owners,
+            ..WorkingSet::default()
+        };
+        for row in rows {
+            let (id, state): (String, String) = (row.get(0), row.get(1));
+            ws.profiles.insert(id, decode_profile(&state)?);
+        }
+        let seen = tx
+            .query(
+                "SELECT message_id FROM events WHERE message_id = ANY($1)",
+                &[&look.message_ids],
+            )
+            .await?;
+        ws.seen_message_ids = seen.into_iter().map(|r| r.get(0)).collect();
+
+        let now = now_ms();
+        let plan = plan(ws, events, self.partitions, now, &mut || {
+            uuid::Uuid::now_v7().to_string()
+        });
+
+        for m in &plan.merges {
+            tx.execute(
+                "UPDATE identities SET profile_id = $1 WHERE profile_id = $2",
+                &[&m.into, &m.from],
+            )
+            .await?;
+            tx.execute(
+                "UPDATE events SET profile_id = $1 WHERE profile_id = $2",
+                &[&m.into, &m.from],
+            )
+            .await?;
+            tx.execute("DELETE FROM profiles WHERE id = $1", &[&m.from])
+                .await?;
+            tx.execute(
+                "INSERT INTO merges (from_id, into_id, at) VALUES ($1, $2, $3)",
+                &[&m.from, &m.into, &now],
+            )
+            .await?;
+        }
+        if !plan.new_identities.is_empty() {
+            let ns: Vec<&str> = plan
+                .new_identities
+                .iter()
+                .map(|(i, _)| i.namespace.as_str())
+                .collect();
+            let vals: Vec<&str> = plan
+                .new_identities
+                .iter()
+                .map(|(i, _)| i.value.as_str())
+                .collect();
+            let owners: Vec<&str> = plan
+                .new_identities
+                .iter()
+                .map(|(_, o)| o.as_str())
+                .collect();
+            tx.execute(
+                "INSERT INTO identities (namespace, value, profile_id) SELECT * FROM unnest($1::text[], $2::text[], $3::text[])",
+                &[&ns, &vals, &owners],
+            )
+            .await?;
+        }
+        if !plan.events.is_empty() {
+            let n = plan.events.len();
+            let (mut ids, mut owners, mut kinds, mut names, mut times, mut received, mut bodies) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+            );
+            for (index, owner) in &plan.events {
+                let e = &events[*index];
+                ids.push(e.message_id.as_str());
+                owners.push(owner.as_str());
+                kinds.push(e.kind.as_str());
+                names.push(e.name.as_deref());
+                times.push(e.timestamp);
+                received.push(e.received_at);
+                bodies.push(e.to_json().to_string());
+            }
+            tx.execute(
+                "INSERT INTO events (message_id, profile_id, kind, name, timestamp, received_at, body)
+                 SELECT m, p, k, n, t, r, b::jsonb
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::text[])
+                   WITH ORDINALITY AS u(m, p, k, n, t, r, b, o)
+                 ORDER BY o",
+                &[&ids, &owners, &kinds, &names, &times, &received, &bodies],
+            )
+            .await?;
+        }
+        if !plan.profiles.is_empty() {
+            let ids: Vec<&str> = plan.profiles.iter().map(|p| p.id.as_str()).collect();
+            let partitions: Vec<i32> = plan.profiles.iter().map(|p| p.partition as i32).collect();
+            let mut states = Vec::with_capacity(plan.profiles.len());
+            for p in &plan.profiles {
+                states.push(
+                    serde_json::to_string(p).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                );
+            }
+            tx.execute(
+                "INSERT INTO profiles (id, partition, state, updated_at)
+                 SELECT id, part, st::jsonb, $4 FROM unnest($1::text[], $2::int[], $3::text[]) AS u(id, part, st)
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                &[&ids, &partitions, &states, &now],
+            )
+            .await?;
+            let max = i64::try_from(self.options.max_events_per_profile).unwrap_or(i64::MAX);
+            for p in plan
+                .profiles
+                .iter()
+                .filter(|p| p.event_count > self.options.max_events_per_profile)
+            {
+                tx.execute(
+                    "DELETE FROM events WHERE profile_id = $1 AND seq NOT IN (
+                         SELECT seq FROM events WHERE profile_id = $1 ORDER BY timestamp DESC, seq DESC LIMIT $2)",
+                    &[&p.id, &max],
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(plan.outcomes)
+    }
+}
+
+#[async_trait]
+impl ProfileStore for PostgresStore {
+    async fn ingest(&self, events: Vec<Event>) -> Result<IngestReceipt, StoreError> {
+        if events.is_empty() {
+            return Ok(IngestReceipt::default());
+        }
+        let started = std::time::Instant::now();
+        for attempt in 1..=MAX_ATTEMPTS {
+            match self.try_ingest(&events).await {
+                Ok(outcomes) => {
+                    metrics::histogram!("waymark_store_commit_seconds", "backend" => "postgres")
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::histogram!("waymark_store_commit_events", "backend" => "postgres")
+                        .record(events.len() as f64);
+                    let mut receipt = IngestReceipt::default();
+                    for o in outcomes {
+                        match o {
+                            Outcome::Accepted { .. } => receipt.accepted += 1,
+                            Outcome::Duplicate => receipt.duplicates += 1,
+                        }
+                    }
+                    return Ok(receipt);
+                }
+                Err(Abort::Retry(why)) => {
+                    metrics::counter!("waymark_store_retries_total", "backend" => "postgres")
+                        .increment(1);
+                    tracing::debug!(attempt, why, "retrying postgres ingest");
+                    tokio::time::sleep(std::time::Duration::from_millis(u64::from(
+                        attempt.min(10),
+                    )))
+                    .await;
+                }
+                Err(Abort::Fail(e)) => return Err(e),
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "ingest still conflicting after {MAX_ATTEMPTS} attempts"
+        )))
+    }
+
+    async fn profile(&self, identity: &Identity) -> Result<Option<ProfileState>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT p.state::text FROM identities i JOIN profiles p ON p.id = i.profile_id
+                 WHERE i.namespace = $1 AND i.value = $2",
+                &[&identity.namespace.as_str(), &identity.value],
+            )
+            .await
+            .map_err(db_error)?;
+        row.map(|r| decode_profile(&r.get::<_, String>(0)))
+            .transpose()
+    }
+
+    async fn events(
+        &self,
+        identity: &Identity,
+        page: PageRequest,
+    ) -> Result<Option<EventPage>, StoreError> {
+        let client = self.client().await?;
+        let Some(profile_id) = Self::profile_id_of(&client, identity).await? else {
+            return Ok(None);
+        };
+        let (before_ts, before_seq) = page
+            .before
+            .as_deref()
+            .and_then(decode_cursor)
+            .unwrap_or((Millis::MAX, i64::MAX));
+        let limit = page.limit.max(1);
+        let rows = client
+            .query(
+                "SELECT timestamp, seq, body::text FROM events
+                 WHERE profile_id = $1 AND (timestamp, seq) < ($2, $3)
+                 ORDER BY timestamp DESC, seq DESC LIMIT $4",
+                &[
+                    &profile_id,
+                    &before_ts,
+                    &before_seq,
+                    &(i64::from(limit) + 1),
+                ],
+            )
+            .await
+            .map_err(db_error)?;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (timestamp, seq, body): (i64, i64, String) = (row.get(0), row.get(1), row.get(2));
+            let body = serde_json::from_str(&body)
+                .map_err(|e| StoreError::Corrupt(format!("event {seq}: {e}")))?;
+            events.push(StoredEvent {
+                timestamp,
+                seq,
+                body,
+            });
+        }
+        let next = if events.len() > limit as usize {
+            events.truncate(limit as usize);
+            events.last().map(encode_cursor)
+        } else {
+            None
+        };
+        Ok(Some(EventPage { events, next }))
+    }
+
+    async fn erase(&self, identity: &Identity) -> Result<Option<Erasure>, StoreError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(db_error)?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock($1)",
+                &[&identity_lock_key(identity)],
+            )
+            .await
+            .map_err(db_error)?;
+            let Some(profile_id) = Self::profile_id_of(&tx, identity).await? else {
+                return Ok(None);
+            };
+            let locked = tx
+                .query_opt(
+                    "SELECT 1 FROM profiles WHERE id = $1 FOR UPDATE",
+                    &[&profile_id],
+                )
+                .await
+                .map_err(db_error)?;
+            if locked.is_none() {
+                continue; // merged away meanwhile; look again
+            }
+            let events_deleted = tx
+                .execute("DELETE FROM events WHERE profile_id = $1", &[&profile_id])
+                .await
+                .map_err(db_error)?;
+            let identities_deleted = tx
+                .execute(
+                    "DELETE FROM identities WHERE profile_id = $1",
+                    &[&profile_id],
+                )
+                .await
+                .map_err(db_error)?;
+            tx.execute("DELETE FROM profiles WHERE id = $1", &[&profile_id])
+                .await
+                .map_err(db_error)?;
+            tx.execute(
+                "DELETE FROM merges WHERE into_id = $1 OR from_id = $1",
+                &[&profile_id],
+            )
+            .await
+            .map_err(db_error)?;
+            tx.commit().await.map_err(db_error)?;
+            return Ok(Some(Erasure {
+                profile_id,
+                events_deleted,
+                identities_deleted,
+            }));
+        }
+        Err(StoreError::Unavailable(
+            "erase kept racing with merges".into(),
+        ))
+    }
+
+    async fn prune_expired(&self, now: Millis) -> Result<u64, StoreError> {
+        let Some(max_age) = self.options.max_event_age_ms else {
+            return Ok(0);
+        };
+        let client = self.client().await?;
+        let mut total = 0;
+        loop {
+            let n = client
+                .execute(
+                    "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE timestamp < $1 LIMIT 10000)",
+                    &[&(now - max_age)],
+                )
+                .await
+                .map_err(db_error)?;
+            total += n;
+            if n < 10_000 {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .simple_query("SELECT 1")
+            .await
+            .map_err(db_error)
+            .map(|_| ())
+    }
+
+    async fn close(&self) {
+        self.pool.close();
+    }
+}

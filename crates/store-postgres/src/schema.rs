@@ -1,0 +1,83 @@
+//! Versioned migrations, applied in order at start under an advisory lock, so several nodes
+//! starting together migrate once.
+
+use deadpool_postgres::Client;
+use tokio_postgres::Error;
+
+/// Arbitrary constant: the advisory lock key that serialises migrations.
+const MIGRATION_LOCK: i64 = 0x5741_594d_4152_4b31;
+
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+     CREATE TABLE profiles (
+         id TEXT PRIMARY KEY,
+         partition INTEGER NOT NULL,
+         state JSONB NOT NULL,
+         updated_at BIGINT NOT NULL
+     );
+     CREATE TABLE identities (
+         namespace TEXT NOT NULL,
+         value TEXT NOT NULL,
+         profile_id TEXT NOT NULL,
+         PRIMARY KEY (namespace, value)
+     );
+     CREATE INDEX identities_by_profile ON identities (profile_id);
+     CREATE TABLE events (
+         seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+         message_id TEXT NOT NULL UNIQUE,
+         profile_id TEXT NOT NULL,
+         kind TEXT NOT NULL,
+         name TEXT,
+         timestamp BIGINT NOT NULL,
+         received_at BIGINT NOT NULL,
+         body JSONB NOT NULL
+     );
+     CREATE INDEX events_by_profile ON events (profile_id, timestamp, seq);
+     CREATE INDEX events_by_time ON events (timestamp);
+     CREATE TABLE merges (from_id TEXT NOT NULL, into_id TEXT NOT NULL, at BIGINT NOT NULL);
+     CREATE INDEX merges_into ON merges (into_id);",
+)];
+
+pub async fn migrate(client: &mut Client) -> Result<(), Error> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .await?;
+    for (version, sql) in MIGRATIONS {
+        let applied = tx
+            .query_opt(
+                "SELECT 1 FROM schema_migrations WHERE version = $1",
+                &[version],
+            )
+            .await?;
+        if applied.is_some() {
+            continue;
+        }
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[version],
+        )
+        .await?;
+        tracing::info!(version, "applied postgres migration");
+    }
+    tx.commit().await
+}
+
+pub async fn partitions(client: &Client, wanted: u32) -> Result<u32, Error> {
+    client
+        .execute(
+            "INSERT INTO meta (key, value) VALUES ('partitions', $1) ON CONFLICT (key) DO NOTHING",
+            &[&wanted.to_string()],
+        )
+        .await?;
+    let row = client
+        .query_one("SELECT value FROM meta WHERE key = 'partitions'", &[])
+        .await?;
+    let value: String = row.get(0);
+    Ok(value.parse().unwrap_or(wanted))
+}

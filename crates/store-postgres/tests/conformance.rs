@@ -1,0 +1,48 @@
+//! The shared store conformance suite against a live PostgreSQL, each test in a schema of
+//! its own. Enabled by the `backend-tests` feature (see `.ci/run`).
+#![cfg(feature = "backend-tests")]
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use waymark_store::StoreOptions;
+use waymark_store::conformance::Backend;
+use waymark_store_postgres::PostgresStore;
+
+struct TempSchema {
+    config: tokio_postgres::Config,
+}
+
+#[async_trait]
+impl Backend for TempSchema {
+    type Store = PostgresStore;
+    async fn open(&self, options: StoreOptions) -> PostgresStore {
+        PostgresStore::open_with_config(self.config.clone(), options)
+            .await
+            .expect("open postgres store")
+    }
+}
+
+fn url() -> String {
+    std::env::var("WAYMARK_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+async fn backend() -> TempSchema {
+    let base = tokio_postgres::Config::from_str(&url()).expect("WAYMARK_TEST_POSTGRES_URL");
+    let (client, conn) = base
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect to test postgres");
+    tokio::spawn(conn);
+    let schema = format!("wm_test_{}", uuid::Uuid::now_v7().simple());
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .expect("create schema");
+    let mut config = base.clone();
+    config.options(format!("-c search_path={schema}"));
+    TempSchema { config }
+}
+
+waymark_store::conformance_suite!(backend());
