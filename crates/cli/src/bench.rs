@@ -1,0 +1,226 @@
+//! `waymark bench ingest`: a load generator for the ingest API, so the figures in
+//! BENCHMARKS.md come from a command anyone can rerun. Closed loop by default (N
+//! connections, each sending as fast as answers come back); with `--rate` it is open loop,
+//! and latency is measured from when each request was due, so a stalled server cannot hide
+//! its queueing delay (no coordinated omission).
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    target: Target,
+}
+
+#[derive(clap::Subcommand)]
+enum Target {
+    /// Send Segment events to a running server.
+    Ingest(IngestArgs),
+}
+
+#[derive(clap::Args, Clone)]
+pub struct IngestArgs {
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    #[arg(long, env = "WAYMARK_WRITE_KEY")]
+    write_key: String,
+    /// Events per request: 1 uses /v1/track, more uses /v1/batch.
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+    /// Total events to send.
+    #[arg(long, default_value_t = 100_000)]
+    events: u64,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Distinct profiles the events are spread over.
+    #[arg(long, default_value_t = 10_000)]
+    profiles: u64,
+    /// Events per second to offer (open loop); unset means as fast as possible.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Prefix for message ids and user ids, so runs do not collide.
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Also send an identify with traits every Nth event (0 = never).
+    #[arg(long, default_value_t = 10)]
+    identify_every: u64,
+    /// Append the message ids of every acknowledged request to this file.
+    #[arg(long)]
+    ack_log: Option<std::path::PathBuf>,
+    /// Gzip request bodies.
+    #[arg(long)]
+    gzip: bool,
+}
+
+pub async fn run(args: BenchArgs) -> Result<(), String> {
+    match args.target {
+        Target::Ingest(a) => ingest(a).await,
+    }
+}
+
+fn event(run: &str, n: u64, profiles: u64, identify_every: u64) -> Value {
+    let user = format!("{run}-u{}", n % profiles);
+    if identify_every > 0 && n % identify_every == 0 {
+        json!({"type": "identify", "messageId": format!("{run}-{n}"), "userId": user, "anonymousId": format!("{run}-a{}", n % profiles),
+            "traits": {"email": format!("{user}@example.com"), "plan": if n % 3 == 0 { "pro" } else { "free" }, "seq": n}})
+    } else {
+        json!({"type": "track", "messageId": format!("{run}-{n}"), "userId": user, "event": "Product Viewed",
+            "properties": {"product_id": format!("sku-{}", n % 977), "price": (n % 100) as f64 + 0.99, "currency": "EUR"},
+            "context": {"library": {"name": "waymark-bench", "version": "1"}}})
+    }
+}
+
+struct Shared {
+    next: AtomicU64,
+    errors: AtomicU64,
+    acked_events: AtomicU64,
+    latency: Mutex<Histogram<u64>>,
+    ack_log: Option<Mutex<std::fs::File>>,
+}
+
+#[allow(clippy::print_stdout, reason = "the benchmark's report is its output")]
+async fn ingest(a: IngestArgs) -> Result<(), String> {
+    let run = a
+        .run_id
+        .clone()
+        .unwrap_or_else(|| format!("b{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(a.connections)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:", a.write_key))
+    );
+    let requests = a.events.div_ceil(a.batch_size as u64);
+    let ack_log = match &a.ack_log {
+        Some(p) => Some(Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| e.to_string())?,
+        )),
+        None => None,
+    };
+    let shared = Arc::new(Shared {
+        next: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        acked_events: AtomicU64::new(0),
+        latency: Mutex::new(
+            Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?,
+        ),
+        ack_log,
+    });
+    let interval = a
+        .rate
+        .map(|r| Duration::from_secs_f64(a.batch_size as f64 / r));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..a.connections {
+        let (client, auth, shared, a, run) = (
+            client.clone(),
+            auth.clone(),
+            shared.clone(),
+            a.clone(),
+            run.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut local =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds are valid");
+            loop {
+                let r = shared.next.fetch_add(1, Ordering::Relaxed);
+                if r >= requests {
+                    break;
+                }
+                let due = match interval {
+                    Some(iv) => {
+                        let due = started + iv.mul_f64(r as f64);
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                    None => Instant::now(),
+                };
+                let first = r * a.batch_size as u64;
+                let last = (first + a.batch_size as u64).min(a.events);
+                let events: Vec<Value> = (first..last)
+                    .map(|n| event(&run, n, a.profiles, a.identify_every))
+                    .collect();
+                let (path, body) = if a.batch_size == 1 {
+                    ("/v1/track", events[0].clone())
+                } else {
+                    (
+                        "/v1/batch",
+                        json!({"batch": events, "sentAt": "2026-11-29T12:00:00Z"}),
+                    )
+                };
+                let mut bytes = serde_json::to_vec(&body).expect("json");
+                let mut req = client
+                    .post(format!("{}{}", a.url, path))
+                    .header("authorization", &auth)
+                    .header("content-type", "application/json");
+                if a.gzip {
+                    let mut enc =
+                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    let _ = enc.write_all(&bytes);
+                    bytes = enc.finish().unwrap_or_default();
+                    req = req.header("content-encoding", "gzip");
+                }
+                let ok = match req.body(bytes).send().await {
+                    Ok(resp) => resp.status().is_success(),
+                    Err(_) => false,
+                };
+                if ok {
+                    let _ = local.record(due.elapsed().as_micros().max(1) as u64);
+                    shared
+                        .acked_events
+                        .fetch_add(last - first, Ordering::Relaxed);
+                    if let Some(log) = &shared.ack_log {
+                        let ids: String = (first..last).map(|n| format!("{run}-{n}\n")).collect();
+                        let mut f = log.lock().await;
+                        let _ = f.write_all(ids.as_bytes());
+                    }
+                } else {
+                    shared.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            let _ = shared.latency.lock().await.add(&local);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let h = shared.latency.lock().await;
+    let acked = shared.acked_events.load(Ordering::Relaxed);
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let report = json!({
+        "run_id": run,
+        "mode": if a.batch_size == 1 { "track" } else { "batch" },
+        "batch_size": a.batch_size,
+        "connections": a.connections,
+        "offered_rate": a.rate,
+        "events_acked": acked,
+        "requests_acked": h.len(),
+        "errors": shared.errors.load(Ordering::Relaxed),
+        "seconds": (elapsed * 1000.0).round() / 1000.0,
+        "events_per_second": (acked as f64 / elapsed).round(),
+        "latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "p999": ms(0.999), "max": h.max() as f64 / 1000.0},
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap_or_default()
+    );
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! Configuration, layered: built-in defaults, then a TOML file, then `WAYMARK_*` environment
+//! variables, then command-line flags; each layer overrides the one before.
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the embedded store and generated credentials live.
+    pub data_dir: PathBuf,
+    /// Address the HTTP API listens on.
+    pub listen: String,
+    /// `sqlite` (embedded, in `data_dir`) or a `postgres://` URL.
+    pub store: String,
+    /// A single write key (also `WAYMARK_WRITE_KEY`); added to `write_keys`.
+    pub write_key: Option<String>,
+    pub write_keys: Vec<String>,
+    /// A single admin token (also `WAYMARK_ADMIN_TOKEN`); added to `admin_tokens`.
+    pub admin_token: Option<String>,
+    pub admin_tokens: Vec<String>,
+    /// Partitions a new store is created with; fixed once the store exists.
+    pub partitions: u32,
+    pub retention: Retention,
+    /// `text` or `json`.
+    pub log_format: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    pub max_events_per_profile: u64,
+    /// 0 keeps events forever.
+    pub max_event_age_days: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("waymark-data"),
+            listen: "127.0.0.1:8080".into(),
+            store: "sqlite".into(),
+            write_key: None,
+            write_keys: Vec::new(),
+            admin_token: None,
+            admin_tokens: Vec::new(),
+            partitions: waymark_core::partition::DEFAULT_PARTITIONS,
+            retention: Retention {
+                max_events_per_profile: 1000,
+                max_event_age_days: 365,
+            },
+            log_format: "text".into(),
+        }
+    }
+}
+
+/// The environment variables read, after the `WAYMARK_` prefix (`__` nests: `WAYMARK_RETENTION__MAX_EVENT_AGE_DAYS`).
+/// Other `WAYMARK_*` variables (e.g. `WAYMARK_LOG`) are not configuration keys.
+const ENV_KEYS: [&str; 11] = [
+    "data_dir",
+    "listen",
+    "store",
+    "write_key",
+    "write_keys",
+    "admin_token",
+    "admin_tokens",
+    "partitions",
+    "retention.max_events_per_profile",
+    "retention.max_event_age_days",
+    "log_format",
+];
+
+/// Flags given on the command line; only those present override the other layers.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, String> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) if !path.exists() => {
+                return Err(format!("config file {} does not exist", path.display()));
+            }
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None if Path::new("waymark.toml").exists() => {
+                figment = figment.merge(Toml::file_exact("waymark.toml"))
+            }
+            None => {}
+        }
+        figment = figment
+            .merge(Env::prefixed("WAYMARK_").split("__").only(&ENV_KEYS))
+            .merge(Serialized::defaults(overrides));
+        let config: Config = figment.extract().map_err(|e| {
+            // figment names the key and the layer (file path or env var) that failed.
+            e.into_iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        if config.partitions == 0 {
+            return Err("partitions must be at least 1".into());
+        }
+        if !matches!(config.log_format.as_str(), "text" | "json") {
+            return Err(format!(
+                "log_format must be \"text\" or \"json\", not {:?}",
+                config.log_format
+            ));
+        }
+        Ok(config)
+    }
+
+    pub fn store_options(&self) -> waymark_store::StoreOptions {
+        let day = 24 * 3600 * 1000;
+        waymark_store::StoreOptions {
+            partitions: self.partitions,
+            max_events_per_profile: self.retention.max_events_per_profile.max(1),
+            max_event_age_ms: match self.retention.max_event_age_days {
+                0 => None,
+                days => Some(days as i64 * day),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Credentials {
+    write_key: String,
+    admin_token: String,
+}
+
+/// The keys the server accepts, and whether they were generated just now (to print once).
+pub struct ResolvedKeys {
+    pub keys: waymark_server::Keys,
+    pub generated: Option<(String, String)>,
+    pub file: PathBuf,
+}
+
+/// Keys from config; if none are configured, the ones stored in the data directory; if
+/// there are none yet, new random ones, written there (mode 0600) for later starts.
+pub fn resolve_keys(config: &Config) -> Result<ResolvedKeys, String> {
+    let mut write_keys = config.write_keys.clone();
+    write_keys.extend(config.write_key.clone());
+    let mut admin_tokens = config.admin_tokens.clone();
+    admin_tokens.extend(config.admin_token.clone());
+    write_keys.retain(|k| !k.is_empty());
+    admin_tokens.retain(|k| !k.is_empty());
+    let file = config.data_dir.join("credentials.toml");
+    let mut generated = None;
+    if write_keys.is_empty() || admin_tokens.is_empty() {
+        let creds = if file.exists() {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            toml::from_str::<Credentials>(&text).map_err(|e| format!("{}: {e}", file.display()))?
+        } else {
+            let creds = Credentials {
+                write_key: format!("wk_{}", uuid::Uuid::new_v4().simple()),
+                admin_token: format!(
+                    "adm_{}{}",
+                    uuid::Uuid::new_v4().simple(),
+                    uuid::Uuid::new_v4().simple()
+                ),
+            };
+            std::fs::create_dir_all(&config.data_dir)
+                .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
+            let text = toml::to_string(&creds).map_err(|e| e.to_string())?;
+            write_private(&file, &text)
+                .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+            generated = Some((creds.write_key.clone(), creds.admin_token.clone()));
+            creds
+        };
+        if write_keys.is_empty() {
+            write_keys.push(creds.write_key);
+        }
+        if admin_tokens.is_empty() {
+            admin_tokens.push(creds.admin_token);
+        }
+    }
+    Ok(ResolvedKeys {
+        keys: waymark_server::Keys {
+            write_keys,
+            admin_tokens,
+        },
+        generated,
+        file,
+    })
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, text)
+}

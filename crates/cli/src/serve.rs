@@ -1,0 +1,130 @@
+//! `waymark serve`: open the store, serve the API, prune old events, shut down gracefully.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing_subscriber::EnvFilter;
+use waymark_server::AppState;
+use waymark_store::Store;
+use waymark_store_postgres::PostgresStore;
+use waymark_store_sqlite::SqliteStore;
+
+use crate::config::{Config, resolve_keys};
+
+fn init_logging(format: &str) {
+    let filter = EnvFilter::try_from_env("WAYMARK_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
+    let options = config.store_options();
+    if config.store.starts_with("postgres://") || config.store.starts_with("postgresql://") {
+        let store = PostgresStore::open(&config.store, options)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Arc::new(store))
+    } else if config.store == "sqlite" {
+        let dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir, options))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(Arc::new(store))
+    } else {
+        Err(format!(
+            "store must be \"sqlite\" or a postgres:// URL, not {:?}",
+            config.store
+        ))
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown requested; draining in-flight requests");
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+#[allow(
+    clippy::print_stdout,
+    reason = "generated credentials are shown once, on the terminal, by design"
+)]
+pub async fn run(config: Config) -> Result<(), String> {
+    init_logging(&config.log_format);
+    let keys = resolve_keys(&config)?;
+    if let Some((write_key, admin_token)) = &keys.generated {
+        println!(
+            "Generated credentials (stored in {}; shown only this once):",
+            keys.file.display()
+        );
+        println!("  write key:   {write_key}");
+        println!("  admin token: {admin_token}");
+    }
+    let store = open_store(&config).await?;
+    tracing::info!(
+        backend = store.backend(),
+        partitions = store.partitions(),
+        "store open"
+    );
+
+    let pruner = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                match store.prune_expired(now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "pruned events past retention"),
+                    Err(e) => tracing::warn!(error = %e, "retention pruning failed"),
+                }
+            }
+        })
+    };
+
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%addr, "listening");
+    println!("Waymark listening on http://{addr}");
+    let app = waymark_server::app(AppState::new(store.clone(), keys.keys));
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    pruner.abort();
+    store.close().await;
+    tracing::info!("stopped");
+    served.map_err(|e| format!("server error: {e}"))
+}

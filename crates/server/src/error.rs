@@ -1,0 +1,103 @@
+//! Every error the API returns: a status and a JSON body `{code, type, message, field?}`.
+//! `code` is stable and machine-readable; `type` groups codes (`invalid_request`, `auth`,
+//! `not_found`, `internal`); `message` says what to fix; `field` locates it in the request.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+use waymark_core::FieldError;
+use waymark_store::StoreError;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable error code, e.g. `missing_field`, `invalid_json`, `unauthorized`.
+    pub code: String,
+    /// Error class: `invalid_request`, `auth`, `not_found` or `internal`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub message: String,
+    /// Path of the offending field in the request, e.g. `batch[3].userId`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub body: ErrorBody,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: ErrorBody {
+                code: code.to_owned(),
+                kind,
+                message: message.into(),
+                field: None,
+            },
+        }
+    }
+
+    pub fn bad_request(code: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", code, message)
+    }
+
+    pub fn field(code: &str, field: &str, message: impl Into<String>) -> Self {
+        let mut e = Self::bad_request(code, message);
+        e.body.field = Some(field.to_owned());
+        e
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "auth", "unauthorized", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "not_found", message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "internal",
+            "store_unavailable",
+            message,
+        )
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        let mut out = Self::bad_request(e.code, e.message);
+        if !e.field.is_empty() {
+            out.body.field = Some(e.field);
+        }
+        out
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store error");
+        match e {
+            StoreError::Corrupt(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "store_corrupt",
+                "stored data could not be read; see the server log",
+            ),
+            StoreError::Unavailable(_) | StoreError::Closed => Self::unavailable(
+                "the store did not commit this request; nothing was saved, retry it",
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}

@@ -1,0 +1,221 @@
+//! The Segment-compatible ingest endpoints. A 200 is sent only after the store has committed
+//! the events durably; a 4xx means nothing from the request was stored (batches are all or
+//! nothing).
+
+use std::io::Read;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::http::header::CONTENT_ENCODING;
+use serde::Serialize;
+use utoipa::ToSchema;
+use waymark_core::EventKind;
+use waymark_core::segment::{
+    MAX_BATCH_BYTES, MAX_EVENT_BYTES, Parsed, Receipt, parse_batch, parse_single,
+};
+
+use crate::AppState;
+use crate::auth::{Presented, presented};
+use crate::error::{ApiError, ErrorBody};
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IngestResponse {
+    /// Always `true`, as Segment answers.
+    pub success: bool,
+    /// Events newly stored.
+    pub accepted: usize,
+    /// Events whose `messageId` was already stored; they changed nothing.
+    pub duplicates: usize,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// Reads the body, inflating gzip, never holding more than `limit` bytes of either form.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let too_large = || {
+        ApiError::bad_request(
+            if limit == MAX_BATCH_BYTES {
+                "batch_too_large"
+            } else {
+                "event_too_large"
+            },
+            format!(
+                "request body is larger than {limit} bytes ({} KB)",
+                limit / 1024
+            ),
+        )
+    };
+    let raw = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())?;
+    let encoding = headers
+        .get(CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    match encoding.as_deref() {
+        None | Some("") | Some("identity") => Ok(raw.to_vec()),
+        Some("gzip") | Some("x-gzip") => {
+            let mut out = Vec::with_capacity(raw.len() * 4);
+            let mut decoder = flate2::read::GzDecoder::new(&raw[..]).take(limit as u64 + 1);
+            decoder.read_to_end(&mut out).map_err(|e| {
+                ApiError::bad_request(
+                    "invalid_gzip",
+                    format!("request body is not valid gzip: {e}"),
+                )
+            })?;
+            if out.len() > limit {
+                return Err(too_large());
+            }
+            Ok(out)
+        }
+        Some(other) => Err(ApiError::bad_request(
+            "unsupported_encoding",
+            format!("Content-Encoding {other:?} is not supported; send gzip or no encoding"),
+        )),
+    }
+}
+
+fn parse(bytes: &[u8], kind: Option<EventKind>) -> Result<Parsed, waymark_core::FieldError> {
+    let mut new_id = || uuid::Uuid::now_v7().to_string();
+    let mut receipt = Receipt {
+        received_at: now_ms(),
+        new_message_id: &mut new_id,
+    };
+    match kind {
+        None => parse_batch(bytes, &mut receipt),
+        Some(kind) => parse_single(bytes, kind, &mut receipt),
+    }
+}
+
+async fn ingest(
+    state: AppState,
+    headers: HeaderMap,
+    body: Body,
+    kind: Option<EventKind>,
+) -> Result<axum::Json<IngestResponse>, ApiError> {
+    let header_key = match presented(&headers) {
+        Presented::Basic(key) => Some(key),
+        Presented::None => None,
+        Presented::Bearer(_) | Presented::Malformed => {
+            return Err(ApiError::unauthorized(
+                "send the write key as the HTTP Basic username",
+            ));
+        }
+    };
+    if let Some(key) = &header_key {
+        if !state.keys.is_write_key(key) {
+            return Err(ApiError::unauthorized("invalid write key"));
+        }
+    }
+    let limit = if kind.is_none() {
+        MAX_BATCH_BYTES
+    } else {
+        MAX_EVENT_BYTES
+    };
+    let bytes = read_body(&headers, body, limit).await?;
+    let parsed = parse(&bytes, kind);
+    let Parsed { events, write_key } = match parsed {
+        Ok(parsed) => parsed,
+        // Validation details are only for callers who proved they hold a write key.
+        Err(_) if header_key.is_none() => return Err(ApiError::unauthorized("missing write key")),
+        Err(e) => {
+            metrics::counter!("waymark_ingest_rejected_total", "code" => e.code).increment(1);
+            return Err(e.into());
+        }
+    };
+    if header_key.is_none()
+        && !write_key
+            .as_deref()
+            .is_some_and(|k| state.keys.is_write_key(k))
+    {
+        return Err(ApiError::unauthorized("missing or invalid write key"));
+    }
+    let receipt = state.store.ingest(events).await?;
+    metrics::counter!("waymark_ingest_events_total", "outcome" => "accepted")
+        .increment(receipt.accepted as u64);
+    metrics::counter!("waymark_ingest_events_total", "outcome" => "duplicate")
+        .increment(receipt.duplicates as u64);
+    Ok(axum::Json(IngestResponse {
+        success: true,
+        accepted: receipt.accepted,
+        duplicates: receipt.duplicates,
+    }))
+}
+
+macro_rules! single_endpoint {
+    ($fn:ident, $path:literal, $kind:expr, $doc:literal) => {
+        #[doc = $doc]
+        #[utoipa::path(post, path = $path, tag = "ingest",
+            request_body(content = serde_json::Value, description = "One Segment message of this type"),
+            responses(
+                (status = 200, description = "Committed durably", body = IngestResponse),
+                (status = 400, description = "Invalid message; nothing stored", body = ErrorBody),
+                (status = 401, description = "Missing or invalid write key", body = ErrorBody),
+                (status = 503, description = "Store unavailable; nothing stored, retry", body = ErrorBody),
+            ),
+            security(("write_key" = [])))]
+        pub async fn $fn(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<axum::Json<IngestResponse>, ApiError> {
+            ingest(state, headers, body, Some($kind)).await
+        }
+    };
+}
+
+single_endpoint!(
+    identify,
+    "/v1/identify",
+    EventKind::Identify,
+    "Segment `identify`: who the person is and their traits."
+);
+single_endpoint!(
+    track,
+    "/v1/track",
+    EventKind::Track,
+    "Segment `track`: something the person did."
+);
+single_endpoint!(
+    page,
+    "/v1/page",
+    EventKind::Page,
+    "Segment `page`: a web page view."
+);
+single_endpoint!(
+    screen,
+    "/v1/screen",
+    EventKind::Screen,
+    "Segment `screen`: an app screen view."
+);
+single_endpoint!(
+    group,
+    "/v1/group",
+    EventKind::Group,
+    "Segment `group`: the person's account or organisation."
+);
+single_endpoint!(
+    alias,
+    "/v1/alias",
+    EventKind::Alias,
+    "Segment `alias`: fold `previousId` into `userId`."
+);
+
+/// Segment `batch`: up to 500 KB of messages of any type, committed all or nothing.
+#[utoipa::path(post, path = "/v1/batch", tag = "ingest",
+    request_body(content = serde_json::Value, description = "`{\"batch\": [message, ...], \"sentAt\"?, \"context\"?}`"),
+    responses(
+        (status = 200, description = "Every message committed durably", body = IngestResponse),
+        (status = 400, description = "An invalid message (its index in `field`); nothing stored", body = ErrorBody),
+        (status = 401, description = "Missing or invalid write key", body = ErrorBody),
+        (status = 503, description = "Store unavailable; nothing stored, retry", body = ErrorBody),
+    ),
+    security(("write_key" = [])))]
+pub async fn batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<axum::Json<IngestResponse>, ApiError> {
+    ingest(state, headers, body, None).await
+}

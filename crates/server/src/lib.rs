@@ -1,0 +1,62 @@
+//! Waymark's HTTP API.
+//!
+//! Architecture invariant: this is the only crate that knows HTTP. Handlers parse and
+//! authenticate, call the store through its traits, and map results to responses; the rules
+//! themselves live in `waymark-core`, the persistence behind `waymark-store`.
+
+pub mod auth;
+pub mod error;
+pub mod ingest;
+pub mod ops;
+pub mod profiles;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use waymark_store::Store;
+
+pub use auth::Keys;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub keys: Arc<Keys>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, keys: Keys) -> Self {
+        Self {
+            store,
+            keys: Arc::new(keys),
+        }
+    }
+}
+
+/// The whole API as one router, so tests can drive it without a socket.
+pub fn app(state: AppState) -> Router {
+    ops::install_metrics_recorder();
+    Router::new()
+        .route("/v1/identify", post(ingest::identify))
+        .route("/v1/track", post(ingest::track))
+        .route("/v1/page", post(ingest::page))
+        .route("/v1/screen", post(ingest::screen))
+        .route("/v1/group", post(ingest::group))
+        .route("/v1/alias", post(ingest::alias))
+        .route("/v1/batch", post(ingest::batch))
+        .route(
+            "/v1/profiles/{namespace}/{value}",
+            get(profiles::get_profile).delete(profiles::delete_profile),
+        )
+        .route(
+            "/v1/profiles/{namespace}/{value}/events",
+            get(profiles::get_events),
+        )
+        .route("/healthz", get(ops::healthz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(axum::middleware::from_fn(ops::observe))
+        .with_state(state)
+}

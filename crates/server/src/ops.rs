@@ -1,0 +1,138 @@
+//! Operations endpoints (health, metrics, OpenAPI) and the request-observing middleware.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+static METRICS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once. If another recorder is already
+/// installed (an embedding program's), `/metrics` reports that it has none of its own.
+pub fn install_metrics_recorder() {
+    METRICS.get_or_init(|| {
+        let latency = [
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ];
+        let sizes = [1.0, 10.0, 100.0, 500.0, 1000.0, 5000.0, 20000.0];
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_events".into()), &sizes))
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_requests".into()), &sizes))
+            .ok()
+            .and_then(|b| b.install_recorder().ok())
+    });
+}
+
+pub async fn observe(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let elapsed = started.elapsed().as_secs_f64();
+    metrics::histogram!("waymark_http_request_duration_seconds", "route" => route.clone(), "method" => method.clone())
+        .record(elapsed);
+    metrics::counter!("waymark_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status.clone())
+        .increment(1);
+    if response.status().is_server_error() {
+        tracing::warn!(%route, %method, %status, elapsed, "request failed");
+    } else {
+        tracing::debug!(%route, %method, %status, elapsed, "request");
+    }
+    response
+}
+
+/// Liveness and store reachability. Public, for load balancers and orchestrators.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Serving, store reachable"), (status = 503, description = "Store unreachable")))]
+pub async fn healthz(State(state): State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => axum::Json(json!({"status": "ok", "store": state.store.backend()})).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "unavailable", "store": state.store.backend(), "error": e.to_string()})))
+            .into_response(),
+    }
+}
+
+/// Prometheus text exposition (admin token).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain"), (status = 401)),
+    security(("admin_token" = [])))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.keys.require_admin(&headers)?;
+    let body = METRICS
+        .get()
+        .and_then(Option::as_ref)
+        .map(PrometheusHandle::render)
+        .unwrap_or_default();
+    Ok(([("content-type", "text/plain; version=0.0.4")], body).into_response())
+}
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "write_key",
+            SecurityScheme::Http(
+                utoipa::openapi::security::HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some("Write key as the Basic username, empty password (as Segment clients send it)"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Waymark API", description = "Customer journey orchestration: Segment-compatible ingest and real-time profiles."),
+    paths(
+        crate::ingest::identify, crate::ingest::track, crate::ingest::page, crate::ingest::screen,
+        crate::ingest::group, crate::ingest::alias, crate::ingest::batch,
+        crate::profiles::get_profile, crate::profiles::get_events, crate::profiles::delete_profile,
+        healthz, metrics, openapi,
+    ),
+    modifiers(&SecuritySchemes),
+)]
+pub struct ApiDoc;
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3.1 document")))]
+pub async fn openapi() -> Response {
+    axum::Json(ApiDoc::openapi()).into_response()
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint; see /openapi.json")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    let mut e = ApiError::bad_request(
+        "method_not_allowed",
+        "this endpoint does not accept that method; see /openapi.json",
+    );
+    e.status = StatusCode::METHOD_NOT_ALLOWED;
+    e
+}
