@@ -212,3 +212,102 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::write(path, text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_override_in_order_defaults_file_env_flags() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.listen, "127.0.0.1:8080");
+            assert_eq!(c.store, "sqlite");
+
+            jail.create_file("waymark.toml", "listen = \"0.0.0.0:9000\"\ndata_dir = \"from-file\"\n[retention]\nmax_events_per_profile = 50\nmax_event_age_days = 7\n")?;
+            let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(
+                (c.listen.as_str(), c.data_dir.to_str()),
+                ("0.0.0.0:9000", Some("from-file"))
+            );
+            assert_eq!(c.retention.max_events_per_profile, 50);
+
+            jail.set_env("WAYMARK_LISTEN", "127.0.0.1:9100");
+            jail.set_env("WAYMARK_RETENTION__MAX_EVENT_AGE_DAYS", "0");
+            jail.set_env("WAYMARK_WRITE_KEY", "wk_env");
+            jail.set_env("WAYMARK_LOG", "debug");
+            let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.listen, "127.0.0.1:9100");
+            assert_eq!(c.data_dir.to_str(), Some("from-file"));
+            assert_eq!(c.store_options().max_event_age_ms, None);
+            assert_eq!(c.write_key.as_deref(), Some("wk_env"));
+
+            let flags = Overrides {
+                listen: Some("127.0.0.1:9200".into()),
+                ..Overrides::default()
+            };
+            let c = Config::load(None, &flags).map_err(|e| e.to_string())?;
+            assert_eq!(c.listen, "127.0.0.1:9200");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_configuration_names_the_key_and_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "listen = 8080\n")?;
+            let e = Config::load(Some(Path::new("bad.toml")), &Overrides::default())
+                .expect_err("wrong type");
+            assert!(e.contains("listen") && e.contains("bad.toml"), "{e}");
+            jail.create_file("typo.toml", "lisen = \"x\"\n")?;
+            let e = Config::load(Some(Path::new("typo.toml")), &Overrides::default())
+                .expect_err("unknown key");
+            assert!(e.contains("lisen"), "{e}");
+            let e = Config::load(Some(Path::new("missing.toml")), &Overrides::default())
+                .expect_err("missing file");
+            assert!(e.contains("missing.toml"), "{e}");
+            jail.set_env("WAYMARK_PARTITIONS", "zero");
+            let e = Config::load(None, &Overrides::default()).expect_err("bad env");
+            assert!(e.to_lowercase().contains("partitions"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn keys_are_generated_once_and_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        let first = resolve_keys(&config).expect("generate");
+        let (wk, adm) = first.generated.clone().expect("generated on first start");
+        assert!(wk.starts_with("wk_") && adm.starts_with("adm_"));
+        assert_ne!(wk, adm);
+        let second = resolve_keys(&config).expect("reuse");
+        assert!(second.generated.is_none(), "printed only once");
+        assert_eq!(second.keys.write_keys, vec![wk]);
+        assert_eq!(second.keys.admin_tokens, vec![adm]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&first.file)
+                .expect("file")
+                .permissions()
+                .mode();
+            assert_eq!(
+                mode & 0o077,
+                0,
+                "credentials file must not be readable by others"
+            );
+        }
+        let configured = Config {
+            write_key: Some("wk_mine".into()),
+            admin_token: Some("adm_mine".into()),
+            ..config
+        };
+        let keys = resolve_keys(&configured).expect("configured");
+        assert_eq!(keys.keys.write_keys, vec!["wk_mine".to_string()]);
+        assert!(keys.generated.is_none());
+    }
+}

@@ -23,28 +23,45 @@ pub struct Api {
 }
 
 fn keys() -> Keys {
-    Keys { write_keys: vec![WRITE_KEY.into()], admin_tokens: vec![ADMIN.into()] }
+    Keys {
+        write_keys: vec![WRITE_KEY.into()],
+        admin_tokens: vec![ADMIN.into()],
+    }
 }
 
 async fn sqlite() -> Api {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = waymark_store_sqlite::SqliteStore::open(dir.path(), StoreOptions::default()).expect("open");
-    Api { router: app(AppState::new(Arc::new(store), keys())), _guard: Some(dir) }
+    let store =
+        waymark_store_sqlite::SqliteStore::open(dir.path(), StoreOptions::default()).expect("open");
+    Api {
+        router: app(AppState::new(Arc::new(store), keys())),
+        _guard: Some(dir),
+    }
 }
 
 #[cfg(feature = "backend-tests")]
 async fn postgres() -> Api {
     use std::str::FromStr;
-    let url = std::env::var("WAYMARK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let url = std::env::var("WAYMARK_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let base = tokio_postgres::Config::from_str(&url).expect("url");
     let (client, conn) = base.connect(tokio_postgres::NoTls).await.expect("connect");
     tokio::spawn(conn);
     let schema = format!("wm_api_{}", uuid::Uuid::now_v7().simple());
-    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.expect("schema");
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .expect("schema");
     let mut config = base.clone();
     config.options(format!("-c search_path={schema}"));
-    let store = waymark_store_postgres::PostgresStore::open_with_config(config, StoreOptions::default()).await.expect("open");
-    Api { router: app(AppState::new(Arc::new(store), keys())), _guard: None }
+    let store =
+        waymark_store_postgres::PostgresStore::open_with_config(config, StoreOptions::default())
+            .await
+            .expect("open");
+    Api {
+        router: app(AppState::new(Arc::new(store), keys())),
+        _guard: None,
+    }
 }
 
 pub enum Auth<'a> {
@@ -60,8 +77,18 @@ pub struct Reply {
 }
 
 impl Api {
-    async fn call(&self, method: &str, path: &str, auth: Auth<'_>, body: Vec<u8>, encoding: Option<&str>) -> Reply {
-        let mut req = Request::builder().method(method).uri(path).header("content-type", "application/json");
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Auth<'_>,
+        body: Vec<u8>,
+        encoding: Option<&str>,
+    ) -> Reply {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json");
         match auth {
             Auth::None => {}
             Auth::Write(key) => {
@@ -73,7 +100,12 @@ impl Api {
         if let Some(enc) = encoding {
             req = req.header("content-encoding", enc);
         }
-        let resp = self.router.clone().oneshot(req.body(Body::from(body)).expect("request")).await.expect("response");
+        let resp = self
+            .router
+            .clone()
+            .oneshot(req.body(Body::from(body)).expect("request"))
+            .await
+            .expect("response");
         let status = resp.status();
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
         let text = String::from_utf8_lossy(&bytes).into_owned();
@@ -82,11 +114,19 @@ impl Api {
     }
 
     async fn post(&self, path: &str, body: Value) -> Reply {
-        self.call("POST", path, Auth::Write(WRITE_KEY), serde_json::to_vec(&body).expect("json"), None).await
+        self.call(
+            "POST",
+            path,
+            Auth::Write(WRITE_KEY),
+            serde_json::to_vec(&body).expect("json"),
+            None,
+        )
+        .await
     }
 
     async fn get(&self, path: &str) -> Reply {
-        self.call("GET", path, Auth::Admin(ADMIN), Vec::new(), None).await
+        self.call("GET", path, Auth::Admin(ADMIN), Vec::new(), None)
+            .await
     }
 }
 
@@ -133,30 +173,68 @@ all_api_tests!(postgres);
 
 async fn ingest_requires_a_write_key(api: &Api) {
     let body = br#"{"userId": "u", "event": "E"}"#.to_vec();
-    for auth in [Auth::None, Auth::Write("wrong"), Auth::Admin(ADMIN), Auth::Write("")] {
-        let r = api.call("POST", "/v1/track", auth, body.clone(), None).await;
+    for auth in [
+        Auth::None,
+        Auth::Write("wrong"),
+        Auth::Admin(ADMIN),
+        Auth::Write(""),
+    ] {
+        let r = api
+            .call("POST", "/v1/track", auth, body.clone(), None)
+            .await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
         assert_eq!(r.body["code"], "unauthorized");
     }
-    let r = api.call("POST", "/v1/track", Auth::Write(WRITE_KEY), body, None).await;
+    let r = api
+        .call("POST", "/v1/track", Auth::Write(WRITE_KEY), body, None)
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    assert_eq!(r.body, json!({"success": true, "accepted": 1, "duplicates": 0}));
+    assert_eq!(
+        r.body,
+        json!({"success": true, "accepted": 1, "duplicates": 0})
+    );
     // Segment also accepts the key in the body.
     let r = api.call("POST", "/v1/batch", Auth::None, serde_json::to_vec(&json!({"writeKey": WRITE_KEY, "batch": [{"type": "track", "userId": "u", "event": "E"}]})).expect("json"), None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let r = api.call("POST", "/v1/batch", Auth::None, serde_json::to_vec(&json!({"writeKey": "nope", "batch": []})).expect("json"), None).await;
+    let r = api
+        .call(
+            "POST",
+            "/v1/batch",
+            Auth::None,
+            serde_json::to_vec(&json!({"writeKey": "nope", "batch": []})).expect("json"),
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
 
 async fn write_key_cannot_read_or_erase_profiles(api: &Api) {
-    assert_eq!(api.post("/v1/identify", json!({"userId": "secret"})).await.status, StatusCode::OK);
-    for (method, path) in [("GET", "/v1/profiles/user_id/secret"), ("GET", "/v1/profiles/user_id/secret/events"), ("DELETE", "/v1/profiles/user_id/secret"), ("GET", "/metrics")] {
+    assert_eq!(
+        api.post("/v1/identify", json!({"userId": "secret"}))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    for (method, path) in [
+        ("GET", "/v1/profiles/user_id/secret"),
+        ("GET", "/v1/profiles/user_id/secret/events"),
+        ("DELETE", "/v1/profiles/user_id/secret"),
+        ("GET", "/metrics"),
+    ] {
         for auth in [Auth::None, Auth::Write(WRITE_KEY), Auth::Admin("wrong")] {
             let r = api.call(method, path, auth, Vec::new(), None).await;
-            assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{method} {path}: {}", r.text);
+            assert_eq!(
+                r.status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path}: {}",
+                r.text
+            );
         }
     }
-    assert_eq!(api.get("/v1/profiles/user_id/secret").await.status, StatusCode::OK);
+    assert_eq!(
+        api.get("/v1/profiles/user_id/secret").await.status,
+        StatusCode::OK
+    );
 }
 
 async fn invalid_batch_is_rejected_whole_with_its_location(api: &Api) {
@@ -171,9 +249,19 @@ async fn invalid_batch_is_rejected_whole_with_its_location(api: &Api) {
     assert_eq!(r.body["code"], "invalid_type");
     assert_eq!(r.body["field"], "batch[2].properties");
     assert_eq!(r.body["type"], "invalid_request");
-    assert!(r.body["message"].as_str().is_some_and(|m| m.contains("properties")));
+    assert!(
+        r.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("properties"))
+    );
     for user in ["whole-1", "whole-2"] {
-        assert_eq!(api.get(&format!("/v1/profiles/user_id/{user}")).await.status, StatusCode::NOT_FOUND, "{user} must not be stored");
+        assert_eq!(
+            api.get(&format!("/v1/profiles/user_id/{user}"))
+                .await
+                .status,
+            StatusCode::NOT_FOUND,
+            "{user} must not be stored"
+        );
     }
 }
 
@@ -192,41 +280,112 @@ async fn malformed_bodies_get_clear_errors(api: &Api) {
         ("/v1/batch", br#"{"batch": [{"type": "track", "userId": "u", "event": "E", "context": {"externalIds": [{"type": "Bad-NS", "id": "1"}]}}]}"#.to_vec(), "invalid_value", Some("batch[0].context.externalIds[0]")),
     ];
     for (path, body, code, field) in cases {
-        let r = api.call("POST", path, Auth::Write(WRITE_KEY), body, None).await;
+        let r = api
+            .call("POST", path, Auth::Write(WRITE_KEY), body, None)
+            .await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}: {}", r.text);
         assert_eq!(r.body["code"], code, "{path}: {}", r.text);
         assert_eq!(r.body["field"].as_str(), field, "{path}: {}", r.text);
     }
     let r = api.get("/v1/profiles/Not-A-Namespace/x").await;
-    assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_identity")));
-    let r = api.call("POST", "/v1/batch", Auth::Write(WRITE_KEY), b"{}".to_vec(), Some("br")).await;
-    assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("unsupported_encoding")));
-    let r = api.call("POST", "/v1/batch", Auth::Write(WRITE_KEY), b"not gzip".to_vec(), Some("gzip")).await;
-    assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_gzip")));
-    let r = api.call("GET", "/v1/track", Auth::Write(WRITE_KEY), Vec::new(), None).await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_identity"))
+    );
+    let r = api
+        .call(
+            "POST",
+            "/v1/batch",
+            Auth::Write(WRITE_KEY),
+            b"{}".to_vec(),
+            Some("br"),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("unsupported_encoding"))
+    );
+    let r = api
+        .call(
+            "POST",
+            "/v1/batch",
+            Auth::Write(WRITE_KEY),
+            b"not gzip".to_vec(),
+            Some("gzip"),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_gzip"))
+    );
+    let r = api
+        .call("GET", "/v1/track", Auth::Write(WRITE_KEY), Vec::new(), None)
+        .await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.body["code"], "method_not_allowed");
 }
 
 async fn size_limits_apply_before_and_after_gzip(api: &Api) {
     let big = "x".repeat(33 * 1024);
-    let r = api.post("/v1/track", json!({"userId": "u", "event": "E", "properties": {"blob": big}})).await;
-    assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("event_too_large")), "{}", r.text);
+    let r = api
+        .post(
+            "/v1/track",
+            json!({"userId": "u", "event": "E", "properties": {"blob": big}}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("event_too_large")),
+        "{}",
+        r.text
+    );
     let item = json!({"type": "track", "userId": "u", "event": "E", "properties": {"blob": "y".repeat(20 * 1024)}});
     let batch = json!({"batch": vec![item; 30]});
     let r = api.post("/v1/batch", batch.clone()).await;
-    assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("batch_too_large")), "{}", r.text);
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("batch_too_large")),
+        "{}",
+        r.text
+    );
     // 600 KB that gzips to a few KB: the limit applies to the inflated body too.
     let compressed = gzip(&serde_json::to_vec(&batch).expect("json"));
     assert!(compressed.len() < 100 * 1024);
-    let r = api.call("POST", "/v1/batch", Auth::Write(WRITE_KEY), compressed, Some("gzip")).await;
-    assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("batch_too_large")), "{}", r.text);
-    assert_eq!(api.get("/v1/profiles/user_id/u").await.status, StatusCode::NOT_FOUND);
+    let r = api
+        .call(
+            "POST",
+            "/v1/batch",
+            Auth::Write(WRITE_KEY),
+            compressed,
+            Some("gzip"),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("batch_too_large")),
+        "{}",
+        r.text
+    );
+    assert_eq!(
+        api.get("/v1/profiles/user_id/u").await.status,
+        StatusCode::NOT_FOUND
+    );
 }
 
 async fn gzip_bodies_are_accepted(api: &Api) {
-    let body = serde_json::to_vec(&json!({"batch": [{"type": "track", "userId": "gz", "event": "Zipped"}]})).expect("json");
-    let r = api.call("POST", "/v1/batch", Auth::Write(WRITE_KEY), gzip(&body), Some("gzip")).await;
+    let body = serde_json::to_vec(
+        &json!({"batch": [{"type": "track", "userId": "gz", "event": "Zipped"}]}),
+    )
+    .expect("json");
+    let r = api
+        .call(
+            "POST",
+            "/v1/batch",
+            Auth::Write(WRITE_KEY),
+            gzip(&body),
+            Some("gzip"),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let p = api.get("/v1/profiles/user_id/gz").await;
     assert_eq!(p.body["computed"]["event_counts"]["Zipped"], 1);
@@ -237,46 +396,118 @@ async fn replayed_batch_changes_nothing(api: &Api) {
         {"type": "identify", "messageId": "rp-1", "userId": "rp", "traits": {"n": 1}},
         {"type": "track", "messageId": "rp-2", "userId": "rp", "event": "E"},
     ]});
-    assert_eq!(api.post("/v1/batch", batch.clone()).await.body["accepted"], 2);
+    assert_eq!(
+        api.post("/v1/batch", batch.clone()).await.body["accepted"],
+        2
+    );
     let before = api.get("/v1/profiles/user_id/rp").await.body;
     let again = api.post("/v1/batch", batch).await;
     assert_eq!(again.status, StatusCode::OK);
-    assert_eq!((again.body["accepted"].as_u64(), again.body["duplicates"].as_u64()), (Some(0), Some(2)));
+    assert_eq!(
+        (
+            again.body["accepted"].as_u64(),
+            again.body["duplicates"].as_u64()
+        ),
+        (Some(0), Some(2))
+    );
     assert_eq!(api.get("/v1/profiles/user_id/rp").await.body, before);
-    assert_eq!(api.get("/v1/profiles/user_id/rp/events").await.body["events"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        api.get("/v1/profiles/user_id/rp/events").await.body["events"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
 }
 
 async fn identity_merge_and_erasure_through_the_api(api: &Api) {
-    api.post("/v1/page", json!({"anonymousId": "visitor-9", "name": "Pricing"})).await;
-    api.post("/v1/identify", json!({"anonymousId": "visitor-9", "traits": {"utm_source": "ad"}})).await;
+    api.post(
+        "/v1/page",
+        json!({"anonymousId": "visitor-9", "name": "Pricing"}),
+    )
+    .await;
+    api.post(
+        "/v1/identify",
+        json!({"anonymousId": "visitor-9", "traits": {"utm_source": "ad"}}),
+    )
+    .await;
     let anon = api.get("/v1/profiles/anonymous_id/visitor-9").await;
     assert_eq!(anon.status, StatusCode::OK);
     api.post("/v1/identify", json!({"userId": "ada", "anonymousId": "visitor-9", "traits": {"email": "ADA@example.com", "name": "Ada"}})).await;
     let p = api.get("/v1/profiles/email/ada@example.com").await;
     assert_eq!(p.status, StatusCode::OK, "{}", p.text);
-    assert_eq!(p.body["id"], anon.body["id"], "anonymous profile became the known one");
+    assert_eq!(
+        p.body["id"], anon.body["id"],
+        "anonymous profile became the known one"
+    );
     assert_eq!(p.body["traits"]["utm_source"], "ad");
     assert_eq!(p.body["traits"]["name"], "Ada");
     assert_eq!(p.body["computed"]["event_count"], 3);
-    let ids: Vec<String> = p.body["identities"].as_array().expect("identities").iter().map(|i| format!("{}:{}", i["namespace"].as_str().unwrap_or(""), i["value"].as_str().unwrap_or(""))).collect();
-    assert_eq!(ids, ["anonymous_id:visitor-9", "email:ada@example.com", "user_id:ada"]);
+    let ids: Vec<String> = p.body["identities"]
+        .as_array()
+        .expect("identities")
+        .iter()
+        .map(|i| {
+            format!(
+                "{}:{}",
+                i["namespace"].as_str().unwrap_or(""),
+                i["value"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "anonymous_id:visitor-9",
+            "email:ada@example.com",
+            "user_id:ada"
+        ]
+    );
     // A second anonymous visitor folded in later by alias.
-    api.post("/v1/track", json!({"anonymousId": "phone-app", "event": "App Opened"})).await;
-    api.post("/v1/alias", json!({"userId": "ada", "previousId": "phone-app"})).await;
+    api.post(
+        "/v1/track",
+        json!({"anonymousId": "phone-app", "event": "App Opened"}),
+    )
+    .await;
+    api.post(
+        "/v1/alias",
+        json!({"userId": "ada", "previousId": "phone-app"}),
+    )
+    .await;
     let p = api.get("/v1/profiles/user_id/ada").await;
     assert_eq!(p.body["computed"]["event_count"], 5);
     assert_eq!(p.body["merged_from"].as_array().map(Vec::len), Some(1));
 
-    let erased = api.call("DELETE", "/v1/profiles/user_id/ada", Auth::Admin(ADMIN), Vec::new(), None).await;
+    let erased = api
+        .call(
+            "DELETE",
+            "/v1/profiles/user_id/ada",
+            Auth::Admin(ADMIN),
+            Vec::new(),
+            None,
+        )
+        .await;
     assert_eq!(erased.status, StatusCode::OK, "{}", erased.text);
     assert_eq!(erased.body["events_deleted"], 5);
     assert_eq!(erased.body["identities_deleted"], 4);
-    for path in ["/v1/profiles/user_id/ada", "/v1/profiles/email/ada@example.com", "/v1/profiles/anonymous_id/phone-app", "/v1/profiles/user_id/ada/events"] {
+    for path in [
+        "/v1/profiles/user_id/ada",
+        "/v1/profiles/email/ada@example.com",
+        "/v1/profiles/anonymous_id/phone-app",
+        "/v1/profiles/user_id/ada/events",
+    ] {
         let r = api.get(path).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
         assert_eq!(r.body["code"], "not_found");
     }
-    let again = api.call("DELETE", "/v1/profiles/user_id/ada", Auth::Admin(ADMIN), Vec::new(), None).await;
+    let again = api
+        .call(
+            "DELETE",
+            "/v1/profiles/user_id/ada",
+            Auth::Admin(ADMIN),
+            Vec::new(),
+            None,
+        )
+        .await;
     assert_eq!(again.status, StatusCode::NOT_FOUND);
 }
 
@@ -288,7 +519,13 @@ async fn events_are_paged_newest_first(api: &Api) {
     loop {
         let r = api.get(&path).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-        names.extend(r.body["events"].as_array().expect("events").iter().map(|e| e["event"].as_str().unwrap_or("").to_owned()));
+        names.extend(
+            r.body["events"]
+                .as_array()
+                .expect("events")
+                .iter()
+                .map(|e| e["event"].as_str().unwrap_or("").to_owned()),
+        );
         match r.body["next"].as_str() {
             Some(next) => path = format!("/v1/profiles/user_id/pager/events?limit=3&before={next}"),
             None => break,
@@ -296,7 +533,9 @@ async fn events_are_paged_newest_first(api: &Api) {
     }
     assert_eq!(names, ["E6", "E5", "E4", "E3", "E2", "E1", "E0"]);
     for bad in ["limit=0", "limit=1001", "limit=ten", "before=garbage"] {
-        let r = api.get(&format!("/v1/profiles/user_id/pager/events?{bad}")).await;
+        let r = api
+            .get(&format!("/v1/profiles/user_id/pager/events?{bad}"))
+            .await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
         assert!(r.body["field"].is_string(), "{bad}: {}", r.text);
     }
@@ -304,36 +543,67 @@ async fn events_are_paged_newest_first(api: &Api) {
 
 async fn clock_skew_is_corrected(api: &Api) {
     // The client's clock runs 10 minutes fast; the event happened 1 minute before sending.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
     let iso = |ms: i64| waymark_core::time::format_iso8601(ms);
     let skew = 10 * 60 * 1000;
     let r = api.post("/v1/batch", json!({"sentAt": iso(now + skew), "batch": [
         {"type": "track", "userId": "skewed", "event": "E", "timestamp": iso(now + skew - 60_000)}]})).await;
     assert_eq!(r.status, StatusCode::OK);
     let events = api.get("/v1/profiles/user_id/skewed/events").await.body;
-    let ts = waymark_core::time::parse_iso8601(events["events"][0]["timestamp"].as_str().expect("ts")).expect("iso");
+    let ts =
+        waymark_core::time::parse_iso8601(events["events"][0]["timestamp"].as_str().expect("ts"))
+            .expect("iso");
     let expected = now - 60_000;
-    assert!((ts - expected).abs() < 5_000, "corrected timestamp {ts} should be near {expected}");
+    assert!(
+        (ts - expected).abs() < 5_000,
+        "corrected timestamp {ts} should be near {expected}"
+    );
 }
 
 async fn operations_endpoints(api: &Api) {
-    let h = api.call("GET", "/healthz", Auth::None, Vec::new(), None).await;
+    let h = api
+        .call("GET", "/healthz", Auth::None, Vec::new(), None)
+        .await;
     assert_eq!(h.status, StatusCode::OK);
     assert_eq!(h.body["status"], "ok");
-    api.post("/v1/track", json!({"userId": "m", "event": "Counted"})).await;
+    api.post("/v1/track", json!({"userId": "m", "event": "Counted"}))
+        .await;
     let m = api.get("/metrics").await;
     assert_eq!(m.status, StatusCode::OK);
     assert!(m.text.contains("waymark_ingest_events_total"), "{}", m.text);
-    assert!(m.text.contains("waymark_http_request_duration_seconds_bucket"), "{}", m.text);
+    assert!(
+        m.text
+            .contains("waymark_http_request_duration_seconds_bucket"),
+        "{}",
+        m.text
+    );
     assert!(m.text.contains("waymark_store_commit_events"), "{}", m.text);
-    let doc = api.call("GET", "/openapi.json", Auth::None, Vec::new(), None).await.body;
+    let doc = api
+        .call("GET", "/openapi.json", Auth::None, Vec::new(), None)
+        .await
+        .body;
     for (path, method) in [
-        ("/v1/identify", "post"), ("/v1/track", "post"), ("/v1/page", "post"), ("/v1/screen", "post"), ("/v1/group", "post"),
-        ("/v1/alias", "post"), ("/v1/batch", "post"), ("/v1/profiles/{namespace}/{value}", "get"),
-        ("/v1/profiles/{namespace}/{value}", "delete"), ("/v1/profiles/{namespace}/{value}/events", "get"),
-        ("/healthz", "get"), ("/metrics", "get"), ("/openapi.json", "get"),
+        ("/v1/identify", "post"),
+        ("/v1/track", "post"),
+        ("/v1/page", "post"),
+        ("/v1/screen", "post"),
+        ("/v1/group", "post"),
+        ("/v1/alias", "post"),
+        ("/v1/batch", "post"),
+        ("/v1/profiles/{namespace}/{value}", "get"),
+        ("/v1/profiles/{namespace}/{value}", "delete"),
+        ("/v1/profiles/{namespace}/{value}/events", "get"),
+        ("/healthz", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
     ] {
-        assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from OpenAPI");
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} missing from OpenAPI"
+        );
     }
     assert!(doc["components"]["securitySchemes"]["write_key"].is_object());
 }

@@ -1,0 +1,170 @@
+//! Runs the real `waymark` binary as a child process, for tests that need a whole server:
+//! restarts, signals, kill -9, and client libraries talking over TCP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub const WRITE_KEY: &str = "wk_process_test";
+pub const ADMIN: &str = "adm_process_test";
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub stdout: Vec<String>,
+}
+
+pub struct Launch<'a> {
+    pub data_dir: &'a Path,
+    pub store: Option<&'a str>,
+    pub configured_keys: bool,
+}
+
+impl Server {
+    pub fn start(launch: Launch<'_>) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_waymark"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(launch.data_dir);
+        if let Some(store) = launch.store {
+            cmd.args(["--store", store]);
+        }
+        if launch.configured_keys {
+            cmd.env("WAYMARK_WRITE_KEY", WRITE_KEY)
+                .env("WAYMARK_ADMIN_TOKEN", ADMIN);
+        } else {
+            cmd.env_remove("WAYMARK_WRITE_KEY")
+                .env_remove("WAYMARK_ADMIN_TOKEN");
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(launch.data_dir.with_extension("log"))
+            .expect("log file");
+        cmd.env("WAYMARK_RETENTION__MAX_EVENTS_PER_PROFILE", "1000000")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        let mut child = cmd.spawn().expect("spawn waymark");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut seen = Vec::new();
+        let base = loop {
+            let Some(Ok(line)) = lines.next() else {
+                let _ = child.kill();
+                panic!(
+                    "waymark exited before listening; stdout: {seen:?}; see {}",
+                    launch.data_dir.with_extension("log").display()
+                );
+            };
+            if let Some(addr) = line.strip_prefix("Waymark listening on ") {
+                break addr.trim().to_owned();
+            }
+            seen.push(line);
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            base,
+            stdout: seen,
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("server did not stop within 30 s of SIGTERM");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+pub async fn send_batch(
+    c: &reqwest::Client,
+    base: &str,
+    key: &str,
+    batch: &Value,
+) -> Result<Value, String> {
+    let resp = c
+        .post(format!("{base}/v1/batch"))
+        .basic_auth(key, Some(""))
+        .json(&serde_json::json!({ "batch": batch }))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body: Value = resp.json().await.map_err(|e| e.to_string())?;
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(format!("{status}: {body}"))
+    }
+}
+
+pub async fn get(c: &reqwest::Client, base: &str, admin: &str, path: &str) -> (u16, Value) {
+    let resp = c
+        .get(format!("{base}{path}"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .expect("GET");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Every message id stored for a profile, following all pages.
+pub async fn message_ids(c: &reqwest::Client, base: &str, admin: &str, user: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut path = format!("/v1/profiles/user_id/{user}/events?limit=1000");
+    loop {
+        let (status, body) = get(c, base, admin, &path).await;
+        if status == 404 {
+            return out;
+        }
+        assert_eq!(status, 200, "{body}");
+        for e in body["events"].as_array().expect("events") {
+            out.push(e["messageId"].as_str().expect("messageId").to_owned());
+        }
+        match body["next"].as_str() {
+            Some(next) => {
+                path = format!("/v1/profiles/user_id/{user}/events?limit=1000&before={next}")
+            }
+            None => return out,
+        }
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}

@@ -1,0 +1,195 @@
+//! The `waymark` binary as a user runs it: first start, restart, graceful stop, kill -9.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::{ADMIN, Launch, Server, WRITE_KEY, client, get, message_ids, send_batch};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_start_generates_keys_prints_them_once_and_data_survives_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut server = Server::start(Launch {
+        data_dir: &data,
+        store: None,
+        configured_keys: false,
+    });
+    let key_of = |prefix: &str| {
+        server
+            .stdout
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|k| k.trim().to_owned()))
+            .expect("printed key")
+    };
+    let (write_key, admin) = (key_of("write key:"), key_of("admin token:"));
+    let c = client();
+    let r = send_batch(
+        &c,
+        &server.base,
+        &write_key,
+        &json!([{"type": "identify", "userId": "first", "traits": {"plan": "pro"}}]),
+    )
+    .await;
+    assert!(r.is_ok(), "{r:?}");
+    assert!(
+        send_batch(
+            &c,
+            &server.base,
+            "wk_wrong",
+            &json!([{"type": "identify", "userId": "x"}])
+        )
+        .await
+        .is_err()
+    );
+    assert_eq!(server.terminate().code(), Some(0));
+
+    let server = Server::start(Launch {
+        data_dir: &data,
+        store: None,
+        configured_keys: false,
+    });
+    assert!(
+        !server.stdout.iter().any(|l| l.contains("write key")),
+        "keys are printed only on first start: {:?}",
+        server.stdout
+    );
+    let (status, profile) = get(&c, &server.base, &admin, "/v1/profiles/user_id/first").await;
+    assert_eq!(status, 200);
+    assert_eq!(profile["traits"]["plan"], "pro");
+}
+
+/// Sends batches from `workers` tasks until `stop`, recording the message ids of every
+/// batch the server acknowledged with a 200.
+async fn load(
+    base: String,
+    workers: usize,
+    users: usize,
+    stop: Arc<AtomicBool>,
+) -> (Vec<String>, usize) {
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (base, acked, stop, sent) = (base.clone(), acked.clone(), stop.clone(), sent.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let ids: Vec<String> = (0..50).map(|i| format!("crash-{w}-{n}-{i}")).collect();
+                let batch: Vec<Value> = ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, id)| json!({"type": "track", "messageId": id, "userId": format!("cu{}", (w * 7 + n + i) % users), "event": "Load"}))
+                    .collect();
+                n += 1;
+                sent.fetch_add(ids.len(), Ordering::Relaxed);
+                if send_batch(&c, &base, WRITE_KEY, &Value::Array(batch)).await.is_ok() {
+                    acked.lock().await.extend(ids);
+                } else if stop.load(Ordering::Relaxed) {
+                    break;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let acked = std::mem::take(&mut *acked.lock().await);
+    (acked, sent.load(Ordering::Relaxed))
+}
+
+async fn assert_all_acked_present_once(base: &str, users: usize, acked: &[String]) {
+    let c = client();
+    let mut stored = Vec::new();
+    for u in 0..users {
+        stored.extend(message_ids(&c, base, ADMIN, &format!("cu{u}")).await);
+    }
+    let unique: HashSet<&String> = stored.iter().collect();
+    assert_eq!(unique.len(), stored.len(), "an event was stored twice");
+    let missing: Vec<&String> = acked.iter().filter(|id| !unique.contains(id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged events lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_acknowledged_event() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let users = 200;
+    let mut server = Server::start(Launch {
+        data_dir: &data,
+        store: None,
+        configured_keys: true,
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = tokio::spawn(load(server.base.clone(), 16, users, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.kill9();
+    stop.store(true, Ordering::Relaxed);
+    let (acked, sent) = loader.await.expect("load");
+    assert!(
+        acked.len() >= 1000,
+        "load too small to mean anything: {} acked",
+        acked.len()
+    );
+    assert!(
+        sent > acked.len(),
+        "the kill must land mid-load (sent {sent}, acked {})",
+        acked.len()
+    );
+
+    let server = Server::start(Launch {
+        data_dir: &data,
+        store: None,
+        configured_keys: true,
+    });
+    assert_all_acked_present_once(&server.base, users, &acked).await;
+    eprintln!(
+        "kill -9: {} events acknowledged of {sent} sent; all present exactly once",
+        acked.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_stops_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let users = 50;
+    let mut server = Server::start(Launch {
+        data_dir: &data,
+        store: None,
+        configured_keys: true,
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = tokio::spawn(load(server.base.clone(), 8, users, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.terminate();
+        drop(server);
+        status
+    })
+    .await
+    .expect("terminate");
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(status.code(), Some(0), "graceful shutdown exits 0");
+    let (acked, _) = loader.await.expect("load");
+    assert!(!acked.is_empty());
+    let server = Server::start(Launch {
+        data_dir: &data,
+        store: None,
+        configured_keys: true,
+    });
+    assert_all_acked_present_once(&server.base, users, &acked).await;
+}
