@@ -214,6 +214,7 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err, reason = "figment::Jail fixes the closure's error type")]
 mod tests {
     use super::*;
 

@@ -59,11 +59,10 @@ pub fn lookups<'a>(events: impl IntoIterator<Item = &'a Event>) -> Lookups {
     for event in events {
         message_ids.push(event.message_id.clone());
         identities.extend(event.identities.iter().cloned());
-        if event.kind == EventKind::Alias {
-            if let Some(prev) = &event.previous_id {
+        if event.kind == EventKind::Alias
+            && let Some(prev) = &event.previous_id {
                 identities.extend(previous_candidates(prev));
             }
-        }
     }
     let mut identities: Vec<_> = identities.into_iter().collect();
     identities.sort();
@@ -193,8 +192,8 @@ impl Planner<'_> {
             }
         }
         let alias = event.kind == EventKind::Alias;
-        if alias {
-            if let Some(prev) = &event.previous_id {
+        if alias
+            && let Some(prev) = &event.previous_id {
                 let candidates = previous_candidates(prev);
                 match candidates.iter().find_map(|c| self.owner(c)) {
                     Some(p) if !found.contains(&p) => found.push(p),
@@ -206,7 +205,6 @@ impl Planner<'_> {
                     ),
                 }
             }
-        }
 
         let user_identity = event.identities.iter().find(|i| i.is_user_id());
         let target = match user_identity {

@@ -230,8 +230,8 @@ fn parse_object(
         EventKind::Page | EventKind::Screen => optional_string(m.remove("name"), "name")?,
         _ => None,
     };
-    if let Some(name) = &name {
-        if name.len() > MAX_EVENT_NAME_LEN {
+    if let Some(name) = &name
+        && name.len() > MAX_EVENT_NAME_LEN {
             let field = if kind == EventKind::Track {
                 "event"
             } else {
@@ -243,7 +243,6 @@ fn parse_object(
                 format!("{field} is longer than {MAX_EVENT_NAME_LEN} bytes"),
             ));
         }
-    }
 
     match kind {
         EventKind::Alias => {
@@ -360,12 +359,11 @@ fn identities_of(
             "anonymousId",
         )?);
     }
-    if kind == EventKind::Alias {
-        if let Some(id) = previous_id {
+    if kind == EventKind::Alias
+        && let Some(id) = previous_id {
             // Validated here; the resolver decides which namespace it lives in.
             Identity::from_field(Namespace::ANONYMOUS_ID, id, "previousId")?;
         }
-    }
     if kind == EventKind::Identify {
         for (trait_name, namespace) in [("email", Namespace::EMAIL), ("phone", Namespace::PHONE)] {
             match traits.get(trait_name) {

@@ -107,11 +107,10 @@ async fn ingest(
             ));
         }
     };
-    if let Some(key) = &header_key {
-        if !state.keys.is_write_key(key) {
+    if let Some(key) = &header_key
+        && !state.keys.is_write_key(key) {
             return Err(ApiError::unauthorized("invalid write key"));
         }
-    }
     let limit = if kind.is_none() {
         MAX_BATCH_BYTES
     } else {
