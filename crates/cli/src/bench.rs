@@ -24,6 +24,30 @@ pub struct BenchArgs {
 enum Target {
     /// Send Segment events to a running server.
     Ingest(IngestArgs),
+    /// Read profiles written by an earlier `bench ingest` run.
+    Profiles(ProfilesArgs),
+}
+
+#[derive(clap::Args, Clone)]
+pub struct ProfilesArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    #[arg(long, env = "WAYMARK_ADMIN_TOKEN")]
+    admin_token: String,
+    /// The `run_id` the ingest run reported.
+    #[arg(long)]
+    run_id: String,
+    /// How many profiles that run spread its events over.
+    #[arg(long)]
+    profiles: u64,
+    /// Reads to make.
+    #[arg(long, default_value_t = 100_000)]
+    requests: u64,
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Reads per second to offer (open loop); unset means as fast as possible.
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 #[derive(clap::Args, Clone)]
@@ -62,9 +86,27 @@ pub struct IngestArgs {
     gzip: bool,
 }
 
+/// Waits until request `r` is due and returns the instant its latency is measured from.
+/// A request already late when its turn comes (the server held up the ones before it) is
+/// measured from when it was due, so queueing delay counts. A request whose wait ended a
+/// little late only because of timer granularity is measured from when it was sent: that
+/// delay is the generator's own, not the server's.
+async fn pace(started: Instant, interval: Option<Duration>, r: u64) -> Instant {
+    let Some(iv) = interval else {
+        return Instant::now();
+    };
+    let due = started + iv.mul_f64(r as f64);
+    if Instant::now() >= due {
+        return due;
+    }
+    tokio::time::sleep_until(due.into()).await;
+    Instant::now()
+}
+
 pub async fn run(args: BenchArgs) -> Result<(), String> {
     match args.target {
         Target::Ingest(a) => ingest(a).await,
+        Target::Profiles(a) => profiles(a).await,
     }
 }
 
@@ -144,26 +186,18 @@ async fn ingest(a: IngestArgs) -> Result<(), String> {
                 if r >= requests {
                     break;
                 }
-                let due = match interval {
-                    Some(iv) => {
-                        let due = started + iv.mul_f64(r as f64);
-                        tokio::time::sleep_until(due.into()).await;
-                        due
-                    }
-                    None => Instant::now(),
-                };
+                let due = pace(started, interval, r).await;
                 let first = r * a.batch_size as u64;
                 let last = (first + a.batch_size as u64).min(a.events);
                 let events: Vec<Value> = (first..last)
                     .map(|n| event(&run, n, a.profiles, a.identify_every))
                     .collect();
                 let (path, body) = if a.batch_size == 1 {
-                    ("/v1/track", events[0].clone())
+                    let kind = events[0]["type"].as_str().unwrap_or("track");
+                    (format!("/v1/{kind}"), events[0].clone())
                 } else {
-                    (
-                        "/v1/batch",
-                        json!({"batch": events, "sentAt": "2026-11-29T12:00:00Z"}),
-                    )
+                    let body = json!({"batch": events, "sentAt": "2026-11-29T12:00:00Z"});
+                    ("/v1/batch".to_owned(), body)
                 };
                 let mut bytes = serde_json::to_vec(&body).expect("json");
                 let mut req = client
@@ -207,7 +241,7 @@ async fn ingest(a: IngestArgs) -> Result<(), String> {
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let report = json!({
         "run_id": run,
-        "mode": if a.batch_size == 1 { "track" } else { "batch" },
+        "mode": if a.batch_size == 1 { "single (/v1/track, /v1/identify)" } else { "batch (/v1/batch)" },
         "batch_size": a.batch_size,
         "connections": a.connections,
         "offered_rate": a.rate,
@@ -216,6 +250,79 @@ async fn ingest(a: IngestArgs) -> Result<(), String> {
         "errors": shared.errors.load(Ordering::Relaxed),
         "seconds": (elapsed * 1000.0).round() / 1000.0,
         "events_per_second": (acked as f64 / elapsed).round(),
+        "latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "p999": ms(0.999), "max": h.max() as f64 / 1000.0},
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap_or_default()
+    );
+    Ok(())
+}
+
+#[allow(clippy::print_stdout, reason = "the benchmark's report is its output")]
+async fn profiles(a: ProfilesArgs) -> Result<(), String> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(a.connections)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let found = Arc::new(AtomicU64::new(0));
+    let total = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?,
+    ));
+    let interval = a.rate.map(|r| Duration::from_secs_f64(1.0 / r));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..a.connections {
+        let (client, next, errors, found, total, a) = (
+            client.clone(),
+            next.clone(),
+            errors.clone(),
+            found.clone(),
+            total.clone(),
+            a.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut local =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds are valid");
+            loop {
+                let r = next.fetch_add(1, Ordering::Relaxed);
+                if r >= a.requests {
+                    break;
+                }
+                let due = pace(started, interval, r).await;
+                // A multiplicative hash spreads reads over the whole keyspace.
+                let user = r.wrapping_mul(0x9E37_79B9_7F4A_7C15) % a.profiles;
+                let url = format!("{}/v1/profiles/user_id/{}-u{user}", a.url, a.run_id);
+                match client.get(url).bearer_auth(&a.admin_token).send().await {
+                    Ok(resp) if resp.status().is_success() => {
+                        let _ = resp.bytes().await;
+                        found.fetch_add(1, Ordering::Relaxed);
+                        let _ = local.record(due.elapsed().as_micros().max(1) as u64);
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            let _ = total.lock().await.add(&local);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let h = total.lock().await;
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let report = json!({
+        "reads_ok": found.load(Ordering::Relaxed),
+        "errors": errors.load(Ordering::Relaxed),
+        "connections": a.connections,
+        "offered_rate": a.rate,
+        "seconds": (elapsed * 1000.0).round() / 1000.0,
+        "reads_per_second": (h.len() as f64 / elapsed).round(),
         "latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "p999": ms(0.999), "max": h.max() as f64 / 1000.0},
     });
     println!(

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use waymark_store::wall_clock_ms as now_ms;
 
 use tracing_subscriber::EnvFilter;
 use waymark_server::AppState;
@@ -67,13 +68,6 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutdown requested; draining in-flight requests");
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 #[allow(

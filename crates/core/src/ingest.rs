@@ -60,9 +60,10 @@ pub fn lookups<'a>(events: impl IntoIterator<Item = &'a Event>) -> Lookups {
         message_ids.push(event.message_id.clone());
         identities.extend(event.identities.iter().cloned());
         if event.kind == EventKind::Alias
-            && let Some(prev) = &event.previous_id {
-                identities.extend(previous_candidates(prev));
-            }
+            && let Some(prev) = &event.previous_id
+        {
+            identities.extend(previous_candidates(prev));
+        }
     }
     let mut identities: Vec<_> = identities.into_iter().collect();
     identities.sort();
@@ -192,19 +193,18 @@ impl Planner<'_> {
             }
         }
         let alias = event.kind == EventKind::Alias;
-        if alias
-            && let Some(prev) = &event.previous_id {
-                let candidates = previous_candidates(prev);
-                match candidates.iter().find_map(|c| self.owner(c)) {
-                    Some(p) if !found.contains(&p) => found.push(p),
-                    Some(_) => {}
-                    None => unknown.extend(
-                        candidates
-                            .into_iter()
-                            .filter(|c| c.namespace.as_str() == Namespace::ANONYMOUS_ID),
-                    ),
-                }
+        if alias && let Some(prev) = &event.previous_id {
+            let candidates = previous_candidates(prev);
+            match candidates.iter().find_map(|c| self.owner(c)) {
+                Some(p) if !found.contains(&p) => found.push(p),
+                Some(_) => {}
+                None => unknown.extend(
+                    candidates
+                        .into_iter()
+                        .filter(|c| c.namespace.as_str() == Namespace::ANONYMOUS_ID),
+                ),
             }
+        }
 
         let user_identity = event.identities.iter().find(|i| i.is_user_id());
         let target = match user_identity {

@@ -231,18 +231,19 @@ fn parse_object(
         _ => None,
     };
     if let Some(name) = &name
-        && name.len() > MAX_EVENT_NAME_LEN {
-            let field = if kind == EventKind::Track {
-                "event"
-            } else {
-                "name"
-            };
-            return Err(FieldError::new(
-                "invalid_value",
-                field,
-                format!("{field} is longer than {MAX_EVENT_NAME_LEN} bytes"),
-            ));
-        }
+        && name.len() > MAX_EVENT_NAME_LEN
+    {
+        let field = if kind == EventKind::Track {
+            "event"
+        } else {
+            "name"
+        };
+        return Err(FieldError::new(
+            "invalid_value",
+            field,
+            format!("{field} is longer than {MAX_EVENT_NAME_LEN} bytes"),
+        ));
+    }
 
     match kind {
         EventKind::Alias => {
@@ -360,10 +361,11 @@ fn identities_of(
         )?);
     }
     if kind == EventKind::Alias
-        && let Some(id) = previous_id {
-            // Validated here; the resolver decides which namespace it lives in.
-            Identity::from_field(Namespace::ANONYMOUS_ID, id, "previousId")?;
-        }
+        && let Some(id) = previous_id
+    {
+        // Validated here; the resolver decides which namespace it lives in.
+        Identity::from_field(Namespace::ANONYMOUS_ID, id, "previousId")?;
+    }
     if kind == EventKind::Identify {
         for (trait_name, namespace) in [("email", Namespace::EMAIL), ("phone", Namespace::PHONE)] {
             match traits.get(trait_name) {

@@ -3,6 +3,7 @@
 //! nothing).
 
 use std::io::Read;
+use waymark_store::wall_clock_ms as now_ms;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -27,13 +28,6 @@ pub struct IngestResponse {
     pub accepted: usize,
     /// Events whose `messageId` was already stored; they changed nothing.
     pub duplicates: usize,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 /// Reads the body, inflating gzip, never holding more than `limit` bytes of either form.
@@ -108,9 +102,10 @@ async fn ingest(
         }
     };
     if let Some(key) = &header_key
-        && !state.keys.is_write_key(key) {
-            return Err(ApiError::unauthorized("invalid write key"));
-        }
+        && !state.keys.is_write_key(key)
+    {
+        return Err(ApiError::unauthorized("invalid write key"));
+    }
     let limit = if kind.is_none() {
         MAX_BATCH_BYTES
     } else {

@@ -153,13 +153,14 @@ pub async fn get_events(
         },
     };
     if let Some(before) = &query.before
-        && waymark_store::decode_cursor(before).is_none() {
-            return Err(ApiError::field(
-                "invalid_value",
-                "before",
-                "before must be a cursor returned as `next` by a previous page",
-            ));
-        }
+        && waymark_store::decode_cursor(before).is_none()
+    {
+        return Err(ApiError::field(
+            "invalid_value",
+            "before",
+            "before must be a cursor returned as `next` by a previous page",
+        ));
+    }
     let page = state
         .store
         .events(

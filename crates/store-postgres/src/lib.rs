@@ -13,6 +13,7 @@ mod schema;
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use waymark_store::wall_clock_ms as now_ms;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Transaction};
@@ -23,7 +24,7 @@ use waymark_core::time::Millis;
 use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
     Erasure, EventPage, IngestReceipt, PageRequest, ProfileStore, Store, StoreError, StoreOptions,
-    StoredEvent, decode_cursor, encode_cursor,
+    StoredEvent, decode_cursor,
 };
 
 const MAX_ATTEMPTS: u32 = 20;
@@ -65,13 +66,6 @@ fn identity_lock_key(identity: &Identity) -> i64 {
     bytes.push(0);
     bytes.extend_from_slice(identity.value.as_bytes());
     xxhash_rust::xxh3::xxh3_64(&bytes) as i64
-}
-
-fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or_default()
 }
 
 /// Why an attempt did not commit: a race to retry, or a real failure.
@@ -431,13 +425,7 @@ impl ProfileStore for PostgresStore {
                 body,
             });
         }
-        let next = if events.len() > limit as usize {
-            events.truncate(limit as usize);
-            events.last().map(encode_cursor)
-        } else {
-            None
-        };
-        Ok(Some(EventPage { events, next }))
+        Ok(Some(EventPage::from_rows(events, limit)))
     }
 
     async fn erase(&self, identity: &Identity) -> Result<Option<Erasure>, StoreError> {

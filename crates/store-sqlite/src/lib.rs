@@ -20,7 +20,7 @@ use waymark_core::time::Millis;
 use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
     Erasure, EventPage, IngestReceipt, PageRequest, ProfileStore, Store, StoreError, StoreOptions,
-    StoredEvent, decode_cursor, encode_cursor,
+    StoredEvent, decode_cursor,
 };
 
 use writer::Command;
@@ -225,13 +225,7 @@ impl ProfileStore for SqliteStore {
                     body,
                 });
             }
-            let next = if events.len() > limit as usize {
-                events.truncate(limit as usize);
-                events.last().map(encode_cursor)
-            } else {
-                None
-            };
-            Ok(Some(EventPage { events, next }))
+            Ok(Some(EventPage::from_rows(events, limit)))
         })
         .await
     }

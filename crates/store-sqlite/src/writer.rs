@@ -1,6 +1,7 @@
 //! The single writer thread and its group commit.
 
 use std::time::Instant;
+use waymark_store::wall_clock_ms as now_ms;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::{mpsc, oneshot};
@@ -173,13 +174,6 @@ fn commit_group(
     flush_ingests(&tx, &mut run, &mut results, config)?;
     tx.commit().map_err(unavailable)?;
     Ok(results)
-}
-
-fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or_default()
 }
 
 fn flush_ingests(

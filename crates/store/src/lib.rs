@@ -75,6 +75,29 @@ pub struct EventPage {
     pub next: Option<String>,
 }
 
+/// The wall clock, in the store's unit. Lives here, not in `core`, because reading the
+/// clock is an effect; `core` takes time as an argument.
+pub fn wall_clock_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or_default()
+}
+
+impl EventPage {
+    /// Builds a page from up to `limit + 1` rows read newest first: the extra row, if
+    /// present, only proves there is a next page.
+    pub fn from_rows(mut events: Vec<StoredEvent>, limit: u32) -> Self {
+        let next = if events.len() > limit as usize {
+            events.truncate(limit as usize);
+            events.last().map(encode_cursor)
+        } else {
+            None
+        };
+        Self { events, next }
+    }
+}
+
 /// Page cursors are `timestamp.seq` of the last event served; opaque to clients.
 pub fn encode_cursor(e: &StoredEvent) -> String {
     format!("{}.{}", e.timestamp, e.seq)
