@@ -1,7 +1,8 @@
 //! An event as Waymark keeps it: one Segment message, validated, with its identities
 //! extracted and its time corrected for client clock skew.
 
-use serde_json::{Map, Value, json};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::{Map, Value};
 
 use crate::Identity;
 use crate::time::{Millis, format_iso8601};
@@ -83,16 +84,22 @@ impl Event {
 
     /// The event in Segment's own JSON shape, as stored and as served back by the API.
     pub fn to_json(&self) -> Value {
-        let mut out = Map::new();
-        out.insert("messageId".into(), json!(self.message_id));
-        out.insert("type".into(), json!(self.kind.as_str()));
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// Serialises straight from the event's fields (no intermediate `Value`), because every
+/// stored event goes through here on the write path.
+impl Serialize for Event {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut out = serializer.serialize_map(None)?;
+        out.serialize_entry("messageId", &self.message_id)?;
+        out.serialize_entry("type", self.kind.as_str())?;
         match self.kind {
-            EventKind::Track => {
-                out.insert("event".into(), json!(self.name));
-            }
+            EventKind::Track => out.serialize_entry("event", &self.name)?,
             EventKind::Page | EventKind::Screen => {
                 if let Some(name) = &self.name {
-                    out.insert("name".into(), json!(name));
+                    out.serialize_entry("name", name)?;
                 }
             }
             _ => {}
@@ -105,7 +112,7 @@ impl Event {
         ];
         for (key, value) in optional {
             if let Some(value) = value {
-                out.insert(key.into(), json!(value));
+                out.serialize_entry(key, value)?;
             }
         }
         let maps = [
@@ -116,17 +123,17 @@ impl Event {
         ];
         for (key, map) in maps {
             if !map.is_empty() {
-                out.insert(key.into(), Value::Object(map.clone()));
+                out.serialize_entry(key, map)?;
             }
         }
-        out.insert("timestamp".into(), json!(format_iso8601(self.timestamp)));
+        out.serialize_entry("timestamp", &format_iso8601(self.timestamp))?;
         if let Some(t) = self.original_timestamp {
-            out.insert("originalTimestamp".into(), json!(format_iso8601(t)));
+            out.serialize_entry("originalTimestamp", &format_iso8601(t))?;
         }
         if let Some(t) = self.sent_at {
-            out.insert("sentAt".into(), json!(format_iso8601(t)));
+            out.serialize_entry("sentAt", &format_iso8601(t))?;
         }
-        out.insert("receivedAt".into(), json!(format_iso8601(self.received_at)));
-        Value::Object(out)
+        out.serialize_entry("receivedAt", &format_iso8601(self.received_at))?;
+        out.end()
     }
 }

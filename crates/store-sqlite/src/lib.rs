@@ -156,7 +156,18 @@ impl ProfileStore for SqliteStore {
         if events.is_empty() {
             return Ok(IngestReceipt::default());
         }
-        self.send(|reply| Command::Ingest { events, reply }).await
+        // Serialise on the caller's thread: the writer thread is the bottleneck, so it only
+        // does what must be serial.
+        let bodies = events
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap_or_default())
+            .collect();
+        self.send(|reply| Command::Ingest {
+            events,
+            bodies,
+            reply,
+        })
+        .await
     }
 
     async fn profile(&self, identity: &Identity) -> Result<Option<ProfileState>, StoreError> {

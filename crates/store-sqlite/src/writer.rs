@@ -21,6 +21,8 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 pub enum Command {
     Ingest {
         events: Vec<Event>,
+        /// Each event's stored JSON, serialised before it reaches the writer thread.
+        bodies: Vec<String>,
         reply: Reply<IngestReceipt>,
     },
     Erase {
@@ -35,7 +37,7 @@ pub enum Command {
 
 /// What one command asks the transaction to do, split from where its answer goes.
 enum Work {
-    Ingest(Vec<Event>),
+    Ingest(Vec<Event>, Vec<String>),
     Erase(Identity),
     Prune(Millis),
 }
@@ -55,7 +57,11 @@ enum Answer {
 impl Command {
     fn split(self) -> (Work, Answer) {
         match self {
-            Command::Ingest { events, reply } => (Work::Ingest(events), Answer::Ingest(reply)),
+            Command::Ingest {
+                events,
+                bodies,
+                reply,
+            } => (Work::Ingest(events, bodies), Answer::Ingest(reply)),
             Command::Erase { identity, reply } => (Work::Erase(identity), Answer::Erase(reply)),
             Command::Prune { now, reply } => (Work::Prune(now), Answer::Prune(reply)),
         }
@@ -65,7 +71,7 @@ impl Command {
 impl Work {
     fn weight(&self) -> usize {
         match self {
-            Work::Ingest(events) => events.len(),
+            Work::Ingest(events, _) => events.len(),
             _ => 1,
         }
     }
@@ -154,11 +160,11 @@ fn commit_group(
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(unavailable)?;
     let mut results = Vec::with_capacity(works.len());
-    let mut run: Vec<Vec<Event>> = Vec::new();
+    let mut run: Vec<(Vec<Event>, Vec<String>)> = Vec::new();
     for work in works {
         match work {
-            Work::Ingest(events) => {
-                run.push(events);
+            Work::Ingest(events, bodies) => {
+                run.push((events, bodies));
                 continue;
             }
             Work::Erase(identity) => {
@@ -178,7 +184,7 @@ fn commit_group(
 
 fn flush_ingests(
     tx: &Transaction<'_>,
-    run: &mut Vec<Vec<Event>>,
+    run: &mut Vec<(Vec<Event>, Vec<String>)>,
     results: &mut Vec<Done>,
     config: &Config,
 ) -> Result<(), StoreError> {
@@ -186,9 +192,13 @@ fn flush_ingests(
         return Ok(());
     }
     let requests = std::mem::take(run);
-    let sizes: Vec<usize> = requests.iter().map(Vec::len).collect();
-    let all: Vec<Event> = requests.into_iter().flatten().collect();
-    let mut outcomes = ingest(tx, &all, config)?.into_iter();
+    let sizes: Vec<usize> = requests.iter().map(|(e, _)| e.len()).collect();
+    let (mut all, mut bodies) = (Vec::new(), Vec::new());
+    for (events, b) in requests {
+        all.extend(events);
+        bodies.extend(b);
+    }
+    let mut outcomes = ingest(tx, &all, &bodies, config)?.into_iter();
     for size in sizes {
         let mut receipt = IngestReceipt::default();
         for outcome in outcomes.by_ref().take(size) {
@@ -205,6 +215,7 @@ fn flush_ingests(
 fn ingest(
     tx: &Transaction<'_>,
     events: &[Event],
+    bodies: &[String],
     config: &Config,
 ) -> Result<Vec<Outcome>, StoreError> {
     let look = lookups(events);
@@ -277,7 +288,7 @@ fn ingest(
             .map_err(unavailable)?;
         for (index, owner) in &plan.events {
             let e = &events[*index];
-            let body = e.to_json().to_string();
+            let body = &bodies[*index];
             stmt.execute(params![
                 e.message_id,
                 owner,
