@@ -29,32 +29,61 @@ fn batch_body(n: usize) -> Vec<u8> {
 #[divan::bench]
 fn parse_batch_of_100(bencher: Bencher) {
     let body = batch_body(100);
-    bencher.counter(divan::counter::ItemsCount::new(100usize)).bench(|| {
-        let mut id = || String::from("generated");
-        let mut receipt = Receipt { received_at: 1_800_000_000_000, new_message_id: &mut id };
-        parse_batch(divan::black_box(&body), &mut receipt).expect("valid")
-    });
+    bencher
+        .counter(divan::counter::ItemsCount::new(100usize))
+        .bench(|| {
+            let mut id = || String::from("generated");
+            let mut receipt = Receipt {
+                received_at: 1_800_000_000_000,
+                new_message_id: &mut id,
+            };
+            parse_batch(divan::black_box(&body), &mut receipt).expect("valid")
+        });
 }
 
 #[divan::bench]
 fn plan_batch_of_100_new_profiles(bencher: Bencher) {
     let body = batch_body(100);
     let mut id = || String::from("generated");
-    let events = parse_batch(&body, &mut Receipt { received_at: 1_800_000_000_000, new_message_id: &mut id }).expect("valid").events;
-    bencher.counter(divan::counter::ItemsCount::new(100usize)).bench(|| {
-        let _ = lookups(&events);
-        let mut n = 0u64;
-        plan(WorkingSet::default(), divan::black_box(&events), 64, 0, &mut || {
-            n += 1;
-            format!("profile-{n}")
-        })
-    });
+    let events = parse_batch(
+        &body,
+        &mut Receipt {
+            received_at: 1_800_000_000_000,
+            new_message_id: &mut id,
+        },
+    )
+    .expect("valid")
+    .events;
+    bencher
+        .counter(divan::counter::ItemsCount::new(100usize))
+        .bench(|| {
+            let _ = lookups(&events);
+            let mut n = 0u64;
+            plan(
+                WorkingSet::default(),
+                divan::black_box(&events),
+                64,
+                0,
+                &mut || {
+                    n += 1;
+                    format!("profile-{n}")
+                },
+            )
+        });
 }
 
 #[divan::bench]
 fn serialize_event_for_storage(bencher: Bencher) {
     let body = batch_body(10);
     let mut id = || String::from("generated");
-    let events = parse_batch(&body, &mut Receipt { received_at: 1_800_000_000_000, new_message_id: &mut id }).expect("valid").events;
+    let events = parse_batch(
+        &body,
+        &mut Receipt {
+            received_at: 1_800_000_000_000,
+            new_message_id: &mut id,
+        },
+    )
+    .expect("valid")
+    .events;
     bencher.bench(|| serde_json::to_string(divan::black_box(&events[1])).expect("json"));
 }

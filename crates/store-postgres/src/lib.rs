@@ -13,10 +13,12 @@ mod schema;
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use waymark_store::wall_clock_ms as now_ms;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Transaction};
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 use waymark_core::ingest::{Outcome, WorkingSet, lookups, plan};
@@ -29,10 +31,88 @@ use waymark_store::{
 
 const MAX_ATTEMPTS: u32 = 20;
 
+/// Most events one group-commit transaction takes.
+const MAX_GROUP_EVENTS: usize = 5_000;
+/// Transactions committing groups at once. More than one, so a group waiting on its
+/// commit's WAL flush does not stop the next group from being planned.
+const COMMITTERS: usize = 4;
+
+type Reply = oneshot::Sender<Result<IngestReceipt, StoreError>>;
+/// One ingest call waiting for a committer: its events and where its answer goes.
+type Request = (Vec<Event>, Reply);
+
 pub struct PostgresStore {
+    shared: Arc<Shared>,
+    queue: Mutex<Option<mpsc::Sender<Request>>>,
+    committers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// What the committer tasks and the read paths share.
+pub struct Shared {
     pool: Pool,
     partitions: u32,
     options: StoreOptions,
+}
+
+impl std::ops::Deref for PostgresStore {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+/// Group commit: each committer takes every request waiting in the queue (up to
+/// `MAX_GROUP_EVENTS`), plans and commits them in one transaction, then answers each.
+/// Without it every HTTP request would pay its own WAL flush.
+async fn committer(shared: Arc<Shared>, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Request>>>) {
+    loop {
+        let mut group = Vec::new();
+        {
+            let mut rx = queue.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            let mut weight = first.0.len();
+            group.push(first);
+            while weight < MAX_GROUP_EVENTS {
+                match rx.try_recv() {
+                    Ok(next) => {
+                        weight += next.0.len();
+                        group.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        let sizes: Vec<usize> = group.iter().map(|(e, _)| e.len()).collect();
+        let mut events = Vec::with_capacity(sizes.iter().sum());
+        let mut replies = Vec::with_capacity(group.len());
+        for (batch, reply) in group {
+            events.extend(batch);
+            replies.push(reply);
+        }
+        metrics::histogram!("waymark_store_commit_requests", "backend" => "postgres")
+            .record(replies.len() as f64);
+        match shared.ingest_with_retry(&events).await {
+            Ok(outcomes) => {
+                let mut outcomes = outcomes.into_iter();
+                for (size, reply) in sizes.into_iter().zip(replies) {
+                    let mut receipt = IngestReceipt::default();
+                    for o in outcomes.by_ref().take(size) {
+                        match o {
+                            Outcome::Accepted { .. } => receipt.accepted += 1,
+                            Outcome::Duplicate => receipt.duplicates += 1,
+                        }
+                    }
+                    let _ = reply.send(Ok(receipt));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, requests = replies.len(), "postgres group commit failed");
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
+                }
+            }
+        }
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -121,13 +201,25 @@ impl PostgresStore {
         let partitions = schema::partitions(&client, options.partitions)
             .await
             .map_err(db_error)?;
-        Ok(Self {
+        let shared = Arc::new(Shared {
             pool,
             partitions,
             options,
+        });
+        let (tx, rx) = mpsc::channel(4096);
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let committers = (0..COMMITTERS)
+            .map(|_| tokio::spawn(committer(shared.clone(), rx.clone())))
+            .collect();
+        Ok(Self {
+            shared,
+            queue: Mutex::new(Some(tx)),
+            committers: Mutex::new(committers),
         })
     }
+}
 
+impl Shared {
     async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
         self.pool
             .get()
@@ -170,6 +262,34 @@ impl PostgresStore {
             }
         }
         Ok(owners)
+    }
+
+    async fn ingest_with_retry(&self, events: &[Event]) -> Result<Vec<Outcome>, StoreError> {
+        let started = std::time::Instant::now();
+        for attempt in 1..=MAX_ATTEMPTS {
+            match self.try_ingest(events).await {
+                Ok(outcomes) => {
+                    metrics::histogram!("waymark_store_commit_seconds", "backend" => "postgres")
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::histogram!("waymark_store_commit_events", "backend" => "postgres")
+                        .record(events.len() as f64);
+                    return Ok(outcomes);
+                }
+                Err(Abort::Retry(why)) => {
+                    metrics::counter!("waymark_store_retries_total", "backend" => "postgres")
+                        .increment(1);
+                    tracing::debug!(attempt, why, "retrying postgres ingest");
+                    tokio::time::sleep(std::time::Duration::from_millis(u64::from(
+                        attempt.min(10),
+                    )))
+                    .await;
+                }
+                Err(Abort::Fail(e)) => return Err(e),
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "ingest still conflicting after {MAX_ATTEMPTS} attempts"
+        )))
     }
 
     async fn try_ingest(&self, events: &[Event]) -> Result<Vec<Outcome>, Abort> {
@@ -337,38 +457,18 @@ impl ProfileStore for PostgresStore {
         if events.is_empty() {
             return Ok(IngestReceipt::default());
         }
-        let started = std::time::Instant::now();
-        for attempt in 1..=MAX_ATTEMPTS {
-            match self.try_ingest(&events).await {
-                Ok(outcomes) => {
-                    metrics::histogram!("waymark_store_commit_seconds", "backend" => "postgres")
-                        .record(started.elapsed().as_secs_f64());
-                    metrics::histogram!("waymark_store_commit_events", "backend" => "postgres")
-                        .record(events.len() as f64);
-                    let mut receipt = IngestReceipt::default();
-                    for o in outcomes {
-                        match o {
-                            Outcome::Accepted { .. } => receipt.accepted += 1,
-                            Outcome::Duplicate => receipt.duplicates += 1,
-                        }
-                    }
-                    return Ok(receipt);
-                }
-                Err(Abort::Retry(why)) => {
-                    metrics::counter!("waymark_store_retries_total", "backend" => "postgres")
-                        .increment(1);
-                    tracing::debug!(attempt, why, "retrying postgres ingest");
-                    tokio::time::sleep(std::time::Duration::from_millis(u64::from(
-                        attempt.min(10),
-                    )))
-                    .await;
-                }
-                Err(Abort::Fail(e)) => return Err(e),
-            }
-        }
-        Err(StoreError::Unavailable(format!(
-            "ingest still conflicting after {MAX_ATTEMPTS} attempts"
-        )))
+        let sender = self
+            .queue
+            .lock()
+            .map_err(|_| StoreError::Closed)?
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send((events, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn profile(&self, identity: &Identity) -> Result<Option<ProfileState>, StoreError> {
@@ -391,7 +491,7 @@ impl ProfileStore for PostgresStore {
         page: PageRequest,
     ) -> Result<Option<EventPage>, StoreError> {
         let client = self.client().await?;
-        let Some(profile_id) = Self::profile_id_of(&client, identity).await? else {
+        let Some(profile_id) = Shared::profile_id_of(&client, identity).await? else {
             return Ok(None);
         };
         let (before_ts, before_seq) = page
@@ -438,7 +538,7 @@ impl ProfileStore for PostgresStore {
             )
             .await
             .map_err(db_error)?;
-            let Some(profile_id) = Self::profile_id_of(&tx, identity).await? else {
+            let Some(profile_id) = Shared::profile_id_of(&tx, identity).await? else {
                 return Ok(None);
             };
             let locked = tx
@@ -525,6 +625,16 @@ impl Store for PostgresStore {
     }
 
     async fn close(&self) {
+        // Dropping the sender lets the committers finish what is queued, then exit.
+        drop(self.queue.lock().ok().and_then(|mut q| q.take()));
+        let committers = self
+            .committers
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default();
+        for c in committers {
+            let _ = c.await;
+        }
         self.pool.close();
     }
 }
