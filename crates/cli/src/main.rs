@@ -2,6 +2,7 @@
 
 mod bench;
 mod config;
+mod journeys;
 mod serve;
 
 use std::path::PathBuf;
@@ -29,6 +30,8 @@ struct Cli {
 enum Command {
     /// Run the server (embedded SQLite store by default).
     Serve(ServeArgs),
+    /// Journeys as code: validate documents, print their schema.
+    Journeys(journeys::JourneysArgs),
     /// Load generators for Waymark's own benchmarks (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
                 Err(e) => Err(format!("configuration: {e}")),
             }
         }
+        Command::Journeys(args) => journeys::run(args),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
     };
     match result {

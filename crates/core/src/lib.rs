@@ -8,6 +8,7 @@ pub mod error;
 pub mod event;
 pub mod identity;
 pub mod ingest;
+pub mod journey;
 pub mod partition;
 pub mod profile;
 pub mod segment;

@@ -1,0 +1,86 @@
+//! `waymark journeys validate` as a CI job would run it: exit codes and messages that name
+//! the file and the place to fix.
+
+use std::process::Command;
+
+fn waymark(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_waymark"))
+        .args(args)
+        .output()
+        .expect("run waymark");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn example(rel: &str) -> String {
+    format!("{}/../../{rel}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn valid_examples_pass() {
+    let (code, stdout, stderr) = waymark(&["journeys", "validate", &example("examples/journeys")]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("welcome.yaml") && stdout.contains("9 nodes"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn invalid_files_fail_with_file_path_and_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let typo = dir.path().join("typo.yaml");
+    std::fs::write(
+        &typo,
+        "key: typo\nentry: { event: Go }\nnodes:\n  - id: a\n    type: end\n    nxt: b\n",
+    )
+    .expect("write");
+    let graph = dir.path().join("graph.json");
+    std::fs::write(&graph, r#"{"key": "graph", "entry": {"event": "Go", "when": "event.x >"}, "nodes": [{"id": "a", "type": "message", "channel": "log", "template": "t", "next": "nowhere"}]}"#).expect("write");
+    let (code, _, stderr) = waymark(&[
+        "journeys",
+        "validate",
+        typo.to_str().expect("utf8"),
+        graph.to_str().expect("utf8"),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("typo.yaml: nodes[0]")
+            && stderr.contains("nxt")
+            && stderr.contains("line 4"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("graph.json: entry.when") && stderr.contains("invalid_expression"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("graph.json: nodes[0].next") && stderr.contains("nowhere"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("2 of 2 journey files are invalid"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn missing_paths_are_an_error() {
+    let (code, _, stderr) = waymark(&["journeys", "validate", "/nonexistent/journey.yaml"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("/nonexistent/journey.yaml: no such file"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn schema_is_printed_as_json() {
+    let (code, stdout, _) = waymark(&["journeys", "schema"]);
+    assert_eq!(code, 0);
+    let schema: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(schema["title"], "Journey");
+}

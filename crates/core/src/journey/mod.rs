@@ -1,0 +1,311 @@
+//! Journeys as documents: the YAML or JSON a user writes, parsed into a model, and checked
+//! before anything runs (`validate`). The engine that runs them comes next; this is the
+//! contract it will run.
+
+mod cel_check;
+mod duration;
+mod validate;
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use duration::{DurationText, parse_duration_ms};
+pub use validate::validate;
+
+use crate::FieldError;
+
+/// A journey document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Journey {
+    /// Stable identifier: lowercase letters, digits, `-` and `_`.
+    pub key: String,
+    /// Human-readable name.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub entry: Entry,
+    #[serde(default)]
+    pub properties: Properties,
+    /// Id of the first node; defaults to the first node listed.
+    #[serde(default)]
+    pub start: Option<String>,
+    pub nodes: Vec<Node>,
+}
+
+/// What starts a person's journey.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    /// Segment event name (`Signed Up`), or `Identify`, `Page Viewed`, `Screen Viewed`.
+    pub event: String,
+    /// Optional CEL filter over `event` and `profile`.
+    #[serde(default)]
+    pub when: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Properties {
+    /// `never` (default), `always`, or `{after: 7d}`.
+    #[serde(default)]
+    pub reentry: Reentry,
+    /// Leave the journey at any step when one of these happens.
+    #[serde(default)]
+    pub exit: Option<Exit>,
+    /// Every instance ends after this long (default 91d).
+    #[serde(default)]
+    pub timeout: Option<DurationText>,
+    /// `profile` (the person's `timezone` trait) or an IANA zone such as `Europe/Oslo`. Default UTC.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// No entries before this instant (RFC 3339).
+    #[serde(default)]
+    pub start_at: Option<String>,
+    /// No entries after this instant (RFC 3339).
+    #[serde(default)]
+    pub end_at: Option<String>,
+    /// Most entries per second; further entries are refused and counted.
+    #[serde(default)]
+    pub entry_rate_limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Reentry {
+    #[default]
+    Never,
+    Always,
+    /// Re-enter only after this long since the last entry.
+    #[serde(untagged)]
+    After {
+        after: DurationText,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Exit {
+    /// Event names that end the instance.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// CEL over `event` and `profile`, checked at every step.
+    #[serde(default)]
+    pub when: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Node {
+    /// Unique within the journey: lowercase letters, digits, `-` and `_`.
+    pub id: String,
+    #[serde(flatten)]
+    pub kind: NodeKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum NodeKind {
+    /// Ordered CEL branches; the first true one is taken, else `else`.
+    Condition {
+        branches: Vec<Branch>,
+        #[serde(rename = "else")]
+        otherwise: String,
+    },
+    /// Wait a duration, until a local time, or for an event (with a timeout path).
+    Wait {
+        #[serde(default)]
+        duration: Option<DurationText>,
+        /// Local time `HH:MM` in the journey's time zone: the next such time.
+        #[serde(default)]
+        until: Option<String>,
+        #[serde(default)]
+        event: Option<WaitEvent>,
+        next: String,
+    },
+    /// Send a message on a channel with a template.
+    Message {
+        channel: String,
+        template: String,
+        next: String,
+    },
+    /// Call an HTTP endpoint (custom action).
+    Webhook {
+        #[serde(default = "default_method")]
+        method: String,
+        url: String,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+        #[serde(default)]
+        body: Option<Value>,
+        #[serde(default)]
+        timeout: Option<DurationText>,
+        #[serde(default)]
+        retries: Option<u32>,
+        next: String,
+        /// Taken when the call still fails after its retries.
+        #[serde(default)]
+        on_error: Option<String>,
+    },
+    /// Set or unset profile traits.
+    UpdateProfile {
+        #[serde(default)]
+        set: BTreeMap<String, Value>,
+        #[serde(default)]
+        unset: Vec<String>,
+        next: String,
+    },
+    /// Percent-weighted paths (A/B tests, holdouts); percents add up to 100.
+    RandomSplit {
+        paths: Vec<SplitPath>,
+    },
+    /// Continue in another journey.
+    Jump {
+        journey: String,
+    },
+    End {},
+}
+
+fn default_method() -> String {
+    "POST".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Branch {
+    pub when: String,
+    pub next: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitEvent {
+    pub name: String,
+    #[serde(default)]
+    pub when: Option<String>,
+    pub timeout: DurationText,
+    /// Taken when the timeout passes first.
+    pub timeout_next: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SplitPath {
+    pub percent: u32,
+    pub next: String,
+}
+
+impl NodeKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            NodeKind::Condition { .. } => "condition",
+            NodeKind::Wait { .. } => "wait",
+            NodeKind::Message { .. } => "message",
+            NodeKind::Webhook { .. } => "webhook",
+            NodeKind::UpdateProfile { .. } => "update_profile",
+            NodeKind::RandomSplit { .. } => "random_split",
+            NodeKind::Jump { .. } => "jump",
+            NodeKind::End {} => "end",
+        }
+    }
+
+    /// Every edge out of this node, with the document path of the field that names it.
+    pub fn edges(&self) -> Vec<(String, &str)> {
+        match self {
+            NodeKind::Condition {
+                branches,
+                otherwise,
+            } => {
+                let mut out: Vec<(String, &str)> = branches
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| (format!("branches[{i}].next"), b.next.as_str()))
+                    .collect();
+                out.push(("else".into(), otherwise.as_str()));
+                out
+            }
+            NodeKind::Wait { event, next, .. } => {
+                let mut out = vec![("next".to_owned(), next.as_str())];
+                if let Some(e) = event {
+                    out.push(("event.timeout_next".into(), e.timeout_next.as_str()));
+                }
+                out
+            }
+            NodeKind::Message { next, .. } | NodeKind::UpdateProfile { next, .. } => {
+                vec![("next".into(), next.as_str())]
+            }
+            NodeKind::Webhook { next, on_error, .. } => {
+                let mut out = vec![("next".to_owned(), next.as_str())];
+                if let Some(e) = on_error {
+                    out.push(("on_error".into(), e.as_str()));
+                }
+                out
+            }
+            NodeKind::RandomSplit { paths } => paths
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("paths[{i}].next"), p.next.as_str()))
+                .collect(),
+            NodeKind::Jump { .. } | NodeKind::End {} => Vec::new(),
+        }
+    }
+}
+
+/// The document formats a journey may be written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Yaml,
+    Json,
+}
+
+impl Format {
+    /// By file extension: `.json` is JSON, anything else YAML (a superset of JSON).
+    pub fn from_path(path: &str) -> Self {
+        if path.ends_with(".json") {
+            Format::Json
+        } else {
+            Format::Yaml
+        }
+    }
+}
+
+/// Parses a document. Syntax and shape errors carry the line and column where known.
+pub fn parse(text: &str, format: Format) -> Result<Journey, FieldError> {
+    match format {
+        Format::Json => {
+            let de = &mut serde_json::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let inner = e.inner();
+                FieldError::new(
+                    "invalid_document",
+                    e.path().to_string(),
+                    format!("line {} column {}: {inner}", inner.line(), inner.column()),
+                )
+            })
+        }
+        Format::Yaml => {
+            let de = serde_norway::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let path = e.path().to_string();
+                let path = if path == "." { String::new() } else { path };
+                // serde_norway's message already names the path and the line and column.
+                let message = e.into_inner().to_string();
+                let message = message
+                    .strip_prefix(&format!("{path}: "))
+                    .map(str::to_owned)
+                    .unwrap_or(message);
+                FieldError::new("invalid_document", path, message)
+            })
+        }
+    }
+}
+
+/// The JSON Schema of the journey document (also committed as `docs/journey.schema.json`).
+pub fn json_schema() -> Value {
+    serde_json::to_value(schemars::schema_for!(Journey)).unwrap_or(Value::Null)
+}
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,171 @@
+use super::*;
+
+const WELCOME: &str = include_str!("../../../../examples/journeys/welcome.yaml");
+
+fn errors(yaml: &str) -> Vec<(String, &'static str)> {
+    let journey = parse(yaml, Format::Yaml).expect("parses");
+    validate(&journey)
+        .into_iter()
+        .map(|e| (e.field, e.code))
+        .collect()
+}
+
+#[test]
+fn the_example_journey_is_valid_and_uses_every_node_type() {
+    let journey = parse(WELCOME, Format::Yaml).expect("parses");
+    assert_eq!(validate(&journey), vec![]);
+    let mut types: Vec<&str> = journey.nodes.iter().map(|n| n.kind.type_name()).collect();
+    types.sort_unstable();
+    types.dedup();
+    assert_eq!(
+        types,
+        [
+            "condition",
+            "end",
+            "message",
+            "random_split",
+            "update_profile",
+            "wait",
+            "webhook"
+        ]
+    );
+}
+
+#[test]
+fn json_and_yaml_are_the_same_document() {
+    let journey = parse(WELCOME, Format::Yaml).expect("yaml");
+    let json = serde_json::to_string(&journey).expect("json");
+    assert_eq!(parse(&json, Format::Json).expect("json parses"), journey);
+}
+
+#[test]
+fn unknown_nodes_are_reported_with_their_path() {
+    let doc = WELCOME
+        .replace("next: tell-crm", "next: tell-crn")
+        .replace("timeout_next: nudge", "timeout_next: nudj");
+    let errs = errors(&doc);
+    assert!(
+        errs.contains(&("nodes[1].branches[0].next".into(), "unknown_node")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.contains(&("nodes[4].event.timeout_next".into(), "unknown_node")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn bad_cel_is_reported_before_running() {
+    let doc = WELCOME
+        .replace(
+            r#"event.properties.plan == "pro""#,
+            "event.properties.plan ==",
+        )
+        .replace("has(event.properties.plan)", "evnt.plan");
+    let errs = errors(&doc);
+    assert!(
+        errs.contains(&("nodes[1].branches[0].when".into(), "invalid_expression")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.contains(&("entry.when".into(), "invalid_expression")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn unreachable_nodes_and_loops_without_waits_are_rejected() {
+    let doc = r#"
+key: loops
+entry: { event: Go }
+nodes:
+  - { id: a, type: condition, branches: [{ when: "true", next: b }], else: c }
+  - { id: b, type: update_profile, set: { x: 1 }, next: a }
+  - { id: c, type: wait, duration: 1h, next: a }
+  - { id: orphan, type: end }
+"#;
+    let errs = errors(doc);
+    assert!(
+        errs.contains(&("nodes[3]".into(), "unreachable_node")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.contains(&("nodes[0]".into(), "cycle_without_wait")),
+        "{errs:?}"
+    );
+    assert_eq!(
+        errs.iter()
+            .filter(|(_, c)| *c == "cycle_without_wait")
+            .count(),
+        1,
+        "the loop through the wait is fine: {errs:?}"
+    );
+}
+
+#[test]
+fn every_field_problem_is_reported_at_once() {
+    let doc = r#"
+key: Bad Key
+entry: { event: "" }
+properties: { timeout: forever, timezone: Mars/Olympus, start_at: "2027-01-01T00:00:00Z", end_at: "2026-01-01T00:00:00Z" }
+nodes:
+  - { id: w, type: wait, duration: 1h, until: "25:00", next: s }
+  - { id: s, type: random_split, paths: [{ percent: 70, next: m }, { percent: 20, next: m }] }
+  - { id: m, type: message, channel: pigeon, template: "", next: h }
+  - { id: h, type: webhook, method: BREW, url: "ftp://x", next: e }
+  - { id: e, type: end }
+  - { id: e, type: end }
+"#;
+    let errs = errors(doc);
+    for expected in [
+        ("key", "invalid_value"),
+        ("entry.event", "missing_field"),
+        ("properties.timeout", "invalid_duration"),
+        ("properties.timezone", "invalid_value"),
+        ("properties.end_at", "invalid_value"),
+        ("nodes[0].type", "invalid_value"),
+        ("nodes[0].until", "invalid_value"),
+        ("nodes[1].paths", "invalid_value"),
+        ("nodes[2].channel", "invalid_value"),
+        ("nodes[2].template", "missing_field"),
+        ("nodes[3].method", "invalid_value"),
+        ("nodes[3].url", "invalid_value"),
+        ("nodes[5].id", "duplicate_id"),
+    ] {
+        assert!(
+            errs.contains(&(expected.0.into(), expected.1)),
+            "missing {expected:?} in {errs:?}"
+        );
+    }
+}
+
+#[test]
+fn syntax_and_shape_errors_say_where() {
+    let e = parse(
+        "key: x\nentry: { event: Go }\nnodes:\n  - id: a\n    type: teleport\n",
+        Format::Yaml,
+    )
+    .expect_err("bad type");
+    assert!(e.field.starts_with("nodes[0]"), "{e:?}");
+    assert!(e.message.contains("line"), "{e:?}");
+    let e = parse("key: x\nentry: { event: Go }\nnodes: [\n", Format::Yaml).expect_err("bad yaml");
+    assert!(e.message.contains("line"), "{e:?}");
+    let e = parse(
+        r#"{"key": "x", "entry": {"event": "Go", "whenn": "true"}, "nodes": []}"#,
+        Format::Json,
+    )
+    .expect_err("unknown field");
+    assert!(e.field.contains("entry"), "{e:?}");
+    assert!(e.message.contains("whenn"), "{e:?}");
+}
+
+#[test]
+fn committed_json_schema_is_current() {
+    let committed = include_str!("../../../../docs/journey.schema.json");
+    let committed: serde_json::Value = serde_json::from_str(committed).expect("schema json");
+    assert_eq!(
+        committed,
+        json_schema(),
+        "docs/journey.schema.json is stale: run `waymark journeys schema > docs/journey.schema.json`"
+    );
+}
