@@ -19,6 +19,26 @@ enum JourneysCommand {
     },
     /// Print the JSON Schema of the journey document.
     Schema,
+    /// Dry-run a journey against recorded events (JSON lines of Segment messages) on a
+    /// virtual clock: waits take no time and nothing is sent.
+    Simulate {
+        journey: PathBuf,
+        /// A file of Segment messages, one JSON object per line, in timestamp order.
+        #[arg(long)]
+        events: PathBuf,
+        /// Print the full result as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Whether simulated webhooks succeed or fail.
+        #[arg(long, value_enum, default_value = "succeed")]
+        webhooks: WebhookOutcome,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum WebhookOutcome {
+    Succeed,
+    Fail,
 }
 
 fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
@@ -80,6 +100,12 @@ pub fn run(args: JourneysArgs) -> Result<(), String> {
             );
             Ok(())
         }
+        JourneysCommand::Simulate {
+            journey,
+            events,
+            json,
+            webhooks,
+        } => simulate(&journey, &events, json, webhooks),
         JourneysCommand::Validate { paths } => {
             let mut files = Vec::new();
             for p in &paths {
@@ -115,4 +141,127 @@ pub fn run(args: JourneysArgs) -> Result<(), String> {
             }
         }
     }
+}
+
+/// Parses a JSON-lines file of Segment messages; errors name the line.
+fn read_events(path: &Path) -> Result<Vec<waymark_core::Event>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let mut events = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut counter = 0u64;
+        let mut new_id = || {
+            counter += 1;
+            format!("line-{}-{counter}", n + 1)
+        };
+        let body = format!("{{\"batch\": [{line}]}}");
+        let mut receipt = waymark_core::segment::Receipt {
+            received_at: 0,
+            new_message_id: &mut new_id,
+        };
+        let parsed =
+            waymark_core::segment::parse_batch(body.as_bytes(), &mut receipt).map_err(|e| {
+                let field = e
+                    .field
+                    .trim_start_matches("batch[0]")
+                    .trim_start_matches('.');
+                let at = if field.is_empty() {
+                    String::new()
+                } else {
+                    format!("{field}: ")
+                };
+                format!("{}:{}: {at}{}", path.display(), n + 1, e.message)
+            })?;
+        events.extend(parsed.events);
+    }
+    Ok(events)
+}
+
+#[allow(clippy::print_stdout, reason = "the simulation's report is its output")]
+fn simulate(
+    journey_path: &Path,
+    events_path: &Path,
+    as_json: bool,
+    webhooks: WebhookOutcome,
+) -> Result<(), String> {
+    use waymark_engine::simulate::{Simulation, Webhooks};
+    let journey = load(journey_path).map_err(|problems| problems.join("\n"))?;
+    let compiled = waymark_engine::compile(journey, 1).map_err(|p| format!("{p:?}"))?;
+    let events = read_events(events_path)?;
+    let mode = match webhooks {
+        WebhookOutcome::Succeed => Webhooks::Succeed,
+        WebhookOutcome::Fail => Webhooks::Fail,
+    };
+    let mut sim = Simulation::new(&compiled, mode);
+    for event in &events {
+        sim.event(event)
+            .map_err(|e| format!("{}: {e}", events_path.display()))?;
+    }
+    sim.finish();
+    let report = sim.report();
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    let iso = waymark_core::time::format_iso8601;
+    println!(
+        "journey {:?}: {} events, {} people entered",
+        compiled.doc.key,
+        events.len(),
+        report.len()
+    );
+    for person in &report {
+        println!();
+        println!("{}", person.person);
+        for i in &person.instances {
+            let ended = i.ended_at.map(iso).unwrap_or_else(|| "still active".into());
+            println!(
+                "  instance {} ({:?}), entered {}, ended {}",
+                i.number,
+                i.status,
+                iso(i.entered_at),
+                ended
+            );
+            for s in &i.steps {
+                let detail = s
+                    .detail
+                    .as_ref()
+                    .map(|d| format!(" {d}"))
+                    .unwrap_or_default();
+                println!("    {}  {:<22} {}{}", iso(s.at), s.node, s.what, detail);
+            }
+        }
+        if !person.effects.is_empty() {
+            println!("  would have:");
+            for e in &person.effects {
+                let what = match &e.effect {
+                    waymark_engine::Effect::Message {
+                        channel, template, ..
+                    } => format!("sent {template} on {channel}"),
+                    waymark_engine::Effect::Webhook { method, url, .. } => {
+                        format!("called {method} {url}")
+                    }
+                    waymark_engine::Effect::UpdateProfile { set, unset, .. } => {
+                        format!(
+                            "updated the profile: set {}, unset {}",
+                            serde_json::Value::Object(set.clone()),
+                            serde_json::json!(unset)
+                        )
+                    }
+                    waymark_engine::Effect::Jump { journey, .. } => {
+                        format!("jumped to journey {journey}")
+                    }
+                    waymark_engine::Effect::Timer { .. } => continue,
+                };
+                println!("    {}  {what}", iso(e.at));
+            }
+        }
+    }
+    Ok(())
 }

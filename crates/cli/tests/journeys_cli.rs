@@ -84,3 +84,66 @@ fn schema_is_printed_as_json() {
     let schema: serde_json::Value = serde_json::from_str(&stdout).expect("json");
     assert_eq!(schema["title"], "Journey");
 }
+
+#[test]
+fn simulate_runs_days_of_waits_instantly_and_sends_nothing() {
+    let (code, stdout, stderr) = waymark(&[
+        "journeys",
+        "simulate",
+        &example("examples/journeys/welcome.yaml"),
+        "--events",
+        &example("examples/events/welcome.jsonl"),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("3 people entered"), "{stdout}");
+    // Kenji never created a project: nudged two days after 09:00 Tokyo time.
+    assert!(
+        stdout.contains("2026-11-05T00:00:00.000Z  sent activation-nudge on log"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("called POST http://127.0.0.1:9900/crm/signups"),
+        "{stdout}"
+    );
+    let (code, json_out, _) = waymark(&[
+        "journeys",
+        "simulate",
+        &example("examples/journeys/welcome.yaml"),
+        "--events",
+        &example("examples/events/welcome.jsonl"),
+        "--json",
+        "--webhooks",
+        "fail",
+    ]);
+    assert_eq!(code, 0);
+    let report: serde_json::Value = serde_json::from_str(&json_out).expect("json");
+    let ada = report
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|p| p["person"] == "ada")
+        .expect("ada");
+    let steps = ada["instances"][0]["steps"].as_array().expect("steps");
+    assert!(
+        steps
+            .iter()
+            .any(|s| s["node"] == "tell-crm" && s["what"] == "error"),
+        "failed webhook takes on_error: {steps:?}"
+    );
+}
+
+#[test]
+fn simulate_reports_bad_event_lines_with_file_and_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, "{\"type\": \"track\", \"userId\": \"a\", \"event\": \"Go\"}\n\n{\"type\": \"track\", \"event\": \"Go\"}\n").expect("write");
+    let (code, _, stderr) = waymark(&[
+        "journeys",
+        "simulate",
+        &example("examples/journeys/welcome.yaml"),
+        "--events",
+        events.to_str().expect("utf8"),
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("events.jsonl:3: userId"), "{stderr}");
+}

@@ -1,0 +1,160 @@
+//! Turning a validated journey document into what the engine runs: CEL compiled once,
+//! durations parsed once, node ids indexed.
+
+use std::collections::HashMap;
+
+use waymark_core::journey::{Journey, NodeKind, Reentry, parse_duration_ms, validate};
+use waymark_core::time::{Millis, parse_iso8601};
+use waymark_core::{FieldError, ProfileState};
+
+/// Default instance timeout: 91 days, as AJO.
+pub const DEFAULT_TIMEOUT_MS: Millis = 91 * 24 * 3600 * 1000;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReentryRule {
+    Never,
+    Always,
+    After(Millis),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Zone {
+    Utc,
+    Fixed(jiff::tz::TimeZone),
+    Profile,
+}
+
+pub struct CompiledJourney {
+    pub doc: Journey,
+    pub version: u32,
+    pub(crate) start: usize,
+    pub(crate) index: HashMap<String, usize>,
+    pub(crate) entry_when: Option<cel::Program>,
+    pub(crate) exit_when: Option<cel::Program>,
+    pub(crate) branches: HashMap<(usize, usize), cel::Program>,
+    pub(crate) wait_when: HashMap<usize, cel::Program>,
+    /// Wait durations, event-wait timeouts and webhook timeouts, by node index.
+    pub(crate) durations: HashMap<usize, Millis>,
+    pub(crate) timeout_ms: Millis,
+    pub(crate) reentry: ReentryRule,
+    pub(crate) start_at: Option<Millis>,
+    pub(crate) end_at: Option<Millis>,
+    zone: Zone,
+    /// The CEL standard library, built once: expressions evaluate in an inner scope of it.
+    pub(crate) cel_root: cel::Context<'static, 'static>,
+}
+
+impl CompiledJourney {
+    /// The time zone waits until a local time are computed in.
+    pub fn zone(&self, profile: &ProfileState) -> jiff::tz::TimeZone {
+        match &self.zone {
+            Zone::Utc => jiff::tz::TimeZone::UTC,
+            Zone::Fixed(tz) => tz.clone(),
+            Zone::Profile => profile
+                .traits
+                .get("timezone")
+                .and_then(|v| v.as_str())
+                .and_then(|name| jiff::tz::TimeZone::get(name).ok())
+                .unwrap_or(jiff::tz::TimeZone::UTC),
+        }
+    }
+}
+
+fn program(source: &str) -> Result<cel::Program, FieldError> {
+    cel::Program::compile(source)
+        .map_err(|e| FieldError::new("invalid_expression", "", e.to_string()))
+}
+
+fn ms(text: &str) -> Millis {
+    parse_duration_ms(text).unwrap_or(0)
+}
+
+/// Validates and compiles. Every problem `validate` finds is returned.
+pub fn compile(doc: Journey, version: u32) -> Result<CompiledJourney, Vec<FieldError>> {
+    let problems = validate(&doc);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let wrap = |e: FieldError| vec![e];
+    let index: HashMap<String, usize> = doc
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.clone(), i))
+        .collect();
+    let start = doc.start.as_ref().map_or(0, |s| index[s]);
+    let entry_when = doc
+        .entry
+        .when
+        .as_deref()
+        .map(program)
+        .transpose()
+        .map_err(wrap)?;
+    let exit_when = doc
+        .properties
+        .exit
+        .as_ref()
+        .and_then(|e| e.when.as_deref())
+        .map(program)
+        .transpose()
+        .map_err(wrap)?;
+    let mut branches = HashMap::new();
+    let mut wait_when = HashMap::new();
+    let mut durations = HashMap::new();
+    for (i, node) in doc.nodes.iter().enumerate() {
+        match &node.kind {
+            NodeKind::Condition { branches: bs, .. } => {
+                for (b, branch) in bs.iter().enumerate() {
+                    branches.insert((i, b), program(&branch.when).map_err(wrap)?);
+                }
+            }
+            NodeKind::Wait {
+                duration, event, ..
+            } => {
+                if let Some(d) = duration {
+                    durations.insert(i, ms(&d.0));
+                }
+                if let Some(e) = event {
+                    durations.insert(i, ms(&e.timeout.0));
+                    if let Some(when) = &e.when {
+                        wait_when.insert(i, program(when).map_err(wrap)?);
+                    }
+                }
+            }
+            NodeKind::Webhook {
+                timeout: Some(t), ..
+            } => {
+                durations.insert(i, ms(&t.0));
+            }
+            _ => {}
+        }
+    }
+    let p = &doc.properties;
+    let reentry = match &p.reentry {
+        Reentry::Never => ReentryRule::Never,
+        Reentry::Always => ReentryRule::Always,
+        Reentry::After { after } => ReentryRule::After(ms(&after.0)),
+    };
+    let zone = match p.timezone.as_deref() {
+        None => Zone::Utc,
+        Some("profile") => Zone::Profile,
+        Some(name) => Zone::Fixed(jiff::tz::TimeZone::get(name).unwrap_or(jiff::tz::TimeZone::UTC)),
+    };
+    Ok(CompiledJourney {
+        timeout_ms: p.timeout.as_ref().map_or(DEFAULT_TIMEOUT_MS, |t| ms(&t.0)),
+        start_at: p.start_at.as_deref().and_then(parse_iso8601),
+        end_at: p.end_at.as_deref().and_then(parse_iso8601),
+        reentry,
+        zone,
+        doc,
+        version,
+        start,
+        index,
+        entry_when,
+        exit_when,
+        branches,
+        wait_when,
+        durations,
+        cel_root: cel::Context::default(),
+    })
+}

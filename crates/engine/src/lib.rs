@@ -1,0 +1,706 @@
+//! The journey engine: one input (an event, a timer, a webhook's result) applied to one
+//! person's state in one journey, returning the effects to carry out.
+//!
+//! Architecture invariant: no I/O, no clock, no randomness. Time comes in as `now`; the
+//! "random" split is a hash of the instance and node, so the same inputs always give the
+//! same path. The runtime stores the state and effects in one transaction; simulation runs
+//! the same function on a virtual clock.
+
+mod compile;
+pub mod simulate;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use waymark_core::journey::NodeKind;
+use waymark_core::time::Millis;
+use waymark_core::{Event, ProfileState};
+
+pub use compile::{CompiledJourney, ReentryRule, compile};
+
+/// Timer id 0 is an instance's deadline (its timeout); step timers count up from 1.
+pub const DEADLINE_TIMER: u64 = 0;
+/// More steps than this in one input means a bug (validation rejects loops without waits).
+const MAX_STEPS_PER_INPUT: usize = 10_000;
+
+/// One person's state in one journey: every instance they have had, newest last.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JourneyState {
+    pub instances: Vec<Instance>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    /// 1 for the person's first entry into this journey, 2 for the next, ...
+    pub number: u32,
+    pub version: u32,
+    pub status: Status,
+    pub node: Option<String>,
+    pub waiting: Option<Waiting>,
+    pub entered_at: Millis,
+    pub deadline: Millis,
+    pub ended_at: Option<Millis>,
+    /// The entry event and webhook responses (by node id), readable as `journey` in CEL.
+    pub context: Map<String, Value>,
+    pub steps: Vec<Step>,
+    pub last_timer: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Active,
+    Completed,
+    Exited,
+    TimedOut,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "for", rename_all = "snake_case")]
+pub enum Waiting {
+    Timer {
+        node: String,
+        due: Millis,
+        timer: u64,
+    },
+    Event {
+        node: String,
+        name: String,
+        due: Millis,
+        timer: u64,
+    },
+    Webhook {
+        node: String,
+    },
+}
+
+/// One thing that happened to an instance, for "why is this person here?".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub at: Millis,
+    pub node: String,
+    /// `entered`, `branch`, `waiting`, `resumed`, `sent`, `called`, `updated`, `split`,
+    /// `jumped`, `completed`, `exited`, `timed_out`, `failed`, `error`.
+    pub what: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Value>,
+}
+
+/// What the runtime must do after an input. Keys make each effect idempotent: the same
+/// step of the same instance always has the same key, so a retried dispatch is recognised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "effect", rename_all = "snake_case")]
+pub enum Effect {
+    Message {
+        key: String,
+        instance: u32,
+        node: String,
+        channel: String,
+        template: String,
+    },
+    Webhook {
+        key: String,
+        instance: u32,
+        node: String,
+        method: String,
+        url: String,
+        headers: std::collections::BTreeMap<String, String>,
+        body: Option<Value>,
+        timeout_ms: i64,
+        retries: u32,
+    },
+    UpdateProfile {
+        key: String,
+        set: Map<String, Value>,
+        unset: Vec<String>,
+    },
+    Timer {
+        instance: u32,
+        timer: u64,
+        due: Millis,
+    },
+    Jump {
+        key: String,
+        journey: String,
+    },
+}
+
+pub enum Input<'a> {
+    Event(&'a Event),
+    Timer {
+        instance: u32,
+        timer: u64,
+    },
+    WebhookResult {
+        instance: u32,
+        node: &'a str,
+        outcome: Result<Value, String>,
+    },
+}
+
+pub struct Ctx<'a> {
+    pub profile: &'a ProfileState,
+    pub now: Millis,
+}
+
+/// Applies one input. Returns the effects; `state` is updated in place.
+pub fn apply(
+    j: &CompiledJourney,
+    state: &mut JourneyState,
+    input: Input<'_>,
+    ctx: &Ctx<'_>,
+) -> Vec<Effect> {
+    let mut run = Run {
+        j,
+        ctx,
+        effects: Vec::new(),
+        overlay: Map::new(),
+        cel_event: None,
+        cel_profile: None,
+        cel_journey: None,
+    };
+    let active = state
+        .instances
+        .last_mut()
+        .filter(|i| i.status == Status::Active);
+    match (input, active) {
+        (Input::Event(event), Some(instance)) => run.on_event(instance, event),
+        (Input::Event(event), None) => {
+            if let Some(instance) = run.try_enter(state, event) {
+                state.instances.push(instance);
+            }
+        }
+        (Input::Timer { instance: n, timer }, Some(instance)) if instance.number == n => {
+            run.on_timer(instance, timer)
+        }
+        (
+            Input::WebhookResult {
+                instance: n,
+                node,
+                outcome,
+            },
+            Some(instance),
+        ) if instance.number == n => {
+            run.on_webhook(instance, node, outcome);
+        }
+        // A timer or result for an instance that has ended: nothing to do.
+        _ => {}
+    }
+    run.effects
+}
+
+struct Run<'a> {
+    j: &'a CompiledJourney,
+    ctx: &'a Ctx<'a>,
+    effects: Vec<Effect>,
+    /// Traits set by update_profile nodes during this input, visible to later conditions.
+    overlay: Map<String, Value>,
+    cel_event: Option<cel::Value>,
+    cel_profile: Option<cel::Value>,
+    cel_journey: Option<cel::Value>,
+}
+
+impl Run<'_> {
+    fn profile_json(&self) -> Value {
+        let p = self.ctx.profile;
+        let mut traits = p.traits.clone();
+        for (k, v) in &self.overlay {
+            if v.is_null() {
+                traits.remove(k);
+            } else {
+                traits.insert(k.clone(), v.clone());
+            }
+        }
+        json!({"id": p.id, "traits": traits, "identities": p.identities, "event_count": p.event_count,
+               "event_counts": p.event_counts, "first_seen": p.first_seen, "last_seen": p.last_seen})
+    }
+
+    /// Evaluates a compiled expression; anything but `true` (including a runtime error, such
+    /// as a missing field) is false. Errors are returned so they can be recorded.
+    ///
+    /// The CEL values of `event`, `profile` and `journey` are built once per input and reused
+    /// by every expression it evaluates (building them is most of an evaluation's cost);
+    /// `overlay` and context changes clear the cached ones.
+    fn eval(
+        &mut self,
+        program: &cel::Program,
+        event: Option<&Value>,
+        journey: &Map<String, Value>,
+    ) -> Result<bool, String> {
+        let convert = |v: &Value| cel::to_value(v).map_err(|e| e.to_string());
+        if self.cel_event.is_none() {
+            self.cel_event = Some(convert(event.unwrap_or(&Value::Null))?);
+        }
+        if self.cel_profile.is_none() {
+            self.cel_profile = Some(convert(&self.profile_json())?);
+        }
+        if self.cel_journey.is_none() {
+            self.cel_journey = Some(cel::to_value(journey).map_err(|e| e.to_string())?);
+        }
+        let mut c = self.j.cel_root.new_inner_scope();
+        c.add_variable_from_value("event", self.cel_event.clone().unwrap_or(cel::Value::Null));
+        c.add_variable_from_value(
+            "profile",
+            self.cel_profile.clone().unwrap_or(cel::Value::Null),
+        );
+        c.add_variable_from_value(
+            "journey",
+            self.cel_journey.clone().unwrap_or(cel::Value::Null),
+        );
+        c.add_variable_from_value("now", cel::Value::Int(self.ctx.now));
+        match program.execute(&c) {
+            Ok(cel::Value::Bool(b)) => Ok(b),
+            Ok(other) => Err(format!("expression gave {other:?}, not a boolean")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn try_enter(&mut self, state: &JourneyState, event: &Event) -> Option<Instance> {
+        let j = self.j;
+        let now = self.ctx.now;
+        if event.display_name() != j.doc.entry.event {
+            return None;
+        }
+        if j.start_at.is_some_and(|s| now < s) || j.end_at.is_some_and(|e| now >= e) {
+            return None;
+        }
+        let allowed = match (&j.reentry, state.instances.last()) {
+            (_, None) => true,
+            (ReentryRule::Never, Some(_)) => false,
+            (ReentryRule::Always, Some(_)) => true,
+            (ReentryRule::After(ms), Some(last)) => now - last.entered_at >= *ms,
+        };
+        if !allowed {
+            return None;
+        }
+        let event_json = event.to_json();
+        if let Some(when) = &j.entry_when
+            && !self
+                .eval(when, Some(&event_json), &Map::new())
+                .unwrap_or(false)
+        {
+            return None;
+        }
+        let number = state.instances.last().map_or(1, |i| i.number + 1);
+        let mut context = Map::new();
+        context.insert("entry_event".into(), event_json.clone());
+        let mut instance = Instance {
+            number,
+            version: j.version,
+            status: Status::Active,
+            node: None,
+            waiting: None,
+            entered_at: now,
+            deadline: now + j.timeout_ms,
+            ended_at: None,
+            context,
+            steps: Vec::new(),
+            last_timer: DEADLINE_TIMER,
+        };
+        self.effects.push(Effect::Timer {
+            instance: number,
+            timer: DEADLINE_TIMER,
+            due: instance.deadline,
+        });
+        let start = j.doc.nodes[j.start].id.clone();
+        self.cel_journey = None; // the entry filter saw an empty context; the instance has one now
+        self.advance(&mut instance, start, Some(&event_json));
+        Some(instance)
+    }
+
+    fn on_event(&mut self, instance: &mut Instance, event: &Event) {
+        let event_json = event.to_json();
+        if let Some(exit) = &self.j.doc.properties.exit {
+            let by_name = exit.events.iter().any(|e| e == event.display_name());
+            let by_rule = self.j.exit_when.as_ref().is_some_and(|p| {
+                self.eval(p, Some(&event_json), &instance.context)
+                    .unwrap_or(false)
+            });
+            if by_name || by_rule {
+                self.end(
+                    instance,
+                    Status::Exited,
+                    "exited",
+                    Some(json!({"event": event.display_name()})),
+                );
+                return;
+            }
+        }
+        let Some(Waiting::Event { node, name, .. }) = &instance.waiting else {
+            return;
+        };
+        if name != event.display_name() {
+            return;
+        }
+        let node = node.clone();
+        let idx = self.j.index[&node];
+        if let Some(when) = self.j.wait_when.get(&idx)
+            && !self
+                .eval(when, Some(&event_json), &instance.context)
+                .unwrap_or(false)
+        {
+            return;
+        }
+        let NodeKind::Wait { next, .. } = &self.j.doc.nodes[idx].kind else {
+            return;
+        };
+        instance
+            .context
+            .insert(format!("{node}_event"), event_json.clone());
+        self.cel_journey = None;
+        self.step(
+            instance,
+            &node,
+            "resumed",
+            Some(json!({"event": event.display_name()})),
+        );
+        instance.waiting = None;
+        self.advance(instance, next.clone(), Some(&event_json));
+    }
+
+    fn on_timer(&mut self, instance: &mut Instance, timer: u64) {
+        if timer == DEADLINE_TIMER {
+            self.end(instance, Status::TimedOut, "timed_out", None);
+            return;
+        }
+        let next = match &instance.waiting {
+            Some(Waiting::Timer { node, timer: t, .. }) if *t == timer => {
+                let NodeKind::Wait { next, .. } = &self.j.doc.nodes[self.j.index[node]].kind else {
+                    return;
+                };
+                (node.clone(), next.clone(), "resumed")
+            }
+            Some(Waiting::Event { node, timer: t, .. }) if *t == timer => {
+                let NodeKind::Wait { event: Some(e), .. } =
+                    &self.j.doc.nodes[self.j.index[node]].kind
+                else {
+                    return;
+                };
+                (node.clone(), e.timeout_next.clone(), "wait_timed_out")
+            }
+            _ => return, // a stale timer: the instance moved on
+        };
+        self.step(instance, &next.0, next.2, None);
+        instance.waiting = None;
+        self.advance(instance, next.1, None);
+    }
+
+    fn on_webhook(&mut self, instance: &mut Instance, node: &str, outcome: Result<Value, String>) {
+        let Some(Waiting::Webhook { node: waiting }) = &instance.waiting else {
+            return;
+        };
+        if waiting != node {
+            return;
+        }
+        let node = node.to_owned();
+        let NodeKind::Webhook { next, on_error, .. } = &self.j.doc.nodes[self.j.index[&node]].kind
+        else {
+            return;
+        };
+        instance.waiting = None;
+        match outcome {
+            Ok(response) => {
+                instance.context.insert(node.clone(), response);
+                self.cel_journey = None;
+                self.step(instance, &node, "called", None);
+                self.advance(instance, next.clone(), None);
+            }
+            Err(reason) => match on_error {
+                Some(path) => {
+                    self.step(
+                        instance,
+                        &node,
+                        "error",
+                        Some(json!({"reason": reason, "took": path})),
+                    );
+                    self.advance(instance, path.clone(), None);
+                }
+                None => self.end(
+                    instance,
+                    Status::Failed,
+                    "failed",
+                    Some(json!({"node": node, "reason": reason})),
+                ),
+            },
+        }
+    }
+
+    fn step(&self, instance: &mut Instance, node: &str, what: &str, detail: Option<Value>) {
+        instance.steps.push(Step {
+            at: self.ctx.now,
+            node: node.to_owned(),
+            what: what.to_owned(),
+            detail,
+        });
+    }
+
+    fn end(&self, instance: &mut Instance, status: Status, what: &str, detail: Option<Value>) {
+        let node = instance.node.clone().unwrap_or_default();
+        self.step(instance, &node, what, detail);
+        instance.status = status;
+        instance.waiting = None;
+        instance.ended_at = Some(self.ctx.now);
+    }
+
+    fn key(&self, instance: &Instance, node: &str) -> String {
+        format!(
+            "{}:{}:{}:{}:{}",
+            self.j.doc.key,
+            self.ctx.profile.id,
+            instance.number,
+            node,
+            instance.steps.len()
+        )
+    }
+
+    fn schedule(&mut self, instance: &mut Instance, due: Millis) -> u64 {
+        instance.last_timer += 1;
+        self.effects.push(Effect::Timer {
+            instance: instance.number,
+            timer: instance.last_timer,
+            due,
+        });
+        instance.last_timer
+    }
+
+    /// Moves through instant nodes until the instance waits or ends.
+    fn advance(&mut self, instance: &mut Instance, mut id: String, event: Option<&Value>) {
+        let j = self.j;
+        let now = self.ctx.now;
+        for _ in 0..MAX_STEPS_PER_INPUT {
+            if let Some(exit) = &j.exit_when
+                && self.eval(exit, event, &instance.context).unwrap_or(false)
+            {
+                self.end(
+                    instance,
+                    Status::Exited,
+                    "exited",
+                    Some(json!({"rule": "exit.when"})),
+                );
+                return;
+            }
+            let idx = j.index[&id];
+            instance.node = Some(id.clone());
+            self.step(instance, &id, "entered", None);
+            match &j.doc.nodes[idx].kind {
+                NodeKind::Condition {
+                    branches,
+                    otherwise,
+                } => {
+                    let mut chosen = None;
+                    let mut errors = Vec::new();
+                    for (b, branch) in branches.iter().enumerate() {
+                        match self.eval(&j.branches[&(idx, b)], event, &instance.context) {
+                            Ok(true) => {
+                                chosen = Some((b, branch.next.clone()));
+                                break;
+                            }
+                            Ok(false) => {}
+                            Err(e) => errors.push(json!({"branch": b, "error": e})),
+                        }
+                    }
+                    let detail = match &chosen {
+                        Some((b, _)) => json!({"branch": b, "errors": errors}),
+                        None => json!({"branch": "else", "errors": errors}),
+                    };
+                    if !errors.is_empty() {
+                        self.step(instance, &id, "error", Some(json!({"errors": errors})));
+                    }
+                    self.step(instance, &id, "branch", Some(detail));
+                    id = chosen.map_or_else(|| otherwise.clone(), |(_, next)| next);
+                }
+                NodeKind::Wait {
+                    event: wait_event,
+                    until,
+                    ..
+                } => {
+                    let (waiting, due) = if let Some(e) = wait_event {
+                        let due = now + j.durations[&idx];
+                        let timer = self.schedule(instance, due);
+                        (
+                            Waiting::Event {
+                                node: id.clone(),
+                                name: e.name.clone(),
+                                due,
+                                timer,
+                            },
+                            due,
+                        )
+                    } else {
+                        let due = match until {
+                            Some(hhmm) => next_local_time(hhmm, now, &j.zone(self.ctx.profile)),
+                            None => now + j.durations[&idx],
+                        };
+                        let timer = self.schedule(instance, due);
+                        (
+                            Waiting::Timer {
+                                node: id.clone(),
+                                due,
+                                timer,
+                            },
+                            due,
+                        )
+                    };
+                    self.step(
+                        instance,
+                        &id,
+                        "waiting",
+                        Some(json!({"until": waymark_core::time::format_iso8601(due)})),
+                    );
+                    instance.waiting = Some(waiting);
+                    return;
+                }
+                NodeKind::Message {
+                    channel,
+                    template,
+                    next,
+                } => {
+                    let key = self.key(instance, &id);
+                    self.effects.push(Effect::Message {
+                        key,
+                        instance: instance.number,
+                        node: id.clone(),
+                        channel: channel.clone(),
+                        template: template.clone(),
+                    });
+                    self.step(
+                        instance,
+                        &id,
+                        "sent",
+                        Some(json!({"channel": channel, "template": template})),
+                    );
+                    id = next.clone();
+                }
+                NodeKind::Webhook {
+                    method,
+                    url,
+                    headers,
+                    body,
+                    retries,
+                    ..
+                } => {
+                    let key = self.key(instance, &id);
+                    self.effects.push(Effect::Webhook {
+                        key,
+                        instance: instance.number,
+                        node: id.clone(),
+                        method: method.clone(),
+                        url: url.clone(),
+                        headers: headers.clone(),
+                        body: body.clone(),
+                        timeout_ms: j.durations.get(&idx).copied().unwrap_or(10_000),
+                        retries: retries.unwrap_or(3),
+                    });
+                    self.step(
+                        instance,
+                        &id,
+                        "waiting",
+                        Some(json!({"for": "webhook", "url": url})),
+                    );
+                    instance.waiting = Some(Waiting::Webhook { node: id.clone() });
+                    return;
+                }
+                NodeKind::UpdateProfile { set, unset, next } => {
+                    let key = self.key(instance, &id);
+                    let set: Map<String, Value> =
+                        set.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                    for (k, v) in &set {
+                        self.overlay.insert(k.clone(), v.clone());
+                    }
+                    for k in unset {
+                        self.overlay.insert(k.clone(), Value::Null);
+                    }
+                    self.cel_profile = None;
+                    self.effects.push(Effect::UpdateProfile {
+                        key,
+                        set: set.clone(),
+                        unset: unset.clone(),
+                    });
+                    self.step(
+                        instance,
+                        &id,
+                        "updated",
+                        Some(json!({"set": set, "unset": unset})),
+                    );
+                    id = next.clone();
+                }
+                NodeKind::RandomSplit { paths } => {
+                    let seed = format!(
+                        "{}:{}:{}:{}",
+                        j.doc.key, self.ctx.profile.id, instance.number, id
+                    );
+                    let bucket = (xxhash_rust::xxh3::xxh3_64(seed.as_bytes()) % 100) as u32;
+                    let mut upto = 0;
+                    let mut chosen = paths.last().map(|p| p.next.clone()).unwrap_or_default();
+                    for (p, path) in paths.iter().enumerate() {
+                        upto += path.percent;
+                        if bucket < upto {
+                            chosen = path.next.clone();
+                            self.step(
+                                instance,
+                                &id,
+                                "split",
+                                Some(json!({"path": p, "bucket": bucket})),
+                            );
+                            break;
+                        }
+                    }
+                    id = chosen;
+                }
+                NodeKind::Jump { journey } => {
+                    let key = self.key(instance, &id);
+                    self.effects.push(Effect::Jump {
+                        key,
+                        journey: journey.clone(),
+                    });
+                    self.end(
+                        instance,
+                        Status::Completed,
+                        "jumped",
+                        Some(json!({"journey": journey})),
+                    );
+                    return;
+                }
+                NodeKind::End {} => {
+                    self.end(instance, Status::Completed, "completed", None);
+                    return;
+                }
+            }
+        }
+        self.end(
+            instance,
+            Status::Failed,
+            "failed",
+            Some(json!({"reason": "too many steps without a wait"})),
+        );
+    }
+}
+
+/// The next instant strictly after `now` at which the wall clock in `zone` reads `HH:MM`.
+pub fn next_local_time(hhmm: &str, now: Millis, zone: &jiff::tz::TimeZone) -> Millis {
+    let (h, m) = (
+        hhmm[..2].parse::<i8>().unwrap_or(0),
+        hhmm[3..].parse::<i8>().unwrap_or(0),
+    );
+    let Ok(ts) = jiff::Timestamp::from_millisecond(now) else {
+        return now;
+    };
+    let local = ts.to_zoned_datetime(zone.clone());
+    let mut date = local.date();
+    for _ in 0..3 {
+        if let Ok(candidate) = date.at(h, m, 0, 0).to_zoned_datetime(zone.clone()) {
+            let ms = candidate.timestamp().as_millisecond();
+            if ms > now {
+                return ms;
+            }
+        }
+        match date.tomorrow() {
+            Ok(d) => date = d,
+            Err(_) => break,
+        }
+    }
+    now
+}
+
+#[cfg(test)]
+mod tests;

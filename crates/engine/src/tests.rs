@@ -1,0 +1,332 @@
+use serde_json::{Value, json};
+use waymark_core::journey::{Format, parse};
+use waymark_core::segment::{Receipt, parse_batch};
+use waymark_core::time::parse_iso8601;
+
+use crate::simulate::{Simulation, Webhooks, path};
+use crate::{CompiledJourney, Effect, Status, compile};
+
+const WELCOME: &str = include_str!("../../../examples/journeys/welcome.yaml");
+
+fn journey(yaml: &str) -> CompiledJourney {
+    compile(parse(yaml, Format::Yaml).expect("parses"), 1)
+        .unwrap_or_else(|e| panic!("invalid journey: {e:?}"))
+}
+
+fn run(j: &CompiledJourney, events: Value, webhooks: Webhooks) -> Simulation<'_> {
+    let body = serde_json::to_vec(&json!({ "batch": events })).expect("json");
+    let mut n = 0;
+    let mut id = || {
+        n += 1;
+        format!("m{n}")
+    };
+    let parsed = parse_batch(
+        &body,
+        &mut Receipt {
+            received_at: 0,
+            new_message_id: &mut id,
+        },
+    )
+    .expect("events")
+    .events;
+    let mut sim = Simulation::new(j, webhooks);
+    for e in &parsed {
+        sim.event(e).expect("in order");
+    }
+    sim.finish();
+    sim
+}
+
+fn t(iso: &str) -> i64 {
+    parse_iso8601(iso).expect("time")
+}
+
+#[test]
+fn pro_sign_up_takes_the_crm_path() {
+    let j = journey(WELCOME);
+    let sim = run(
+        &j,
+        json!([{"type": "track", "userId": "ada", "event": "Signed Up", "properties": {"plan": "pro"}, "timestamp": "2026-11-02T10:00:00Z"}]),
+        Webhooks::Succeed,
+    );
+    let report = sim.report();
+    assert_eq!(report.len(), 1);
+    let instance = &report[0].instances[0];
+    assert_eq!(
+        path(instance),
+        ["greet", "plan-check", "tell-crm", "mark", "done"]
+    );
+    assert_eq!(instance.status, Status::Completed);
+    let kinds: Vec<&str> = report[0]
+        .effects
+        .iter()
+        .map(|e| match &e.effect {
+            Effect::Message { .. } => "message",
+            Effect::Webhook { .. } => "webhook",
+            Effect::UpdateProfile { .. } => "update",
+            Effect::Jump { .. } => "jump",
+            Effect::Timer { .. } => "timer",
+        })
+        .collect();
+    assert_eq!(kinds, ["message", "webhook", "update"]);
+    let keys: Vec<String> = report[0]
+        .effects
+        .iter()
+        .filter_map(|e| match &e.effect {
+            Effect::Message { key, .. }
+            | Effect::Webhook { key, .. }
+            | Effect::UpdateProfile { key, .. } => Some(key.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut unique = keys.clone();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        keys.len(),
+        "idempotency keys must differ per step: {keys:?}"
+    );
+    assert!(keys[0].starts_with("welcome:sim:ada:1:greet:"), "{keys:?}");
+}
+
+#[test]
+fn waits_use_the_profile_time_zone_and_event_waits_resume_or_time_out() {
+    let j = journey(WELCOME);
+    let sim = run(
+        &j,
+        json!([
+            {"type": "identify", "userId": "kenji", "traits": {"timezone": "Asia/Tokyo"}, "timestamp": "2026-11-02T00:30:00Z"},
+            {"type": "identify", "userId": "lena", "traits": {"timezone": "Europe/Berlin"}, "timestamp": "2026-11-02T00:30:00Z"},
+            // 10:00 UTC is 19:00 in Tokyo, 11:00 in Berlin.
+            {"type": "track", "userId": "kenji", "event": "Signed Up", "properties": {"plan": "free"}, "timestamp": "2026-11-02T10:00:00Z"},
+            {"type": "track", "userId": "lena", "event": "Signed Up", "properties": {"plan": "free"}, "timestamp": "2026-11-02T10:00:00Z"},
+            {"type": "track", "userId": "lena", "event": "Project Created", "timestamp": "2026-11-03T12:00:00Z"},
+        ]),
+        Webhooks::Succeed,
+    );
+    let report = sim.report();
+    let person = |name: &str| report.iter().find(|r| r.person == name).expect("person");
+    for name in ["kenji", "lena"] {
+        let waited = person(name).instances[0]
+            .steps
+            .iter()
+            .find(|s| s.node == "next-morning" && s.what == "waiting")
+            .map(|s| s.detail.clone());
+        // Both hash into the 90% path of the holdout split (deterministic per person).
+        assert!(
+            waited.is_some(),
+            "{name} should wait for the morning: {:?}",
+            path(&person(name).instances[0])
+        );
+    }
+    let due = |name: &str| {
+        person(name).instances[0]
+            .steps
+            .iter()
+            .find(|s| s.node == "next-morning" && s.what == "waiting")
+            .and_then(|s| s.detail.as_ref())
+            .and_then(|d| d["until"].as_str())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        due("kenji").as_deref(),
+        Some("2026-11-03T00:00:00.000Z"),
+        "09:00 in Tokyo the next day"
+    );
+    assert_eq!(
+        due("lena").as_deref(),
+        Some("2026-11-03T08:00:00.000Z"),
+        "09:00 in Berlin (CET) the next day"
+    );
+    // Lena created a project within two days: no nudge. Kenji did not: nudged at the timeout.
+    assert_eq!(
+        path(&person("lena").instances[0])
+            .last()
+            .map(String::as_str),
+        Some("done")
+    );
+    assert!(!path(&person("lena").instances[0]).contains(&"nudge".to_owned()));
+    let kenji = path(&person("kenji").instances[0]);
+    assert_eq!(
+        kenji[kenji.len() - 2..],
+        ["nudge".to_owned(), "done".to_owned()]
+    );
+    let nudge_at = person("kenji").effects.iter().find(|e| matches!(&e.effect, Effect::Message { template, .. } if template == "activation-nudge")).map(|e| e.at);
+    assert_eq!(
+        nudge_at,
+        Some(t("2026-11-05T00:00:00Z")),
+        "two days after the 09:00 wait ended"
+    );
+}
+
+const LOOP: &str = r#"
+key: loop
+entry: { event: Go }
+properties:
+  reentry: always
+  exit: { events: [Stop] }
+  timeout: 5h
+nodes:
+  - { id: check, type: condition, branches: [{ when: 'event.properties.vip == true', next: vip }], else: tick }
+  - { id: vip, type: message, channel: log, template: vip, next: tick }
+  - { id: tick, type: wait, duration: 2h, next: ping }
+  - { id: ping, type: webhook, url: "http://127.0.0.1:9/ping", next: tick, on_error: done }
+  - { id: done, type: end }
+"#;
+
+#[test]
+fn exit_events_end_the_instance_and_later_timers_are_ignored() {
+    let j = journey(LOOP);
+    let sim = run(
+        &j,
+        json!([
+            {"type": "track", "userId": "u", "event": "Go", "timestamp": "2026-01-01T00:00:00Z"},
+            {"type": "track", "userId": "u", "event": "Stop", "timestamp": "2026-01-01T03:00:00Z"},
+        ]),
+        Webhooks::Succeed,
+    );
+    let report = sim.report();
+    let i = &report[0].instances[0];
+    assert_eq!(i.status, Status::Exited);
+    assert_eq!(i.ended_at, Some(t("2026-01-01T03:00:00Z")));
+    let pings = report[0]
+        .effects
+        .iter()
+        .filter(|e| matches!(e.effect, Effect::Webhook { .. }))
+        .count();
+    assert_eq!(pings, 1, "one ping at 02:00, none after the exit");
+}
+
+#[test]
+fn instance_timeout_ends_a_journey_that_would_loop_forever() {
+    let j = journey(LOOP);
+    let sim = run(
+        &j,
+        json!([{"type": "track", "userId": "u", "event": "Go", "timestamp": "2026-01-01T00:00:00Z"}]),
+        Webhooks::Succeed,
+    );
+    let report = sim.report();
+    let i = &report[0].instances[0];
+    assert_eq!(i.status, Status::TimedOut);
+    assert_eq!(i.ended_at, Some(t("2026-01-01T05:00:00Z")));
+    assert_eq!(
+        report[0]
+            .effects
+            .iter()
+            .filter(|e| matches!(e.effect, Effect::Webhook { .. }))
+            .count(),
+        2,
+        "pings at 02:00 and 04:00"
+    );
+}
+
+#[test]
+fn failing_webhooks_take_the_error_path() {
+    let j = journey(LOOP);
+    let sim = run(
+        &j,
+        json!([{"type": "track", "userId": "u", "event": "Go", "timestamp": "2026-01-01T00:00:00Z"}]),
+        Webhooks::Fail,
+    );
+    let i = &sim.report()[0].instances[0];
+    assert_eq!(path(i), ["check", "tick", "ping", "done"]);
+    assert_eq!(i.status, Status::Completed);
+    assert!(
+        i.steps
+            .iter()
+            .any(|s| s.what == "error" && s.node == "ping")
+    );
+}
+
+#[test]
+fn a_missing_field_in_a_condition_takes_else_and_is_recorded() {
+    let j = journey(LOOP);
+    let sim = run(
+        &j,
+        json!([{"type": "track", "userId": "u", "event": "Go", "properties": {}, "timestamp": "2026-01-01T00:00:00Z"}]),
+        Webhooks::Fail,
+    );
+    let i = &sim.report()[0].instances[0];
+    assert_eq!(path(i)[..2], ["check".to_owned(), "tick".to_owned()]);
+    assert!(
+        i.steps
+            .iter()
+            .any(|s| s.what == "error" && s.node == "check"),
+        "{:?}",
+        i.steps
+    );
+    let sim = run(
+        &j,
+        json!([{"type": "track", "userId": "u", "event": "Go", "properties": {"vip": true}, "timestamp": "2026-01-01T00:00:00Z"}]),
+        Webhooks::Fail,
+    );
+    assert_eq!(
+        path(&sim.report()[0].instances[0])[..2],
+        ["check".to_owned(), "vip".to_owned()]
+    );
+}
+
+#[test]
+fn reentry_rules_and_one_active_instance() {
+    let never = journey(&LOOP.replace("reentry: always", "reentry: never"));
+    let events = json!([
+        {"type": "track", "userId": "u", "event": "Go", "timestamp": "2026-01-01T00:00:00Z"},
+        {"type": "track", "userId": "u", "event": "Go", "timestamp": "2026-01-01T01:00:00Z"},
+        {"type": "track", "userId": "u", "event": "Go", "timestamp": "2026-01-01T06:00:00Z"},
+    ]);
+    assert_eq!(
+        run(&never, events.clone(), Webhooks::Succeed).report()[0]
+            .instances
+            .len(),
+        1
+    );
+    let always = journey(LOOP);
+    let report = run(&always, events.clone(), Webhooks::Succeed).report();
+    assert_eq!(
+        report[0].instances.len(),
+        2,
+        "the 01:00 entry is refused while the first is active"
+    );
+    assert_eq!(report[0].instances[1].number, 2);
+    let after = journey(&LOOP.replace("reentry: always", "reentry: { after: 8h }"));
+    assert_eq!(
+        run(&after, events, Webhooks::Succeed).report()[0]
+            .instances
+            .len(),
+        1,
+        "06:00 is within 8h of the first entry"
+    );
+}
+
+#[test]
+fn the_same_stream_always_gives_the_same_result() {
+    let j = journey(WELCOME);
+    let events: Vec<Value> = (0..40)
+        .map(|i| json!({"type": "track", "userId": format!("p{i}"), "event": "Signed Up", "properties": {"plan": if i % 3 == 0 { "pro" } else { "free" }}, "timestamp": "2026-11-02T10:00:00Z"}))
+        .collect();
+    let a =
+        serde_json::to_string(&run(&j, Value::Array(events.clone()), Webhooks::Succeed).report())
+            .expect("json");
+    let b = serde_json::to_string(&run(&j, Value::Array(events), Webhooks::Succeed).report())
+        .expect("json");
+    assert_eq!(a, b);
+    let report: Vec<Value> = serde_json::from_str(&a).expect("json");
+    let holdouts = report
+        .iter()
+        .filter(|p| {
+            p["instances"][0]["steps"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["detail"]["path"] == 1))
+        })
+        .count();
+    assert!(
+        (1..10).contains(&holdouts),
+        "about 10% of the ~27 free sign-ups are held out, got {holdouts}"
+    );
+}
+
+#[test]
+fn compiled_journeys_can_be_shared_between_worker_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<CompiledJourney>();
+}
