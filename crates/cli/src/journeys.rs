@@ -19,6 +19,19 @@ enum JourneysCommand {
     },
     /// Print the JSON Schema of the journey document.
     Schema,
+    /// Journeys as code: validate every file, then upload each as a draft and publish it
+    /// (a new version only where the document changed). Nothing is uploaded if any file is invalid.
+    Apply {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long, env = "WAYMARK_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: String,
+        /// Upload drafts only; do not publish.
+        #[arg(long)]
+        draft: bool,
+    },
     /// Dry-run a journey against recorded events (JSON lines of Segment messages) on a
     /// virtual clock: waits take no time and nothing is sent.
     Simulate {
@@ -91,8 +104,14 @@ pub fn load(path: &Path) -> Result<Journey, Vec<String>> {
 }
 
 #[allow(clippy::print_stdout, reason = "the command's report is its output")]
-pub fn run(args: JourneysArgs) -> Result<(), String> {
+pub fn run(args: JourneysArgs, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
     match args.command {
+        JourneysCommand::Apply {
+            paths,
+            url,
+            admin_token,
+            draft,
+        } => runtime.block_on(apply(&paths, &url, &admin_token, draft)),
         JourneysCommand::Schema => {
             println!(
                 "{}",
@@ -262,6 +281,87 @@ fn simulate(
                 println!("    {}  {what}", iso(e.at));
             }
         }
+    }
+    Ok(())
+}
+
+async fn call(request: reqwest::RequestBuilder, what: &str) -> Result<serde_json::Value, String> {
+    let response = request.send().await.map_err(|e| format!("{what}: {e}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
+    if status.is_success() {
+        return Ok(body);
+    }
+    let mut message = format!(
+        "{what}: HTTP {status}: {}",
+        body["message"].as_str().unwrap_or("no message")
+    );
+    for e in body["errors"].as_array().into_iter().flatten() {
+        message.push_str(&format!(
+            "\n  {}: {}",
+            e["field"].as_str().unwrap_or(""),
+            e["message"].as_str().unwrap_or("")
+        ));
+    }
+    Err(message)
+}
+
+#[allow(clippy::print_stdout, reason = "the command's report is its output")]
+async fn apply(paths: &[PathBuf], url: &str, token: &str, draft_only: bool) -> Result<(), String> {
+    let mut files = Vec::new();
+    for p in paths {
+        collect(p, &mut files)?;
+    }
+    if files.is_empty() {
+        return Err("no journey files found (*.yaml, *.yml, *.json)".into());
+    }
+    let mut journeys = Vec::new();
+    let mut problems = Vec::new();
+    for file in &files {
+        match load(file) {
+            Ok(j) => journeys.push((file.clone(), j)),
+            Err(p) => problems.extend(p),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(format!(
+            "nothing applied; fix these first:\n{}",
+            problems.join("\n")
+        ));
+    }
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let base = url.trim_end_matches('/');
+    for (file, journey) in &journeys {
+        let key = &journey.key;
+        call(
+            client
+                .put(format!("{base}/v1/journeys/{key}"))
+                .bearer_auth(token)
+                .json(journey),
+            &format!("{}: upload", file.display()),
+        )
+        .await?;
+        if draft_only {
+            println!("{key}: draft updated ({})", file.display());
+            continue;
+        }
+        let published = call(
+            client
+                .post(format!("{base}/v1/journeys/{key}/publish"))
+                .bearer_auth(token),
+            &format!("{}: publish", file.display()),
+        )
+        .await?;
+        let version = published["published"]["version"].as_u64().unwrap_or(0);
+        let what = if published["published"]["created"].as_bool() == Some(true) {
+            "published"
+        } else {
+            "unchanged"
+        };
+        println!("{key}: version {version} {what} ({})", file.display());
     }
     Ok(())
 }

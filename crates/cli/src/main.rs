@@ -76,7 +76,7 @@ fn main() -> ExitCode {
                 Err(e) => Err(format!("configuration: {e}")),
             }
         }
-        Command::Journeys(args) => journeys::run(args),
+        Command::Journeys(args) => journeys::run(args, &runtime),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
     };
     match result {

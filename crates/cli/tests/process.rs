@@ -231,3 +231,87 @@ async fn kill_9_under_load_on_postgres_loses_no_acknowledged_event() {
     let url = fresh_postgres_url().await;
     kill_9_scenario(Some(&url), 100, 500).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journeys_apply_uploads_and_publishes_only_what_changed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(Launch {
+        data_dir: &dir.path().join("data"),
+        store: None,
+        configured_keys: true,
+    });
+    let journeys = dir.path().join("journeys");
+    std::fs::create_dir_all(&journeys).expect("mkdir");
+    let welcome =
+        std::fs::read_to_string(common::workspace_root().join("examples/journeys/welcome.yaml"))
+            .expect("example");
+    std::fs::write(journeys.join("welcome.yaml"), &welcome).expect("write");
+    let apply = |base: String, dir: std::path::PathBuf| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_waymark"))
+                .args([
+                    "journeys",
+                    "apply",
+                    dir.to_str().expect("utf8"),
+                    "--url",
+                    &base,
+                    "--admin-token",
+                    ADMIN,
+                ])
+                .output()
+                .expect("run apply")
+        })
+    };
+    let out = apply(server.base.clone(), journeys.clone())
+        .await
+        .expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("welcome: version 1 published"));
+    let out = apply(server.base.clone(), journeys.clone())
+        .await
+        .expect("join");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("welcome: version 1 unchanged"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::fs::write(
+        journeys.join("welcome.yaml"),
+        welcome.replace("template: activation-nudge", "template: nudge-v2"),
+    )
+    .expect("write");
+    let out = apply(server.base.clone(), journeys.clone())
+        .await
+        .expect("join");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("welcome: version 2 published"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // An invalid file stops the whole apply before anything is uploaded.
+    std::fs::write(journeys.join("broken.yaml"), "key: broken\nentry: { event: Go }\nnodes:\n  - { id: a, type: message, channel: log, template: t, next: nowhere }\n").expect("write");
+    std::fs::write(
+        journeys.join("welcome.yaml"),
+        welcome.replace("template: activation-nudge", "template: nudge-v3"),
+    )
+    .expect("write");
+    let out = apply(server.base.clone(), journeys.clone())
+        .await
+        .expect("join");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("broken.yaml: nodes[0].next"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, record) = get(&client(), &server.base, ADMIN, "/v1/journeys/welcome").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        record["live_version"], 2,
+        "nothing was applied from the failed run"
+    );
+}

@@ -20,6 +20,16 @@ pub struct ErrorBody {
     /// Path of the offending field in the request, e.g. `batch[3].userId`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// Every problem, when there is more than one to report (journey validation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldProblem>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FieldProblem {
+    pub field: String,
+    pub code: String,
+    pub message: String,
 }
 
 #[derive(Debug)]
@@ -37,6 +47,7 @@ impl ApiError {
                 kind,
                 message: message.into(),
                 field: None,
+                errors: None,
             },
         }
     }
@@ -57,6 +68,36 @@ impl ApiError {
 
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", "not_found", message)
+    }
+
+    /// The request is well-formed but describes something that cannot work (422), with
+    /// every problem listed.
+    pub fn unprocessable(code: &str, problems: Vec<FieldError>) -> Self {
+        let summary = match problems.as_slice() {
+            [one] => format!("{}: {}", one.field, one.message),
+            many => format!("{} problems; see errors", many.len()),
+        };
+        let mut e = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            code,
+            summary,
+        );
+        e.body.errors = Some(
+            problems
+                .into_iter()
+                .map(|p| FieldProblem {
+                    field: p.field,
+                    code: p.code.to_owned(),
+                    message: p.message,
+                })
+                .collect(),
+        );
+        e
+    }
+
+    pub fn conflict(code: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "invalid_request", code, message)
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {

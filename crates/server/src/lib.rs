@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod error;
 pub mod ingest;
+pub mod journeys;
 pub mod ops;
 pub mod profiles;
 
@@ -51,6 +52,15 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/v1/profiles/{namespace}/{value}/events",
             get(profiles::get_events),
+        )
+        .route("/v1/journeys", get(journeys::list_journeys))
+        .route(
+            "/v1/journeys/{key}",
+            get(journeys::get_journey).put(journeys::put_journey),
+        )
+        .route(
+            "/v1/journeys/{key}/{action}",
+            post(journeys::journey_action),
         )
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))

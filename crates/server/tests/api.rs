@@ -163,6 +163,7 @@ macro_rules! all_api_tests {
             events_are_paged_newest_first,
             clock_skew_is_corrected,
             operations_endpoints,
+            journeys_lifecycle_through_the_api,
         );
     };
 }
@@ -606,4 +607,178 @@ async fn operations_endpoints(api: &Api) {
         );
     }
     assert!(doc["components"]["securitySchemes"]["write_key"].is_object());
+}
+
+const WELCOME: &str = include_str!("../../../examples/journeys/welcome.yaml");
+
+impl Api {
+    async fn put_yaml(&self, path: &str, yaml: &str) -> Reply {
+        let req = Request::builder()
+            .method("PUT")
+            .uri(path)
+            .header("content-type", "application/yaml")
+            .header("authorization", format!("Bearer {ADMIN}"))
+            .body(Body::from(yaml.to_owned()))
+            .expect("request");
+        let resp = self.router.clone().oneshot(req).await.expect("response");
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        Reply {
+            status,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    async fn admin_post(&self, path: &str) -> Reply {
+        self.call("POST", path, Auth::Admin(ADMIN), Vec::new(), None)
+            .await
+    }
+}
+
+async fn journeys_lifecycle_through_the_api(api: &Api) {
+    let r = api.put_yaml("/v1/journeys/welcome", WELCOME).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        (r.body["status"].as_str(), r.body["live_version"].is_null()),
+        (Some("draft"), true)
+    );
+
+    let broken = WELCOME.replace("next: tell-crm", "next: tell-crn").replace(
+        "has(event.properties.plan)",
+        "has(event.properties.plan) &&",
+    );
+    let r = api.put_yaml("/v1/journeys/welcome", &broken).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert_eq!(r.body["code"], "invalid_journey");
+    let fields: Vec<&str> = r.body["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e["field"].as_str())
+        .collect();
+    assert!(
+        fields.contains(&"entry.when") && fields.contains(&"nodes[1].branches[0].next"),
+        "{fields:?}"
+    );
+    let r = api.put_yaml("/v1/journeys/other-key", WELCOME).await;
+    assert_eq!(
+        (r.status, r.body["errors"][0]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("key"))
+    );
+    let r = api
+        .put_yaml("/v1/journeys/welcome", "key: welcome\nnodes: [\n")
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_document")),
+        "{}",
+        r.text
+    );
+    assert!(
+        r.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("line")),
+        "{}",
+        r.text
+    );
+    let json_doc = serde_json::to_vec(&json!({"key": "welcome", "entry": {"event": "Go"}, "nodes": [{"id": "a", "type": "end", "extra": 1}]})).expect("json");
+    let r = api
+        .call(
+            "PUT",
+            "/v1/journeys/welcome",
+            Auth::Admin(ADMIN),
+            json_doc,
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::BAD_REQUEST,
+        "unknown fields are refused: {}",
+        r.text
+    );
+
+    let r = api.admin_post("/v1/journeys/welcome/publish").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["published"], json!({"version": 1, "created": true}));
+    assert_eq!(r.body["status"], "live");
+    let r = api.admin_post("/v1/journeys/welcome/publish").await;
+    assert_eq!(
+        r.body["published"],
+        json!({"version": 1, "created": false}),
+        "republishing is harmless"
+    );
+
+    let r = api
+        .put_yaml(
+            "/v1/journeys/welcome",
+            &WELCOME.replace("template: welcome-email", "template: welcome-email-v2"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        api.admin_post("/v1/journeys/welcome/publish").await.body["published"],
+        json!({"version": 2, "created": true})
+    );
+    let v1 = api.get("/v1/journeys/welcome?version=1").await;
+    assert_eq!(
+        v1.body["nodes"][0]["template"], "welcome-email",
+        "version 1 is immutable"
+    );
+    assert_eq!(
+        api.get("/v1/journeys/welcome?version=9").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    assert_eq!(
+        api.admin_post("/v1/journeys/welcome/pause").await.body["status"],
+        "paused"
+    );
+    let again = api.admin_post("/v1/journeys/welcome/pause").await;
+    assert_eq!(
+        (again.status, again.body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("invalid_transition"))
+    );
+    assert_eq!(
+        api.admin_post("/v1/journeys/welcome/resume").await.body["status"],
+        "live"
+    );
+    assert_eq!(
+        api.admin_post("/v1/journeys/welcome/close").await.body["status"],
+        "closed"
+    );
+    assert_eq!(
+        api.admin_post("/v1/journeys/welcome/stop").await.body["status"],
+        "stopped"
+    );
+    assert_eq!(
+        api.admin_post("/v1/journeys/welcome/teleport").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.admin_post("/v1/journeys/ghost/publish").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    let list = api.get("/v1/journeys").await;
+    let journeys = list.body["journeys"].as_array().expect("list");
+    assert_eq!(journeys.len(), 1);
+    assert_eq!(
+        (
+            journeys[0]["key"].as_str(),
+            journeys[0]["live_version"].as_u64()
+        ),
+        (Some("welcome"), Some(2))
+    );
+    for (method, path) in [
+        ("GET", "/v1/journeys"),
+        ("PUT", "/v1/journeys/welcome"),
+        ("POST", "/v1/journeys/welcome/publish"),
+    ] {
+        let r = api
+            .call(method, path, Auth::Write(WRITE_KEY), Vec::new(), None)
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{method} {path}");
+    }
 }

@@ -9,6 +9,7 @@
 //! few races left (two transactions inserting the same message id) end in a unique
 //! violation, which is retried the same way.
 
+mod journeys;
 mod schema;
 
 use std::collections::HashMap;
@@ -25,8 +26,8 @@ use waymark_core::ingest::{Outcome, WorkingSet, lookups, plan};
 use waymark_core::time::Millis;
 use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
-    Erasure, EventPage, IngestReceipt, PageRequest, ProfileStore, Store, StoreError, StoreOptions,
-    StoredEvent, decode_cursor,
+    Erasure, EventPage, IngestReceipt, JourneyAction, JourneyRecord, JourneyStore, PageRequest,
+    ProfileStore, Store, StoreError, StoreOptions, StoredEvent, Transition, decode_cursor,
 };
 
 const MAX_ATTEMPTS: u32 = 20;
@@ -119,7 +120,7 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn db_error(e: tokio_postgres::Error) -> StoreError {
+pub(crate) fn db_error(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
         Some(db) => {
             StoreError::Unavailable(format!("postgres: {} ({})", db.message(), db.code().code()))
@@ -602,6 +603,63 @@ impl ProfileStore for PostgresStore {
                 return Ok(total);
             }
         }
+    }
+}
+
+#[async_trait]
+impl JourneyStore for PostgresStore {
+    async fn put_journey_draft(
+        &self,
+        key: &str,
+        document: &serde_json::Value,
+        now: Millis,
+    ) -> Result<JourneyRecord, StoreError> {
+        let client = self.client().await?;
+        journeys::put_draft(&client, key, document, now).await
+    }
+
+    async fn publish_journey(
+        &self,
+        key: &str,
+        now: Millis,
+    ) -> Result<Option<(JourneyRecord, bool)>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_error)?;
+        let out = journeys::publish(&tx, key, now).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(out)
+    }
+
+    async fn change_journey_status(
+        &self,
+        key: &str,
+        action: JourneyAction,
+        now: Millis,
+    ) -> Result<Option<Transition>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_error)?;
+        let out = journeys::change_status(&tx, key, action, now).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(out)
+    }
+
+    async fn journey(&self, key: &str) -> Result<Option<JourneyRecord>, StoreError> {
+        let client = self.client().await?;
+        journeys::read(&client, key, false).await
+    }
+
+    async fn journey_version(
+        &self,
+        key: &str,
+        version: u32,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let client = self.client().await?;
+        journeys::version(&client, key, version).await
+    }
+
+    async fn journeys(&self) -> Result<Vec<JourneyRecord>, StoreError> {
+        let client = self.client().await?;
+        journeys::list(&client).await
     }
 }
 

@@ -7,9 +7,10 @@ use tokio_postgres::Error;
 /// Arbitrary constant: the advisory lock key that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x5741_594d_4152_4b31;
 
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
      CREATE TABLE profiles (
          id TEXT PRIMARY KEY,
          partition INTEGER NOT NULL,
@@ -37,7 +38,27 @@ const MIGRATIONS: &[(i32, &str)] = &[(
      CREATE INDEX events_by_time ON events (timestamp);
      CREATE TABLE merges (from_id TEXT NOT NULL, into_id TEXT NOT NULL, at BIGINT NOT NULL);
      CREATE INDEX merges_into ON merges (into_id);",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE journeys (
+             key TEXT PRIMARY KEY,
+             status TEXT NOT NULL,
+             draft JSONB NOT NULL,
+             draft_updated_at BIGINT NOT NULL,
+             live_version INTEGER,
+             created_at BIGINT NOT NULL,
+             updated_at BIGINT NOT NULL
+         );
+         CREATE TABLE journey_versions (
+             key TEXT NOT NULL,
+             version INTEGER NOT NULL,
+             document JSONB NOT NULL,
+             published_at BIGINT NOT NULL,
+             PRIMARY KEY (key, version)
+         );",
+    ),
+];
 
 pub async fn migrate(client: &mut Client) -> Result<(), Error> {
     let tx = client.transaction().await?;

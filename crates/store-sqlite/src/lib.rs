@@ -5,6 +5,7 @@
 //! one fsync, and each is answered only after that commit. Reads use a small pool of
 //! read-only connections, which WAL lets run beside the writer.
 
+mod journeys;
 mod schema;
 mod writer;
 
@@ -19,8 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 use waymark_core::time::Millis;
 use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
-    Erasure, EventPage, IngestReceipt, PageRequest, ProfileStore, Store, StoreError, StoreOptions,
-    StoredEvent, decode_cursor,
+    Erasure, EventPage, IngestReceipt, JourneyAction, JourneyRecord, JourneyStore, PageRequest,
+    ProfileStore, Store, StoreError, StoreOptions, StoredEvent, Transition, decode_cursor,
 };
 
 use writer::Command;
@@ -119,6 +120,31 @@ impl SqliteStore {
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` in the writer's transaction; answers once that transaction has committed.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let sender = self
+            .commands
+            .lock()
+            .map_err(|_| StoreError::Closed)?
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        let exec: writer::Exec = Box::new(move |tx| {
+            let value = f(tx)?;
+            Ok(Box::new(move || drop(reply.send(value))) as Box<dyn FnOnce() + Send>)
+        });
+        sender
+            .send(Command::Exec(exec))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| {
+            StoreError::Unavailable("the write was not committed; see the server log".into())
+        })
     }
 
     async fn read<T: Send + 'static>(
@@ -255,6 +281,59 @@ impl ProfileStore for SqliteStore {
                 return Ok(total);
             }
         }
+    }
+}
+
+#[async_trait]
+impl JourneyStore for SqliteStore {
+    async fn put_journey_draft(
+        &self,
+        key: &str,
+        document: &serde_json::Value,
+        now: Millis,
+    ) -> Result<JourneyRecord, StoreError> {
+        let (key, document) = (key.to_owned(), document.clone());
+        self.write(move |tx| journeys::put_draft(tx, &key, &document, now))
+            .await
+    }
+
+    async fn publish_journey(
+        &self,
+        key: &str,
+        now: Millis,
+    ) -> Result<Option<(JourneyRecord, bool)>, StoreError> {
+        let key = key.to_owned();
+        self.write(move |tx| journeys::publish(tx, &key, now)).await
+    }
+
+    async fn change_journey_status(
+        &self,
+        key: &str,
+        action: JourneyAction,
+        now: Millis,
+    ) -> Result<Option<Transition>, StoreError> {
+        let key = key.to_owned();
+        self.write(move |tx| journeys::change_status(tx, &key, action, now))
+            .await
+    }
+
+    async fn journey(&self, key: &str) -> Result<Option<JourneyRecord>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |conn| journeys::read(conn, &key)).await
+    }
+
+    async fn journey_version(
+        &self,
+        key: &str,
+        version: u32,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |conn| journeys::version(conn, &key, version))
+            .await
+    }
+
+    async fn journeys(&self) -> Result<Vec<JourneyRecord>, StoreError> {
+        self.read(journeys::list).await
     }
 }
 

@@ -2,9 +2,10 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
      CREATE TABLE profiles (
          id TEXT PRIMARY KEY,
          partition INTEGER NOT NULL,
@@ -32,7 +33,27 @@ const MIGRATIONS: &[(i64, &str)] = &[(
      CREATE INDEX events_by_time ON events (timestamp);
      CREATE TABLE merges (from_id TEXT NOT NULL, into_id TEXT NOT NULL, at INTEGER NOT NULL);
      CREATE INDEX merges_into ON merges (into_id);",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE journeys (
+             key TEXT PRIMARY KEY,
+             status TEXT NOT NULL,
+             draft TEXT NOT NULL,
+             draft_updated_at INTEGER NOT NULL,
+             live_version INTEGER,
+             created_at INTEGER NOT NULL,
+             updated_at INTEGER NOT NULL
+         );
+         CREATE TABLE journey_versions (
+             key TEXT NOT NULL,
+             version INTEGER NOT NULL,
+             document TEXT NOT NULL,
+             published_at INTEGER NOT NULL,
+             PRIMARY KEY (key, version)
+         ) WITHOUT ROWID;",
+    ),
+];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.execute_batch(

@@ -33,25 +33,35 @@ pub enum Command {
         now: Millis,
         reply: Reply<u64>,
     },
+    /// Any other write: runs inside the group's transaction; its answer is released by
+    /// calling the returned closure, which happens only after the commit.
+    Exec(Exec),
 }
+
+pub type Exec =
+    Box<dyn FnOnce(&Transaction<'_>) -> Result<Box<dyn FnOnce() + Send>, StoreError> + Send>;
 
 /// What one command asks the transaction to do, split from where its answer goes.
 enum Work {
     Ingest(Vec<Event>, Vec<String>),
     Erase(Identity),
     Prune(Millis),
+    Exec(Exec),
 }
 
 enum Done {
     Ingest(IngestReceipt),
     Erase(Option<Erasure>),
     Prune(u64),
+    Exec(Box<dyn FnOnce() + Send>),
 }
 
 enum Answer {
     Ingest(Reply<IngestReceipt>),
     Erase(Reply<Option<Erasure>>),
     Prune(Reply<u64>),
+    /// Exec commands carry their own reply inside the closure.
+    Exec,
 }
 
 impl Command {
@@ -64,6 +74,7 @@ impl Command {
             } => (Work::Ingest(events, bodies), Answer::Ingest(reply)),
             Command::Erase { identity, reply } => (Work::Erase(identity), Answer::Erase(reply)),
             Command::Prune { now, reply } => (Work::Prune(now), Answer::Prune(reply)),
+            Command::Exec(f) => (Work::Exec(f), Answer::Exec),
         }
     }
 }
@@ -97,6 +108,10 @@ impl Answer {
             (Answer::Prune(r), Ok(_)) => {
                 drop(r.send(Err(StoreError::Corrupt("mismatched answer".into()))))
             }
+            // After the commit, release the answer; on failure the closure (and its reply
+            // sender) was dropped, which the caller sees as "not committed".
+            (Answer::Exec, Ok(Done::Exec(release))) => release(),
+            (Answer::Exec, _) => {}
         }
     }
 }
@@ -174,6 +189,10 @@ fn commit_group(
             Work::Prune(now) => {
                 flush_ingests(&tx, &mut run, &mut results, config)?;
                 results.push(Done::Prune(prune(&tx, now, config)?));
+            }
+            Work::Exec(f) => {
+                flush_ingests(&tx, &mut run, &mut results, config)?;
+                results.push(Done::Exec(f(&tx)?));
             }
         }
     }

@@ -9,7 +9,10 @@ use waymark_core::segment::{Receipt, parse_batch};
 use waymark_core::time::parse_iso8601;
 use waymark_core::{Event, Identity, partition_of};
 
-use crate::{PageRequest, ProfileStore, Store, StoreOptions};
+use crate::{
+    JourneyAction, JourneyStatus, JourneyStore, PageRequest, ProfileStore, Store, StoreOptions,
+    Transition,
+};
 
 /// A place a store can be opened, and opened again (to prove durability).
 #[async_trait]
@@ -34,6 +37,8 @@ macro_rules! conformance_suite {
             data_survives_reopen,
             concurrent_ingest_loses_nothing,
             partition_is_hash_of_profile_id,
+            journey_drafts_versions_and_lifecycle,
+            journeys_are_listed_by_key,
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {
@@ -520,5 +525,158 @@ pub async fn partition_is_hash_of_profile_id(b: &impl Backend) {
         partitions.len() > 5,
         "20 profiles should spread over partitions: {partitions:?}"
     );
+    s.close().await;
+}
+
+fn doc(key: &str, template: &str) -> Value {
+    json!({"key": key, "entry": {"event": "Signed Up"}, "nodes": [
+        {"id": "hello", "type": "message", "channel": "log", "template": template, "next": "done"},
+        {"id": "done", "type": "end"}]})
+}
+
+pub async fn journey_drafts_versions_and_lifecycle(b: &impl Backend) {
+    let s = b.open(StoreOptions::default()).await;
+    let draft = s
+        .put_journey_draft("welcome", &doc("welcome", "v1"), 1_000)
+        .await
+        .expect("put");
+    assert_eq!(
+        (draft.status, draft.live_version, draft.versions.len()),
+        (JourneyStatus::Draft, None, 0)
+    );
+    let (live, created) = s
+        .publish_journey("welcome", 2_000)
+        .await
+        .expect("publish")
+        .expect("exists");
+    assert!(created);
+    assert_eq!(
+        (live.status, live.live_version),
+        (JourneyStatus::Live, Some(1))
+    );
+    let (again, created) = s
+        .publish_journey("welcome", 3_000)
+        .await
+        .expect("publish")
+        .expect("exists");
+    assert!(!created, "publishing an unchanged draft creates no version");
+    assert_eq!(again.versions.len(), 1);
+
+    s.put_journey_draft("welcome", &doc("welcome", "v2"), 4_000)
+        .await
+        .expect("put");
+    let still = s.journey("welcome").await.expect("read").expect("exists");
+    assert_eq!(
+        (still.status, still.live_version),
+        (JourneyStatus::Live, Some(1)),
+        "a draft edit does not change what runs"
+    );
+    let (v2, created) = s
+        .publish_journey("welcome", 5_000)
+        .await
+        .expect("publish")
+        .expect("exists");
+    assert!(created);
+    assert_eq!(v2.live_version, Some(2));
+    assert_eq!(
+        v2.versions
+            .iter()
+            .map(|v| (v.version, v.published_at))
+            .collect::<Vec<_>>(),
+        vec![(1, 2_000), (2, 5_000)]
+    );
+    let v1_doc = s
+        .journey_version("welcome", 1)
+        .await
+        .expect("read")
+        .expect("v1 kept");
+    assert_eq!(
+        v1_doc["nodes"][0]["template"],
+        json!("v1"),
+        "versions are immutable"
+    );
+    assert!(
+        s.journey_version("welcome", 3)
+            .await
+            .expect("read")
+            .is_none()
+    );
+
+    let s = &s;
+    let step = |action| async move {
+        s.change_journey_status("welcome", action, 6_000)
+            .await
+            .expect("change")
+            .expect("exists")
+    };
+    let paused = step(JourneyAction::Pause).await;
+    assert!(
+        matches!(&paused, Transition::Done(r) if r.status == JourneyStatus::Paused),
+        "{paused:?}"
+    );
+    let refused = step(JourneyAction::Pause).await;
+    assert!(
+        matches!(
+            &refused,
+            Transition::Refused {
+                status: JourneyStatus::Paused,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    assert!(
+        matches!(step(JourneyAction::Resume).await, Transition::Done(r) if r.status == JourneyStatus::Live)
+    );
+    assert!(
+        matches!(step(JourneyAction::Close).await, Transition::Done(r) if r.status == JourneyStatus::Closed)
+    );
+    assert!(matches!(
+        step(JourneyAction::Resume).await,
+        Transition::Refused { .. }
+    ));
+    assert!(
+        matches!(step(JourneyAction::Stop).await, Transition::Done(r) if r.status == JourneyStatus::Stopped)
+    );
+
+    assert!(
+        s.publish_journey("nope", 1)
+            .await
+            .expect("publish")
+            .is_none()
+    );
+    assert!(
+        s.change_journey_status("nope", JourneyAction::Pause, 1)
+            .await
+            .expect("change")
+            .is_none()
+    );
+    assert!(s.journey("nope").await.expect("read").is_none());
+
+    let before = s.journey("welcome").await.expect("read");
+    s.close().await;
+    let s = b.open(StoreOptions::default()).await;
+    assert_eq!(
+        s.journey("welcome").await.expect("read"),
+        before,
+        "journeys survive a restart"
+    );
+    s.close().await;
+}
+
+pub async fn journeys_are_listed_by_key(b: &impl Backend) {
+    let s = b.open(StoreOptions::default()).await;
+    for key in ["zeta", "alpha", "mid"] {
+        s.put_journey_draft(key, &doc(key, "t"), 1)
+            .await
+            .expect("put");
+    }
+    s.publish_journey("mid", 2).await.expect("publish");
+    let all = s.journeys().await.expect("list");
+    assert_eq!(
+        all.iter().map(|j| j.key.as_str()).collect::<Vec<_>>(),
+        ["alpha", "mid", "zeta"]
+    );
+    assert_eq!(all[1].live_version, Some(1));
     s.close().await;
 }

@@ -137,8 +137,78 @@ pub trait ProfileStore: Send + Sync {
     async fn prune_expired(&self, now: Millis) -> Result<u64, StoreError>;
 }
 
+/// A journey as stored: its editable draft, its immutable published versions, its status.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JourneyRecord {
+    pub key: String,
+    pub status: JourneyStatus,
+    /// The document last put (as JSON), published or not.
+    pub draft: Value,
+    pub draft_updated_at: Millis,
+    /// The newest published version, which new entries use.
+    pub live_version: Option<u32>,
+    pub versions: Vec<JourneyVersion>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JourneyVersion {
+    pub version: u32,
+    pub published_at: Millis,
+}
+
+pub use waymark_core::journey::lifecycle::{Action as JourneyAction, Status as JourneyStatus};
+
+/// What a status change came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    Done(JourneyRecord),
+    /// The lifecycle does not allow it from the current status; nothing changed.
+    Refused {
+        status: JourneyStatus,
+        reason: String,
+    },
+}
+
 #[async_trait]
-pub trait Store: ProfileStore + 'static {
+pub trait JourneyStore: Send + Sync {
+    /// Creates the journey (as a draft) or replaces its draft document.
+    async fn put_journey_draft(
+        &self,
+        key: &str,
+        document: &Value,
+        now: Millis,
+    ) -> Result<JourneyRecord, StoreError>;
+
+    /// Makes the draft the live version. A new immutable version is created only if the
+    /// draft differs from the newest version, so publishing twice is harmless. Returns the
+    /// record and whether a version was created; `None` if there is no such journey.
+    async fn publish_journey(
+        &self,
+        key: &str,
+        now: Millis,
+    ) -> Result<Option<(JourneyRecord, bool)>, StoreError>;
+
+    /// Pause, resume, close or stop, as `lifecycle::transition` allows.
+    async fn change_journey_status(
+        &self,
+        key: &str,
+        action: JourneyAction,
+        now: Millis,
+    ) -> Result<Option<Transition>, StoreError>;
+
+    async fn journey(&self, key: &str) -> Result<Option<JourneyRecord>, StoreError>;
+
+    /// One published version's document.
+    async fn journey_version(&self, key: &str, version: u32) -> Result<Option<Value>, StoreError>;
+
+    /// Every journey, by key.
+    async fn journeys(&self) -> Result<Vec<JourneyRecord>, StoreError>;
+}
+
+#[async_trait]
+pub trait Store: ProfileStore + JourneyStore + 'static {
     fn backend(&self) -> &'static str;
     fn partitions(&self) -> u32;
     /// Cheap round trip to the backend, for health checks.

@@ -4,6 +4,7 @@
 
 mod cel_check;
 mod duration;
+pub mod lifecycle;
 mod validate;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,250 @@
+//! The journey API (admin token): drafts, publishing, lifecycle.
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::http::header::CONTENT_TYPE;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use waymark_core::FieldError;
+use waymark_core::journey::{Format, Journey, parse, validate};
+use waymark_core::time::format_iso8601;
+use waymark_store::{JourneyAction, JourneyRecord, Transition, wall_clock_ms};
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorBody};
+
+/// Largest journey document accepted.
+const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionView {
+    pub version: u32,
+    pub published_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JourneyView {
+    pub key: String,
+    /// draft, live, paused, closed or stopped.
+    pub status: String,
+    /// The newest published version: the one new entries use.
+    pub live_version: Option<u32>,
+    pub versions: Vec<VersionView>,
+    /// The current draft document.
+    #[schema(value_type = Object)]
+    pub draft: Value,
+    pub draft_updated_at: String,
+    pub created_at: String,
+    pub updated_at: String,
+    /// Set by publish: the version now live and whether publishing created it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub published: Option<Published>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Published {
+    pub version: u32,
+    pub created: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JourneyList {
+    pub journeys: Vec<JourneyView>,
+}
+
+impl From<JourneyRecord> for JourneyView {
+    fn from(r: JourneyRecord) -> Self {
+        Self {
+            key: r.key,
+            status: r.status.as_str().to_owned(),
+            live_version: r.live_version,
+            versions: r
+                .versions
+                .into_iter()
+                .map(|v| VersionView {
+                    version: v.version,
+                    published_at: format_iso8601(v.published_at),
+                })
+                .collect(),
+            draft: r.draft,
+            draft_updated_at: format_iso8601(r.draft_updated_at),
+            created_at: format_iso8601(r.created_at),
+            updated_at: format_iso8601(r.updated_at),
+            published: None,
+        }
+    }
+}
+
+fn no_journey(key: &str) -> ApiError {
+    ApiError::not_found(format!("no journey has the key {key:?}"))
+}
+
+fn is_yaml(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("yaml"))
+}
+
+/// Creates the journey or replaces its draft. The document (JSON, or YAML with a YAML
+/// content type) is validated first; an invalid one is refused with every problem listed.
+#[utoipa::path(put, path = "/v1/journeys/{key}", tag = "journeys",
+    params(("key" = String, Path, description = "The journey's key; must match `key` in the document")),
+    request_body(content = Object, description = "A journey document (see docs/journey.schema.json), as JSON or YAML (Content-Type: application/yaml)"),
+    responses((status = 200, body = JourneyView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 422, description = "The document is well-formed but cannot run; `errors` lists every problem", body = ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn put_journey(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    body: Body,
+) -> Result<axum::Json<JourneyView>, ApiError> {
+    state.keys.require_admin(&headers)?;
+    let bytes = axum::body::to_bytes(body, MAX_DOCUMENT_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::bad_request(
+                "document_too_large",
+                format!(
+                    "a journey document may be at most {} KB",
+                    MAX_DOCUMENT_BYTES / 1024
+                ),
+            )
+        })?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| ApiError::bad_request("invalid_document", "the document is not UTF-8"))?;
+    let format = if is_yaml(&headers) {
+        Format::Yaml
+    } else {
+        Format::Json
+    };
+    let journey: Journey = parse(text, format).map_err(|e| {
+        let mut err = ApiError::bad_request("invalid_document", e.message);
+        err.body.field = (!e.field.is_empty()).then_some(e.field);
+        err
+    })?;
+    let mut problems = validate(&journey);
+    if journey.key != key {
+        problems.insert(
+            0,
+            FieldError::new(
+                "invalid_value",
+                "key",
+                format!(
+                    "the document's key {:?} differs from the URL's {key:?}",
+                    journey.key
+                ),
+            ),
+        );
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::unprocessable("invalid_journey", problems));
+    }
+    let document = serde_json::to_value(&journey)
+        .map_err(|e| ApiError::bad_request("invalid_document", e.to_string()))?;
+    let record = state
+        .store
+        .put_journey_draft(&key, &document, wall_clock_ms())
+        .await?;
+    Ok(axum::Json(record.into()))
+}
+
+/// Publish, pause, resume, close or stop a journey.
+#[utoipa::path(post, path = "/v1/journeys/{key}/{action}", tag = "journeys",
+    params(("key" = String, Path), ("action" = String, Path, description = "publish | pause | resume | close | stop")),
+    responses((status = 200, body = JourneyView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "The lifecycle does not allow this action now", body = ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn journey_action(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((key, action)): Path<(String, String)>,
+) -> Result<axum::Json<JourneyView>, ApiError> {
+    state.keys.require_admin(&headers)?;
+    let now = wall_clock_ms();
+    if action == "publish" {
+        let (record, created) = state
+            .store
+            .publish_journey(&key, now)
+            .await?
+            .ok_or_else(|| no_journey(&key))?;
+        let version = record.live_version.unwrap_or(1);
+        tracing::info!(journey = %key, version, created, "journey published");
+        let mut view = JourneyView::from(record);
+        view.published = Some(Published { version, created });
+        return Ok(axum::Json(view));
+    }
+    let Some(action) = JourneyAction::parse(&action) else {
+        return Err(ApiError::not_found(format!(
+            "unknown journey action {action:?}; use publish, pause, resume, close or stop"
+        )));
+    };
+    match state
+        .store
+        .change_journey_status(&key, action, now)
+        .await?
+        .ok_or_else(|| no_journey(&key))?
+    {
+        Transition::Done(record) => Ok(axum::Json(record.into())),
+        Transition::Refused { reason, .. } => Err(ApiError::conflict("invalid_transition", reason)),
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct VersionQuery {
+    /// A published version number: return that version's document instead.
+    pub version: Option<u32>,
+}
+
+/// One journey: status, versions and draft; or, with `?version=N`, that version's document.
+#[utoipa::path(get, path = "/v1/journeys/{key}", tag = "journeys",
+    params(("key" = String, Path), VersionQuery),
+    responses((status = 200, body = JourneyView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn get_journey(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    Query(q): Query<VersionQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    state.keys.require_admin(&headers)?;
+    if let Some(version) = q.version {
+        let doc = state
+            .store
+            .journey_version(&key, version)
+            .await?
+            .ok_or_else(|| {
+                ApiError::not_found(format!("journey {key:?} has no version {version}"))
+            })?;
+        return Ok(axum::Json(doc).into_response());
+    }
+    let record = state
+        .store
+        .journey(&key)
+        .await?
+        .ok_or_else(|| no_journey(&key))?;
+    Ok(axum::Json(JourneyView::from(record)).into_response())
+}
+
+/// Every journey, by key.
+#[utoipa::path(get, path = "/v1/journeys", tag = "journeys",
+    responses((status = 200, body = JourneyList), (status = 401, body = ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn list_journeys(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<axum::Json<JourneyList>, ApiError> {
+    state.keys.require_admin(&headers)?;
+    let journeys = state
+        .store
+        .journeys()
+        .await?
+        .into_iter()
+        .map(JourneyView::from)
+        .collect();
+    Ok(axum::Json(JourneyList { journeys }))
+}
