@@ -107,6 +107,23 @@ pub async fn run(config: Config) -> Result<(), String> {
         })
     };
 
+    // Timer service: fires due journey timers in due order. The due index is the source of
+    // truth, so a restart fires everything that came due while the server was down.
+    let timers = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            const BATCH: u32 = 1000;
+            loop {
+                match store.fire_due_timers(now_ms(), BATCH).await {
+                    Ok(n) if n as u32 == BATCH => continue,
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "firing journey timers failed; retrying"),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -118,6 +135,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         .with_graceful_shutdown(shutdown_signal())
         .await;
     pruner.abort();
+    timers.abort();
     store.close().await;
     tracing::info!("stopped");
     served.map_err(|e| format!("server error: {e}"))

@@ -7,6 +7,7 @@
 //! the same function on a virtual clock.
 
 mod compile;
+pub mod run;
 pub mod simulate;
 
 use serde::{Deserialize, Serialize};

@@ -53,6 +53,10 @@ pub fn app(state: AppState) -> Router {
             "/v1/profiles/{namespace}/{value}/events",
             get(profiles::get_events),
         )
+        .route(
+            "/v1/profiles/{namespace}/{value}/journeys",
+            get(profiles::get_journeys),
+        )
         .route("/v1/journeys", get(journeys::list_journeys))
         .route(
             "/v1/journeys/{key}",

@@ -203,3 +203,61 @@ pub async fn delete_profile(
         identities_deleted: erasure.identities_deleted,
     }))
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProfileJourneysView {
+    /// The person's instances in each journey they entered, with every step taken.
+    #[schema(value_type = Vec<Object>)]
+    pub journeys: Vec<Value>,
+    /// Effects recorded for the person (messages, webhook calls, ...), oldest first.
+    #[schema(value_type = Vec<Object>)]
+    pub effects: Vec<Value>,
+}
+
+/// Why is this person here? Every journey instance of the profile, its version, current
+/// node, waits and the history of steps with times and branch decisions.
+#[utoipa::path(get, path = "/v1/profiles/{namespace}/{value}/journeys", tag = "profiles",
+    params(("namespace" = String, Path), ("value" = String, Path)),
+    responses((status = 200, body = ProfileJourneysView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn get_journeys(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((namespace, value)): Path<(String, String)>,
+) -> Result<axum::Json<ProfileJourneysView>, ApiError> {
+    state.keys.require_admin(&headers)?;
+    let id = identity(&namespace, &value)?;
+    let journeys = state
+        .store
+        .profile_journeys(&id)
+        .await?
+        .ok_or_else(|| no_profile(&namespace, &value))?;
+    let effects = state.store.profile_outbox(&id).await?.unwrap_or_default();
+    let iso = |v: Option<&Value>| v.and_then(Value::as_i64).map(format_iso8601);
+    let journeys = journeys
+        .into_iter()
+        .map(|(key, st)| {
+            let mut instances = serde_json::to_value(&st.instances).unwrap_or(Value::Null);
+            // Times as ISO 8601 for people; the engine keeps milliseconds.
+            for instance in instances.as_array_mut().into_iter().flatten() {
+                for field in ["entered_at", "deadline", "ended_at"] {
+                    let text = iso(instance.get(field));
+                    if let Some(t) = text {
+                        instance[field] = Value::String(t);
+                    }
+                }
+                for step in instance["steps"].as_array_mut().into_iter().flatten() {
+                    if let Some(t) = iso(step.get("at")) {
+                        step["at"] = Value::String(t);
+                    }
+                }
+            }
+            serde_json::json!({"journey": key, "instances": instances})
+        })
+        .collect();
+    let effects = effects
+        .into_iter()
+        .map(|o| serde_json::json!({"key": o.key, "journey": o.journey, "kind": o.kind, "status": o.status, "effect": o.effect}))
+        .collect();
+    Ok(axum::Json(ProfileJourneysView { journeys, effects }))
+}

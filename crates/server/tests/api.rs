@@ -600,6 +600,11 @@ async fn operations_endpoints(api: &Api) {
         ("/healthz", "get"),
         ("/metrics", "get"),
         ("/openapi.json", "get"),
+        ("/v1/profiles/{namespace}/{value}/journeys", "get"),
+        ("/v1/journeys", "get"),
+        ("/v1/journeys/{key}", "get"),
+        ("/v1/journeys/{key}", "put"),
+        ("/v1/journeys/{key}/{action}", "post"),
     ] {
         assert!(
             doc["paths"][path][method].is_object(),

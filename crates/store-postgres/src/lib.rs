@@ -10,6 +10,7 @@
 //! violation, which is retried the same way.
 
 mod journeys;
+mod runs;
 mod schema;
 
 use std::collections::HashMap;
@@ -26,8 +27,9 @@ use waymark_core::ingest::{Outcome, WorkingSet, lookups, plan};
 use waymark_core::time::Millis;
 use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
-    Erasure, EventPage, IngestReceipt, JourneyAction, JourneyRecord, JourneyStore, PageRequest,
-    ProfileStore, Store, StoreError, StoreOptions, StoredEvent, Transition, decode_cursor,
+    Erasure, EventPage, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore, JourneyState,
+    JourneyStore, OutboxRow, PageRequest, ProfileStore, Store, StoreError, StoreOptions,
+    StoredEvent, Transition, decode_cursor,
 };
 
 const MAX_ATTEMPTS: u32 = 20;
@@ -53,6 +55,7 @@ pub struct Shared {
     pool: Pool,
     partitions: u32,
     options: StoreOptions,
+    cache: runs::CompileCache,
 }
 
 impl std::ops::Deref for PostgresStore {
@@ -150,7 +153,7 @@ fn identity_lock_key(identity: &Identity) -> i64 {
 }
 
 /// Why an attempt did not commit: a race to retry, or a real failure.
-enum Abort {
+pub(crate) enum Abort {
     Retry(&'static str),
     Fail(StoreError),
 }
@@ -206,6 +209,7 @@ impl PostgresStore {
             pool,
             partitions,
             options,
+            cache: runs::CompileCache::default(),
         });
         let (tx, rx) = mpsc::channel(4096);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
@@ -346,6 +350,7 @@ impl Shared {
         });
 
         for m in &plan.merges {
+            runs::merge(&tx, &m.from, &m.into).await?;
             tx.execute(
                 "UPDATE identities SET profile_id = $1 WHERE profile_id = $2",
                 &[&m.into, &m.from],
@@ -447,6 +452,15 @@ impl Shared {
                 .await?;
             }
         }
+        // Live journeys act on the accepted events in this same transaction.
+        let states: HashMap<&str, &ProfileState> =
+            plan.profiles.iter().map(|p| (p.id.as_str(), p)).collect();
+        let inputs: Vec<(&Event, &ProfileState)> = plan
+            .events
+            .iter()
+            .filter_map(|(i, owner)| states.get(owner.as_str()).map(|p| (&events[*i], *p)))
+            .collect();
+        runs::on_events(&tx, &self.cache, &inputs, now).await?;
         tx.commit().await?;
         Ok(plan.outcomes)
     }
@@ -552,6 +566,7 @@ impl ProfileStore for PostgresStore {
             if locked.is_none() {
                 continue; // merged away meanwhile; look again
             }
+            runs::erase(&tx, &profile_id).await.map_err(db_error)?;
             let events_deleted = tx
                 .execute("DELETE FROM events WHERE profile_id = $1", &[&profile_id])
                 .await
@@ -660,6 +675,49 @@ impl JourneyStore for PostgresStore {
     async fn journeys(&self) -> Result<Vec<JourneyRecord>, StoreError> {
         let client = self.client().await?;
         journeys::list(&client).await
+    }
+}
+
+#[async_trait]
+impl JourneyRunStore for PostgresStore {
+    async fn fire_due_timers(&self, now: Millis, limit: u32) -> Result<usize, StoreError> {
+        for attempt in 1..=MAX_ATTEMPTS {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(db_error)?;
+            match runs::fire_due(&tx, &self.cache, now, limit).await {
+                Ok(n) => match tx.commit().await {
+                    Ok(()) => return Ok(n),
+                    Err(e) if retryable(&e) => {}
+                    Err(e) => return Err(db_error(e)),
+                },
+                Err(Abort::Retry(_)) => {}
+                Err(Abort::Fail(e)) => return Err(e),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempt.min(10)))).await;
+        }
+        Err(StoreError::Unavailable("timers kept conflicting".into()))
+    }
+
+    async fn profile_journeys(
+        &self,
+        identity: &Identity,
+    ) -> Result<Option<Vec<(String, JourneyState)>>, StoreError> {
+        let client = self.client().await?;
+        match Shared::profile_id_of(&client, identity).await? {
+            Some(id) => runs::profile_journeys(&client, &id).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn profile_outbox(
+        &self,
+        identity: &Identity,
+    ) -> Result<Option<Vec<OutboxRow>>, StoreError> {
+        let client = self.client().await?;
+        match Shared::profile_id_of(&client, identity).await? {
+            Some(id) => runs::profile_outbox(&client, &id).await.map(Some),
+            None => Ok(None),
+        }
     }
 }
 

@@ -58,6 +58,40 @@ const MIGRATIONS: &[(i32, &str)] = &[
              PRIMARY KEY (key, version)
          );",
     ),
+    (
+        3,
+        "CREATE TABLE journey_states (
+             profile_id TEXT NOT NULL,
+             journey_key TEXT NOT NULL,
+             state JSONB NOT NULL,
+             updated_at BIGINT NOT NULL,
+             PRIMARY KEY (profile_id, journey_key)
+         );
+         CREATE TABLE journey_timers (
+             seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+             due BIGINT NOT NULL,
+             profile_id TEXT NOT NULL,
+             journey_key TEXT NOT NULL,
+             instance INTEGER NOT NULL,
+             timer BIGINT NOT NULL
+         );
+         CREATE INDEX journey_timers_due ON journey_timers (due, seq);
+         CREATE INDEX journey_timers_profile ON journey_timers (profile_id);
+         CREATE TABLE journey_outbox (
+             seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+             key TEXT NOT NULL UNIQUE,
+             profile_id TEXT NOT NULL,
+             journey_key TEXT NOT NULL,
+             kind TEXT NOT NULL,
+             effect JSONB NOT NULL,
+             status TEXT NOT NULL,
+             attempts INTEGER NOT NULL DEFAULT 0,
+             next_attempt_at BIGINT NOT NULL,
+             created_at BIGINT NOT NULL
+         );
+         CREATE INDEX journey_outbox_pending ON journey_outbox (status, next_attempt_at);
+         CREATE INDEX journey_outbox_profile ON journey_outbox (profile_id, seq);",
+    ),
 ];
 
 pub async fn migrate(client: &mut Client) -> Result<(), Error> {

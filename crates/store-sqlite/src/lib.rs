@@ -6,6 +6,7 @@
 //! read-only connections, which WAL lets run beside the writer.
 
 mod journeys;
+mod runs;
 mod schema;
 mod writer;
 
@@ -20,8 +21,9 @@ use tokio::sync::{mpsc, oneshot};
 use waymark_core::time::Millis;
 use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
-    Erasure, EventPage, IngestReceipt, JourneyAction, JourneyRecord, JourneyStore, PageRequest,
-    ProfileStore, Store, StoreError, StoreOptions, StoredEvent, Transition, decode_cursor,
+    Erasure, EventPage, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore, JourneyState,
+    JourneyStore, OutboxRow, PageRequest, ProfileStore, Store, StoreError, StoreOptions,
+    StoredEvent, Transition, decode_cursor,
 };
 
 use writer::Command;
@@ -34,6 +36,7 @@ pub struct SqliteStore {
     commands: Mutex<Option<mpsc::Sender<Command>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: r2d2::Pool<SqliteConnectionManager>,
+    cache: std::sync::Arc<runs::CompileCache>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -83,7 +86,9 @@ impl SqliteStore {
             .map_err(unavailable)?;
 
         let (tx, rx) = mpsc::channel(4096);
+        let cache = std::sync::Arc::new(runs::CompileCache::default());
         let config = writer::Config {
+            cache: cache.clone(),
             partitions,
             options,
         };
@@ -97,6 +102,7 @@ impl SqliteStore {
             commands: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
             readers,
+            cache,
         })
     }
 
@@ -334,6 +340,43 @@ impl JourneyStore for SqliteStore {
 
     async fn journeys(&self) -> Result<Vec<JourneyRecord>, StoreError> {
         self.read(journeys::list).await
+    }
+}
+
+#[async_trait]
+impl JourneyRunStore for SqliteStore {
+    async fn fire_due_timers(&self, now: Millis, limit: u32) -> Result<usize, StoreError> {
+        let cache = self.cache.clone();
+        self.write(move |tx| runs::fire_due(tx, &cache, now, limit))
+            .await
+    }
+
+    async fn profile_journeys(
+        &self,
+        identity: &Identity,
+    ) -> Result<Option<Vec<(String, JourneyState)>>, StoreError> {
+        let identity = identity.clone();
+        self.read(
+            move |conn| match profile_id_of(conn, &identity).map_err(unavailable)? {
+                Some(id) => runs::profile_journeys(conn, &id).map(Some),
+                None => Ok(None),
+            },
+        )
+        .await
+    }
+
+    async fn profile_outbox(
+        &self,
+        identity: &Identity,
+    ) -> Result<Option<Vec<OutboxRow>>, StoreError> {
+        let identity = identity.clone();
+        self.read(
+            move |conn| match profile_id_of(conn, &identity).map_err(unavailable)? {
+                Some(id) => runs::profile_outbox(conn, &id).map(Some),
+                None => Ok(None),
+            },
+        )
+        .await
     }
 }
 

@@ -53,6 +53,40 @@ const MIGRATIONS: &[(i64, &str)] = &[
              PRIMARY KEY (key, version)
          ) WITHOUT ROWID;",
     ),
+    (
+        3,
+        "CREATE TABLE journey_states (
+             profile_id TEXT NOT NULL,
+             journey_key TEXT NOT NULL,
+             state TEXT NOT NULL,
+             updated_at INTEGER NOT NULL,
+             PRIMARY KEY (profile_id, journey_key)
+         ) WITHOUT ROWID;
+         CREATE TABLE journey_timers (
+             seq INTEGER PRIMARY KEY,
+             due INTEGER NOT NULL,
+             profile_id TEXT NOT NULL,
+             journey_key TEXT NOT NULL,
+             instance INTEGER NOT NULL,
+             timer INTEGER NOT NULL
+         );
+         CREATE INDEX journey_timers_due ON journey_timers (due, seq);
+         CREATE INDEX journey_timers_profile ON journey_timers (profile_id);
+         CREATE TABLE journey_outbox (
+             seq INTEGER PRIMARY KEY,
+             key TEXT NOT NULL UNIQUE,
+             profile_id TEXT NOT NULL,
+             journey_key TEXT NOT NULL,
+             kind TEXT NOT NULL,
+             effect TEXT NOT NULL,
+             status TEXT NOT NULL,
+             attempts INTEGER NOT NULL DEFAULT 0,
+             next_attempt_at INTEGER NOT NULL,
+             created_at INTEGER NOT NULL
+         );
+         CREATE INDEX journey_outbox_pending ON journey_outbox (status, next_attempt_at);
+         CREATE INDEX journey_outbox_profile ON journey_outbox (profile_id, seq);",
+    ),
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -119,6 +119,7 @@ impl Answer {
 pub struct Config {
     pub partitions: u32,
     pub options: StoreOptions,
+    pub cache: std::sync::Arc<crate::runs::CompileCache>,
 }
 
 pub fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, config: Config) {
@@ -273,6 +274,7 @@ fn ingest(
     });
 
     for merge in &plan.merges {
+        crate::runs::merge(tx, &merge.from, &merge.into)?;
         tx.prepare_cached("UPDATE identities SET profile_id = ?1 WHERE profile_id = ?2")
             .and_then(|mut s| s.execute(params![merge.into, merge.from]))
             .and_then(|_| {
@@ -346,6 +348,16 @@ fn ingest(
             }
         }
     }
+    // Live journeys act on the accepted events in this same transaction: an event that is
+    // committed has also moved every journey it should move.
+    let states: std::collections::HashMap<&str, &waymark_core::ProfileState> =
+        plan.profiles.iter().map(|p| (p.id.as_str(), p)).collect();
+    let inputs: Vec<(&Event, &waymark_core::ProfileState)> = plan
+        .events
+        .iter()
+        .filter_map(|(i, owner)| states.get(owner.as_str()).map(|p| (&events[*i], *p)))
+        .collect();
+    crate::runs::on_events(tx, &config.cache, &inputs, now)?;
     Ok(plan.outcomes)
 }
 
@@ -353,6 +365,7 @@ fn erase(tx: &Transaction<'_>, identity: &Identity) -> Result<Option<Erasure>, S
     let Some(profile_id) = profile_id_of(tx, identity).map_err(unavailable)? else {
         return Ok(None);
     };
+    crate::runs::erase(tx, &profile_id)?;
     let events_deleted = tx
         .execute("DELETE FROM events WHERE profile_id = ?1", [&profile_id])
         .map_err(unavailable)?;

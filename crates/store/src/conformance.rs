@@ -10,8 +10,8 @@ use waymark_core::time::parse_iso8601;
 use waymark_core::{Event, Identity, partition_of};
 
 use crate::{
-    JourneyAction, JourneyStatus, JourneyStore, PageRequest, ProfileStore, Store, StoreOptions,
-    Transition,
+    JourneyAction, JourneyRunStore, JourneyStatus, JourneyStore, PageRequest, ProfileStore, Store,
+    StoreOptions, Transition,
 };
 
 /// A place a store can be opened, and opened again (to prove durability).
@@ -39,6 +39,7 @@ macro_rules! conformance_suite {
             partition_is_hash_of_profile_id,
             journey_drafts_versions_and_lifecycle,
             journeys_are_listed_by_key,
+            live_journeys_run_on_ingest_and_timers_fire,
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {
@@ -678,5 +679,122 @@ pub async fn journeys_are_listed_by_key(b: &impl Backend) {
         ["alpha", "mid", "zeta"]
     );
     assert_eq!(all[1].live_version, Some(1));
+    s.close().await;
+}
+
+pub async fn live_journeys_run_on_ingest_and_timers_fire(b: &impl Backend) {
+    let s = b.open(StoreOptions::default()).await;
+    let greet = json!({"key": "greet", "entry": {"event": "Go"}, "nodes": [
+        {"id": "hello", "type": "message", "channel": "log", "template": "hello", "next": "pause"},
+        {"id": "pause", "type": "wait", "duration": "1h", "next": "bye"},
+        {"id": "bye", "type": "message", "channel": "log", "template": "bye", "next": "done"},
+        {"id": "done", "type": "end"}]});
+    s.put_journey_draft("greet", &greet, 1).await.expect("put");
+    s.publish_journey("greet", 1).await.expect("publish");
+    // A draft that was never published does not run.
+    s.put_journey_draft("unpublished", &doc("unpublished", "x"), 1)
+        .await
+        .expect("put");
+
+    s.ingest(events(
+        json!([{"type": "track", "messageId": "go-1", "userId": "runner", "event": "Go"}]),
+    ))
+    .await
+    .expect("ingest");
+    let states = s
+        .profile_journeys(&id("user_id", "runner"))
+        .await
+        .expect("read")
+        .expect("profile");
+    assert_eq!(
+        states.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        ["greet"]
+    );
+    let instance = &states[0].1.instances[0];
+    assert_eq!(instance.status, waymark_engine::Status::Active);
+    assert_eq!(instance.node.as_deref(), Some("pause"));
+    let outbox = s
+        .profile_outbox(&id("user_id", "runner"))
+        .await
+        .expect("read")
+        .expect("profile");
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(
+        (outbox[0].kind.as_str(), outbox[0].status.as_str()),
+        ("message", "done")
+    );
+
+    let now = crate::wall_clock_ms();
+    assert_eq!(
+        s.fire_due_timers(now, 100).await.expect("fire"),
+        0,
+        "the 1h wait is not due yet"
+    );
+    assert_eq!(
+        s.fire_due_timers(now + 2 * 3_600_000, 100)
+            .await
+            .expect("fire"),
+        1
+    );
+    assert_eq!(
+        s.fire_due_timers(now + 2 * 3_600_000, 100)
+            .await
+            .expect("fire"),
+        0,
+        "a timer fires once"
+    );
+    let states = s
+        .profile_journeys(&id("user_id", "runner"))
+        .await
+        .expect("read")
+        .expect("profile");
+    assert_eq!(
+        states[0].1.instances[0].status,
+        waymark_engine::Status::Completed
+    );
+    let outbox = s
+        .profile_outbox(&id("user_id", "runner"))
+        .await
+        .expect("read")
+        .expect("profile");
+    let templates: Vec<&str> = outbox
+        .iter()
+        .filter_map(|o| o.effect["template"].as_str())
+        .collect();
+    assert_eq!(templates, ["hello", "bye"]);
+
+    // Replays and re-entry (default: never) start nothing new.
+    s.ingest(events(json!([{"type": "track", "messageId": "go-1", "userId": "runner", "event": "Go"},
+                           {"type": "track", "messageId": "go-2", "userId": "runner", "event": "Go"}]))).await.expect("ingest");
+    let states = s
+        .profile_journeys(&id("user_id", "runner"))
+        .await
+        .expect("read")
+        .expect("profile");
+    assert_eq!(states[0].1.instances.len(), 1);
+
+    // Journey state follows an identity merge.
+    s.ingest(events(json!([{"type": "track", "messageId": "go-3", "anonymousId": "walker-anon", "event": "Go"}]))).await.expect("ingest");
+    s.ingest(events(json!([{"type": "identify", "messageId": "id-3", "userId": "walker", "anonymousId": "walker-anon"}]))).await.expect("ingest");
+    let states = s
+        .profile_journeys(&id("user_id", "walker"))
+        .await
+        .expect("read")
+        .expect("profile");
+    assert_eq!(
+        states.len(),
+        1,
+        "the anonymous profile's instance moved with the merge"
+    );
+    assert_eq!(states[0].1.instances[0].node.as_deref(), Some("pause"));
+
+    // Erasure removes journey state and the outbox with the profile.
+    s.erase(&id("user_id", "runner")).await.expect("erase");
+    assert!(
+        s.profile_journeys(&id("user_id", "runner"))
+            .await
+            .expect("read")
+            .is_none()
+    );
     s.close().await;
 }

@@ -207,8 +207,32 @@ pub trait JourneyStore: Send + Sync {
     async fn journeys(&self) -> Result<Vec<JourneyRecord>, StoreError>;
 }
 
+pub use waymark_engine::JourneyState;
+pub use waymark_engine::run::OutboxRow;
+
+/// Journeys running: instance state, timers and the outbox, changed only together with the
+/// input that caused them (ingest runs live journeys in the same transaction as the events).
 #[async_trait]
-pub trait Store: ProfileStore + JourneyStore + 'static {
+pub trait JourneyRunStore: Send + Sync {
+    /// Fires up to `limit` timers due at or before `now`, in due order, in one transaction
+    /// with the states, timers and outbox rows they produce. Returns how many fired.
+    async fn fire_due_timers(&self, now: Millis, limit: u32) -> Result<usize, StoreError>;
+
+    /// The person's state in every journey they have entered, by journey key.
+    async fn profile_journeys(
+        &self,
+        identity: &Identity,
+    ) -> Result<Option<Vec<(String, JourneyState)>>, StoreError>;
+
+    /// Effects recorded for the person (messages, webhooks, ...), oldest first.
+    async fn profile_outbox(
+        &self,
+        identity: &Identity,
+    ) -> Result<Option<Vec<OutboxRow>>, StoreError>;
+}
+
+#[async_trait]
+pub trait Store: ProfileStore + JourneyStore + JourneyRunStore + 'static {
     fn backend(&self) -> &'static str;
     fn partitions(&self) -> u32;
     /// Cheap round trip to the backend, for health checks.

@@ -1,0 +1,256 @@
+//! Running journeys for a store: which journey and version handles each input, and the
+//! rows (states, timers, outbox) that result. Pure, like `core::ingest::plan`: a backend
+//! reads what is needed, calls these functions inside its transaction, and writes the
+//! returned rows in the same transaction.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use waymark_core::journey::lifecycle::Status as JourneyStatus;
+use waymark_core::time::Millis;
+use waymark_core::{Event, ProfileState};
+
+use crate::{CompiledJourney, Ctx, Effect, Input, JourneyState, Status, apply};
+
+/// The journeys a store has, as the engine needs them.
+#[derive(Default)]
+pub struct Catalog {
+    /// Journey key -> its status and live version.
+    pub journeys: BTreeMap<String, (JourneyStatus, Option<u32>)>,
+    /// Every compiled version an input may need (live ones, and those instances run on).
+    pub versions: HashMap<(String, u32), Arc<CompiledJourney>>,
+}
+
+impl Catalog {
+    /// Journeys that may act on an input: all but drafts and stopped ones.
+    pub fn active_keys(&self) -> impl Iterator<Item = &String> {
+        self.journeys
+            .iter()
+            .filter(|(_, (s, _))| !matches!(s, JourneyStatus::Draft | JourneyStatus::Stopped))
+            .map(|(k, _)| k)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.active_keys().next().is_none()
+    }
+}
+
+/// A timer as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerRow {
+    pub due: Millis,
+    pub profile_id: String,
+    pub journey: String,
+    pub instance: u32,
+    pub timer: u64,
+}
+
+/// An effect waiting for the dispatcher (or, for the `log` channel, already done).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxRow {
+    /// The effect's idempotency key; unique.
+    pub key: String,
+    pub profile_id: String,
+    pub journey: String,
+    pub kind: String,
+    pub effect: Value,
+    /// `pending` for the dispatcher, `done` when nothing remains to be delivered.
+    pub status: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Planned {
+    /// States that changed, to upsert.
+    pub states: Vec<(String, String, JourneyState)>,
+    pub timers: Vec<TimerRow>,
+    pub outbox: Vec<OutboxRow>,
+}
+
+type States = HashMap<(String, String), JourneyState>;
+
+fn journey_for<'c>(
+    catalog: &'c Catalog,
+    key: &str,
+    state: &JourneyState,
+) -> Option<&'c Arc<CompiledJourney>> {
+    let (status, live) = catalog.journeys.get(key)?;
+    match state
+        .instances
+        .last()
+        .filter(|i| i.status == Status::Active)
+    {
+        Some(active) => catalog.versions.get(&(key.to_owned(), active.version)),
+        None if status.accepts_entries() => catalog.versions.get(&(key.to_owned(), (*live)?)),
+        None => None,
+    }
+}
+
+struct Collector<'a> {
+    catalog: &'a Catalog,
+    states: States,
+    original: HashMap<(String, String), JourneyState>,
+    out: Planned,
+}
+
+impl Collector<'_> {
+    fn run(&mut self, profile: &ProfileState, key: &str, input: Input<'_>, now: Millis) {
+        let slot = (profile.id.clone(), key.to_owned());
+        let state = self.states.entry(slot.clone()).or_default();
+        if matches!(
+            self.catalog.journeys.get(key),
+            Some((JourneyStatus::Stopped, _))
+        ) {
+            // A stopped journey's instances end at their next input (event or timer).
+            if state
+                .instances
+                .last()
+                .is_some_and(|i| i.status == Status::Active)
+            {
+                self.original.entry(slot).or_insert_with(|| state.clone());
+            }
+            if let Some(active) = state
+                .instances
+                .last_mut()
+                .filter(|i| i.status == Status::Active)
+            {
+                let node = active.node.clone().unwrap_or_default();
+                active.steps.push(crate::Step {
+                    at: now,
+                    node,
+                    what: "stopped".into(),
+                    detail: None,
+                });
+                active.status = Status::Exited;
+                active.waiting = None;
+                active.ended_at = Some(now);
+            }
+            return;
+        }
+        let Some(journey) = journey_for(self.catalog, key, state) else {
+            return;
+        };
+        self.original.entry(slot).or_insert_with(|| state.clone());
+        let effects = apply(journey, state, input, &Ctx { profile, now });
+        for effect in effects {
+            match effect {
+                Effect::Timer {
+                    instance,
+                    timer,
+                    due,
+                } => {
+                    self.out.timers.push(TimerRow {
+                        due,
+                        profile_id: profile.id.clone(),
+                        journey: key.to_owned(),
+                        instance,
+                        timer,
+                    });
+                }
+                other => {
+                    let (key_, kind, done) = match &other {
+                        Effect::Message { key, channel, .. } => {
+                            (key.clone(), "message", channel == "log")
+                        }
+                        Effect::Webhook { key, .. } => (key.clone(), "webhook", false),
+                        Effect::UpdateProfile { key, .. } => (key.clone(), "update_profile", false),
+                        Effect::Jump { key, .. } => (key.clone(), "jump", false),
+                        Effect::Timer { .. } => continue,
+                    };
+                    self.out.outbox.push(OutboxRow {
+                        key: key_,
+                        profile_id: profile.id.clone(),
+                        journey: key.to_owned(),
+                        kind: kind.to_owned(),
+                        effect: serde_json::to_value(&other).unwrap_or(Value::Null),
+                        status: if done {
+                            "done".into()
+                        } else {
+                            "pending".into()
+                        },
+                    });
+                }
+            }
+        }
+    }
+
+    fn finish(mut self) -> Planned {
+        for (slot, before) in self.original {
+            if let Some(after) = self.states.remove(&slot)
+                && after != before
+            {
+                self.out.states.push((slot.0, slot.1, after));
+            }
+        }
+        self.out
+            .states
+            .sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        self.out
+    }
+}
+
+/// The (profile, journey) states a batch of events needs loaded.
+pub fn state_keys<'a>(
+    catalog: &'a Catalog,
+    profile_ids: impl IntoIterator<Item = &'a str>,
+) -> Vec<(String, String)> {
+    let mut keys = Vec::new();
+    for p in profile_ids {
+        for k in catalog.active_keys() {
+            keys.push((p.to_owned(), k.clone()));
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Applies events, in order, to every journey that may act on them.
+pub fn plan_events(
+    catalog: &Catalog,
+    states: States,
+    events: &[(&Event, &ProfileState)],
+    now: Millis,
+) -> Planned {
+    let mut c = Collector {
+        catalog,
+        states,
+        original: HashMap::new(),
+        out: Planned::default(),
+    };
+    let keys: Vec<String> = catalog.active_keys().cloned().collect();
+    for (event, profile) in events {
+        for key in &keys {
+            c.run(profile, key, Input::Event(event), now);
+        }
+    }
+    c.finish()
+}
+
+/// Fires timers, in the order given (due order).
+pub fn plan_timers(
+    catalog: &Catalog,
+    states: States,
+    timers: &[(&TimerRow, &ProfileState)],
+    now: Millis,
+) -> Planned {
+    let mut c = Collector {
+        catalog,
+        states,
+        original: HashMap::new(),
+        out: Planned::default(),
+    };
+    for (timer, profile) in timers {
+        c.run(
+            profile,
+            &timer.journey,
+            Input::Timer {
+                instance: timer.instance,
+                timer: timer.timer,
+            },
+            now,
+        );
+    }
+    c.finish()
+}

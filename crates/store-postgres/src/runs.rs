@@ -1,0 +1,310 @@
+//! Running journeys on PostgreSQL: the same rows and the same pure planning as the SQLite
+//! store, inside the caller's transaction. Profiles are locked by the caller (ingest) or
+//! here (timers), so one person's journey state changes in one transaction at a time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use deadpool_postgres::GenericClient;
+use waymark_core::journey::lifecycle::Status as JourneyStatus;
+use waymark_core::time::Millis;
+use waymark_core::{Event, ProfileState};
+use waymark_engine::run::{
+    Catalog, OutboxRow, Planned, TimerRow, plan_events, plan_timers, state_keys,
+};
+use waymark_engine::{CompiledJourney, JourneyState, Status};
+use waymark_store::StoreError;
+
+use crate::{Abort, db_error, decode_profile};
+
+pub type CompileCache = Mutex<HashMap<(String, u32), Arc<CompiledJourney>>>;
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("journey run: {e}"))
+}
+
+async fn catalog(client: &impl GenericClient) -> Result<Catalog, Abort> {
+    let rows = client
+        .query("SELECT key, status, live_version FROM journeys", &[])
+        .await?;
+    let mut c = Catalog::default();
+    for row in rows {
+        let (key, status, live): (String, String, Option<i32>) =
+            (row.get(0), row.get(1), row.get(2));
+        let status =
+            JourneyStatus::parse(&status).ok_or_else(|| corrupt(format!("status {status:?}")))?;
+        c.journeys.insert(key, (status, live.map(|v| v as u32)));
+    }
+    Ok(c)
+}
+
+async fn add_versions(
+    client: &impl GenericClient,
+    cache: &CompileCache,
+    catalog: &mut Catalog,
+    states: &HashMap<(String, String), JourneyState>,
+) -> Result<(), Abort> {
+    let mut needed: Vec<(String, u32)> = catalog
+        .journeys
+        .iter()
+        .filter_map(|(k, (_, v))| v.map(|v| (k.clone(), v)))
+        .collect();
+    for ((_, key), state) in states {
+        if let Some(active) = state
+            .instances
+            .last()
+            .filter(|i| i.status == Status::Active)
+        {
+            needed.push((key.clone(), active.version));
+        }
+    }
+    let mut missing = Vec::new();
+    {
+        let cache = cache
+            .lock()
+            .map_err(|_| corrupt("compile cache poisoned"))?;
+        for (key, version) in needed {
+            match cache.get(&(key.clone(), version)) {
+                Some(c) => {
+                    catalog.versions.insert((key, version), c.clone());
+                }
+                None => missing.push((key, version)),
+            }
+        }
+    }
+    for (key, version) in missing {
+        let row = client
+            .query_opt(
+                "SELECT document::text FROM journey_versions WHERE key = $1 AND version = $2",
+                &[&key, &(version as i32)],
+            )
+            .await?;
+        let Some(row) = row else { continue };
+        let journey = serde_json::from_str(&row.get::<_, String>(0)).map_err(corrupt)?;
+        match waymark_engine::compile(journey, version) {
+            Ok(compiled) => {
+                let compiled = Arc::new(compiled);
+                cache
+                    .lock()
+                    .map_err(|_| corrupt("compile cache poisoned"))?
+                    .insert((key.clone(), version), compiled.clone());
+                catalog.versions.insert((key, version), compiled);
+            }
+            Err(problems) => {
+                tracing::error!(journey = %key, version, ?problems, "stored journey version does not compile; skipped")
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn load_states(
+    client: &impl GenericClient,
+    keys: &[(String, String)],
+) -> Result<HashMap<(String, String), JourneyState>, Abort> {
+    let profiles: Vec<&str> = keys.iter().map(|(p, _)| p.as_str()).collect();
+    let journeys: Vec<&str> = keys.iter().map(|(_, k)| k.as_str()).collect();
+    let rows = client
+        .query(
+            "SELECT s.profile_id, s.journey_key, s.state::text FROM journey_states s
+             JOIN unnest($1::text[], $2::text[]) AS q(p, k) ON s.profile_id = q.p AND s.journey_key = q.k",
+            &[&profiles, &journeys],
+        )
+        .await?;
+    let mut out = HashMap::new();
+    for row in rows {
+        let state: JourneyState =
+            serde_json::from_str(&row.get::<_, String>(2)).map_err(corrupt)?;
+        out.insert((row.get(0), row.get(1)), state);
+    }
+    Ok(out)
+}
+
+async fn write(client: &impl GenericClient, planned: &Planned, now: Millis) -> Result<(), Abort> {
+    for (p, k, state) in &planned.states {
+        let text = serde_json::to_string(state).map_err(corrupt)?;
+        client
+            .execute(
+                "INSERT INTO journey_states (profile_id, journey_key, state, updated_at) VALUES ($1, $2, $3::text::jsonb, $4)
+                 ON CONFLICT (profile_id, journey_key) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                &[p, k, &text, &now],
+            )
+            .await?;
+    }
+    for t in &planned.timers {
+        client
+            .execute(
+                "INSERT INTO journey_timers (due, profile_id, journey_key, instance, timer) VALUES ($1, $2, $3, $4, $5)",
+                &[&t.due, &t.profile_id, &t.journey, &(t.instance as i32), &(t.timer as i64)],
+            )
+            .await?;
+    }
+    for o in &planned.outbox {
+        client
+            .execute(
+                "INSERT INTO journey_outbox (key, profile_id, journey_key, kind, effect, status, next_attempt_at, created_at)
+                 VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7, $7) ON CONFLICT (key) DO NOTHING",
+                &[&o.key, &o.profile_id, &o.journey, &o.kind, &o.effect.to_string(), &o.status, &now],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn on_events(
+    client: &impl GenericClient,
+    cache: &CompileCache,
+    events: &[(&Event, &ProfileState)],
+    now: Millis,
+) -> Result<(), Abort> {
+    let mut catalog = catalog(client).await?;
+    if catalog.is_empty() || events.is_empty() {
+        return Ok(());
+    }
+    let keys = state_keys(&catalog, events.iter().map(|(_, p)| p.id.as_str()));
+    let states = load_states(client, &keys).await?;
+    add_versions(client, cache, &mut catalog, &states).await?;
+    let planned = plan_events(&catalog, states, events, now);
+    write(client, &planned, now).await
+}
+
+pub async fn fire_due(
+    client: &impl GenericClient,
+    cache: &CompileCache,
+    now: Millis,
+    limit: u32,
+) -> Result<usize, Abort> {
+    let rows = client
+        .query(
+            "SELECT seq, due, profile_id, journey_key, instance, timer FROM journey_timers
+             WHERE due <= $1 ORDER BY due, seq LIMIT $2 FOR UPDATE SKIP LOCKED",
+            &[&now, &i64::from(limit)],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let due: Vec<(i64, TimerRow)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                TimerRow {
+                    due: r.get(1),
+                    profile_id: r.get(2),
+                    journey: r.get(3),
+                    instance: r.get::<_, i32>(4) as u32,
+                    timer: r.get::<_, i64>(5) as u64,
+                },
+            )
+        })
+        .collect();
+    let mut ids: Vec<&str> = due.iter().map(|(_, t)| t.profile_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut profiles = HashMap::new();
+    for row in client
+        .query(
+            "SELECT id, state::text FROM profiles WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            &[&ids],
+        )
+        .await?
+    {
+        profiles.insert(
+            row.get::<_, String>(0),
+            decode_profile(&row.get::<_, String>(1))?,
+        );
+    }
+    let keys: Vec<(String, String)> = due
+        .iter()
+        .map(|(_, t)| (t.profile_id.clone(), t.journey.clone()))
+        .collect();
+    let states = load_states(client, &keys).await?;
+    let mut catalog = catalog(client).await?;
+    add_versions(client, cache, &mut catalog, &states).await?;
+    let inputs: Vec<(&TimerRow, &ProfileState)> = due
+        .iter()
+        .filter_map(|(_, t)| profiles.get(&t.profile_id).map(|p| (t, p)))
+        .collect();
+    let planned = plan_timers(&catalog, states, &inputs, now);
+    write(client, &planned, now).await?;
+    let seqs: Vec<i64> = due.iter().map(|(s, _)| *s).collect();
+    client
+        .execute("DELETE FROM journey_timers WHERE seq = ANY($1)", &[&seqs])
+        .await?;
+    Ok(due.len())
+}
+
+pub async fn merge(client: &impl GenericClient, from: &str, into: &str) -> Result<(), Abort> {
+    client
+        .execute(
+            "DELETE FROM journey_states s WHERE s.profile_id = $1
+               AND EXISTS (SELECT 1 FROM journey_states t WHERE t.profile_id = $2 AND t.journey_key = s.journey_key)",
+            &[&from, &into],
+        )
+        .await?;
+    for table in ["journey_states", "journey_timers", "journey_outbox"] {
+        client
+            .execute(
+                &format!("UPDATE {table} SET profile_id = $1 WHERE profile_id = $2"),
+                &[&into, &from],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn erase(
+    client: &impl GenericClient,
+    profile_id: &str,
+) -> Result<(), tokio_postgres::Error> {
+    for table in ["journey_states", "journey_timers", "journey_outbox"] {
+        client
+            .execute(
+                &format!("DELETE FROM {table} WHERE profile_id = $1"),
+                &[&profile_id],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn profile_journeys(
+    client: &impl GenericClient,
+    profile_id: &str,
+) -> Result<Vec<(String, JourneyState)>, StoreError> {
+    let rows = client
+        .query("SELECT journey_key, state::text FROM journey_states WHERE profile_id = $1 ORDER BY journey_key", &[&profile_id])
+        .await
+        .map_err(db_error)?;
+    rows.into_iter()
+        .map(|r| {
+            Ok((
+                r.get(0),
+                serde_json::from_str(&r.get::<_, String>(1)).map_err(corrupt)?,
+            ))
+        })
+        .collect()
+}
+
+pub async fn profile_outbox(
+    client: &impl GenericClient,
+    profile_id: &str,
+) -> Result<Vec<OutboxRow>, StoreError> {
+    let rows = client
+        .query("SELECT key, journey_key, kind, effect::text, status FROM journey_outbox WHERE profile_id = $1 ORDER BY seq", &[&profile_id])
+        .await
+        .map_err(db_error)?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(OutboxRow {
+                key: r.get(0),
+                profile_id: profile_id.to_owned(),
+                journey: r.get(1),
+                kind: r.get(2),
+                effect: serde_json::from_str(&r.get::<_, String>(3)).map_err(corrupt)?,
+                status: r.get(4),
+            })
+        })
+        .collect()
+}

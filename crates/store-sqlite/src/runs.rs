@@ -1,0 +1,335 @@
+//! Running journeys on SQLite: the catalog of journeys and compiled versions, journey
+//! states, timers and the outbox. Called from the writer thread inside its transaction.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use waymark_core::journey::lifecycle::Status as JourneyStatus;
+use waymark_core::time::Millis;
+use waymark_core::{Event, ProfileState};
+use waymark_engine::run::{
+    Catalog, OutboxRow, Planned, TimerRow, plan_events, plan_timers, state_keys,
+};
+use waymark_engine::{CompiledJourney, JourneyState, Status};
+use waymark_store::StoreError;
+
+use crate::{decode_profile, unavailable};
+
+/// Compiled journey versions, which never change once published, kept across transactions.
+pub type CompileCache = Mutex<HashMap<(String, u32), Arc<CompiledJourney>>>;
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("journey run: {e}"))
+}
+
+fn catalog(conn: &Connection) -> Result<Catalog, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT key, status, live_version FROM journeys")
+        .map_err(unavailable)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+            ))
+        })
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(unavailable)?;
+    let mut c = Catalog::default();
+    for (key, status, live) in rows {
+        let status =
+            JourneyStatus::parse(&status).ok_or_else(|| corrupt(format!("status {status:?}")))?;
+        c.journeys.insert(key, (status, live.map(|v| v as u32)));
+    }
+    Ok(c)
+}
+
+/// Compiles (or takes from the cache) every version the inputs may need.
+fn add_versions(
+    conn: &Connection,
+    cache: &CompileCache,
+    catalog: &mut Catalog,
+    states: &HashMap<(String, String), JourneyState>,
+) -> Result<(), StoreError> {
+    let mut needed: Vec<(String, u32)> = catalog
+        .journeys
+        .iter()
+        .filter_map(|(k, (_, v))| v.map(|v| (k.clone(), v)))
+        .collect();
+    for ((_, key), state) in states {
+        if let Some(active) = state
+            .instances
+            .last()
+            .filter(|i| i.status == Status::Active)
+        {
+            needed.push((key.clone(), active.version));
+        }
+    }
+    let mut cache = cache
+        .lock()
+        .map_err(|_| corrupt("compile cache poisoned"))?;
+    for (key, version) in needed {
+        if let Some(compiled) = cache.get(&(key.clone(), version)) {
+            catalog.versions.insert((key, version), compiled.clone());
+            continue;
+        }
+        let doc: Option<String> = conn
+            .prepare_cached("SELECT document FROM journey_versions WHERE key = ?1 AND version = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![key, i64::from(version)], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(unavailable)?;
+        let Some(doc) = doc else { continue };
+        let journey = serde_json::from_str(&doc).map_err(corrupt)?;
+        match waymark_engine::compile(journey, version) {
+            Ok(compiled) => {
+                let compiled = Arc::new(compiled);
+                cache.insert((key.clone(), version), compiled.clone());
+                catalog.versions.insert((key, version), compiled);
+            }
+            Err(problems) => {
+                tracing::error!(journey = %key, version, ?problems, "stored journey version does not compile; skipped")
+            }
+        }
+    }
+    Ok(())
+}
+
+fn load_states(
+    conn: &Connection,
+    keys: &[(String, String)],
+) -> Result<HashMap<(String, String), JourneyState>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT state FROM journey_states WHERE profile_id = ?1 AND journey_key = ?2",
+        )
+        .map_err(unavailable)?;
+    let mut out = HashMap::new();
+    for (p, k) in keys {
+        let state: Option<String> = stmt
+            .query_row(params![p, k], |r| r.get(0))
+            .optional()
+            .map_err(unavailable)?;
+        if let Some(state) = state {
+            out.insert(
+                (p.clone(), k.clone()),
+                serde_json::from_str(&state).map_err(corrupt)?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn write(tx: &Transaction<'_>, planned: &Planned, now: Millis) -> Result<(), StoreError> {
+    let mut upsert = tx
+        .prepare_cached(
+            "INSERT INTO journey_states (profile_id, journey_key, state, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (profile_id, journey_key) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+        )
+        .map_err(unavailable)?;
+    for (p, k, state) in &planned.states {
+        let text = serde_json::to_string(state).map_err(corrupt)?;
+        upsert
+            .execute(params![p, k, text, now])
+            .map_err(unavailable)?;
+    }
+    let mut timer = tx
+        .prepare_cached("INSERT INTO journey_timers (due, profile_id, journey_key, instance, timer) VALUES (?1, ?2, ?3, ?4, ?5)")
+        .map_err(unavailable)?;
+    for t in &planned.timers {
+        timer
+            .execute(params![
+                t.due,
+                t.profile_id,
+                t.journey,
+                i64::from(t.instance),
+                t.timer as i64
+            ])
+            .map_err(unavailable)?;
+    }
+    let mut outbox = tx
+        .prepare_cached(
+            "INSERT INTO journey_outbox (key, profile_id, journey_key, kind, effect, status, next_attempt_at, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) ON CONFLICT (key) DO NOTHING",
+        )
+        .map_err(unavailable)?;
+    for o in &planned.outbox {
+        outbox
+            .execute(params![
+                o.key,
+                o.profile_id,
+                o.journey,
+                o.kind,
+                o.effect.to_string(),
+                o.status,
+                now
+            ])
+            .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+/// Runs every live journey on the accepted events of an ingest, inside its transaction.
+pub fn on_events(
+    tx: &Transaction<'_>,
+    cache: &CompileCache,
+    events: &[(&Event, &ProfileState)],
+    now: Millis,
+) -> Result<(), StoreError> {
+    let mut catalog = catalog(tx)?;
+    if catalog.is_empty() || events.is_empty() {
+        return Ok(());
+    }
+    let keys = state_keys(&catalog, events.iter().map(|(_, p)| p.id.as_str()));
+    let states = load_states(tx, &keys)?;
+    add_versions(tx, cache, &mut catalog, &states)?;
+    let planned = plan_events(&catalog, states, events, now);
+    write(tx, &planned, now)
+}
+
+/// Fires due timers, in due order; returns how many.
+pub fn fire_due(
+    tx: &Transaction<'_>,
+    cache: &CompileCache,
+    now: Millis,
+    limit: u32,
+) -> Result<usize, StoreError> {
+    let mut stmt = tx
+        .prepare_cached("SELECT seq, due, profile_id, journey_key, instance, timer FROM journey_timers WHERE due <= ?1 ORDER BY due, seq LIMIT ?2")
+        .map_err(unavailable)?;
+    let due: Vec<(i64, TimerRow)> = stmt
+        .query_map(params![now, i64::from(limit)], |r| {
+            Ok((
+                r.get(0)?,
+                TimerRow {
+                    due: r.get(1)?,
+                    profile_id: r.get(2)?,
+                    journey: r.get(3)?,
+                    instance: r.get::<_, i64>(4)? as u32,
+                    timer: r.get::<_, i64>(5)? as u64,
+                },
+            ))
+        })
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(unavailable)?;
+    drop(stmt);
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let mut profiles: HashMap<String, ProfileState> = HashMap::new();
+    for (_, t) in &due {
+        if profiles.contains_key(&t.profile_id) {
+            continue;
+        }
+        let state: Option<String> = tx
+            .prepare_cached("SELECT state FROM profiles WHERE id = ?1")
+            .and_then(|mut s| s.query_row([&t.profile_id], |r| r.get(0)).optional())
+            .map_err(unavailable)?;
+        if let Some(state) = state {
+            profiles.insert(t.profile_id.clone(), decode_profile(&state)?);
+        }
+    }
+    let keys: Vec<(String, String)> = due
+        .iter()
+        .map(|(_, t)| (t.profile_id.clone(), t.journey.clone()))
+        .collect();
+    let states = load_states(tx, &keys)?;
+    let mut catalog = catalog(tx)?;
+    add_versions(tx, cache, &mut catalog, &states)?;
+    let inputs: Vec<(&TimerRow, &ProfileState)> = due
+        .iter()
+        .filter_map(|(_, t)| profiles.get(&t.profile_id).map(|p| (t, p)))
+        .collect();
+    let planned = plan_timers(&catalog, states, &inputs, now);
+    write(tx, &planned, now)?;
+    let mut delete = tx
+        .prepare_cached("DELETE FROM journey_timers WHERE seq = ?1")
+        .map_err(unavailable)?;
+    for (seq, _) in &due {
+        delete.execute([seq]).map_err(unavailable)?;
+    }
+    Ok(due.len())
+}
+
+/// Moves journey rows of a merged-away profile to the profile it merged into. Where both
+/// had a state in the same journey, the surviving profile's is kept.
+pub fn merge(tx: &Transaction<'_>, from: &str, into: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE OR IGNORE journey_states SET profile_id = ?1 WHERE profile_id = ?2",
+        params![into, from],
+    )
+    .map_err(unavailable)?;
+    tx.execute("DELETE FROM journey_states WHERE profile_id = ?1", [from])
+        .map_err(unavailable)?;
+    tx.execute(
+        "UPDATE journey_timers SET profile_id = ?1 WHERE profile_id = ?2",
+        params![into, from],
+    )
+    .map_err(unavailable)?;
+    tx.execute(
+        "UPDATE journey_outbox SET profile_id = ?1 WHERE profile_id = ?2",
+        params![into, from],
+    )
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+pub fn erase(tx: &Transaction<'_>, profile_id: &str) -> Result<(), StoreError> {
+    for table in ["journey_states", "journey_timers", "journey_outbox"] {
+        tx.execute(
+            &format!("DELETE FROM {table} WHERE profile_id = ?1"),
+            [profile_id],
+        )
+        .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+pub fn profile_journeys(
+    conn: &Connection,
+    profile_id: &str,
+) -> Result<Vec<(String, JourneyState)>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT journey_key, state FROM journey_states WHERE profile_id = ?1 ORDER BY journey_key").map_err(unavailable)?;
+    let rows = stmt
+        .query_map([profile_id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(unavailable)?;
+    rows.into_iter()
+        .map(|(k, s)| Ok((k, serde_json::from_str(&s).map_err(corrupt)?)))
+        .collect()
+}
+
+pub fn profile_outbox(conn: &Connection, profile_id: &str) -> Result<Vec<OutboxRow>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT key, journey_key, kind, effect, status FROM journey_outbox WHERE profile_id = ?1 ORDER BY seq")
+        .map_err(unavailable)?;
+    let rows = stmt
+        .query_map([profile_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(unavailable)?;
+    rows.into_iter()
+        .map(|(key, journey, kind, effect, status)| {
+            Ok(OutboxRow {
+                key,
+                profile_id: profile_id.to_owned(),
+                journey,
+                kind,
+                effect: serde_json::from_str(&effect).map_err(corrupt)?,
+                status,
+            })
+        })
+        .collect()
+}
