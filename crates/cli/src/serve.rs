@@ -114,7 +114,11 @@ pub async fn run(config: Config) -> Result<(), String> {
         tokio::spawn(async move {
             const BATCH: u32 = 1000;
             loop {
-                match store.fire_due_timers(now_ms(), BATCH).await {
+                let fired = store.fire_due_timers(now_ms(), BATCH).await;
+                if let Ok(n) = fired {
+                    metrics::counter!("waymark_journey_timers_fired_total").increment(n as u64);
+                }
+                match fired {
                     Ok(n) if n as u32 == BATCH => continue,
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "firing journey timers failed; retrying"),

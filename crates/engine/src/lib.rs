@@ -18,6 +18,10 @@ use waymark_core::{Event, ProfileState};
 
 pub use compile::{CompiledJourney, ReentryRule, compile};
 
+/// Finished instances kept per person and journey (the newest); older ones are dropped so a
+/// journey people re-enter often does not grow its state without bound.
+pub const KEEP_FINISHED_INSTANCES: usize = 20;
+
 /// Timer id 0 is an instance's deadline (its timeout); step timers count up from 1.
 pub const DEADLINE_TIMER: u64 = 0;
 /// More steps than this in one input means a bug (validation rejects loops without waits).
@@ -169,6 +173,11 @@ pub fn apply(
         (Input::Event(event), None) => {
             if let Some(instance) = run.try_enter(state, event) {
                 state.instances.push(instance);
+                let excess = state
+                    .instances
+                    .len()
+                    .saturating_sub(KEEP_FINISHED_INSTANCES + 1);
+                state.instances.drain(..excess);
             }
         }
         (Input::Timer { instance: n, timer }, Some(instance)) if instance.number == n => {
@@ -284,7 +293,12 @@ impl Run<'_> {
         }
         let number = state.instances.last().map_or(1, |i| i.number + 1);
         let mut context = Map::new();
-        context.insert("entry_event".into(), event_json.clone());
+        // What later steps may read about the entry (`journey.entry.properties.total`). Only
+        // the name and properties: the whole event would be stored with every instance.
+        context.insert(
+            "entry".into(),
+            json!({"event": event.display_name(), "messageId": event.message_id, "properties": event.properties, "timestamp": event.timestamp}),
+        );
         let mut instance = Instance {
             number,
             version: j.version,

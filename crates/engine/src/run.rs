@@ -66,6 +66,8 @@ pub struct Planned {
     pub states: Vec<(String, String, JourneyState)>,
     pub timers: Vec<TimerRow>,
     pub outbox: Vec<OutboxRow>,
+    /// Instances that ended: their remaining timers (the deadline, a pending wait) can go.
+    pub ended: Vec<(String, String, u32)>,
 }
 
 type States = HashMap<(String, String), JourneyState>;
@@ -180,6 +182,21 @@ impl Collector<'_> {
             if let Some(after) = self.states.remove(&slot)
                 && after != before
             {
+                let was_active = |n: u32| {
+                    before
+                        .instances
+                        .iter()
+                        .any(|i| i.number == n && i.status == Status::Active)
+                };
+                for i in after
+                    .instances
+                    .iter()
+                    .filter(|i| i.status != Status::Active && was_active(i.number))
+                {
+                    self.out
+                        .ended
+                        .push((slot.0.clone(), slot.1.clone(), i.number));
+                }
                 self.out.states.push((slot.0, slot.1, after));
             }
         }

@@ -330,3 +330,39 @@ fn compiled_journeys_can_be_shared_between_worker_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<CompiledJourney>();
 }
+
+#[test]
+fn old_finished_instances_are_dropped_and_entry_properties_stay_readable() {
+    let j = journey(
+        r#"
+key: often
+entry: { event: Go }
+properties: { reentry: always }
+nodes:
+  - { id: big, type: condition, branches: [{ when: 'journey.entry.properties.total > 100', next: done }], else: small }
+  - { id: small, type: message, channel: log, template: small, next: done }
+  - { id: done, type: end }
+"#,
+    );
+    let events: Vec<Value> = (0..30)
+        .map(|i| json!({"type": "track", "userId": "u", "event": "Go", "properties": {"total": i * 10}, "timestamp": format!("2026-01-01T00:{:02}:00Z", i)}))
+        .collect();
+    let report = run(&j, Value::Array(events), Webhooks::Succeed).report();
+    let instances = &report[0].instances;
+    assert_eq!(
+        instances.len(),
+        crate::KEEP_FINISHED_INSTANCES + 1,
+        "older finished instances dropped"
+    );
+    assert_eq!(
+        instances.last().map(|i| i.number),
+        Some(30),
+        "numbering continues"
+    );
+    let smalls = report[0]
+        .effects
+        .iter()
+        .filter(|e| matches!(&e.effect, Effect::Message { template, .. } if template == "small"))
+        .count();
+    assert_eq!(smalls, 11, "totals 0..=100 take the small path");
+}

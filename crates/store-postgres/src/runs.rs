@@ -139,6 +139,11 @@ async fn write(client: &impl GenericClient, planned: &Planned, now: Millis) -> R
             )
             .await?;
     }
+    for (p, k, instance) in &planned.ended {
+        client
+            .execute("DELETE FROM journey_timers WHERE profile_id = $1 AND journey_key = $2 AND instance = $3", &[p, k, &(*instance as i32)])
+            .await?;
+    }
     for o in &planned.outbox {
         client
             .execute(

@@ -150,6 +150,14 @@ fn write(tx: &Transaction<'_>, planned: &Planned, now: Millis) -> Result<(), Sto
             ])
             .map_err(unavailable)?;
     }
+    let mut cancel = tx
+        .prepare_cached("DELETE FROM journey_timers WHERE profile_id = ?1 AND journey_key = ?2 AND instance = ?3")
+        .map_err(unavailable)?;
+    for (p, k, instance) in &planned.ended {
+        cancel
+            .execute(params![p, k, i64::from(*instance)])
+            .map_err(unavailable)?;
+    }
     let mut outbox = tx
         .prepare_cached(
             "INSERT INTO journey_outbox (key, profile_id, journey_key, kind, effect, status, next_attempt_at, created_at)

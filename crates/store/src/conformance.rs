@@ -762,6 +762,13 @@ pub async fn live_journeys_run_on_ingest_and_timers_fire(b: &impl Backend) {
         .filter_map(|o| o.effect["template"].as_str())
         .collect();
     assert_eq!(templates, ["hello", "bye"]);
+    assert_eq!(
+        s.fire_due_timers(now + 100 * 86_400_000, 100)
+            .await
+            .expect("fire"),
+        0,
+        "a finished instance leaves no timer behind (not even its deadline)"
+    );
 
     // Replays and re-entry (default: never) start nothing new.
     s.ingest(events(json!([{"type": "track", "messageId": "go-1", "userId": "runner", "event": "Go"},
