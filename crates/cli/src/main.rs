@@ -2,6 +2,7 @@
 
 mod bench;
 mod config;
+mod dispatch;
 mod journeys;
 mod serve;
 

@@ -128,6 +128,8 @@ pub async fn run(config: Config) -> Result<(), String> {
         })
     };
 
+    let dispatcher = tokio::spawn(crate::dispatch::run(store.clone()));
+
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -140,6 +142,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         .await;
     pruner.abort();
     timers.abort();
+    dispatcher.abort();
     store.close().await;
     tracing::info!("stopped");
     served.map_err(|e| format!("server error: {e}"))

@@ -59,11 +59,21 @@ async fn progress(c: &reqwest::Client, base: &str, user: &str) -> (String, Vec<S
 }
 
 async fn wait_until_completed(c: &reqwest::Client, base: &str, users: usize, within: Duration) {
+    wait_until_completed_as(c, base, "g", users, within).await;
+}
+
+async fn wait_until_completed_as(
+    c: &reqwest::Client,
+    base: &str,
+    prefix: &str,
+    users: usize,
+    within: Duration,
+) {
     let started = Instant::now();
     loop {
         let mut done = 0;
         for u in 0..users {
-            if progress(c, base, &format!("g{u}")).await.0 == "completed" {
+            if progress(c, base, &format!("{prefix}{u}")).await.0 == "completed" {
                 done += 1;
             }
         }
@@ -169,4 +179,254 @@ async fn overdue_timers_fire_once_after_kill_9_on_postgres() {
     let sep = if base.contains('?') { '&' } else { '?' };
     let url = format!("{base}{sep}options=-csearch_path%3D{schema}");
     kill_9_while_waiting(Some(&url)).await;
+}
+
+/// A real HTTP server on loopback standing in for a CRM: counts calls per Idempotency-Key
+/// and answers 200 with a JSON body, or 500 when told to fail.
+async fn sink(
+    fail: bool,
+) -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+) {
+    use axum::http::HeaderMap;
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
+        String,
+        u32,
+    >::new()));
+    let seen = calls.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let seen = seen.clone();
+            async move {
+                let key = headers
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("missing")
+                    .to_owned();
+                let n = {
+                    let mut map = seen.lock().expect("lock");
+                    let n = map.entry(key).or_default();
+                    *n += 1;
+                    map.len()
+                };
+                let user: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                if fail {
+                    (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        axum::Json(json!({"error": "down"})),
+                    )
+                } else {
+                    (
+                        axum::http::StatusCode::OK,
+                        axum::Json(json!({"crm_id": n, "echo": user})),
+                    )
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind sink");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("sink") });
+    (format!("http://{addr}/hook"), calls)
+}
+
+fn hook_journey(key: &str, url: &str) -> Value {
+    json!({"key": key, "entry": {"event": "Go"}, "nodes": [
+        {"id": "hook", "type": "webhook", "url": url, "body": {"plan": "pro"}, "timeout": "2s", "retries": 1, "next": "mark", "on_error": "sorry"},
+        {"id": "mark", "type": "update_profile", "set": {"in_crm": true}, "next": "done"},
+        {"id": "sorry", "type": "message", "channel": "log", "template": "sorry", "next": "done"},
+        {"id": "done", "type": "end"}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_reach_a_real_sink_once_per_step_and_failures_take_the_error_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(Launch {
+        data_dir: &dir.path().join("data"),
+        store: None,
+        configured_keys: true,
+    });
+    let c = client();
+    let (ok_url, ok_calls) = sink(false).await;
+    let r = c
+        .put(format!("{}/v1/journeys/greet", server.base))
+        .bearer_auth(ADMIN)
+        .json(&hook_journey("greet", &ok_url))
+        .send()
+        .await
+        .expect("put");
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    c.post(format!("{}/v1/journeys/greet/publish", server.base))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("publish");
+    enter(&c, &server.base, 30).await;
+    wait_until_completed(&c, &server.base, 30, Duration::from_secs(20)).await;
+    {
+        let calls = ok_calls.lock().expect("lock");
+        assert_eq!(calls.len(), 30, "one call per person: {calls:?}");
+        assert!(
+            calls.values().all(|n| *n == 1),
+            "no step called twice: {calls:?}"
+        );
+        assert!(
+            !calls.contains_key("missing"),
+            "every call carries an Idempotency-Key"
+        );
+    }
+    let (_, body) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/g3").await;
+    assert_eq!(
+        body["traits"]["in_crm"], true,
+        "update_profile applied after the webhook: {body}"
+    );
+    let (_, journeys) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/g3/journeys").await;
+    let hook_response = &journeys["journeys"][0]["instances"][0]["context"]["hook"];
+    assert_eq!(hook_response["status"], 200);
+    assert_eq!(hook_response["body"]["echo"], json!({"plan": "pro"}));
+
+    // A sink that answers 500: one retry, then the error path.
+    let (bad_url, bad_calls) = sink(true).await;
+    c.put(format!("{}/v1/journeys/greet", server.base))
+        .bearer_auth(ADMIN)
+        .json(&hook_journey("greet", &bad_url))
+        .send()
+        .await
+        .expect("put");
+    c.post(format!("{}/v1/journeys/greet/publish", server.base))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("publish");
+    let batch: Vec<Value> = (0..5).map(|u| json!({"type": "track", "messageId": format!("bad-{u}"), "userId": format!("b{u}"), "event": "Go"})).collect();
+    send_batch(&c, &server.base, WRITE_KEY, &Value::Array(batch))
+        .await
+        .expect("ingest");
+    wait_until_completed_as(&c, &server.base, "b", 5, Duration::from_secs(20)).await;
+    assert!(
+        bad_calls.lock().expect("lock").values().all(|n| *n == 2),
+        "each failing call is tried twice (retries: 1)"
+    );
+    let (_, b0) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/b0/journeys").await;
+    let templates: Vec<&str> = b0["effects"]
+        .as_array()
+        .expect("effects")
+        .iter()
+        .filter_map(|e| e["effect"]["template"].as_str())
+        .collect();
+    assert_eq!(templates, ["sorry"]);
+    assert_eq!(
+        b0["journeys"][0]["instances"][0]["version"], 2,
+        "new entries use the newest version"
+    );
+}
+
+async fn kill_9_during_webhook_dispatch(store: Option<&str>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let users = 300;
+    let mut server = Server::start(Launch {
+        data_dir: &data,
+        store,
+        configured_keys: true,
+    });
+    let c = client();
+    let (url, calls) = sink(false).await;
+    c.put(format!("{}/v1/journeys/greet", server.base))
+        .bearer_auth(ADMIN)
+        .json(&hook_journey("greet", &url))
+        .send()
+        .await
+        .expect("put");
+    c.post(format!("{}/v1/journeys/greet/publish", server.base))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("publish");
+    enter(&c, &server.base, users).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.kill9();
+    let before_restart: usize = calls.lock().expect("lock").len();
+    let server = Server::start(Launch {
+        data_dir: &data,
+        store,
+        configured_keys: true,
+    });
+    wait_until_completed(&c, &server.base, users, Duration::from_secs(60)).await;
+    let calls = calls.lock().expect("lock").clone();
+    assert_eq!(calls.len(), users, "every step's webhook was called");
+    let repeated = calls.values().filter(|n| **n > 1).count();
+    // A call in flight when the process died is made again (same Idempotency-Key), so a
+    // receiver can drop it; nothing else is repeated.
+    assert!(
+        repeated <= 256,
+        "{repeated} keys called more than once: more than one dispatch batch was in flight"
+    );
+    for u in 0..users {
+        let (_, body) = get(
+            &c,
+            &server.base,
+            ADMIN,
+            &format!("/v1/profiles/user_id/g{u}/journeys"),
+        )
+        .await;
+        let kinds: Vec<&str> = body["effects"]
+            .as_array()
+            .expect("effects")
+            .iter()
+            .filter_map(|e| e["kind"].as_str())
+            .collect();
+        assert_eq!(
+            kinds,
+            ["webhook", "update_profile"],
+            "g{u}: each effect recorded once"
+        );
+        assert!(
+            body["effects"]
+                .as_array()
+                .expect("effects")
+                .iter()
+                .all(|e| e["status"] == "done"),
+            "g{u}: {body}"
+        );
+    }
+    eprintln!(
+        "kill -9 during dispatch: {before_restart} of {users} webhooks called before the kill; {repeated} repeated after restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_webhook_dispatch_loses_no_step() {
+    kill_9_during_webhook_dispatch(None).await;
+}
+
+#[cfg(feature = "backend-tests")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_webhook_dispatch_loses_no_step_on_postgres() {
+    let base = std::env::var("WAYMARK_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let (pg, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let schema = format!(
+        "wm_hook_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos()
+    );
+    pg.batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .expect("schema");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    kill_9_during_webhook_dispatch(Some(&format!(
+        "{base}{sep}options=-csearch_path%3D{schema}"
+    )))
+    .await;
 }

@@ -271,3 +271,34 @@ pub fn plan_timers(
     }
     c.finish()
 }
+
+/// A webhook's final outcome (after its retries), for the instance that called it.
+pub struct WebhookOutcome<'a> {
+    pub journey: &'a str,
+    pub instance: u32,
+    pub node: &'a str,
+    pub outcome: Result<Value, String>,
+}
+
+/// Feeds a webhook's outcome back into the instance that called it.
+pub fn plan_webhook_result(
+    catalog: &Catalog,
+    states: States,
+    profile: &ProfileState,
+    result: WebhookOutcome<'_>,
+    now: Millis,
+) -> Planned {
+    let mut c = Collector {
+        catalog,
+        states,
+        original: HashMap::new(),
+        out: Planned::default(),
+    };
+    let input = Input::WebhookResult {
+        instance: result.instance,
+        node: result.node,
+        outcome: result.outcome,
+    };
+    c.run(profile, result.journey, input, now);
+    c.finish()
+}

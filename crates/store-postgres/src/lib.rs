@@ -27,9 +27,9 @@ use waymark_core::ingest::{Outcome, WorkingSet, lookups, plan};
 use waymark_core::time::Millis;
 use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
-    Erasure, EventPage, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore, JourneyState,
-    JourneyStore, OutboxRow, PageRequest, ProfileStore, Store, StoreError, StoreOptions,
-    StoredEvent, Transition, decode_cursor,
+    Delivery, Erasure, EventPage, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore,
+    JourneyState, JourneyStore, OutboxItem, OutboxRow, OutboxStore, PageRequest, ProfileStore,
+    Store, StoreError, StoreOptions, StoredEvent, Transition, decode_cursor,
 };
 
 const MAX_ATTEMPTS: u32 = 20;
@@ -718,6 +718,53 @@ impl JourneyRunStore for PostgresStore {
             Some(id) => runs::profile_outbox(&client, &id).await.map(Some),
             None => Ok(None),
         }
+    }
+}
+
+#[async_trait]
+impl OutboxStore for PostgresStore {
+    async fn claim_outbox(
+        &self,
+        now: Millis,
+        limit: u32,
+        lease_ms: Millis,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        let client = self.client().await?;
+        match runs::claim(&client, now, limit, lease_ms).await {
+            Ok(items) => Ok(items),
+            Err(Abort::Retry(why)) => Err(StoreError::Unavailable(why.into())),
+            Err(Abort::Fail(e)) => Err(e),
+        }
+    }
+
+    async fn release_outbox_leases(&self) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        runs::release_leases(&client).await
+    }
+
+    async fn complete_outbox(
+        &self,
+        item: &OutboxItem,
+        delivery: Delivery,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        for attempt in 1..=MAX_ATTEMPTS {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(db_error)?;
+            match runs::complete(&tx, &self.cache, item, delivery.clone(), now).await {
+                Ok(()) => match tx.commit().await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if retryable(&e) => {}
+                    Err(e) => return Err(db_error(e)),
+                },
+                Err(Abort::Retry(_)) => {}
+                Err(Abort::Fail(e)) => return Err(e),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempt.min(10)))).await;
+        }
+        Err(StoreError::Unavailable(
+            "outbox completion kept conflicting".into(),
+        ))
     }
 }
 

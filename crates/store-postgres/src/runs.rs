@@ -10,10 +10,11 @@ use waymark_core::journey::lifecycle::Status as JourneyStatus;
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
 use waymark_engine::run::{
-    Catalog, OutboxRow, Planned, TimerRow, plan_events, plan_timers, state_keys,
+    Catalog, OutboxRow, Planned, TimerRow, plan_events, plan_timers, plan_webhook_result,
+    state_keys,
 };
 use waymark_engine::{CompiledJourney, JourneyState, Status};
-use waymark_store::StoreError;
+use waymark_store::{Delivery, OutboxItem, StoreError};
 
 use crate::{Abort, db_error, decode_profile};
 
@@ -312,4 +313,150 @@ pub async fn profile_outbox(
             })
         })
         .collect()
+}
+
+pub async fn claim(
+    client: &impl GenericClient,
+    now: Millis,
+    limit: u32,
+    lease_ms: Millis,
+) -> Result<Vec<OutboxItem>, Abort> {
+    let rows = client
+        .query(
+            "UPDATE journey_outbox SET leased_until = $3 WHERE seq IN (
+                 SELECT seq FROM journey_outbox WHERE status = 'pending' AND next_attempt_at <= $1
+                   AND (leased_until IS NULL OR leased_until <= $1)
+                 ORDER BY next_attempt_at, seq LIMIT $2 FOR UPDATE SKIP LOCKED)
+             RETURNING seq, key, profile_id, journey_key, kind, effect::text, attempts",
+            &[&now, &i64::from(limit), &(now + lease_ms)],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        out.push(OutboxItem {
+            seq: r.get(0),
+            key: r.get(1),
+            profile_id: r.get(2),
+            journey: r.get(3),
+            kind: r.get(4),
+            effect: serde_json::from_str(&r.get::<_, String>(5)).map_err(corrupt)?,
+            attempts: r.get::<_, i32>(6) as u32,
+        });
+    }
+    out.sort_by_key(|i| i.seq);
+    Ok(out)
+}
+
+pub async fn complete(
+    client: &impl GenericClient,
+    cache: &CompileCache,
+    item: &OutboxItem,
+    delivery: Delivery,
+    now: Millis,
+) -> Result<(), Abort> {
+    // Lock the person first, as ingest and timers do, so their journey state changes in
+    // one transaction at a time.
+    let profile = client
+        .query_opt(
+            "SELECT state::text FROM profiles WHERE id = $1 FOR UPDATE",
+            &[&item.profile_id],
+        )
+        .await?;
+    let outcome = match &delivery {
+        Delivery::Retry { at, error } => {
+            client
+                .execute(
+                    "UPDATE journey_outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3, leased_until = NULL WHERE seq = $1 AND status = 'pending'",
+                    &[&item.seq, at, error],
+                )
+                .await?;
+            return Ok(());
+        }
+        Delivery::Delivered(value) => {
+            let changed = client
+                .execute(
+                    "UPDATE journey_outbox SET attempts = attempts + 1, status = 'done', result = $2::text::jsonb WHERE seq = $1 AND status = 'pending'",
+                    &[&item.seq, &value.to_string()],
+                )
+                .await?;
+            if changed == 0 {
+                return Ok(());
+            }
+            Ok(value.clone())
+        }
+        Delivery::Failed(error) => {
+            let changed = client
+                .execute(
+                    "UPDATE journey_outbox SET attempts = attempts + 1, status = 'failed', last_error = $2 WHERE seq = $1 AND status = 'pending'",
+                    &[&item.seq, error],
+                )
+                .await?;
+            if changed == 0 {
+                return Ok(());
+            }
+            Err(error.clone())
+        }
+    };
+    let Some(row) = profile else { return Ok(()) };
+    let mut profile = decode_profile(&row.get::<_, String>(0))?;
+    match item.kind.as_str() {
+        "webhook" => {
+            let (Some(instance), Some(node)) = (
+                item.effect["instance"].as_u64(),
+                item.effect["node"].as_str(),
+            ) else {
+                return Err(corrupt("webhook effect without instance or node").into());
+            };
+            let keys = vec![(item.profile_id.clone(), item.journey.clone())];
+            let states = load_states(client, &keys).await?;
+            let mut catalog = catalog(client).await?;
+            add_versions(client, cache, &mut catalog, &states).await?;
+            let planned = plan_webhook_result(
+                &catalog,
+                states,
+                &profile,
+                waymark_engine::run::WebhookOutcome {
+                    journey: &item.journey,
+                    instance: instance as u32,
+                    node,
+                    outcome,
+                },
+                now,
+            );
+            write(client, &planned, now).await?;
+        }
+        "update_profile" if outcome.is_ok() => {
+            if let Some(set) = item.effect["set"].as_object() {
+                for (k, v) in set {
+                    profile.traits.insert(k.clone(), v.clone());
+                    profile.trait_times.insert(k.clone(), now);
+                }
+            }
+            for k in item.effect["unset"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str())
+            {
+                profile.traits.remove(k);
+                profile.trait_times.insert(k.to_owned(), now);
+            }
+            let state = serde_json::to_string(&profile).map_err(corrupt)?;
+            client
+                .execute(
+                    "UPDATE profiles SET state = $2::text::jsonb, updated_at = $3 WHERE id = $1",
+                    &[&profile.id, &state, &now],
+                )
+                .await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+pub async fn release_leases(client: &impl GenericClient) -> Result<u64, StoreError> {
+    client
+        .execute("UPDATE journey_outbox SET leased_until = NULL WHERE status = 'pending' AND leased_until IS NOT NULL", &[])
+        .await
+        .map_err(db_error)
 }

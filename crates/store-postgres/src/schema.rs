@@ -92,6 +92,15 @@ const MIGRATIONS: &[(i32, &str)] = &[
          CREATE INDEX journey_outbox_pending ON journey_outbox (status, next_attempt_at);
          CREATE INDEX journey_outbox_profile ON journey_outbox (profile_id, seq);",
     ),
+    (
+        4,
+        "ALTER TABLE journey_outbox ADD COLUMN last_error TEXT;
+         ALTER TABLE journey_outbox ADD COLUMN result JSONB;",
+    ),
+    (
+        5,
+        "ALTER TABLE journey_outbox ADD COLUMN leased_until BIGINT;",
+    ),
 ];
 
 pub async fn migrate(client: &mut Client) -> Result<(), Error> {

@@ -21,9 +21,9 @@ use tokio::sync::{mpsc, oneshot};
 use waymark_core::time::Millis;
 use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
-    Erasure, EventPage, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore, JourneyState,
-    JourneyStore, OutboxRow, PageRequest, ProfileStore, Store, StoreError, StoreOptions,
-    StoredEvent, Transition, decode_cursor,
+    Delivery, Erasure, EventPage, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore,
+    JourneyState, JourneyStore, OutboxItem, OutboxRow, OutboxStore, PageRequest, ProfileStore,
+    Store, StoreError, StoreOptions, StoredEvent, Transition, decode_cursor,
 };
 
 use writer::Command;
@@ -377,6 +377,34 @@ impl JourneyRunStore for SqliteStore {
             },
         )
         .await
+    }
+}
+
+#[async_trait]
+impl OutboxStore for SqliteStore {
+    async fn claim_outbox(
+        &self,
+        now: Millis,
+        limit: u32,
+        lease_ms: Millis,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        self.write(move |tx| runs::claim(tx, now, limit, lease_ms))
+            .await
+    }
+
+    async fn release_outbox_leases(&self) -> Result<u64, StoreError> {
+        self.write(runs::release_leases).await
+    }
+
+    async fn complete_outbox(
+        &self,
+        item: &OutboxItem,
+        delivery: Delivery,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let (item, cache) = (item.clone(), self.cache.clone());
+        self.write(move |tx| runs::complete(tx, &cache, &item, delivery, now))
+            .await
     }
 }
 

@@ -9,10 +9,11 @@ use waymark_core::journey::lifecycle::Status as JourneyStatus;
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
 use waymark_engine::run::{
-    Catalog, OutboxRow, Planned, TimerRow, plan_events, plan_timers, state_keys,
+    Catalog, OutboxRow, Planned, TimerRow, plan_events, plan_timers, plan_webhook_result,
+    state_keys,
 };
 use waymark_engine::{CompiledJourney, JourneyState, Status};
-use waymark_store::StoreError;
+use waymark_store::{Delivery, OutboxItem, StoreError};
 
 use crate::{decode_profile, unavailable};
 
@@ -340,4 +341,164 @@ pub fn profile_outbox(conn: &Connection, profile_id: &str) -> Result<Vec<OutboxR
             })
         })
         .collect()
+}
+
+pub fn claim(
+    tx: &Transaction<'_>,
+    now: Millis,
+    limit: u32,
+    lease_ms: Millis,
+) -> Result<Vec<OutboxItem>, StoreError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT seq, key, profile_id, journey_key, kind, effect, attempts FROM journey_outbox
+             WHERE status = 'pending' AND next_attempt_at <= ?1 AND (leased_until IS NULL OR leased_until <= ?1)
+             ORDER BY next_attempt_at, seq LIMIT ?2",
+        )
+        .map_err(unavailable)?;
+    let rows = stmt
+        .query_map(params![now, i64::from(limit)], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, i64>(6)?,
+            ))
+        })
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(unavailable)?;
+    drop(stmt);
+    let mut lease = tx
+        .prepare_cached("UPDATE journey_outbox SET leased_until = ?2 WHERE seq = ?1")
+        .map_err(unavailable)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (seq, key, profile_id, journey, kind, effect, attempts) in rows {
+        lease
+            .execute(params![seq, now + lease_ms])
+            .map_err(unavailable)?;
+        out.push(OutboxItem {
+            seq,
+            key,
+            profile_id,
+            journey,
+            kind,
+            effect: serde_json::from_str(&effect).map_err(corrupt)?,
+            attempts: attempts as u32,
+        });
+    }
+    Ok(out)
+}
+
+fn load_profile(conn: &Connection, id: &str) -> Result<Option<ProfileState>, StoreError> {
+    let state: Option<String> = conn
+        .prepare_cached("SELECT state FROM profiles WHERE id = ?1")
+        .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
+        .map_err(unavailable)?;
+    state.as_deref().map(decode_profile).transpose()
+}
+
+pub fn complete(
+    tx: &Transaction<'_>,
+    cache: &CompileCache,
+    item: &OutboxItem,
+    delivery: Delivery,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let outcome = match &delivery {
+        Delivery::Retry { at, error } => {
+            tx.execute(
+                "UPDATE journey_outbox SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3, leased_until = NULL WHERE seq = ?1 AND status = 'pending'",
+                params![item.seq, at, error],
+            )
+            .map_err(unavailable)?;
+            return Ok(());
+        }
+        Delivery::Delivered(value) => {
+            let changed = tx
+                .execute(
+                    "UPDATE journey_outbox SET attempts = attempts + 1, status = 'done', result = ?2 WHERE seq = ?1 AND status = 'pending'",
+                    params![item.seq, value.to_string()],
+                )
+                .map_err(unavailable)?;
+            if changed == 0 {
+                return Ok(()); // already completed (a lease that ran out while the call was slow)
+            }
+            Ok(value.clone())
+        }
+        Delivery::Failed(error) => {
+            let changed = tx
+                .execute(
+                    "UPDATE journey_outbox SET attempts = attempts + 1, status = 'failed', last_error = ?2 WHERE seq = ?1 AND status = 'pending'",
+                    params![item.seq, error],
+                )
+                .map_err(unavailable)?;
+            if changed == 0 {
+                return Ok(());
+            }
+            Err(error.clone())
+        }
+    };
+    let Some(mut profile) = load_profile(tx, &item.profile_id)? else {
+        return Ok(());
+    };
+    match item.kind.as_str() {
+        "webhook" => {
+            let (Some(instance), Some(node)) = (
+                item.effect["instance"].as_u64(),
+                item.effect["node"].as_str(),
+            ) else {
+                return Err(corrupt("webhook effect without instance or node"));
+            };
+            let keys = vec![(item.profile_id.clone(), item.journey.clone())];
+            let states = load_states(tx, &keys)?;
+            let mut catalog = catalog(tx)?;
+            add_versions(tx, cache, &mut catalog, &states)?;
+            let planned = plan_webhook_result(
+                &catalog,
+                states,
+                &profile,
+                waymark_engine::run::WebhookOutcome {
+                    journey: &item.journey,
+                    instance: instance as u32,
+                    node,
+                    outcome,
+                },
+                now,
+            );
+            write(tx, &planned, now)?;
+        }
+        "update_profile" if outcome.is_ok() => {
+            if let Some(set) = item.effect["set"].as_object() {
+                for (k, v) in set {
+                    profile.traits.insert(k.clone(), v.clone());
+                    profile.trait_times.insert(k.clone(), now);
+                }
+            }
+            for k in item.effect["unset"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str())
+            {
+                profile.traits.remove(k);
+                profile.trait_times.insert(k.to_owned(), now);
+            }
+            let state = serde_json::to_string(&profile).map_err(corrupt)?;
+            tx.execute(
+                "UPDATE profiles SET state = ?2, updated_at = ?3 WHERE id = ?1",
+                params![profile.id, state, now],
+            )
+            .map_err(unavailable)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+pub fn release_leases(tx: &Transaction<'_>) -> Result<u64, StoreError> {
+    let n = tx.execute("UPDATE journey_outbox SET leased_until = NULL WHERE status = 'pending' AND leased_until IS NOT NULL", []).map_err(unavailable)?;
+    Ok(n as u64)
 }

@@ -87,6 +87,15 @@ const MIGRATIONS: &[(i64, &str)] = &[
          CREATE INDEX journey_outbox_pending ON journey_outbox (status, next_attempt_at);
          CREATE INDEX journey_outbox_profile ON journey_outbox (profile_id, seq);",
     ),
+    (
+        4,
+        "ALTER TABLE journey_outbox ADD COLUMN last_error TEXT;
+         ALTER TABLE journey_outbox ADD COLUMN result TEXT;",
+    ),
+    (
+        5,
+        "ALTER TABLE journey_outbox ADD COLUMN leased_until INTEGER;",
+    ),
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

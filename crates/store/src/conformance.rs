@@ -10,8 +10,8 @@ use waymark_core::time::parse_iso8601;
 use waymark_core::{Event, Identity, partition_of};
 
 use crate::{
-    JourneyAction, JourneyRunStore, JourneyStatus, JourneyStore, PageRequest, ProfileStore, Store,
-    StoreOptions, Transition,
+    Delivery, JourneyAction, JourneyRunStore, JourneyStatus, JourneyStore, OutboxStore,
+    PageRequest, ProfileStore, Store, StoreOptions, Transition,
 };
 
 /// A place a store can be opened, and opened again (to prove durability).
@@ -40,6 +40,7 @@ macro_rules! conformance_suite {
             journey_drafts_versions_and_lifecycle,
             journeys_are_listed_by_key,
             live_journeys_run_on_ingest_and_timers_fire,
+            outbox_claims_leases_and_completes_effects,
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {
@@ -802,6 +803,125 @@ pub async fn live_journeys_run_on_ingest_and_timers_fire(b: &impl Backend) {
             .await
             .expect("read")
             .is_none()
+    );
+    s.close().await;
+}
+
+pub async fn outbox_claims_leases_and_completes_effects(b: &impl Backend) {
+    let s = b.open(StoreOptions::default()).await;
+    let journey = json!({"key": "hooked", "entry": {"event": "Go"}, "nodes": [
+        {"id": "hook", "type": "webhook", "url": "http://127.0.0.1:9/hook", "retries": 1, "next": "mark", "on_error": "sorry"},
+        {"id": "mark", "type": "update_profile", "set": {"hooked": true}, "next": "done"},
+        {"id": "sorry", "type": "message", "channel": "log", "template": "sorry", "next": "done"},
+        {"id": "done", "type": "end"}]});
+    s.put_journey_draft("hooked", &journey, 1)
+        .await
+        .expect("put");
+    s.publish_journey("hooked", 1).await.expect("publish");
+    s.ingest(events(
+        json!([{"type": "track", "messageId": "h1", "userId": "ok-user", "event": "Go"}]),
+    ))
+    .await
+    .expect("ingest");
+    let now = crate::wall_clock_ms();
+
+    let claimed = s.claim_outbox(now, 10, 30_000).await.expect("claim");
+    assert_eq!(
+        claimed.iter().map(|i| i.kind.as_str()).collect::<Vec<_>>(),
+        ["webhook"]
+    );
+    assert!(
+        s.claim_outbox(now, 10, 30_000)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "a claimed row is leased"
+    );
+    let hook = claimed[0].clone();
+    assert_eq!(hook.effect["url"], json!("http://127.0.0.1:9/hook"));
+    s.complete_outbox(&hook, Delivery::Delivered(json!({"crm_id": 7})), now)
+        .await
+        .expect("complete");
+    s.complete_outbox(&hook, Delivery::Delivered(json!({"crm_id": 8})), now)
+        .await
+        .expect("completing twice is harmless");
+    let states = s
+        .profile_journeys(&id("user_id", "ok-user"))
+        .await
+        .expect("read")
+        .expect("profile");
+    let instance = &states[0].1.instances[0];
+    assert_eq!(
+        instance.context["hook"],
+        json!({"crm_id": 7}),
+        "the first completion wins"
+    );
+    assert_eq!(instance.status, waymark_engine::Status::Completed);
+
+    let update = s.claim_outbox(now, 10, 30_000).await.expect("claim");
+    assert_eq!(
+        update.iter().map(|i| i.kind.as_str()).collect::<Vec<_>>(),
+        ["update_profile"]
+    );
+    s.complete_outbox(&update[0], Delivery::Delivered(Value::Null), now)
+        .await
+        .expect("complete");
+    let p = s
+        .profile(&id("user_id", "ok-user"))
+        .await
+        .expect("read")
+        .expect("profile");
+    assert_eq!(p.traits["hooked"], json!(true));
+
+    s.ingest(events(
+        json!([{"type": "track", "messageId": "h2", "userId": "sad-user", "event": "Go"}]),
+    ))
+    .await
+    .expect("ingest");
+    let now = crate::wall_clock_ms();
+    let hook = s
+        .claim_outbox(now, 10, 30_000)
+        .await
+        .expect("claim")
+        .remove(0);
+    s.complete_outbox(
+        &hook,
+        Delivery::Retry {
+            at: now + 1_000,
+            error: "503".into(),
+        },
+        now,
+    )
+    .await
+    .expect("retry");
+    assert!(
+        s.claim_outbox(now + 500, 10, 30_000)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "not before the retry time"
+    );
+    let again = s
+        .claim_outbox(now + 2_000, 10, 30_000)
+        .await
+        .expect("claim");
+    assert_eq!((again.len(), again[0].attempts), (1, 1));
+    s.complete_outbox(&again[0], Delivery::Failed("503 twice".into()), now + 2_000)
+        .await
+        .expect("fail");
+    let states = s
+        .profile_journeys(&id("user_id", "sad-user"))
+        .await
+        .expect("read")
+        .expect("profile");
+    let steps: Vec<(&str, &str)> = states[0].1.instances[0]
+        .steps
+        .iter()
+        .map(|st| (st.node.as_str(), st.what.as_str()))
+        .collect();
+    assert!(
+        steps.contains(&("hook", "error")) && steps.contains(&("sorry", "sent")),
+        "{steps:?}"
     );
     s.close().await;
 }

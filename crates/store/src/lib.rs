@@ -231,8 +231,57 @@ pub trait JourneyRunStore: Send + Sync {
     ) -> Result<Option<Vec<OutboxRow>>, StoreError>;
 }
 
+/// An outbox row handed to the dispatcher.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutboxItem {
+    pub seq: i64,
+    pub key: String,
+    pub profile_id: String,
+    pub journey: String,
+    pub kind: String,
+    pub effect: Value,
+    /// Attempts made before this one.
+    pub attempts: u32,
+}
+
+/// What became of one delivery attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    /// Done; for a webhook, the response (JSON, or `null`) goes to the journey.
+    Delivered(Value),
+    /// Try again at this time.
+    Retry { at: Millis, error: String },
+    /// Given up; for a webhook the journey takes its error path.
+    Failed(String),
+}
+
+/// The outbox seen from the dispatcher: claim due rows under a lease (a crashed dispatcher's
+/// claims come due again when the lease ends), then record what happened to each.
 #[async_trait]
-pub trait Store: ProfileStore + JourneyStore + JourneyRunStore + 'static {
+pub trait OutboxStore: Send + Sync {
+    async fn claim_outbox(
+        &self,
+        now: Millis,
+        limit: u32,
+        lease_ms: Millis,
+    ) -> Result<Vec<OutboxItem>, StoreError>;
+
+    /// Ends every lease: called at start by the only dispatcher, so rows claimed by a
+    /// dispatcher that died are delivered again now rather than when the lease would end.
+    async fn release_outbox_leases(&self) -> Result<u64, StoreError>;
+
+    /// Records the outcome; a final webhook outcome moves the journey on in the same
+    /// transaction, and an `update_profile` is applied to the profile.
+    async fn complete_outbox(
+        &self,
+        item: &OutboxItem,
+        delivery: Delivery,
+        now: Millis,
+    ) -> Result<(), StoreError>;
+}
+
+#[async_trait]
+pub trait Store: ProfileStore + JourneyStore + JourneyRunStore + OutboxStore + 'static {
     fn backend(&self) -> &'static str;
     fn partitions(&self) -> u32;
     /// Cheap round trip to the backend, for health checks.

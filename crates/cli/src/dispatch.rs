@@ -1,0 +1,133 @@
+//! The outbox dispatcher: delivers effects that journeys recorded (webhooks, profile
+//! updates), with an idempotency key on every call, retries with exponential backoff, and
+//! the final outcome fed back to the journey by the store in one transaction.
+//!
+//! Delivery is at least once: a claim is a lease, so if the server dies mid-call the row
+//! comes due again and the call is repeated with the same `Idempotency-Key`, which lets the
+//! receiver drop the repeat. A journey step itself is never repeated: completing a row twice
+//! changes nothing the second time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use waymark_store::{Delivery, OutboxItem, Store, wall_clock_ms};
+
+/// How long a claimed row is ours before another dispatcher (or this one after a restart)
+/// may take it again. Longer than any webhook timeout.
+const LEASE_MS: i64 = 120_000;
+const BATCH: u32 = 256;
+
+pub async fn run(store: Arc<dyn Store>) {
+    let client = match reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the HTTP client; the outbox will not be dispatched");
+            return;
+        }
+    };
+    match store.release_outbox_leases().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            rows = n,
+            "redelivering outbox rows claimed before the last stop"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not release outbox leases; they will expire"),
+    }
+    loop {
+        let items = match store.claim_outbox(wall_clock_ms(), BATCH, LEASE_MS).await {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming outbox rows failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        if items.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let work = items.into_iter().map(|item| {
+            let (store, client) = (store.clone(), client.clone());
+            async move {
+                let delivery = deliver(&client, &item).await;
+                let outcome = match &delivery {
+                    Delivery::Delivered(_) => "delivered",
+                    Delivery::Retry { .. } => "retry",
+                    Delivery::Failed(_) => "failed",
+                };
+                metrics::counter!("waymark_outbox_deliveries_total", "kind" => item.kind.clone(), "outcome" => outcome).increment(1);
+                if let Err(e) = store.complete_outbox(&item, delivery, wall_clock_ms()).await {
+                    // The lease will run out and the row will be delivered again.
+                    tracing::warn!(error = %e, key = %item.key, "recording a delivery failed");
+                }
+            }
+        });
+        futures::future::join_all(work).await;
+    }
+}
+
+async fn deliver(client: &reqwest::Client, item: &OutboxItem) -> Delivery {
+    match item.kind.as_str() {
+        "webhook" => webhook(client, item).await,
+        // Applied by the store when it records the delivery.
+        "update_profile" => Delivery::Delivered(Value::Null),
+        "message" => Delivery::Delivered(Value::Null),
+        other => Delivery::Failed(format!("{other} effects are not supported yet")),
+    }
+}
+
+fn backoff(attempts: u32) -> i64 {
+    (500i64 << attempts.min(7)).min(60_000)
+}
+
+async fn webhook(client: &reqwest::Client, item: &OutboxItem) -> Delivery {
+    let e = &item.effect;
+    let retries = e["retries"].as_u64().unwrap_or(3) as u32;
+    let timeout = Duration::from_millis(e["timeout_ms"].as_u64().unwrap_or(10_000));
+    let method = reqwest::Method::from_bytes(e["method"].as_str().unwrap_or("POST").as_bytes())
+        .unwrap_or(reqwest::Method::POST);
+    let url = e["url"].as_str().unwrap_or_default();
+    let mut request = client
+        .request(method, url)
+        .timeout(timeout)
+        .header("idempotency-key", &item.key)
+        .header("webhook-id", &item.key);
+    for (name, value) in e["headers"].as_object().into_iter().flatten() {
+        if let Some(v) = value.as_str() {
+            request = request.header(name.as_str(), v);
+        }
+    }
+    if !e["body"].is_null() {
+        request = request.json(&e["body"]);
+    }
+    let retry_or_fail = |error: String| {
+        if item.attempts < retries {
+            Delivery::Retry {
+                at: wall_clock_ms() + backoff(item.attempts),
+                error,
+            }
+        } else {
+            Delivery::Failed(error)
+        }
+    };
+    match request.send().await {
+        Ok(response) if response.status().is_success() => {
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap_or_default();
+            let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            Delivery::Delivered(json!({"status": status, "body": body}))
+        }
+        Ok(response)
+            if response.status().is_server_error() || response.status().as_u16() == 429 =>
+        {
+            retry_or_fail(format!("HTTP {}", response.status()))
+        }
+        Ok(response) => Delivery::Failed(format!("HTTP {}", response.status())),
+        Err(err) if err.is_timeout() => retry_or_fail(format!("timed out after {timeout:?}")),
+        Err(err) => retry_or_fail(format!("request failed: {err}")),
+    }
+}
