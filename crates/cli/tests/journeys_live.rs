@@ -112,6 +112,15 @@ async fn events_enter_journeys_and_waits_fire() {
         ("active", vec!["hello".to_owned()]),
         "the first step runs in the ingest transaction"
     );
+    let (_, stats) = get(&c, &server.base, ADMIN, "/v1/journeys/greet/stats").await;
+    assert_eq!(
+        (
+            stats["active"].as_u64(),
+            stats["nodes"]["pause"]["waiting"].as_u64()
+        ),
+        (Some(20), Some(20)),
+        "{stats}"
+    );
     wait_until_completed(&c, &server.base, 20, Duration::from_secs(15)).await;
     for u in 0..20 {
         assert_eq!(
@@ -119,6 +128,26 @@ async fn events_enter_journeys_and_waits_fire() {
             ["hello", "bye"]
         );
     }
+    let (_, stats) = get(&c, &server.base, ADMIN, "/v1/journeys/greet/stats").await;
+    assert_eq!(
+        (stats["instances"].as_u64(), stats["completed"].as_u64()),
+        (Some(20), Some(20)),
+        "{stats}"
+    );
+    assert_eq!(
+        (
+            stats["nodes"]["pause"]["entered"].as_u64(),
+            stats["nodes"]["pause"]["passed"].as_u64()
+        ),
+        (Some(20), Some(20)),
+        "{stats}"
+    );
+    assert_eq!(
+        get(&c, &server.base, ADMIN, "/v1/journeys/ghost/stats")
+            .await
+            .0,
+        404
+    );
 }
 
 async fn kill_9_while_waiting(store: Option<&str>) {

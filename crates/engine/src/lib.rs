@@ -9,6 +9,7 @@
 mod compile;
 pub mod run;
 pub mod simulate;
+pub mod stats;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};

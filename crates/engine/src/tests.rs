@@ -366,3 +366,34 @@ nodes:
         .count();
     assert_eq!(smalls, 11, "totals 0..=100 take the small path");
 }
+
+#[test]
+fn stats_count_entered_waiting_passed_errored_and_exited_per_node() {
+    let j = journey(LOOP);
+    let sim = run(
+        &j,
+        json!([
+            {"type": "track", "userId": "a", "event": "Go", "properties": {"vip": true}, "timestamp": "2026-01-01T00:00:00Z"},
+            {"type": "track", "userId": "b", "event": "Go", "timestamp": "2026-01-01T00:00:00Z"},
+            {"type": "track", "userId": "b", "event": "Stop", "timestamp": "2026-01-01T01:00:00Z"},
+        ]),
+        Webhooks::Succeed,
+    );
+    let report = sim.report();
+    let states: Vec<crate::JourneyState> = report
+        .iter()
+        .map(|p| crate::JourneyState {
+            instances: p.instances.clone(),
+        })
+        .collect();
+    let stats = crate::stats::compute(&states);
+    assert_eq!((stats.instances, stats.exited, stats.timed_out), (2, 1, 1));
+    assert_eq!(stats.nodes["check"].entered, 2);
+    assert_eq!(stats.nodes["check"].errored, 1, "b has no vip property");
+    assert_eq!(stats.nodes["vip"].entered, 1);
+    assert_eq!(
+        stats.nodes["tick"].exited, 2,
+        "b exited while waiting; a timed out waiting"
+    );
+    assert_eq!(stats.nodes["ping"].passed, stats.nodes["ping"].entered);
+}

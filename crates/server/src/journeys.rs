@@ -248,3 +248,24 @@ pub async fn list_journeys(
         .collect();
     Ok(axum::Json(JourneyList { journeys }))
 }
+
+/// Per node: entered, waiting, passed, errored, exited; and instances by status.
+#[utoipa::path(get, path = "/v1/journeys/{key}/stats", tag = "journeys",
+    params(("key" = String, Path)),
+    responses((status = 200, description = "Counts over the retained instances (the newest 20 finished per person, and all active ones)"),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn journey_stats(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<axum::Json<waymark_engine::stats::JourneyStats>, ApiError> {
+    state.keys.require_admin(&headers)?;
+    state
+        .store
+        .journey(&key)
+        .await?
+        .ok_or_else(|| no_journey(&key))?;
+    let states = state.store.journey_states(&key).await?;
+    Ok(axum::Json(waymark_engine::stats::compute(&states)))
+}

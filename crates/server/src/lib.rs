@@ -58,6 +58,7 @@ pub fn app(state: AppState) -> Router {
             get(profiles::get_journeys),
         )
         .route("/v1/journeys", get(journeys::list_journeys))
+        .route("/v1/journeys/{key}/stats", get(journeys::journey_stats))
         .route(
             "/v1/journeys/{key}",
             get(journeys::get_journey).put(journeys::put_journey),

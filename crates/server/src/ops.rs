@@ -112,7 +112,7 @@ impl Modify for SecuritySchemes {
         crate::ingest::identify, crate::ingest::track, crate::ingest::page, crate::ingest::screen,
         crate::ingest::group, crate::ingest::alias, crate::ingest::batch,
         crate::profiles::get_profile, crate::profiles::get_events, crate::profiles::delete_profile, crate::profiles::get_journeys,
-        crate::journeys::put_journey, crate::journeys::journey_action, crate::journeys::get_journey, crate::journeys::list_journeys,
+        crate::journeys::put_journey, crate::journeys::journey_action, crate::journeys::get_journey, crate::journeys::list_journeys, crate::journeys::journey_stats,
         healthz, metrics, openapi,
     ),
     modifiers(&SecuritySchemes),

@@ -605,6 +605,7 @@ async fn operations_endpoints(api: &Api) {
         ("/v1/journeys/{key}", "get"),
         ("/v1/journeys/{key}", "put"),
         ("/v1/journeys/{key}/{action}", "post"),
+        ("/v1/journeys/{key}/stats", "get"),
     ] {
         assert!(
             doc["paths"][path][method].is_object(),

@@ -709,6 +709,11 @@ impl JourneyRunStore for PostgresStore {
         }
     }
 
+    async fn journey_states(&self, journey: &str) -> Result<Vec<JourneyState>, StoreError> {
+        let client = self.client().await?;
+        runs::journey_states(&client, journey).await
+    }
+
     async fn profile_outbox(
         &self,
         identity: &Identity,

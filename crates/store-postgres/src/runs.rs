@@ -460,3 +460,19 @@ pub async fn release_leases(client: &impl GenericClient) -> Result<u64, StoreErr
         .await
         .map_err(db_error)
 }
+
+pub async fn journey_states(
+    client: &impl GenericClient,
+    journey: &str,
+) -> Result<Vec<JourneyState>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT state::text FROM journey_states WHERE journey_key = $1",
+            &[&journey],
+        )
+        .await
+        .map_err(db_error)?;
+    rows.iter()
+        .map(|r| serde_json::from_str(&r.get::<_, String>(0)).map_err(corrupt))
+        .collect()
+}

@@ -365,6 +365,12 @@ impl JourneyRunStore for SqliteStore {
         .await
     }
 
+    async fn journey_states(&self, journey: &str) -> Result<Vec<JourneyState>, StoreError> {
+        let journey = journey.to_owned();
+        self.read(move |conn| runs::journey_states(conn, &journey))
+            .await
+    }
+
     async fn profile_outbox(
         &self,
         identity: &Identity,

@@ -502,3 +502,16 @@ pub fn release_leases(tx: &Transaction<'_>) -> Result<u64, StoreError> {
     let n = tx.execute("UPDATE journey_outbox SET leased_until = NULL WHERE status = 'pending' AND leased_until IS NOT NULL", []).map_err(unavailable)?;
     Ok(n as u64)
 }
+
+pub fn journey_states(conn: &Connection, journey: &str) -> Result<Vec<JourneyState>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT state FROM journey_states WHERE journey_key = ?1")
+        .map_err(unavailable)?;
+    let rows = stmt
+        .query_map([journey], |r| r.get::<_, String>(0))
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(unavailable)?;
+    rows.iter()
+        .map(|s| serde_json::from_str(s).map_err(corrupt))
+        .collect()
+}

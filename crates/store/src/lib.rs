@@ -224,6 +224,9 @@ pub trait JourneyRunStore: Send + Sync {
         identity: &Identity,
     ) -> Result<Option<Vec<(String, JourneyState)>>, StoreError>;
 
+    /// Every person's state in one journey (for stats).
+    async fn journey_states(&self, journey: &str) -> Result<Vec<JourneyState>, StoreError>;
+
     /// Effects recorded for the person (messages, webhooks, ...), oldest first.
     async fn profile_outbox(
         &self,
