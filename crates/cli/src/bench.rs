@@ -26,6 +26,12 @@ enum Target {
     Ingest(IngestArgs),
     /// Read profiles written by an earlier `bench ingest` run.
     Profiles(ProfilesArgs),
+    /// A local HTTP sink for webhook benchmarks: answers every POST with 200 `{}` and
+    /// reports how many it received at `GET /count`.
+    Sink {
+        #[arg(long, default_value = "127.0.0.1:9900")]
+        listen: String,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -107,6 +113,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     match args.target {
         Target::Ingest(a) => ingest(a).await,
         Target::Profiles(a) => profiles(a).await,
+        Target::Sink { listen } => sink(&listen).await,
     }
 }
 
@@ -330,4 +337,36 @@ async fn profiles(a: ProfilesArgs) -> Result<(), String> {
         serde_json::to_string_pretty(&report).unwrap_or_default()
     );
     Ok(())
+}
+
+#[allow(
+    clippy::print_stdout,
+    reason = "tells the operator where the sink listens"
+)]
+async fn sink(listen: &str) -> Result<(), String> {
+    let count = Arc::new(AtomicU64::new(0));
+    let hits = count.clone();
+    let app = axum::Router::new()
+        .route(
+            "/{*path}",
+            axum::routing::post(move || {
+                let hits = hits.clone();
+                async move {
+                    hits.fetch_add(1, Ordering::Relaxed);
+                    axum::Json(json!({}))
+                }
+            }),
+        )
+        .route(
+            "/count",
+            axum::routing::get(move || {
+                let count = count.clone();
+                async move { axum::Json(json!({"count": count.load(Ordering::Relaxed)})) }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    println!("sink listening on http://{listen}");
+    axum::serve(listener, app).await.map_err(|e| e.to_string())
 }
