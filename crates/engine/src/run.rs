@@ -302,3 +302,30 @@ pub fn plan_webhook_result(
     c.run(profile, result.journey, input, now);
     c.finish()
 }
+
+/// Ends every active instance of a journey that is being stopped, recording why. Returns
+/// the states that changed (the caller drops the journey's timers).
+pub fn stop_all(states: Vec<(String, JourneyState)>, now: Millis) -> Vec<(String, JourneyState)> {
+    let mut changed = Vec::new();
+    for (profile_id, mut state) in states {
+        let Some(active) = state
+            .instances
+            .last_mut()
+            .filter(|i| i.status == Status::Active)
+        else {
+            continue;
+        };
+        let node = active.node.clone().unwrap_or_default();
+        active.steps.push(crate::Step {
+            at: now,
+            node,
+            what: "stopped".into(),
+            detail: None,
+        });
+        active.status = Status::Exited;
+        active.waiting = None;
+        active.ended_at = Some(now);
+        changed.push((profile_id, state));
+    }
+    changed
+}

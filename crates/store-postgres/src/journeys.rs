@@ -163,6 +163,9 @@ pub async fn change_status(
                 )
                 .await
                 .map_err(db_error)?;
+            if next == Status::Stopped {
+                crate::runs::stop_journey(client, key, now).await?;
+            }
             Ok(read(client, key, false).await?.map(Transition::Done))
         }
     }

@@ -476,3 +476,52 @@ pub async fn journey_states(
         .map(|r| serde_json::from_str(&r.get::<_, String>(0)).map_err(corrupt))
         .collect()
 }
+
+/// Stop: every active instance of the journey ends now, and its timers go. Profiles are
+/// locked first, in id order, as everywhere else.
+pub async fn stop_journey(
+    client: &impl GenericClient,
+    journey: &str,
+    now: Millis,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "SELECT 1 FROM profiles WHERE id IN (SELECT profile_id FROM journey_states WHERE journey_key = $1) ORDER BY id FOR UPDATE",
+            &[&journey],
+        )
+        .await
+        .map_err(db_error)?;
+    let rows = client
+        .query(
+            "SELECT profile_id, state::text FROM journey_states WHERE journey_key = $1",
+            &[&journey],
+        )
+        .await
+        .map_err(db_error)?;
+    let mut states = Vec::with_capacity(rows.len());
+    for r in rows {
+        states.push((
+            r.get::<_, String>(0),
+            serde_json::from_str::<JourneyState>(&r.get::<_, String>(1)).map_err(corrupt)?,
+        ));
+    }
+    let changed = waymark_engine::run::stop_all(states, now);
+    for (p, state) in &changed {
+        let text = serde_json::to_string(state).map_err(corrupt)?;
+        client
+            .execute(
+                "UPDATE journey_states SET state = $3::text::jsonb, updated_at = $4 WHERE profile_id = $1 AND journey_key = $2",
+                &[p, &journey, &text, &now],
+            )
+            .await
+            .map_err(db_error)?;
+    }
+    client
+        .execute(
+            "DELETE FROM journey_timers WHERE journey_key = $1",
+            &[&journey],
+        )
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}

@@ -145,6 +145,9 @@ pub fn change_status(
                 params![key, next.as_str(), now],
             )
             .map_err(unavailable)?;
+            if next == Status::Stopped {
+                crate::runs::stop_journey(tx, key, now)?;
+            }
             Ok(read(tx, key)?.map(Transition::Done))
         }
     }

@@ -515,3 +515,36 @@ pub fn journey_states(conn: &Connection, journey: &str) -> Result<Vec<JourneySta
         .map(|s| serde_json::from_str(s).map_err(corrupt))
         .collect()
 }
+
+/// Stop: every active instance of the journey ends now, and its timers go.
+pub fn stop_journey(tx: &Transaction<'_>, journey: &str, now: Millis) -> Result<(), StoreError> {
+    let mut stmt = tx
+        .prepare_cached("SELECT profile_id, state FROM journey_states WHERE journey_key = ?1")
+        .map_err(unavailable)?;
+    let rows = stmt
+        .query_map([journey], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(unavailable)?;
+    drop(stmt);
+    let mut states = Vec::with_capacity(rows.len());
+    for (p, s) in rows {
+        states.push((
+            p,
+            serde_json::from_str::<JourneyState>(&s).map_err(corrupt)?,
+        ));
+    }
+    let changed = waymark_engine::run::stop_all(states, now);
+    for (p, state) in &changed {
+        let text = serde_json::to_string(state).map_err(corrupt)?;
+        tx.execute("UPDATE journey_states SET state = ?3, updated_at = ?4 WHERE profile_id = ?1 AND journey_key = ?2", params![p, journey, text, now])
+            .map_err(unavailable)?;
+    }
+    tx.execute(
+        "DELETE FROM journey_timers WHERE journey_key = ?1",
+        [journey],
+    )
+    .map_err(unavailable)?;
+    Ok(())
+}

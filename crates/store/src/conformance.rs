@@ -796,6 +796,32 @@ pub async fn live_journeys_run_on_ingest_and_timers_fire(b: &impl Backend) {
     );
     assert_eq!(states[0].1.instances[0].node.as_deref(), Some("pause"));
 
+    // Stop ends every active instance now and drops its timers.
+    let stopped = s
+        .change_journey_status("greet", JourneyAction::Stop, crate::wall_clock_ms())
+        .await
+        .expect("stop")
+        .expect("exists");
+    assert!(matches!(stopped, Transition::Done(_)), "{stopped:?}");
+    let states = s
+        .profile_journeys(&id("user_id", "walker"))
+        .await
+        .expect("read")
+        .expect("profile");
+    let walker = &states[0].1.instances[0];
+    assert_eq!(walker.status, waymark_engine::Status::Exited);
+    assert_eq!(
+        walker.steps.last().map(|st| st.what.as_str()),
+        Some("stopped")
+    );
+    assert_eq!(
+        s.fire_due_timers(crate::wall_clock_ms() + 200 * 86_400_000, 100)
+            .await
+            .expect("fire"),
+        0,
+        "a stopped journey leaves no timers"
+    );
+
     // Erasure removes journey state and the outbox with the profile.
     s.erase(&id("user_id", "runner")).await.expect("erase");
     assert!(
