@@ -112,22 +112,7 @@ impl Collector<'_> {
             {
                 self.original.entry(slot).or_insert_with(|| state.clone());
             }
-            if let Some(active) = state
-                .instances
-                .last_mut()
-                .filter(|i| i.status == Status::Active)
-            {
-                let node = active.node.clone().unwrap_or_default();
-                active.steps.push(crate::Step {
-                    at: now,
-                    node,
-                    what: "stopped".into(),
-                    detail: None,
-                });
-                active.status = Status::Exited;
-                active.waiting = None;
-                active.ended_at = Some(now);
-            }
+            end_as_stopped(state, now);
             return;
         }
         let Some(journey) = journey_for(self.catalog, key, state) else {
@@ -303,29 +288,35 @@ pub fn plan_webhook_result(
     c.finish()
 }
 
+/// Ends the person's active instance, if any, as stopped. Returns whether there was one.
+fn end_as_stopped(state: &mut JourneyState, now: Millis) -> bool {
+    let Some(active) = state
+        .instances
+        .last_mut()
+        .filter(|i| i.status == Status::Active)
+    else {
+        return false;
+    };
+    let node = active.node.clone().unwrap_or_default();
+    active.steps.push(crate::Step {
+        at: now,
+        node,
+        what: "stopped".into(),
+        detail: None,
+    });
+    active.status = Status::Exited;
+    active.waiting = None;
+    active.ended_at = Some(now);
+    true
+}
+
 /// Ends every active instance of a journey that is being stopped, recording why. Returns
 /// the states that changed (the caller drops the journey's timers).
 pub fn stop_all(states: Vec<(String, JourneyState)>, now: Millis) -> Vec<(String, JourneyState)> {
-    let mut changed = Vec::new();
-    for (profile_id, mut state) in states {
-        let Some(active) = state
-            .instances
-            .last_mut()
-            .filter(|i| i.status == Status::Active)
-        else {
-            continue;
-        };
-        let node = active.node.clone().unwrap_or_default();
-        active.steps.push(crate::Step {
-            at: now,
-            node,
-            what: "stopped".into(),
-            detail: None,
-        });
-        active.status = Status::Exited;
-        active.waiting = None;
-        active.ended_at = Some(now);
-        changed.push((profile_id, state));
-    }
-    changed
+    states
+        .into_iter()
+        .filter_map(|(profile_id, mut state)| {
+            end_as_stopped(&mut state, now).then_some((profile_id, state))
+        })
+        .collect()
 }
