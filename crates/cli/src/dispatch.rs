@@ -17,6 +17,8 @@ use waymark_store::{Delivery, OutboxItem, Store, wall_clock_ms};
 /// may take it again. Longer than any webhook timeout.
 const LEASE_MS: i64 = 120_000;
 const BATCH: u32 = 256;
+/// Deliveries in flight at once.
+const IN_FLIGHT: usize = 512;
 
 pub async fn run(store: Arc<dyn Store>) {
     let client = match reqwest::Client::builder()
@@ -37,8 +39,19 @@ pub async fn run(store: Arc<dyn Store>) {
         ),
         Err(e) => tracing::warn!(error = %e, "could not release outbox leases; they will expire"),
     }
+    // Deliveries run as independent tasks, at most IN_FLIGHT at a time; the loop claims more
+    // as soon as there is room, so slow calls do not hold back the rest of a batch.
+    let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     loop {
-        let items = match store.claim_outbox(wall_clock_ms(), BATCH, LEASE_MS).await {
+        let room = permits.available_permits().min(BATCH as usize) as u32;
+        if room == 0 {
+            // Wait until at least one delivery finishes.
+            if let Ok(p) = permits.clone().acquire_owned().await {
+                drop(p);
+            }
+            continue;
+        }
+        let items = match store.claim_outbox(wall_clock_ms(), room, LEASE_MS).await {
             Ok(items) => items,
             Err(e) => {
                 tracing::warn!(error = %e, "claiming outbox rows failed; retrying");
@@ -50,9 +63,12 @@ pub async fn run(store: Arc<dyn Store>) {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
-        let work = items.into_iter().map(|item| {
+        for item in items {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
             let (store, client) = (store.clone(), client.clone());
-            async move {
+            tokio::spawn(async move {
                 let delivery = deliver(&client, &item).await;
                 let outcome = match &delivery {
                     Delivery::Delivered(_) => "delivered",
@@ -60,13 +76,16 @@ pub async fn run(store: Arc<dyn Store>) {
                     Delivery::Failed(_) => "failed",
                 };
                 metrics::counter!("waymark_outbox_deliveries_total", "kind" => item.kind.clone(), "outcome" => outcome).increment(1);
-                if let Err(e) = store.complete_outbox(&item, delivery, wall_clock_ms()).await {
+                if let Err(e) = store
+                    .complete_outbox(&item, delivery, wall_clock_ms())
+                    .await
+                {
                     // The lease will run out and the row will be delivered again.
                     tracing::warn!(error = %e, key = %item.key, "recording a delivery failed");
                 }
-            }
-        });
-        futures::future::join_all(work).await;
+                drop(permit);
+            });
+        }
     }
 }
 
