@@ -119,9 +119,27 @@ impl Collector<'_> {
             return;
         };
         self.original.entry(slot).or_insert_with(|| state.clone());
-        let effects = apply(journey, state, input, &Ctx { profile, now });
-        for effect in effects {
+        let mut effects: std::collections::VecDeque<Effect> =
+            apply(journey, state, input, &Ctx { profile, now }).into();
+        while let Some(effect) = effects.pop_front() {
             match effect {
+                // A timer already due (a wait of 0 s, or a local time just reached) fires in
+                // this same transaction: the step is as durable, and one transaction cheaper.
+                Effect::Timer {
+                    instance,
+                    timer,
+                    due,
+                } if due <= now && timer != crate::DEADLINE_TIMER => {
+                    let Some(journey) = journey_for(self.catalog, key, state) else {
+                        continue;
+                    };
+                    effects.extend(apply(
+                        journey,
+                        state,
+                        Input::Timer { instance, timer },
+                        &Ctx { profile, now },
+                    ));
+                }
                 Effect::Timer {
                     instance,
                     timer,
@@ -167,16 +185,17 @@ impl Collector<'_> {
             if let Some(after) = self.states.remove(&slot)
                 && after != before
             {
-                let was_active = |n: u32| {
+                // Ended in this input: not active now, and active before or not there at all.
+                let ended_before = |n: u32| {
                     before
                         .instances
                         .iter()
-                        .any(|i| i.number == n && i.status == Status::Active)
+                        .any(|i| i.number == n && i.status != Status::Active)
                 };
                 for i in after
                     .instances
                     .iter()
-                    .filter(|i| i.status != Status::Active && was_active(i.number))
+                    .filter(|i| i.status != Status::Active && !ended_before(i.number))
                 {
                     self.out
                         .ended

@@ -397,3 +397,56 @@ fn stats_count_entered_waiting_passed_errored_and_exited_per_node() {
     );
     assert_eq!(stats.nodes["ping"].passed, stats.nodes["ping"].entered);
 }
+
+#[test]
+fn a_wait_already_due_fires_in_the_same_plan() {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use waymark_core::journey::lifecycle::Status as JourneyStatus;
+    let j = journey(
+        r#"
+key: zero
+entry: { event: Go }
+nodes:
+  - { id: pause, type: wait, duration: 0s, next: hello }
+  - { id: hello, type: message, channel: log, template: hi, next: done }
+  - { id: done, type: end }
+"#,
+    );
+    let mut catalog = crate::run::Catalog::default();
+    catalog
+        .journeys
+        .insert("zero".into(), (JourneyStatus::Live, Some(1)));
+    catalog.versions.insert(("zero".into(), 1), Arc::new(j));
+    let body =
+        serde_json::to_vec(&json!({"batch": [{"type": "track", "userId": "u", "event": "Go"}]}))
+            .expect("json");
+    let mut id = || "m".to_string();
+    let events = parse_batch(
+        &body,
+        &mut Receipt {
+            received_at: 1_000,
+            new_message_id: &mut id,
+        },
+    )
+    .expect("valid")
+    .events;
+    let profile = waymark_core::ProfileState::new("p".into(), 0, 0);
+    let planned =
+        crate::run::plan_events(&catalog, HashMap::new(), &[(&events[0], &profile)], 1_000);
+    assert_eq!(
+        planned.outbox.len(),
+        1,
+        "the message after the 0 s wait is already recorded"
+    );
+    assert!(
+        planned
+            .timers
+            .iter()
+            .all(|t| t.timer == crate::DEADLINE_TIMER),
+        "no row for a timer that fired at once: {:?}",
+        planned.timers
+    );
+    assert_eq!(planned.states[0].2.instances[0].status, Status::Completed);
+    assert_eq!(planned.ended.len(), 1, "its deadline timer is released too");
+}
