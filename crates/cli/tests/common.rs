@@ -168,3 +168,28 @@ pub fn workspace_root() -> PathBuf {
         .canonicalize()
         .expect("workspace root")
 }
+
+/// A `postgres://` URL whose connections use a new, empty schema.
+#[cfg(feature = "backend-tests")]
+pub async fn fresh_postgres_url() -> String {
+    let base = std::env::var("WAYMARK_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .expect("connect to test postgres");
+    tokio::spawn(conn);
+    let schema = format!(
+        "wm_proc_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos()
+    );
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .expect("create schema");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-csearch_path%3D{schema}")
+}

@@ -188,25 +188,7 @@ async fn overdue_timers_fire_once_after_kill_9() {
 #[cfg(feature = "backend-tests")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overdue_timers_fire_once_after_kill_9_on_postgres() {
-    let base = std::env::var("WAYMARK_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let (pg, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
-    let schema = format!(
-        "wm_live_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos()
-    );
-    pg.batch_execute(&format!("CREATE SCHEMA {schema}"))
-        .await
-        .expect("schema");
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options=-csearch_path%3D{schema}");
+    let url = common::fresh_postgres_url().await;
     kill_9_while_waiting(Some(&url)).await;
 }
 
@@ -436,26 +418,6 @@ async fn kill_9_during_webhook_dispatch_loses_no_step() {
 #[cfg(feature = "backend-tests")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_webhook_dispatch_loses_no_step_on_postgres() {
-    let base = std::env::var("WAYMARK_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let (pg, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
-    let schema = format!(
-        "wm_hook_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos()
-    );
-    pg.batch_execute(&format!("CREATE SCHEMA {schema}"))
-        .await
-        .expect("schema");
-    let sep = if base.contains('?') { '&' } else { '?' };
-    kill_9_during_webhook_dispatch(Some(&format!(
-        "{base}{sep}options=-csearch_path%3D{schema}"
-    )))
-    .await;
+    let url = common::fresh_postgres_url().await;
+    kill_9_during_webhook_dispatch(Some(&url)).await;
 }

@@ -200,35 +200,10 @@ async fn sigterm_drains_and_stops_cleanly() {
     assert_all_acked_present_once(&server.base, users, &acked).await;
 }
 
-/// A `postgres://` URL whose connections use a new, empty schema.
-#[cfg(feature = "backend-tests")]
-async fn fresh_postgres_url() -> String {
-    let base = std::env::var("WAYMARK_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-        .await
-        .expect("connect to test postgres");
-    tokio::spawn(conn);
-    let schema = format!(
-        "wm_proc_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos()
-    );
-    client
-        .batch_execute(&format!("CREATE SCHEMA {schema}"))
-        .await
-        .expect("create schema");
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-csearch_path%3D{schema}")
-}
-
 #[cfg(feature = "backend-tests")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_on_postgres_loses_no_acknowledged_event() {
-    let url = fresh_postgres_url().await;
+    let url = common::fresh_postgres_url().await;
     kill_9_scenario(Some(&url), 100, 500).await;
 }
 

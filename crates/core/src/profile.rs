@@ -90,6 +90,22 @@ impl ProfileState {
         }
     }
 
+    /// Sets and removes traits as of `at` (a journey's `update_profile`), by the same
+    /// newest-write-wins rule as identify calls.
+    pub fn update_traits<'a>(
+        &mut self,
+        set: &Map<String, Value>,
+        unset: impl IntoIterator<Item = &'a str>,
+        at: Millis,
+    ) {
+        for (key, value) in set {
+            self.write_trait(key, value.clone(), at);
+        }
+        for key in unset {
+            self.write_trait(key, Value::Null, at);
+        }
+    }
+
     fn write_trait(&mut self, key: &str, value: Value, at: Millis) {
         let newer = self.trait_times.get(key).is_none_or(|&t| at >= t);
         if !newer {

@@ -4,7 +4,7 @@
 //! returned rows in the same transaction.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -34,6 +34,65 @@ impl Catalog {
 
     pub fn is_empty(&self) -> bool {
         self.active_keys().next().is_none()
+    }
+}
+
+/// Compiled journey versions, which never change once published, kept across transactions
+/// by a store. Only a cache: a poisoned lock is taken over, not reported.
+#[derive(Default)]
+pub struct CompileCache(Mutex<HashMap<(String, u32), Arc<CompiledJourney>>>);
+
+impl CompileCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u32), Arc<CompiledJourney>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Puts into `catalog` every version the inputs may need (live ones, and those active
+    /// instances run on) that is already compiled; returns the ones the store must load.
+    pub fn fill(&self, catalog: &mut Catalog, states: &States) -> Vec<(String, u32)> {
+        let mut needed: Vec<(String, u32)> = catalog
+            .journeys
+            .iter()
+            .filter_map(|(k, (_, v))| v.map(|v| (k.clone(), v)))
+            .collect();
+        for ((_, key), state) in states {
+            if let Some(active) = state
+                .instances
+                .last()
+                .filter(|i| i.status == Status::Active)
+            {
+                needed.push((key.clone(), active.version));
+            }
+        }
+        let cache = self.lock();
+        let mut missing = Vec::new();
+        for (key, version) in needed {
+            match cache.get(&(key.clone(), version)) {
+                Some(compiled) => {
+                    catalog.versions.insert((key, version), compiled.clone());
+                }
+                None => missing.push((key, version)),
+            }
+        }
+        missing
+    }
+
+    /// Compiles a stored version document into the cache and `catalog`.
+    pub fn compile_into(
+        &self,
+        catalog: &mut Catalog,
+        key: String,
+        version: u32,
+        document: Value,
+    ) -> Result<(), String> {
+        let journey = serde_json::from_value(document).map_err(|e| e.to_string())?;
+        let compiled =
+            Arc::new(crate::compile(journey, version).map_err(|problems| format!("{problems:?}"))?);
+        self.lock().insert((key.clone(), version), compiled.clone());
+        catalog.versions.insert((key, version), compiled);
+        Ok(())
     }
 }
 
@@ -96,7 +155,16 @@ struct Collector<'a> {
     out: Planned,
 }
 
-impl Collector<'_> {
+impl<'a> Collector<'a> {
+    fn new(catalog: &'a Catalog, states: States) -> Self {
+        Self {
+            catalog,
+            states,
+            original: HashMap::new(),
+            out: Planned::default(),
+        }
+    }
+
     fn run(&mut self, profile: &ProfileState, key: &str, input: Input<'_>, now: Millis) {
         let slot = (profile.id.clone(), key.to_owned());
         let state = self.states.entry(slot.clone()).or_default();
@@ -234,12 +302,7 @@ pub fn plan_events(
     events: &[(&Event, &ProfileState)],
     now: Millis,
 ) -> Planned {
-    let mut c = Collector {
-        catalog,
-        states,
-        original: HashMap::new(),
-        out: Planned::default(),
-    };
+    let mut c = Collector::new(catalog, states);
     let keys: Vec<String> = catalog.active_keys().cloned().collect();
     for (event, profile) in events {
         for key in &keys {
@@ -256,12 +319,7 @@ pub fn plan_timers(
     timers: &[(&TimerRow, &ProfileState)],
     now: Millis,
 ) -> Planned {
-    let mut c = Collector {
-        catalog,
-        states,
-        original: HashMap::new(),
-        out: Planned::default(),
-    };
+    let mut c = Collector::new(catalog, states);
     for (timer, profile) in timers {
         c.run(
             profile,
@@ -292,12 +350,7 @@ pub fn plan_webhook_result(
     result: WebhookOutcome<'_>,
     now: Millis,
 ) -> Planned {
-    let mut c = Collector {
-        catalog,
-        states,
-        original: HashMap::new(),
-        out: Planned::default(),
-    };
+    let mut c = Collector::new(catalog, states);
     let input = Input::WebhookResult {
         instance: result.instance,
         node: result.node,

@@ -55,7 +55,7 @@ pub struct Shared {
     pool: Pool,
     partitions: u32,
     options: StoreOptions,
-    cache: runs::CompileCache,
+    cache: waymark_engine::run::CompileCache,
 }
 
 impl std::ops::Deref for PostgresStore {
@@ -209,7 +209,7 @@ impl PostgresStore {
             pool,
             partitions,
             options,
-            cache: runs::CompileCache::default(),
+            cache: waymark_engine::run::CompileCache::default(),
         });
         let (tx, rx) = mpsc::channel(4096);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));

@@ -3,22 +3,19 @@
 //! here (timers), so one person's journey state changes in one transaction at a time.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 use deadpool_postgres::GenericClient;
 use waymark_core::journey::lifecycle::Status as JourneyStatus;
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
+use waymark_engine::JourneyState;
 use waymark_engine::run::{
-    Catalog, OutboxRow, Planned, TimerRow, plan_events, plan_timers, plan_webhook_result,
-    state_keys,
+    Catalog, CompileCache, OutboxRow, Planned, TimerRow, plan_events, plan_timers,
+    plan_webhook_result, state_keys,
 };
-use waymark_engine::{CompiledJourney, JourneyState, Status};
 use waymark_store::{Delivery, OutboxItem, StoreError};
 
 use crate::{Abort, db_error, decode_profile};
-
-pub type CompileCache = Mutex<HashMap<(String, u32), Arc<CompiledJourney>>>;
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("journey run: {e}"))
@@ -39,61 +36,19 @@ async fn catalog(client: &impl GenericClient) -> Result<Catalog, Abort> {
     Ok(c)
 }
 
+/// Puts every version the inputs may need into `catalog`, compiling (once) those not cached.
 async fn add_versions(
     client: &impl GenericClient,
     cache: &CompileCache,
     catalog: &mut Catalog,
     states: &HashMap<(String, String), JourneyState>,
 ) -> Result<(), Abort> {
-    let mut needed: Vec<(String, u32)> = catalog
-        .journeys
-        .iter()
-        .filter_map(|(k, (_, v))| v.map(|v| (k.clone(), v)))
-        .collect();
-    for ((_, key), state) in states {
-        if let Some(active) = state
-            .instances
-            .last()
-            .filter(|i| i.status == Status::Active)
-        {
-            needed.push((key.clone(), active.version));
-        }
-    }
-    let mut missing = Vec::new();
-    {
-        let cache = cache
-            .lock()
-            .map_err(|_| corrupt("compile cache poisoned"))?;
-        for (key, version) in needed {
-            match cache.get(&(key.clone(), version)) {
-                Some(c) => {
-                    catalog.versions.insert((key, version), c.clone());
-                }
-                None => missing.push((key, version)),
-            }
-        }
-    }
-    for (key, version) in missing {
-        let row = client
-            .query_opt(
-                "SELECT document::text FROM journey_versions WHERE key = $1 AND version = $2",
-                &[&key, &(version as i32)],
-            )
-            .await?;
-        let Some(row) = row else { continue };
-        let journey = serde_json::from_str(&row.get::<_, String>(0)).map_err(corrupt)?;
-        match waymark_engine::compile(journey, version) {
-            Ok(compiled) => {
-                let compiled = Arc::new(compiled);
-                cache
-                    .lock()
-                    .map_err(|_| corrupt("compile cache poisoned"))?
-                    .insert((key.clone(), version), compiled.clone());
-                catalog.versions.insert((key, version), compiled);
-            }
-            Err(problems) => {
-                tracing::error!(journey = %key, version, ?problems, "stored journey version does not compile; skipped")
-            }
+    for (key, version) in cache.fill(catalog, states) {
+        let Some(document) = crate::journeys::version(client, &key, version).await? else {
+            continue;
+        };
+        if let Err(problems) = cache.compile_into(catalog, key.clone(), version, document) {
+            tracing::error!(journey = %key, version, %problems, "stored journey version does not compile; skipped");
         }
     }
     Ok(())
@@ -426,21 +381,14 @@ pub async fn complete(
             write(client, &planned, now).await?;
         }
         "update_profile" if outcome.is_ok() => {
-            if let Some(set) = item.effect["set"].as_object() {
-                for (k, v) in set {
-                    profile.traits.insert(k.clone(), v.clone());
-                    profile.trait_times.insert(k.clone(), now);
-                }
-            }
-            for k in item.effect["unset"]
+            let empty = serde_json::Map::new();
+            let set = item.effect["set"].as_object().unwrap_or(&empty);
+            let unset = item.effect["unset"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(|v| v.as_str())
-            {
-                profile.traits.remove(k);
-                profile.trait_times.insert(k.to_owned(), now);
-            }
+                .filter_map(|v| v.as_str());
+            profile.update_traits(set, unset, now);
             let state = serde_json::to_string(&profile).map_err(corrupt)?;
             client
                 .execute(

@@ -36,7 +36,7 @@ pub struct SqliteStore {
     commands: Mutex<Option<mpsc::Sender<Command>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: r2d2::Pool<SqliteConnectionManager>,
-    cache: std::sync::Arc<runs::CompileCache>,
+    cache: std::sync::Arc<waymark_engine::run::CompileCache>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -86,7 +86,7 @@ impl SqliteStore {
             .map_err(unavailable)?;
 
         let (tx, rx) = mpsc::channel(4096);
-        let cache = std::sync::Arc::new(runs::CompileCache::default());
+        let cache = std::sync::Arc::new(waymark_engine::run::CompileCache::default());
         let config = writer::Config {
             cache: cache.clone(),
             partitions,
@@ -110,16 +110,20 @@ impl SqliteStore {
         &self.path
     }
 
+    /// The writer's queue, unless the store is closed.
+    fn sender(&self) -> Result<mpsc::Sender<Command>, StoreError> {
+        self.commands
+            .lock()
+            .map_err(|_| StoreError::Closed)?
+            .clone()
+            .ok_or(StoreError::Closed)
+    }
+
     async fn send<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
     ) -> Result<T, StoreError> {
-        let sender = self
-            .commands
-            .lock()
-            .map_err(|_| StoreError::Closed)?
-            .clone()
-            .ok_or(StoreError::Closed)?;
+        let sender = self.sender()?;
         let (reply, answer) = oneshot::channel();
         sender
             .send(make(reply))
@@ -133,12 +137,7 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let sender = self
-            .commands
-            .lock()
-            .map_err(|_| StoreError::Closed)?
-            .clone()
-            .ok_or(StoreError::Closed)?;
+        let sender = self.sender()?;
         let (reply, answer) = oneshot::channel();
         let exec: writer::Exec = Box::new(move |tx| {
             let value = f(tx)?;

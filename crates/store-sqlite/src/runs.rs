@@ -2,23 +2,19 @@
 //! states, timers and the outbox. Called from the writer thread inside its transaction.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use waymark_core::journey::lifecycle::Status as JourneyStatus;
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
+use waymark_engine::JourneyState;
 use waymark_engine::run::{
-    Catalog, OutboxRow, Planned, TimerRow, plan_events, plan_timers, plan_webhook_result,
-    state_keys,
+    Catalog, CompileCache, OutboxRow, Planned, TimerRow, plan_events, plan_timers,
+    plan_webhook_result, state_keys,
 };
-use waymark_engine::{CompiledJourney, JourneyState, Status};
 use waymark_store::{Delivery, OutboxItem, StoreError};
 
 use crate::{decode_profile, unavailable};
-
-/// Compiled journey versions, which never change once published, kept across transactions.
-pub type CompileCache = Mutex<HashMap<(String, u32), Arc<CompiledJourney>>>;
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("journey run: {e}"))
@@ -47,53 +43,19 @@ fn catalog(conn: &Connection) -> Result<Catalog, StoreError> {
     Ok(c)
 }
 
-/// Compiles (or takes from the cache) every version the inputs may need.
+/// Puts every version the inputs may need into `catalog`, compiling (once) those not cached.
 fn add_versions(
     conn: &Connection,
     cache: &CompileCache,
     catalog: &mut Catalog,
     states: &HashMap<(String, String), JourneyState>,
 ) -> Result<(), StoreError> {
-    let mut needed: Vec<(String, u32)> = catalog
-        .journeys
-        .iter()
-        .filter_map(|(k, (_, v))| v.map(|v| (k.clone(), v)))
-        .collect();
-    for ((_, key), state) in states {
-        if let Some(active) = state
-            .instances
-            .last()
-            .filter(|i| i.status == Status::Active)
-        {
-            needed.push((key.clone(), active.version));
-        }
-    }
-    let mut cache = cache
-        .lock()
-        .map_err(|_| corrupt("compile cache poisoned"))?;
-    for (key, version) in needed {
-        if let Some(compiled) = cache.get(&(key.clone(), version)) {
-            catalog.versions.insert((key, version), compiled.clone());
+    for (key, version) in cache.fill(catalog, states) {
+        let Some(document) = crate::journeys::version(conn, &key, version)? else {
             continue;
-        }
-        let doc: Option<String> = conn
-            .prepare_cached("SELECT document FROM journey_versions WHERE key = ?1 AND version = ?2")
-            .and_then(|mut s| {
-                s.query_row(params![key, i64::from(version)], |r| r.get(0))
-                    .optional()
-            })
-            .map_err(unavailable)?;
-        let Some(doc) = doc else { continue };
-        let journey = serde_json::from_str(&doc).map_err(corrupt)?;
-        match waymark_engine::compile(journey, version) {
-            Ok(compiled) => {
-                let compiled = Arc::new(compiled);
-                cache.insert((key.clone(), version), compiled.clone());
-                catalog.versions.insert((key, version), compiled);
-            }
-            Err(problems) => {
-                tracing::error!(journey = %key, version, ?problems, "stored journey version does not compile; skipped")
-            }
+        };
+        if let Err(problems) = cache.compile_into(catalog, key.clone(), version, document) {
+            tracing::error!(journey = %key, version, %problems, "stored journey version does not compile; skipped");
         }
     }
     Ok(())
@@ -471,21 +433,14 @@ pub fn complete(
             write(tx, &planned, now)?;
         }
         "update_profile" if outcome.is_ok() => {
-            if let Some(set) = item.effect["set"].as_object() {
-                for (k, v) in set {
-                    profile.traits.insert(k.clone(), v.clone());
-                    profile.trait_times.insert(k.clone(), now);
-                }
-            }
-            for k in item.effect["unset"]
+            let empty = serde_json::Map::new();
+            let set = item.effect["set"].as_object().unwrap_or(&empty);
+            let unset = item.effect["unset"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(|v| v.as_str())
-            {
-                profile.traits.remove(k);
-                profile.trait_times.insert(k.to_owned(), now);
-            }
+                .filter_map(|v| v.as_str());
+            profile.update_traits(set, unset, now);
             let state = serde_json::to_string(&profile).map_err(corrupt)?;
             tx.execute(
                 "UPDATE profiles SET state = ?2, updated_at = ?3 WHERE id = ?1",
