@@ -95,6 +95,8 @@ async fn deliver(client: &reqwest::Client, item: &OutboxItem) -> Delivery {
         // Applied by the store when it records the delivery.
         "update_profile" => Delivery::Delivered(Value::Null),
         "message" => Delivery::Delivered(Value::Null),
+        // Carried out by the store when it records the delivery: the person enters the target.
+        "jump" => Delivery::Delivered(Value::Null),
         other => Delivery::Failed(format!("{other} effects are not supported yet")),
     }
 }

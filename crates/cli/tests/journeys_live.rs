@@ -17,24 +17,6 @@ fn greet_journey(wait: &str) -> Value {
         {"id": "done", "type": "end"}]})
 }
 
-async fn publish(c: &reqwest::Client, base: &str, doc: &Value) {
-    let r = c
-        .put(format!("{base}/v1/journeys/greet"))
-        .bearer_auth(ADMIN)
-        .json(doc)
-        .send()
-        .await
-        .expect("put");
-    assert!(r.status().is_success(), "{:?}", r.text().await);
-    let r = c
-        .post(format!("{base}/v1/journeys/greet/publish"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .expect("publish");
-    assert!(r.status().is_success());
-}
-
 /// (status of the person's greet instance, templates of their recorded messages)
 async fn progress(c: &reqwest::Client, base: &str, user: &str) -> (String, Vec<String>) {
     let (status, body) = get(
@@ -104,7 +86,7 @@ async fn events_enter_journeys_and_waits_fire() {
         configured_keys: true,
     });
     let c = client();
-    publish(&c, &server.base, &greet_journey("1s")).await;
+    put_and_publish(&c, &server.base, &greet_journey("1s")).await;
     enter(&c, &server.base, 20).await;
     let (state, templates) = progress(&c, &server.base, "g0").await;
     assert_eq!(
@@ -160,7 +142,7 @@ async fn kill_9_while_waiting(store: Option<&str>) {
         configured_keys: true,
     });
     let c = client();
-    publish(&c, &server.base, &greet_journey("2s")).await;
+    put_and_publish(&c, &server.base, &greet_journey("2s")).await;
     enter(&c, &server.base, users).await;
     server.kill9();
     // The waits come due while the server is down.
@@ -420,4 +402,91 @@ async fn kill_9_during_webhook_dispatch_loses_no_step() {
 async fn kill_9_during_webhook_dispatch_loses_no_step_on_postgres() {
     let url = common::fresh_postgres_url().await;
     kill_9_during_webhook_dispatch(Some(&url)).await;
+}
+
+async fn put_and_publish(c: &reqwest::Client, base: &str, doc: &Value) {
+    let key = doc["key"].as_str().expect("key");
+    let r = c
+        .put(format!("{base}/v1/journeys/{key}"))
+        .bearer_auth(ADMIN)
+        .json(doc)
+        .send()
+        .await
+        .expect("put");
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    let r = c
+        .post(format!("{base}/v1/journeys/{key}/publish"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("publish");
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jump_hands_the_person_to_another_journey_that_calls_the_sink() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(Launch {
+        data_dir: &dir.path().join("data"),
+        store: None,
+        configured_keys: true,
+    });
+    let c = client();
+    let (url, calls) = sink(false).await;
+    let mut crm = hook_journey("crm", &url);
+    crm["entry"]["event"] = json!("Only By Jump");
+    put_and_publish(&c, &server.base, &crm).await;
+    put_and_publish(
+        &c,
+        &server.base,
+        &json!({"key": "greet", "entry": {"event": "Go"}, "nodes": [
+            {"id": "hello", "type": "message", "channel": "log", "template": "hello", "next": "to-crm"},
+            {"id": "to-crm", "type": "jump", "journey": "crm"}]}),
+    )
+    .await;
+    enter(&c, &server.base, 10).await;
+    let started = Instant::now();
+    loop {
+        let (_, stats) = get(&c, &server.base, ADMIN, "/v1/journeys/crm/stats").await;
+        if stats["completed"] == 10 {
+            assert_eq!(stats["instances"], 10, "{stats}");
+            assert_eq!(stats["nodes"]["mark"]["passed"], 10, "{stats}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the jumped-to journey did not finish: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        calls.lock().expect("lock").len(),
+        10,
+        "one webhook per person"
+    );
+    let (_, g0) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/g0/journeys").await;
+    let by_key = |k: &str| {
+        g0["journeys"]
+            .as_array()
+            .expect("journeys")
+            .iter()
+            .find(|j| j["journey"] == k)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {k} in {g0}"))
+    };
+    let greet = by_key("greet");
+    assert_eq!(
+        greet["instances"][0]["steps"]
+            .as_array()
+            .expect("steps")
+            .last()
+            .expect("step")["what"],
+        "jumped"
+    );
+    assert_eq!(
+        by_key("crm")["instances"][0]["context"]["jumped_from"],
+        "greet"
+    );
+    let (_, stats) = get(&c, &server.base, ADMIN, "/v1/journeys/greet/stats").await;
+    assert_eq!(stats["completed"], 10, "{stats}");
 }

@@ -125,9 +125,14 @@ pub enum Effect {
         timer: u64,
         due: Millis,
     },
+    /// Enter the person into another journey (carried out through the outbox, so the
+    /// target's state is read and written in its own transaction).
     Jump {
         key: String,
         journey: String,
+        /// The journey jumped from, and the entry context the target's instance starts with.
+        from: String,
+        entry: Value,
     },
 }
 
@@ -141,6 +146,13 @@ pub enum Input<'a> {
         instance: u32,
         node: &'a str,
         outcome: Result<Value, String>,
+    },
+    /// Another journey's `jump` node sent the person here: enter at the start node (the
+    /// entry event and filter are the other journey's business; dates, re-entry and the
+    /// rate limit still apply). Ignored while the person has an active instance here.
+    Jump {
+        from: &'a str,
+        entry: &'a Value,
     },
 }
 
@@ -165,6 +177,7 @@ pub fn apply(
         cel_profile: None,
         cel_journey: None,
     };
+    let may_enter = run.may_enter(state);
     let active = state
         .instances
         .last_mut()
@@ -173,13 +186,15 @@ pub fn apply(
         (Input::Event(event), Some(instance)) => run.on_event(instance, event),
         (Input::Event(event), None) => {
             if let Some(instance) = run.try_enter(state, event) {
-                state.instances.push(instance);
-                let excess = state
-                    .instances
-                    .len()
-                    .saturating_sub(KEEP_FINISHED_INSTANCES + 1);
-                state.instances.drain(..excess);
+                push_instance(state, instance);
             }
+        }
+        (Input::Jump { from, entry }, None) if may_enter => {
+            let mut context = Map::new();
+            context.insert("entry".into(), entry.clone());
+            context.insert("jumped_from".into(), Value::String(from.to_owned()));
+            let instance = run.start_instance(state, context, None);
+            push_instance(state, instance);
         }
         (Input::Timer { instance: n, timer }, Some(instance)) if instance.number == n => {
             run.on_timer(instance, timer)
@@ -198,6 +213,15 @@ pub fn apply(
         _ => {}
     }
     run.effects
+}
+
+fn push_instance(state: &mut JourneyState, instance: Instance) {
+    state.instances.push(instance);
+    let excess = state
+        .instances
+        .len()
+        .saturating_sub(KEEP_FINISHED_INSTANCES + 1);
+    state.instances.drain(..excess);
 }
 
 struct Run<'a> {
@@ -266,33 +290,33 @@ impl Run<'_> {
         }
     }
 
-    fn try_enter(&mut self, state: &JourneyState, event: &Event) -> Option<Instance> {
+    /// The journey's dates and re-entry rule allow a new instance now.
+    fn may_enter(&self, state: &JourneyState) -> bool {
         let j = self.j;
         let now = self.ctx.now;
-        if event.display_name() != j.doc.entry.event {
-            return None;
-        }
         if j.start_at.is_some_and(|s| now < s) || j.end_at.is_some_and(|e| now >= e) {
-            return None;
+            return false;
         }
-        let allowed = match (&j.reentry, state.instances.last()) {
+        match (&j.reentry, state.instances.last()) {
             (_, None) => true,
             (ReentryRule::Never, Some(_)) => false,
             (ReentryRule::Always, Some(_)) => true,
             (ReentryRule::After(ms), Some(last)) => now - last.entered_at >= *ms,
-        };
-        if !allowed {
+        }
+    }
+
+    fn try_enter(&mut self, state: &JourneyState, event: &Event) -> Option<Instance> {
+        if event.display_name() != self.j.doc.entry.event || !self.may_enter(state) {
             return None;
         }
         let event_json = event.to_json();
-        if let Some(when) = &j.entry_when
+        if let Some(when) = &self.j.entry_when
             && !self
                 .eval(when, Some(&event_json), &Map::new())
                 .unwrap_or(false)
         {
             return None;
         }
-        let number = state.instances.last().map_or(1, |i| i.number + 1);
         let mut context = Map::new();
         // What later steps may read about the entry (`journey.entry.properties.total`). Only
         // the name and properties: the whole event would be stored with every instance.
@@ -300,6 +324,18 @@ impl Run<'_> {
             "entry".into(),
             json!({"event": event.display_name(), "messageId": event.message_id, "properties": event.properties, "timestamp": event.timestamp}),
         );
+        Some(self.start_instance(state, context, Some(&event_json)))
+    }
+
+    fn start_instance(
+        &mut self,
+        state: &JourneyState,
+        context: Map<String, Value>,
+        event_json: Option<&Value>,
+    ) -> Instance {
+        let j = self.j;
+        let now = self.ctx.now;
+        let number = state.instances.last().map_or(1, |i| i.number + 1);
         let mut instance = Instance {
             number,
             version: j.version,
@@ -320,8 +356,8 @@ impl Run<'_> {
         });
         let start = j.doc.nodes[j.start].id.clone();
         self.cel_journey = None; // the entry filter saw an empty context; the instance has one now
-        self.advance(&mut instance, start, Some(&event_json));
-        Some(instance)
+        self.advance(&mut instance, start, event_json);
+        instance
     }
 
     fn on_event(&mut self, instance: &mut Instance, event: &Event) {
@@ -668,6 +704,12 @@ impl Run<'_> {
                     self.effects.push(Effect::Jump {
                         key,
                         journey: journey.clone(),
+                        from: j.doc.key.clone(),
+                        entry: instance
+                            .context
+                            .get("entry")
+                            .cloned()
+                            .unwrap_or(Value::Null),
                     });
                     self.end(
                         instance,
@@ -720,3 +762,6 @@ pub fn next_local_time(hhmm: &str, now: Millis, zone: &jiff::tz::TimeZone) -> Mi
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod tests_run;

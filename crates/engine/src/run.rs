@@ -12,6 +12,7 @@ use waymark_core::journey::lifecycle::Status as JourneyStatus;
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
 
+use crate::stats::{Counts, count_change, count_rate_limited, count_state_change};
 use crate::{CompiledJourney, Ctx, Effect, Input, JourneyState, Status, apply};
 
 /// The journeys a store has, as the engine needs them.
@@ -21,6 +22,52 @@ pub struct Catalog {
     pub journeys: BTreeMap<String, (JourneyStatus, Option<u32>)>,
     /// Every compiled version an input may need (live ones, and those instances run on).
     pub versions: HashMap<(String, u32), Arc<CompiledJourney>>,
+    /// Entry rate limits of live versions that have one, with the entries already made in
+    /// the current one-second window.
+    pub rates: HashMap<String, EntryRate>,
+}
+
+/// A journey's entry rate limit and its use: at most `limit` entries per second of wall
+/// clock (fixed windows starting at whole seconds). Entries over the limit are refused and
+/// counted as `rate_limited`; the event is still stored and other journeys still see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryRate {
+    pub limit: u32,
+    /// Start of the window `used` counts in (ms, a whole second).
+    pub window: Millis,
+    pub used: u32,
+}
+
+/// The entry rate limit a journey document sets. Stores keep it on the journey row at
+/// publish, so each ingest reads (and PostgreSQL locks) it without the document.
+pub fn entry_rate_limit(document: &Value) -> Option<u32> {
+    document["properties"]["entry_rate_limit"]
+        .as_u64()
+        .and_then(|v| u32::try_from(v).ok())
+}
+
+impl EntryRate {
+    pub fn window_of(now: Millis) -> Millis {
+        now - now.rem_euclid(1000)
+    }
+
+    /// Entries still allowed at `now`.
+    fn room(&self, now: Millis) -> u32 {
+        if self.window == Self::window_of(now) {
+            self.limit.saturating_sub(self.used)
+        } else {
+            self.limit
+        }
+    }
+
+    fn take(&mut self, now: Millis) {
+        let window = Self::window_of(now);
+        if self.window != window {
+            self.window = window;
+            self.used = 0;
+        }
+        self.used += 1;
+    }
 }
 
 impl Catalog {
@@ -127,6 +174,10 @@ pub struct Planned {
     pub outbox: Vec<OutboxRow>,
     /// Instances that ended: their remaining timers (the deadline, a pending wait) can go.
     pub ended: Vec<(String, String, u32)>,
+    /// Stats counter changes.
+    pub counts: Counts,
+    /// Entry rate windows that changed, by journey key.
+    pub rates: BTreeMap<String, EntryRate>,
 }
 
 type States = HashMap<(String, String), JourneyState>;
@@ -186,9 +237,41 @@ impl<'a> Collector<'a> {
         let Some(journey) = journey_for(self.catalog, key, state) else {
             return;
         };
-        self.original.entry(slot).or_insert_with(|| state.clone());
-        let mut effects: std::collections::VecDeque<Effect> =
-            apply(journey, state, input, &Ctx { profile, now }).into();
+        self.original
+            .entry(slot.clone())
+            .or_insert_with(|| state.clone());
+        let is_entry = matches!(input, Input::Event(_) | Input::Jump { .. })
+            && !state
+                .instances
+                .last()
+                .is_some_and(|i| i.status == Status::Active);
+        let rate = is_entry
+            .then(|| {
+                self.out
+                    .rates
+                    .get(key)
+                    .or_else(|| self.catalog.rates.get(key))
+                    .copied()
+            })
+            .flatten();
+        // Without room in the window, an entry is undone; the state is kept to restore.
+        let kept = rate
+            .filter(|r| r.room(now) == 0)
+            .map(|_| state.instances.clone());
+        let instances_before = state.instances.last().map(|i| i.number);
+        let effects = apply(journey, state, input, &Ctx { profile, now });
+        if let Some(mut rate) = rate
+            && state.instances.last().map(|i| i.number) != instances_before
+        {
+            if let Some(kept) = kept {
+                state.instances = kept;
+                count_rate_limited(&mut self.out.counts, key, 1);
+                return;
+            }
+            rate.take(now);
+            self.out.rates.insert(key.to_owned(), rate);
+        }
+        let mut effects: std::collections::VecDeque<Effect> = effects.into();
         while let Some(effect) = effects.pop_front() {
             match effect {
                 // A timer already due (a wait of 0 s, or a local time just reached) fires in
@@ -269,6 +352,7 @@ impl<'a> Collector<'a> {
                         .ended
                         .push((slot.0.clone(), slot.1.clone(), i.number));
                 }
+                count_state_change(&mut self.out.counts, &slot.1, Some(&before), Some(&after));
                 self.out.states.push((slot.0, slot.1, after));
             }
         }
@@ -360,6 +444,30 @@ pub fn plan_webhook_result(
     c.finish()
 }
 
+/// A jump from another journey, as the outbox carries it.
+pub struct JumpIn<'a> {
+    pub journey: &'a str,
+    pub from: &'a str,
+    pub entry: &'a Value,
+}
+
+/// Enters the person into the journey a `jump` node named.
+pub fn plan_jump(
+    catalog: &Catalog,
+    states: States,
+    profile: &ProfileState,
+    jump: JumpIn<'_>,
+    now: Millis,
+) -> Planned {
+    let mut c = Collector::new(catalog, states);
+    let input = Input::Jump {
+        from: jump.from,
+        entry: jump.entry,
+    };
+    c.run(profile, jump.journey, input, now);
+    c.finish()
+}
+
 /// Ends the person's active instance, if any, as stopped. Returns whether there was one.
 fn end_as_stopped(state: &mut JourneyState, now: Millis) -> bool {
     let Some(active) = state
@@ -383,12 +491,25 @@ fn end_as_stopped(state: &mut JourneyState, now: Millis) -> bool {
 }
 
 /// Ends every active instance of a journey that is being stopped, recording why. Returns
-/// the states that changed (the caller drops the journey's timers).
-pub fn stop_all(states: Vec<(String, JourneyState)>, now: Millis) -> Vec<(String, JourneyState)> {
-    states
+/// the states that changed and the counter changes (the caller drops the journey's timers).
+pub fn stop_all(
+    journey: &str,
+    states: Vec<(String, JourneyState)>,
+    now: Millis,
+) -> (Vec<(String, JourneyState)>, Counts) {
+    let mut counts = Counts::new();
+    let changed = states
         .into_iter()
         .filter_map(|(profile_id, mut state)| {
-            end_as_stopped(&mut state, now).then_some((profile_id, state))
+            let before = state
+                .instances
+                .last()
+                .filter(|i| i.status == Status::Active)
+                .cloned()?;
+            end_as_stopped(&mut state, now);
+            count_change(&mut counts, journey, Some(&before), state.instances.last());
+            Some((profile_id, state))
         })
-        .collect()
+        .collect();
+    (changed, counts)
 }

@@ -1,10 +1,12 @@
-//! Per-node counts for one journey, folded from its instances' step histories.
+//! Per-node counts for one journey, kept as counters that each transaction changes by the
+//! difference its states made ([`count_change`]), so reading them never scans instances.
+//! Counters also outlive the finished instances a state drops (`KEEP_FINISHED_INSTANCES`).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::{JourneyState, Status};
+use crate::{Instance, JourneyState, Status};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct NodeStats {
@@ -28,37 +30,137 @@ pub struct JourneyStats {
     pub exited: u64,
     pub timed_out: u64,
     pub failed: u64,
+    /// Entries refused by the journey's entry rate limit.
+    pub rate_limited: u64,
     pub nodes: BTreeMap<String, NodeStats>,
 }
 
-pub fn compute<'a>(states: impl IntoIterator<Item = &'a JourneyState>) -> JourneyStats {
+/// Counter changes: (journey key, node id or `""` for the journey as a whole, counter) →
+/// amount to add. Ordered, so backends update counter rows in one order (no deadlocks).
+pub type Counts = BTreeMap<(String, String, String), i64>;
+
+/// The node-level counter a journey node name cannot be: journey totals use it.
+pub const JOURNEY: &str = "";
+
+fn add(c: &mut Counts, journey: &str, node: &str, name: &str, n: i64) {
+    if n != 0 {
+        *c.entry((journey.to_owned(), node.to_owned(), name.to_owned()))
+            .or_default() += n;
+    }
+}
+
+fn status_counter(s: Status) -> &'static str {
+    match s {
+        Status::Active => "active",
+        Status::Completed => "completed",
+        Status::Exited => "exited",
+        Status::TimedOut => "timed_out",
+        Status::Failed => "failed",
+    }
+}
+
+/// Where an instance counts as "still here": waiting at its node while active, or exited
+/// there if it ended without completing.
+fn resting(i: &Instance) -> Option<(&str, &'static str)> {
+    let node = i.node.as_deref()?;
+    match i.status {
+        Status::Active => Some((node, "waiting")),
+        Status::Exited | Status::TimedOut | Status::Failed => Some((node, "exited")),
+        Status::Completed => None,
+    }
+}
+
+/// Adds to `c` what one instance's change did. `after = None` means the instance is gone:
+/// dropped as an old finished one (nothing changes) or erased with its person (it no longer
+/// counts as active or waiting; what it did before still counts).
+pub fn count_change(
+    c: &mut Counts,
+    journey: &str,
+    before: Option<&Instance>,
+    after: Option<&Instance>,
+) {
+    let Some(after) = after else {
+        if let Some(b) = before.filter(|b| b.status == Status::Active) {
+            add(c, journey, JOURNEY, "active", -1);
+            if let Some((node, "waiting")) = resting(b) {
+                add(c, journey, node, "waiting", -1);
+            }
+        }
+        return;
+    };
+    match before {
+        None => add(c, journey, JOURNEY, "instances", 1),
+        Some(b) => {
+            add(c, journey, JOURNEY, status_counter(b.status), -1);
+            if let Some((node, name)) = resting(b) {
+                add(c, journey, node, name, -1);
+            }
+        }
+    }
+    add(c, journey, JOURNEY, status_counter(after.status), 1);
+    if let Some((node, name)) = resting(after) {
+        add(c, journey, node, name, 1);
+    }
+    let seen = before.map_or(0, |b| b.steps.len());
+    for step in after.steps.iter().skip(seen) {
+        match step.what.as_str() {
+            "entered" => add(c, journey, &step.node, "entered", 1),
+            "error" => add(c, journey, &step.node, "errored", 1),
+            _ => {}
+        }
+    }
+}
+
+/// Adds to `c` what a person's state change in one journey did (`after = None`: erased).
+pub fn count_state_change(
+    c: &mut Counts,
+    journey: &str,
+    before: Option<&JourneyState>,
+    after: Option<&JourneyState>,
+) {
+    let before_instances = before.map_or(&[][..], |s| &s.instances[..]);
+    let after_instances = after.map_or(&[][..], |s| &s.instances[..]);
+    for a in after_instances {
+        let b = before_instances.iter().find(|b| b.number == a.number);
+        count_change(c, journey, b, Some(a));
+    }
+    for b in before_instances {
+        if !after_instances.iter().any(|a| a.number == b.number) {
+            count_change(c, journey, Some(b), None);
+        }
+    }
+}
+
+/// Records entries refused by the rate limit.
+pub fn count_rate_limited(c: &mut Counts, journey: &str, n: i64) {
+    add(c, journey, JOURNEY, "rate_limited", n);
+}
+
+/// Reads stored counters (node, counter, value) back as stats.
+pub fn from_counters<'a>(rows: impl IntoIterator<Item = (&'a str, &'a str, i64)>) -> JourneyStats {
     let mut s = JourneyStats::default();
-    for state in states {
-        for i in &state.instances {
-            s.instances += 1;
-            match i.status {
-                Status::Active => s.active += 1,
-                Status::Completed => s.completed += 1,
-                Status::Exited => s.exited += 1,
-                Status::TimedOut => s.timed_out += 1,
-                Status::Failed => s.failed += 1,
+    for (node, name, value) in rows {
+        let v = value.max(0) as u64;
+        if node == JOURNEY {
+            match name {
+                "instances" => s.instances += v,
+                "active" => s.active += v,
+                "completed" => s.completed += v,
+                "exited" => s.exited += v,
+                "timed_out" => s.timed_out += v,
+                "failed" => s.failed += v,
+                "rate_limited" => s.rate_limited += v,
+                _ => {}
             }
-            for step in &i.steps {
-                let node = s.nodes.entry(step.node.clone()).or_default();
-                match step.what.as_str() {
-                    "entered" => node.entered += 1,
-                    "error" => node.errored += 1,
-                    _ => {}
-                }
-            }
-            if let Some(at) = &i.node {
-                let node = s.nodes.entry(at.clone()).or_default();
-                match i.status {
-                    Status::Active => node.waiting += 1,
-                    Status::Exited | Status::TimedOut | Status::Failed => node.exited += 1,
-                    Status::Completed => {}
-                }
-            }
+            continue;
+        }
+        let n = s.nodes.entry(node.to_owned()).or_default();
+        match name {
+            "entered" => n.entered += v,
+            "waiting" => n.waiting += v,
+            "errored" => n.errored += v,
+            "exited" => n.exited += v,
+            _ => {}
         }
     }
     for node in s.nodes.values_mut() {
@@ -66,4 +168,27 @@ pub fn compute<'a>(states: impl IntoIterator<Item = &'a JourneyState>) -> Journe
         node.passed = node.entered.saturating_sub(node.waiting + node.exited);
     }
     s
+}
+
+/// The counters of a set of states counted from scratch: what a store starts from when it
+/// adds counters to existing data, and what the incremental counts must agree with.
+pub fn count_states<'a>(
+    journey: &str,
+    states: impl IntoIterator<Item = &'a JourneyState>,
+) -> Counts {
+    let mut c = Counts::new();
+    for state in states {
+        count_state_change(&mut c, journey, None, Some(state));
+    }
+    c
+}
+
+/// Stats of a set of states, counted from scratch.
+pub fn compute<'a>(states: impl IntoIterator<Item = &'a JourneyState>) -> JourneyStats {
+    let counts = count_states("", states);
+    from_counters(
+        counts
+            .iter()
+            .map(|((_, node, name), v)| (node.as_str(), name.as_str(), *v)),
+    )
 }

@@ -159,7 +159,7 @@ fn waits_use_the_profile_time_zone_and_event_waits_resume_or_time_out() {
     );
 }
 
-const LOOP: &str = r#"
+pub(crate) const LOOP: &str = r#"
 key: loop
 entry: { event: Go }
 properties:

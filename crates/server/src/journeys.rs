@@ -266,6 +266,5 @@ pub async fn journey_stats(
         .journey(&key)
         .await?
         .ok_or_else(|| no_journey(&key))?;
-    let states = state.store.journey_states(&key).await?;
-    Ok(axum::Json(waymark_engine::stats::compute(&states)))
+    Ok(axum::Json(state.store.journey_stats(&key).await?))
 }

@@ -135,7 +135,10 @@ pub async fn publish(
         record.live_version.unwrap_or(1)
     };
     client
-        .execute("UPDATE journeys SET status = 'live', live_version = $2, updated_at = $3 WHERE key = $1", &[&key, &(live as i32), &now])
+        .execute(
+            "UPDATE journeys SET status = 'live', live_version = $2, updated_at = $3, entry_rate_limit = $4 WHERE key = $1",
+            &[&key, &(live as i32), &now, &waymark_engine::run::entry_rate_limit(&record.draft).map(|l| l as i32)],
+        )
         .await
         .map_err(db_error)?;
     Ok(read(client, key, false).await?.map(|r| (r, created)))

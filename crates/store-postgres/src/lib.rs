@@ -28,8 +28,8 @@ use waymark_core::time::Millis;
 use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
     Delivery, Erasure, EventPage, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore,
-    JourneyState, JourneyStore, OutboxItem, OutboxRow, OutboxStore, PageRequest, ProfileStore,
-    Store, StoreError, StoreOptions, StoredEvent, Transition, decode_cursor,
+    JourneyState, JourneyStats, JourneyStore, OutboxItem, OutboxRow, OutboxStore, PageRequest,
+    ProfileStore, Store, StoreError, StoreOptions, StoredEvent, Transition, decode_cursor,
 };
 
 const MAX_ATTEMPTS: u32 = 20;
@@ -168,6 +168,16 @@ impl From<tokio_postgres::Error> for Abort {
     }
 }
 
+/// Where a retry is not possible (outside `with_retry`), a race is reported as unavailable.
+impl From<Abort> for StoreError {
+    fn from(e: Abort) -> Self {
+        match e {
+            Abort::Fail(e) => e,
+            Abort::Retry(why) => StoreError::Unavailable(why.into()),
+        }
+    }
+}
+
 impl From<StoreError> for Abort {
     fn from(e: StoreError) -> Self {
         Abort::Fail(e)
@@ -201,7 +211,7 @@ impl PostgresStore {
             .get()
             .await
             .map_err(|e| unavailable(format!("cannot connect to postgres: {e}")))?;
-        schema::migrate(&mut client).await.map_err(db_error)?;
+        schema::migrate(&mut client).await?;
         let partitions = schema::partitions(&client, options.partitions)
             .await
             .map_err(db_error)?;
@@ -566,7 +576,7 @@ impl ProfileStore for PostgresStore {
             if locked.is_none() {
                 continue; // merged away meanwhile; look again
             }
-            runs::erase(&tx, &profile_id).await.map_err(db_error)?;
+            runs::erase(&tx, &profile_id).await?;
             let events_deleted = tx
                 .execute("DELETE FROM events WHERE profile_id = $1", &[&profile_id])
                 .await
@@ -709,9 +719,9 @@ impl JourneyRunStore for PostgresStore {
         }
     }
 
-    async fn journey_states(&self, journey: &str) -> Result<Vec<JourneyState>, StoreError> {
+    async fn journey_stats(&self, journey: &str) -> Result<JourneyStats, StoreError> {
         let client = self.client().await?;
-        runs::journey_states(&client, journey).await
+        runs::journey_stats(&client, journey).await
     }
 
     async fn profile_outbox(

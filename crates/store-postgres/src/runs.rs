@@ -10,9 +10,10 @@ use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
 use waymark_engine::JourneyState;
 use waymark_engine::run::{
-    Catalog, CompileCache, OutboxRow, Planned, TimerRow, plan_events, plan_timers,
-    plan_webhook_result, state_keys,
+    Catalog, CompileCache, EntryRate, JumpIn, OutboxRow, Planned, TimerRow, plan_events, plan_jump,
+    plan_timers, plan_webhook_result, state_keys,
 };
+use waymark_engine::stats::{Counts, JourneyStats, count_state_change, count_states};
 use waymark_store::{Delivery, OutboxItem, StoreError};
 
 use crate::{Abort, db_error, decode_profile};
@@ -23,7 +24,10 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
 
 async fn catalog(client: &impl GenericClient) -> Result<Catalog, Abort> {
     let rows = client
-        .query("SELECT key, status, live_version FROM journeys", &[])
+        .query(
+            "SELECT key, status, live_version, entry_rate_limit, rate_window, rate_used FROM journeys",
+            &[],
+        )
         .await?;
     let mut c = Catalog::default();
     for row in rows {
@@ -31,9 +35,97 @@ async fn catalog(client: &impl GenericClient) -> Result<Catalog, Abort> {
             (row.get(0), row.get(1), row.get(2));
         let status =
             JourneyStatus::parse(&status).ok_or_else(|| corrupt(format!("status {status:?}")))?;
+        if let Some(limit) = row.get::<_, Option<i32>>(3) {
+            c.rates.insert(
+                key.clone(),
+                EntryRate {
+                    limit: limit as u32,
+                    window: row.get(4),
+                    used: row.get::<_, i32>(5) as u32,
+                },
+            );
+        }
         c.journeys.insert(key, (status, live.map(|v| v as u32)));
     }
     Ok(c)
+}
+
+/// The catalog for inputs that may enter journeys: rate-limited journey rows are locked
+/// (in key order) and read again, so concurrent transactions cannot both use the same room.
+async fn catalog_for_entries(client: &impl GenericClient) -> Result<Catalog, Abort> {
+    let mut c = catalog(client).await?;
+    if !c.rates.is_empty() {
+        let rows = client
+            .query(
+                "SELECT key, rate_window, rate_used FROM journeys WHERE entry_rate_limit IS NOT NULL ORDER BY key FOR UPDATE",
+                &[],
+            )
+            .await?;
+        for row in rows {
+            if let Some(rate) = c.rates.get_mut(row.get::<_, &str>(0)) {
+                rate.window = row.get(1);
+                rate.used = row.get::<_, i32>(2) as u32;
+            }
+        }
+    }
+    Ok(c)
+}
+
+/// Counter rows are spread over shards, one per transaction, so concurrent transactions
+/// seldom update the same row; readers sum the shards.
+const COUNTER_SHARDS: u32 = 8;
+static NEXT_SHARD: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+async fn add_counts(client: &impl GenericClient, counts: &Counts) -> Result<(), Abort> {
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let shard =
+        (NEXT_SHARD.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % COUNTER_SHARDS) as i16;
+    let (mut journeys, mut nodes, mut names, mut values) = (vec![], vec![], vec![], vec![]);
+    // Counts are ordered, so every transaction locks counter rows in the same order.
+    for ((journey, node, name), value) in counts {
+        journeys.push(journey.as_str());
+        nodes.push(node.as_str());
+        names.push(name.as_str());
+        values.push(*value);
+    }
+    client
+        .execute(
+            "INSERT INTO journey_counters (journey_key, node, name, shard, value)
+             SELECT j, n, c, $5, v FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS q(j, n, c, v)
+             ON CONFLICT (journey_key, node, name, shard) DO UPDATE SET value = journey_counters.value + excluded.value",
+            &[&journeys, &nodes, &names, &values, &shard],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Migration 6: counters for the states that exist, and the live versions' rate limits.
+pub async fn backfill(client: &impl GenericClient) -> Result<(), StoreError> {
+    let keys = client
+        .query("SELECT key, live_version FROM journeys", &[])
+        .await
+        .map_err(db_error)?;
+    for row in keys {
+        let (key, live): (String, Option<i32>) = (row.get(0), row.get(1));
+        let states = journey_states(client, &key).await?;
+        add_counts(client, &count_states(&key, &states)).await?;
+        if let Some(document) = match live {
+            Some(v) => crate::journeys::version(client, &key, v as u32).await?,
+            None => None,
+        } {
+            let limit = waymark_engine::run::entry_rate_limit(&document).map(|l| l as i32);
+            client
+                .execute(
+                    "UPDATE journeys SET entry_rate_limit = $2 WHERE key = $1",
+                    &[&key, &limit],
+                )
+                .await
+                .map_err(db_error)?;
+        }
+    }
+    Ok(())
 }
 
 /// Puts every version the inputs may need into `catalog`, compiling (once) those not cached.
@@ -109,7 +201,15 @@ async fn write(client: &impl GenericClient, planned: &Planned, now: Millis) -> R
             )
             .await?;
     }
-    Ok(())
+    for (key, r) in &planned.rates {
+        client
+            .execute(
+                "UPDATE journeys SET rate_window = $2, rate_used = $3 WHERE key = $1",
+                &[key, &r.window, &(r.used as i32)],
+            )
+            .await?;
+    }
+    add_counts(client, &planned.counts).await
 }
 
 pub async fn on_events(
@@ -118,7 +218,7 @@ pub async fn on_events(
     events: &[(&Event, &ProfileState)],
     now: Millis,
 ) -> Result<(), Abort> {
-    let mut catalog = catalog(client).await?;
+    let mut catalog = catalog_for_entries(client).await?;
     if catalog.is_empty() || events.is_empty() {
         return Ok(());
     }
@@ -197,6 +297,20 @@ pub async fn fire_due(
 }
 
 pub async fn merge(client: &impl GenericClient, from: &str, into: &str) -> Result<(), Abort> {
+    let dropped = client
+        .query(
+            "SELECT f.journey_key, f.state::text FROM journey_states f JOIN journey_states i
+             ON i.journey_key = f.journey_key AND i.profile_id = $2 WHERE f.profile_id = $1",
+            &[&from, &into],
+        )
+        .await?;
+    let mut counts = Counts::new();
+    for row in dropped {
+        let state: JourneyState =
+            serde_json::from_str(&row.get::<_, String>(1)).map_err(corrupt)?;
+        count_state_change(&mut counts, row.get(0), Some(&state), None);
+    }
+    add_counts(client, &counts).await?;
     client
         .execute(
             "DELETE FROM journey_states s WHERE s.profile_id = $1
@@ -215,10 +329,12 @@ pub async fn merge(client: &impl GenericClient, from: &str, into: &str) -> Resul
     Ok(())
 }
 
-pub async fn erase(
-    client: &impl GenericClient,
-    profile_id: &str,
-) -> Result<(), tokio_postgres::Error> {
+pub async fn erase(client: &impl GenericClient, profile_id: &str) -> Result<(), Abort> {
+    let mut counts = Counts::new();
+    for (journey, state) in profile_journeys(client, profile_id).await? {
+        count_state_change(&mut counts, &journey, Some(&state), None);
+    }
+    add_counts(client, &counts).await?;
     for table in ["journey_states", "journey_timers", "journey_outbox"] {
         client
             .execute(
@@ -380,6 +496,25 @@ pub async fn complete(
             );
             write(client, &planned, now).await?;
         }
+        "jump" if outcome.is_ok() => {
+            let (Some(target), Some(from)) = (
+                item.effect["journey"].as_str(),
+                item.effect["from"].as_str(),
+            ) else {
+                return Err(corrupt("jump effect without journey or from").into());
+            };
+            let keys = vec![(item.profile_id.clone(), target.to_owned())];
+            let states = load_states(client, &keys).await?;
+            let mut catalog = catalog_for_entries(client).await?;
+            add_versions(client, cache, &mut catalog, &states).await?;
+            let jump = JumpIn {
+                journey: target,
+                from,
+                entry: &item.effect["entry"],
+            };
+            let planned = plan_jump(&catalog, states, &profile, jump, now);
+            write(client, &planned, now).await?;
+        }
         "update_profile" if outcome.is_ok() => {
             let empty = serde_json::Map::new();
             let set = item.effect["set"].as_object().unwrap_or(&empty);
@@ -409,7 +544,27 @@ pub async fn release_leases(client: &impl GenericClient) -> Result<u64, StoreErr
         .map_err(db_error)
 }
 
-pub async fn journey_states(
+pub async fn journey_stats(
+    client: &impl GenericClient,
+    journey: &str,
+) -> Result<JourneyStats, StoreError> {
+    let rows = client
+        .query(
+            "SELECT node, name, sum(value)::bigint FROM journey_counters WHERE journey_key = $1 GROUP BY node, name",
+            &[&journey],
+        )
+        .await
+        .map_err(db_error)?;
+    let rows: Vec<(String, String, i64)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    Ok(waymark_engine::stats::from_counters(
+        rows.iter().map(|(n, c, v)| (n.as_str(), c.as_str(), *v)),
+    ))
+}
+
+async fn journey_states(
     client: &impl GenericClient,
     journey: &str,
 ) -> Result<Vec<JourneyState>, StoreError> {
@@ -453,7 +608,8 @@ pub async fn stop_journey(
             serde_json::from_str::<JourneyState>(&r.get::<_, String>(1)).map_err(corrupt)?,
         ));
     }
-    let changed = waymark_engine::run::stop_all(states, now);
+    let (changed, counts) = waymark_engine::run::stop_all(journey, states, now);
+    add_counts(client, &counts).await?;
     for (p, state) in &changed {
         let text = serde_json::to_string(state).map_err(corrupt)?;
         client

@@ -3,6 +3,7 @@
 
 use deadpool_postgres::Client;
 use tokio_postgres::Error;
+use waymark_store::StoreError;
 
 /// Arbitrary constant: the advisory lock key that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x5741_594d_4152_4b31;
@@ -101,35 +102,60 @@ const MIGRATIONS: &[(i32, &str)] = &[
         5,
         "ALTER TABLE journey_outbox ADD COLUMN leased_until BIGINT;",
     ),
+    // Stats as counters (filled from existing states by `runs::backfill`), spread over
+    // shards so concurrent transactions rarely wait on one row; and the live version's entry
+    // rate limit with its current window.
+    (
+        6,
+        "CREATE TABLE journey_counters (
+             journey_key TEXT NOT NULL,
+             node TEXT NOT NULL,
+             name TEXT NOT NULL,
+             shard SMALLINT NOT NULL,
+             value BIGINT NOT NULL,
+             PRIMARY KEY (journey_key, node, name, shard)
+         );
+         ALTER TABLE journeys ADD COLUMN entry_rate_limit INTEGER;
+         ALTER TABLE journeys ADD COLUMN rate_window BIGINT NOT NULL DEFAULT 0;
+         ALTER TABLE journeys ADD COLUMN rate_used INTEGER NOT NULL DEFAULT 0;",
+    ),
 ];
 
-pub async fn migrate(client: &mut Client) -> Result<(), Error> {
-    let tx = client.transaction().await?;
+pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let e = crate::db_error;
+    let tx = client.transaction().await.map_err(e)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .await?;
+        .await
+        .map_err(e)?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
     )
-    .await?;
+    .await
+    .map_err(e)?;
     for (version, sql) in MIGRATIONS {
         let applied = tx
             .query_opt(
                 "SELECT 1 FROM schema_migrations WHERE version = $1",
                 &[version],
             )
-            .await?;
+            .await
+            .map_err(e)?;
         if applied.is_some() {
             continue;
         }
-        tx.batch_execute(sql).await?;
+        tx.batch_execute(sql).await.map_err(e)?;
+        if *version == 6 {
+            crate::runs::backfill(&tx).await?;
+        }
         tx.execute(
             "INSERT INTO schema_migrations (version) VALUES ($1)",
             &[version],
         )
-        .await?;
+        .await
+        .map_err(e)?;
         tracing::info!(version, "applied postgres migration");
     }
-    tx.commit().await
+    tx.commit().await.map_err(e)
 }
 
 pub async fn partitions(client: &Client, wanted: u32) -> Result<u32, Error> {

@@ -118,8 +118,8 @@ pub fn publish(
         record.live_version.unwrap_or(1)
     };
     tx.execute(
-        "UPDATE journeys SET status = 'live', live_version = ?2, updated_at = ?3 WHERE key = ?1",
-        params![key, i64::from(live), now],
+        "UPDATE journeys SET status = 'live', live_version = ?2, updated_at = ?3, entry_rate_limit = ?4 WHERE key = ?1",
+        params![key, i64::from(live), now, waymark_engine::run::entry_rate_limit(&record.draft).map(i64::from)],
     )
     .map_err(unavailable)?;
     Ok(read(tx, key)?.map(|r| (r, created)))

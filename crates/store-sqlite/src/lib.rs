@@ -22,8 +22,8 @@ use waymark_core::time::Millis;
 use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
     Delivery, Erasure, EventPage, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore,
-    JourneyState, JourneyStore, OutboxItem, OutboxRow, OutboxStore, PageRequest, ProfileStore,
-    Store, StoreError, StoreOptions, StoredEvent, Transition, decode_cursor,
+    JourneyState, JourneyStats, JourneyStore, OutboxItem, OutboxRow, OutboxStore, PageRequest,
+    ProfileStore, Store, StoreError, StoreOptions, StoredEvent, Transition, decode_cursor,
 };
 
 use writer::Command;
@@ -364,9 +364,9 @@ impl JourneyRunStore for SqliteStore {
         .await
     }
 
-    async fn journey_states(&self, journey: &str) -> Result<Vec<JourneyState>, StoreError> {
+    async fn journey_stats(&self, journey: &str) -> Result<JourneyStats, StoreError> {
         let journey = journey.to_owned();
-        self.read(move |conn| runs::journey_states(conn, &journey))
+        self.read(move |conn| runs::journey_stats(conn, &journey))
             .await
     }
 

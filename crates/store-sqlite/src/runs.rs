@@ -9,9 +9,10 @@ use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
 use waymark_engine::JourneyState;
 use waymark_engine::run::{
-    Catalog, CompileCache, OutboxRow, Planned, TimerRow, plan_events, plan_timers,
-    plan_webhook_result, state_keys,
+    Catalog, CompileCache, EntryRate, JumpIn, OutboxRow, Planned, TimerRow, plan_events, plan_jump,
+    plan_timers, plan_webhook_result, state_keys,
 };
+use waymark_engine::stats::{Counts, JourneyStats, count_state_change, count_states};
 use waymark_store::{Delivery, OutboxItem, StoreError};
 
 use crate::{decode_profile, unavailable};
@@ -22,7 +23,9 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
 
 fn catalog(conn: &Connection) -> Result<Catalog, StoreError> {
     let mut stmt = conn
-        .prepare_cached("SELECT key, status, live_version FROM journeys")
+        .prepare_cached(
+            "SELECT key, status, live_version, entry_rate_limit, rate_window, rate_used FROM journeys",
+        )
         .map_err(unavailable)?;
     let rows = stmt
         .query_map([], |r| {
@@ -30,14 +33,27 @@ fn catalog(conn: &Connection) -> Result<Catalog, StoreError> {
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, Option<i64>>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
             ))
         })
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .map_err(unavailable)?;
     let mut c = Catalog::default();
-    for (key, status, live) in rows {
+    for (key, status, live, limit, window, used) in rows {
         let status =
             JourneyStatus::parse(&status).ok_or_else(|| corrupt(format!("status {status:?}")))?;
+        if let Some(limit) = limit {
+            c.rates.insert(
+                key.clone(),
+                EntryRate {
+                    limit: limit as u32,
+                    window,
+                    used: used as u32,
+                },
+            );
+        }
         c.journeys.insert(key, (status, live.map(|v| v as u32)));
     }
     Ok(c)
@@ -140,6 +156,54 @@ fn write(tx: &Transaction<'_>, planned: &Planned, now: Millis) -> Result<(), Sto
             ])
             .map_err(unavailable)?;
     }
+    let mut rate = tx
+        .prepare_cached("UPDATE journeys SET rate_window = ?2, rate_used = ?3 WHERE key = ?1")
+        .map_err(unavailable)?;
+    for (key, r) in &planned.rates {
+        rate.execute(params![key, r.window, r.used])
+            .map_err(unavailable)?;
+    }
+    add_counts(tx, &planned.counts)
+}
+
+fn add_counts(tx: &Transaction<'_>, counts: &Counts) -> Result<(), StoreError> {
+    let mut add = tx
+        .prepare_cached(
+            "INSERT INTO journey_counters (journey_key, node, name, value) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (journey_key, node, name) DO UPDATE SET value = value + excluded.value",
+        )
+        .map_err(unavailable)?;
+    for ((journey, node, name), value) in counts {
+        add.execute(params![journey, node, name, value])
+            .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+/// Migration 6: counters for the states that exist, and the live versions' rate limits.
+pub fn backfill(tx: &Transaction<'_>) -> Result<(), StoreError> {
+    let keys: Vec<(String, Option<i64>)> = tx
+        .prepare("SELECT key, live_version FROM journeys")
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()
+        })
+        .map_err(unavailable)?;
+    for (key, live) in keys {
+        let states = journey_states(tx, &key)?;
+        add_counts(tx, &count_states(&key, &states))?;
+        if let Some(document) = live
+            .map(|v| crate::journeys::version(tx, &key, v as u32))
+            .transpose()?
+            .flatten()
+        {
+            tx.execute(
+                "UPDATE journeys SET entry_rate_limit = ?2 WHERE key = ?1",
+                params![key, waymark_engine::run::entry_rate_limit(&document)],
+            )
+            .map_err(unavailable)?;
+        }
+    }
     Ok(())
 }
 
@@ -228,6 +292,22 @@ pub fn fire_due(
 /// Moves journey rows of a merged-away profile to the profile it merged into. Where both
 /// had a state in the same journey, the surviving profile's is kept.
 pub fn merge(tx: &Transaction<'_>, from: &str, into: &str) -> Result<(), StoreError> {
+    let dropped: Vec<(String, String)> = tx
+        .prepare_cached(
+            "SELECT f.journey_key, f.state FROM journey_states f JOIN journey_states i
+             ON i.journey_key = f.journey_key AND i.profile_id = ?2 WHERE f.profile_id = ?1",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![from, into], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()
+        })
+        .map_err(unavailable)?;
+    let mut counts = Counts::new();
+    for (journey, state) in dropped {
+        let state: JourneyState = serde_json::from_str(&state).map_err(corrupt)?;
+        count_state_change(&mut counts, &journey, Some(&state), None);
+    }
+    add_counts(tx, &counts)?;
     tx.execute(
         "UPDATE OR IGNORE journey_states SET profile_id = ?1 WHERE profile_id = ?2",
         params![into, from],
@@ -249,6 +329,11 @@ pub fn merge(tx: &Transaction<'_>, from: &str, into: &str) -> Result<(), StoreEr
 }
 
 pub fn erase(tx: &Transaction<'_>, profile_id: &str) -> Result<(), StoreError> {
+    let mut counts = Counts::new();
+    for (journey, state) in profile_journeys(tx, profile_id)? {
+        count_state_change(&mut counts, &journey, Some(&state), None);
+    }
+    add_counts(tx, &counts)?;
     for table in ["journey_states", "journey_timers", "journey_outbox"] {
         tx.execute(
             &format!("DELETE FROM {table} WHERE profile_id = ?1"),
@@ -432,6 +517,25 @@ pub fn complete(
             );
             write(tx, &planned, now)?;
         }
+        "jump" if outcome.is_ok() => {
+            let (Some(target), Some(from)) = (
+                item.effect["journey"].as_str(),
+                item.effect["from"].as_str(),
+            ) else {
+                return Err(corrupt("jump effect without journey or from"));
+            };
+            let keys = vec![(item.profile_id.clone(), target.to_owned())];
+            let states = load_states(tx, &keys)?;
+            let mut catalog = catalog(tx)?;
+            add_versions(tx, cache, &mut catalog, &states)?;
+            let jump = JumpIn {
+                journey: target,
+                from,
+                entry: &item.effect["entry"],
+            };
+            let planned = plan_jump(&catalog, states, &profile, jump, now);
+            write(tx, &planned, now)?;
+        }
         "update_profile" if outcome.is_ok() => {
             let empty = serde_json::Map::new();
             let set = item.effect["set"].as_object().unwrap_or(&empty);
@@ -458,7 +562,20 @@ pub fn release_leases(tx: &Transaction<'_>) -> Result<u64, StoreError> {
     Ok(n as u64)
 }
 
-pub fn journey_states(conn: &Connection, journey: &str) -> Result<Vec<JourneyState>, StoreError> {
+pub fn journey_stats(conn: &Connection, journey: &str) -> Result<JourneyStats, StoreError> {
+    let rows: Vec<(String, String, i64)> = conn
+        .prepare_cached("SELECT node, name, value FROM journey_counters WHERE journey_key = ?1")
+        .and_then(|mut s| {
+            s.query_map([journey], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()
+        })
+        .map_err(unavailable)?;
+    Ok(waymark_engine::stats::from_counters(
+        rows.iter().map(|(n, c, v)| (n.as_str(), c.as_str(), *v)),
+    ))
+}
+
+fn journey_states(conn: &Connection, journey: &str) -> Result<Vec<JourneyState>, StoreError> {
     let mut stmt = conn
         .prepare_cached("SELECT state FROM journey_states WHERE journey_key = ?1")
         .map_err(unavailable)?;
@@ -490,7 +607,8 @@ pub fn stop_journey(tx: &Transaction<'_>, journey: &str, now: Millis) -> Result<
             serde_json::from_str::<JourneyState>(&s).map_err(corrupt)?,
         ));
     }
-    let changed = waymark_engine::run::stop_all(states, now);
+    let (changed, counts) = waymark_engine::run::stop_all(journey, states, now);
+    add_counts(tx, &counts)?;
     for (p, state) in &changed {
         let text = serde_json::to_string(state).map_err(corrupt)?;
         tx.execute("UPDATE journey_states SET state = ?3, updated_at = ?4 WHERE profile_id = ?1 AND journey_key = ?2", params![p, journey, text, now])

@@ -96,6 +96,21 @@ const MIGRATIONS: &[(i64, &str)] = &[
         5,
         "ALTER TABLE journey_outbox ADD COLUMN leased_until INTEGER;",
     ),
+    // Stats as counters (filled from existing states by `runs::backfill_counters`), and
+    // the live version's entry rate limit with its current window.
+    (
+        6,
+        "CREATE TABLE journey_counters (
+             journey_key TEXT NOT NULL,
+             node TEXT NOT NULL,
+             name TEXT NOT NULL,
+             value INTEGER NOT NULL,
+             PRIMARY KEY (journey_key, node, name)
+         ) WITHOUT ROWID;
+         ALTER TABLE journeys ADD COLUMN entry_rate_limit INTEGER;
+         ALTER TABLE journeys ADD COLUMN rate_window INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE journeys ADD COLUMN rate_used INTEGER NOT NULL DEFAULT 0;",
+    ),
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
@@ -115,6 +130,11 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         }
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
+        if *version == 6 {
+            crate::runs::backfill(&tx).map_err(|e| {
+                rusqlite::Error::ToSqlConversionFailure(format!("migration 6: {e}").into())
+            })?;
+        }
         tx.execute(
             "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, unixepoch())",
             [version],

@@ -41,6 +41,7 @@ macro_rules! conformance_suite {
             journeys_are_listed_by_key,
             live_journeys_run_on_ingest_and_timers_fire,
             outbox_claims_leases_and_completes_effects,
+            jumps_rate_limits_and_stats_counters,
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {
@@ -822,6 +823,15 @@ pub async fn live_journeys_run_on_ingest_and_timers_fire(b: &impl Backend) {
         "a stopped journey leaves no timers"
     );
 
+    let stats = s.journey_stats("greet").await.expect("stats");
+    assert_eq!(
+        (stats.instances, stats.completed, stats.exited, stats.active),
+        (2, 1, 1, 0),
+        "runner completed; walker (the merged anonymous instance) was stopped: {stats:?}"
+    );
+    assert_eq!(stats.nodes["pause"].exited, 1);
+    assert_eq!(stats.nodes["bye"].passed, 1);
+
     // Erasure removes journey state and the outbox with the profile.
     s.erase(&id("user_id", "runner")).await.expect("erase");
     assert!(
@@ -948,6 +958,92 @@ pub async fn outbox_claims_leases_and_completes_effects(b: &impl Backend) {
     assert!(
         steps.contains(&("hook", "error")) && steps.contains(&("sorry", "sent")),
         "{steps:?}"
+    );
+    s.close().await;
+}
+
+pub async fn jumps_rate_limits_and_stats_counters(b: &impl Backend) {
+    let s = b.open(StoreOptions::default()).await;
+    let target = json!({"key": "target", "entry": {"event": "Never Sent"}, "nodes": [
+        {"id": "hold", "type": "wait", "duration": "1d", "next": "done"},
+        {"id": "done", "type": "end"}]});
+    let source = json!({"key": "source", "entry": {"event": "Go"},
+        "properties": {"entry_rate_limit": 2}, "nodes": [
+        {"id": "over", "type": "jump", "journey": "target"}]});
+    for (key, document) in [("target", &target), ("source", &source)] {
+        s.put_journey_draft(key, document, 1).await.expect("put");
+        s.publish_journey(key, 1).await.expect("publish");
+    }
+    // Five people in one batch: the limit lets two in this second.
+    let batch: Vec<Value> = (0..5)
+        .map(|i| json!({"type": "track", "messageId": format!("go-{i}"), "userId": format!("j{i}"), "event": "Go", "properties": {"n": i}}))
+        .collect();
+    s.ingest(events(Value::Array(batch))).await.expect("ingest");
+    let stats = s.journey_stats("source").await.expect("stats");
+    assert_eq!(
+        (stats.instances, stats.completed, stats.rate_limited),
+        (2, 2, 3),
+        "{stats:?}"
+    );
+    assert_eq!(stats.nodes["over"].entered, 2);
+    assert_eq!(
+        stats.nodes["over"].passed, 2,
+        "a jump node counts as passed"
+    );
+
+    // The jumps wait in the outbox; recording their delivery enters the target journey.
+    let now = crate::wall_clock_ms();
+    let jumps = s.claim_outbox(now, 10, 30_000).await.expect("claim");
+    assert_eq!(
+        jumps.iter().map(|i| i.kind.as_str()).collect::<Vec<_>>(),
+        ["jump", "jump"]
+    );
+    for jump in &jumps {
+        s.complete_outbox(jump, Delivery::Delivered(Value::Null), now)
+            .await
+            .expect("complete");
+        s.complete_outbox(jump, Delivery::Delivered(Value::Null), now)
+            .await
+            .expect("completing twice is harmless");
+    }
+    let mut in_target_users = Vec::new();
+    for i in 0..5 {
+        let states = s
+            .profile_journeys(&id("user_id", &format!("j{i}")))
+            .await
+            .expect("read")
+            .expect("profile");
+        if let Some((_, state)) = states.iter().find(|(k, _)| k == "target") {
+            in_target_users.push(format!("j{i}"));
+            let instance = &state.instances[0];
+            assert_eq!(instance.context["jumped_from"], json!("source"));
+            assert_eq!(instance.context["entry"]["properties"]["n"], json!(i));
+            assert_eq!(instance.node.as_deref(), Some("hold"));
+            assert_eq!(
+                state.instances.len(),
+                1,
+                "one instance per jump, even when completed twice"
+            );
+        }
+    }
+    assert_eq!(
+        in_target_users.len(),
+        2,
+        "only the people the rate limit let in: {in_target_users:?}"
+    );
+    let stats = s.journey_stats("target").await.expect("stats");
+    assert_eq!((stats.instances, stats.active), (2, 2));
+    assert_eq!(stats.nodes["hold"].waiting, 2);
+
+    // Erasing a person takes them out of the active and waiting counts; what happened
+    // before still counts.
+    let erased = in_target_users[0].clone();
+    s.erase(&id("user_id", &erased)).await.expect("erase");
+    let stats = s.journey_stats("target").await.expect("stats");
+    assert_eq!((stats.instances, stats.active), (2, 1), "{stats:?}");
+    assert_eq!(
+        (stats.nodes["hold"].entered, stats.nodes["hold"].waiting),
+        (2, 1)
     );
     s.close().await;
 }

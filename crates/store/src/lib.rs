@@ -209,6 +209,7 @@ pub trait JourneyStore: Send + Sync {
 
 pub use waymark_engine::JourneyState;
 pub use waymark_engine::run::OutboxRow;
+pub use waymark_engine::stats::JourneyStats;
 
 /// Journeys running: instance state, timers and the outbox, changed only together with the
 /// input that caused them (ingest runs live journeys in the same transaction as the events).
@@ -224,8 +225,9 @@ pub trait JourneyRunStore: Send + Sync {
         identity: &Identity,
     ) -> Result<Option<Vec<(String, JourneyState)>>, StoreError>;
 
-    /// Every person's state in one journey (for stats).
-    async fn journey_states(&self, journey: &str) -> Result<Vec<JourneyState>, StoreError>;
+    /// Per-node counts of one journey, kept as counters by every transaction that changes
+    /// its states (reading them scans nothing).
+    async fn journey_stats(&self, journey: &str) -> Result<JourneyStats, StoreError>;
 
     /// Effects recorded for the person (messages, webhooks, ...), oldest first.
     async fn profile_outbox(

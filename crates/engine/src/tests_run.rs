@@ -1,0 +1,298 @@
+//! The runtime functions of `run`, driven the way a store drives them: a tiny in-memory
+//! store keeps states, timers and counters between plans.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use waymark_core::journey::lifecycle::Status as JourneyStatus;
+use waymark_core::journey::{Format, parse};
+use waymark_core::segment::{Receipt, parse_batch};
+use waymark_core::{Event, ProfileState};
+
+use crate::run::{
+    Catalog, EntryRate, JumpIn, Planned, TimerRow, plan_events, plan_jump, plan_timers,
+    plan_webhook_result, stop_all,
+};
+use crate::stats::{Counts, count_states, from_counters};
+use crate::{JourneyState, Status, compile};
+
+#[derive(Default)]
+struct Memory {
+    catalog: Catalog,
+    states: HashMap<(String, String), JourneyState>,
+    timers: Vec<TimerRow>,
+    counts: Counts,
+    outbox: Vec<crate::run::OutboxRow>,
+}
+
+impl Memory {
+    fn publish(&mut self, yaml: &str) {
+        let doc = parse(yaml, Format::Yaml).expect("parses");
+        let key = doc.key.clone();
+        let compiled = compile(doc, 1).unwrap_or_else(|e| panic!("{e:?}"));
+        if let Some(limit) = compiled.doc.properties.entry_rate_limit {
+            self.catalog.rates.insert(
+                key.clone(),
+                EntryRate {
+                    limit,
+                    window: 0,
+                    used: 0,
+                },
+            );
+        }
+        self.catalog
+            .journeys
+            .insert(key.clone(), (JourneyStatus::Live, Some(1)));
+        self.catalog.versions.insert((key, 1), Arc::new(compiled));
+    }
+
+    fn apply(&mut self, planned: Planned) {
+        for (p, k, s) in planned.states {
+            self.states.insert((p, k), s);
+        }
+        self.timers.extend(planned.timers);
+        self.timers.retain(|t| {
+            !planned
+                .ended
+                .iter()
+                .any(|(p, k, i)| (p, k, *i) == (&t.profile_id, &t.journey, t.instance))
+        });
+        for (k, v) in planned.counts {
+            *self.counts.entry(k).or_default() += v;
+        }
+        for (k, r) in planned.rates {
+            self.catalog.rates.insert(k, r);
+        }
+        self.outbox.extend(planned.outbox);
+    }
+
+    fn events(&mut self, events: &[(Event, ProfileState)], now: i64) {
+        let inputs: Vec<(&Event, &ProfileState)> = events.iter().map(|(e, p)| (e, p)).collect();
+        let planned = plan_events(&self.catalog, self.states.clone(), &inputs, now);
+        self.apply(planned);
+    }
+
+    fn fire(&mut self, profiles: &HashMap<String, ProfileState>, now: i64) {
+        self.timers.sort_by_key(|t| t.due);
+        let due: Vec<TimerRow> = self
+            .timers
+            .iter()
+            .filter(|t| t.due <= now)
+            .cloned()
+            .collect();
+        self.timers.retain(|t| t.due > now);
+        let inputs: Vec<(&TimerRow, &ProfileState)> =
+            due.iter().map(|t| (t, &profiles[&t.profile_id])).collect();
+        let planned = plan_timers(&self.catalog, self.states.clone(), &inputs, now);
+        self.apply(planned);
+    }
+
+    fn stats(&self, journey: &str) -> crate::stats::JourneyStats {
+        from_counters(
+            self.counts
+                .iter()
+                .filter(|((j, _, _), _)| j == journey)
+                .map(|((_, n, c), v)| (n.as_str(), c.as_str(), *v)),
+        )
+    }
+}
+
+fn track(user: &str, event: &str, properties: Value, at: i64) -> (Event, ProfileState) {
+    let body = serde_json::to_vec(
+        &json!({"batch": [{"type": "track", "userId": user, "event": event, "properties": properties}]}),
+    )
+    .expect("json");
+    let mut id = || format!("{user}-{event}-{at}");
+    let mut events = parse_batch(
+        &body,
+        &mut Receipt {
+            received_at: at,
+            new_message_id: &mut id,
+        },
+    )
+    .expect("valid")
+    .events;
+    (events.remove(0), ProfileState::new(user.into(), 0, at))
+}
+
+use crate::tests::LOOP;
+
+#[test]
+fn counters_kept_per_transaction_agree_with_counting_the_states_from_scratch() {
+    let mut m = Memory::default();
+    m.publish(LOOP);
+    let hour = 3_600_000;
+    let people: Vec<String> = (0..12).map(|i| format!("p{i}")).collect();
+    let profiles: HashMap<String, ProfileState> = people
+        .iter()
+        .map(|p| (p.clone(), ProfileState::new(p.clone(), 0, 0)))
+        .collect();
+    let go: Vec<_> = people
+        .iter()
+        .enumerate()
+        .map(|(i, p)| track(p, "Go", json!({"vip": i % 3 == 0}), 0))
+        .collect();
+    m.events(&go, 0);
+    m.fire(&profiles, 2 * hour);
+    // Webhook results: even people succeed, odd ones fail (and take the error path).
+    for (i, p) in people.iter().enumerate() {
+        let outcome = if i % 2 == 0 {
+            Ok(json!({"ok": true}))
+        } else {
+            Err("HTTP 500".into())
+        };
+        let planned = plan_webhook_result(
+            &m.catalog,
+            m.states.clone(),
+            &profiles[p],
+            crate::run::WebhookOutcome {
+                journey: "loop",
+                instance: 1,
+                node: "ping",
+                outcome,
+            },
+            2 * hour,
+        );
+        m.apply(planned);
+    }
+    let stops: Vec<_> = people
+        .iter()
+        .take(4)
+        .map(|p| track(p, "Stop", json!({}), 3 * hour))
+        .collect();
+    m.events(&stops, 3 * hour);
+    let stats = m.stats("loop");
+    let from_scratch = from_counters(
+        count_states("loop", m.states.values())
+            .iter()
+            .map(|((_, n, c), v)| (n.as_str(), c.as_str(), *v)),
+    );
+    assert_eq!(stats, from_scratch);
+    assert_eq!(stats.instances, 12);
+    assert_eq!(stats.nodes["vip"].entered, 4);
+    assert_eq!(
+        stats.nodes["ping"].errored, 6,
+        "odd people's webhook failed"
+    );
+    assert_eq!(
+        stats.exited, 2,
+        "p0 and p2 were waiting again when they stopped"
+    );
+    assert_eq!(stats.nodes["tick"].waiting, 4, "p4, p6, p8, p10 wait again");
+
+    // Stopping the journey ends the rest; the counters follow.
+    let states: Vec<(String, JourneyState)> = m
+        .states
+        .iter()
+        .map(|((p, _), s)| (p.clone(), s.clone()))
+        .collect();
+    let (changed, counts) = stop_all("loop", states, 4 * hour);
+    for (p, s) in changed {
+        m.states.insert((p, "loop".into()), s);
+    }
+    for (k, v) in counts {
+        *m.counts.entry(k).or_default() += v;
+    }
+    let stats = m.stats("loop");
+    assert_eq!((stats.active, stats.nodes["tick"].waiting), (0, 0));
+    assert_eq!(stats.exited, 6);
+}
+
+#[test]
+fn the_entry_rate_limit_refuses_entries_over_the_limit_in_each_second() {
+    let mut m = Memory::default();
+    m.publish(
+        r#"
+key: limited
+entry: { event: Go }
+properties: { entry_rate_limit: 3 }
+nodes:
+  - { id: hold, type: wait, duration: 1d, next: done }
+  - { id: done, type: end }
+"#,
+    );
+    let burst = |from: usize, at: i64| -> Vec<(Event, ProfileState)> {
+        (from..from + 5)
+            .map(|i| track(&format!("u{i}"), "Go", json!({}), at))
+            .collect()
+    };
+    m.events(&burst(0, 10_000), 10_000);
+    let stats = m.stats("limited");
+    assert_eq!((stats.instances, stats.rate_limited), (3, 2));
+    // Same second, next batch: still no room.
+    m.events(&burst(5, 10_900), 10_900);
+    assert_eq!(m.stats("limited").rate_limited, 7);
+    // Next second: room again.
+    m.events(&burst(10, 11_000), 11_000);
+    let stats = m.stats("limited");
+    assert_eq!((stats.instances, stats.rate_limited), (6, 9));
+    let refused = m.states.get(&("u3".to_string(), "limited".to_string()));
+    assert!(
+        refused.is_none_or(|s| s.instances.is_empty()),
+        "a refused entry leaves no instance: {refused:?}"
+    );
+}
+
+const TARGET: &str = r#"
+key: target
+entry: { event: Never Sent }
+properties: { reentry: never }
+nodes:
+  - { id: hello, type: message, channel: log, template: hi, next: hold }
+  - { id: hold, type: wait, duration: 1h, next: done }
+  - { id: done, type: end }
+"#;
+
+#[test]
+fn a_jump_enters_the_target_journey_with_the_entry_context_once() {
+    let mut m = Memory::default();
+    m.publish(TARGET);
+    m.publish(
+        r#"
+key: source
+entry: { event: Go }
+nodes:
+  - { id: over, type: jump, journey: target }
+"#,
+    );
+    let (event, profile) = track("ann", "Go", json!({"plan": "pro"}), 1_000);
+    m.events(&[(event, profile.clone())], 1_000);
+    let jump = m
+        .outbox
+        .iter()
+        .find(|o| o.kind == "jump")
+        .expect("the jump is an outbox row")
+        .clone();
+    assert_eq!(jump.status, "pending");
+    let entry = jump.effect["entry"].clone();
+    let jump_in = || JumpIn {
+        journey: "target",
+        from: "source",
+        entry: &entry,
+    };
+    let planned = plan_jump(&m.catalog, m.states.clone(), &profile, jump_in(), 2_000);
+    m.apply(planned);
+    let state = &m.states[&("ann".to_string(), "target".to_string())];
+    let i = &state.instances[0];
+    assert_eq!(i.status, Status::Active);
+    assert_eq!(i.context["jumped_from"], "source");
+    assert_eq!(i.context["entry"]["properties"]["plan"], "pro");
+    assert!(
+        m.outbox
+            .iter()
+            .any(|o| o.journey == "target" && o.kind == "message")
+    );
+    // A second jump while the person is in the target (or after, with reentry: never)
+    // makes no second instance.
+    let planned = plan_jump(&m.catalog, m.states.clone(), &profile, jump_in(), 3_000);
+    m.apply(planned);
+    assert_eq!(
+        m.states[&("ann".to_string(), "target".to_string())]
+            .instances
+            .len(),
+        1
+    );
+    assert_eq!(m.stats("source").completed, 1);
+    assert_eq!(m.stats("target").instances, 1);
+}
