@@ -12,6 +12,7 @@ pub mod journey;
 pub mod partition;
 pub mod profile;
 pub mod segment;
+pub mod template;
 pub mod time;
 
 pub use error::FieldError;

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use waymark_core::journey::{Journey, NodeKind, Reentry, parse_duration_ms, validate};
+use waymark_core::template::{JsonTemplate, Templates};
 use waymark_core::time::{Millis, parse_iso8601};
 use waymark_core::{FieldError, ProfileState};
 
@@ -42,6 +43,9 @@ pub struct CompiledJourney {
     zone: Zone,
     /// The CEL standard library, built once: expressions evaluate in an inner scope of it.
     pub(crate) cel_root: cel::Context<'static, 'static>,
+    pub(crate) templates: Templates,
+    /// Webhook headers (as an object) and body, by node index.
+    pub(crate) webhooks: HashMap<usize, (JsonTemplate, Option<JsonTemplate>)>,
 }
 
 impl CompiledJourney {
@@ -101,7 +105,31 @@ pub fn compile(doc: Journey, version: u32) -> Result<CompiledJourney, Vec<FieldE
     let mut branches = HashMap::new();
     let mut wait_when = HashMap::new();
     let mut durations = HashMap::new();
+    let mut templates = Templates::default();
+    let mut webhooks = HashMap::new();
+    let template_error = |at: String, e: String| {
+        vec![FieldError::new(
+            "invalid_template",
+            at,
+            format!("does not compile: {e}"),
+        )]
+    };
     for (i, node) in doc.nodes.iter().enumerate() {
+        if let NodeKind::Webhook { headers, body, .. } = &node.kind {
+            let headers: serde_json::Map<String, serde_json::Value> = headers
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            let headers = templates
+                .json(&format!("{}.headers", node.id), &headers.into())
+                .map_err(|(at, e)| template_error(format!("nodes[{i}].headers{at}"), e))?;
+            let body = body
+                .as_ref()
+                .map(|b| templates.json(&format!("{}.body", node.id), b))
+                .transpose()
+                .map_err(|(at, e)| template_error(format!("nodes[{i}].body{at}"), e))?;
+            webhooks.insert(i, (headers, body));
+        }
         match &node.kind {
             NodeKind::Condition { branches: bs, .. } => {
                 for (b, branch) in bs.iter().enumerate() {
@@ -156,5 +184,7 @@ pub fn compile(doc: Journey, version: u32) -> Result<CompiledJourney, Vec<FieldE
         wait_when,
         durations,
         cel_root: cel::Context::default(),
+        templates,
+        webhooks,
     })
 }

@@ -224,6 +224,9 @@ fn push_instance(state: &mut JourneyState, instance: Instance) {
     state.instances.drain(..excess);
 }
 
+/// A webhook's headers and body after rendering.
+type RenderedRequest = (std::collections::BTreeMap<String, String>, Option<Value>);
+
 struct Run<'a> {
     j: &'a CompiledJourney,
     ctx: &'a Ctx<'a>,
@@ -248,6 +251,38 @@ impl Run<'_> {
         }
         json!({"id": p.id, "traits": traits, "identities": p.identities, "event_count": p.event_count,
                "event_counts": p.event_counts, "first_seen": p.first_seen, "last_seen": p.last_seen})
+    }
+
+    /// A webhook's headers and body, rendered for this person, event and instance.
+    fn render_webhook(
+        &self,
+        idx: usize,
+        event: Option<&Value>,
+        journey: &Map<String, Value>,
+    ) -> Result<RenderedRequest, String> {
+        let Some((headers, body)) = self.j.webhooks.get(&idx) else {
+            return Ok(Default::default());
+        };
+        let data = json!({"profile": self.profile_json(), "event": event, "journey": journey});
+        let headers = match self.j.templates.render(headers, &data)? {
+            Value::Object(m) => m
+                .into_iter()
+                .map(|(k, v)| {
+                    let text = match v {
+                        Value::String(s) => s,
+                        Value::Null => String::new(),
+                        other => other.to_string(),
+                    };
+                    (k, text)
+                })
+                .collect(),
+            _ => Default::default(),
+        };
+        let body = body
+            .as_ref()
+            .map(|b| self.j.templates.render(b, &data))
+            .transpose()?;
+        Ok((headers, body))
     }
 
     /// Evaluates a compiled expression; anything but `true` (including a runtime error, such
@@ -626,11 +661,31 @@ impl Run<'_> {
                 NodeKind::Webhook {
                     method,
                     url,
-                    headers,
-                    body,
                     retries,
+                    on_error,
                     ..
                 } => {
+                    let rendered = self.render_webhook(idx, event, &instance.context);
+                    let (headers, body) = match rendered {
+                        Ok(request) => request,
+                        Err(reason) => {
+                            // A template that fails to render is the call failing: the error
+                            // path, or the instance fails; the worker carries on.
+                            let detail = json!({"reason": reason, "took": on_error});
+                            self.step(instance, &id, "error", Some(detail));
+                            match on_error {
+                                Some(path) => {
+                                    id = path.clone();
+                                    continue;
+                                }
+                                None => {
+                                    let detail = json!({"node": id, "reason": reason});
+                                    self.end(instance, Status::Failed, "failed", Some(detail));
+                                    return;
+                                }
+                            }
+                        }
+                    };
                     let key = self.key(instance, &id);
                     self.effects.push(Effect::Webhook {
                         key,
@@ -638,8 +693,8 @@ impl Run<'_> {
                         node: id.clone(),
                         method: method.clone(),
                         url: url.clone(),
-                        headers: headers.clone(),
-                        body: body.clone(),
+                        headers,
+                        body,
                         timeout_ms: j.durations.get(&idx).copied().unwrap_or(10_000),
                         retries: retries.unwrap_or(3),
                     });

@@ -450,3 +450,73 @@ nodes:
     assert_eq!(planned.states[0].2.instances[0].status, Status::Completed);
     assert_eq!(planned.ended.len(), 1, "its deadline timer is released too");
 }
+
+#[test]
+fn webhook_headers_and_body_are_rendered_for_the_person_and_bad_templates_do_not_compile() {
+    let j = journey(
+        r#"
+key: templated
+entry: { event: Ordered }
+nodes:
+  - id: tell
+    type: webhook
+    url: http://127.0.0.1:9/orders
+    headers: { X-Customer: "{{profile.id}}", X-Plan: "plan-{{journey.entry.properties.plan}}" }
+    body:
+      order: "{{journey.entry.properties.order_id}}"
+      total: "{{event.properties.total}}"
+      note: "Thanks {{profile.traits.name}}{{#if event.properties.gift}} (gift){{/if}}"
+      lines: ["{{event.properties.items.0.sku}}", "fixed"]
+      coupon: "{{event.properties.coupon}}"
+    next: done
+  - { id: done, type: end }
+"#,
+    );
+    let sim = run(
+        &j,
+        json!([
+            {"type": "identify", "userId": "ada", "traits": {"name": "Ada"}, "timestamp": "2026-11-02T09:00:00Z"},
+            {"type": "track", "userId": "ada", "event": "Ordered", "timestamp": "2026-11-02T10:00:00Z",
+             "properties": {"order_id": "o-17", "total": 99.5, "gift": true, "plan": "pro", "items": [{"sku": "A1"}]}},
+        ]),
+        Webhooks::Succeed,
+    );
+    let report = sim.report();
+    let Some(Effect::Webhook { headers, body, .. }) = report[0]
+        .effects
+        .iter()
+        .map(|e| &e.effect)
+        .find(|e| matches!(e, Effect::Webhook { .. }))
+    else {
+        panic!("no webhook effect: {:?}", report[0].effects);
+    };
+    assert_eq!(headers["X-Plan"], "plan-pro");
+    assert!(!headers["X-Customer"].is_empty(), "{headers:?}");
+    assert_eq!(
+        body.as_ref().expect("body"),
+        &json!({"order": "o-17", "total": 99.5, "note": "Thanks Ada (gift)", "lines": ["A1", "fixed"], "coupon": null})
+    );
+
+    let problems = compile(
+        parse(
+            r#"
+key: broken
+entry: { event: Ordered }
+nodes:
+  - { id: tell, type: webhook, url: "http://127.0.0.1:9/x", headers: { X-A: "{{#if x}}" }, body: { a: ["{{/each}}"] }, next: done }
+  - { id: done, type: end }
+"#,
+            Format::Yaml,
+        )
+        .expect("parses"),
+        1,
+    )
+    .err()
+    .expect("invalid");
+    let paths: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["nodes[0].headers.X-A", "nodes[0].body.a[0]"],
+        "{problems:?}"
+    );
+}

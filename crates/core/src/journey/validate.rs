@@ -281,10 +281,31 @@ fn check_node(journey: &Journey, kind: &NodeKind, at: &dyn Fn(&str) -> String, r
         NodeKind::Webhook {
             method,
             url,
+            headers,
+            body,
             timeout,
             retries,
             ..
         } => {
+            let mut templates = crate::template::Templates::default();
+            for (name, value) in headers {
+                if let Err(e) = crate::template::check(value) {
+                    r.add(
+                        "invalid_template",
+                        at(&format!("headers.{name}")),
+                        format!("does not compile: {e}"),
+                    );
+                }
+            }
+            if let Some(body) = body
+                && let Err((inside, e)) = templates.json("body", body)
+            {
+                r.add(
+                    "invalid_template",
+                    at(&format!("body{inside}")),
+                    format!("does not compile: {e}"),
+                );
+            }
             if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method.as_str()) {
                 r.add(
                     "invalid_value",

@@ -1,0 +1,198 @@
+//! Templated JSON: the strings of a JSON value (a webhook body, its headers) are Handlebars
+//! templates over `profile`, `event` and `journey`. Compiled once, rendered per person.
+//!
+//! A string that is nothing but one path (`"{{event.properties.total}}"`) is replaced by the
+//! value at that path with its JSON type kept (a number stays a number; missing is `null`),
+//! which is what a JSON API on the other end expects. Any other string is rendered as text,
+//! without HTML escaping (the result is JSON-encoded, not put into HTML), and a missing value
+//! renders as nothing.
+
+use handlebars::Handlebars;
+use serde_json::{Map, Value};
+
+/// Compiled templates of one journey (or one message), by name.
+pub struct Templates {
+    registry: Handlebars<'static>,
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        let mut registry = Handlebars::new();
+        registry.register_escape_fn(handlebars::no_escape);
+        Self { registry }
+    }
+}
+
+impl std::fmt::Debug for Templates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Templates")
+            .field("count", &self.registry.get_templates().len())
+            .finish()
+    }
+}
+
+/// Whether `source` is a valid template: the message says what is wrong and where.
+pub fn check(source: &str) -> Result<(), String> {
+    handlebars::Template::compile(source)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn has_template(s: &str) -> bool {
+    s.contains("{{")
+}
+
+/// `{{ a.b.0.c }}` alone, as path segments.
+fn lone_path(s: &str) -> Option<Vec<String>> {
+    let inner = s.trim().strip_prefix("{{")?.strip_suffix("}}")?.trim();
+    let valid = !inner.is_empty()
+        && inner
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    valid.then(|| inner.split('.').map(str::to_owned).collect())
+}
+
+#[derive(Debug, Clone)]
+enum Part {
+    Literal(Value),
+    Path(Vec<String>),
+    Text(String),
+    Array(Vec<Part>),
+    Object(Vec<(String, Part)>),
+}
+
+/// A JSON value whose strings may be templates.
+#[derive(Debug, Clone)]
+pub struct JsonTemplate {
+    root: Part,
+}
+
+impl Templates {
+    /// Compiles the templates in `value`; `name` must be unique among this set's templates.
+    /// An error names the path inside `value` (`.items[2].title`) and what is wrong.
+    pub fn json(&mut self, name: &str, value: &Value) -> Result<JsonTemplate, (String, String)> {
+        let root = self.part(name, "", value)?;
+        Ok(JsonTemplate { root })
+    }
+
+    fn part(&mut self, name: &str, at: &str, value: &Value) -> Result<Part, (String, String)> {
+        Ok(match value {
+            Value::String(s) if has_template(s) => match lone_path(s) {
+                Some(path) => Part::Path(path),
+                None => {
+                    let id = format!("{name}{at}");
+                    self.registry
+                        .register_template_string(&id, s)
+                        .map_err(|e| (at.to_owned(), e.to_string()))?;
+                    Part::Text(id)
+                }
+            },
+            Value::Array(items) => Part::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| self.part(name, &format!("{at}[{i}]"), v))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Value::Object(fields) => Part::Object(
+                fields
+                    .iter()
+                    .map(|(k, v)| {
+                        Ok::<_, (String, String)>((
+                            k.clone(),
+                            self.part(name, &format!("{at}.{k}"), v)?,
+                        ))
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            other => Part::Literal(other.clone()),
+        })
+    }
+
+    /// Renders a compiled value against `data` (`{"profile": .., "event": .., "journey": ..}`).
+    /// Fails only if a helper fails; missing values are empty (or `null` for a lone path).
+    pub fn render(&self, template: &JsonTemplate, data: &Value) -> Result<Value, String> {
+        self.render_part(&template.root, data)
+    }
+
+    fn render_part(&self, part: &Part, data: &Value) -> Result<Value, String> {
+        Ok(match part {
+            Part::Literal(v) => v.clone(),
+            Part::Path(path) => lookup(data, path).cloned().unwrap_or(Value::Null),
+            Part::Text(id) => Value::String(
+                self.registry
+                    .render(id, data)
+                    .map_err(|e| format!("template {id}: {e}"))?,
+            ),
+            Part::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|p| self.render_part(p, data))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Part::Object(fields) => Value::Object(
+                fields
+                    .iter()
+                    .map(|(k, p)| Ok((k.clone(), self.render_part(p, data)?)))
+                    .collect::<Result<Map<_, _>, String>>()?,
+            ),
+        })
+    }
+}
+
+fn lookup<'a>(data: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(data, |v, seg| match v {
+        Value::Object(m) => m.get(seg),
+        Value::Array(a) => a.get(seg.parse::<usize>().ok()?),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn strings_render_lone_paths_keep_their_type_and_literals_stay() {
+        let mut t = Templates::default();
+        let body = json!({
+            "greeting": "Hi {{profile.traits.first_name}} <3",
+            "total": "{{event.properties.total}}",
+            "missing": "{{event.properties.nope}}",
+            "items": ["{{journey.entry.event}}", 3, true],
+            "fixed": "no template here",
+            "shout": "{{#if profile.traits.vip}}VIP{{else}}regular{{/if}}",
+        });
+        let compiled = t.json("n1.body", &body).expect("compiles");
+        let data = json!({
+            "profile": {"traits": {"first_name": "Ada & co", "vip": true}},
+            "event": {"properties": {"total": 42.5}},
+            "journey": {"entry": {"event": "Signed Up"}},
+        });
+        let out = t.render(&compiled, &data).expect("renders");
+        assert_eq!(
+            out,
+            json!({
+                "greeting": "Hi Ada & co <3",
+                "total": 42.5,
+                "missing": null,
+                "items": ["Signed Up", 3, true],
+                "fixed": "no template here",
+                "shout": "VIP",
+            })
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_the_path_inside_the_value() {
+        let mut t = Templates::default();
+        let err = t
+            .json("n1.body", &json!({"a": [1, "{{#if x}}open"]}))
+            .expect_err("unclosed block");
+        assert_eq!(err.0, ".a[1]");
+        assert!(check("{{#each}}").is_err());
+        assert!(check("plain {{x}}").is_ok());
+    }
+}
