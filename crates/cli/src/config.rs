@@ -27,6 +27,15 @@ pub struct Config {
     pub retention: Retention,
     /// `text` or `json`.
     pub log_format: String,
+    pub webhooks: Webhooks,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhooks {
+    /// PEM file of extra CA certificates to trust for https:// webhooks (an internal CA),
+    /// on top of the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,13 +62,14 @@ impl Default for Config {
                 max_event_age_days: 365,
             },
             log_format: "text".into(),
+            webhooks: Webhooks::default(),
         }
     }
 }
 
 /// The environment variables read, after the `WAYMARK_` prefix (`__` nests: `WAYMARK_RETENTION__MAX_EVENT_AGE_DAYS`).
 /// Other `WAYMARK_*` variables (e.g. `WAYMARK_LOG`) are not configuration keys.
-const ENV_KEYS: [&str; 11] = [
+const ENV_KEYS: [&str; 12] = [
     "data_dir",
     "listen",
     "store",
@@ -71,6 +81,7 @@ const ENV_KEYS: [&str; 11] = [
     "retention.max_events_per_profile",
     "retention.max_event_age_days",
     "log_format",
+    "webhooks.ca_file",
 ];
 
 /// Flags given on the command line; only those present override the other layers.

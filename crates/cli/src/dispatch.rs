@@ -20,17 +20,29 @@ const BATCH: u32 = 256;
 /// Deliveries in flight at once.
 const IN_FLIGHT: usize = 512;
 
-pub async fn run(store: Arc<dyn Store>) {
-    let client = match reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build the HTTP client; the outbox will not be dispatched");
-            return;
+/// The HTTP client webhooks are called with: HTTP/1.1 and HTTPS (rustls, system roots plus
+/// `webhooks.ca_file`), connections kept per host.
+pub fn client(config: &crate::config::Webhooks) -> Result<reqwest::Client, String> {
+    let mut builder = crate::http::client_builder().pool_max_idle_per_host(64);
+    if let Some(path) = &config.ca_file {
+        let pem =
+            std::fs::read(path).map_err(|e| format!("webhooks.ca_file {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("webhooks.ca_file {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "webhooks.ca_file {}: no PEM certificates in it",
+                path.display()
+            ));
         }
-    };
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the webhook HTTP client: {e}"))
+}
+
+pub async fn run(store: Arc<dyn Store>, client: reqwest::Client) {
     match store.release_outbox_leases().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(
@@ -149,6 +161,19 @@ async fn webhook(client: &reqwest::Client, item: &OutboxItem) -> Delivery {
         }
         Ok(response) => Delivery::Failed(format!("HTTP {}", response.status())),
         Err(err) if err.is_timeout() => retry_or_fail(format!("timed out after {timeout:?}")),
-        Err(err) => retry_or_fail(format!("request failed: {err}")),
+        Err(err) => retry_or_fail(format!("request failed: {}", with_causes(&err))),
     }
+}
+
+/// An error with its causes ("error sending request: ... : invalid peer certificate: ..."):
+/// reqwest's own message alone does not say why a call failed.
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod config;
 mod dispatch;
+mod http;
 mod journeys;
 mod serve;
 

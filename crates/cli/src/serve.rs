@@ -128,7 +128,8 @@ pub async fn run(config: Config) -> Result<(), String> {
         })
     };
 
-    let dispatcher = tokio::spawn(crate::dispatch::run(store.clone()));
+    let http = crate::dispatch::client(&config.webhooks)?;
+    let dispatcher = tokio::spawn(crate::dispatch::run(store.clone(), http));
 
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await

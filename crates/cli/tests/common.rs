@@ -26,7 +26,13 @@ pub struct Launch<'a> {
 
 impl Server {
     pub fn start(launch: Launch<'_>) -> Server {
+        Self::start_with_env(launch, &[])
+    }
+
+    /// Starts with extra environment variables (configuration keys, `WAYMARK_*`).
+    pub fn start_with_env(launch: Launch<'_>, env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_waymark"));
+        cmd.envs(env.iter().copied());
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(launch.data_dir);
         if let Some(store) = launch.store {
@@ -101,6 +107,7 @@ impl Drop for Server {
 }
 
 pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
         .build()

@@ -490,3 +490,223 @@ async fn a_jump_hands_the_person_to_another_journey_that_calls_the_sink() {
     let (_, stats) = get(&c, &server.base, ADMIN, "/v1/journeys/greet/stats").await;
     assert_eq!(stats["completed"], 10, "{stats}");
 }
+
+/// A CA and a certificate it signed for 127.0.0.1, made with the openssl command line.
+fn test_ca(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=waymark test CA",
+            "-days",
+            "2",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("leaf.pem"),
+        dir.join("leaf.key"),
+    )
+}
+
+/// A real HTTPS server (Python's http.server behind its ssl module) that answers every POST
+/// with `{"tls": true, "calls": n}`; killed when dropped.
+struct HttpsSink {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for HttpsSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn https_sink(cert: &std::path::Path, key: &std::path::Path) -> HttpsSink {
+    use std::io::BufRead;
+    const SCRIPT: &str = r#"
+import http.server, json, ssl, sys
+calls = 0
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        global calls
+        calls += 1
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        body = json.dumps({"tls": True, "calls": calls}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(sys.argv[1], sys.argv[2])
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+    let mut child = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(cert)
+        .arg(key)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("port");
+    let port: u16 = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no port: {line:?}"));
+    HttpsSink {
+        child,
+        url: format!("https://127.0.0.1:{port}/hook"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_webhooks_trust_the_configured_ca_and_refuse_unknown_certificates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = test_ca(dir.path());
+    let sink = https_sink(&cert, &key);
+    let c = client();
+
+    let ca_text = ca.to_string_lossy().into_owned();
+    let trusted = Server::start_with_env(
+        Launch {
+            data_dir: &dir.path().join("trusted"),
+            store: None,
+            configured_keys: true,
+        },
+        &[("WAYMARK_WEBHOOKS__CA_FILE", &ca_text)],
+    );
+    put_and_publish(&c, &trusted.base, &hook_journey("greet", &sink.url)).await;
+    enter(&c, &trusted.base, 3).await;
+    wait_until_completed(&c, &trusted.base, 3, Duration::from_secs(20)).await;
+    let (_, g0) = get(&c, &trusted.base, ADMIN, "/v1/profiles/user_id/g0/journeys").await;
+    let instance = &g0["journeys"][0]["instances"][0];
+    assert_eq!(
+        instance["context"]["hook"]["body"]["tls"], true,
+        "{instance}"
+    );
+
+    // Without the CA, the certificate is refused: retried, then the error path, with why.
+    let untrusting = Server::start(Launch {
+        data_dir: &dir.path().join("untrusting"),
+        store: None,
+        configured_keys: true,
+    });
+    put_and_publish(&c, &untrusting.base, &hook_journey("greet", &sink.url)).await;
+    enter(&c, &untrusting.base, 1).await;
+    wait_until_completed(&c, &untrusting.base, 1, Duration::from_secs(20)).await;
+    let (_, g0) = get(
+        &c,
+        &untrusting.base,
+        ADMIN,
+        "/v1/profiles/user_id/g0/journeys",
+    )
+    .await;
+    let steps = g0["journeys"][0]["instances"][0]["steps"]
+        .as_array()
+        .expect("steps")
+        .clone();
+    let error = steps
+        .iter()
+        .find(|s| s["node"] == "hook" && s["what"] == "error")
+        .unwrap_or_else(|| panic!("no error step: {steps:?}"));
+    let reason = error["detail"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_lowercase();
+    assert!(
+        reason.contains("certificate"),
+        "the reason says why: {reason}"
+    );
+    assert!(
+        steps
+            .iter()
+            .any(|s| s["node"] == "sorry" && s["what"] == "sent"),
+        "{steps:?}"
+    );
+
+    // A CA file that is not PEM stops the server at start, saying which file.
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(&bad, "not a certificate").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_waymark"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("bad"))
+        .env("WAYMARK_WEBHOOKS__CA_FILE", &bad)
+        .env("WAYMARK_WRITE_KEY", WRITE_KEY)
+        .env("WAYMARK_ADMIN_TOKEN", ADMIN)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.pem"), "{stderr}");
+}
