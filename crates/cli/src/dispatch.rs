@@ -52,8 +52,11 @@ pub async fn run(store: Arc<dyn Store>, client: reqwest::Client) {
         Err(e) => tracing::warn!(error = %e, "could not release outbox leases; they will expire"),
     }
     // Deliveries run as independent tasks, at most IN_FLIGHT at a time; the loop claims more
-    // as soon as there is room, so slow calls do not hold back the rest of a batch.
+    // as soon as there is room, so slow calls do not hold back the rest of a batch. A
+    // delivery's slot is freed only once its outcome is recorded.
     let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let (outcomes, recorder_rx) = tokio::sync::mpsc::channel::<Outcome>(IN_FLIGHT);
+    tokio::spawn(record_outcomes(store.clone(), recorder_rx));
     loop {
         let room = permits.available_permits().min(BATCH as usize) as u32;
         if room == 0 {
@@ -79,7 +82,7 @@ pub async fn run(store: Arc<dyn Store>, client: reqwest::Client) {
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return;
             };
-            let (store, client) = (store.clone(), client.clone());
+            let (outcomes, client) = (outcomes.clone(), client.clone());
             tokio::spawn(async move {
                 let delivery = deliver(&client, &item).await;
                 let outcome = match &delivery {
@@ -88,16 +91,40 @@ pub async fn run(store: Arc<dyn Store>, client: reqwest::Client) {
                     Delivery::Failed(_) => "failed",
                 };
                 metrics::counter!("waymark_outbox_deliveries_total", "kind" => item.kind.clone(), "outcome" => outcome).increment(1);
-                if let Err(e) = store
-                    .complete_outbox(&item, delivery, wall_clock_ms())
-                    .await
-                {
-                    // The lease will run out and the row will be delivered again.
-                    tracing::warn!(error = %e, key = %item.key, "recording a delivery failed");
-                }
-                drop(permit);
+                // If the recorder is gone the server is stopping; the lease brings it back.
+                let _ = outcomes.send((item, delivery, permit)).await;
             });
         }
+    }
+}
+
+/// A finished delivery on its way to the store, holding its in-flight slot.
+type Outcome = (OutboxItem, Delivery, tokio::sync::OwnedSemaphorePermit);
+
+/// Most outcomes recorded in one store call.
+const RECORD_BATCH: usize = 512;
+
+/// Records outcomes in batches: whatever finished while the last batch was being committed
+/// goes into the next one, so under load one transaction records hundreds of deliveries
+/// (and moves their journeys on) instead of one each.
+async fn record_outcomes(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::Receiver<Outcome>) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while rx.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        let mut permits = Vec::with_capacity(batch.len());
+        let done: Vec<(OutboxItem, Delivery)> = batch
+            .drain(..)
+            .map(|(item, delivery, permit)| {
+                permits.push(permit);
+                (item, delivery)
+            })
+            .collect();
+        let count = done.len();
+        if let Err(e) = store.complete_outbox_many(done, wall_clock_ms()).await {
+            // Their leases will run out and the rows will be delivered again.
+            tracing::warn!(error = %e, deliveries = count, "recording deliveries failed");
+        }
+        metrics::histogram!("waymark_outbox_record_batch_size").record(count as f64);
+        drop(permits);
     }
 }
 

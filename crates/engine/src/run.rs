@@ -434,13 +434,25 @@ pub fn plan_webhook_result(
     result: WebhookOutcome<'_>,
     now: Millis,
 ) -> Planned {
+    plan_webhook_results(catalog, states, vec![(profile, result)], now)
+}
+
+/// Feeds many webhook outcomes back, in order, in one plan (one transaction's worth).
+pub fn plan_webhook_results(
+    catalog: &Catalog,
+    states: States,
+    results: Vec<(&ProfileState, WebhookOutcome<'_>)>,
+    now: Millis,
+) -> Planned {
     let mut c = Collector::new(catalog, states);
-    let input = Input::WebhookResult {
-        instance: result.instance,
-        node: result.node,
-        outcome: result.outcome,
-    };
-    c.run(profile, result.journey, input, now);
+    for (profile, result) in results {
+        let input = Input::WebhookResult {
+            instance: result.instance,
+            node: result.node,
+            outcome: result.outcome,
+        };
+        c.run(profile, result.journey, input, now);
+    }
     c.finish()
 }
 

@@ -781,6 +781,21 @@ impl OutboxStore for PostgresStore {
             "outbox completion kept conflicting".into(),
         ))
     }
+
+    /// One transaction per outcome, run side by side: each locks its own person, and
+    /// PostgreSQL commits them in parallel (unlike SQLite's one writer).
+    async fn complete_outbox_many(
+        &self,
+        done: Vec<(OutboxItem, Delivery)>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let results =
+            futures::future::join_all(done.into_iter().map(|(item, delivery)| async move {
+                self.complete_outbox(&item, delivery, now).await
+            }))
+            .await;
+        results.into_iter().collect()
+    }
 }
 
 #[async_trait]

@@ -401,14 +401,13 @@ impl OutboxStore for SqliteStore {
         self.write(runs::release_leases).await
     }
 
-    async fn complete_outbox(
+    async fn complete_outbox_many(
         &self,
-        item: &OutboxItem,
-        delivery: Delivery,
+        done: Vec<(OutboxItem, Delivery)>,
         now: Millis,
     ) -> Result<(), StoreError> {
-        let (item, cache) = (item.clone(), self.cache.clone());
-        self.write(move |tx| runs::complete(tx, &cache, &item, delivery, now))
+        let cache = self.cache.clone();
+        self.write(move |tx| runs::complete_many(tx, &cache, &done, now))
             .await
     }
 }

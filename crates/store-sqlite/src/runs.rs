@@ -4,13 +4,14 @@
 use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde_json::Value;
 use waymark_core::journey::lifecycle::Status as JourneyStatus;
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
 use waymark_engine::JourneyState;
 use waymark_engine::run::{
-    Catalog, CompileCache, EntryRate, JumpIn, OutboxRow, Planned, TimerRow, plan_events, plan_jump,
-    plan_timers, plan_webhook_result, state_keys,
+    Catalog, CompileCache, EntryRate, JumpIn, OutboxRow, Planned, TimerRow, WebhookOutcome,
+    plan_events, plan_jump, plan_timers, plan_webhook_results, state_keys,
 };
 use waymark_engine::stats::{Counts, JourneyStats, count_state_change, count_states};
 use waymark_store::{Delivery, OutboxItem, StoreError};
@@ -447,77 +448,120 @@ fn load_profile(conn: &Connection, id: &str) -> Result<Option<ProfileState>, Sto
     state.as_deref().map(decode_profile).transpose()
 }
 
-pub fn complete(
+/// Records delivery outcomes, in order, in the caller's transaction. Webhook results move
+/// their instances on in one plan (one catalog read, counters added up once); profile
+/// updates and jumps are applied before them, in order.
+pub fn complete_many(
     tx: &Transaction<'_>,
     cache: &CompileCache,
-    item: &OutboxItem,
-    delivery: Delivery,
+    done: &[(OutboxItem, Delivery)],
     now: Millis,
 ) -> Result<(), StoreError> {
-    let outcome = match &delivery {
+    let mut webhooks = Vec::new();
+    for (item, delivery) in done {
+        let Some(outcome) = record_delivery(tx, item, delivery)? else {
+            continue;
+        };
+        match item.kind.as_str() {
+            "webhook" => webhooks.push((item, outcome)),
+            _ => apply_effect(tx, cache, item, outcome, now)?,
+        }
+    }
+    if webhooks.is_empty() {
+        return Ok(());
+    }
+    let mut profiles: HashMap<String, ProfileState> = HashMap::new();
+    let mut keys = Vec::with_capacity(webhooks.len());
+    for (item, _) in &webhooks {
+        if !profiles.contains_key(&item.profile_id)
+            && let Some(p) = load_profile(tx, &item.profile_id)?
+        {
+            profiles.insert(item.profile_id.clone(), p);
+        }
+        keys.push((item.profile_id.clone(), item.journey.clone()));
+    }
+    let states = load_states(tx, &keys)?;
+    let mut catalog = catalog(tx)?;
+    add_versions(tx, cache, &mut catalog, &states)?;
+    let mut results = Vec::with_capacity(webhooks.len());
+    for (item, outcome) in webhooks {
+        let Some(profile) = profiles.get(&item.profile_id) else {
+            continue; // erased meanwhile
+        };
+        let (Some(instance), Some(node)) = (
+            item.effect["instance"].as_u64(),
+            item.effect["node"].as_str(),
+        ) else {
+            return Err(corrupt("webhook effect without instance or node"));
+        };
+        results.push((
+            profile,
+            WebhookOutcome {
+                journey: &item.journey,
+                instance: instance as u32,
+                node,
+                outcome,
+            },
+        ));
+    }
+    let planned = plan_webhook_results(&catalog, states, results, now);
+    write(tx, &planned, now)
+}
+
+/// Marks the row delivered, failed or due again. Returns the final outcome to act on, or
+/// `None` when there is nothing more to do (a retry, or a row already completed because a
+/// lease ran out while the call was slow).
+fn record_delivery(
+    tx: &Transaction<'_>,
+    item: &OutboxItem,
+    delivery: &Delivery,
+) -> Result<Option<Result<Value, String>>, StoreError> {
+    match delivery {
         Delivery::Retry { at, error } => {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE journey_outbox SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3, leased_until = NULL WHERE seq = ?1 AND status = 'pending'",
-                params![item.seq, at, error],
             )
+            .and_then(|mut s| s.execute(params![item.seq, at, error]))
             .map_err(unavailable)?;
-            return Ok(());
+            Ok(None)
         }
         Delivery::Delivered(value) => {
             let changed = tx
-                .execute(
+                .prepare_cached(
                     "UPDATE journey_outbox SET attempts = attempts + 1, status = 'done', result = ?2 WHERE seq = ?1 AND status = 'pending'",
-                    params![item.seq, value.to_string()],
                 )
+                .and_then(|mut s| s.execute(params![item.seq, value.to_string()]))
                 .map_err(unavailable)?;
-            if changed == 0 {
-                return Ok(()); // already completed (a lease that ran out while the call was slow)
-            }
-            Ok(value.clone())
+            Ok((changed > 0).then(|| Ok(value.clone())))
         }
         Delivery::Failed(error) => {
             let changed = tx
-                .execute(
+                .prepare_cached(
                     "UPDATE journey_outbox SET attempts = attempts + 1, status = 'failed', last_error = ?2 WHERE seq = ?1 AND status = 'pending'",
-                    params![item.seq, error],
                 )
+                .and_then(|mut s| s.execute(params![item.seq, error]))
                 .map_err(unavailable)?;
-            if changed == 0 {
-                return Ok(());
-            }
-            Err(error.clone())
+            Ok((changed > 0).then(|| Err(error.clone())))
         }
-    };
+    }
+}
+
+/// What a delivered `update_profile` or `jump` does to the store.
+fn apply_effect(
+    tx: &Transaction<'_>,
+    cache: &CompileCache,
+    item: &OutboxItem,
+    outcome: Result<Value, String>,
+    now: Millis,
+) -> Result<(), StoreError> {
+    if outcome.is_err() {
+        return Ok(());
+    }
     let Some(mut profile) = load_profile(tx, &item.profile_id)? else {
         return Ok(());
     };
     match item.kind.as_str() {
-        "webhook" => {
-            let (Some(instance), Some(node)) = (
-                item.effect["instance"].as_u64(),
-                item.effect["node"].as_str(),
-            ) else {
-                return Err(corrupt("webhook effect without instance or node"));
-            };
-            let keys = vec![(item.profile_id.clone(), item.journey.clone())];
-            let states = load_states(tx, &keys)?;
-            let mut catalog = catalog(tx)?;
-            add_versions(tx, cache, &mut catalog, &states)?;
-            let planned = plan_webhook_result(
-                &catalog,
-                states,
-                &profile,
-                waymark_engine::run::WebhookOutcome {
-                    journey: &item.journey,
-                    instance: instance as u32,
-                    node,
-                    outcome,
-                },
-                now,
-            );
-            write(tx, &planned, now)?;
-        }
-        "jump" if outcome.is_ok() => {
+        "jump" => {
             let (Some(target), Some(from)) = (
                 item.effect["journey"].as_str(),
                 item.effect["from"].as_str(),
@@ -536,7 +580,7 @@ pub fn complete(
             let planned = plan_jump(&catalog, states, &profile, jump, now);
             write(tx, &planned, now)?;
         }
-        "update_profile" if outcome.is_ok() => {
+        "update_profile" => {
             let empty = serde_json::Map::new();
             let set = item.effect["set"].as_object().unwrap_or(&empty);
             let unset = item.effect["unset"]

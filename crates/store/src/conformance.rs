@@ -959,6 +959,93 @@ pub async fn outbox_claims_leases_and_completes_effects(b: &impl Backend) {
         steps.contains(&("hook", "error")) && steps.contains(&("sorry", "sent")),
         "{steps:?}"
     );
+
+    // Many outcomes at once: each is recorded as if alone, and a row given twice in one
+    // batch is completed once (the first outcome wins).
+    let batch: Vec<Value> = ["m-ok", "m-bad", "m-later"]
+        .iter()
+        .map(|u| json!({"type": "track", "messageId": format!("{u}-go"), "userId": u, "event": "Go"}))
+        .collect();
+    s.ingest(events(Value::Array(batch))).await.expect("ingest");
+    let now = crate::wall_clock_ms();
+    let claimed = s.claim_outbox(now, 10, 30_000).await.expect("claim");
+    assert_eq!(claimed.len(), 3);
+    let ok_id = s
+        .profile(&id("user_id", "m-ok"))
+        .await
+        .expect("read")
+        .expect("p")
+        .id;
+    let bad_id = s
+        .profile(&id("user_id", "m-bad"))
+        .await
+        .expect("read")
+        .expect("p")
+        .id;
+    let find = |wanted: &dyn Fn(&str) -> bool| {
+        claimed
+            .iter()
+            .find(|i| wanted(&i.profile_id))
+            .cloned()
+            .expect("claimed")
+    };
+    let ok = find(&|p| p == ok_id);
+    let bad = find(&|p| p == bad_id);
+    let later = find(&|p| p != ok_id && p != bad_id);
+    s.complete_outbox_many(
+        vec![
+            (ok.clone(), Delivery::Delivered(json!({"n": 1}))),
+            (bad, Delivery::Failed("HTTP 404".into())),
+            (
+                later,
+                Delivery::Retry {
+                    at: now + 1_000,
+                    error: "503".into(),
+                },
+            ),
+            (ok, Delivery::Delivered(json!({"n": 2}))),
+        ],
+        now,
+    )
+    .await
+    .expect("complete many");
+    let s_ref = &s;
+    let instance = move |u: &'static str| async move {
+        s_ref
+            .profile_journeys(&id("user_id", u))
+            .await
+            .expect("read")
+            .expect("profile")[0]
+            .1
+            .instances[0]
+            .clone()
+    };
+    let ok = instance("m-ok").await;
+    assert_eq!(
+        ok.context["hook"],
+        json!({"n": 1}),
+        "the first outcome wins"
+    );
+    let bad = instance("m-bad").await;
+    assert!(
+        bad.steps.iter().any(|st| st.node == "sorry"),
+        "{:?}",
+        bad.steps
+    );
+    let later = instance("m-later").await;
+    assert_eq!(
+        later.status,
+        waymark_engine::Status::Active,
+        "a retry leaves it waiting"
+    );
+    let again = s
+        .claim_outbox(now + 2_000, 10, 30_000)
+        .await
+        .expect("claim");
+    assert!(
+        again.iter().any(|i| i.kind == "webhook" && i.attempts == 1),
+        "the retried row comes due again: {again:?}"
+    );
     s.close().await;
 }
 

@@ -276,11 +276,24 @@ pub trait OutboxStore: Send + Sync {
     async fn release_outbox_leases(&self) -> Result<u64, StoreError>;
 
     /// Records the outcome; a final webhook outcome moves the journey on in the same
-    /// transaction, and an `update_profile` is applied to the profile.
+    /// transaction, an `update_profile` is applied to the profile, a `jump` enters the
+    /// target journey. Recording an outcome for a row already completed changes nothing.
     async fn complete_outbox(
         &self,
         item: &OutboxItem,
         delivery: Delivery,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        self.complete_outbox_many(vec![(item.clone(), delivery)], now)
+            .await
+    }
+
+    /// Records many outcomes as `complete_outbox` would one by one; a backend may commit
+    /// them in one transaction. On error, some may not be recorded (their leases run out
+    /// and they are delivered again).
+    async fn complete_outbox_many(
+        &self,
+        done: Vec<(OutboxItem, Delivery)>,
         now: Millis,
     ) -> Result<(), StoreError>;
 }
