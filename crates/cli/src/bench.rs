@@ -124,7 +124,8 @@ fn event(run: &str, n: u64, profiles: u64, identify_every: u64) -> Value {
             "traits": {"email": format!("{user}@example.com"), "plan": if n.is_multiple_of(3) { "pro" } else { "free" }, "seq": n}})
     } else {
         json!({"type": "track", "messageId": format!("{run}-{n}"), "userId": user, "event": "Product Viewed",
-            "properties": {"product_id": format!("sku-{}", n % 977), "price": (n % 100) as f64 + 0.99, "currency": "EUR"},
+            "properties": {"product_id": format!("sku-{}", n % 977), "price": (n % 100) as f64 + 0.99, "currency": "EUR",
+                           "sent_at_ms": waymark_store::wall_clock_ms()},
             "context": {"library": {"name": "waymark-bench", "version": "1"}}})
     }
 }
@@ -344,15 +345,36 @@ async fn profiles(a: ProfilesArgs) -> Result<(), String> {
     reason = "tells the operator where the sink listens"
 )]
 async fn sink(listen: &str) -> Result<(), String> {
-    let count = Arc::new(AtomicU64::new(0));
-    let hits = count.clone();
+    // Calls whose JSON body carries `sent_at_ms` (a webhook body templated from the bench
+    // event's property) also give the event-to-call latency, generator clock to sink clock
+    // (same machine).
+    struct Seen {
+        count: AtomicU64,
+        latency_us: std::sync::Mutex<Histogram<u64>>,
+    }
+    let seen = Arc::new(Seen {
+        count: AtomicU64::new(0),
+        latency_us: std::sync::Mutex::new(
+            Histogram::new_with_bounds(1, 600_000_000, 3).map_err(|e| e.to_string())?,
+        ),
+    });
+    let hits = seen.clone();
     let app = axum::Router::new()
         .route(
             "/{*path}",
-            axum::routing::post(move || {
+            axum::routing::post(move |body: axum::body::Bytes| {
                 let hits = hits.clone();
                 async move {
-                    hits.fetch_add(1, Ordering::Relaxed);
+                    hits.count.fetch_add(1, Ordering::Relaxed);
+                    let sent = serde_json::from_slice::<Value>(&body)
+                        .ok()
+                        .and_then(|b| b["sent_at_ms"].as_i64());
+                    if let Some(sent) = sent {
+                        let us = (waymark_store::wall_clock_ms() - sent).max(0) as u64 * 1000;
+                        if let Ok(mut h) = hits.latency_us.lock() {
+                            let _ = h.record(us.max(1));
+                        }
+                    }
                     axum::Json(json!({}))
                 }
             }),
@@ -360,8 +382,14 @@ async fn sink(listen: &str) -> Result<(), String> {
         .route(
             "/count",
             axum::routing::get(move || {
-                let count = count.clone();
-                async move { axum::Json(json!({"count": count.load(Ordering::Relaxed)})) }
+                let seen = seen.clone();
+                async move {
+                    let latency = seen.latency_us.lock().ok().filter(|h| !h.is_empty()).map(|h| {
+                        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+                        json!({"samples": h.len(), "p50_ms": ms(0.5), "p99_ms": ms(0.99), "max_ms": h.max() as f64 / 1000.0})
+                    });
+                    axum::Json(json!({"count": seen.count.load(Ordering::Relaxed), "event_to_call": latency}))
+                }
             }),
         );
     let listener = tokio::net::TcpListener::bind(listen)
