@@ -19,6 +19,7 @@ impl Default for Templates {
     fn default() -> Self {
         let mut registry = Handlebars::new();
         registry.register_escape_fn(handlebars::no_escape);
+        crate::content::register_helpers(&mut registry);
         Self { registry }
     }
 }

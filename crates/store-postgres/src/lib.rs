@@ -12,6 +12,7 @@
 mod journeys;
 mod runs;
 mod schema;
+mod templates;
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -29,7 +30,8 @@ use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
     Delivery, Erasure, EventPage, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore,
     JourneyState, JourneyStats, JourneyStore, OutboxItem, OutboxRow, OutboxStore, PageRequest,
-    ProfileStore, Store, StoreError, StoreOptions, StoredEvent, Transition, decode_cursor,
+    ProfileStore, Store, StoreError, StoreOptions, StoredEvent, TemplateRecord, TemplateStore,
+    Transition, decode_cursor,
 };
 
 const MAX_ATTEMPTS: u32 = 20;
@@ -632,6 +634,38 @@ impl ProfileStore for PostgresStore {
 }
 
 #[async_trait]
+impl TemplateStore for PostgresStore {
+    async fn put_template(
+        &self,
+        key: &str,
+        document: &serde_json::Value,
+        now: Millis,
+    ) -> Result<(TemplateRecord, bool), StoreError> {
+        let mut client = self.client().await?;
+        templates::put(&mut client, key, document, now).await
+    }
+
+    async fn template(&self, key: &str) -> Result<Option<TemplateRecord>, StoreError> {
+        let client = self.client().await?;
+        templates::read(&client, key).await
+    }
+
+    async fn template_version(
+        &self,
+        key: &str,
+        version: u32,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let client = self.client().await?;
+        templates::version(&client, key, version).await
+    }
+
+    async fn templates(&self) -> Result<Vec<TemplateRecord>, StoreError> {
+        let client = self.client().await?;
+        templates::list(&client).await
+    }
+}
+
+#[async_trait]
 impl JourneyStore for PostgresStore {
     async fn put_journey_draft(
         &self,
@@ -782,18 +816,30 @@ impl OutboxStore for PostgresStore {
         ))
     }
 
-    /// One transaction per outcome, run side by side: each locks its own person, and
-    /// PostgreSQL commits them in parallel (unlike SQLite's one writer).
+    /// One transaction per outcome. Different people's run side by side (each locks its own
+    /// person, and PostgreSQL commits them in parallel, unlike SQLite's one writer); one
+    /// person's run in the order given.
     async fn complete_outbox_many(
         &self,
         done: Vec<(OutboxItem, Delivery)>,
         now: Millis,
     ) -> Result<(), StoreError> {
-        let results =
-            futures::future::join_all(done.into_iter().map(|(item, delivery)| async move {
-                self.complete_outbox(&item, delivery, now).await
-            }))
-            .await;
+        let mut by_person: Vec<Vec<(OutboxItem, Delivery)>> = Vec::new();
+        let mut slot: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for (item, delivery) in done {
+            let i = *slot.entry(item.profile_id.clone()).or_insert_with(|| {
+                by_person.push(Vec::new());
+                by_person.len() - 1
+            });
+            by_person[i].push((item, delivery));
+        }
+        let results = futures::future::join_all(by_person.into_iter().map(|group| async move {
+            for (item, delivery) in group {
+                self.complete_outbox(&item, delivery, now).await?;
+            }
+            Ok::<(), StoreError>(())
+        }))
+        .await;
         results.into_iter().collect()
     }
 }

@@ -119,6 +119,17 @@ const MIGRATIONS: &[(i32, &str)] = &[
          ALTER TABLE journeys ADD COLUMN rate_window BIGINT NOT NULL DEFAULT 0;
          ALTER TABLE journeys ADD COLUMN rate_used INTEGER NOT NULL DEFAULT 0;",
     ),
+    (
+        7,
+        "CREATE TABLE templates (
+             key TEXT NOT NULL,
+             version INTEGER NOT NULL,
+             channel TEXT NOT NULL,
+             document JSONB NOT NULL,
+             created_at BIGINT NOT NULL,
+             PRIMARY KEY (key, version)
+         );",
+    ),
 ];
 
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {

@@ -8,6 +8,7 @@
 mod journeys;
 mod runs;
 mod schema;
+mod templates;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -23,7 +24,8 @@ use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
     Delivery, Erasure, EventPage, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore,
     JourneyState, JourneyStats, JourneyStore, OutboxItem, OutboxRow, OutboxStore, PageRequest,
-    ProfileStore, Store, StoreError, StoreOptions, StoredEvent, Transition, decode_cursor,
+    ProfileStore, Store, StoreError, StoreOptions, StoredEvent, TemplateRecord, TemplateStore,
+    Transition, decode_cursor,
 };
 
 use writer::Command;
@@ -339,6 +341,39 @@ impl JourneyStore for SqliteStore {
 
     async fn journeys(&self) -> Result<Vec<JourneyRecord>, StoreError> {
         self.read(journeys::list).await
+    }
+}
+
+#[async_trait]
+impl TemplateStore for SqliteStore {
+    async fn put_template(
+        &self,
+        key: &str,
+        document: &serde_json::Value,
+        now: Millis,
+    ) -> Result<(TemplateRecord, bool), StoreError> {
+        let (key, document) = (key.to_owned(), document.clone());
+        self.write(move |tx| templates::put(tx, &key, &document, now))
+            .await
+    }
+
+    async fn template(&self, key: &str) -> Result<Option<TemplateRecord>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |conn| templates::read(conn, &key)).await
+    }
+
+    async fn template_version(
+        &self,
+        key: &str,
+        version: u32,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |conn| templates::version(conn, &key, version))
+            .await
+    }
+
+    async fn templates(&self) -> Result<Vec<TemplateRecord>, StoreError> {
+        self.read(templates::list).await
     }
 }
 

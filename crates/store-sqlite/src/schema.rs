@@ -111,6 +111,17 @@ const MIGRATIONS: &[(i64, &str)] = &[
          ALTER TABLE journeys ADD COLUMN rate_window INTEGER NOT NULL DEFAULT 0;
          ALTER TABLE journeys ADD COLUMN rate_used INTEGER NOT NULL DEFAULT 0;",
     ),
+    (
+        7,
+        "CREATE TABLE templates (
+             key TEXT NOT NULL,
+             version INTEGER NOT NULL,
+             channel TEXT NOT NULL,
+             document TEXT NOT NULL,
+             created_at INTEGER NOT NULL,
+             PRIMARY KEY (key, version)
+         );",
+    ),
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

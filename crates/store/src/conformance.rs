@@ -11,7 +11,7 @@ use waymark_core::{Event, Identity, partition_of};
 
 use crate::{
     Delivery, JourneyAction, JourneyRunStore, JourneyStatus, JourneyStore, OutboxStore,
-    PageRequest, ProfileStore, Store, StoreOptions, Transition,
+    PageRequest, ProfileStore, Store, StoreOptions, TemplateStore, Transition,
 };
 
 /// A place a store can be opened, and opened again (to prove durability).
@@ -42,6 +42,7 @@ macro_rules! conformance_suite {
             live_journeys_run_on_ingest_and_timers_fire,
             outbox_claims_leases_and_completes_effects,
             jumps_rate_limits_and_stats_counters,
+            templates_keep_every_changed_version,
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {
@@ -1132,5 +1133,48 @@ pub async fn jumps_rate_limits_and_stats_counters(b: &impl Backend) {
         (stats.nodes["hold"].entered, stats.nodes["hold"].waiting),
         (2, 1)
     );
+    s.close().await;
+}
+
+pub async fn templates_keep_every_changed_version(b: &impl Backend) {
+    let s = b.open(StoreOptions::default()).await;
+    assert!(s.template("welcome").await.expect("read").is_none());
+    let v1 = json!({"channel": "email", "subject": "Hi", "html": "<p>Hi</p>"});
+    let (record, created) = s.put_template("welcome", &v1, 10).await.expect("put");
+    assert!(created);
+    assert_eq!((record.version, record.channel.as_str()), (1, "email"));
+    let (record, created) = s.put_template("welcome", &v1, 20).await.expect("put again");
+    assert!(!created, "the same document makes no new version");
+    assert_eq!(record.version, 1);
+    let v2 = json!({"channel": "email", "subject": "Hello", "html": "<p>Hello</p>"});
+    let (record, created) = s.put_template("welcome", &v2, 30).await.expect("put v2");
+    assert!(created);
+    assert_eq!(record.version, 2);
+    assert_eq!(record.document, v2);
+    assert_eq!((record.created_at, record.updated_at), (10, 30));
+    assert_eq!(
+        record
+            .versions
+            .iter()
+            .map(|v| v.version)
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(
+        s.template_version("welcome", 1).await.expect("read"),
+        Some(v1)
+    );
+    assert_eq!(s.template_version("welcome", 3).await.expect("read"), None);
+    s.put_template("footer", &json!({"channel": "partial", "body": "bye"}), 40)
+        .await
+        .expect("put");
+    let keys: Vec<String> = s
+        .templates()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|t| t.key)
+        .collect();
+    assert_eq!(keys, ["footer", "welcome"]);
     s.close().await;
 }

@@ -207,6 +207,39 @@ pub trait JourneyStore: Send + Sync {
     async fn journeys(&self) -> Result<Vec<JourneyRecord>, StoreError>;
 }
 
+/// A message template (`waymark_core::content::ContentDoc`) with its versions: every change
+/// put is a new immutable version; the newest is the one used.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TemplateRecord {
+    pub key: String,
+    pub channel: String,
+    pub version: u32,
+    pub document: Value,
+    pub versions: Vec<JourneyVersion>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[async_trait]
+pub trait TemplateStore: Send + Sync {
+    /// Stores the document as a new version if it differs from the newest one. Returns the
+    /// record and whether a version was created.
+    async fn put_template(
+        &self,
+        key: &str,
+        document: &Value,
+        now: Millis,
+    ) -> Result<(TemplateRecord, bool), StoreError>;
+
+    async fn template(&self, key: &str) -> Result<Option<TemplateRecord>, StoreError>;
+
+    /// One version's document.
+    async fn template_version(&self, key: &str, version: u32) -> Result<Option<Value>, StoreError>;
+
+    /// Every template (newest versions), by key.
+    async fn templates(&self) -> Result<Vec<TemplateRecord>, StoreError>;
+}
+
 pub use waymark_engine::JourneyState;
 pub use waymark_engine::run::OutboxRow;
 pub use waymark_engine::stats::JourneyStats;
@@ -299,7 +332,9 @@ pub trait OutboxStore: Send + Sync {
 }
 
 #[async_trait]
-pub trait Store: ProfileStore + JourneyStore + JourneyRunStore + OutboxStore + 'static {
+pub trait Store:
+    ProfileStore + JourneyStore + JourneyRunStore + OutboxStore + TemplateStore + 'static
+{
     fn backend(&self) -> &'static str;
     fn partitions(&self) -> u32;
     /// Cheap round trip to the backend, for health checks.
