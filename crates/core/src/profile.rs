@@ -45,6 +45,14 @@ impl ProfileState {
         }
     }
 
+    /// The person as expressions and templates see them (`profile.traits.plan`), with
+    /// `traits` given separately so a caller can show pending changes.
+    pub fn context_json(&self, traits: &Map<String, Value>) -> Value {
+        serde_json::json!({"id": self.id, "traits": traits, "identities": self.identities,
+            "event_count": self.event_count, "event_counts": self.event_counts,
+            "first_seen": self.first_seen, "last_seen": self.last_seen})
+    }
+
     pub fn has_user_id(&self) -> bool {
         self.identities
             .get(crate::Namespace::USER_ID)

@@ -249,8 +249,7 @@ impl Run<'_> {
                 traits.insert(k.clone(), v.clone());
             }
         }
-        json!({"id": p.id, "traits": traits, "identities": p.identities, "event_count": p.event_count,
-               "event_counts": p.event_counts, "first_seen": p.first_seen, "last_seen": p.last_seen})
+        p.context_json(&traits)
     }
 
     /// A webhook's headers and body, rendered for this person, event and instance.

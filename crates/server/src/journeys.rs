@@ -210,24 +210,37 @@ pub async fn get_journey(
     Path(key): Path<String>,
     Query(q): Query<VersionQuery>,
 ) -> Result<axum::response::Response, ApiError> {
-    use axum::response::IntoResponse;
     state.keys.require_admin(&headers)?;
-    if let Some(version) = q.version {
-        let doc = state
-            .store
-            .journey_version(&key, version)
-            .await?
-            .ok_or_else(|| {
-                ApiError::not_found(format!("journey {key:?} has no version {version}"))
-            })?;
+    one_or_version(
+        "journey",
+        &key,
+        q.version,
+        state.store.journey_version(&key, q.version.unwrap_or(0)),
+        async { Ok(state.store.journey(&key).await?.map(JourneyView::from)) },
+    )
+    .await
+}
+
+/// A versioned resource (journey, template): with `?version=N` that version's document,
+/// else the record. Only the future that is needed is awaited.
+pub(crate) async fn one_or_version<V: Serialize>(
+    what: &str,
+    key: &str,
+    version: Option<u32>,
+    document: impl Future<Output = Result<Option<Value>, waymark_store::StoreError>>,
+    record: impl Future<Output = Result<Option<V>, waymark_store::StoreError>>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    if let Some(version) = version {
+        let doc = document.await?.ok_or_else(|| {
+            ApiError::not_found(format!("{what} {key:?} has no version {version}"))
+        })?;
         return Ok(axum::Json(doc).into_response());
     }
-    let record = state
-        .store
-        .journey(&key)
+    let view = record
         .await?
-        .ok_or_else(|| no_journey(&key))?;
-    Ok(axum::Json(JourneyView::from(record)).into_response())
+        .ok_or_else(|| ApiError::not_found(format!("no {what} has the key {key:?}")))?;
+    Ok(axum::Json(view).into_response())
 }
 
 /// Every journey, by key.
@@ -252,7 +265,7 @@ pub async fn list_journeys(
 /// Per node: entered, waiting, passed, errored, exited; and instances by status.
 #[utoipa::path(get, path = "/v1/journeys/{key}/stats", tag = "journeys",
     params(("key" = String, Path)),
-    responses((status = 200, description = "Counts over the retained instances (the newest 20 finished per person, and all active ones)"),
+    responses((status = 200, description = "Counters kept by every transaction: all instances ever, by status; per node entered, waiting, passed, errored, exited; entries refused by the rate limit"),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn journey_stats(

@@ -10,6 +10,7 @@ pub mod ingest;
 pub mod journeys;
 pub mod ops;
 pub mod profiles;
+pub mod templates;
 
 use std::sync::Arc;
 
@@ -66,6 +67,15 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/v1/journeys/{key}/{action}",
             post(journeys::journey_action),
+        )
+        .route("/v1/templates", get(templates::list_templates))
+        .route(
+            "/v1/templates/{key}",
+            get(templates::get_template).put(templates::put_template),
+        )
+        .route(
+            "/v1/templates/{key}/preview",
+            post(templates::preview_template),
         )
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))

@@ -9,7 +9,8 @@ use crate::FieldError;
 /// Channels a message node may use today. (The channels issue adds the real ones.)
 pub const CHANNELS: [&str; 1] = ["log"];
 
-fn valid_key(key: &str) -> bool {
+/// A resource key (journeys, templates): 1 to 64 of a-z, 0-9, - and _.
+pub fn valid_key(key: &str) -> bool {
     !key.is_empty()
         && key.len() <= 64
         && key
