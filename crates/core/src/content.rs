@@ -17,7 +17,7 @@ use crate::FieldError;
 pub const CHANNELS: [&str; 5] = ["email", "sms", "push", "in_app", "partial"];
 
 /// A template document as put through the API.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContentDoc {
     /// `email`, `sms`, `push`, `in_app`, or `partial` (a fragment other templates include).
@@ -36,6 +36,7 @@ pub struct ContentDoc {
     pub body: Option<String>,
     /// Custom key/value data for push and in-app (strings in it are templates too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     pub data: Option<Value>,
 }
 
@@ -297,7 +298,7 @@ handlebars_helper!(lower: |v: Json| v.render().to_lowercase());
 handlebars_helper!(title: |v: Json| title_case(&v.render()));
 // `{{default profile.traits.first_name "there"}}`: the fallback when the value is missing
 // or empty.
-handlebars_helper!(default: |v: Json, fallback: Json| if is_missing(v) { fallback.clone() } else { v.clone() });
+handlebars_helper!(default_helper: |v: Json, fallback: Json| if is_missing(v) { fallback.clone() } else { v.clone() });
 handlebars_helper!(first: |a: array| a.first().cloned().unwrap_or(Value::Null));
 handlebars_helper!(last: |a: array| a.last().cloned().unwrap_or(Value::Null));
 handlebars_helper!(join: |a: array, sep: str| a.iter().map(|v| v.render()).collect::<Vec<_>>().join(sep));
@@ -481,7 +482,7 @@ pub(crate) fn register_helpers(r: &mut Handlebars<'static>) {
     r.register_helper("upper", Box::new(upper));
     r.register_helper("lower", Box::new(lower));
     r.register_helper("title", Box::new(title));
-    r.register_helper("default", Box::new(default));
+    r.register_helper("default", Box::new(default_helper));
     r.register_helper("first", Box::new(first));
     r.register_helper("last", Box::new(last));
     r.register_helper("join", Box::new(join));

@@ -46,6 +46,8 @@ pub struct CompiledJourney {
     pub(crate) templates: Templates,
     /// Webhook headers (as an object) and body, by node index.
     pub(crate) webhooks: HashMap<usize, (JsonTemplate, Option<JsonTemplate>)>,
+    /// Pinned message templates, by key (partials are compiled into them).
+    pub(crate) contents: HashMap<String, waymark_core::content::CompiledContent>,
 }
 
 impl CompiledJourney {
@@ -157,6 +159,15 @@ pub fn compile(doc: Journey, version: u32) -> Result<CompiledJourney, Vec<FieldE
             _ => {}
         }
     }
+    let partials = waymark_core::journey::partial_sources(&doc.templates);
+    let mut contents = HashMap::new();
+    for (key, pinned) in &doc.templates {
+        if pinned.document.channel == "partial" {
+            continue;
+        }
+        let compiled = waymark_core::content::compile(&pinned.document, &partials)?;
+        contents.insert(key.clone(), compiled);
+    }
     let p = &doc.properties;
     let reentry = match &p.reentry {
         Reentry::Never => ReentryRule::Never,
@@ -186,5 +197,6 @@ pub fn compile(doc: Journey, version: u32) -> Result<CompiledJourney, Vec<FieldE
         cel_root: cel::Context::default(),
         templates,
         webhooks,
+        contents,
     })
 }

@@ -103,6 +103,10 @@ pub enum Effect {
         node: String,
         channel: String,
         template: String,
+        /// The pinned template rendered for this person (`{channel, fields, data}`), if the
+        /// journey version pins one; the outbox keeps exactly what is sent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        content: Option<Value>,
     },
     Webhook {
         key: String,
@@ -641,6 +645,21 @@ impl Run<'_> {
                     template,
                     next,
                 } => {
+                    let content = match j.contents.get(template) {
+                        None => None,
+                        Some(c) => match c.render(&json!({
+                            "profile": self.profile_json(), "event": event, "journey": instance.context,
+                        })) {
+                            Ok(rendered) => Some(serde_json::to_value(rendered).unwrap_or(Value::Null)),
+                            Err(reason) => {
+                                // The message fails, with why; the instance carries on.
+                                let detail = json!({"reason": reason, "template": template});
+                                self.step(instance, &id, "error", Some(detail));
+                                id = next.clone();
+                                continue;
+                            }
+                        },
+                    };
                     let key = self.key(instance, &id);
                     self.effects.push(Effect::Message {
                         key,
@@ -648,6 +667,7 @@ impl Run<'_> {
                         node: id.clone(),
                         channel: channel.clone(),
                         template: template.clone(),
+                        content,
                     });
                     self.step(
                         instance,

@@ -166,6 +166,15 @@ pub async fn journey_action(
     state.keys.require_admin(&headers)?;
     let now = wall_clock_ms();
     if action == "publish" {
+        let draft = state
+            .store
+            .journey(&key)
+            .await?
+            .ok_or_else(|| no_journey(&key))?
+            .draft;
+        if let Some(pinned) = pin_templates(&state, &draft).await? {
+            state.store.put_journey_draft(&key, &pinned, now).await?;
+        }
         let (record, created) = state
             .store
             .publish_journey(&key, now)
@@ -191,6 +200,79 @@ pub async fn journey_action(
         Transition::Done(record) => Ok(axum::Json(record.into())),
         Transition::Refused { reason, .. } => Err(ApiError::conflict("invalid_transition", reason)),
     }
+}
+
+/// Puts into the draft the newest version of every template its message nodes name (and the
+/// partials those include), so the published version sends exactly that content. Returns
+/// the new draft if it changed. A template that does not exist is refused, except for the
+/// `log` channel (a dry run, which records the name alone).
+async fn pin_templates(state: &AppState, draft: &Value) -> Result<Option<Value>, ApiError> {
+    use waymark_core::journey::{NodeKind, PinnedTemplate};
+    let mut journey: Journey = serde_json::from_value(draft.clone())
+        .map_err(|e| ApiError::bad_request("invalid_document", e.to_string()))?;
+    let mut pinned: std::collections::BTreeMap<String, PinnedTemplate> = journey
+        .templates
+        .iter()
+        .filter(|(_, t)| t.version.is_none())
+        .map(|(k, t)| (k.clone(), t.clone()))
+        .collect();
+    let mut problems = Vec::new();
+    let mut wanted: Vec<(Option<usize>, String)> = Vec::new();
+    for (i, node) in journey.nodes.iter().enumerate() {
+        if let NodeKind::Message { template, .. } = &node.kind {
+            wanted.push((Some(i), template.clone()));
+        }
+    }
+    while let Some((node, key)) = wanted.pop() {
+        if pinned.get(&key).is_some_and(|t| t.version.is_some()) {
+            continue;
+        }
+        match state.store.template(&key).await? {
+            Some(record) => {
+                let document: waymark_core::content::ContentDoc =
+                    serde_json::from_value(record.document).map_err(|e| {
+                        ApiError::unavailable(format!("stored template {key:?} is unreadable: {e}"))
+                    })?;
+                for (_, source) in document.fields() {
+                    for partial in waymark_core::content::partials_used(source) {
+                        wanted.push((None, partial));
+                    }
+                }
+                pinned.insert(
+                    key,
+                    PinnedTemplate {
+                        version: Some(record.version),
+                        document,
+                    },
+                );
+            }
+            None if pinned.contains_key(&key) => {}
+            None => {
+                let Some(i) = node else { continue }; // a missing partial: validation says so
+                let NodeKind::Message { channel, .. } = &journey.nodes[i].kind else {
+                    continue;
+                };
+                if channel != "log" {
+                    problems.push(FieldError::new(
+                        "unknown_template",
+                        format!("nodes[{i}].template"),
+                        format!("no template has the key {key:?}; PUT /v1/templates/{key} first"),
+                    ));
+                }
+            }
+        }
+    }
+    if pinned == journey.templates && problems.is_empty() {
+        return Ok(None);
+    }
+    journey.templates = pinned;
+    problems.extend(validate(&journey));
+    if !problems.is_empty() {
+        return Err(ApiError::unprocessable("invalid_journey", problems));
+    }
+    serde_json::to_value(&journey)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request("invalid_document", e.to_string()))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -979,4 +979,135 @@ async fn templates_version_validate_and_preview(api: &Api) {
     )
     .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+
+    // Publishing a journey pins the newest version of the templates its messages use; each
+    // message records what it rendered.
+    let journey = json!({"key": "receipts", "entry": {"event": "Order Completed"}, "nodes": [
+        {"id": "send", "type": "message", "channel": "log", "template": "receipt", "next": "done"},
+        {"id": "done", "type": "end"}]});
+    let r = api
+        .call(
+            "PUT",
+            "/v1/journeys/receipts",
+            Auth::Admin(ADMIN),
+            serde_json::to_vec(&journey).expect("json"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = api
+        .call(
+            "POST",
+            "/v1/journeys/receipts/publish",
+            Auth::Admin(ADMIN),
+            Vec::new(),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = api.get("/v1/journeys/receipts?version=1").await;
+    assert_eq!(r.body["templates"]["receipt"]["version"], 2, "{}", r.text);
+    assert_eq!(
+        r.body["templates"]["footer"]["version"], 1,
+        "partials are pinned too: {}",
+        r.text
+    );
+    let r = api.post("/v1/track", json!({"userId": "ada", "event": "Order Completed", "properties": {"total": 10, "parts": 4}})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = api.get("/v1/profiles/user_id/ada/journeys").await;
+    let sent = r.body["effects"]
+        .as_array()
+        .expect("effects")
+        .iter()
+        .find(|e| e["journey"] == "receipts")
+        .cloned()
+        .expect("message");
+    assert_eq!(
+        sent["effect"]["content"]["fields"]["text"], "Paid 2.5",
+        "{sent}"
+    );
+    assert!(
+        sent["effect"]["content"]["fields"]["html"]
+            .as_str()
+            .is_some_and(|h| h.contains("Ada &lt;3")),
+        "{sent}"
+    );
+    // A render failure fails that message (recorded), not the journey.
+    let r = api.post("/v1/track", json!({"userId": "bob", "event": "Order Completed", "properties": {"total": 10, "parts": 0}})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = api.get("/v1/profiles/user_id/bob/journeys").await;
+    let instance = &r.body["journeys"][0]["instances"][0];
+    assert_eq!(instance["status"], "completed", "{}", r.text);
+    let error = instance["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .find(|s| s["what"] == "error")
+        .cloned()
+        .expect("error step");
+    assert!(
+        error["detail"]["reason"]
+            .as_str()
+            .is_some_and(|m| m.contains("division by zero")),
+        "{error}"
+    );
+    // Publishing again after a template change makes a new version; with no change, none.
+    let r = api
+        .call(
+            "POST",
+            "/v1/journeys/receipts/publish",
+            Auth::Admin(ADMIN),
+            Vec::new(),
+            None,
+        )
+        .await;
+    assert_eq!(r.body["published"]["created"], false, "{}", r.text);
+    let mut v3 = receipt.clone();
+    v3["text"] = json!("Thanks!");
+    put("receipt", v3).await;
+    let r = api
+        .call(
+            "POST",
+            "/v1/journeys/receipts/publish",
+            Auth::Admin(ADMIN),
+            Vec::new(),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (
+            r.body["published"]["version"].as_u64(),
+            r.body["published"]["created"].as_bool()
+        ),
+        (Some(2), Some(true)),
+        "{}",
+        r.text
+    );
+    // A partial cannot be sent.
+    let bad = json!({"key": "receipts", "entry": {"event": "Order Completed"}, "nodes": [
+        {"id": "send", "type": "message", "channel": "log", "template": "footer", "next": "done"},
+        {"id": "done", "type": "end"}]});
+    api.call(
+        "PUT",
+        "/v1/journeys/receipts",
+        Auth::Admin(ADMIN),
+        serde_json::to_vec(&bad).expect("json"),
+        None,
+    )
+    .await;
+    let r = api
+        .call(
+            "POST",
+            "/v1/journeys/receipts/publish",
+            Auth::Admin(ADMIN),
+            Vec::new(),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert_eq!(
+        r.body["errors"][0]["field"], "nodes[0].template",
+        "{}",
+        r.text
+    );
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use duration::{DurationText, parse_duration_ms};
-pub use validate::{valid_key, validate};
+pub use validate::{partial_sources, valid_key, validate};
 
 use crate::FieldError;
 
@@ -36,6 +36,21 @@ pub struct Journey {
     #[serde(default)]
     pub start: Option<String>,
     pub nodes: Vec<Node>,
+    /// The message templates (and partials they include) that message nodes use, by key.
+    /// Publishing through the API fills this in from the templates API, pinning the newest
+    /// version of each, so a published version always sends the same content.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub templates: BTreeMap<String, PinnedTemplate>,
+}
+
+/// A template as a journey version carries it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PinnedTemplate {
+    /// The template's version in the templates API (absent if written inline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    pub document: crate::content::ContentDoc,
 }
 
 /// What starts a person's journey.

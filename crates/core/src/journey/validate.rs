@@ -20,6 +20,33 @@ pub fn valid_key(key: &str) -> bool {
 
 struct Report(Vec<FieldError>);
 
+/// Pinned templates must compile, with the partials pinned beside them.
+fn check_templates(journey: &Journey, r: &mut Report) {
+    let partials = partial_sources(&journey.templates);
+    for (key, pinned) in &journey.templates {
+        if let Err(problems) = crate::content::compile(&pinned.document, &partials) {
+            for p in problems {
+                r.add(
+                    p.code,
+                    format!("templates.{key}.document.{}", p.field),
+                    p.message,
+                );
+            }
+        }
+    }
+}
+
+/// The body of every pinned partial, by key.
+pub fn partial_sources(
+    templates: &std::collections::BTreeMap<String, super::PinnedTemplate>,
+) -> std::collections::BTreeMap<String, String> {
+    templates
+        .iter()
+        .filter(|(_, t)| t.document.channel == "partial")
+        .filter_map(|(k, t)| Some((k.clone(), t.document.body.clone()?)))
+        .collect()
+}
+
 impl Report {
     fn add(&mut self, code: &'static str, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError::new(code, field, message));
@@ -62,6 +89,7 @@ pub fn validate(journey: &Journey) -> Vec<FieldError> {
         r.cel("entry.when", when);
     }
     check_properties(journey, &mut r);
+    check_templates(journey, &mut r);
 
     if journey.nodes.is_empty() {
         r.add(
@@ -277,6 +305,22 @@ fn check_node(journey: &Journey, kind: &NodeKind, at: &dyn Fn(&str) -> String, r
                     at("template"),
                     "a message needs a template key",
                 );
+            }
+            if let Some(pinned) = journey.templates.get(template) {
+                let sent_as = pinned.document.channel.as_str();
+                if sent_as == "partial" {
+                    r.add(
+                        "invalid_value",
+                        at("template"),
+                        format!("template {template:?} is a partial; it can only be included"),
+                    );
+                } else if channel != "log" && sent_as != channel {
+                    r.add(
+                        "invalid_value",
+                        at("template"),
+                        format!("template {template:?} is for {sent_as}, not {channel}"),
+                    );
+                }
             }
         }
         NodeKind::Webhook {
