@@ -28,6 +28,24 @@ pub struct Config {
     /// `text` or `json`.
     pub log_format: String,
     pub webhooks: Webhooks,
+    pub sms: Option<Sms>,
+}
+
+/// An SMS provider with Twilio's REST API (Twilio itself, or any compatible one).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sms {
+    /// Default `https://api.twilio.com`.
+    #[serde(default = "default_twilio")]
+    pub base_url: String,
+    pub account_sid: String,
+    pub auth_token: String,
+    /// The sender: a phone number (`+15550100`) or a messaging service / alphanumeric id.
+    pub from: String,
+}
+
+fn default_twilio() -> String {
+    "https://api.twilio.com".into()
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -63,25 +81,35 @@ impl Default for Config {
             },
             log_format: "text".into(),
             webhooks: Webhooks::default(),
+            sms: None,
         }
     }
 }
 
 /// The environment variables read, after the `WAYMARK_` prefix (`__` nests: `WAYMARK_RETENTION__MAX_EVENT_AGE_DAYS`).
 /// Other `WAYMARK_*` variables (e.g. `WAYMARK_LOG`) are not configuration keys.
-const ENV_KEYS: [&str; 12] = [
-    "data_dir",
-    "listen",
-    "store",
-    "write_key",
+const ENV_KEYS: [&str; 5] = [
     "write_keys",
-    "admin_token",
     "admin_tokens",
     "partitions",
     "retention.max_events_per_profile",
     "retention.max_event_age_days",
+];
+
+/// Keys whose environment value is taken as written. figment reads `+15550100` or an
+/// all-digit token as a number (dropping the `+`), so these skip its parsing.
+const ENV_TEXT_KEYS: [&str; 11] = [
+    "data_dir",
+    "listen",
+    "store",
+    "write_key",
+    "admin_token",
     "log_format",
     "webhooks.ca_file",
+    "sms.base_url",
+    "sms.account_sid",
+    "sms.auth_token",
+    "sms.from",
 ];
 
 /// Flags given on the command line; only those present override the other layers.
@@ -108,9 +136,14 @@ impl Config {
             }
             None => {}
         }
-        figment = figment
-            .merge(Env::prefixed("WAYMARK_").split("__").only(&ENV_KEYS))
-            .merge(Serialized::defaults(overrides));
+        figment = figment.merge(Env::prefixed("WAYMARK_").split("__").only(&ENV_KEYS));
+        for key in ENV_TEXT_KEYS {
+            let var = format!("WAYMARK_{}", key.replace('.', "__").to_uppercase());
+            if let Ok(value) = std::env::var(&var) {
+                figment = figment.merge(Serialized::default(key, value));
+            }
+        }
+        figment = figment.merge(Serialized::defaults(overrides));
         let config: Config = figment.extract().map_err(|e| {
             // figment names the key and the layer (file path or env var) that failed.
             e.into_iter()

@@ -42,7 +42,14 @@ pub fn client(config: &crate::config::Webhooks) -> Result<reqwest::Client, Strin
         .map_err(|e| format!("cannot build the webhook HTTP client: {e}"))
 }
 
-pub async fn run(store: Arc<dyn Store>, client: reqwest::Client) {
+/// What deliveries need besides the HTTP client: channel configuration.
+#[derive(Clone, Default)]
+pub struct Channels {
+    pub sms: Option<crate::config::Sms>,
+}
+
+pub async fn run(store: Arc<dyn Store>, client: reqwest::Client, channels: Channels) {
+    let channels = Arc::new(channels);
     match store.release_outbox_leases().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(
@@ -82,9 +89,9 @@ pub async fn run(store: Arc<dyn Store>, client: reqwest::Client) {
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return;
             };
-            let (outcomes, client) = (outcomes.clone(), client.clone());
+            let (outcomes, client, channels) = (outcomes.clone(), client.clone(), channels.clone());
             tokio::spawn(async move {
-                let delivery = deliver(&client, &item).await;
+                let delivery = deliver(&client, &channels, &item).await;
                 let outcome = match &delivery {
                     Delivery::Delivered(_) => "delivered",
                     Delivery::Retry { .. } => "retry",
@@ -128,12 +135,19 @@ async fn record_outcomes(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::Recei
     }
 }
 
-async fn deliver(client: &reqwest::Client, item: &OutboxItem) -> Delivery {
+/// Attempts per message before it fails (the first try and its retries).
+const MESSAGE_RETRIES: u32 = 5;
+
+async fn deliver(client: &reqwest::Client, channels: &Channels, item: &OutboxItem) -> Delivery {
     match item.kind.as_str() {
         "webhook" => webhook(client, item).await,
+        "message" if item.effect["channel"] == "sms" => {
+            crate::sms::send(client, channels.sms.as_ref(), item, MESSAGE_RETRIES).await
+        }
         // Applied by the store when it records the delivery.
         "update_profile" => Delivery::Delivered(Value::Null),
-        "message" => Delivery::Delivered(Value::Null),
+        // `log` messages are done when recorded; a channel without a sender cannot deliver.
+        "message" => Delivery::Failed(format!("channel {} cannot send", item.effect["channel"])),
         // Carried out by the store when it records the delivery: the person enters the target.
         "jump" => Delivery::Delivered(Value::Null),
         other => Delivery::Failed(format!("{other} effects are not supported yet")),
@@ -142,6 +156,19 @@ async fn deliver(client: &reqwest::Client, item: &OutboxItem) -> Delivery {
 
 fn backoff(attempts: u32) -> i64 {
     (500i64 << attempts.min(7)).min(60_000)
+}
+
+/// A failure worth trying again: due again after an exponential backoff while attempts
+/// remain (`retries` after the first), else final.
+pub fn retry_or_fail(item: &OutboxItem, retries: u32, error: String) -> Delivery {
+    if item.attempts < retries {
+        Delivery::Retry {
+            at: wall_clock_ms() + backoff(item.attempts),
+            error,
+        }
+    } else {
+        Delivery::Failed(error)
+    }
 }
 
 async fn webhook(client: &reqwest::Client, item: &OutboxItem) -> Delivery {
@@ -164,16 +191,7 @@ async fn webhook(client: &reqwest::Client, item: &OutboxItem) -> Delivery {
     if !e["body"].is_null() {
         request = request.json(&e["body"]);
     }
-    let retry_or_fail = |error: String| {
-        if item.attempts < retries {
-            Delivery::Retry {
-                at: wall_clock_ms() + backoff(item.attempts),
-                error,
-            }
-        } else {
-            Delivery::Failed(error)
-        }
-    };
+    let retry_or_fail = |error: String| retry_or_fail(item, retries, error);
     match request.send().await {
         Ok(response) if response.status().is_success() => {
             let status = response.status().as_u16();
@@ -194,7 +212,7 @@ async fn webhook(client: &reqwest::Client, item: &OutboxItem) -> Delivery {
 
 /// An error with its causes ("error sending request: ... : invalid peer certificate: ..."):
 /// reqwest's own message alone does not say why a call failed.
-fn with_causes(err: &dyn std::error::Error) -> String {
+pub fn with_causes(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(e) = source {

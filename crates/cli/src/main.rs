@@ -6,6 +6,7 @@ mod dispatch;
 mod http;
 mod journeys;
 mod serve;
+mod sms;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -129,7 +129,10 @@ pub async fn run(config: Config) -> Result<(), String> {
     };
 
     let http = crate::dispatch::client(&config.webhooks)?;
-    let dispatcher = tokio::spawn(crate::dispatch::run(store.clone(), http));
+    let channels = crate::dispatch::Channels {
+        sms: config.sms.clone(),
+    };
+    let dispatcher = tokio::spawn(crate::dispatch::run(store.clone(), http, channels));
 
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await

@@ -710,3 +710,156 @@ async fn https_webhooks_trust_the_configured_ca_and_refuse_unknown_certificates(
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bad.pem"), "{stderr}");
 }
+
+/// A stand-in for Twilio's Messages API that checks the request the way Twilio documents it
+/// (path with the account SID, Basic auth, form-encoded To/From/Body) and keeps what it got.
+/// Numbers ending in 0 are refused as Twilio refuses invalid numbers (400, code 21211).
+async fn twilio() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+) {
+    use axum::http::{HeaderMap, StatusCode};
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = got.clone();
+    let app = axum::Router::new().route(
+        "/2010-04-01/Accounts/{sid}/Messages.json",
+        axum::routing::post(
+            move |axum::extract::Path(sid): axum::extract::Path<String>,
+                  headers: HeaderMap,
+                  axum::extract::Form(form): axum::extract::Form<std::collections::HashMap<String, String>>| {
+                let seen = seen.clone();
+                async move {
+                    use base64::Engine;
+                    let expected = format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD.encode("ACtest:secret-token")
+                    );
+                    if sid != "ACtest" || headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&expected) {
+                        return (StatusCode::UNAUTHORIZED, axum::Json(json!({"code": 20003, "message": "Authenticate"})));
+                    }
+                    if form.get("From").map(String::as_str) != Some("+15550000000") {
+                        return (StatusCode::BAD_REQUEST, axum::Json(json!({"code": 21212, "message": "bad From"})));
+                    }
+                    let to = form.get("To").cloned().unwrap_or_default();
+                    if to.ends_with('0') {
+                        return (StatusCode::BAD_REQUEST, axum::Json(json!({"code": 21211, "message": format!("The 'To' number {to} is not a valid phone number.")})));
+                    }
+                    let body = form.get("Body").cloned().unwrap_or_default();
+                    seen.lock().expect("lock").push((to, body));
+                    (StatusCode::CREATED, axum::Json(json!({"sid": "SM123", "status": "queued"})))
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("twilio") });
+    (format!("http://{addr}"), got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sms_messages_render_the_pinned_template_and_reach_a_twilio_compatible_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (base, got) = twilio().await;
+    let server = Server::start_with_env(
+        Launch {
+            data_dir: &dir.path().join("data"),
+            store: None,
+            configured_keys: true,
+        },
+        &[
+            ("WAYMARK_SMS__BASE_URL", &base),
+            ("WAYMARK_SMS__ACCOUNT_SID", "ACtest"),
+            ("WAYMARK_SMS__AUTH_TOKEN", "secret-token"),
+            ("WAYMARK_SMS__FROM", "+15550000000"),
+        ],
+    );
+    let c = client();
+    let r = c
+        .put(format!("{}/v1/templates/shipped", server.base))
+        .bearer_auth(ADMIN)
+        .json(&json!({"channel": "sms", "text": "Hi {{default profile.traits.first_name \"there\"}}, order {{journey.entry.properties.order}} is on its way. Reply STOP to opt out."}))
+        .send()
+        .await
+        .expect("put template");
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    put_and_publish(
+        &c,
+        &server.base,
+        &json!({"key": "shipping", "entry": {"event": "Order Shipped"}, "nodes": [
+            {"id": "text", "type": "message", "channel": "sms", "template": "shipped", "next": "done"},
+            {"id": "done", "type": "end"}]}),
+    )
+    .await;
+    let batch = json!([
+        {"type": "identify", "userId": "ada", "traits": {"first_name": "Ada", "phone": "+1 (555) 010-1234"}},
+        {"type": "track", "userId": "ada", "event": "Order Shipped", "properties": {"order": "o-1"}},
+        {"type": "identify", "userId": "bad", "traits": {"phone": "+15550101110"}},
+        {"type": "track", "userId": "bad", "event": "Order Shipped", "properties": {"order": "o-2"}},
+        {"type": "track", "userId": "nophone", "event": "Order Shipped", "properties": {"order": "o-3"}},
+    ]);
+    send_batch(&c, &server.base, WRITE_KEY, &batch)
+        .await
+        .expect("ingest");
+    let status_of = |user: &'static str| {
+        let (c, base) = (c.clone(), server.base.clone());
+        async move {
+            let (_, body) = get(
+                &c,
+                &base,
+                ADMIN,
+                &format!("/v1/profiles/user_id/{user}/journeys"),
+            )
+            .await;
+            body
+        }
+    };
+    let started = Instant::now();
+    loop {
+        let ada = status_of("ada").await;
+        let bad = status_of("bad").await;
+        let done = |b: &Value| {
+            b["effects"].as_array().is_some_and(|e| {
+                e.iter()
+                    .any(|e| e["kind"] == "message" && e["status"] != "pending")
+            })
+        };
+        if done(&ada) && done(&bad) {
+            assert_eq!(ada["effects"][0]["status"], "done", "{ada}");
+            assert_eq!(
+                bad["effects"][0]["status"], "failed",
+                "an invalid number fails at once: {bad}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "not delivered: {ada} {bad}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        got.lock().expect("lock").clone(),
+        [(
+            "+15550101234".to_string(),
+            "Hi Ada, order o-1 is on its way. Reply STOP to opt out.".to_string()
+        )]
+    );
+    // No phone number: the message fails with why, and the journey goes on.
+    let nophone = status_of("nophone").await;
+    let instance = &nophone["journeys"][0]["instances"][0];
+    assert_eq!(instance["status"], "completed", "{nophone}");
+    assert!(
+        instance["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .any(|s| s["what"] == "error"
+                && s["detail"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("phone"))),
+        "{nophone}"
+    );
+}

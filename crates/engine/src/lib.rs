@@ -107,6 +107,9 @@ pub enum Effect {
         /// journey version pins one; the outbox keeps exactly what is sent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         content: Option<Value>,
+        /// Where it goes: the phone number for `sms`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
     },
     Webhook {
         key: String,
@@ -645,6 +648,15 @@ impl Run<'_> {
                     template,
                     next,
                 } => {
+                    let to = match recipient(channel, self.ctx.profile, &self.overlay) {
+                        Ok(to) => to,
+                        Err(reason) => {
+                            let detail = json!({"reason": reason, "channel": channel});
+                            self.step(instance, &id, "error", Some(detail));
+                            id = next.clone();
+                            continue;
+                        }
+                    };
                     let content = match j.contents.get(template) {
                         None => None,
                         Some(c) => match c.render(&json!({
@@ -668,6 +680,7 @@ impl Run<'_> {
                         channel: channel.clone(),
                         template: template.clone(),
                         content,
+                        to,
                     });
                     self.step(
                         instance,
@@ -805,6 +818,31 @@ impl Run<'_> {
             "failed",
             Some(json!({"reason": "too many steps without a wait"})),
         );
+    }
+}
+
+/// Who a message on `channel` goes to. `sms`: the person's first `phone` identity, else
+/// their `phone` trait (as updated earlier in this input). No address fails the message.
+fn recipient(
+    channel: &str,
+    profile: &ProfileState,
+    overlay: &Map<String, Value>,
+) -> Result<Option<String>, String> {
+    match channel {
+        "sms" => profile
+            .identities
+            .get("phone")
+            .and_then(|v| v.first().cloned())
+            .or_else(|| {
+                overlay
+                    .get("phone")
+                    .or_else(|| profile.traits.get("phone"))
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+            })
+            .map(Some)
+            .ok_or_else(|| "the person has no phone number (phone identity or trait)".into()),
+        _ => Ok(None),
     }
 }
 

@@ -6,8 +6,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use super::{Journey, NodeKind, Reentry, cel_check, parse_duration_ms};
 use crate::FieldError;
 
-/// Channels a message node may use today. (The channels issue adds the real ones.)
-pub const CHANNELS: [&str; 1] = ["log"];
+/// Channels a message node may use today: `log` records what would be sent; `sms` sends
+/// through the configured provider. (More come with the channels issue.)
+pub const CHANNELS: [&str; 2] = ["log", "sms"];
 
 /// A resource key (journeys, templates): 1 to 64 of a-z, 0-9, - and _.
 pub fn valid_key(key: &str) -> bool {

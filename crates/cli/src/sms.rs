@@ -1,0 +1,63 @@
+//! The `sms` channel: Twilio's Messages API (`POST /2010-04-01/Accounts/{sid}/Messages.json`,
+//! form-encoded `To`, `From`, `Body`, HTTP Basic auth with the account SID and auth token),
+//! against Twilio or any provider that speaks it (`sms.base_url`).
+
+use serde_json::{Value, json};
+use waymark_store::{Delivery, OutboxItem};
+
+use crate::config::Sms;
+
+/// Sends one rendered SMS. 2xx is sent (the provider's message id is kept); 429 and 5xx
+/// and connection failures are retried with backoff up to `retries`; other 4xx (a bad
+/// number, a blocked recipient) fail at once with the provider's code and message.
+pub async fn send(
+    client: &reqwest::Client,
+    config: Option<&Sms>,
+    item: &OutboxItem,
+    retries: u32,
+) -> Delivery {
+    let Some(config) = config else {
+        return Delivery::Failed("sms is not configured ([sms] in the configuration)".into());
+    };
+    let e = &item.effect;
+    let (Some(to), Some(body)) = (e["to"].as_str(), e["content"]["fields"]["text"].as_str()) else {
+        return Delivery::Failed("the message has no recipient or no rendered text".into());
+    };
+    let url = format!(
+        "{}/2010-04-01/Accounts/{}/Messages.json",
+        config.base_url.trim_end_matches('/'),
+        config.account_sid
+    );
+    let request = client
+        .post(url)
+        .basic_auth(&config.account_sid, Some(&config.auth_token))
+        .timeout(std::time::Duration::from_secs(15))
+        .form(&[("To", to), ("From", config.from.as_str()), ("Body", body)]);
+    let retry_or_fail = |error: String| crate::dispatch::retry_or_fail(item, retries, error);
+    match request.send().await {
+        Ok(response) => {
+            let status = response.status();
+            let answer: Value = response.json().await.unwrap_or(Value::Null);
+            if status.is_success() {
+                Delivery::Delivered(
+                    json!({"provider_id": answer["sid"], "status": answer["status"]}),
+                )
+            } else {
+                let reason = format!(
+                    "HTTP {status}: code {} {}",
+                    answer["code"],
+                    answer["message"].as_str().unwrap_or_default()
+                );
+                if status.is_server_error() || status.as_u16() == 429 {
+                    retry_or_fail(reason)
+                } else {
+                    Delivery::Failed(reason)
+                }
+            }
+        }
+        Err(err) => retry_or_fail(format!(
+            "request failed: {}",
+            crate::dispatch::with_causes(&err)
+        )),
+    }
+}
