@@ -29,6 +29,31 @@ pub struct Config {
     pub log_format: String,
     pub webhooks: Webhooks,
     pub sms: Option<Sms>,
+    pub email: Option<Email>,
+}
+
+/// An SMTP server for the `email` channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Email {
+    /// `smtp://host:25` (STARTTLS if offered), `smtp://user:pass@host:587?tls=required`,
+    /// or `smtps://user:pass@host:465`.
+    pub smtp_url: String,
+    /// `Name <address@example.com>`.
+    pub from: String,
+    #[serde(default)]
+    pub reply_to: Option<String>,
+    /// Connections kept open to the SMTP server.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u32,
+    /// The URL people reach this server at; unsubscribe links point here. Without it,
+    /// emails carry no List-Unsubscribe header.
+    #[serde(default)]
+    pub public_url: Option<String>,
+}
+
+fn default_pool_size() -> u32 {
+    8
 }
 
 /// An SMS provider with Twilio's REST API (Twilio itself, or any compatible one).
@@ -82,6 +107,7 @@ impl Default for Config {
             log_format: "text".into(),
             webhooks: Webhooks::default(),
             sms: None,
+            email: None,
         }
     }
 }
@@ -98,7 +124,7 @@ const ENV_KEYS: [&str; 5] = [
 
 /// Keys whose environment value is taken as written. figment reads `+15550100` or an
 /// all-digit token as a number (dropping the `+`), so these skip its parsing.
-const ENV_TEXT_KEYS: [&str; 11] = [
+const ENV_TEXT_KEYS: [&str; 15] = [
     "data_dir",
     "listen",
     "store",
@@ -110,6 +136,10 @@ const ENV_TEXT_KEYS: [&str; 11] = [
     "sms.account_sid",
     "sms.auth_token",
     "sms.from",
+    "email.smtp_url",
+    "email.from",
+    "email.reply_to",
+    "email.public_url",
 ];
 
 /// Flags given on the command line; only those present override the other layers.
@@ -237,6 +267,26 @@ pub fn resolve_keys(config: &Config) -> Result<ResolvedKeys, String> {
         generated,
         file,
     })
+}
+
+/// The secret signed links (unsubscribe) are signed with: `<data_dir>/link_secret`, made
+/// once (256 random bits, mode 0600) and kept, so links in sent emails stay valid.
+pub fn link_secret(config: &Config) -> Result<Vec<u8>, String> {
+    let file = config.data_dir.join("link_secret");
+    if file.exists() {
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        return Ok(text.trim().as_bytes().to_vec());
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    write_private(&file, &secret).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    Ok(secret.into_bytes())
 }
 
 #[cfg(unix)]

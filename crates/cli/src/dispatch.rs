@@ -43,9 +43,10 @@ pub fn client(config: &crate::config::Webhooks) -> Result<reqwest::Client, Strin
 }
 
 /// What deliveries need besides the HTTP client: channel configuration.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct Channels {
     pub sms: Option<crate::config::Sms>,
+    pub email: Option<Arc<crate::email::Mailer>>,
 }
 
 pub async fn run(store: Arc<dyn Store>, client: reqwest::Client, channels: Channels) {
@@ -141,6 +142,12 @@ const MESSAGE_RETRIES: u32 = 5;
 async fn deliver(client: &reqwest::Client, channels: &Channels, item: &OutboxItem) -> Delivery {
     match item.kind.as_str() {
         "webhook" => webhook(client, item).await,
+        "message" if item.effect["channel"] == "email" => match &channels.email {
+            Some(mailer) => mailer.send(item, MESSAGE_RETRIES).await,
+            None => {
+                Delivery::Failed("email is not configured ([email] in the configuration)".into())
+            }
+        },
         "message" if item.effect["channel"] == "sms" => {
             crate::sms::send(client, channels.sms.as_ref(), item, MESSAGE_RETRIES).await
         }

@@ -3,6 +3,7 @@
 mod bench;
 mod config;
 mod dispatch;
+mod email;
 mod http;
 mod journeys;
 mod serve;

@@ -129,8 +129,14 @@ pub async fn run(config: Config) -> Result<(), String> {
     };
 
     let http = crate::dispatch::client(&config.webhooks)?;
+    let link_secret = crate::config::link_secret(&config)?;
     let channels = crate::dispatch::Channels {
         sms: config.sms.clone(),
+        email: config
+            .email
+            .as_ref()
+            .map(|e| crate::email::Mailer::new(e, &link_secret).map(Arc::new))
+            .transpose()?,
     };
     let dispatcher = tokio::spawn(crate::dispatch::run(store.clone(), http, channels));
 
@@ -140,7 +146,8 @@ pub async fn run(config: Config) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, "listening");
     println!("Waymark listening on http://{addr}");
-    let app = waymark_server::app(AppState::new(store.clone(), keys.keys));
+    let app =
+        waymark_server::app(AppState::new(store.clone(), keys.keys).with_link_secret(link_secret));
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;

@@ -711,6 +711,50 @@ async fn https_webhooks_trust_the_configured_ca_and_refuse_unknown_certificates(
     assert!(stderr.contains("bad.pem"), "{stderr}");
 }
 
+async fn put_template(c: &reqwest::Client, base: &str, key: &str, doc: &Value) {
+    let r = c
+        .put(format!("{base}/v1/templates/{key}"))
+        .bearer_auth(ADMIN)
+        .json(doc)
+        .send()
+        .await
+        .expect("put template");
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+}
+
+/// Waits until each user's first message is no longer pending; returns their
+/// `/journeys` answers (instances and effects).
+async fn settled_messages(c: &reqwest::Client, base: &str, users: &[&str]) -> Vec<Value> {
+    let started = Instant::now();
+    loop {
+        let mut all = Vec::new();
+        for user in users {
+            let (_, body) = get(
+                c,
+                base,
+                ADMIN,
+                &format!("/v1/profiles/user_id/{user}/journeys"),
+            )
+            .await;
+            all.push(body);
+        }
+        let settled = |b: &Value| {
+            b["effects"].as_array().is_some_and(|e| {
+                e.iter()
+                    .any(|e| e["kind"] == "message" && e["status"] != "pending")
+            })
+        };
+        if all.iter().all(settled) {
+            return all;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "not delivered: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A stand-in for Twilio's Messages API that checks the request the way Twilio documents it
 /// (path with the account SID, Basic auth, form-encoded To/From/Body) and keeps what it got.
 /// Numbers ending in 0 are refused as Twilio refuses invalid numbers (400, code 21211).
@@ -777,14 +821,7 @@ async fn sms_messages_render_the_pinned_template_and_reach_a_twilio_compatible_a
         ],
     );
     let c = client();
-    let r = c
-        .put(format!("{}/v1/templates/shipped", server.base))
-        .bearer_auth(ADMIN)
-        .json(&json!({"channel": "sms", "text": "Hi {{default profile.traits.first_name \"there\"}}, order {{journey.entry.properties.order}} is on its way. Reply STOP to opt out."}))
-        .send()
-        .await
-        .expect("put template");
-    assert!(r.status().is_success(), "{:?}", r.text().await);
+    put_template(&c, &server.base, "shipped", &json!({"channel": "sms", "text": "Hi {{default profile.traits.first_name \"there\"}}, order {{journey.entry.properties.order}} is on its way. Reply STOP to opt out."})).await;
     put_and_publish(
         &c,
         &server.base,
@@ -803,43 +840,13 @@ async fn sms_messages_render_the_pinned_template_and_reach_a_twilio_compatible_a
     send_batch(&c, &server.base, WRITE_KEY, &batch)
         .await
         .expect("ingest");
-    let status_of = |user: &'static str| {
-        let (c, base) = (c.clone(), server.base.clone());
-        async move {
-            let (_, body) = get(
-                &c,
-                &base,
-                ADMIN,
-                &format!("/v1/profiles/user_id/{user}/journeys"),
-            )
-            .await;
-            body
-        }
-    };
-    let started = Instant::now();
-    loop {
-        let ada = status_of("ada").await;
-        let bad = status_of("bad").await;
-        let done = |b: &Value| {
-            b["effects"].as_array().is_some_and(|e| {
-                e.iter()
-                    .any(|e| e["kind"] == "message" && e["status"] != "pending")
-            })
-        };
-        if done(&ada) && done(&bad) {
-            assert_eq!(ada["effects"][0]["status"], "done", "{ada}");
-            assert_eq!(
-                bad["effects"][0]["status"], "failed",
-                "an invalid number fails at once: {bad}"
-            );
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "not delivered: {ada} {bad}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let settled = settled_messages(&c, &server.base, &["ada", "bad"]).await;
+    assert_eq!(settled[0]["effects"][0]["status"], "done", "{}", settled[0]);
+    assert_eq!(
+        settled[1]["effects"][0]["status"], "failed",
+        "an invalid number fails at once: {}",
+        settled[1]
+    );
     assert_eq!(
         got.lock().expect("lock").clone(),
         [(
@@ -848,7 +855,13 @@ async fn sms_messages_render_the_pinned_template_and_reach_a_twilio_compatible_a
         )]
     );
     // No phone number: the message fails with why, and the journey goes on.
-    let nophone = status_of("nophone").await;
+    let (_, nophone) = get(
+        &c,
+        &server.base,
+        ADMIN,
+        "/v1/profiles/user_id/nophone/journeys",
+    )
+    .await;
     let instance = &nophone["journeys"][0]["instances"][0];
     assert_eq!(instance["status"], "completed", "{nophone}");
     assert!(
@@ -861,5 +874,184 @@ async fn sms_messages_render_the_pinned_template_and_reach_a_twilio_compatible_a
                     .as_str()
                     .is_some_and(|r| r.contains("phone"))),
         "{nophone}"
+    );
+}
+
+/// The aiosmtpd SMTP sink (tests/smtp/sink.py); aiosmtpd is installed beside it from PyPI on
+/// first use if Python does not have it. Messages it receives arrive as JSON lines.
+struct SmtpSink {
+    child: std::process::Child,
+    port: u16,
+    messages: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn smtp_sink() -> SmtpSink {
+    use std::io::BufRead;
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp");
+    let deps = here.join(".pydeps");
+    let has = std::process::Command::new("python3")
+        .args(["-c", "import aiosmtpd"])
+        .env("PYTHONPATH", &deps)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has {
+        let out = std::process::Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--target"])
+            .arg(&deps)
+            .arg("aiosmtpd==1.4.6")
+            .output()
+            .expect("pip");
+        assert!(
+            out.status.success(),
+            "pip install aiosmtpd: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut child = std::process::Command::new("python3")
+        .arg(here.join("sink.py"))
+        .env("PYTHONPATH", &deps)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first: Value =
+        serde_json::from_str(&lines.next().expect("port line").expect("read")).expect("json");
+    let port = first["port"].as_u64().expect("port") as u16;
+    let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = messages.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                sink.lock().expect("lock").push(v);
+            }
+        }
+    });
+    SmtpSink {
+        child,
+        port,
+        messages,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_reaches_a_real_smtp_server_with_parts_and_one_click_unsubscribe() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smtp = smtp_sink();
+    let smtp_url = format!("smtp://127.0.0.1:{}", smtp.port);
+    let server = Server::start_with_env(
+        Launch {
+            data_dir: &dir.path().join("data"),
+            store: None,
+            configured_keys: true,
+        },
+        &[
+            ("WAYMARK_EMAIL__SMTP_URL", &smtp_url),
+            ("WAYMARK_EMAIL__FROM", "Waymark <hello@example.com>"),
+            ("WAYMARK_EMAIL__REPLY_TO", "help@example.com"),
+            ("WAYMARK_EMAIL__PUBLIC_URL", "https://waymark.example.com"),
+        ],
+    );
+    let c = client();
+    put_template(&c, &server.base, "welcome-mail", &json!({"channel": "email",
+            "subject": "Welcome, {{profile.traits.first_name}}!",
+            "preheader": "Your account is ready",
+            "html": "<h1>Hi {{profile.traits.first_name}}</h1><p>Plan: {{journey.entry.properties.plan}}</p>",
+            "text": "Hi {{profile.traits.first_name}}, plan: {{journey.entry.properties.plan}}"})).await;
+    put_and_publish(
+        &c,
+        &server.base,
+        &json!({"key": "mail", "entry": {"event": "Signed Up"}, "nodes": [
+            {"id": "send", "type": "message", "channel": "email", "template": "welcome-mail", "next": "done"},
+            {"id": "done", "type": "end"}]}),
+    )
+    .await;
+    let batch = json!([
+        {"type": "identify", "userId": "ada", "traits": {"first_name": "Ada <3", "email": "ada@example.com"}},
+        {"type": "track", "userId": "ada", "event": "Signed Up", "properties": {"plan": "pro"}},
+        {"type": "identify", "userId": "gone", "traits": {"email": "bounce@example.com"}},
+        {"type": "track", "userId": "gone", "event": "Signed Up", "properties": {"plan": "free"}},
+    ]);
+    send_batch(&c, &server.base, WRITE_KEY, &batch)
+        .await
+        .expect("ingest");
+    let settled = settled_messages(&c, &server.base, &["ada", "gone"]).await;
+    assert_eq!(settled[0]["effects"][0]["status"], "done", "{}", settled[0]);
+    assert_eq!(
+        settled[1]["effects"][0]["status"], "failed",
+        "a 550 is a hard bounce: {}",
+        settled[1]
+    );
+    let messages = smtp.messages.lock().expect("lock").clone();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let m = &messages[0];
+    assert_eq!(m["rcpt_tos"], json!(["ada@example.com"]));
+    assert_eq!(m["mail_from"], "hello@example.com");
+    assert_eq!(m["content_type"], "multipart/alternative");
+    let h = &m["headers"];
+    assert_eq!(h["Subject"], "Welcome, Ada <3!");
+    assert_eq!(h["From"], "Waymark <hello@example.com>");
+    assert_eq!(h["Reply-To"], "help@example.com");
+    assert_eq!(h["List-Unsubscribe-Post"], "List-Unsubscribe=One-Click");
+    assert!(
+        h["Message-ID"]
+            .as_str()
+            .is_some_and(|id| id.ends_with("@example.com>")),
+        "{h}"
+    );
+    let parts = m["parts"].as_array().expect("parts");
+    assert_eq!(parts[0]["type"], "text/plain");
+    assert_eq!(
+        parts[0]["body"].as_str().map(str::trim),
+        Some("Hi Ada <3, plan: pro")
+    );
+    assert_eq!(parts[1]["type"], "text/html");
+    let html = parts[1]["body"].as_str().expect("html");
+    assert!(
+        html.contains("<h1>Hi Ada &lt;3</h1><p>Plan: pro</p>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("Your account is ready"),
+        "the preheader leads the HTML: {html}"
+    );
+
+    // The one-click unsubscribe link works (RFC 8058 POST); an altered one is refused.
+    let link = h["List-Unsubscribe"]
+        .as_str()
+        .expect("header")
+        .trim_matches(['<', '>']);
+    let local = link.replace("https://waymark.example.com", &server.base);
+    let forged = local.replace("ada%40example.com", "bob%40example.com");
+    let r = c
+        .post(&forged)
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 403);
+    let r = c
+        .post(&local)
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let (_, ada) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/ada").await;
+    assert_eq!(ada["traits"]["unsubscribed_email"], true, "{ada}");
+    let (_, events) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/ada/events").await;
+    assert!(
+        events["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .any(|e| e["event"] == "Unsubscribed" && e["properties"]["channel"] == "email"),
+        "{events}"
     );
 }

@@ -10,6 +10,7 @@ pub mod event;
 pub mod identity;
 pub mod ingest;
 pub mod journey;
+pub mod links;
 pub mod partition;
 pub mod profile;
 pub mod segment;

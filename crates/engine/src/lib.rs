@@ -821,29 +821,32 @@ impl Run<'_> {
     }
 }
 
-/// Who a message on `channel` goes to. `sms`: the person's first `phone` identity, else
-/// their `phone` trait (as updated earlier in this input). No address fails the message.
+/// Who a message on `channel` goes to: for `sms` the person's first `phone` identity, else
+/// their `phone` trait (as updated earlier in this input); for `email` likewise `email`.
+/// No address fails the message.
 fn recipient(
     channel: &str,
     profile: &ProfileState,
     overlay: &Map<String, Value>,
 ) -> Result<Option<String>, String> {
-    match channel {
-        "sms" => profile
-            .identities
-            .get("phone")
-            .and_then(|v| v.first().cloned())
-            .or_else(|| {
-                overlay
-                    .get("phone")
-                    .or_else(|| profile.traits.get("phone"))
-                    .and_then(|v| v.as_str())
-                    .map(str::to_owned)
-            })
-            .map(Some)
-            .ok_or_else(|| "the person has no phone number (phone identity or trait)".into()),
-        _ => Ok(None),
-    }
+    let field = match channel {
+        "sms" => "phone",
+        "email" => "email",
+        _ => return Ok(None),
+    };
+    profile
+        .identities
+        .get(field)
+        .and_then(|v| v.first().cloned())
+        .or_else(|| {
+            overlay
+                .get(field)
+                .or_else(|| profile.traits.get(field))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        })
+        .map(Some)
+        .ok_or_else(|| format!("the person has no {field} ({field} identity or trait)"))
 }
 
 /// The next instant strictly after `now` at which the wall clock in `zone` reads `HH:MM`.

@@ -66,6 +66,11 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "auth", "unauthorized", message)
     }
 
+    /// A signed link that does not verify (forged, altered, or signed by another server).
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "auth", "invalid_signature", message)
+    }
+
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", "not_found", message)
     }

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod error;
 pub mod ingest;
 pub mod journeys;
+pub mod links;
 pub mod ops;
 pub mod profiles;
 pub mod templates;
@@ -24,6 +25,8 @@ pub use auth::Keys;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub keys: Arc<Keys>,
+    /// The secret signed links (unsubscribe) are checked with; without one, none are valid.
+    pub link_secret: Option<Arc<Vec<u8>>>,
 }
 
 impl AppState {
@@ -31,7 +34,13 @@ impl AppState {
         Self {
             store,
             keys: Arc::new(keys),
+            link_secret: None,
         }
+    }
+
+    pub fn with_link_secret(mut self, secret: Vec<u8>) -> Self {
+        self.link_secret = Some(Arc::new(secret));
+        self
     }
 }
 
@@ -76,6 +85,10 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/v1/templates/{key}/preview",
             post(templates::preview_template),
+        )
+        .route(
+            "/v1/unsubscribe",
+            get(links::unsubscribe).post(links::unsubscribe),
         )
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))

@@ -6,9 +6,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use super::{Journey, NodeKind, Reentry, cel_check, parse_duration_ms};
 use crate::FieldError;
 
-/// Channels a message node may use today: `log` records what would be sent; `sms` sends
-/// through the configured provider. (More come with the channels issue.)
-pub const CHANNELS: [&str; 2] = ["log", "sms"];
+/// Channels a message node may use today: `log` records what would be sent; `email` and
+/// `sms` send through the configured SMTP server and SMS provider.
+pub const CHANNELS: [&str; 3] = ["log", "email", "sms"];
 
 /// A resource key (journeys, templates): 1 to 64 of a-z, 0-9, - and _.
 pub fn valid_key(key: &str) -> bool {

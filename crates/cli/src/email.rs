@@ -1,0 +1,162 @@
+//! The `email` channel: SMTP through a pooled lettre transport (plain, STARTTLS or TLS, with
+//! auth, all from `email.smtp_url`). Each message is multipart/alternative (text and HTML),
+//! with a Message-ID made from the step's idempotency key (a repeat after a crash is the same
+//! message to the receiving side) and, when `email.public_url` is set, RFC 8058 one-click
+//! `List-Unsubscribe` with a signed link.
+
+use lettre::message::header::{HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart, SinglePart, header};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use serde_json::{Value, json};
+use waymark_store::{Delivery, OutboxItem};
+
+use crate::config::Email;
+
+pub struct Mailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    reply_to: Option<Mailbox>,
+    /// Public base URL and link secret, for unsubscribe links.
+    unsubscribe: Option<(String, Vec<u8>)>,
+}
+
+impl Mailer {
+    /// Checks the configuration at start, so a typo stops the server rather than every send.
+    pub fn new(config: &Email, link_secret: &[u8]) -> Result<Self, String> {
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&config.smtp_url)
+            .map_err(|e| format!("email.smtp_url: {e}"))?
+            .pool_config(lettre::transport::smtp::PoolConfig::new().max_size(config.pool_size))
+            .timeout(Some(std::time::Duration::from_secs(30)))
+            .build();
+        let from = config
+            .from
+            .parse()
+            .map_err(|e| format!("email.from {:?}: {e}", config.from))?;
+        let reply_to = config
+            .reply_to
+            .as_deref()
+            .map(|r| r.parse().map_err(|e| format!("email.reply_to {r:?}: {e}")))
+            .transpose()?;
+        Ok(Self {
+            transport,
+            from,
+            reply_to,
+            unsubscribe: config
+                .public_url
+                .as_ref()
+                .map(|u| (u.trim_end_matches('/').to_owned(), link_secret.to_vec())),
+        })
+    }
+
+    fn unsubscribe_link(&self, to: &str) -> Option<String> {
+        let (base, secret) = self.unsubscribe.as_ref()?;
+        let identity = format!("email:{to}");
+        let signature = waymark_core::links::sign(
+            secret,
+            &waymark_core::links::unsubscribe_payload(&identity, "email"),
+        );
+        let encode = |s: &str| -> String {
+            s.bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect()
+        };
+        Some(format!(
+            "{base}/v1/unsubscribe?c=email&i={}&s={signature}",
+            encode(&identity)
+        ))
+    }
+
+    fn build(&self, item: &OutboxItem, to: &str, fields: &Value) -> Result<Message, String> {
+        let to: Mailbox = to
+            .parse()
+            .map_err(|e| format!("recipient {to:?} is not an email address: {e}"))?;
+        let domain = self.from.email.domain().to_owned();
+        let message_id = format!(
+            "<{:016x}.{}@{domain}>",
+            xxhash_rust::xxh3::xxh3_64(item.key.as_bytes()),
+            item.seq
+        );
+        let mut builder = Message::builder()
+            .from(self.from.clone())
+            .to(to.clone())
+            .subject(fields["subject"].as_str().unwrap_or_default())
+            .message_id(Some(message_id));
+        if let Some(r) = &self.reply_to {
+            builder = builder.reply_to(r.clone());
+        }
+        if let Some(link) = self.unsubscribe_link(to.email.as_ref()) {
+            builder = builder
+                .raw_header(HeaderValue::new(
+                    HeaderName::new_from_ascii_str("List-Unsubscribe"),
+                    format!("<{link}>"),
+                ))
+                .raw_header(HeaderValue::new(
+                    HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+                    "List-Unsubscribe=One-Click".into(),
+                ));
+        }
+        let preheader = fields["preheader"].as_str().map(|p| {
+            format!(
+                "<div style=\"display:none;max-height:0;overflow:hidden\">{}</div>",
+                html_escape(p)
+            )
+        });
+        let html = fields["html"]
+            .as_str()
+            .map(|h| format!("{}{h}", preheader.unwrap_or_default()));
+        let text = fields["text"].as_str().map(str::to_owned);
+        let part =
+            |kind: header::ContentType, body: String| SinglePart::builder().header(kind).body(body);
+        let message = match (text, html) {
+            (Some(t), Some(h)) => builder.multipart(
+                MultiPart::alternative()
+                    .singlepart(part(header::ContentType::TEXT_PLAIN, t))
+                    .singlepart(part(header::ContentType::TEXT_HTML, h)),
+            ),
+            (Some(t), None) => builder.singlepart(part(header::ContentType::TEXT_PLAIN, t)),
+            (None, Some(h)) => builder.singlepart(part(header::ContentType::TEXT_HTML, h)),
+            (None, None) => return Err("the rendered email has no text and no html".into()),
+        };
+        message.map_err(|e| e.to_string())
+    }
+
+    /// Sends one rendered email. The SMTP server's answer decides: accepted is sent; a 4xx
+    /// or a connection failure is retried with backoff; a 5xx is a hard bounce (failed now).
+    pub async fn send(&self, item: &OutboxItem, retries: u32) -> Delivery {
+        let e = &item.effect;
+        let Some(to) = e["to"].as_str() else {
+            return Delivery::Failed("the message has no recipient".into());
+        };
+        let message = match self.build(item, to, &e["content"]["fields"]) {
+            Ok(m) => m,
+            Err(reason) => return Delivery::Failed(reason),
+        };
+        match self.transport.send(message).await {
+            Ok(response) => Delivery::Delivered(json!({
+                "smtp_code": response.code().to_string(),
+                "smtp_message": response.message().collect::<Vec<_>>().join(" "),
+            })),
+            Err(err) if err.is_permanent() => Delivery::Failed(format!(
+                "hard bounce: {}",
+                crate::dispatch::with_causes(&err)
+            )),
+            Err(err) => crate::dispatch::retry_or_fail(
+                item,
+                retries,
+                format!("SMTP: {}", crate::dispatch::with_causes(&err)),
+            ),
+        }
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
