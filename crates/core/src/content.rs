@@ -254,18 +254,22 @@ pub fn compile(
 }
 
 impl CompiledContent {
+    /// Renders one field (`subject`, `html`, ...) for one person.
+    pub fn render_field(&self, name: &str, data: &Value) -> Result<String, String> {
+        let r = if name == "html" {
+            &self.html
+        } else {
+            &self.plain
+        };
+        r.render(name, data).map_err(|e| format!("{name}: {e}"))
+    }
+
     /// Renders every field for one person. `data` is `{"profile", "event", "journey"}`.
     /// A helper that fails (a bad date, a division by zero) fails the render with a reason.
     pub fn render(&self, data: &Value) -> Result<Rendered, String> {
         let mut fields = BTreeMap::new();
         for name in &self.fields {
-            let r = if *name == "html" {
-                &self.html
-            } else {
-                &self.plain
-            };
-            let text = r.render(name, data).map_err(|e| format!("{name}: {e}"))?;
-            fields.insert((*name).to_owned(), text);
+            fields.insert((*name).to_owned(), self.render_field(name, data)?);
         }
         let data = self
             .data
