@@ -854,6 +854,41 @@ async fn sms_messages_render_the_pinned_template_and_reach_a_twilio_compatible_a
             "Hi Ada, order o-1 is on its way. Reply STOP to opt out.".to_string()
         )]
     );
+    // The person's message record says what became of each message, and why.
+    let messages = |user: &'static str| {
+        let (c, base) = (c.clone(), server.base.clone());
+        async move {
+            let (status, body) = get(
+                &c,
+                &base,
+                ADMIN,
+                &format!("/v1/profiles/user_id/{user}/messages"),
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+            body["messages"].as_array().cloned().unwrap_or_default()
+        }
+    };
+    let ada = messages("ada").await;
+    assert_eq!(
+        (
+            ada[0]["status"].as_str(),
+            ada[0]["to"].as_str(),
+            ada[0]["provider"]["provider_id"].as_str()
+        ),
+        (Some("sent"), Some("+15550101234"), Some("SM123")),
+        "{ada:?}"
+    );
+    let bad = messages("bad").await;
+    assert_eq!(bad[0]["status"], "failed", "{bad:?}");
+    assert!(
+        bad[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("21211")),
+        "{bad:?}"
+    );
+    let nophone = messages("nophone").await;
+    assert_eq!(nophone[0]["status"], "not_sent", "{nophone:?}");
     // No phone number: the message fails with why, and the journey goes on.
     let (_, nophone) = get(
         &c,
@@ -988,6 +1023,21 @@ async fn email_reaches_a_real_smtp_server_with_parts_and_one_click_unsubscribe()
         "a 550 is a hard bounce: {}",
         settled[1]
     );
+    let (_, record) = get(
+        &c,
+        &server.base,
+        ADMIN,
+        "/v1/profiles/user_id/gone/messages",
+    )
+    .await;
+    let bounced = &record["messages"][0];
+    assert_eq!(bounced["status"], "failed", "{record}");
+    assert!(
+        bounced["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("hard bounce") && r.contains("550")),
+        "{record}"
+    );
     let messages = smtp.messages.lock().expect("lock").clone();
     assert_eq!(messages.len(), 1, "{messages:?}");
     let m = &messages[0];
@@ -1045,6 +1095,37 @@ async fn email_reaches_a_real_smtp_server_with_parts_and_one_click_unsubscribe()
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
     let (_, ada) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/ada").await;
     assert_eq!(ada["traits"]["unsubscribed_email"], true, "{ada}");
+    // Unsubscribed: the next email to Ada is suppressed, with the reason recorded.
+    send_batch(
+        &c,
+        &server.base,
+        WRITE_KEY,
+        &json!([{"type": "track", "userId": "ada", "event": "Newsletter Due"}]),
+    )
+    .await
+    .expect("ingest");
+    put_and_publish(
+        &c,
+        &server.base,
+        &json!({"key": "news", "entry": {"event": "Newsletter Due"}, "nodes": [
+            {"id": "send", "type": "message", "channel": "email", "template": "welcome-mail", "next": "done"},
+            {"id": "done", "type": "end"}]}),
+    )
+    .await;
+    send_batch(&c, &server.base, WRITE_KEY, &json!([{"type": "track", "userId": "ada", "event": "Newsletter Due", "properties": {"plan": "pro"}}]))
+        .await
+        .expect("ingest");
+    let (_, record) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/ada/messages").await;
+    let last = record["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (last["status"].as_str(), last["reason"].as_str()),
+        (Some("suppressed"), Some("unsubscribed")),
+        "{record}"
+    );
     let (_, events) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/ada/events").await;
     assert!(
         events["events"]

@@ -648,6 +648,20 @@ impl Run<'_> {
                     template,
                     next,
                 } => {
+                    // Consent first: a person who unsubscribed from this channel (a signed
+                    // link, an SMS STOP, or an identify setting the trait) gets nothing on it.
+                    let opted_out = format!("unsubscribed_{channel}");
+                    if self
+                        .overlay
+                        .get(&opted_out)
+                        .or_else(|| self.ctx.profile.traits.get(&opted_out))
+                        == Some(&Value::Bool(true))
+                    {
+                        let detail = json!({"reason": "unsubscribed", "channel": channel});
+                        self.step(instance, &id, "suppressed", Some(detail));
+                        id = next.clone();
+                        continue;
+                    }
                     let to = match recipient(channel, self.ctx.profile, &self.overlay) {
                         Ok(to) => to,
                         Err(reason) => {

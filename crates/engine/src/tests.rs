@@ -520,3 +520,46 @@ nodes:
         "{problems:?}"
     );
 }
+
+#[test]
+fn people_who_unsubscribed_from_a_channel_get_no_message_on_it() {
+    let j = journey(
+        r#"
+key: news
+entry: { event: Go }
+nodes:
+  - { id: mail, type: message, channel: log, template: news, next: done }
+  - { id: done, type: end }
+"#,
+    );
+    let sim = run(
+        &j,
+        json!([
+            {"type": "identify", "userId": "out", "traits": {"unsubscribed_log": true}, "timestamp": "2026-01-01T00:00:00Z"},
+            {"type": "track", "userId": "out", "event": "Go", "timestamp": "2026-01-01T00:01:00Z"},
+            {"type": "track", "userId": "in", "event": "Go", "timestamp": "2026-01-01T00:01:00Z"},
+        ]),
+        Webhooks::Succeed,
+    );
+    let report = sim.report();
+    let person = |name: &str| report.iter().find(|r| r.person == name).expect("person");
+    assert!(
+        person("out")
+            .effects
+            .iter()
+            .all(|e| !matches!(e.effect, Effect::Message { .. }))
+    );
+    let steps: Vec<&str> = person("out").instances[0]
+        .steps
+        .iter()
+        .map(|s| s.what.as_str())
+        .collect();
+    assert!(steps.contains(&"suppressed"), "{steps:?}");
+    assert_eq!(person("out").instances[0].status, Status::Completed);
+    assert!(
+        person("in")
+            .effects
+            .iter()
+            .any(|e| matches!(e.effect, Effect::Message { .. }))
+    );
+}

@@ -67,6 +67,10 @@ pub fn app(state: AppState) -> Router {
             "/v1/profiles/{namespace}/{value}/journeys",
             get(profiles::get_journeys),
         )
+        .route(
+            "/v1/profiles/{namespace}/{value}/messages",
+            get(profiles::get_messages),
+        )
         .route("/v1/journeys", get(journeys::list_journeys))
         .route("/v1/journeys/{key}/stats", get(journeys::journey_stats))
         .route(

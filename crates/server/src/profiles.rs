@@ -204,6 +204,28 @@ pub async fn delete_profile(
     }))
 }
 
+/// The person's journey states and outbox entries; 404 if no profile has the identity.
+async fn journeys_and_outbox(
+    state: &AppState,
+    namespace: &str,
+    value: &str,
+) -> Result<
+    (
+        Vec<(String, waymark_store::JourneyState)>,
+        Vec<waymark_store::OutboxEntry>,
+    ),
+    ApiError,
+> {
+    let id = identity(namespace, value)?;
+    let journeys = state
+        .store
+        .profile_journeys(&id)
+        .await?
+        .ok_or_else(|| no_profile(namespace, value))?;
+    let outbox = state.store.profile_outbox(&id).await?.unwrap_or_default();
+    Ok((journeys, outbox))
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProfileJourneysView {
     /// The person's instances in each journey they entered, with every step taken.
@@ -226,13 +248,7 @@ pub async fn get_journeys(
     Path((namespace, value)): Path<(String, String)>,
 ) -> Result<axum::Json<ProfileJourneysView>, ApiError> {
     state.keys.require_admin(&headers)?;
-    let id = identity(&namespace, &value)?;
-    let journeys = state
-        .store
-        .profile_journeys(&id)
-        .await?
-        .ok_or_else(|| no_profile(&namespace, &value))?;
-    let effects = state.store.profile_outbox(&id).await?.unwrap_or_default();
+    let (journeys, effects) = journeys_and_outbox(&state, &namespace, &value).await?;
     let iso = |v: Option<&Value>| v.and_then(Value::as_i64).map(format_iso8601);
     let journeys = journeys
         .into_iter()
@@ -257,7 +273,125 @@ pub async fn get_journeys(
         .collect();
     let effects = effects
         .into_iter()
-        .map(|o| serde_json::json!({"key": o.key, "journey": o.journey, "kind": o.kind, "status": o.status, "effect": o.effect}))
+        .map(|o| {
+            serde_json::json!({"key": o.row.key, "journey": o.row.journey, "kind": o.row.kind,
+                "status": o.row.status, "effect": o.row.effect, "attempts": o.attempts,
+                "last_error": o.last_error, "result": o.result,
+                "created_at": format_iso8601(o.created_at)})
+        })
         .collect();
     Ok(axum::Json(ProfileJourneysView { journeys, effects }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessagesView {
+    /// Every message decided for the person, oldest first.
+    pub messages: Vec<MessageView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageView {
+    pub journey: String,
+    pub node: String,
+    pub channel: String,
+    pub template: Option<String>,
+    /// Where it went (email address, phone number), if it was addressed.
+    pub to: Option<String>,
+    /// `recorded` (log channel), `queued`, `retrying`, `sent`, `failed` (with `reason`; a
+    /// hard bounce says so), `suppressed` (with `reason`: unsubscribed), or `not_sent`
+    /// (no address, or the template failed to render).
+    pub status: String,
+    pub reason: Option<String>,
+    pub attempts: u32,
+    /// The provider's answer (message id, SMTP reply).
+    #[schema(value_type = Object)]
+    pub provider: Option<Value>,
+    pub decided_at: String,
+    /// The rendered content.
+    #[schema(value_type = Object)]
+    pub content: Option<Value>,
+}
+
+/// The person's messages and what became of each: sent, failed (bounced), retrying,
+/// suppressed (and why), or not sent (and why).
+#[utoipa::path(get, path = "/v1/profiles/{namespace}/{value}/messages", tag = "profiles",
+    params(("namespace" = String, Path), ("value" = String, Path)),
+    responses((status = 200, body = MessagesView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn get_messages(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((namespace, value)): Path<(String, String)>,
+) -> Result<axum::Json<MessagesView>, ApiError> {
+    state.keys.require_admin(&headers)?;
+    let (journeys, outbox) = journeys_and_outbox(&state, &namespace, &value).await?;
+    let now = waymark_store::wall_clock_ms();
+    let mut messages: Vec<(i64, MessageView)> = outbox
+        .into_iter()
+        .filter(|o| o.row.kind == "message")
+        .map(|o| {
+            let e = &o.row.effect;
+            let channel = e["channel"].as_str().unwrap_or_default().to_owned();
+            let status = match (o.row.status.as_str(), channel.as_str()) {
+                ("done", "log") => "recorded",
+                ("done", _) => "sent",
+                ("failed", _) => "failed",
+                ("pending", _) if o.attempts > 0 && o.next_attempt_at > now => "retrying",
+                _ => "queued",
+            };
+            let view = MessageView {
+                journey: o.row.journey.clone(),
+                node: e["node"].as_str().unwrap_or_default().to_owned(),
+                channel,
+                template: e["template"].as_str().map(str::to_owned),
+                to: e["to"].as_str().map(str::to_owned),
+                status: status.to_owned(),
+                reason: o
+                    .last_error
+                    .filter(|_| status != "sent" && status != "recorded"),
+                attempts: o.attempts,
+                provider: o.result.filter(|r| !r.is_null()),
+                decided_at: format_iso8601(o.created_at),
+                content: e.get("content").cloned(),
+            };
+            (o.created_at, view)
+        })
+        .collect();
+    // Messages decided but not sent are steps of their instance, not outbox rows.
+    for (journey, state) in journeys {
+        for instance in &state.instances {
+            for step in &instance.steps {
+                let detail = step.detail.clone().unwrap_or(Value::Null);
+                let status = match step.what.as_str() {
+                    "suppressed" => "suppressed",
+                    "error"
+                        if detail.get("channel").is_some() || detail.get("template").is_some() =>
+                    {
+                        "not_sent"
+                    }
+                    _ => continue,
+                };
+                messages.push((
+                    step.at,
+                    MessageView {
+                        journey: journey.clone(),
+                        node: step.node.clone(),
+                        channel: detail["channel"].as_str().unwrap_or_default().to_owned(),
+                        template: detail["template"].as_str().map(str::to_owned),
+                        to: None,
+                        status: status.to_owned(),
+                        reason: detail["reason"].as_str().map(str::to_owned),
+                        attempts: 0,
+                        provider: None,
+                        decided_at: format_iso8601(step.at),
+                        content: None,
+                    },
+                ));
+            }
+        }
+    }
+    messages.sort_by_key(|(at, _)| *at);
+    Ok(axum::Json(MessagesView {
+        messages: messages.into_iter().map(|(_, m)| m).collect(),
+    }))
 }

@@ -29,9 +29,9 @@ use waymark_core::time::Millis;
 use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
     Delivery, Erasure, EventPage, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore,
-    JourneyState, JourneyStats, JourneyStore, OutboxItem, OutboxRow, OutboxStore, PageRequest,
-    ProfileStore, Store, StoreError, StoreOptions, StoredEvent, TemplateRecord, TemplateStore,
-    Transition, decode_cursor,
+    JourneyState, JourneyStats, JourneyStore, OutboxItem, OutboxStore, PageRequest, ProfileStore,
+    Store, StoreError, StoreOptions, StoredEvent, TemplateRecord, TemplateStore, Transition,
+    decode_cursor,
 };
 
 const MAX_ATTEMPTS: u32 = 20;
@@ -761,7 +761,7 @@ impl JourneyRunStore for PostgresStore {
     async fn profile_outbox(
         &self,
         identity: &Identity,
-    ) -> Result<Option<Vec<OutboxRow>>, StoreError> {
+    ) -> Result<Option<Vec<waymark_store::OutboxEntry>>, StoreError> {
         let client = self.client().await?;
         match Shared::profile_id_of(&client, identity).await? {
             Some(id) => runs::profile_outbox(&client, &id).await.map(Some),

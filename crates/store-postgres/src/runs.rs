@@ -14,7 +14,7 @@ use waymark_engine::run::{
     plan_timers, plan_webhook_result, state_keys,
 };
 use waymark_engine::stats::{Counts, JourneyStats, count_state_change, count_states};
-use waymark_store::{Delivery, OutboxItem, StoreError};
+use waymark_store::{Delivery, OutboxEntry, OutboxItem, StoreError};
 
 use crate::{Abort, db_error, decode_profile};
 
@@ -367,20 +367,34 @@ pub async fn profile_journeys(
 pub async fn profile_outbox(
     client: &impl GenericClient,
     profile_id: &str,
-) -> Result<Vec<OutboxRow>, StoreError> {
+) -> Result<Vec<OutboxEntry>, StoreError> {
     let rows = client
-        .query("SELECT key, journey_key, kind, effect::text, status FROM journey_outbox WHERE profile_id = $1 ORDER BY seq", &[&profile_id])
+        .query(
+            "SELECT key, journey_key, kind, effect::text, status, attempts, last_error, result::text, created_at, next_attempt_at
+             FROM journey_outbox WHERE profile_id = $1 ORDER BY seq",
+            &[&profile_id],
+        )
         .await
         .map_err(db_error)?;
     rows.into_iter()
         .map(|r| {
-            Ok(OutboxRow {
-                key: r.get(0),
-                profile_id: profile_id.to_owned(),
-                journey: r.get(1),
-                kind: r.get(2),
-                effect: serde_json::from_str(&r.get::<_, String>(3)).map_err(corrupt)?,
-                status: r.get(4),
+            Ok(OutboxEntry {
+                row: OutboxRow {
+                    key: r.get(0),
+                    profile_id: profile_id.to_owned(),
+                    journey: r.get(1),
+                    kind: r.get(2),
+                    effect: serde_json::from_str(&r.get::<_, String>(3)).map_err(corrupt)?,
+                    status: r.get(4),
+                },
+                attempts: r.get::<_, i32>(5) as u32,
+                last_error: r.get(6),
+                result: r
+                    .get::<_, Option<String>>(7)
+                    .map(|t| serde_json::from_str(&t).map_err(corrupt))
+                    .transpose()?,
+                created_at: r.get(8),
+                next_attempt_at: r.get(9),
             })
         })
         .collect()

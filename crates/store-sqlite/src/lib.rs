@@ -23,9 +23,9 @@ use waymark_core::time::Millis;
 use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
     Delivery, Erasure, EventPage, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore,
-    JourneyState, JourneyStats, JourneyStore, OutboxItem, OutboxRow, OutboxStore, PageRequest,
-    ProfileStore, Store, StoreError, StoreOptions, StoredEvent, TemplateRecord, TemplateStore,
-    Transition, decode_cursor,
+    JourneyState, JourneyStats, JourneyStore, OutboxItem, OutboxStore, PageRequest, ProfileStore,
+    Store, StoreError, StoreOptions, StoredEvent, TemplateRecord, TemplateStore, Transition,
+    decode_cursor,
 };
 
 use writer::Command;
@@ -408,7 +408,7 @@ impl JourneyRunStore for SqliteStore {
     async fn profile_outbox(
         &self,
         identity: &Identity,
-    ) -> Result<Option<Vec<OutboxRow>>, StoreError> {
+    ) -> Result<Option<Vec<waymark_store::OutboxEntry>>, StoreError> {
         let identity = identity.clone();
         self.read(
             move |conn| match profile_id_of(conn, &identity).map_err(unavailable)? {

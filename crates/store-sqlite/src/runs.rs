@@ -14,7 +14,7 @@ use waymark_engine::run::{
     plan_events, plan_jump, plan_timers, plan_webhook_results, state_keys,
 };
 use waymark_engine::stats::{Counts, JourneyStats, count_state_change, count_states};
-use waymark_store::{Delivery, OutboxItem, StoreError};
+use waymark_store::{Delivery, OutboxEntry, OutboxItem, StoreError};
 
 use crate::{decode_profile, unavailable};
 
@@ -361,33 +361,75 @@ pub fn profile_journeys(
         .collect()
 }
 
-pub fn profile_outbox(conn: &Connection, profile_id: &str) -> Result<Vec<OutboxRow>, StoreError> {
+pub fn profile_outbox(conn: &Connection, profile_id: &str) -> Result<Vec<OutboxEntry>, StoreError> {
     let mut stmt = conn
-        .prepare_cached("SELECT key, journey_key, kind, effect, status FROM journey_outbox WHERE profile_id = ?1 ORDER BY seq")
+        .prepare_cached(
+            "SELECT key, journey_key, kind, effect, status, attempts, last_error, result, created_at, next_attempt_at
+             FROM journey_outbox WHERE profile_id = ?1 ORDER BY seq",
+        )
         .map_err(unavailable)?;
-    let rows = stmt
+    type Raw = (
+        String,
+        String,
+        String,
+        String,
+        String,
+        i64,
+        Option<String>,
+        Option<String>,
+        i64,
+        i64,
+    );
+    let rows: Vec<Raw> = stmt
         .query_map([profile_id], |r| {
             Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?,
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+                r.get(9)?,
             ))
         })
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .map_err(unavailable)?;
     rows.into_iter()
-        .map(|(key, journey, kind, effect, status)| {
-            Ok(OutboxRow {
+        .map(
+            |(
                 key,
-                profile_id: profile_id.to_owned(),
                 journey,
                 kind,
-                effect: serde_json::from_str(&effect).map_err(corrupt)?,
+                effect,
                 status,
-            })
-        })
+                attempts,
+                last_error,
+                result,
+                created_at,
+                next,
+            )| {
+                Ok(OutboxEntry {
+                    row: OutboxRow {
+                        key,
+                        profile_id: profile_id.to_owned(),
+                        journey,
+                        kind,
+                        effect: serde_json::from_str(&effect).map_err(corrupt)?,
+                        status,
+                    },
+                    attempts: attempts as u32,
+                    last_error,
+                    result: result
+                        .map(|t| serde_json::from_str(&t).map_err(corrupt))
+                        .transpose()?,
+                    created_at,
+                    next_attempt_at: next,
+                })
+            },
+        )
         .collect()
 }
 

@@ -723,7 +723,7 @@ pub async fn live_journeys_run_on_ingest_and_timers_fire(b: &impl Backend) {
         .expect("profile");
     assert_eq!(outbox.len(), 1);
     assert_eq!(
-        (outbox[0].kind.as_str(), outbox[0].status.as_str()),
+        (outbox[0].row.kind.as_str(), outbox[0].row.status.as_str()),
         ("message", "done")
     );
 
@@ -762,7 +762,7 @@ pub async fn live_journeys_run_on_ingest_and_timers_fire(b: &impl Backend) {
         .expect("profile");
     let templates: Vec<&str> = outbox
         .iter()
-        .filter_map(|o| o.effect["template"].as_str())
+        .filter_map(|o| o.row.effect["template"].as_str())
         .collect();
     assert_eq!(templates, ["hello", "bye"]);
     assert_eq!(

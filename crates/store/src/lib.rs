@@ -262,11 +262,28 @@ pub trait JourneyRunStore: Send + Sync {
     /// its states (reading them scans nothing).
     async fn journey_stats(&self, journey: &str) -> Result<JourneyStats, StoreError>;
 
-    /// Effects recorded for the person (messages, webhooks, ...), oldest first.
+    /// Effects recorded for the person (messages, webhooks, ...), oldest first, with what
+    /// became of each delivery.
     async fn profile_outbox(
         &self,
         identity: &Identity,
-    ) -> Result<Option<Vec<OutboxRow>>, StoreError>;
+    ) -> Result<Option<Vec<OutboxEntry>>, StoreError>;
+}
+
+/// An outbox row with its delivery record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutboxEntry {
+    #[serde(flatten)]
+    pub row: OutboxRow,
+    /// Delivery attempts made.
+    pub attempts: u32,
+    /// Why the last attempt failed (kept after a later success).
+    pub last_error: Option<String>,
+    /// What the delivery gave back (a webhook's response, the provider's message id).
+    pub result: Option<Value>,
+    pub created_at: Millis,
+    /// When the next attempt is due (while pending).
+    pub next_attempt_at: Millis,
 }
 
 /// An outbox row handed to the dispatcher.
