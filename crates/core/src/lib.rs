@@ -7,6 +7,7 @@
 pub mod content;
 pub mod error;
 pub mod event;
+pub mod governance;
 pub mod identity;
 pub mod ingest;
 pub mod journey;
