@@ -30,6 +30,56 @@ pub struct Config {
     pub webhooks: Webhooks,
     pub sms: Option<Sms>,
     pub email: Option<Email>,
+    pub governance: Governance,
+}
+
+/// Delivery rules for marketing messages (see `waymark_core::governance`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Governance {
+    /// `[{channel = "email", max = 3, window = "7d"}, {max = 5, window = "1d"}]`; without
+    /// `channel` a cap counts every channel.
+    #[serde(default)]
+    pub caps: Vec<CapConfig>,
+    /// `{start = "21:00", end = "08:00", action = "hold"}` (or `"drop"`), in each person's
+    /// `timezone` trait (UTC if they have none).
+    #[serde(default)]
+    pub quiet_hours: Option<waymark_core::governance::QuietHours>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapConfig {
+    #[serde(default)]
+    pub channel: Option<String>,
+    pub max: u32,
+    pub window: String,
+}
+
+impl Governance {
+    pub fn policy(&self) -> Result<waymark_core::governance::Policy, String> {
+        let caps = self
+            .caps
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let window_ms = waymark_core::journey::parse_duration_ms(&c.window)
+                    .map_err(|e| format!("governance.caps[{i}].window: {e}"))?;
+                Ok(waymark_core::governance::Cap {
+                    channel: c.channel.clone(),
+                    max: c.max,
+                    window_ms,
+                    window: c.window.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let policy = waymark_core::governance::Policy {
+            caps,
+            quiet_hours: self.quiet_hours.clone(),
+        };
+        policy.check()?;
+        Ok(policy)
+    }
 }
 
 /// An SMTP server for the `email` channel.
@@ -108,6 +158,7 @@ impl Default for Config {
             webhooks: Webhooks::default(),
             sms: None,
             email: None,
+            governance: Governance::default(),
         }
     }
 }
@@ -184,6 +235,7 @@ impl Config {
         if config.partitions == 0 {
             return Err("partitions must be at least 1".into());
         }
+        config.governance.policy()?;
         if !matches!(config.log_format.as_str(), "text" | "json") {
             return Err(format!(
                 "log_format must be \"text\" or \"json\", not {:?}",
@@ -202,6 +254,8 @@ impl Config {
                 0 => None,
                 days => Some(days as i64 * day),
             },
+            // Checked by `load`.
+            governance: self.governance.policy().unwrap_or_default(),
         }
     }
 }

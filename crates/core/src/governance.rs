@@ -11,14 +11,14 @@ use serde::{Deserialize, Serialize};
 use crate::time::Millis;
 
 /// The rules, from the server's `[governance]` configuration.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
     pub caps: Vec<Cap>,
     pub quiet_hours: Option<QuietHours>,
 }
 
 /// At most `max` marketing messages per `window_ms`, on `channel` (or on all channels).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cap {
     pub channel: Option<String>,
     pub max: u32,
@@ -28,7 +28,7 @@ pub struct Cap {
 }
 
 /// No marketing messages between `start` and `end` (HH:MM) in the person's time zone.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuietHours {
     pub start: String,
     pub end: String,

@@ -110,6 +110,9 @@ pub enum Effect {
         /// Where it goes: the phone number for `sms`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         to: Option<String>,
+        /// Transactional messages skip frequency caps and quiet hours.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        transactional: bool,
     },
     Webhook {
         key: String,
@@ -646,6 +649,7 @@ impl Run<'_> {
                 NodeKind::Message {
                     channel,
                     template,
+                    category,
                     next,
                 } => {
                     // Consent first: a person who unsubscribed from this channel (a signed
@@ -695,6 +699,7 @@ impl Run<'_> {
                         template: template.clone(),
                         content,
                         to,
+                        transactional: *category == waymark_core::journey::Category::Transactional,
                     });
                     self.step(
                         instance,

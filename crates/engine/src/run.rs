@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use waymark_core::governance::{Decision, Policy, Sent};
 use waymark_core::journey::lifecycle::Status as JourneyStatus;
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
@@ -25,6 +26,11 @@ pub struct Catalog {
     /// Entry rate limits of live versions that have one, with the entries already made in
     /// the current one-second window.
     pub rates: HashMap<String, EntryRate>,
+    /// The delivery rules every message is decided by.
+    pub governance: Arc<Policy>,
+    /// Messages each person (by profile id) was sent or has queued within the longest cap
+    /// window, read in the plan's transaction.
+    pub recent_messages: HashMap<String, Vec<Sent>>,
 }
 
 /// A journey's entry rate limit and its use: at most `limit` entries per second of wall
@@ -84,14 +90,29 @@ impl Catalog {
     }
 }
 
-/// Compiled journey versions, which never change once published, kept across transactions
-/// by a store. Only a cache: a poisoned lock is taken over, not reported.
+/// What every plan needs besides the rows it reads, kept by a store across transactions:
+/// compiled journey versions (which never change once published; a cache, so a poisoned
+/// lock is taken over, not reported) and the delivery governance policy.
 #[derive(Default)]
-pub struct CompileCache(Mutex<HashMap<(String, u32), Arc<CompiledJourney>>>);
+pub struct Runtime {
+    compiled: Mutex<HashMap<(String, u32), Arc<CompiledJourney>>>,
+    governance: Arc<Policy>,
+}
 
-impl CompileCache {
+impl Runtime {
+    pub fn new(governance: Policy) -> Self {
+        Self {
+            compiled: Mutex::default(),
+            governance: Arc::new(governance),
+        }
+    }
+
+    pub fn governance(&self) -> &Policy {
+        &self.governance
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u32), Arc<CompiledJourney>>> {
-        self.0
+        self.compiled
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -113,6 +134,7 @@ impl CompileCache {
                 needed.push((key.clone(), active.version));
             }
         }
+        catalog.governance = self.governance.clone();
         let cache = self.lock();
         let mut missing = Vec::new();
         for (key, version) in needed {
@@ -164,6 +186,9 @@ pub struct OutboxRow {
     pub effect: Value,
     /// `pending` for the dispatcher, `done` when nothing remains to be delivered.
     pub status: String,
+    /// Not to be delivered before this (a message held by quiet hours); now if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due: Option<Millis>,
 }
 
 #[derive(Debug, Default)]
@@ -180,7 +205,8 @@ pub struct Planned {
     pub rates: BTreeMap<String, EntryRate>,
 }
 
-type States = HashMap<(String, String), JourneyState>;
+/// Journey states by (profile id, journey key), as plans read and return them.
+pub type States = HashMap<(String, String), JourneyState>;
 
 fn journey_for<'c>(
     catalog: &'c Catalog,
@@ -204,6 +230,8 @@ struct Collector<'a> {
     states: States,
     original: HashMap<(String, String), JourneyState>,
     out: Planned,
+    /// Each person's recent messages, with those decided in this plan added.
+    recent: HashMap<String, Vec<Sent>>,
 }
 
 impl<'a> Collector<'a> {
@@ -213,6 +241,7 @@ impl<'a> Collector<'a> {
             states,
             original: HashMap::new(),
             out: Planned::default(),
+            recent: HashMap::new(),
         }
     }
 
@@ -305,6 +334,74 @@ impl<'a> Collector<'a> {
                     });
                 }
                 other => {
+                    let mut due = None;
+                    if let Effect::Message {
+                        channel,
+                        transactional,
+                        instance,
+                        node,
+                        ..
+                    } = &other
+                        && channel != "log"
+                        && !self.catalog.governance.is_empty()
+                    {
+                        let recent = self.recent.entry(profile.id.clone()).or_insert_with(|| {
+                            self.catalog
+                                .recent_messages
+                                .get(&profile.id)
+                                .cloned()
+                                .unwrap_or_default()
+                        });
+                        let zone = profile
+                            .traits
+                            .get("timezone")
+                            .and_then(|v| v.as_str())
+                            .and_then(|z| jiff::tz::TimeZone::get(z).ok())
+                            .unwrap_or(jiff::tz::TimeZone::UTC);
+                        let decision = self.catalog.governance.decide(
+                            channel,
+                            *transactional,
+                            now,
+                            &zone,
+                            recent,
+                        );
+                        let record = |what: &str, detail: Value, state: &mut JourneyState| {
+                            if let Some(i) =
+                                state.instances.iter_mut().find(|i| i.number == *instance)
+                            {
+                                i.steps.push(crate::Step {
+                                    at: now,
+                                    node: node.clone(),
+                                    what: what.to_owned(),
+                                    detail: Some(detail),
+                                });
+                            }
+                        };
+                        match decision {
+                            Decision::Send => {}
+                            Decision::Hold { until, reason } => {
+                                let until_text = waymark_core::time::format_iso8601(until);
+                                record(
+                                    "held",
+                                    serde_json::json!({"reason": reason, "until": until_text}),
+                                    state,
+                                );
+                                due = Some(until);
+                            }
+                            Decision::Suppress { reason } => {
+                                record(
+                                    "suppressed",
+                                    serde_json::json!({"reason": reason, "channel": channel}),
+                                    state,
+                                );
+                                continue;
+                            }
+                        }
+                        recent.push(Sent {
+                            channel: channel.clone(),
+                            at: now,
+                        });
+                    }
                     let (key_, kind, done) = match &other {
                         Effect::Message { key, channel, .. } => {
                             (key.clone(), "message", channel == "log")
@@ -325,6 +422,7 @@ impl<'a> Collector<'a> {
                         } else {
                             "pending".into()
                         },
+                        due,
                     });
                 }
             }

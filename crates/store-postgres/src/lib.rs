@@ -57,7 +57,7 @@ pub struct Shared {
     pool: Pool,
     partitions: u32,
     options: StoreOptions,
-    cache: waymark_engine::run::CompileCache,
+    cache: waymark_engine::run::Runtime,
 }
 
 impl std::ops::Deref for PostgresStore {
@@ -220,8 +220,8 @@ impl PostgresStore {
         let shared = Arc::new(Shared {
             pool,
             partitions,
+            cache: waymark_engine::run::Runtime::new(options.governance.clone()),
             options,
-            cache: waymark_engine::run::CompileCache::default(),
         });
         let (tx, rx) = mpsc::channel(4096);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));

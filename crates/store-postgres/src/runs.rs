@@ -10,7 +10,7 @@ use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
 use waymark_engine::JourneyState;
 use waymark_engine::run::{
-    Catalog, CompileCache, EntryRate, JumpIn, OutboxRow, Planned, TimerRow, plan_events, plan_jump,
+    Catalog, EntryRate, JumpIn, OutboxRow, Planned, Runtime, TimerRow, plan_events, plan_jump,
     plan_timers, plan_webhook_result, state_keys,
 };
 use waymark_engine::stats::{Counts, JourneyStats, count_state_change, count_states};
@@ -131,7 +131,7 @@ pub async fn backfill(client: &impl GenericClient) -> Result<(), StoreError> {
 /// Puts every version the inputs may need into `catalog`, compiling (once) those not cached.
 async fn add_versions(
     client: &impl GenericClient,
-    cache: &CompileCache,
+    cache: &Runtime,
     catalog: &mut Catalog,
     states: &HashMap<(String, String), JourneyState>,
 ) -> Result<(), Abort> {
@@ -144,6 +144,63 @@ async fn add_versions(
         }
     }
     Ok(())
+}
+
+/// For frequency caps: each person's messages (not `log`, not failed) within the longest
+/// cap window, read in the plan's transaction (the people are locked by then).
+async fn add_recent_messages(
+    client: &impl GenericClient,
+    runtime: &Runtime,
+    catalog: &mut Catalog,
+    profile_ids: &[&str],
+    now: Millis,
+) -> Result<(), Abort> {
+    let lookback = runtime.governance().lookback_ms();
+    if lookback == 0 {
+        return Ok(());
+    }
+    let rows = client
+        .query(
+            "SELECT profile_id, effect->>'channel', created_at FROM journey_outbox
+             WHERE profile_id = ANY($1) AND kind = 'message' AND status <> 'failed'
+               AND created_at > $2 AND effect->>'channel' <> 'log'",
+            &[&profile_ids, &(now - lookback)],
+        )
+        .await?;
+    for id in profile_ids {
+        catalog.recent_messages.entry((*id).to_owned()).or_default();
+    }
+    for row in rows {
+        catalog.recent_messages.entry(row.get(0)).or_default().push(
+            waymark_core::governance::Sent {
+                channel: row.get(1),
+                at: row.get(2),
+            },
+        );
+    }
+    Ok(())
+}
+
+/// What a plan reads besides its inputs: the (profile, journey) states, the catalog (with
+/// rate-limited journeys locked when the plan may enter people), every version the states
+/// may need, and the people's recent messages (for caps).
+async fn plan_inputs(
+    client: &impl GenericClient,
+    runtime: &Runtime,
+    keys: &[(String, String)],
+    people: &[&str],
+    entries: bool,
+    now: Millis,
+) -> Result<(Catalog, waymark_engine::run::States), Abort> {
+    let states = load_states(client, keys).await?;
+    let mut catalog = if entries {
+        catalog_for_entries(client).await?
+    } else {
+        catalog(client).await?
+    };
+    add_versions(client, runtime, &mut catalog, &states).await?;
+    add_recent_messages(client, runtime, &mut catalog, people, now).await?;
+    Ok((catalog, states))
 }
 
 async fn load_states(
@@ -195,9 +252,9 @@ async fn write(client: &impl GenericClient, planned: &Planned, now: Millis) -> R
     for o in &planned.outbox {
         client
             .execute(
-                "INSERT INTO journey_outbox (key, profile_id, journey_key, kind, effect, status, next_attempt_at, created_at)
-                 VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7, $7) ON CONFLICT (key) DO NOTHING",
-                &[&o.key, &o.profile_id, &o.journey, &o.kind, &o.effect.to_string(), &o.status, &now],
+                "INSERT INTO journey_outbox (key, profile_id, journey_key, kind, effect, status, created_at, next_attempt_at)
+                 VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7, $8) ON CONFLICT (key) DO NOTHING",
+                &[&o.key, &o.profile_id, &o.journey, &o.kind, &o.effect.to_string(), &o.status, &now, &o.due.unwrap_or(now)],
             )
             .await?;
     }
@@ -214,7 +271,7 @@ async fn write(client: &impl GenericClient, planned: &Planned, now: Millis) -> R
 
 pub async fn on_events(
     client: &impl GenericClient,
-    cache: &CompileCache,
+    cache: &Runtime,
     events: &[(&Event, &ProfileState)],
     now: Millis,
 ) -> Result<(), Abort> {
@@ -225,13 +282,15 @@ pub async fn on_events(
     let keys = state_keys(&catalog, events.iter().map(|(_, p)| p.id.as_str()));
     let states = load_states(client, &keys).await?;
     add_versions(client, cache, &mut catalog, &states).await?;
+    let ids: Vec<&str> = events.iter().map(|(_, p)| p.id.as_str()).collect();
+    add_recent_messages(client, cache, &mut catalog, &ids, now).await?;
     let planned = plan_events(&catalog, states, events, now);
     write(client, &planned, now).await
 }
 
 pub async fn fire_due(
     client: &impl GenericClient,
-    cache: &CompileCache,
+    cache: &Runtime,
     now: Millis,
     limit: u32,
 ) -> Result<usize, Abort> {
@@ -280,9 +339,7 @@ pub async fn fire_due(
         .iter()
         .map(|(_, t)| (t.profile_id.clone(), t.journey.clone()))
         .collect();
-    let states = load_states(client, &keys).await?;
-    let mut catalog = catalog(client).await?;
-    add_versions(client, cache, &mut catalog, &states).await?;
+    let (catalog, states) = plan_inputs(client, cache, &keys, &ids, false, now).await?;
     let inputs: Vec<(&TimerRow, &ProfileState)> = due
         .iter()
         .filter_map(|(_, t)| profiles.get(&t.profile_id).map(|p| (t, p)))
@@ -386,6 +443,7 @@ pub async fn profile_outbox(
                     kind: r.get(2),
                     effect: serde_json::from_str(&r.get::<_, String>(3)).map_err(corrupt)?,
                     status: r.get(4),
+                    due: None,
                 },
                 attempts: r.get::<_, i32>(5) as u32,
                 last_error: r.get(6),
@@ -434,7 +492,7 @@ pub async fn claim(
 
 pub async fn complete(
     client: &impl GenericClient,
-    cache: &CompileCache,
+    cache: &Runtime,
     item: &OutboxItem,
     delivery: Delivery,
     now: Millis,
@@ -493,9 +551,15 @@ pub async fn complete(
                 return Err(corrupt("webhook effect without instance or node").into());
             };
             let keys = vec![(item.profile_id.clone(), item.journey.clone())];
-            let states = load_states(client, &keys).await?;
-            let mut catalog = catalog(client).await?;
-            add_versions(client, cache, &mut catalog, &states).await?;
+            let (catalog, states) = plan_inputs(
+                client,
+                cache,
+                &keys,
+                &[item.profile_id.as_str()],
+                false,
+                now,
+            )
+            .await?;
             let planned = plan_webhook_result(
                 &catalog,
                 states,
@@ -518,9 +582,8 @@ pub async fn complete(
                 return Err(corrupt("jump effect without journey or from").into());
             };
             let keys = vec![(item.profile_id.clone(), target.to_owned())];
-            let states = load_states(client, &keys).await?;
-            let mut catalog = catalog_for_entries(client).await?;
-            add_versions(client, cache, &mut catalog, &states).await?;
+            let (catalog, states) =
+                plan_inputs(client, cache, &keys, &[item.profile_id.as_str()], true, now).await?;
             let jump = JumpIn {
                 journey: target,
                 from,

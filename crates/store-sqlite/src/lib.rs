@@ -38,7 +38,7 @@ pub struct SqliteStore {
     commands: Mutex<Option<mpsc::Sender<Command>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: r2d2::Pool<SqliteConnectionManager>,
-    cache: std::sync::Arc<waymark_engine::run::CompileCache>,
+    cache: std::sync::Arc<waymark_engine::run::Runtime>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -88,7 +88,9 @@ impl SqliteStore {
             .map_err(unavailable)?;
 
         let (tx, rx) = mpsc::channel(4096);
-        let cache = std::sync::Arc::new(waymark_engine::run::CompileCache::default());
+        let cache = std::sync::Arc::new(waymark_engine::run::Runtime::new(
+            options.governance.clone(),
+        ));
         let config = writer::Config {
             cache: cache.clone(),
             partitions,

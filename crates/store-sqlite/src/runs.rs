@@ -10,8 +10,8 @@ use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
 use waymark_engine::JourneyState;
 use waymark_engine::run::{
-    Catalog, CompileCache, EntryRate, JumpIn, OutboxRow, Planned, TimerRow, WebhookOutcome,
-    plan_events, plan_jump, plan_timers, plan_webhook_results, state_keys,
+    Catalog, EntryRate, JumpIn, OutboxRow, Planned, Runtime, TimerRow, WebhookOutcome, plan_events,
+    plan_jump, plan_timers, plan_webhook_results, state_keys,
 };
 use waymark_engine::stats::{Counts, JourneyStats, count_state_change, count_states};
 use waymark_store::{Delivery, OutboxEntry, OutboxItem, StoreError};
@@ -63,7 +63,7 @@ fn catalog(conn: &Connection) -> Result<Catalog, StoreError> {
 /// Puts every version the inputs may need into `catalog`, compiling (once) those not cached.
 fn add_versions(
     conn: &Connection,
-    cache: &CompileCache,
+    cache: &Runtime,
     catalog: &mut Catalog,
     states: &HashMap<(String, String), JourneyState>,
 ) -> Result<(), StoreError> {
@@ -76,6 +76,60 @@ fn add_versions(
         }
     }
     Ok(())
+}
+
+/// For frequency caps: each person's messages (not `log`, not failed) within the longest
+/// cap window, read in the plan's transaction.
+fn add_recent_messages<'a>(
+    conn: &Connection,
+    runtime: &Runtime,
+    catalog: &mut Catalog,
+    profile_ids: impl IntoIterator<Item = &'a str>,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let lookback = runtime.governance().lookback_ms();
+    if lookback == 0 {
+        return Ok(());
+    }
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT json_extract(effect, '$.channel'), created_at FROM journey_outbox
+             WHERE profile_id = ?1 AND kind = 'message' AND status != 'failed' AND created_at > ?2
+               AND json_extract(effect, '$.channel') != 'log'",
+        )
+        .map_err(unavailable)?;
+    for id in profile_ids {
+        if catalog.recent_messages.contains_key(id) {
+            continue;
+        }
+        let sent = stmt
+            .query_map(params![id, now - lookback], |r| {
+                Ok(waymark_core::governance::Sent {
+                    channel: r.get(0)?,
+                    at: r.get(1)?,
+                })
+            })
+            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+            .map_err(unavailable)?;
+        catalog.recent_messages.insert(id.to_owned(), sent);
+    }
+    Ok(())
+}
+
+/// What a plan reads besides its inputs: the (profile, journey) states, the catalog with
+/// every version they may need, and the people's recent messages (for caps).
+fn plan_inputs<'a>(
+    tx: &Transaction<'_>,
+    runtime: &Runtime,
+    keys: &[(String, String)],
+    people: impl IntoIterator<Item = &'a str>,
+    now: Millis,
+) -> Result<(Catalog, waymark_engine::run::States), StoreError> {
+    let states = load_states(tx, keys)?;
+    let mut catalog = catalog(tx)?;
+    add_versions(tx, runtime, &mut catalog, &states)?;
+    add_recent_messages(tx, runtime, &mut catalog, people, now)?;
+    Ok((catalog, states))
 }
 
 fn load_states(
@@ -140,8 +194,8 @@ fn write(tx: &Transaction<'_>, planned: &Planned, now: Millis) -> Result<(), Sto
     }
     let mut outbox = tx
         .prepare_cached(
-            "INSERT INTO journey_outbox (key, profile_id, journey_key, kind, effect, status, next_attempt_at, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) ON CONFLICT (key) DO NOTHING",
+            "INSERT INTO journey_outbox (key, profile_id, journey_key, kind, effect, status, created_at, next_attempt_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (key) DO NOTHING",
         )
         .map_err(unavailable)?;
     for o in &planned.outbox {
@@ -153,7 +207,8 @@ fn write(tx: &Transaction<'_>, planned: &Planned, now: Millis) -> Result<(), Sto
                 o.kind,
                 o.effect.to_string(),
                 o.status,
-                now
+                now,
+                o.due.unwrap_or(now)
             ])
             .map_err(unavailable)?;
     }
@@ -211,7 +266,7 @@ pub fn backfill(tx: &Transaction<'_>) -> Result<(), StoreError> {
 /// Runs every live journey on the accepted events of an ingest, inside its transaction.
 pub fn on_events(
     tx: &Transaction<'_>,
-    cache: &CompileCache,
+    cache: &Runtime,
     events: &[(&Event, &ProfileState)],
     now: Millis,
 ) -> Result<(), StoreError> {
@@ -222,6 +277,13 @@ pub fn on_events(
     let keys = state_keys(&catalog, events.iter().map(|(_, p)| p.id.as_str()));
     let states = load_states(tx, &keys)?;
     add_versions(tx, cache, &mut catalog, &states)?;
+    add_recent_messages(
+        tx,
+        cache,
+        &mut catalog,
+        events.iter().map(|(_, p)| p.id.as_str()),
+        now,
+    )?;
     let planned = plan_events(&catalog, states, events, now);
     write(tx, &planned, now)
 }
@@ -229,7 +291,7 @@ pub fn on_events(
 /// Fires due timers, in due order; returns how many.
 pub fn fire_due(
     tx: &Transaction<'_>,
-    cache: &CompileCache,
+    cache: &Runtime,
     now: Millis,
     limit: u32,
 ) -> Result<usize, StoreError> {
@@ -272,9 +334,8 @@ pub fn fire_due(
         .iter()
         .map(|(_, t)| (t.profile_id.clone(), t.journey.clone()))
         .collect();
-    let states = load_states(tx, &keys)?;
-    let mut catalog = catalog(tx)?;
-    add_versions(tx, cache, &mut catalog, &states)?;
+    let (catalog, states) =
+        plan_inputs(tx, cache, &keys, profiles.keys().map(String::as_str), now)?;
     let inputs: Vec<(&TimerRow, &ProfileState)> = due
         .iter()
         .filter_map(|(_, t)| profiles.get(&t.profile_id).map(|p| (t, p)))
@@ -419,6 +480,7 @@ pub fn profile_outbox(conn: &Connection, profile_id: &str) -> Result<Vec<OutboxE
                         kind,
                         effect: serde_json::from_str(&effect).map_err(corrupt)?,
                         status,
+                        due: None,
                     },
                     attempts: attempts as u32,
                     last_error,
@@ -495,7 +557,7 @@ fn load_profile(conn: &Connection, id: &str) -> Result<Option<ProfileState>, Sto
 /// updates and jumps are applied before them, in order.
 pub fn complete_many(
     tx: &Transaction<'_>,
-    cache: &CompileCache,
+    cache: &Runtime,
     done: &[(OutboxItem, Delivery)],
     now: Millis,
 ) -> Result<(), StoreError> {
@@ -522,9 +584,8 @@ pub fn complete_many(
         }
         keys.push((item.profile_id.clone(), item.journey.clone()));
     }
-    let states = load_states(tx, &keys)?;
-    let mut catalog = catalog(tx)?;
-    add_versions(tx, cache, &mut catalog, &states)?;
+    let (catalog, states) =
+        plan_inputs(tx, cache, &keys, profiles.keys().map(String::as_str), now)?;
     let mut results = Vec::with_capacity(webhooks.len());
     for (item, outcome) in webhooks {
         let Some(profile) = profiles.get(&item.profile_id) else {
@@ -591,7 +652,7 @@ fn record_delivery(
 /// What a delivered `update_profile` or `jump` does to the store.
 fn apply_effect(
     tx: &Transaction<'_>,
-    cache: &CompileCache,
+    cache: &Runtime,
     item: &OutboxItem,
     outcome: Result<Value, String>,
     now: Millis,
@@ -611,9 +672,7 @@ fn apply_effect(
                 return Err(corrupt("jump effect without journey or from"));
             };
             let keys = vec![(item.profile_id.clone(), target.to_owned())];
-            let states = load_states(tx, &keys)?;
-            let mut catalog = catalog(tx)?;
-            add_versions(tx, cache, &mut catalog, &states)?;
+            let (catalog, states) = plan_inputs(tx, cache, &keys, [profile.id.as_str()], now)?;
             let jump = JumpIn {
                 journey: target,
                 from,

@@ -119,7 +119,7 @@ impl Answer {
 pub struct Config {
     pub partitions: u32,
     pub options: StoreOptions,
-    pub cache: std::sync::Arc<waymark_engine::run::CompileCache>,
+    pub cache: std::sync::Arc<waymark_engine::run::Runtime>,
 }
 
 pub fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, config: Config) {

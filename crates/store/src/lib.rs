@@ -34,6 +34,8 @@ pub struct StoreOptions {
     pub max_events_per_profile: u64,
     /// Events older than this (by event time) are removed by [`ProfileStore::prune_expired`].
     pub max_event_age_ms: Option<Millis>,
+    /// Delivery rules every message is decided by, in the transaction that records it.
+    pub governance: waymark_core::governance::Policy,
 }
 
 impl Default for StoreOptions {
@@ -42,6 +44,7 @@ impl Default for StoreOptions {
             partitions: waymark_core::partition::DEFAULT_PARTITIONS,
             max_events_per_profile: 1000,
             max_event_age_ms: Some(365 * 24 * 3600 * 1000),
+            governance: Default::default(),
         }
     }
 }

@@ -18,6 +18,15 @@ pub use validate::{partial_sources, valid_key, validate};
 
 use crate::FieldError;
 
+/// What a message is for, which decides the governance rules it is subject to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    #[default]
+    Marketing,
+    Transactional,
+}
+
 /// A journey document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -146,6 +155,10 @@ pub enum NodeKind {
     Message {
         channel: String,
         template: String,
+        /// `marketing` (default: frequency caps and quiet hours apply) or `transactional`
+        /// (receipts, password resets: they do not; consent still does).
+        #[serde(default)]
+        category: Category,
         next: String,
     },
     /// Call an HTTP endpoint (custom action).
