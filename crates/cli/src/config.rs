@@ -117,6 +117,18 @@ pub struct Sms {
     pub auth_token: String,
     /// The sender: a phone number (`+15550100`) or a messaging service / alphanumeric id.
     pub from: String,
+    /// The full URL the provider posts inbound messages to (as configured there; it signs
+    /// it), e.g. `https://waymark.example.com/v1/sms/inbound`. Without it, inbound SMS
+    /// (STOP/START/HELP) is refused.
+    #[serde(default)]
+    pub inbound_url: Option<String>,
+    /// The reply to HELP.
+    #[serde(default = "default_help_text")]
+    pub help_text: String,
+}
+
+fn default_help_text() -> String {
+    "Reply STOP to unsubscribe, START to subscribe again.".into()
 }
 
 fn default_twilio() -> String {
@@ -175,7 +187,7 @@ const ENV_KEYS: [&str; 5] = [
 
 /// Keys whose environment value is taken as written. figment reads `+15550100` or an
 /// all-digit token as a number (dropping the `+`), so these skip its parsing.
-const ENV_TEXT_KEYS: [&str; 15] = [
+const ENV_TEXT_KEYS: [&str; 17] = [
     "data_dir",
     "listen",
     "store",
@@ -187,6 +199,8 @@ const ENV_TEXT_KEYS: [&str; 15] = [
     "sms.account_sid",
     "sms.auth_token",
     "sms.from",
+    "sms.inbound_url",
+    "sms.help_text",
     "email.smtp_url",
     "email.from",
     "email.reply_to",

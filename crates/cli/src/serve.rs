@@ -146,8 +146,17 @@ pub async fn run(config: Config) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, "listening");
     println!("Waymark listening on http://{addr}");
-    let app =
-        waymark_server::app(AppState::new(store.clone(), keys.keys).with_link_secret(link_secret));
+    let mut state = AppState::new(store.clone(), keys.keys).with_link_secret(link_secret);
+    if let Some(sms) = &config.sms
+        && let Some(url) = &sms.inbound_url
+    {
+        state = state.with_sms_inbound(waymark_server::links::SmsInbound {
+            auth_token: sms.auth_token.clone(),
+            url: url.clone(),
+            help_text: sms.help_text.clone(),
+        });
+    }
+    let app = waymark_server::app(state);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;

@@ -818,6 +818,10 @@ async fn sms_messages_render_the_pinned_template_and_reach_a_twilio_compatible_a
             ("WAYMARK_SMS__ACCOUNT_SID", "ACtest"),
             ("WAYMARK_SMS__AUTH_TOKEN", "secret-token"),
             ("WAYMARK_SMS__FROM", "+15550000000"),
+            (
+                "WAYMARK_SMS__INBOUND_URL",
+                "https://waymark.example.com/v1/sms/inbound",
+            ),
         ],
     );
     let c = client();
@@ -825,7 +829,7 @@ async fn sms_messages_render_the_pinned_template_and_reach_a_twilio_compatible_a
     put_and_publish(
         &c,
         &server.base,
-        &json!({"key": "shipping", "entry": {"event": "Order Shipped"}, "nodes": [
+        &json!({"key": "shipping", "entry": {"event": "Order Shipped"}, "properties": {"reentry": "always"}, "nodes": [
             {"id": "text", "type": "message", "channel": "sms", "template": "shipped", "next": "done"},
             {"id": "done", "type": "end"}]}),
     )
@@ -889,6 +893,62 @@ async fn sms_messages_render_the_pinned_template_and_reach_a_twilio_compatible_a
     );
     let nophone = messages("nophone").await;
     assert_eq!(nophone[0]["status"], "not_sent", "{nophone:?}");
+    // Inbound keywords from the provider, signed as Twilio signs: STOP opts out (and the next
+    // SMS is suppressed), HELP answers, a forged request is refused.
+    let inbound = |body: &'static str, token: &'static str| {
+        let (c, base) = (c.clone(), server.base.clone());
+        async move {
+            let params: Vec<(String, String)> = [
+                ("From", "+15550101234"),
+                ("Body", body),
+                ("MessageSid", "SM-in-1"),
+            ]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+            let signature = waymark_core::links::sign_twilio(
+                token,
+                "https://waymark.example.com/v1/sms/inbound",
+                &params,
+            );
+            let r = c
+                .post(format!("{base}/v1/sms/inbound"))
+                .header("x-twilio-signature", signature)
+                .form(&params)
+                .send()
+                .await
+                .expect("inbound");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        }
+    };
+    assert_eq!(
+        inbound("STOP", "not-the-token").await.0,
+        403,
+        "a forged request is refused"
+    );
+    let (status, help) = inbound("help", "secret-token").await;
+    assert_eq!(status, 200);
+    assert!(
+        help.contains("<Message>Reply STOP to unsubscribe"),
+        "{help}"
+    );
+    assert_eq!(inbound(" Stop please", "secret-token").await.0, 200);
+    let (_, profile) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/ada").await;
+    assert_eq!(profile["traits"]["unsubscribed_sms"], true, "{profile}");
+    send_batch(&c, &server.base, WRITE_KEY, &json!([{"type": "track", "userId": "ada", "event": "Order Shipped", "properties": {"order": "o-4"}}]))
+        .await
+        .expect("ingest");
+    let after = messages("ada").await;
+    assert_eq!(
+        after.last().map(|m| m["status"].clone()),
+        Some(json!("suppressed")),
+        "{after:?}"
+    );
+    assert_eq!(got.lock().expect("lock").len(), 1, "nothing more was sent");
+    assert_eq!(inbound("START", "secret-token").await.0, 200);
+    let (_, profile) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/ada").await;
+    assert_eq!(profile["traits"]["unsubscribed_sms"], false, "{profile}");
+
     // No phone number: the message fails with why, and the journey goes on.
     let (_, nophone) = get(
         &c,

@@ -27,6 +27,8 @@ pub struct AppState {
     pub keys: Arc<Keys>,
     /// The secret signed links (unsubscribe) are checked with; without one, none are valid.
     pub link_secret: Option<Arc<Vec<u8>>>,
+    /// Inbound SMS (keywords): the provider's auth token and the URL it calls.
+    pub sms_inbound: Option<Arc<links::SmsInbound>>,
 }
 
 impl AppState {
@@ -35,7 +37,13 @@ impl AppState {
             store,
             keys: Arc::new(keys),
             link_secret: None,
+            sms_inbound: None,
         }
+    }
+
+    pub fn with_sms_inbound(mut self, inbound: links::SmsInbound) -> Self {
+        self.sms_inbound = Some(Arc::new(inbound));
+        self
     }
 
     pub fn with_link_secret(mut self, secret: Vec<u8>) -> Self {
@@ -94,6 +102,7 @@ pub fn app(state: AppState) -> Router {
             "/v1/unsubscribe",
             get(links::unsubscribe).post(links::unsubscribe),
         )
+        .route("/v1/sms/inbound", post(links::sms_inbound))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
