@@ -121,7 +121,8 @@ fn event(run: &str, n: u64, profiles: u64, identify_every: u64) -> Value {
     let user = format!("{run}-u{}", n % profiles);
     if identify_every > 0 && n.is_multiple_of(identify_every) {
         json!({"type": "identify", "messageId": format!("{run}-{n}"), "userId": user, "anonymousId": format!("{run}-a{}", n % profiles),
-            "traits": {"email": format!("{user}@example.com"), "plan": if n.is_multiple_of(3) { "pro" } else { "free" }, "seq": n}})
+            "traits": {"email": format!("{user}@example.com"), "phone": format!("+1555{:07}", n % profiles),
+                       "plan": if n.is_multiple_of(3) { "pro" } else { "free" }, "seq": n}})
     } else {
         json!({"type": "track", "messageId": format!("{run}-{n}"), "userId": user, "event": "Product Viewed",
             "properties": {"product_id": format!("sku-{}", n % 977), "price": (n % 100) as f64 + 0.99, "currency": "EUR",

@@ -18,6 +18,10 @@ pub struct Mailer {
     reply_to: Option<Mailbox>,
     /// Public base URL and link secret, for unsubscribe links.
     unsubscribe: Option<(String, Vec<u8>)>,
+    /// Sends at once, no more than pooled connections: with hundreds of deliveries in
+    /// flight, lettre's pool stalled (measured: ~40 emails/s, each batch freed only when
+    /// its 120 s lease ran out), so callers queue here instead of inside the pool.
+    sending: tokio::sync::Semaphore,
 }
 
 impl Mailer {
@@ -39,6 +43,7 @@ impl Mailer {
             .transpose()?;
         Ok(Self {
             transport,
+            sending: tokio::sync::Semaphore::new(config.pool_size.max(1) as usize),
             from,
             reply_to,
             unsubscribe: config
@@ -135,6 +140,12 @@ impl Mailer {
         let message = match self.build(item, to, &e["content"]["fields"]) {
             Ok(m) => m,
             Err(reason) => return Delivery::Failed(reason),
+        };
+        let Ok(_slot) = self.sending.acquire().await else {
+            return Delivery::Retry {
+                at: waymark_store::wall_clock_ms() + 1_000,
+                error: "the mailer is shutting down".into(),
+            };
         };
         match self.transport.send(message).await {
             Ok(response) => Delivery::Delivered(json!({
