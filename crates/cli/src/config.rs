@@ -141,6 +141,10 @@ pub struct Webhooks {
     /// PEM file of extra CA certificates to trust for https:// webhooks (an internal CA),
     /// on top of the system's.
     pub ca_file: Option<PathBuf>,
+    /// `whsec_...` (base64): sign every webhook call per Standard Webhooks
+    /// (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
+    #[serde(default)]
+    pub signing_secret: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -187,7 +191,7 @@ const ENV_KEYS: [&str; 5] = [
 
 /// Keys whose environment value is taken as written. figment reads `+15550100` or an
 /// all-digit token as a number (dropping the `+`), so these skip its parsing.
-const ENV_TEXT_KEYS: [&str; 17] = [
+const ENV_TEXT_KEYS: [&str; 18] = [
     "data_dir",
     "listen",
     "store",
@@ -195,6 +199,7 @@ const ENV_TEXT_KEYS: [&str; 17] = [
     "admin_token",
     "log_format",
     "webhooks.ca_file",
+    "webhooks.signing_secret",
     "sms.base_url",
     "sms.account_sid",
     "sms.auth_token",
@@ -250,6 +255,10 @@ impl Config {
             return Err("partitions must be at least 1".into());
         }
         config.governance.policy()?;
+        if let Some(secret) = &config.webhooks.signing_secret {
+            waymark_core::links::webhook_secret(secret)
+                .map_err(|e| format!("webhooks.signing_secret: {e}"))?;
+        }
         if !matches!(config.log_format.as_str(), "text" | "json") {
             return Err(format!(
                 "log_format must be \"text\" or \"json\", not {:?}",

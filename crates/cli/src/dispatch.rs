@@ -47,6 +47,8 @@ pub fn client(config: &crate::config::Webhooks) -> Result<reqwest::Client, Strin
 pub struct Channels {
     pub sms: Option<crate::config::Sms>,
     pub email: Option<Arc<crate::email::Mailer>>,
+    /// Standard Webhooks signing key for webhook calls.
+    pub webhook_key: Option<Vec<u8>>,
 }
 
 pub async fn run(store: Arc<dyn Store>, client: reqwest::Client, channels: Channels) {
@@ -141,7 +143,7 @@ const MESSAGE_RETRIES: u32 = 5;
 
 async fn deliver(client: &reqwest::Client, channels: &Channels, item: &OutboxItem) -> Delivery {
     match item.kind.as_str() {
-        "webhook" => webhook(client, item).await,
+        "webhook" => webhook(client, channels.webhook_key.as_deref(), item).await,
         "message" if item.effect["channel"] == "email" => match &channels.email {
             Some(mailer) => mailer.send(item, MESSAGE_RETRIES).await,
             None => {
@@ -178,7 +180,7 @@ pub fn retry_or_fail(item: &OutboxItem, retries: u32, error: String) -> Delivery
     }
 }
 
-async fn webhook(client: &reqwest::Client, item: &OutboxItem) -> Delivery {
+async fn webhook(client: &reqwest::Client, key: Option<&[u8]>, item: &OutboxItem) -> Delivery {
     let e = &item.effect;
     let retries = e["retries"].as_u64().unwrap_or(3) as u32;
     let timeout = Duration::from_millis(e["timeout_ms"].as_u64().unwrap_or(10_000));
@@ -195,8 +197,24 @@ async fn webhook(client: &reqwest::Client, item: &OutboxItem) -> Delivery {
             request = request.header(name.as_str(), v);
         }
     }
-    if !e["body"].is_null() {
-        request = request.json(&e["body"]);
+    let body = if e["body"].is_null() {
+        Vec::new()
+    } else {
+        request = request.header(reqwest::header::CONTENT_TYPE, "application/json");
+        serde_json::to_vec(&e["body"]).unwrap_or_default()
+    };
+    if let Some(key) = key {
+        // Signed over the exact bytes sent; the timestamp lets receivers refuse replays.
+        let timestamp = wall_clock_ms() / 1000;
+        request = request
+            .header("webhook-timestamp", timestamp.to_string())
+            .header(
+                "webhook-signature",
+                waymark_core::links::webhook_signature(key, &item.key, timestamp, &body),
+            );
+    }
+    if !body.is_empty() {
+        request = request.body(body);
     }
     let retry_or_fail = |error: String| retry_or_fail(item, retries, error);
     match request.send().await {

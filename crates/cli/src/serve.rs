@@ -137,6 +137,12 @@ pub async fn run(config: Config) -> Result<(), String> {
             .as_ref()
             .map(|e| crate::email::Mailer::new(e, &link_secret).map(Arc::new))
             .transpose()?,
+        webhook_key: config
+            .webhooks
+            .signing_secret
+            .as_deref()
+            .map(waymark_core::links::webhook_secret)
+            .transpose()?,
     };
     let dispatcher = tokio::spawn(crate::dispatch::run(store.clone(), http, channels));
 

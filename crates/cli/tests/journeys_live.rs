@@ -1196,3 +1196,74 @@ async fn email_reaches_a_real_smtp_server_with_parts_and_one_click_unsubscribe()
         "{events}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_carry_standard_webhooks_signatures_over_the_exact_body() {
+    use axum::http::HeaderMap;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(HeaderMap, Vec<u8>)>::new()));
+    let keep = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let keep = keep.clone();
+            async move {
+                keep.lock().expect("lock").push((headers, body.to_vec()));
+                axum::Json(json!({"ok": true}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("sink") });
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_with_env(
+        Launch {
+            data_dir: &dir.path().join("data"),
+            store: None,
+            configured_keys: true,
+        },
+        &[("WAYMARK_WEBHOOKS__SIGNING_SECRET", secret)],
+    );
+    let c = client();
+    put_and_publish(&c, &server.base, &hook_journey("greet", &url)).await;
+    enter(&c, &server.base, 2).await;
+    wait_until_completed(&c, &server.base, 2, Duration::from_secs(20)).await;
+    let key = waymark_core::links::webhook_secret(secret).expect("secret");
+    let calls = seen.lock().expect("lock").clone();
+    assert_eq!(calls.len(), 2);
+    for (headers, body) in &calls {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let timestamp: i64 = header("webhook-timestamp").parse().expect("timestamp");
+        assert!((timestamp - waymark_store::wall_clock_ms() / 1000).abs() < 60);
+        assert_eq!(
+            header("webhook-signature"),
+            waymark_core::links::webhook_signature(&key, &header("webhook-id"), timestamp, body),
+            "signed over the id, the timestamp and the exact body bytes"
+        );
+        assert_eq!(header("webhook-id"), header("idempotency-key"));
+        assert_eq!(
+            serde_json::from_slice::<Value>(body).expect("json"),
+            json!({"plan": "pro"})
+        );
+    }
+    // A secret that is not whsec_/base64 stops the server at start, naming the setting.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_waymark"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("bad"))
+        .env("WAYMARK_WEBHOOKS__SIGNING_SECRET", "whsec_???")
+        .env("WAYMARK_WRITE_KEY", WRITE_KEY)
+        .env("WAYMARK_ADMIN_TOKEN", ADMIN)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("webhooks.signing_secret"));
+}
