@@ -41,6 +41,9 @@ impl Mailer {
             .as_deref()
             .map(|r| r.parse().map_err(|e| format!("email.reply_to {r:?}: {e}")))
             .transpose()?;
+        if let Some(url) = &config.public_url {
+            reqwest::Url::parse(url).map_err(|e| format!("email.public_url {url:?}: {e}"))?;
+        }
         Ok(Self {
             transport,
             sending: tokio::sync::Semaphore::new(config.pool_size.max(1) as usize),
@@ -60,20 +63,17 @@ impl Mailer {
             secret,
             &waymark_core::links::unsubscribe_payload(&identity, "email"),
         );
-        let encode = |s: &str| -> String {
-            s.bytes()
-                .map(|b| match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                        (b as char).to_string()
-                    }
-                    _ => format!("%{b:02X}"),
-                })
-                .collect()
-        };
-        Some(format!(
-            "{base}/v1/unsubscribe?c=email&i={}&s={signature}",
-            encode(&identity)
-        ))
+        // Query encoding by the URL library, not by hand.
+        reqwest::Url::parse_with_params(
+            &format!("{base}/v1/unsubscribe"),
+            [
+                ("c", "email"),
+                ("i", identity.as_str()),
+                ("s", signature.as_str()),
+            ],
+        )
+        .ok()
+        .map(String::from)
     }
 
     fn build(&self, item: &OutboxItem, to: &str, fields: &Value) -> Result<Message, String> {

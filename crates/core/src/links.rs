@@ -7,33 +7,34 @@ use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
+fn mac(secret: &[u8], payload: &str) -> Option<HmacSha256> {
+    // HMAC takes keys of any length, so this only fails on an impossible key size.
+    let mut mac = HmacSha256::new_from_slice(secret).ok()?;
+    mac.update(payload.as_bytes());
+    Some(mac)
+}
+
 /// The signature of `payload`, as lowercase hex.
 pub fn sign(secret: &[u8], payload: &str) -> String {
-    let Ok(mut mac) = HmacSha256::new_from_slice(secret) else {
-        return String::new(); // HMAC takes keys of any length; unreachable
-    };
-    mac.update(payload.as_bytes());
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    mac(secret, payload).map_or_else(String::new, |m| {
+        m.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    })
 }
 
 /// Whether `signature` is `payload`'s, compared in constant time.
 pub fn verify(secret: &[u8], payload: &str, signature: &str) -> bool {
-    let Ok(mut mac) = HmacSha256::new_from_slice(secret) else {
-        return false;
-    };
-    mac.update(payload.as_bytes());
-    let Some(bytes) = (0..signature.len())
+    let bytes = (0..signature.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(signature.get(i..i + 2)?, 16).ok())
-        .collect::<Option<Vec<u8>>>()
-    else {
-        return false;
-    };
-    mac.verify_slice(&bytes).is_ok()
+        .collect::<Option<Vec<u8>>>();
+    match (mac(secret, payload), bytes) {
+        (Some(m), Some(bytes)) => m.verify_slice(&bytes).is_ok(),
+        _ => false,
+    }
 }
 
 /// Twilio's request signature (`X-Twilio-Signature`): base64 of HMAC-SHA1, keyed by the

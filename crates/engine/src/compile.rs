@@ -56,14 +56,19 @@ impl CompiledJourney {
         match &self.zone {
             Zone::Utc => jiff::tz::TimeZone::UTC,
             Zone::Fixed(tz) => tz.clone(),
-            Zone::Profile => profile
-                .traits
-                .get("timezone")
-                .and_then(|v| v.as_str())
-                .and_then(|name| jiff::tz::TimeZone::get(name).ok())
-                .unwrap_or(jiff::tz::TimeZone::UTC),
+            Zone::Profile => person_zone(profile),
         }
     }
+}
+
+/// The person's time zone: their `timezone` trait, else UTC.
+pub(crate) fn person_zone(profile: &ProfileState) -> jiff::tz::TimeZone {
+    profile
+        .traits
+        .get("timezone")
+        .and_then(|v| v.as_str())
+        .and_then(|name| jiff::tz::TimeZone::get(name).ok())
+        .unwrap_or(jiff::tz::TimeZone::UTC)
 }
 
 fn program(source: &str) -> Result<cel::Program, FieldError> {

@@ -334,74 +334,11 @@ impl<'a> Collector<'a> {
                     });
                 }
                 other => {
-                    let mut due = None;
-                    if let Effect::Message {
-                        channel,
-                        transactional,
-                        instance,
-                        node,
-                        ..
-                    } = &other
-                        && channel != "log"
-                        && !self.catalog.governance.is_empty()
-                    {
-                        let recent = self.recent.entry(profile.id.clone()).or_insert_with(|| {
-                            self.catalog
-                                .recent_messages
-                                .get(&profile.id)
-                                .cloned()
-                                .unwrap_or_default()
-                        });
-                        let zone = profile
-                            .traits
-                            .get("timezone")
-                            .and_then(|v| v.as_str())
-                            .and_then(|z| jiff::tz::TimeZone::get(z).ok())
-                            .unwrap_or(jiff::tz::TimeZone::UTC);
-                        let decision = self.catalog.governance.decide(
-                            channel,
-                            *transactional,
-                            now,
-                            &zone,
-                            recent,
-                        );
-                        let record = |what: &str, detail: Value, state: &mut JourneyState| {
-                            if let Some(i) =
-                                state.instances.iter_mut().find(|i| i.number == *instance)
-                            {
-                                i.steps.push(crate::Step {
-                                    at: now,
-                                    node: node.clone(),
-                                    what: what.to_owned(),
-                                    detail: Some(detail),
-                                });
-                            }
+                    let due =
+                        match govern(self.catalog, &mut self.recent, profile, state, &other, now) {
+                            Gate::Record { due } => due,
+                            Gate::Suppressed => continue,
                         };
-                        match decision {
-                            Decision::Send => {}
-                            Decision::Hold { until, reason } => {
-                                let until_text = waymark_core::time::format_iso8601(until);
-                                record(
-                                    "held",
-                                    serde_json::json!({"reason": reason, "until": until_text}),
-                                    state,
-                                );
-                                due = Some(until);
-                            }
-                            Decision::Suppress { reason } => {
-                                record(
-                                    "suppressed",
-                                    serde_json::json!({"reason": reason, "channel": channel}),
-                                    state,
-                                );
-                                continue;
-                            }
-                        }
-                        recent.push(Sent {
-                            channel: channel.clone(),
-                            at: now,
-                        });
-                    }
                     let (key_, kind, done) = match &other {
                         Effect::Message { key, channel, .. } => {
                             (key.clone(), "message", channel == "log")
@@ -459,6 +396,87 @@ impl<'a> Collector<'a> {
             .sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         self.out
     }
+}
+
+/// What governance made of a message.
+enum Gate {
+    /// Record it; not to be delivered before `due` (held by quiet hours) if set.
+    Record { due: Option<Millis> },
+    /// Not sent; the instance has a `suppressed` step saying why.
+    Suppressed,
+}
+
+/// Applies the delivery policy to one effect (only messages on real channels are subject
+/// to it), recording `held` and `suppressed` decisions as steps of the instance and counting
+/// what goes out in the person's recent messages, so later messages in this plan see it.
+fn govern(
+    catalog: &Catalog,
+    recent: &mut HashMap<String, Vec<Sent>>,
+    profile: &ProfileState,
+    state: &mut JourneyState,
+    effect: &Effect,
+    now: Millis,
+) -> Gate {
+    let Effect::Message {
+        channel,
+        transactional,
+        instance,
+        node,
+        ..
+    } = effect
+    else {
+        return Gate::Record { due: None };
+    };
+    if channel == "log" || catalog.governance.is_empty() {
+        return Gate::Record { due: None };
+    }
+    let recent = recent.entry(profile.id.clone()).or_insert_with(|| {
+        catalog
+            .recent_messages
+            .get(&profile.id)
+            .cloned()
+            .unwrap_or_default()
+    });
+    let decision = catalog.governance.decide(
+        channel,
+        *transactional,
+        now,
+        &crate::compile::person_zone(profile),
+        recent,
+    );
+    let mut record = |what: &str, detail: Value| {
+        if let Some(i) = state.instances.iter_mut().find(|i| i.number == *instance) {
+            i.steps.push(crate::Step {
+                at: now,
+                node: node.clone(),
+                what: what.to_owned(),
+                detail: Some(detail),
+            });
+        }
+    };
+    let due = match decision {
+        Decision::Send => None,
+        Decision::Hold { until, reason } => {
+            let until_text = waymark_core::time::format_iso8601(until);
+            record(
+                "held",
+                serde_json::json!({"reason": reason, "until": until_text}),
+            );
+            Some(until)
+        }
+        Decision::Suppress { reason } => {
+            record(
+                "suppressed",
+                serde_json::json!({"reason": reason, "channel": channel}),
+            );
+            return Gate::Suppressed;
+        }
+    };
+    recent.push(Sent {
+        channel: channel.clone(),
+        at: now,
+    });
+    Gate::Record { due }
 }
 
 /// The (profile, journey) states a batch of events needs loaded.

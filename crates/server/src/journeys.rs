@@ -216,51 +216,40 @@ async fn pin_templates(state: &AppState, draft: &Value) -> Result<Option<Value>,
         .filter(|(_, t)| t.version.is_none())
         .map(|(k, t)| (k.clone(), t.clone()))
         .collect();
+    let named: Vec<(usize, &str, &str)> = journey
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, node)| match &node.kind {
+            NodeKind::Message {
+                channel, template, ..
+            } => Some((i, channel.as_str(), template.as_str())),
+            _ => None,
+        })
+        .collect();
+    let stored =
+        crate::templates::with_partials(state, named.iter().map(|(_, _, t)| (*t).to_owned()))
+            .await?;
     let mut problems = Vec::new();
-    let mut wanted: Vec<(Option<usize>, String)> = Vec::new();
-    for (i, node) in journey.nodes.iter().enumerate() {
-        if let NodeKind::Message { template, .. } = &node.kind {
-            wanted.push((Some(i), template.clone()));
+    for &(i, channel, key) in &named {
+        // A missing partial is left to validation; a missing template is refused here,
+        // except on `log` or when the document carries it inline.
+        if channel != "log" && !stored.contains_key(key) && !pinned.contains_key(key) {
+            problems.push(FieldError::new(
+                "unknown_template",
+                format!("nodes[{i}].template"),
+                format!("no template has the key {key:?}; PUT /v1/templates/{key} first"),
+            ));
         }
     }
-    while let Some((node, key)) = wanted.pop() {
-        if pinned.get(&key).is_some_and(|t| t.version.is_some()) {
-            continue;
-        }
-        match state.store.template(&key).await? {
-            Some(record) => {
-                let document: waymark_core::content::ContentDoc =
-                    serde_json::from_value(record.document).map_err(|e| {
-                        ApiError::unavailable(format!("stored template {key:?} is unreadable: {e}"))
-                    })?;
-                for (_, source) in document.fields() {
-                    for partial in waymark_core::content::partials_used(source) {
-                        wanted.push((None, partial));
-                    }
-                }
-                pinned.insert(
-                    key,
-                    PinnedTemplate {
-                        version: Some(record.version),
-                        document,
-                    },
-                );
-            }
-            None if pinned.contains_key(&key) => {}
-            None => {
-                let Some(i) = node else { continue }; // a missing partial: validation says so
-                let NodeKind::Message { channel, .. } = &journey.nodes[i].kind else {
-                    continue;
-                };
-                if channel != "log" {
-                    problems.push(FieldError::new(
-                        "unknown_template",
-                        format!("nodes[{i}].template"),
-                        format!("no template has the key {key:?}; PUT /v1/templates/{key} first"),
-                    ));
-                }
-            }
-        }
+    for (key, (version, document)) in stored {
+        pinned.insert(
+            key,
+            PinnedTemplate {
+                version: Some(version),
+                document,
+            },
+        );
     }
     if pinned == journey.templates && problems.is_empty() {
         return Ok(None);

@@ -8,7 +8,7 @@ use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
-use waymark_core::content::{CompiledContent, ContentDoc, Rendered, compile};
+use waymark_core::content::{CompiledContent, ContentDoc, Rendered, compile, partials_used};
 use waymark_core::journey::valid_key;
 use waymark_core::time::format_iso8601;
 use waymark_core::{FieldError, Identity};
@@ -89,25 +89,45 @@ fn no_template(key: &str) -> ApiError {
     ApiError::not_found(format!("no template has the key {key:?}"))
 }
 
-/// The source of every partial (the newest version of each `partial` template).
-async fn partials(state: &AppState) -> Result<BTreeMap<String, String>, ApiError> {
-    Ok(state
-        .store
-        .templates()
-        .await?
-        .into_iter()
-        .filter(|t| t.channel == "partial")
-        .filter_map(|t| {
-            let body = t.document["body"].as_str()?.to_owned();
-            Some((t.key, body))
-        })
-        .collect())
+/// The stored templates `roots` name and, following `{{> key}}`, every partial they include:
+/// the newest version of each, by key. Keys with no stored template are left out (the
+/// caller reports them: compilation as an unknown partial, publishing as an unknown template).
+pub(crate) async fn with_partials(
+    state: &AppState,
+    roots: impl IntoIterator<Item = String>,
+) -> Result<BTreeMap<String, (u32, ContentDoc)>, ApiError> {
+    let mut found = BTreeMap::new();
+    let mut wanted: Vec<String> = roots.into_iter().collect();
+    let mut seen: std::collections::BTreeSet<String> = wanted.iter().cloned().collect();
+    while let Some(key) = wanted.pop() {
+        let Some(record) = state.store.template(&key).await? else {
+            continue;
+        };
+        let document: ContentDoc = serde_json::from_value(record.document).map_err(|e| {
+            ApiError::unavailable(format!("stored template {key:?} is unreadable: {e}"))
+        })?;
+        for (_, source) in document.fields() {
+            for partial in partials_used(source) {
+                if seen.insert(partial.clone()) {
+                    wanted.push(partial);
+                }
+            }
+        }
+        found.insert(key, (record.version, document));
+    }
+    Ok(found)
 }
 
-async fn compiled(state: &AppState, document: &Value) -> Result<CompiledContent, ApiError> {
-    let doc: ContentDoc = serde_json::from_value(document.clone())
-        .map_err(|e| ApiError::bad_request("invalid_document", e.to_string()))?;
-    compile(&doc, &partials(state).await?)
+/// Compiles a template with the stored partials it includes (and only those).
+async fn compiled(state: &AppState, doc: &ContentDoc) -> Result<CompiledContent, ApiError> {
+    let roots = doc.fields().into_iter().flat_map(|(_, s)| partials_used(s));
+    let partials = with_partials(state, roots)
+        .await?
+        .into_iter()
+        .filter(|(_, (_, d))| d.channel == "partial")
+        .filter_map(|(k, (_, d))| Some((k, d.body?)))
+        .collect();
+    compile(doc, &partials)
         .map_err(|problems| ApiError::unprocessable("invalid_template", problems))
 }
 
@@ -135,9 +155,9 @@ pub async fn put_template(
     }
     // Checked through the serde shape first, so unknown fields are named.
     let doc: ContentDoc = json_body(body).await?;
+    compiled(&state, &doc).await?;
     let document = serde_json::to_value(&doc)
         .map_err(|e| ApiError::bad_request("invalid_document", e.to_string()))?;
-    compiled(&state, &document).await?;
     let (record, created) = state
         .store
         .put_template(&key, &document, wall_clock_ms())
@@ -252,7 +272,9 @@ pub async fn preview_template(
                 .document
         }
     };
-    let template = compiled(&state, &document).await?;
+    let doc: ContentDoc = serde_json::from_value(document)
+        .map_err(|e| ApiError::bad_request("invalid_document", e.to_string()))?;
+    let template = compiled(&state, &doc).await?;
     let mut profile = match &req.profile {
         Some(p) => {
             let id = Identity::parse(&p.namespace, &p.value)
