@@ -96,10 +96,23 @@ pub struct Email {
     /// Connections kept open to the SMTP server.
     #[serde(default = "default_pool_size")]
     pub pool_size: u32,
-    /// The URL people reach this server at; unsubscribe links point here. Without it,
-    /// emails carry no List-Unsubscribe header.
+    /// The URL people reach this server at; unsubscribe links, the open pixel and click
+    /// redirects point here. Without it, emails carry no List-Unsubscribe header and are
+    /// not tracked.
     #[serde(default)]
     pub public_url: Option<String>,
+    /// Add an open pixel to HTML emails (needs `public_url`): the first open of each
+    /// message is recorded as an `Email Opened` event.
+    #[serde(default = "yes")]
+    pub track_opens: bool,
+    /// Send http(s) links in HTML emails through signed redirects (needs `public_url`):
+    /// the first click on each link of each message is recorded as `Email Link Clicked`.
+    #[serde(default = "yes")]
+    pub track_clicks: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_pool_size() -> u32 {

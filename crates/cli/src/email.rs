@@ -2,7 +2,8 @@
 //! auth, all from `email.smtp_url`). Each message is multipart/alternative (text and HTML),
 //! with a Message-ID made from the step's idempotency key (a repeat after a crash is the same
 //! message to the receiving side) and, when `email.public_url` is set, RFC 8058 one-click
-//! `List-Unsubscribe` with a signed link.
+//! `List-Unsubscribe` with a signed link, and (unless turned off) an open pixel and signed
+//! click redirects in the HTML part (see `tracking`).
 
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart, header};
@@ -18,6 +19,7 @@ pub struct Mailer {
     reply_to: Option<Mailbox>,
     /// Public base URL and link secret, for unsubscribe links.
     unsubscribe: Option<(String, Vec<u8>)>,
+    tracking: Option<crate::tracking::Tracker>,
     /// Sends at once, no more than pooled connections: with hundreds of deliveries in
     /// flight, lettre's pool stalled (measured: ~40 emails/s, each batch freed only when
     /// its 120 s lease ran out), so callers queue here instead of inside the pool.
@@ -44,8 +46,19 @@ impl Mailer {
         if let Some(url) = &config.public_url {
             reqwest::Url::parse(url).map_err(|e| format!("email.public_url {url:?}: {e}"))?;
         }
+        let tracking = config
+            .public_url
+            .as_ref()
+            .filter(|_| config.track_opens || config.track_clicks)
+            .map(|u| crate::tracking::Tracker {
+                base: u.trim_end_matches('/').to_owned(),
+                secret: link_secret.to_vec(),
+                opens: config.track_opens,
+                clicks: config.track_clicks,
+            });
         Ok(Self {
             transport,
+            tracking,
             sending: tokio::sync::Semaphore::new(config.pool_size.max(1) as usize),
             from,
             reply_to,
@@ -111,9 +124,17 @@ impl Mailer {
                 html_escape(p)
             )
         });
-        let html = fields["html"]
-            .as_str()
-            .map(|h| format!("{}{h}", preheader.unwrap_or_default()));
+        let identity = format!("email:{}", to.email);
+        let sent = crate::tracking::Sent {
+            message: &item.key,
+            journey: &item.journey,
+            identity: &identity,
+        };
+        let html = match (fields["html"].as_str(), &self.tracking) {
+            (Some(h), Some(tracker)) => Some(tracker.rewrite(h, &sent)?),
+            (h, _) => h.map(str::to_owned),
+        }
+        .map(|h| format!("{}{h}", preheader.unwrap_or_default()));
         let text = fields["text"].as_str().map(str::to_owned);
         let part =
             |kind: header::ContentType, body: String| SinglePart::builder().header(kind).body(body);

@@ -8,6 +8,7 @@ mod http;
 mod journeys;
 mod serve;
 mod sms;
+mod tracking;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

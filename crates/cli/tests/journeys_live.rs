@@ -1267,3 +1267,155 @@ async fn webhooks_carry_standard_webhooks_signatures_over_the_exact_body() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("webhooks.signing_secret"));
 }
+
+/// The `u`, and the whole URL, of each tracked link in some HTML.
+fn tracked_links(html: &str) -> Vec<(String, String)> {
+    html.split("href=\"")
+        .skip(1)
+        .filter_map(|part| {
+            let href = part.split('"').next()?.replace("&amp;", "&");
+            let url = reqwest::Url::parse(&href).ok()?;
+            let target = url.query_pairs().find(|(k, _)| k == "u")?.1.into_owned();
+            Some((target, href))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_opens_and_clicks_come_back_as_events_that_journeys_wait_for() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smtp = smtp_sink();
+    let smtp_url = format!("smtp://127.0.0.1:{}", smtp.port);
+    let public = "https://waymark.example.com";
+    let server = Server::start_with_env(
+        Launch {
+            data_dir: &dir.path().join("data"),
+            store: None,
+            configured_keys: true,
+        },
+        &[
+            ("WAYMARK_EMAIL__SMTP_URL", &smtp_url),
+            ("WAYMARK_EMAIL__FROM", "hello@example.com"),
+            ("WAYMARK_EMAIL__PUBLIC_URL", public),
+        ],
+    );
+    let c = client();
+    put_template(&c, &server.base, "cart-mail", &json!({"channel": "email",
+            "subject": "Your cart",
+            "html": "<html><body><p><a href=\"https://shop.example.com/cart?id={{journey.entry.properties.cart}}&ref=mail\">Back to your cart</a> <a href=\"mailto:help@example.com\">help</a></p></body></html>",
+            "text": "Your cart"})).await;
+    put_and_publish(
+        &c,
+        &server.base,
+        &json!({"key": "cart", "entry": {"event": "Cart Abandoned"}, "nodes": [
+            {"id": "send", "type": "message", "channel": "email", "template": "cart-mail", "next": "wait"},
+            {"id": "wait", "type": "wait", "event": {"name": "Email Link Clicked", "timeout": "1d", "timeout_next": "done"}, "next": "clicked"},
+            {"id": "clicked", "type": "update_profile", "set": {"came_back": true}, "next": "done"},
+            {"id": "done", "type": "end"}]}),
+    )
+    .await;
+    send_batch(&c, &server.base, WRITE_KEY, &json!([
+        {"type": "identify", "userId": "ada", "traits": {"email": "ada@example.com"}},
+        {"type": "track", "userId": "ada", "event": "Cart Abandoned", "properties": {"cart": "c&7"}},
+    ]))
+    .await
+    .expect("ingest");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let html = loop {
+        if let Some(m) = smtp.messages.lock().expect("lock").first() {
+            break m["parts"][1]["body"].as_str().expect("html").to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "no email arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The shop link is wrapped (its URL decoded from the HTML); mailto: is left alone.
+    let links = tracked_links(&html);
+    assert_eq!(links.len(), 1, "{html}");
+    let (target, click) = &links[0];
+    // What a mail client would follow: the HTML-escaped `&amp;` read back as `&`.
+    assert_eq!(target, "https://shop.example.com/cart?id=c&7&ref=mail");
+    assert!(html.contains("href=\"mailto:help@example.com\""), "{html}");
+    let pixel = html
+        .split("<img src=\"")
+        .nth(1)
+        .and_then(|p| p.split('"').next())
+        .expect("open pixel")
+        .replace("&amp;", "&");
+    assert!(
+        pixel.starts_with(&format!("{public}/v1/email/open?")),
+        "{pixel}"
+    );
+    let local = |url: &str| url.replace(public, &server.base);
+
+    // Opening: a GIF, and one `Email Opened` however often the images load.
+    for _ in 0..2 {
+        let r = c.get(local(&pixel)).send().await.expect("pixel");
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "image/gif");
+        assert_eq!(r.bytes().await.expect("gif").len(), 43);
+    }
+    // Forged and altered links are refused and redirect nowhere.
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let elsewhere = reqwest::Url::parse(&local(click))
+        .map(|mut u| {
+            let pairs: Vec<(String, String)> = u
+                .query_pairs()
+                .map(|(k, v)| {
+                    let v = if k == "u" {
+                        "https://evil.example.net/".into()
+                    } else {
+                        v.into_owned()
+                    };
+                    (k.into_owned(), v)
+                })
+                .collect();
+            u.query_pairs_mut().clear().extend_pairs(pairs);
+            u.to_string()
+        })
+        .expect("url");
+    let r = no_redirects.get(&elsewhere).send().await.expect("forged");
+    assert_eq!(r.status(), 403);
+    assert!(r.headers().get("location").is_none());
+    let r = no_redirects
+        .get(local(&pixel).replace("email%3Aada", "email%3Abob"))
+        .send()
+        .await
+        .expect("forged");
+    assert_eq!(r.status(), 403);
+    // Clicking: a redirect to exactly the URL that was in the message.
+    let r = no_redirects.get(local(click)).send().await.expect("click");
+    assert_eq!(r.status(), 302);
+    assert_eq!(r.headers()["location"], target.as_str());
+
+    // The click moved the waiting journey on.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, ada) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/ada").await;
+        if ada["traits"]["came_back"] == true {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the click did not reach the journey: {ada}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, events) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/ada/events").await;
+    let events = events["events"].as_array().expect("events").clone();
+    let named = |name: &str| {
+        events
+            .iter()
+            .filter(|e| e["event"] == name)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(named("Email Opened").len(), 1, "{events:?}");
+    let clicked = named("Email Link Clicked");
+    assert_eq!(clicked.len(), 1, "{events:?}");
+    assert_eq!(clicked[0]["properties"]["url"], target.as_str());
+    assert_eq!(clicked[0]["properties"]["journey"], "cart");
+    assert_eq!(named("Email Opened")[0]["properties"]["journey"], "cart");
+}

@@ -102,6 +102,8 @@ pub fn app(state: AppState) -> Router {
             "/v1/unsubscribe",
             get(links::unsubscribe).post(links::unsubscribe),
         )
+        .route("/v1/email/open", get(links::email_open))
+        .route("/v1/email/click", get(links::email_click))
         .route("/v1/sms/inbound", post(links::sms_inbound))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))

@@ -1,6 +1,7 @@
-//! Signed requests from outside: links people follow from messages, and the SMS provider's
-//! inbound webhook. No API key: the signature is the credential (a link carries no URL, so
-//! it cannot be turned into an open redirect).
+//! Signed requests from outside: links people follow from messages (unsubscribe, email open
+//! pixels, click redirects), and the SMS provider's inbound webhook. No API key: the
+//! signature is the credential. A click redirect goes only to the URL signed into it, which
+//! was a link in the message, so it cannot be turned into an open redirect.
 
 use axum::extract::{Query, State};
 use serde::Deserialize;
@@ -40,14 +41,161 @@ pub async fn unsubscribe(
     if !links::verify(secret, &links::unsubscribe_payload(&q.i, &q.c), &q.s) {
         return Err(ApiError::forbidden("the link is not valid"));
     }
-    let (namespace, value) =
-        q.i.split_once(':')
-            .ok_or_else(|| ApiError::field("invalid_identity", "i", "expected namespace:value"))?;
-    let identity = Identity::parse(namespace, value)
-        .map_err(|m| ApiError::field("invalid_identity", "i", m))?;
+    let identity = link_identity(&q.i)?;
     record_consent(&state, identity, &q.c, false).await?;
     tracing::info!(channel = %q.c, "unsubscribed through a signed link");
     Ok("You are unsubscribed.\n")
+}
+
+/// The identity a link carries (`email:ada@example.com`).
+fn link_identity(text: &str) -> Result<Identity, ApiError> {
+    let (namespace, value) = text
+        .split_once(':')
+        .ok_or_else(|| ApiError::field("invalid_identity", "i", "expected namespace:value"))?;
+    Identity::parse(namespace, value).map_err(|m| ApiError::field("invalid_identity", "i", m))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct TrackingQuery {
+    /// The message (its outbox key).
+    pub m: String,
+    /// The journey that sent it.
+    pub j: String,
+    /// The identity it went to (`email:ada@example.com`).
+    pub i: String,
+    /// Click links only: where the link in the message pointed.
+    pub u: Option<String>,
+    /// The link's signature.
+    pub s: String,
+}
+
+/// A transparent 1x1 GIF.
+const PIXEL: &[u8] = &[
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+];
+
+/// An engagement event (`Email Opened`, `Email Link Clicked`) for the identity a tracking
+/// link carries. Its message id is fixed per message (and link), so only the first open of
+/// a message, and the first click on each of its links, is recorded: a journey waiting for
+/// the event sees it once, and repeated loads by mail clients add nothing.
+async fn record_engagement(
+    state: &AppState,
+    q: &TrackingQuery,
+    name: &str,
+    message_id: String,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), ApiError> {
+    let identity = link_identity(&q.i)?;
+    let mut event = event_for(&identity, EventKind::Track, message_id);
+    event.name = Some(name.to_owned());
+    let props = &mut event.properties;
+    props.insert("message".into(), q.m.clone().into());
+    props.insert("journey".into(), q.j.clone().into());
+    props.insert("channel".into(), "email".into());
+    if let Some(u) = &q.u {
+        props.insert("url".into(), u.clone().into());
+    }
+    if let Some(agent) = headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        props.insert("user_agent".into(), agent.into());
+    }
+    state.store.ingest(vec![event]).await?;
+    Ok(())
+}
+
+fn link_secret(state: &AppState) -> Result<&[u8], ApiError> {
+    state
+        .link_secret
+        .as_deref()
+        .map(Vec::as_slice)
+        .ok_or_else(|| ApiError::forbidden("this server signs no links"))
+}
+
+/// The open pixel of an email: records `Email Opened` (first open of each message) with
+/// `{message, journey, channel, user_agent}` and answers a 1x1 GIF.
+#[utoipa::path(get, path = "/v1/email/open", tag = "links", params(TrackingQuery),
+    responses((status = 200, description = "A 1x1 GIF"),
+        (status = 400, body = ErrorBody), (status = 403, description = "Forged or altered link", body = ErrorBody)))]
+pub async fn email_open(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<TrackingQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    if !links::verify(
+        link_secret(&state)?,
+        &links::open_payload(&q.m, &q.j, &q.i),
+        &q.s,
+    ) {
+        return Err(ApiError::forbidden("the link is not valid"));
+    }
+    record_engagement(
+        &state,
+        &q,
+        "Email Opened",
+        format!("email-opened-{}", q.m),
+        &headers,
+    )
+    .await?;
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "image/gif"),
+            (axum::http::header::CACHE_CONTROL, "no-store, max-age=0"),
+        ],
+        PIXEL,
+    )
+        .into_response())
+}
+
+/// A tracked link of an email: records `Email Link Clicked` with `{message, journey,
+/// channel, url, user_agent}` (first click on each link of each message) and redirects (302)
+/// to the link's URL, which the signature covers. The person reaches the page even if the
+/// event cannot be recorded right now (that is logged and counted).
+#[utoipa::path(get, path = "/v1/email/click", tag = "links", params(TrackingQuery),
+    responses((status = 302, description = "Redirect to the link's URL"),
+        (status = 400, body = ErrorBody), (status = 403, description = "Forged or altered link", body = ErrorBody)))]
+pub async fn email_click(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<TrackingQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let url =
+        q.u.as_deref()
+            .ok_or_else(|| ApiError::field("missing_field", "u", "a click link carries its URL"))?;
+    if !links::verify(
+        link_secret(&state)?,
+        &links::click_payload(&q.m, &q.j, &q.i, url),
+        &q.s,
+    ) {
+        return Err(ApiError::forbidden("the link is not valid"));
+    }
+    let lower = url.to_ascii_lowercase();
+    if !(lower.starts_with("https://") || lower.starts_with("http://")) {
+        return Err(ApiError::field(
+            "invalid_url",
+            "u",
+            "only http(s) links are tracked",
+        ));
+    }
+    // The signature is 64 hex characters (verified above) and differs per link.
+    let id = format!("email-clicked-{}-{}", q.m, &q.s[..32]);
+    if let Err(e) = record_engagement(&state, &q, "Email Link Clicked", id, &headers).await {
+        metrics::counter!("waymark_link_events_lost_total").increment(1);
+        tracing::warn!(error = ?e, "could not record a click; redirecting anyway");
+    }
+    Ok((
+        axum::http::StatusCode::FOUND,
+        [
+            (axum::http::header::LOCATION, url),
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+        ],
+    )
+        .into_response())
 }
 
 /// An event about one identity, received now (not from a Segment client).
