@@ -45,6 +45,20 @@ pub struct Governance {
     /// `timezone` trait (UTC if they have none).
     #[serde(default)]
     pub quiet_hours: Option<waymark_core::governance::QuietHours>,
+    /// Soft bounces (temporary refusals that outlast the retries) before an address goes
+    /// on the suppression list. Default 3.
+    #[serde(default)]
+    pub soft_bounce_limit: Option<u32>,
+}
+
+impl Governance {
+    pub fn soft_bounce_limit(&self) -> Result<u32, String> {
+        match self.soft_bounce_limit {
+            None => Ok(3),
+            Some(0) => Err("governance.soft_bounce_limit: must be at least 1".into()),
+            Some(n) => Ok(n),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

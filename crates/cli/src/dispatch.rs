@@ -49,6 +49,52 @@ pub struct Channels {
     pub email: Option<Arc<crate::email::Mailer>>,
     /// Standard Webhooks signing key for webhook calls.
     pub webhook_key: Option<Vec<u8>>,
+    /// Soft bounces before an address is suppressed (`governance.soft_bounce_limit`).
+    pub soft_bounce_limit: u32,
+}
+
+/// What a failed message says about its address, for the suppression list.
+#[derive(Debug)]
+pub enum Bounce {
+    /// The address cannot receive: suppressed now, for `reason` (`governance::REASONS`).
+    Hard {
+        reason: &'static str,
+        detail: String,
+    },
+    /// A temporary refusal that outlasted the retries: counted, suppressed at the limit.
+    Soft(String),
+}
+
+/// Puts a bounced address on the suppression list (or counts a soft bounce). A failure
+/// here is logged: the message's own outcome is recorded regardless.
+async fn record_bounce(store: &dyn Store, item: &OutboxItem, bounce: Bounce, limit: u32) {
+    let channel = item.effect["channel"].as_str().unwrap_or_default();
+    let Some(Ok(address)) = item.effect["to"]
+        .as_str()
+        .map(|to| waymark_core::governance::suppression_address(channel, to))
+    else {
+        return;
+    };
+    let now = wall_clock_ms();
+    let result = match &bounce {
+        Bounce::Hard { reason, detail } => {
+            store.suppress(channel, &address, reason, detail, now).await
+        }
+        Bounce::Soft(detail) => store
+            .soft_bounce(channel, &address, detail, limit, now)
+            .await
+            .map(|_| ()),
+    };
+    let kind = if matches!(bounce, Bounce::Hard { .. }) {
+        "hard"
+    } else {
+        "soft"
+    };
+    metrics::counter!("waymark_bounces_total", "channel" => channel.to_owned(), "kind" => kind)
+        .increment(1);
+    if let Err(e) = result {
+        tracing::warn!(error = %e, channel, "could not record a bounce on the suppression list");
+    }
 }
 
 pub async fn run(store: Arc<dyn Store>, client: reqwest::Client, channels: Channels) {
@@ -93,8 +139,12 @@ pub async fn run(store: Arc<dyn Store>, client: reqwest::Client, channels: Chann
                 return;
             };
             let (outcomes, client, channels) = (outcomes.clone(), client.clone(), channels.clone());
+            let store = store.clone();
             tokio::spawn(async move {
-                let delivery = deliver(&client, &channels, &item).await;
+                let (delivery, bounce) = deliver(&client, &channels, &item).await;
+                if let Some(bounce) = bounce {
+                    record_bounce(store.as_ref(), &item, bounce, channels.soft_bounce_limit).await;
+                }
                 let outcome = match &delivery {
                     Delivery::Delivered(_) => "delivered",
                     Delivery::Retry { .. } => "retry",
@@ -141,17 +191,24 @@ async fn record_outcomes(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::Recei
 /// Attempts per message before it fails (the first try and its retries).
 const MESSAGE_RETRIES: u32 = 5;
 
-async fn deliver(client: &reqwest::Client, channels: &Channels, item: &OutboxItem) -> Delivery {
-    match item.kind.as_str() {
+async fn deliver(
+    client: &reqwest::Client,
+    channels: &Channels,
+    item: &OutboxItem,
+) -> (Delivery, Option<Bounce>) {
+    let delivery = match item.kind.as_str() {
         "webhook" => webhook(client, channels.webhook_key.as_deref(), item).await,
-        "message" if item.effect["channel"] == "email" => match &channels.email {
-            Some(mailer) => mailer.send(item, MESSAGE_RETRIES).await,
-            None => {
-                Delivery::Failed("email is not configured ([email] in the configuration)".into())
-            }
-        },
+        "message" if item.effect["channel"] == "email" => {
+            return match &channels.email {
+                Some(mailer) => mailer.send(item, MESSAGE_RETRIES).await,
+                None => {
+                    let reason = "email is not configured ([email] in the configuration)";
+                    (Delivery::Failed(reason.into()), None)
+                }
+            };
+        }
         "message" if item.effect["channel"] == "sms" => {
-            crate::sms::send(client, channels.sms.as_ref(), item, MESSAGE_RETRIES).await
+            return crate::sms::send(client, channels.sms.as_ref(), item, MESSAGE_RETRIES).await;
         }
         // Applied by the store when it records the delivery.
         "update_profile" => Delivery::Delivered(Value::Null),
@@ -160,7 +217,8 @@ async fn deliver(client: &reqwest::Client, channels: &Channels, item: &OutboxIte
         // Carried out by the store when it records the delivery: the person enters the target.
         "jump" => Delivery::Delivered(Value::Null),
         other => Delivery::Failed(format!("{other} effects are not supported yet")),
-    }
+    };
+    (delivery, None)
 }
 
 fn backoff(attempts: u32) -> i64 {

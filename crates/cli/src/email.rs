@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use waymark_store::{Delivery, OutboxItem};
 
 use crate::config::Email;
+use crate::dispatch::Bounce;
 
 pub struct Mailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
@@ -152,36 +153,52 @@ impl Mailer {
     }
 
     /// Sends one rendered email. The SMTP server's answer decides: accepted is sent; a 4xx
-    /// or a connection failure is retried with backoff; a 5xx is a hard bounce (failed now).
-    pub async fn send(&self, item: &OutboxItem, retries: u32) -> Delivery {
+    /// or a connection failure is retried with backoff; a 5xx is a hard bounce (failed now,
+    /// and the address goes on the suppression list). A 4xx on the last attempt is a soft
+    /// bounce, counted against the address; a connection failure says nothing about the
+    /// address and is not counted.
+    pub async fn send(&self, item: &OutboxItem, retries: u32) -> (Delivery, Option<Bounce>) {
         let e = &item.effect;
         let Some(to) = e["to"].as_str() else {
-            return Delivery::Failed("the message has no recipient".into());
+            return (
+                Delivery::Failed("the message has no recipient".into()),
+                None,
+            );
         };
         let message = match self.build(item, to, &e["content"]["fields"]) {
             Ok(m) => m,
-            Err(reason) => return Delivery::Failed(reason),
+            Err(reason) => return (Delivery::Failed(reason), None),
         };
         let Ok(_slot) = self.sending.acquire().await else {
-            return Delivery::Retry {
+            let later = Delivery::Retry {
                 at: waymark_store::wall_clock_ms() + 1_000,
                 error: "the mailer is shutting down".into(),
             };
+            return (later, None);
         };
         match self.transport.send(message).await {
-            Ok(response) => Delivery::Delivered(json!({
-                "smtp_code": response.code().to_string(),
-                "smtp_message": response.message().collect::<Vec<_>>().join(" "),
-            })),
-            Err(err) if err.is_permanent() => Delivery::Failed(format!(
-                "hard bounce: {}",
-                crate::dispatch::with_causes(&err)
-            )),
-            Err(err) => crate::dispatch::retry_or_fail(
-                item,
-                retries,
-                format!("SMTP: {}", crate::dispatch::with_causes(&err)),
-            ),
+            Ok(response) => {
+                let answer = json!({
+                    "smtp_code": response.code().to_string(),
+                    "smtp_message": response.message().collect::<Vec<_>>().join(" "),
+                });
+                (Delivery::Delivered(answer), None)
+            }
+            Err(err) if err.is_permanent() => {
+                let reason = format!("hard bounce: {}", crate::dispatch::with_causes(&err));
+                let bounce = Bounce::Hard {
+                    reason: waymark_core::governance::HARD_BOUNCE,
+                    detail: reason.clone(),
+                };
+                (Delivery::Failed(reason), Some(bounce))
+            }
+            Err(err) => {
+                let reason = format!("SMTP: {}", crate::dispatch::with_causes(&err));
+                let delivery = crate::dispatch::retry_or_fail(item, retries, reason.clone());
+                let soft = (err.is_transient() && matches!(delivery, Delivery::Failed(_)))
+                    .then_some(Bounce::Soft(reason));
+                (delivery, soft)
+            }
         }
     }
 }

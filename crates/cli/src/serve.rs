@@ -143,6 +143,7 @@ pub async fn run(config: Config) -> Result<(), String> {
             .as_deref()
             .map(waymark_core::links::webhook_secret)
             .transpose()?,
+        soft_bounce_limit: config.governance.soft_bounce_limit()?,
     };
     let dispatcher = tokio::spawn(crate::dispatch::run(store.clone(), http, channels));
 

@@ -6,22 +6,36 @@ use serde_json::{Value, json};
 use waymark_store::{Delivery, OutboxItem};
 
 use crate::config::Sms;
+use crate::dispatch::Bounce;
+
+/// Twilio error codes that say the number cannot get messages: the list reason for each.
+/// (21610: the person replied STOP to the carrier; 21211/21614: not a valid mobile number.)
+fn bounce_of(code: &Value) -> Option<&'static str> {
+    match code.as_u64()? {
+        21610 => Some(waymark_core::governance::CARRIER_OPT_OUT),
+        21211 | 21614 => Some(waymark_core::governance::INVALID),
+        _ => None,
+    }
+}
 
 /// Sends one rendered SMS. 2xx is sent (the provider's message id is kept); 429 and 5xx
 /// and connection failures are retried with backoff up to `retries`; other 4xx (a bad
-/// number, a blocked recipient) fail at once with the provider's code and message.
+/// number, a blocked recipient) fail at once with the provider's code and message, and
+/// the codes that say the number cannot receive put it on the suppression list.
 pub async fn send(
     client: &reqwest::Client,
     config: Option<&Sms>,
     item: &OutboxItem,
     retries: u32,
-) -> Delivery {
+) -> (Delivery, Option<Bounce>) {
     let Some(config) = config else {
-        return Delivery::Failed("sms is not configured ([sms] in the configuration)".into());
+        let reason = "sms is not configured ([sms] in the configuration)";
+        return (Delivery::Failed(reason.into()), None);
     };
     let e = &item.effect;
     let (Some(to), Some(body)) = (e["to"].as_str(), e["content"]["fields"]["text"].as_str()) else {
-        return Delivery::Failed("the message has no recipient or no rendered text".into());
+        let reason = "the message has no recipient or no rendered text";
+        return (Delivery::Failed(reason.into()), None);
     };
     let url = format!(
         "{}/2010-04-01/Accounts/{}/Messages.json",
@@ -39,25 +53,28 @@ pub async fn send(
             let status = response.status();
             let answer: Value = response.json().await.unwrap_or(Value::Null);
             if status.is_success() {
-                Delivery::Delivered(
-                    json!({"provider_id": answer["sid"], "status": answer["status"]}),
-                )
+                let answer = json!({"provider_id": answer["sid"], "status": answer["status"]});
+                return (Delivery::Delivered(answer), None);
+            }
+            let reason = format!(
+                "HTTP {status}: code {} {}",
+                answer["code"],
+                answer["message"].as_str().unwrap_or_default()
+            );
+            if status.is_server_error() || status.as_u16() == 429 {
+                // The provider's trouble, not the number's.
+                (retry_or_fail(reason), None)
             } else {
-                let reason = format!(
-                    "HTTP {status}: code {} {}",
-                    answer["code"],
-                    answer["message"].as_str().unwrap_or_default()
-                );
-                if status.is_server_error() || status.as_u16() == 429 {
-                    retry_or_fail(reason)
-                } else {
-                    Delivery::Failed(reason)
-                }
+                let bounce = bounce_of(&answer["code"]).map(|why| Bounce::Hard {
+                    reason: why,
+                    detail: reason.clone(),
+                });
+                (Delivery::Failed(reason), bounce)
             }
         }
-        Err(err) => retry_or_fail(format!(
-            "request failed: {}",
-            crate::dispatch::with_causes(&err)
-        )),
+        Err(err) => {
+            let reason = format!("request failed: {}", crate::dispatch::with_causes(&err));
+            (retry_or_fail(reason), None)
+        }
     }
 }

@@ -893,6 +893,29 @@ async fn sms_messages_render_the_pinned_template_and_reach_a_twilio_compatible_a
     );
     let nophone = messages("nophone").await;
     assert_eq!(nophone[0]["status"], "not_sent", "{nophone:?}");
+    // Twilio's 21211 (invalid number) put the number on the suppression list: the next
+    // message to it is suppressed without calling the provider.
+    let (_, entry) = get(&c, &server.base, ADMIN, "/v1/suppressions/sms/+15550101110").await;
+    assert_eq!(entry["reason"], "invalid_address", "{entry}");
+    send_batch(&c, &server.base, WRITE_KEY, &json!([
+        {"type": "track", "userId": "bad", "event": "Order Shipped", "properties": {"order": "o-4"}},
+    ]))
+    .await
+    .expect("ingest");
+    let bad = messages("bad").await;
+    assert_eq!(
+        (
+            bad.len(),
+            bad[1]["status"].as_str(),
+            bad[1]["reason"].as_str()
+        ),
+        (
+            2,
+            Some("suppressed"),
+            Some("suppression list: invalid_address")
+        ),
+        "{bad:?}"
+    );
     // Inbound keywords from the provider, signed as Twilio signs: STOP opts out (and the next
     // SMS is suppressed), HELP answers, a forged request is refused.
     let inbound = |body: &'static str, token: &'static str| {
@@ -1172,9 +1195,49 @@ async fn email_reaches_a_real_smtp_server_with_parts_and_one_click_unsubscribe()
             {"id": "done", "type": "end"}]}),
     )
     .await;
-    send_batch(&c, &server.base, WRITE_KEY, &json!([{"type": "track", "userId": "ada", "event": "Newsletter Due", "properties": {"plan": "pro"}}]))
+    send_batch(&c, &server.base, WRITE_KEY, &json!([
+        {"type": "track", "userId": "ada", "event": "Newsletter Due", "properties": {"plan": "pro"}},
+        {"type": "track", "userId": "gone", "event": "Newsletter Due", "properties": {"plan": "free"}},
+    ]))
         .await
         .expect("ingest");
+    // The hard bounce put the address on the suppression list, so the next email to it is
+    // suppressed before it is sent, with the list's reason.
+    let (status, entry) = get(
+        &c,
+        &server.base,
+        ADMIN,
+        "/v1/suppressions/email/bounce@example.com",
+    )
+    .await;
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["reason"], "hard_bounce", "{entry}");
+    assert!(
+        entry["detail"].as_str().is_some_and(|d| d.contains("550")),
+        "{entry}"
+    );
+    let (_, record) = get(
+        &c,
+        &server.base,
+        ADMIN,
+        "/v1/profiles/user_id/gone/messages",
+    )
+    .await;
+    let last = record["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (last["status"].as_str(), last["reason"].as_str()),
+        (Some("suppressed"), Some("suppression list: hard_bounce")),
+        "{record}"
+    );
+    assert_eq!(
+        smtp.messages.lock().expect("lock").len(),
+        1,
+        "nothing more was sent"
+    );
     let (_, record) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/ada/messages").await;
     let last = record["messages"]
         .as_array()

@@ -3,12 +3,43 @@
 //! message, with the person's recent messages read in that same transaction, so two journeys
 //! racing for the same person cannot both pass a cap).
 //!
-//! Order: consent (the engine, before a message exists) → frequency caps → quiet hours.
-//! Transactional messages skip caps and quiet hours; nothing skips consent.
+//! Order: consent (the engine, before a message exists) → suppression list → frequency caps
+//! → quiet hours. Transactional messages skip caps and quiet hours; nothing skips consent or
+//! suppression.
 
 use serde::{Deserialize, Serialize};
 
 use crate::time::Millis;
+
+/// Channels whose addresses can be on the suppression list, with the identity namespace
+/// their addresses are normalised like.
+pub const SUPPRESSIBLE: &[(&str, &str)] = &[("email", "email"), ("sms", "phone")];
+
+/// An address as the suppression list keys it (emails lowercased, phone numbers as `+` and
+/// digits), or why it is not one. Unknown channels are refused.
+pub fn suppression_address(channel: &str, raw: &str) -> Result<String, String> {
+    let (_, namespace) = SUPPRESSIBLE
+        .iter()
+        .find(|(c, _)| *c == channel)
+        .ok_or_else(|| format!("channel {channel:?} has no suppression list (email, sms)"))?;
+    crate::Identity::parse(namespace, raw).map(|i| i.value)
+}
+
+/// Why an address is on the suppression list.
+pub const HARD_BOUNCE: &str = "hard_bounce";
+pub const SOFT_BOUNCES: &str = "soft_bounces";
+pub const COMPLAINT: &str = "complaint";
+pub const INVALID: &str = "invalid_address";
+pub const CARRIER_OPT_OUT: &str = "carrier_opt_out";
+pub const MANUAL: &str = "manual";
+pub const REASONS: &[&str] = &[
+    HARD_BOUNCE,
+    SOFT_BOUNCES,
+    COMPLAINT,
+    INVALID,
+    CARRIER_OPT_OUT,
+    MANUAL,
+];
 
 /// The rules, from the server's `[governance]` configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

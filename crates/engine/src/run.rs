@@ -31,6 +31,32 @@ pub struct Catalog {
     /// Messages each person (by profile id) was sent or has queued within the longest cap
     /// window, read in the plan's transaction.
     pub recent_messages: HashMap<String, Vec<Sent>>,
+    /// Suppressed addresses among the people's (see `addresses`): (channel, address) ->
+    /// reason, read in the plan's transaction.
+    pub suppressed: HashMap<(String, String), String>,
+}
+
+/// Every address a person's messages may go to, per suppressible channel, normalised as the
+/// suppression list keys them: their email / phone identities and traits.
+pub fn addresses(profile: &ProfileState) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    for (channel, namespace) in waymark_core::governance::SUPPRESSIBLE {
+        let raw = profile
+            .identities
+            .get(*namespace)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .chain(profile.traits.get(*namespace).and_then(|v| v.as_str()));
+        for r in raw {
+            if let Ok(a) = waymark_core::governance::suppression_address(channel, r)
+                && !out.contains(&(*channel, a.clone()))
+            {
+                out.push((*channel, a));
+            }
+        }
+    }
+    out
 }
 
 /// A journey's entry rate limit and its use: at most `limit` entries per second of wall
@@ -422,12 +448,39 @@ fn govern(
         transactional,
         instance,
         node,
+        to,
         ..
     } = effect
     else {
         return Gate::Record { due: None };
     };
-    if channel == "log" || catalog.governance.is_empty() {
+    if channel == "log" {
+        return Gate::Record { due: None };
+    }
+    let mut record = |what: &str, detail: Value| {
+        if let Some(i) = state.instances.iter_mut().find(|i| i.number == *instance) {
+            i.steps.push(crate::Step {
+                at: now,
+                node: node.clone(),
+                what: what.to_owned(),
+                detail: Some(detail),
+            });
+        }
+    };
+    // The suppression list binds transactional messages too: the address does not work
+    // (bounces) or its owner complained.
+    let listed = to.as_deref().and_then(|to| {
+        let address = waymark_core::governance::suppression_address(channel, to).ok()?;
+        catalog.suppressed.get(&(channel.clone(), address))
+    });
+    if let Some(reason) = listed {
+        record(
+            "suppressed",
+            serde_json::json!({"reason": format!("suppression list: {reason}"), "channel": channel}),
+        );
+        return Gate::Suppressed;
+    }
+    if catalog.governance.is_empty() {
         return Gate::Record { due: None };
     }
     let recent = recent.entry(profile.id.clone()).or_insert_with(|| {
@@ -444,16 +497,6 @@ fn govern(
         &crate::compile::person_zone(profile),
         recent,
     );
-    let mut record = |what: &str, detail: Value| {
-        if let Some(i) = state.instances.iter_mut().find(|i| i.number == *instance) {
-            i.steps.push(crate::Step {
-                at: now,
-                node: node.clone(),
-                what: what.to_owned(),
-                detail: Some(detail),
-            });
-        }
-    };
     let due = match decision {
         Decision::Send => None,
         Decision::Hold { until, reason } => {

@@ -296,3 +296,58 @@ nodes:
     assert_eq!(m.stats("source").completed, 1);
     assert_eq!(m.stats("target").instances, 1);
 }
+
+#[test]
+fn suppressed_addresses_get_nothing_even_transactional_and_the_reason_is_a_step() {
+    let mut m = Memory::default();
+    m.publish(
+        r#"
+key: receipt
+entry: { event: Paid }
+nodes:
+  - { id: send, type: message, channel: email, template: receipt, category: transactional, next: done }
+  - { id: done, type: end }
+"#,
+    );
+    m.catalog.suppressed.insert(
+        ("email".into(), "bounced@example.com".into()),
+        "hard_bounce".into(),
+    );
+    let person = |user: &str, email: &str, at: i64| {
+        let (event, mut profile) = track(user, "Paid", json!({}), at);
+        profile.traits.insert("email".into(), json!(email));
+        (event, profile)
+    };
+    // Listed addresses match however they are written in the profile.
+    m.events(&[person("ann", "Bounced@Example.com ", 1_000)], 1_000);
+    m.events(&[person("bob", "bob@example.com", 1_000)], 1_000);
+    let sent: Vec<&str> = m
+        .outbox
+        .iter()
+        .filter(|o| o.kind == "message")
+        .map(|o| o.profile_id.as_str())
+        .collect();
+    assert_eq!(sent, ["bob"]);
+    let ann = &m.states[&("ann".to_string(), "receipt".to_string())].instances[0];
+    let step = ann
+        .steps
+        .iter()
+        .find(|s| s.what == "suppressed")
+        .expect("suppressed step");
+    assert_eq!(
+        step.detail.as_ref().expect("detail")["reason"],
+        "suppression list: hard_bounce"
+    );
+    assert_eq!(ann.status, Status::Completed, "the journey goes on");
+    // The addresses a store looks up for a person: identities and traits, normalised.
+    let (_, mut p) = person("cy", "CY@example.com", 0);
+    p.identities
+        .insert("phone".into(), vec!["+1 555 0100".into()]);
+    assert_eq!(
+        crate::run::addresses(&p),
+        vec![
+            ("email", "cy@example.com".to_string()),
+            ("sms", "+15550100".to_string())
+        ]
+    );
+}

@@ -11,6 +11,7 @@ pub mod journeys;
 pub mod links;
 pub mod ops;
 pub mod profiles;
+pub mod suppressions;
 pub mod templates;
 
 use std::sync::Arc;
@@ -88,6 +89,13 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/v1/journeys/{key}/{action}",
             post(journeys::journey_action),
+        )
+        .route("/v1/suppressions", get(suppressions::list))
+        .route(
+            "/v1/suppressions/{channel}/{address}",
+            get(suppressions::get_one)
+                .put(suppressions::put)
+                .delete(suppressions::delete),
         )
         .route("/v1/templates", get(templates::list_templates))
         .route(

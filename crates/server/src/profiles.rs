@@ -298,7 +298,7 @@ pub struct MessageView {
     /// Where it went (email address, phone number), if it was addressed.
     pub to: Option<String>,
     /// `recorded` (log channel), `queued`, `retrying`, `sent`, `failed` (with `reason`; a
-    /// hard bounce says so), `suppressed` (with `reason`: unsubscribed), or `not_sent`
+    /// hard bounce says so), `suppressed` (with `reason`: unsubscribed, suppression list, frequency cap, quiet hours), or `not_sent`
     /// (no address, or the template failed to render).
     pub status: String,
     pub reason: Option<String>,

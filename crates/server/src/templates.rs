@@ -67,7 +67,9 @@ const MAX_BODY_BYTES: usize = 512 * 1024;
 
 /// Reads a JSON request body into `T`; a bad one is a 400 naming the line and column, or
 /// the field serde could not accept.
-async fn json_body<T: serde::de::DeserializeOwned>(body: axum::body::Body) -> Result<T, ApiError> {
+pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
+    body: axum::body::Body,
+) -> Result<T, ApiError> {
     let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|_| {

@@ -165,6 +165,7 @@ macro_rules! all_api_tests {
             operations_endpoints,
             journeys_lifecycle_through_the_api,
             templates_version_validate_and_preview,
+            suppression_list_through_the_api,
         );
     };
 }
@@ -1110,4 +1111,91 @@ async fn templates_version_validate_and_preview(api: &Api) {
         "{}",
         r.text
     );
+}
+
+async fn suppression_list_through_the_api(api: &Api) {
+    let admin = |method: &'static str, path: &'static str, body: &'static str| {
+        api.call(
+            method,
+            path,
+            Auth::Admin(ADMIN),
+            body.as_bytes().to_vec(),
+            None,
+        )
+    };
+    // Addresses are normalised; the reason defaults to manual.
+    let r = admin("PUT", "/v1/suppressions/email/Ada%40Example.com", "").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        (&r.body["address"], &r.body["reason"], &r.body["suppressed"]),
+        (&json!("ada@example.com"), &json!("manual"), &json!(true))
+    );
+    let r = admin(
+        "PUT",
+        "/v1/suppressions/sms/+1%20555%200100",
+        r#"{"reason": "complaint", "detail": "feedback loop"}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["address"], "+15550100");
+    let r = api.get("/v1/suppressions/sms/+15550100").await;
+    assert_eq!(
+        (&r.body["reason"], &r.body["detail"]),
+        (&json!("complaint"), &json!("feedback loop"))
+    );
+    // Pages in (channel, address) order.
+    let r = api.get("/v1/suppressions?limit=1").await;
+    assert_eq!(r.body["suppressions"][0]["channel"], "email", "{}", r.text);
+    let next = r.body["next"].as_str().expect("next").to_owned();
+    let r = api
+        .get(&format!("/v1/suppressions?limit=1&after={next}"))
+        .await;
+    assert_eq!(r.body["suppressions"][0]["channel"], "sms", "{}", r.text);
+    let r = api.get("/v1/suppressions?channel=sms").await;
+    assert_eq!(r.body["suppressions"].as_array().map(Vec::len), Some(1));
+    // Bad input says what and where.
+    for (method, path, body, field) in [
+        ("PUT", "/v1/suppressions/fax/123", "", "channel"),
+        (
+            "PUT",
+            "/v1/suppressions/email/a%40b.c",
+            r#"{"reason": "bored"}"#,
+            "reason",
+        ),
+        (
+            "PUT",
+            "/v1/suppressions/email/a%40b.c",
+            r#"{"why": 1}"#,
+            "why",
+        ),
+        ("GET", "/v1/suppressions?limit=0", "", "limit"),
+        ("GET", "/v1/suppressions?channel=fax", "", "channel"),
+        ("GET", "/v1/suppressions?after=nocolon", "", "after"),
+    ] {
+        let r = admin(method, path, body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}: {}", r.text);
+        assert!(
+            r.body["field"].as_str().is_some_and(|f| f.contains(field)),
+            "{path}: {}",
+            r.text
+        );
+    }
+    // Admin only.
+    let r = api
+        .call(
+            "GET",
+            "/v1/suppressions",
+            Auth::Write(WRITE_KEY),
+            Vec::new(),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // Removal.
+    let r = admin("DELETE", "/v1/suppressions/email/ADA%40example.com", "").await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    let r = admin("DELETE", "/v1/suppressions/email/ada%40example.com", "").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = api.get("/v1/suppressions/email/ada%40example.com").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
 }

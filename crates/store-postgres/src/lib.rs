@@ -12,6 +12,7 @@
 mod journeys;
 mod runs;
 mod schema;
+mod suppressions;
 mod templates;
 
 use std::collections::HashMap;
@@ -30,8 +31,8 @@ use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
     Delivery, Erasure, EventPage, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore,
     JourneyState, JourneyStats, JourneyStore, OutboxItem, OutboxStore, PageRequest, ProfileStore,
-    Store, StoreError, StoreOptions, StoredEvent, TemplateRecord, TemplateStore, Transition,
-    decode_cursor,
+    Store, StoreError, StoreOptions, StoredEvent, Suppression, SuppressionStore, TemplateRecord,
+    TemplateStore, Transition, decode_cursor,
 };
 
 const MAX_ATTEMPTS: u32 = 20;
@@ -630,6 +631,57 @@ impl ProfileStore for PostgresStore {
                 return Ok(total);
             }
         }
+    }
+}
+
+#[async_trait]
+impl SuppressionStore for PostgresStore {
+    async fn suppress(
+        &self,
+        channel: &str,
+        address: &str,
+        reason: &str,
+        detail: &str,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        suppressions::suppress(&client, channel, address, reason, detail, now).await
+    }
+
+    async fn soft_bounce(
+        &self,
+        channel: &str,
+        address: &str,
+        detail: &str,
+        limit: u32,
+        now: Millis,
+    ) -> Result<Suppression, StoreError> {
+        let client = self.client().await?;
+        suppressions::soft_bounce(&client, channel, address, detail, limit, now).await
+    }
+
+    async fn unsuppress(&self, channel: &str, address: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        suppressions::unsuppress(&client, channel, address).await
+    }
+
+    async fn suppression(
+        &self,
+        channel: &str,
+        address: &str,
+    ) -> Result<Option<Suppression>, StoreError> {
+        let client = self.client().await?;
+        suppressions::read(&client, channel, address).await
+    }
+
+    async fn suppressions(
+        &self,
+        channel: Option<&str>,
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> Result<Vec<Suppression>, StoreError> {
+        let client = self.client().await?;
+        suppressions::list(&client, channel, after, limit).await
     }
 }
 

@@ -181,14 +181,52 @@ async fn add_recent_messages(
     Ok(())
 }
 
+/// What governance needs to know about the people a plan may message: their recent
+/// messages (for caps) and which of their addresses are on the suppression list.
+async fn add_people(
+    client: &impl GenericClient,
+    runtime: &Runtime,
+    catalog: &mut Catalog,
+    people: &[&ProfileState],
+    now: Millis,
+) -> Result<(), Abort> {
+    let ids: Vec<&str> = people.iter().map(|p| p.id.as_str()).collect();
+    add_recent_messages(client, runtime, catalog, &ids, now).await?;
+    let (mut channels, mut addresses) = (Vec::new(), Vec::new());
+    for p in people {
+        for (channel, address) in waymark_engine::run::addresses(p) {
+            channels.push(channel);
+            addresses.push(address);
+        }
+    }
+    if addresses.is_empty() {
+        return Ok(());
+    }
+    let rows = client
+        .query(
+            "SELECT s.channel, s.address, s.reason FROM suppressions s
+             JOIN unnest($1::text[], $2::text[]) AS wanted(channel, address)
+               ON s.channel = wanted.channel AND s.address = wanted.address
+             WHERE s.suppressed",
+            &[&channels, &addresses],
+        )
+        .await?;
+    for row in rows {
+        catalog
+            .suppressed
+            .insert((row.get(0), row.get(1)), row.get(2));
+    }
+    Ok(())
+}
+
 /// What a plan reads besides its inputs: the (profile, journey) states, the catalog (with
 /// rate-limited journeys locked when the plan may enter people), every version the states
-/// may need, and the people's recent messages (for caps).
+/// may need, and what governance needs about the people.
 async fn plan_inputs(
     client: &impl GenericClient,
     runtime: &Runtime,
     keys: &[(String, String)],
-    people: &[&str],
+    people: &[&ProfileState],
     entries: bool,
     now: Millis,
 ) -> Result<(Catalog, waymark_engine::run::States), Abort> {
@@ -199,7 +237,7 @@ async fn plan_inputs(
         catalog(client).await?
     };
     add_versions(client, runtime, &mut catalog, &states).await?;
-    add_recent_messages(client, runtime, &mut catalog, people, now).await?;
+    add_people(client, runtime, &mut catalog, people, now).await?;
     Ok((catalog, states))
 }
 
@@ -282,8 +320,8 @@ pub async fn on_events(
     let keys = state_keys(&catalog, events.iter().map(|(_, p)| p.id.as_str()));
     let states = load_states(client, &keys).await?;
     add_versions(client, cache, &mut catalog, &states).await?;
-    let ids: Vec<&str> = events.iter().map(|(_, p)| p.id.as_str()).collect();
-    add_recent_messages(client, cache, &mut catalog, &ids, now).await?;
+    let people: Vec<&ProfileState> = events.iter().map(|(_, p)| *p).collect();
+    add_people(client, cache, &mut catalog, &people, now).await?;
     let planned = plan_events(&catalog, states, events, now);
     write(client, &planned, now).await
 }
@@ -339,7 +377,8 @@ pub async fn fire_due(
         .iter()
         .map(|(_, t)| (t.profile_id.clone(), t.journey.clone()))
         .collect();
-    let (catalog, states) = plan_inputs(client, cache, &keys, &ids, false, now).await?;
+    let people: Vec<&ProfileState> = profiles.values().collect();
+    let (catalog, states) = plan_inputs(client, cache, &keys, &people, false, now).await?;
     let inputs: Vec<(&TimerRow, &ProfileState)> = due
         .iter()
         .filter_map(|(_, t)| profiles.get(&t.profile_id).map(|p| (t, p)))
@@ -551,15 +590,8 @@ pub async fn complete(
                 return Err(corrupt("webhook effect without instance or node").into());
             };
             let keys = vec![(item.profile_id.clone(), item.journey.clone())];
-            let (catalog, states) = plan_inputs(
-                client,
-                cache,
-                &keys,
-                &[item.profile_id.as_str()],
-                false,
-                now,
-            )
-            .await?;
+            let (catalog, states) =
+                plan_inputs(client, cache, &keys, &[&profile], false, now).await?;
             let planned = plan_webhook_result(
                 &catalog,
                 states,
@@ -583,7 +615,7 @@ pub async fn complete(
             };
             let keys = vec![(item.profile_id.clone(), target.to_owned())];
             let (catalog, states) =
-                plan_inputs(client, cache, &keys, &[item.profile_id.as_str()], true, now).await?;
+                plan_inputs(client, cache, &keys, &[&profile], true, now).await?;
             let jump = JumpIn {
                 journey: target,
                 from,

@@ -130,6 +130,20 @@ const MIGRATIONS: &[(i32, &str)] = &[
              PRIMARY KEY (key, version)
          );",
     ),
+    (
+        8,
+        "CREATE TABLE suppressions (
+             channel TEXT NOT NULL,
+             address TEXT NOT NULL,
+             suppressed BOOLEAN NOT NULL,
+             reason TEXT NOT NULL,
+             detail TEXT NOT NULL,
+             soft_bounces INTEGER NOT NULL,
+             created_at BIGINT NOT NULL,
+             updated_at BIGINT NOT NULL,
+             PRIMARY KEY (channel, address)
+         );",
+    ),
 ];
 
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {

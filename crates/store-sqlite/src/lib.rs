@@ -8,6 +8,7 @@
 mod journeys;
 mod runs;
 mod schema;
+mod suppressions;
 mod templates;
 mod writer;
 
@@ -24,8 +25,8 @@ use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
     Delivery, Erasure, EventPage, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore,
     JourneyState, JourneyStats, JourneyStore, OutboxItem, OutboxStore, PageRequest, ProfileStore,
-    Store, StoreError, StoreOptions, StoredEvent, TemplateRecord, TemplateStore, Transition,
-    decode_cursor,
+    Store, StoreError, StoreOptions, StoredEvent, Suppression, SuppressionStore, TemplateRecord,
+    TemplateStore, Transition, decode_cursor,
 };
 
 use writer::Command;
@@ -376,6 +377,71 @@ impl TemplateStore for SqliteStore {
 
     async fn templates(&self) -> Result<Vec<TemplateRecord>, StoreError> {
         self.read(templates::list).await
+    }
+}
+
+#[async_trait]
+impl SuppressionStore for SqliteStore {
+    async fn suppress(
+        &self,
+        channel: &str,
+        address: &str,
+        reason: &str,
+        detail: &str,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let (c, a, r, d) = (
+            channel.to_owned(),
+            address.to_owned(),
+            reason.to_owned(),
+            detail.to_owned(),
+        );
+        self.write(move |tx| suppressions::suppress(tx, &c, &a, &r, &d, now))
+            .await
+    }
+
+    async fn soft_bounce(
+        &self,
+        channel: &str,
+        address: &str,
+        detail: &str,
+        limit: u32,
+        now: Millis,
+    ) -> Result<Suppression, StoreError> {
+        let (c, a, d) = (channel.to_owned(), address.to_owned(), detail.to_owned());
+        self.write(move |tx| suppressions::soft_bounce(tx, &c, &a, &d, limit, now))
+            .await
+    }
+
+    async fn unsuppress(&self, channel: &str, address: &str) -> Result<bool, StoreError> {
+        let (c, a) = (channel.to_owned(), address.to_owned());
+        self.write(move |tx| suppressions::unsuppress(tx, &c, &a))
+            .await
+    }
+
+    async fn suppression(
+        &self,
+        channel: &str,
+        address: &str,
+    ) -> Result<Option<Suppression>, StoreError> {
+        let (c, a) = (channel.to_owned(), address.to_owned());
+        self.read(move |conn| suppressions::read(conn, &c, &a))
+            .await
+    }
+
+    async fn suppressions(
+        &self,
+        channel: Option<&str>,
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> Result<Vec<Suppression>, StoreError> {
+        let channel = channel.map(str::to_owned);
+        let after = after.map(|(c, a)| (c.to_owned(), a.to_owned()));
+        self.read(move |conn| {
+            let after = after.as_ref().map(|(c, a)| (c.as_str(), a.as_str()));
+            suppressions::list(conn, channel.as_deref(), after, limit)
+        })
+        .await
     }
 }
 

@@ -10,8 +10,8 @@ use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
 use waymark_engine::JourneyState;
 use waymark_engine::run::{
-    Catalog, EntryRate, JumpIn, OutboxRow, Planned, Runtime, TimerRow, WebhookOutcome, plan_events,
-    plan_jump, plan_timers, plan_webhook_results, state_keys,
+    Catalog, EntryRate, JumpIn, OutboxRow, Planned, Runtime, TimerRow, WebhookOutcome, addresses,
+    plan_events, plan_jump, plan_timers, plan_webhook_results, state_keys,
 };
 use waymark_engine::stats::{Counts, JourneyStats, count_state_change, count_states};
 use waymark_store::{Delivery, OutboxEntry, OutboxItem, StoreError};
@@ -116,19 +116,41 @@ fn add_recent_messages<'a>(
     Ok(())
 }
 
+/// What governance needs to know about the people a plan may message: their recent
+/// messages (for caps) and which of their addresses are on the suppression list.
+fn add_people<'a>(
+    conn: &Connection,
+    runtime: &Runtime,
+    catalog: &mut Catalog,
+    people: impl IntoIterator<Item = &'a ProfileState> + Clone,
+    now: Millis,
+) -> Result<(), StoreError> {
+    add_recent_messages(
+        conn,
+        runtime,
+        catalog,
+        people.clone().into_iter().map(|p| p.id.as_str()),
+        now,
+    )?;
+    for p in people {
+        crate::suppressions::listed(conn, &addresses(p), &mut catalog.suppressed)?;
+    }
+    Ok(())
+}
+
 /// What a plan reads besides its inputs: the (profile, journey) states, the catalog with
-/// every version they may need, and the people's recent messages (for caps).
+/// every version they may need, and what governance needs about the people.
 fn plan_inputs<'a>(
     tx: &Transaction<'_>,
     runtime: &Runtime,
     keys: &[(String, String)],
-    people: impl IntoIterator<Item = &'a str>,
+    people: impl IntoIterator<Item = &'a ProfileState> + Clone,
     now: Millis,
 ) -> Result<(Catalog, waymark_engine::run::States), StoreError> {
     let states = load_states(tx, keys)?;
     let mut catalog = catalog(tx)?;
     add_versions(tx, runtime, &mut catalog, &states)?;
-    add_recent_messages(tx, runtime, &mut catalog, people, now)?;
+    add_people(tx, runtime, &mut catalog, people, now)?;
     Ok((catalog, states))
 }
 
@@ -277,13 +299,7 @@ pub fn on_events(
     let keys = state_keys(&catalog, events.iter().map(|(_, p)| p.id.as_str()));
     let states = load_states(tx, &keys)?;
     add_versions(tx, cache, &mut catalog, &states)?;
-    add_recent_messages(
-        tx,
-        cache,
-        &mut catalog,
-        events.iter().map(|(_, p)| p.id.as_str()),
-        now,
-    )?;
+    add_people(tx, cache, &mut catalog, events.iter().map(|(_, p)| *p), now)?;
     let planned = plan_events(&catalog, states, events, now);
     write(tx, &planned, now)
 }
@@ -334,8 +350,7 @@ pub fn fire_due(
         .iter()
         .map(|(_, t)| (t.profile_id.clone(), t.journey.clone()))
         .collect();
-    let (catalog, states) =
-        plan_inputs(tx, cache, &keys, profiles.keys().map(String::as_str), now)?;
+    let (catalog, states) = plan_inputs(tx, cache, &keys, profiles.values(), now)?;
     let inputs: Vec<(&TimerRow, &ProfileState)> = due
         .iter()
         .filter_map(|(_, t)| profiles.get(&t.profile_id).map(|p| (t, p)))
@@ -584,8 +599,7 @@ pub fn complete_many(
         }
         keys.push((item.profile_id.clone(), item.journey.clone()));
     }
-    let (catalog, states) =
-        plan_inputs(tx, cache, &keys, profiles.keys().map(String::as_str), now)?;
+    let (catalog, states) = plan_inputs(tx, cache, &keys, profiles.values(), now)?;
     let mut results = Vec::with_capacity(webhooks.len());
     for (item, outcome) in webhooks {
         let Some(profile) = profiles.get(&item.profile_id) else {
@@ -672,7 +686,7 @@ fn apply_effect(
                 return Err(corrupt("jump effect without journey or from"));
             };
             let keys = vec![(item.profile_id.clone(), target.to_owned())];
-            let (catalog, states) = plan_inputs(tx, cache, &keys, [profile.id.as_str()], now)?;
+            let (catalog, states) = plan_inputs(tx, cache, &keys, [&profile], now)?;
             let jump = JumpIn {
                 journey: target,
                 from,

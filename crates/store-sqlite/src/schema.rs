@@ -122,6 +122,22 @@ const MIGRATIONS: &[(i64, &str)] = &[
              PRIMARY KEY (key, version)
          );",
     ),
+    // Keyed by address first: plans look up a person's addresses on every channel.
+    (
+        8,
+        "CREATE TABLE suppressions (
+             address TEXT NOT NULL,
+             channel TEXT NOT NULL,
+             suppressed INTEGER NOT NULL,
+             reason TEXT NOT NULL,
+             detail TEXT NOT NULL,
+             soft_bounces INTEGER NOT NULL,
+             created_at INTEGER NOT NULL,
+             updated_at INTEGER NOT NULL,
+             PRIMARY KEY (address, channel)
+         ) WITHOUT ROWID;
+         CREATE INDEX suppressions_by_channel ON suppressions (channel, address);",
+    ),
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

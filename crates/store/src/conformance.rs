@@ -11,7 +11,7 @@ use waymark_core::{Event, Identity, partition_of};
 
 use crate::{
     Delivery, JourneyAction, JourneyRunStore, JourneyStatus, JourneyStore, OutboxStore,
-    PageRequest, ProfileStore, Store, StoreOptions, TemplateStore, Transition,
+    PageRequest, ProfileStore, Store, StoreOptions, SuppressionStore, TemplateStore, Transition,
 };
 
 /// A place a store can be opened, and opened again (to prove durability).
@@ -44,6 +44,7 @@ macro_rules! conformance_suite {
             jumps_rate_limits_and_stats_counters,
             templates_keep_every_changed_version,
             governance_caps_across_journeys_and_quiet_hours_hold,
+            suppression_list_counts_bounces_and_binds_every_message,
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {
@@ -1339,5 +1340,121 @@ pub async fn governance_caps_across_journeys_and_quiet_hours_hold(b: &impl Backe
             .iter()
             .any(|st| st.starts_with("held: quiet hours"))
     );
+    s.close().await;
+}
+
+pub async fn suppression_list_counts_bounces_and_binds_every_message(b: &impl Backend) {
+    let s = b.open(StoreOptions::default()).await;
+    // Soft bounces are counted; the third suppresses.
+    for n in 1..=2 {
+        let e = s
+            .soft_bounce("sms", "+15550101236", "HTTP 503", 3, n)
+            .await
+            .expect("soft");
+        assert_eq!(
+            (e.suppressed, e.soft_bounces, e.reason.as_str()),
+            (false, n as u32, "")
+        );
+    }
+    let e = s
+        .soft_bounce("sms", "+15550101236", "HTTP 503 again", 3, 3)
+        .await
+        .expect("soft");
+    assert_eq!(
+        (
+            e.suppressed,
+            e.soft_bounces,
+            e.reason.as_str(),
+            e.detail.as_str()
+        ),
+        (true, 3, "soft_bounces", "HTTP 503 again")
+    );
+    assert_eq!((e.created_at, e.updated_at), (1, 3));
+    // A hard bounce is immediate and its reason is kept through later soft bounces.
+    s.suppress("sms", "+15550101237", "hard_bounce", "21211 invalid", 5)
+        .await
+        .expect("suppress");
+    let e = s
+        .soft_bounce("sms", "+15550101237", "timeout", 3, 6)
+        .await
+        .expect("soft");
+    assert_eq!((e.reason.as_str(), e.soft_bounces), ("hard_bounce", 1));
+    s.suppress("email", "z@example.com", "complaint", "", 7)
+        .await
+        .expect("suppress");
+    let listed = |v: Vec<crate::Suppression>| -> Vec<(String, String)> {
+        v.into_iter().map(|e| (e.channel, e.address)).collect()
+    };
+    assert_eq!(
+        listed(s.suppressions(None, None, 10).await.expect("list")),
+        [
+            ("email".to_string(), "z@example.com".to_string()),
+            ("sms".into(), "+15550101236".into()),
+            ("sms".into(), "+15550101237".into())
+        ]
+    );
+    assert_eq!(
+        listed(
+            s.suppressions(Some("sms"), Some(("sms", "+15550101236")), 10)
+                .await
+                .expect("page")
+        ),
+        [("sms".to_string(), "+15550101237".to_string())]
+    );
+    // Journeys: a listed address gets nothing, transactional or not; others are sent.
+    s.put_journey_draft(
+        "receipt",
+        &sms_journey("receipt", "Paid", "transactional"),
+        1,
+    )
+    .await
+    .expect("put");
+    s.publish_journey("receipt", 1).await.expect("publish");
+    s.ingest(events(json!([
+        {"type": "identify", "messageId": "s-1", "userId": "listed", "traits": {"phone": "+1 (555) 010-1236"}},
+        {"type": "track", "messageId": "s-2", "userId": "listed", "event": "Paid"},
+        {"type": "identify", "messageId": "s-3", "userId": "fine", "traits": {"phone": "+15550101299"}},
+        {"type": "track", "messageId": "s-4", "userId": "fine", "event": "Paid"},
+    ])))
+    .await
+    .expect("ingest");
+    let outbox = |user: &'static str| {
+        let s = &s;
+        async move {
+            s.profile_outbox(&id("user_id", user))
+                .await
+                .expect("read")
+                .expect("profile")
+        }
+    };
+    assert!(outbox("listed").await.is_empty());
+    assert_eq!(outbox("fine").await.len(), 1);
+    let states = s
+        .profile_journeys(&id("user_id", "listed"))
+        .await
+        .expect("read")
+        .expect("profile");
+    assert!(
+        steps_of(&states, "receipt").contains(&"suppressed: suppression list: soft_bounces".into()),
+        "{:?}",
+        steps_of(&states, "receipt")
+    );
+    // Taken off the list: the next message goes.
+    assert!(
+        s.unsuppress("sms", "+15550101236")
+            .await
+            .expect("unsuppress")
+    );
+    assert!(!s.unsuppress("sms", "+15550101236").await.expect("again"));
+    assert_eq!(
+        s.suppression("sms", "+15550101236").await.expect("read"),
+        None
+    );
+    s.ingest(events(json!([
+        {"type": "track", "messageId": "s-5", "userId": "listed", "event": "Paid"},
+    ])))
+    .await
+    .expect("ingest");
+    assert_eq!(outbox("listed").await.len(), 1);
     s.close().await;
 }

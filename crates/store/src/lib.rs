@@ -243,6 +243,69 @@ pub trait TemplateStore: Send + Sync {
     async fn templates(&self) -> Result<Vec<TemplateRecord>, StoreError>;
 }
 
+/// One address on the suppression list (or on its way there: soft bounces are counted
+/// until `soft_bounce_limit`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Suppression {
+    pub channel: String,
+    /// Normalised (`governance::suppression_address`).
+    pub address: String,
+    /// Whether messages to it are suppressed now.
+    pub suppressed: bool,
+    /// `hard_bounce`, `soft_bounces`, `complaint`, `invalid_address`, `carrier_opt_out`,
+    /// `manual` (see `governance::REASONS`); empty while only soft bounces are counted.
+    pub reason: String,
+    /// What the provider said, or the note given through the API.
+    pub detail: String,
+    pub soft_bounces: u32,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// The suppression list: addresses that get no message on a channel, transactional or not.
+/// Journeys read it when they decide a message (in the same transaction); the dispatcher
+/// and the API write it.
+#[async_trait]
+pub trait SuppressionStore: Send + Sync {
+    /// Puts the address on the list (or updates why). `address` is normalised already.
+    async fn suppress(
+        &self,
+        channel: &str,
+        address: &str,
+        reason: &str,
+        detail: &str,
+        now: Millis,
+    ) -> Result<(), StoreError>;
+
+    /// Counts a soft bounce (a message that failed after its retries); at `limit` the
+    /// address is suppressed with reason `soft_bounces`. Returns the entry.
+    async fn soft_bounce(
+        &self,
+        channel: &str,
+        address: &str,
+        detail: &str,
+        limit: u32,
+        now: Millis,
+    ) -> Result<Suppression, StoreError>;
+
+    /// Takes the address off the list (and forgets its soft bounces). Whether it was there.
+    async fn unsuppress(&self, channel: &str, address: &str) -> Result<bool, StoreError>;
+
+    async fn suppression(
+        &self,
+        channel: &str,
+        address: &str,
+    ) -> Result<Option<Suppression>, StoreError>;
+
+    /// Entries in (channel, address) order, after `after` when given, at most `limit`.
+    async fn suppressions(
+        &self,
+        channel: Option<&str>,
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> Result<Vec<Suppression>, StoreError>;
+}
+
 pub use waymark_engine::JourneyState;
 pub use waymark_engine::run::OutboxRow;
 pub use waymark_engine::stats::JourneyStats;
@@ -353,7 +416,13 @@ pub trait OutboxStore: Send + Sync {
 
 #[async_trait]
 pub trait Store:
-    ProfileStore + JourneyStore + JourneyRunStore + OutboxStore + TemplateStore + 'static
+    ProfileStore
+    + JourneyStore
+    + JourneyRunStore
+    + OutboxStore
+    + TemplateStore
+    + SuppressionStore
+    + 'static
 {
     fn backend(&self) -> &'static str;
     fn partitions(&self) -> u32;
