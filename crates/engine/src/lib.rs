@@ -92,6 +92,9 @@ pub struct Step {
     pub detail: Option<Value>,
 }
 
+/// How long an `in_app` message stays in the inbox unless its node says otherwise.
+pub const INBOX_TTL_MS: Millis = 30 * 86_400_000;
+
 /// What the runtime must do after an input. Keys make each effect idempotent: the same
 /// step of the same instance always has the same key, so a retried dispatch is recognised.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,6 +116,9 @@ pub enum Effect {
         /// Transactional messages skip frequency caps and quiet hours.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         transactional: bool,
+        /// `in_app`: when the message leaves the inbox.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<Millis>,
     },
     Webhook {
         key: String,
@@ -650,6 +656,7 @@ impl Run<'_> {
                     channel,
                     template,
                     category,
+                    expires,
                     next,
                 } => {
                     // Consent first: a person who unsubscribed from this channel (a signed
@@ -700,6 +707,13 @@ impl Run<'_> {
                         content,
                         to,
                         transactional: *category == waymark_core::journey::Category::Transactional,
+                        expires_at: (channel == "in_app").then(|| {
+                            let ttl = expires.as_ref().map_or(INBOX_TTL_MS, |e| {
+                                waymark_core::journey::parse_duration_ms(&e.0)
+                                    .unwrap_or(INBOX_TTL_MS)
+                            });
+                            self.ctx.now + ttl
+                        }),
                     });
                     self.step(
                         instance,

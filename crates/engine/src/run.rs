@@ -366,9 +366,13 @@ impl<'a> Collector<'a> {
                             Gate::Suppressed => continue,
                         };
                     let (key_, kind, done) = match &other {
-                        Effect::Message { key, channel, .. } => {
-                            (key.clone(), "message", channel == "log")
-                        }
+                        // Nothing to deliver: `log` records, and an `in_app` message is in
+                        // the inbox once committed (unless quiet hours hold it).
+                        Effect::Message { key, channel, .. } => (
+                            key.clone(),
+                            "message",
+                            channel == "log" || (channel == "in_app" && due.is_none()),
+                        ),
                         Effect::Webhook { key, .. } => (key.clone(), "webhook", false),
                         Effect::UpdateProfile { key, .. } => (key.clone(), "update_profile", false),
                         Effect::Jump { key, .. } => (key.clone(), "jump", false),

@@ -70,6 +70,17 @@ impl Keys {
         matches_any(key, &self.write_keys)
     }
 
+    /// A write key as the HTTP Basic username (what apps and pages embed).
+    pub fn require_write(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        match presented(headers) {
+            Presented::Basic(key) if self.is_write_key(&key) => Ok(()),
+            Presented::None => Err(ApiError::unauthorized(
+                "missing write key (HTTP Basic username)",
+            )),
+            _ => Err(ApiError::unauthorized("invalid write key")),
+        }
+    }
+
     pub fn require_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         match presented(headers) {
             Presented::Bearer(token) if matches_any(&token, &self.admin_tokens) => Ok(()),

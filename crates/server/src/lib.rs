@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod inbox;
 pub mod ingest;
 pub mod journeys;
 pub mod links;
@@ -89,6 +90,11 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/v1/journeys/{key}/{action}",
             post(journeys::journey_action),
+        )
+        .route("/v1/inbox/{namespace}/{value}", get(inbox::get_inbox))
+        .route(
+            "/v1/inbox/{namespace}/{value}/{id}/{action}",
+            post(inbox::mark),
         )
         .route("/v1/suppressions", get(suppressions::list))
         .route(

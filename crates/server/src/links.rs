@@ -199,7 +199,7 @@ pub async fn email_click(
 }
 
 /// An event about one identity, received now (not from a Segment client).
-fn event_for(identity: &Identity, kind: EventKind, message_id: String) -> Event {
+pub(crate) fn event_for(identity: &Identity, kind: EventKind, message_id: String) -> Event {
     let now = wall_clock_ms();
     Event {
         message_id,

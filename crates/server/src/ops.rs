@@ -116,6 +116,7 @@ impl Modify for SecuritySchemes {
         crate::templates::put_template, crate::templates::get_template, crate::templates::list_templates, crate::templates::preview_template,
         crate::links::unsubscribe, crate::links::sms_inbound, crate::links::email_open,
         crate::links::email_click,
+        crate::inbox::get_inbox, crate::inbox::mark,
         crate::suppressions::list, crate::suppressions::get_one, crate::suppressions::put, crate::suppressions::delete,
         healthz, metrics, openapi,
     ),

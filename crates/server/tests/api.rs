@@ -166,6 +166,7 @@ macro_rules! all_api_tests {
             journeys_lifecycle_through_the_api,
             templates_version_validate_and_preview,
             suppression_list_through_the_api,
+            inbox_shows_in_app_messages_until_dismissed_or_expired,
         );
     };
 }
@@ -1198,4 +1199,149 @@ async fn suppression_list_through_the_api(api: &Api) {
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     let r = api.get("/v1/suppressions/email/ada%40example.com").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+async fn inbox_shows_in_app_messages_until_dismissed_or_expired(api: &Api) {
+    let admin_put = |path: &'static str, body: Value| {
+        api.call(
+            "PUT",
+            path,
+            Auth::Admin(ADMIN),
+            serde_json::to_vec(&body).expect("json"),
+            None,
+        )
+    };
+    let r = admin_put(
+        "/v1/templates/offer",
+        json!({"channel": "in_app", "title": "Hi {{profile.traits.name}}",
+            "body": "{{journey.entry.properties.pct}}% off", "data": {"url": "https://shop.example.com/o"}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    // An expiry on another channel is refused with its path.
+    let r = admin_put(
+        "/v1/journeys/bad",
+        json!({"key": "bad", "entry": {"event": "X"}, "nodes": [
+            {"id": "send", "type": "message", "channel": "log", "template": "offer", "expires": "1d", "next": "done"},
+            {"id": "done", "type": "end"}]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert!(r.text.contains("nodes[0].expires"), "{}", r.text);
+    for (key, expires) in [("offers", "7d"), ("flash", "1s")] {
+        let r = api
+            .call(
+                "PUT",
+                &format!("/v1/journeys/{key}"),
+                Auth::Admin(ADMIN),
+                serde_json::to_vec(&json!({"key": key, "entry": {"event": "Offer"}, "nodes": [
+                    {"id": "send", "type": "message", "channel": "in_app", "template": "offer", "expires": expires, "next": "done"},
+                    {"id": "done", "type": "end"}]}))
+                .expect("json"),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let r = api.admin_post(&format!("/v1/journeys/{key}/publish")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    }
+    let r = api
+        .post(
+            "/v1/batch",
+            json!({"batch": [
+                {"type": "identify", "userId": "ann", "traits": {"name": "Ann"}},
+                {"type": "track", "userId": "ann", "event": "Offer", "properties": {"pct": 20}},
+            ]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let inbox =
+        |path: &'static str| api.call("GET", path, Auth::Write(WRITE_KEY), Vec::new(), None);
+    let r = inbox("/v1/inbox/user_id/ann").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["unread"], 2, "{}", r.text);
+    let m = &r.body["messages"][0];
+    assert_eq!(
+        (&m["title"], &m["body"], &m["data"]["url"], &m["read"]),
+        (
+            &json!("Hi Ann"),
+            &json!("20% off"),
+            &json!("https://shop.example.com/o"),
+            &json!(false)
+        ),
+        "{}",
+        r.text
+    );
+    // Admin tokens are not write keys; unknown people have an empty inbox.
+    let r = api.get("/v1/inbox/user_id/ann").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = inbox("/v1/inbox/user_id/nobody").await;
+    assert_eq!(
+        (r.status, &r.body["messages"]),
+        (StatusCode::OK, &json!([]))
+    );
+    // The one-second message expires.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let r = inbox("/v1/inbox/user_id/ann").await;
+    let ids: Vec<String> = r.body["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["id"].as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(
+        (ids.len(), &r.body["messages"][0]["journey"]),
+        (1, &json!("offers")),
+        "{}",
+        r.text
+    );
+    let id = ids[0].clone();
+    let mark = |action: &str| {
+        let path = format!("/v1/inbox/user_id/ann/{id}/{action}");
+        async move {
+            api.call("POST", &path, Auth::Write(WRITE_KEY), Vec::new(), None)
+                .await
+        }
+    };
+    let r = mark("read").await;
+    assert_eq!(
+        (r.status, &r.body["read"]),
+        (StatusCode::OK, &json!(true)),
+        "{}",
+        r.text
+    );
+    assert_eq!(inbox("/v1/inbox/user_id/ann").await.body["unread"], 0);
+    assert_eq!(mark("open").await.status, StatusCode::BAD_REQUEST);
+    let r = mark("dismiss").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        inbox("/v1/inbox/user_id/ann").await.body["messages"],
+        json!([])
+    );
+    // Another person's id is not found in this inbox.
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/inbox/user_id/bob/{id}/read"),
+            Auth::Write(WRITE_KEY),
+            Vec::new(),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    // Reading and dismissing became events, once each.
+    let r = api.get("/v1/profiles/user_id/ann/events").await;
+    let names: Vec<&str> = r.body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .filter(|n| n.starts_with("In-App"))
+        .collect();
+    assert_eq!(
+        names,
+        ["In-App Message Dismissed", "In-App Message Read"],
+        "{}",
+        r.text
+    );
 }

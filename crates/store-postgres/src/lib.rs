@@ -29,10 +29,10 @@ use waymark_core::ingest::{Outcome, WorkingSet, lookups, plan};
 use waymark_core::time::Millis;
 use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
-    Delivery, Erasure, EventPage, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore,
-    JourneyState, JourneyStats, JourneyStore, OutboxItem, OutboxStore, PageRequest, ProfileStore,
-    Store, StoreError, StoreOptions, StoredEvent, Suppression, SuppressionStore, TemplateRecord,
-    TemplateStore, Transition, decode_cursor,
+    Delivery, Erasure, EventPage, InboxMark, InboxStore, IngestReceipt, JourneyAction,
+    JourneyRecord, JourneyRunStore, JourneyState, JourneyStats, JourneyStore, OutboxItem,
+    OutboxStore, PageRequest, ProfileStore, Store, StoreError, StoreOptions, StoredEvent,
+    Suppression, SuppressionStore, TemplateRecord, TemplateStore, Transition, decode_cursor,
 };
 
 const MAX_ATTEMPTS: u32 = 20;
@@ -631,6 +631,29 @@ impl ProfileStore for PostgresStore {
                 return Ok(total);
             }
         }
+    }
+}
+
+#[async_trait]
+impl InboxStore for PostgresStore {
+    async fn mark_inbox(
+        &self,
+        key: &str,
+        profile_id: &str,
+        read: bool,
+        dismissed: bool,
+        now: Millis,
+    ) -> Result<InboxMark, StoreError> {
+        let client = self.client().await?;
+        suppressions::mark_inbox(&client, key, profile_id, read, dismissed, now).await
+    }
+
+    async fn inbox_marks(
+        &self,
+        keys: &[String],
+    ) -> Result<std::collections::HashMap<String, InboxMark>, StoreError> {
+        let client = self.client().await?;
+        suppressions::inbox_marks(&client, keys).await
     }
 }
 

@@ -414,7 +414,12 @@ pub async fn merge(client: &impl GenericClient, from: &str, into: &str) -> Resul
             &[&from, &into],
         )
         .await?;
-    for table in ["journey_states", "journey_timers", "journey_outbox"] {
+    for table in [
+        "journey_states",
+        "journey_timers",
+        "journey_outbox",
+        "inbox_marks",
+    ] {
         client
             .execute(
                 &format!("UPDATE {table} SET profile_id = $1 WHERE profile_id = $2"),
@@ -431,7 +436,12 @@ pub async fn erase(client: &impl GenericClient, profile_id: &str) -> Result<(), 
         count_state_change(&mut counts, &journey, Some(&state), None);
     }
     add_counts(client, &counts).await?;
-    for table in ["journey_states", "journey_timers", "journey_outbox"] {
+    for table in [
+        "journey_states",
+        "journey_timers",
+        "journey_outbox",
+        "inbox_marks",
+    ] {
         client
             .execute(
                 &format!("DELETE FROM {table} WHERE profile_id = $1"),

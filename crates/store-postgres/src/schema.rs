@@ -144,6 +144,16 @@ const MIGRATIONS: &[(i32, &str)] = &[
              PRIMARY KEY (channel, address)
          );",
     ),
+    (
+        9,
+        "CREATE TABLE inbox_marks (
+             key TEXT PRIMARY KEY,
+             profile_id TEXT NOT NULL,
+             read_at BIGINT,
+             dismissed_at BIGINT
+         );
+         CREATE INDEX inbox_marks_profile ON inbox_marks (profile_id);",
+    ),
 ];
 
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {

@@ -23,10 +23,10 @@ use tokio::sync::{mpsc, oneshot};
 use waymark_core::time::Millis;
 use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
-    Delivery, Erasure, EventPage, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore,
-    JourneyState, JourneyStats, JourneyStore, OutboxItem, OutboxStore, PageRequest, ProfileStore,
-    Store, StoreError, StoreOptions, StoredEvent, Suppression, SuppressionStore, TemplateRecord,
-    TemplateStore, Transition, decode_cursor,
+    Delivery, Erasure, EventPage, InboxMark, InboxStore, IngestReceipt, JourneyAction,
+    JourneyRecord, JourneyRunStore, JourneyState, JourneyStats, JourneyStore, OutboxItem,
+    OutboxStore, PageRequest, ProfileStore, Store, StoreError, StoreOptions, StoredEvent,
+    Suppression, SuppressionStore, TemplateRecord, TemplateStore, Transition, decode_cursor,
 };
 
 use writer::Command;
@@ -377,6 +377,31 @@ impl TemplateStore for SqliteStore {
 
     async fn templates(&self) -> Result<Vec<TemplateRecord>, StoreError> {
         self.read(templates::list).await
+    }
+}
+
+#[async_trait]
+impl InboxStore for SqliteStore {
+    async fn mark_inbox(
+        &self,
+        key: &str,
+        profile_id: &str,
+        read: bool,
+        dismissed: bool,
+        now: Millis,
+    ) -> Result<InboxMark, StoreError> {
+        let (key, profile_id) = (key.to_owned(), profile_id.to_owned());
+        self.write(move |tx| suppressions::mark_inbox(tx, &key, &profile_id, read, dismissed, now))
+            .await
+    }
+
+    async fn inbox_marks(
+        &self,
+        keys: &[String],
+    ) -> Result<std::collections::HashMap<String, InboxMark>, StoreError> {
+        let keys = keys.to_vec();
+        self.read(move |conn| suppressions::inbox_marks(conn, &keys))
+            .await
     }
 }
 

@@ -397,11 +397,13 @@ pub fn merge(tx: &Transaction<'_>, from: &str, into: &str) -> Result<(), StoreEr
         params![into, from],
     )
     .map_err(unavailable)?;
-    tx.execute(
-        "UPDATE journey_outbox SET profile_id = ?1 WHERE profile_id = ?2",
-        params![into, from],
-    )
-    .map_err(unavailable)?;
+    for table in ["journey_outbox", "inbox_marks"] {
+        tx.execute(
+            &format!("UPDATE {table} SET profile_id = ?1 WHERE profile_id = ?2"),
+            params![into, from],
+        )
+        .map_err(unavailable)?;
+    }
     Ok(())
 }
 
@@ -411,7 +413,12 @@ pub fn erase(tx: &Transaction<'_>, profile_id: &str) -> Result<(), StoreError> {
         count_state_change(&mut counts, &journey, Some(&state), None);
     }
     add_counts(tx, &counts)?;
-    for table in ["journey_states", "journey_timers", "journey_outbox"] {
+    for table in [
+        "journey_states",
+        "journey_timers",
+        "journey_outbox",
+        "inbox_marks",
+    ] {
         tx.execute(
             &format!("DELETE FROM {table} WHERE profile_id = ?1"),
             [profile_id],

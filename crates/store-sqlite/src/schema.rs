@@ -138,6 +138,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
          ) WITHOUT ROWID;
          CREATE INDEX suppressions_by_channel ON suppressions (channel, address);",
     ),
+    (
+        9,
+        "CREATE TABLE inbox_marks (
+             key TEXT PRIMARY KEY,
+             profile_id TEXT NOT NULL,
+             read_at INTEGER,
+             dismissed_at INTEGER
+         ) WITHOUT ROWID;
+         CREATE INDEX inbox_marks_profile ON inbox_marks (profile_id);",
+    ),
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

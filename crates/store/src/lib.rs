@@ -306,6 +306,34 @@ pub trait SuppressionStore: Send + Sync {
     ) -> Result<Vec<Suppression>, StoreError>;
 }
 
+/// What a person did with an inbox message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct InboxMark {
+    pub read_at: Option<Millis>,
+    pub dismissed_at: Option<Millis>,
+}
+
+/// Read and dismissed marks of `in_app` messages (the messages themselves are outbox rows).
+#[async_trait]
+pub trait InboxStore: Send + Sync {
+    /// Marks a message read and/or dismissed; the first time of each is kept. The caller
+    /// has checked that the message is the person's.
+    async fn mark_inbox(
+        &self,
+        key: &str,
+        profile_id: &str,
+        read: bool,
+        dismissed: bool,
+        now: Millis,
+    ) -> Result<InboxMark, StoreError>;
+
+    /// The marks of these messages (those with none are left out).
+    async fn inbox_marks(
+        &self,
+        keys: &[String],
+    ) -> Result<std::collections::HashMap<String, InboxMark>, StoreError>;
+}
+
 pub use waymark_engine::JourneyState;
 pub use waymark_engine::run::OutboxRow;
 pub use waymark_engine::stats::JourneyStats;
@@ -422,6 +450,7 @@ pub trait Store:
     + OutboxStore
     + TemplateStore
     + SuppressionStore
+    + InboxStore
     + 'static
 {
     fn backend(&self) -> &'static str;

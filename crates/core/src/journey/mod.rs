@@ -159,6 +159,9 @@ pub enum NodeKind {
         /// (receipts, password resets: they do not; consent still does).
         #[serde(default)]
         category: Category,
+        /// `in_app` only: how long the message stays in the person's inbox (default 30d).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires: Option<DurationText>,
         next: String,
     },
     /// Call an HTTP endpoint (custom action).

@@ -8,7 +8,7 @@ use crate::FieldError;
 
 /// Channels a message node may use today: `log` records what would be sent; `email` and
 /// `sms` send through the configured SMTP server and SMS provider.
-pub const CHANNELS: [&str; 3] = ["log", "email", "sms"];
+pub const CHANNELS: [&str; 4] = ["log", "email", "sms", "in_app"];
 
 /// A resource key (journeys, templates): 1 to 64 of a-z, 0-9, - and _.
 pub fn valid_key(key: &str) -> bool {
@@ -288,8 +288,21 @@ fn check_node(journey: &Journey, kind: &NodeKind, at: &dyn Fn(&str) -> String, r
             }
         }
         NodeKind::Message {
-            channel, template, ..
+            channel,
+            template,
+            expires,
+            ..
         } => {
+            if let Some(e) = expires {
+                if channel != "in_app" {
+                    r.add(
+                        "invalid_value",
+                        at("expires"),
+                        "only in_app messages expire (they wait in an inbox)",
+                    );
+                }
+                r.duration(&at("expires"), &e.0);
+            }
             if !CHANNELS.contains(&channel.as_str()) {
                 r.add(
                     "invalid_value",

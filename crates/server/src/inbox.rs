@@ -1,0 +1,166 @@
+//! The in-app / web inbox (write key, as apps and pages embed it): `in_app` messages that
+//! journeys left for a person, newest first, until they expire or are dismissed. Reading
+//! and dismissing are recorded as marks and as events (`In-App Message Read`, `In-App
+//! Message Dismissed`), so journeys can wait for them.
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+use waymark_core::Identity;
+use waymark_core::event::EventKind;
+use waymark_core::time::format_iso8601;
+use waymark_store::{InboxMark, OutboxEntry, wall_clock_ms};
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorBody};
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InboxMessage {
+    /// The message id (for read / dismiss).
+    pub id: String,
+    pub journey: String,
+    pub title: Option<String>,
+    pub body: Option<String>,
+    /// The template's `data` (deep links, images, buttons), as rendered.
+    #[schema(value_type = Object)]
+    pub data: Value,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub read: bool,
+    pub read_at: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InboxView {
+    pub messages: Vec<InboxMessage>,
+    pub unread: usize,
+}
+
+fn identity(namespace: &str, value: &str) -> Result<Identity, ApiError> {
+    Identity::parse(namespace, value).map_err(|m| ApiError::field("invalid_identity", "value", m))
+}
+
+/// The person's in-app messages still in the inbox (delivered, not expired), with marks.
+async fn current(
+    state: &AppState,
+    id: &Identity,
+    now: i64,
+) -> Result<Vec<(OutboxEntry, InboxMark)>, ApiError> {
+    let outbox = state.store.profile_outbox(id).await?.unwrap_or_default();
+    let live: Vec<OutboxEntry> = outbox
+        .into_iter()
+        .filter(|o| {
+            let e = &o.row.effect;
+            o.row.kind == "message"
+                && e["channel"] == "in_app"
+                && o.row.status == "done"
+                && e["expires_at"].as_i64().is_none_or(|at| at > now)
+        })
+        .collect();
+    let keys: Vec<String> = live.iter().map(|o| o.row.key.clone()).collect();
+    let marks = state.store.inbox_marks(&keys).await?;
+    Ok(live
+        .into_iter()
+        .map(|o| {
+            let mark = marks.get(&o.row.key).copied().unwrap_or_default();
+            (o, mark)
+        })
+        .collect())
+}
+
+fn view(o: &OutboxEntry, mark: InboxMark) -> InboxMessage {
+    let e = &o.row.effect;
+    let fields = &e["content"]["fields"];
+    InboxMessage {
+        id: o.row.key.clone(),
+        journey: o.row.journey.clone(),
+        title: fields["title"].as_str().map(str::to_owned),
+        body: fields["body"].as_str().map(str::to_owned),
+        data: e["content"]["data"].clone(),
+        created_at: format_iso8601(o.created_at),
+        expires_at: e["expires_at"].as_i64().map(format_iso8601),
+        read: mark.read_at.is_some(),
+        read_at: mark.read_at.map(format_iso8601),
+    }
+}
+
+/// The person's inbox: messages not dismissed and not expired, newest first, and how many
+/// are unread. A person Waymark does not know has an empty inbox.
+#[utoipa::path(get, path = "/v1/inbox/{namespace}/{value}", tag = "inbox",
+    params(("namespace" = String, Path), ("value" = String, Path)),
+    responses((status = 200, body = InboxView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("write_key" = [])))]
+pub async fn get_inbox(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((namespace, value)): Path<(String, String)>,
+) -> Result<axum::Json<InboxView>, ApiError> {
+    state.keys.require_write(&headers)?;
+    let id = identity(&namespace, &value)?;
+    let mut messages: Vec<(i64, InboxMessage)> = current(&state, &id, wall_clock_ms())
+        .await?
+        .into_iter()
+        .filter(|(_, mark)| mark.dismissed_at.is_none())
+        .map(|(o, mark)| (o.created_at, view(&o, mark)))
+        .collect();
+    messages.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+    let unread = messages.iter().filter(|(_, m)| !m.read).count();
+    Ok(axum::Json(InboxView {
+        messages: messages.into_iter().map(|(_, m)| m).collect(),
+        unread,
+    }))
+}
+
+/// Marks one message `read` or `dismissed` (dismissing also reads it). The first time
+/// counts; repeating changes nothing. Records `In-App Message Read` / `In-App Message
+/// Dismissed` with `{message, journey}` once per message.
+#[utoipa::path(post, path = "/v1/inbox/{namespace}/{value}/{id}/{action}", tag = "inbox",
+    params(("namespace" = String, Path), ("value" = String, Path), ("id" = String, Path),
+        ("action" = String, Path, description = "read or dismiss")),
+    responses((status = 200, body = InboxMessage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, description = "Not a message in this person's inbox (or expired)", body = ErrorBody)),
+    security(("write_key" = [])))]
+pub async fn mark(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((namespace, value, message, action)): Path<(String, String, String, String)>,
+) -> Result<axum::Json<InboxMessage>, ApiError> {
+    state.keys.require_write(&headers)?;
+    let (dismiss, event) = match action.as_str() {
+        "read" => (false, "In-App Message Read"),
+        "dismiss" => (true, "In-App Message Dismissed"),
+        other => {
+            return Err(ApiError::field(
+                "invalid_action",
+                "action",
+                format!("{other:?} is not read or dismiss"),
+            ));
+        }
+    };
+    let id = identity(&namespace, &value)?;
+    let now = wall_clock_ms();
+    let Some((entry, _)) = current(&state, &id, now)
+        .await?
+        .into_iter()
+        .find(|(o, _)| o.row.key == message)
+    else {
+        return Err(ApiError::not_found(format!(
+            "no message {message:?} in the inbox of {namespace}:{value}"
+        )));
+    };
+    let mark = state
+        .store
+        .mark_inbox(&message, &entry.row.profile_id, true, dismiss, now)
+        .await?;
+    let mut e = crate::links::event_for(&id, EventKind::Track, format!("inbox-{action}-{message}"));
+    e.name = Some(event.to_owned());
+    e.properties
+        .insert("message".into(), message.clone().into());
+    e.properties
+        .insert("journey".into(), entry.row.journey.clone().into());
+    e.properties.insert("channel".into(), "in_app".into());
+    state.store.ingest(vec![e]).await?;
+    Ok(axum::Json(view(&entry, mark)))
+}
