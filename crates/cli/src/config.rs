@@ -49,9 +49,45 @@ pub struct Governance {
     /// on the suppression list. Default 3.
     #[serde(default)]
     pub soft_bounce_limit: Option<u32>,
+    /// How long a message keeps being retried (with backoff up to a minute) after it was
+    /// decided, before it fails with the reason: `30m`, `6h`. Default `1h`.
+    #[serde(default)]
+    pub retry_window: Option<String>,
+    /// Sends per second per channel, never exceeded on average (bursts up to the same
+    /// number): `{email = 50, sms = 10}`. Per server process.
+    #[serde(default)]
+    pub throttle: std::collections::BTreeMap<String, u32>,
 }
 
 impl Governance {
+    pub fn retry_window_ms(&self) -> Result<i64, String> {
+        match &self.retry_window {
+            None => Ok(3_600_000),
+            Some(text) => waymark_core::journey::parse_duration_ms(text)
+                .map_err(|e| format!("governance.retry_window: {e}")),
+        }
+    }
+
+    pub fn throttles(
+        &self,
+    ) -> Result<std::collections::HashMap<String, crate::dispatch::Pace>, String> {
+        let mut out = std::collections::HashMap::new();
+        for (channel, rate) in &self.throttle {
+            if !["email", "sms", "in_app"].contains(&channel.as_str()) {
+                return Err(format!(
+                    "governance.throttle.{channel}: not a channel that sends (email, sms)"
+                ));
+            }
+            if *rate == 0 {
+                return Err(format!(
+                    "governance.throttle.{channel}: must be at least 1 per second"
+                ));
+            }
+            out.insert(channel.clone(), crate::dispatch::Pace::per_second(*rate));
+        }
+        Ok(out)
+    }
+
     pub fn soft_bounce_limit(&self) -> Result<u32, String> {
         match self.soft_bounce_limit {
             None => Ok(3),
@@ -208,17 +244,22 @@ impl Default for Config {
 
 /// The environment variables read, after the `WAYMARK_` prefix (`__` nests: `WAYMARK_RETENTION__MAX_EVENT_AGE_DAYS`).
 /// Other `WAYMARK_*` variables (e.g. `WAYMARK_LOG`) are not configuration keys.
-const ENV_KEYS: [&str; 5] = [
+const ENV_KEYS: [&str; 10] = [
     "write_keys",
     "admin_tokens",
     "partitions",
     "retention.max_events_per_profile",
     "retention.max_event_age_days",
+    "governance.soft_bounce_limit",
+    "governance.throttle.email",
+    "governance.throttle.sms",
+    "governance.throttle.in_app",
+    "email.pool_size",
 ];
 
 /// Keys whose environment value is taken as written. figment reads `+15550100` or an
 /// all-digit token as a number (dropping the `+`), so these skip its parsing.
-const ENV_TEXT_KEYS: [&str; 18] = [
+const ENV_TEXT_KEYS: [&str; 19] = [
     "data_dir",
     "listen",
     "store",
@@ -237,6 +278,7 @@ const ENV_TEXT_KEYS: [&str; 18] = [
     "email.from",
     "email.reply_to",
     "email.public_url",
+    "governance.retry_window",
 ];
 
 /// Flags given on the command line; only those present override the other layers.

@@ -51,6 +51,80 @@ pub struct Channels {
     pub webhook_key: Option<Vec<u8>>,
     /// Soft bounces before an address is suppressed (`governance.soft_bounce_limit`).
     pub soft_bounce_limit: u32,
+    /// How long a message may keep being retried after it was decided
+    /// (`governance.retry_window`).
+    pub retry_window_ms: i64,
+    /// Sends per second allowed per channel (`governance.throttle`).
+    pub throttles: std::collections::HashMap<String, Pace>,
+}
+
+/// How long a throttled send may wait in its task for its slot; a later slot sends the
+/// row back to the store until then, so waiting rows do not hold delivery slots other
+/// channels need.
+const PACE_WAIT_MS: i64 = 1_000;
+
+/// Per-channel pacing, as GCRA: sends are `interval` apart on average, with bursts of up to
+/// `burst`. Hand-rolled (a dozen lines) rather than the `governor` crate because the
+/// dispatcher has to *reserve* a future slot (sleep until it, or defer the row to it and
+/// give it back) where a rate limiter only answers "now or not".
+pub struct Pace {
+    interval_ms: f64,
+    burst: f64,
+    /// Theoretical arrival time: the slot after the last one reserved (ms).
+    tat: std::sync::Mutex<f64>,
+}
+
+impl Pace {
+    pub fn per_second(rate: u32) -> Self {
+        Self {
+            interval_ms: 1_000.0 / f64::from(rate.max(1)),
+            burst: f64::from(rate.max(1)),
+            tat: std::sync::Mutex::new(0.0),
+        }
+    }
+
+    /// Reserves the next slot at or after `now`: the time this send may go.
+    fn reserve(&self, now: i64) -> i64 {
+        let mut tat = self
+            .tat
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = now as f64;
+        *tat = tat.max(now);
+        let slot = (*tat - (self.burst - 1.0) * self.interval_ms).max(now);
+        *tat += self.interval_ms;
+        slot.ceil() as i64
+    }
+
+    /// Gives a reserved slot back (the send was deferred instead).
+    fn give_back(&self) {
+        let mut tat = self
+            .tat
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *tat -= self.interval_ms;
+    }
+}
+
+/// Waits for the channel's next send slot, or says when to come back if it is further
+/// away than `PACE_WAIT_MS`.
+async fn pace(channels: &Channels, item: &OutboxItem) -> Option<i64> {
+    if item.kind != "message" {
+        return None;
+    }
+    let channel = item.effect["channel"].as_str()?;
+    let pace = channels.throttles.get(channel)?;
+    let now = wall_clock_ms();
+    let slot = pace.reserve(now);
+    if slot - now > PACE_WAIT_MS {
+        pace.give_back();
+        metrics::counter!("waymark_throttled_total", "channel" => channel.to_owned()).increment(1);
+        return Some(slot);
+    }
+    if slot > now {
+        tokio::time::sleep(Duration::from_millis((slot - now) as u64)).await;
+    }
+    None
 }
 
 /// What a failed message says about its address, for the suppression list.
@@ -141,6 +215,12 @@ pub async fn run(store: Arc<dyn Store>, client: reqwest::Client, channels: Chann
             let (outcomes, client, channels) = (outcomes.clone(), client.clone(), channels.clone());
             let store = store.clone();
             tokio::spawn(async move {
+                if let Some(at) = pace(&channels, &item).await {
+                    let _ = outcomes
+                        .send((item, Delivery::Deferred { at }, permit))
+                        .await;
+                    return;
+                }
                 let (delivery, bounce) = deliver(&client, &channels, &item).await;
                 if let Some(bounce) = bounce {
                     record_bounce(store.as_ref(), &item, bounce, channels.soft_bounce_limit).await;
@@ -148,6 +228,7 @@ pub async fn run(store: Arc<dyn Store>, client: reqwest::Client, channels: Chann
                 let outcome = match &delivery {
                     Delivery::Delivered(_) => "delivered",
                     Delivery::Retry { .. } => "retry",
+                    Delivery::Deferred { .. } => "deferred",
                     Delivery::Failed(_) => "failed",
                 };
                 metrics::counter!("waymark_outbox_deliveries_total", "kind" => item.kind.clone(), "outcome" => outcome).increment(1);
@@ -188,8 +269,14 @@ async fn record_outcomes(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::Recei
     }
 }
 
-/// Attempts per message before it fails (the first try and its retries).
-const MESSAGE_RETRIES: u32 = 5;
+/// How long a failed attempt waits for the next: how many, or until when.
+#[derive(Debug, Clone, Copy)]
+pub enum Retry {
+    /// This many retries after the first attempt (webhooks: the node's `retries`).
+    Attempts(u32),
+    /// Retries until this long after the effect was recorded (messages).
+    Window(i64),
+}
 
 async fn deliver(
     client: &reqwest::Client,
@@ -200,7 +287,11 @@ async fn deliver(
         "webhook" => webhook(client, channels.webhook_key.as_deref(), item).await,
         "message" if item.effect["channel"] == "email" => {
             return match &channels.email {
-                Some(mailer) => mailer.send(item, MESSAGE_RETRIES).await,
+                Some(mailer) => {
+                    mailer
+                        .send(item, Retry::Window(channels.retry_window_ms))
+                        .await
+                }
                 None => {
                     let reason = "email is not configured ([email] in the configuration)";
                     (Delivery::Failed(reason.into()), None)
@@ -208,7 +299,8 @@ async fn deliver(
             };
         }
         "message" if item.effect["channel"] == "sms" => {
-            return crate::sms::send(client, channels.sms.as_ref(), item, MESSAGE_RETRIES).await;
+            let retry = Retry::Window(channels.retry_window_ms);
+            return crate::sms::send(client, channels.sms.as_ref(), item, retry).await;
         }
         // Held by quiet hours until now; the inbox shows it once it is done.
         "message" if item.effect["channel"] == "in_app" => Delivery::Delivered(Value::Null),
@@ -227,16 +319,19 @@ fn backoff(attempts: u32) -> i64 {
     (500i64 << attempts.min(7)).min(60_000)
 }
 
-/// A failure worth trying again: due again after an exponential backoff while attempts
-/// remain (`retries` after the first), else final.
-pub fn retry_or_fail(item: &OutboxItem, retries: u32, error: String) -> Delivery {
-    if item.attempts < retries {
-        Delivery::Retry {
-            at: wall_clock_ms() + backoff(item.attempts),
-            error,
-        }
-    } else {
-        Delivery::Failed(error)
+/// A failure worth trying again: due again after an exponential backoff while the policy
+/// allows, else final (saying why it gave up).
+pub fn retry_or_fail(item: &OutboxItem, retry: Retry, error: String) -> Delivery {
+    let at = wall_clock_ms() + backoff(item.attempts);
+    match retry {
+        Retry::Attempts(n) if item.attempts < n => Delivery::Retry { at, error },
+        Retry::Attempts(_) => Delivery::Failed(error),
+        Retry::Window(ms) if at <= item.created_at + ms => Delivery::Retry { at, error },
+        Retry::Window(ms) => Delivery::Failed(format!(
+            "{error} (gave up after {} attempts: the retry window of {} s ends before the next)",
+            item.attempts + 1,
+            ms / 1000
+        )),
     }
 }
 
@@ -276,7 +371,7 @@ async fn webhook(client: &reqwest::Client, key: Option<&[u8]>, item: &OutboxItem
     if !body.is_empty() {
         request = request.body(body);
     }
-    let retry_or_fail = |error: String| retry_or_fail(item, retries, error);
+    let retry_or_fail = |error: String| retry_or_fail(item, Retry::Attempts(retries), error);
     match request.send().await {
         Ok(response) if response.status().is_success() => {
             let status = response.status().as_u16();

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use waymark_store::{Delivery, OutboxItem};
 
 use crate::config::Email;
-use crate::dispatch::Bounce;
+use crate::dispatch::{Bounce, Retry};
 
 pub struct Mailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
@@ -157,7 +157,7 @@ impl Mailer {
     /// and the address goes on the suppression list). A 4xx on the last attempt is a soft
     /// bounce, counted against the address; a connection failure says nothing about the
     /// address and is not counted.
-    pub async fn send(&self, item: &OutboxItem, retries: u32) -> (Delivery, Option<Bounce>) {
+    pub async fn send(&self, item: &OutboxItem, retry: Retry) -> (Delivery, Option<Bounce>) {
         let e = &item.effect;
         let Some(to) = e["to"].as_str() else {
             return (
@@ -194,7 +194,7 @@ impl Mailer {
             }
             Err(err) => {
                 let reason = format!("SMTP: {}", crate::dispatch::with_causes(&err));
-                let delivery = crate::dispatch::retry_or_fail(item, retries, reason.clone());
+                let delivery = crate::dispatch::retry_or_fail(item, retry, reason.clone());
                 let soft = (err.is_transient() && matches!(delivery, Delivery::Failed(_)))
                     .then_some(Bounce::Soft(reason));
                 (delivery, soft)

@@ -144,6 +144,8 @@ pub async fn run(config: Config) -> Result<(), String> {
             .map(waymark_core::links::webhook_secret)
             .transpose()?,
         soft_bounce_limit: config.governance.soft_bounce_limit()?,
+        retry_window_ms: config.governance.retry_window_ms()?,
+        throttles: config.governance.throttles()?,
     };
     let dispatcher = tokio::spawn(crate::dispatch::run(store.clone(), http, channels));
 

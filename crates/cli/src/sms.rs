@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use waymark_store::{Delivery, OutboxItem};
 
 use crate::config::Sms;
-use crate::dispatch::Bounce;
+use crate::dispatch::{Bounce, Retry};
 
 /// Twilio error codes that say the number cannot get messages: the list reason for each.
 /// (21610: the person replied STOP to the carrier; 21211/21614: not a valid mobile number.)
@@ -19,14 +19,14 @@ fn bounce_of(code: &Value) -> Option<&'static str> {
 }
 
 /// Sends one rendered SMS. 2xx is sent (the provider's message id is kept); 429 and 5xx
-/// and connection failures are retried with backoff up to `retries`; other 4xx (a bad
+/// and connection failures are retried with backoff while `retry` allows; other 4xx (a bad
 /// number, a blocked recipient) fail at once with the provider's code and message, and
 /// the codes that say the number cannot receive put it on the suppression list.
 pub async fn send(
     client: &reqwest::Client,
     config: Option<&Sms>,
     item: &OutboxItem,
-    retries: u32,
+    retry: Retry,
 ) -> (Delivery, Option<Bounce>) {
     let Some(config) = config else {
         let reason = "sms is not configured ([sms] in the configuration)";
@@ -47,7 +47,7 @@ pub async fn send(
         .basic_auth(&config.account_sid, Some(&config.auth_token))
         .timeout(std::time::Duration::from_secs(15))
         .form(&[("To", to), ("From", config.from.as_str()), ("Body", body)]);
-    let retry_or_fail = |error: String| crate::dispatch::retry_or_fail(item, retries, error);
+    let retry_or_fail = |error: String| crate::dispatch::retry_or_fail(item, retry, error);
     match request.send().await {
         Ok(response) => {
             let status = response.status();

@@ -1482,3 +1482,141 @@ async fn email_opens_and_clicks_come_back_as_events_that_journeys_wait_for() {
     assert_eq!(clicked[0]["properties"]["journey"], "cart");
     assert_eq!(named("Email Opened")[0]["properties"]["journey"], "cart");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_sms_never_exceed_the_rate_and_retries_stop_at_the_window() {
+    use axum::http::StatusCode;
+    // A provider that notes when each send arrives, and is down for numbers ending in 9.
+    let arrivals = std::sync::Arc::new(std::sync::Mutex::new(Vec::<std::time::Instant>::new()));
+    let seen = arrivals.clone();
+    let app = axum::Router::new().route(
+        "/2010-04-01/Accounts/{sid}/Messages.json",
+        axum::routing::post(
+            move |axum::extract::Form(form): axum::extract::Form<
+                std::collections::HashMap<String, String>,
+            >| {
+                let seen = seen.clone();
+                async move {
+                    if form.get("To").is_some_and(|t| t.ends_with('9')) {
+                        return (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            axum::Json(json!({"code": 20500})),
+                        );
+                    }
+                    seen.lock().expect("lock").push(std::time::Instant::now());
+                    (
+                        StatusCode::CREATED,
+                        axum::Json(json!({"sid": "SM1", "status": "queued"})),
+                    )
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let provider = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("provider") });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_with_env(
+        Launch {
+            data_dir: &dir.path().join("data"),
+            store: None,
+            configured_keys: true,
+        },
+        &[
+            ("WAYMARK_SMS__BASE_URL", &provider),
+            ("WAYMARK_SMS__ACCOUNT_SID", "ACtest"),
+            ("WAYMARK_SMS__AUTH_TOKEN", "t"),
+            ("WAYMARK_SMS__FROM", "+15550000000"),
+            ("WAYMARK_GOVERNANCE__THROTTLE__SMS", "20"),
+            ("WAYMARK_GOVERNANCE__RETRY_WINDOW", "2s"),
+        ],
+    );
+    let c = client();
+    put_template(
+        &c,
+        &server.base,
+        "ping",
+        &json!({"channel": "sms", "text": "ping"}),
+    )
+    .await;
+    put_and_publish(
+        &c,
+        &server.base,
+        &json!({"key": "ping", "entry": {"event": "Ping"}, "nodes": [
+            {"id": "send", "type": "message", "channel": "sms", "template": "ping", "next": "done"},
+            {"id": "done", "type": "end"}]}),
+    )
+    .await;
+    let mut batch = Vec::new();
+    for n in 0..80 {
+        batch.push(json!({"type": "identify", "userId": format!("u{n}"), "traits": {"phone": format!("+1555010{n:04}0")}}));
+        batch.push(json!({"type": "track", "userId": format!("u{n}"), "event": "Ping"}));
+    }
+    batch.push(json!({"type": "identify", "userId": "down", "traits": {"phone": "+15550109999"}}));
+    batch.push(json!({"type": "track", "userId": "down", "event": "Ping"}));
+    send_batch(&c, &server.base, WRITE_KEY, &Value::Array(batch))
+        .await
+        .expect("ingest");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while arrivals.lock().expect("lock").len() < 80 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not all sends arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // 20 per second with bursts of 20: no second ever sees more than 20 + 20, and 80 sends
+    // take at least (80 - 20) / 20 = 3 s.
+    let times = arrivals.lock().expect("lock").clone();
+    let busiest = times
+        .iter()
+        .map(|t| {
+            times
+                .iter()
+                .filter(|u| **u >= *t && u.duration_since(*t) < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(busiest <= 40, "{busiest} sends within one second");
+    let span = times
+        .iter()
+        .max()
+        .expect("max")
+        .duration_since(*times.iter().min().expect("min"));
+    assert!(span >= Duration::from_millis(2_900), "80 sends in {span:?}");
+    // The number whose provider is down: retried with backoff, then failed once the retry
+    // window (2 s) has no room for another attempt, with the reason.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let failed = loop {
+        let (_, record) = get(
+            &c,
+            &server.base,
+            ADMIN,
+            "/v1/profiles/user_id/down/messages",
+        )
+        .await;
+        let m = record["messages"][0].clone();
+        if m["status"] == "failed" {
+            break m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still not failed: {record}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("503") && reason.contains("retry window of 2 s"),
+        "{failed}"
+    );
+    assert!(
+        failed["attempts"]
+            .as_u64()
+            .is_some_and(|a| (2..=4).contains(&a)),
+        "{failed}"
+    );
+}

@@ -519,7 +519,7 @@ pub async fn claim(
                  SELECT seq FROM journey_outbox WHERE status = 'pending' AND next_attempt_at <= $1
                    AND (leased_until IS NULL OR leased_until <= $1)
                  ORDER BY next_attempt_at, seq LIMIT $2 FOR UPDATE SKIP LOCKED)
-             RETURNING seq, key, profile_id, journey_key, kind, effect::text, attempts",
+             RETURNING seq, key, profile_id, journey_key, kind, effect::text, attempts, created_at",
             &[&now, &i64::from(limit), &(now + lease_ms)],
         )
         .await?;
@@ -533,6 +533,7 @@ pub async fn claim(
             kind: r.get(4),
             effect: serde_json::from_str(&r.get::<_, String>(5)).map_err(corrupt)?,
             attempts: r.get::<_, i32>(6) as u32,
+            created_at: r.get(7),
         });
     }
     out.sort_by_key(|i| i.seq);
@@ -555,6 +556,15 @@ pub async fn complete(
         )
         .await?;
     let outcome = match &delivery {
+        Delivery::Deferred { at } => {
+            client
+                .execute(
+                    "UPDATE journey_outbox SET next_attempt_at = $2, leased_until = NULL WHERE seq = $1 AND status = 'pending'",
+                    &[&item.seq, at],
+                )
+                .await?;
+            return Ok(());
+        }
         Delivery::Retry { at, error } => {
             client
                 .execute(

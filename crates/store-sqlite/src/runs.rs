@@ -525,7 +525,7 @@ pub fn claim(
 ) -> Result<Vec<OutboxItem>, StoreError> {
     let mut stmt = tx
         .prepare_cached(
-            "SELECT seq, key, profile_id, journey_key, kind, effect, attempts FROM journey_outbox
+            "SELECT seq, key, profile_id, journey_key, kind, effect, attempts, created_at FROM journey_outbox
              WHERE status = 'pending' AND next_attempt_at <= ?1 AND (leased_until IS NULL OR leased_until <= ?1)
              ORDER BY next_attempt_at, seq LIMIT ?2",
         )
@@ -540,6 +540,7 @@ pub fn claim(
                 r.get::<_, String>(4)?,
                 r.get::<_, String>(5)?,
                 r.get::<_, i64>(6)?,
+                r.get::<_, i64>(7)?,
             ))
         })
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
@@ -549,7 +550,7 @@ pub fn claim(
         .prepare_cached("UPDATE journey_outbox SET leased_until = ?2 WHERE seq = ?1")
         .map_err(unavailable)?;
     let mut out = Vec::with_capacity(rows.len());
-    for (seq, key, profile_id, journey, kind, effect, attempts) in rows {
+    for (seq, key, profile_id, journey, kind, effect, attempts, created_at) in rows {
         lease
             .execute(params![seq, now + lease_ms])
             .map_err(unavailable)?;
@@ -561,6 +562,7 @@ pub fn claim(
             kind,
             effect: serde_json::from_str(&effect).map_err(corrupt)?,
             attempts: attempts as u32,
+            created_at,
         });
     }
     Ok(out)
@@ -641,6 +643,14 @@ fn record_delivery(
     delivery: &Delivery,
 ) -> Result<Option<Result<Value, String>>, StoreError> {
     match delivery {
+        Delivery::Deferred { at } => {
+            tx.prepare_cached(
+                "UPDATE journey_outbox SET next_attempt_at = ?2, leased_until = NULL WHERE seq = ?1 AND status = 'pending'",
+            )
+            .and_then(|mut s| s.execute(params![item.seq, at]))
+            .map_err(unavailable)?;
+            Ok(None)
+        }
         Delivery::Retry { at, error } => {
             tx.prepare_cached(
                 "UPDATE journey_outbox SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3, leased_until = NULL WHERE seq = ?1 AND status = 'pending'",

@@ -945,6 +945,30 @@ pub async fn outbox_claims_leases_and_completes_effects(b: &impl Backend) {
         .await
         .expect("claim");
     assert_eq!((again.len(), again[0].attempts), (1, 1));
+    assert!(
+        again[0].created_at > 0 && again[0].created_at <= now,
+        "claims carry when the effect was recorded: {again:?}"
+    );
+    // Deferred (a throttled channel): due again later, the attempt not counted.
+    s.complete_outbox(
+        &again[0],
+        Delivery::Deferred { at: now + 3_000 },
+        now + 2_000,
+    )
+    .await
+    .expect("defer");
+    assert!(
+        s.claim_outbox(now + 2_500, 10, 30_000)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "not before the deferred time"
+    );
+    let again = s
+        .claim_outbox(now + 3_000, 10, 30_000)
+        .await
+        .expect("claim");
+    assert_eq!((again.len(), again[0].attempts), (1, 1), "{again:?}");
     s.complete_outbox(&again[0], Delivery::Failed("503 twice".into()), now + 2_000)
         .await
         .expect("fail");

@@ -391,6 +391,8 @@ pub struct OutboxItem {
     pub effect: Value,
     /// Attempts made before this one.
     pub attempts: u32,
+    /// When the effect was recorded (retry windows count from here).
+    pub created_at: Millis,
 }
 
 /// What became of one delivery attempt.
@@ -400,6 +402,8 @@ pub enum Delivery {
     Delivered(Value),
     /// Try again at this time.
     Retry { at: Millis, error: String },
+    /// Not attempted (its channel is throttled): due again at this time, attempts unchanged.
+    Deferred { at: Millis },
     /// Given up; for a webhook the journey takes its error path.
     Failed(String),
 }
