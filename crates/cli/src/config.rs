@@ -29,6 +29,7 @@ pub struct Config {
     pub log_format: String,
     pub webhooks: Webhooks,
     pub sms: Option<Sms>,
+    pub push: Option<Push>,
     pub email: Option<Email>,
     pub governance: Governance,
 }
@@ -169,6 +170,43 @@ fn default_pool_size() -> u32 {
     8
 }
 
+/// Push providers: FCM HTTP v1 and APNs (token-based). Either or both.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Push {
+    /// Default `https://fcm.googleapis.com`.
+    #[serde(default = "default_fcm")]
+    pub fcm_url: String,
+    #[serde(default)]
+    pub fcm_project_id: Option<String>,
+    /// An OAuth 2 access token for the project's service account
+    /// (`gcloud auth print-access-token`); tokens expire, so refresh it from outside.
+    #[serde(default)]
+    pub fcm_access_token: Option<String>,
+    /// Default `https://api.push.apple.com` (`https://api.sandbox.push.apple.com` for
+    /// development builds).
+    #[serde(default = "default_apns")]
+    pub apns_url: String,
+    /// The app's bundle id.
+    #[serde(default)]
+    pub apns_topic: Option<String>,
+    /// The `.p8` signing key from Apple, with its key id and the team id.
+    #[serde(default)]
+    pub apns_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub apns_key_id: Option<String>,
+    #[serde(default)]
+    pub apns_team_id: Option<String>,
+}
+
+fn default_fcm() -> String {
+    "https://fcm.googleapis.com".into()
+}
+
+fn default_apns() -> String {
+    "https://api.push.apple.com".into()
+}
+
 /// An SMS provider with Twilio's REST API (Twilio itself, or any compatible one).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -236,6 +274,7 @@ impl Default for Config {
             log_format: "text".into(),
             webhooks: Webhooks::default(),
             sms: None,
+            push: None,
             email: None,
             governance: Governance::default(),
         }
@@ -259,7 +298,7 @@ const ENV_KEYS: [&str; 10] = [
 
 /// Keys whose environment value is taken as written. figment reads `+15550100` or an
 /// all-digit token as a number (dropping the `+`), so these skip its parsing.
-const ENV_TEXT_KEYS: [&str; 19] = [
+const ENV_TEXT_KEYS: [&str; 27] = [
     "data_dir",
     "listen",
     "store",
@@ -279,6 +318,14 @@ const ENV_TEXT_KEYS: [&str; 19] = [
     "email.reply_to",
     "email.public_url",
     "governance.retry_window",
+    "push.fcm_url",
+    "push.fcm_project_id",
+    "push.fcm_access_token",
+    "push.apns_url",
+    "push.apns_topic",
+    "push.apns_key_file",
+    "push.apns_key_id",
+    "push.apns_team_id",
 ];
 
 /// Flags given on the command line; only those present override the other layers.

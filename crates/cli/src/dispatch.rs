@@ -47,6 +47,7 @@ pub fn client(config: &crate::config::Webhooks) -> Result<reqwest::Client, Strin
 pub struct Channels {
     pub sms: Option<crate::config::Sms>,
     pub email: Option<Arc<crate::email::Mailer>>,
+    pub push: Option<Arc<crate::push::Pusher>>,
     /// Standard Webhooks signing key for webhook calls.
     pub webhook_key: Option<Vec<u8>>,
     /// Soft bounces before an address is suppressed (`governance.soft_bounce_limit`).
@@ -221,7 +222,7 @@ pub async fn run(store: Arc<dyn Store>, client: reqwest::Client, channels: Chann
                         .await;
                     return;
                 }
-                let (delivery, bounce) = deliver(&client, &channels, &item).await;
+                let (delivery, bounce) = deliver(&client, &store, &channels, &item).await;
                 if let Some(bounce) = bounce {
                     record_bounce(store.as_ref(), &item, bounce, channels.soft_bounce_limit).await;
                 }
@@ -280,6 +281,7 @@ pub enum Retry {
 
 async fn deliver(
     client: &reqwest::Client,
+    store: &Arc<dyn Store>,
     channels: &Channels,
     item: &OutboxItem,
 ) -> (Delivery, Option<Bounce>) {
@@ -302,6 +304,13 @@ async fn deliver(
             let retry = Retry::Window(channels.retry_window_ms);
             return crate::sms::send(client, channels.sms.as_ref(), item, retry).await;
         }
+        "message" if item.effect["channel"] == "push" => match &channels.push {
+            Some(pusher) => {
+                let retry = Retry::Window(channels.retry_window_ms);
+                pusher.send(client, store, item, retry).await
+            }
+            None => Delivery::Failed("push is not configured ([push] in the configuration)".into()),
+        },
         // Held by quiet hours until now; the inbox shows it once it is done.
         "message" if item.effect["channel"] == "in_app" => Delivery::Delivered(Value::Null),
         // Applied by the store when it records the delivery.

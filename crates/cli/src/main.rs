@@ -6,6 +6,7 @@ mod dispatch;
 mod email;
 mod http;
 mod journeys;
+mod push;
 mod serve;
 mod sms;
 mod tracking;

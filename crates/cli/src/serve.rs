@@ -137,6 +137,11 @@ pub async fn run(config: Config) -> Result<(), String> {
             .as_ref()
             .map(|e| crate::email::Mailer::new(e, &link_secret).map(Arc::new))
             .transpose()?,
+        push: config
+            .push
+            .as_ref()
+            .map(|p| crate::push::Pusher::new(p).map(Arc::new))
+            .transpose()?,
         webhook_key: config
             .webhooks
             .signing_secret

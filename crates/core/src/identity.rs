@@ -17,6 +17,9 @@ impl Namespace {
     pub const ANONYMOUS_ID: &'static str = "anonymous_id";
     pub const EMAIL: &'static str = "email";
     pub const PHONE: &'static str = "phone";
+    /// Push tokens: `context.device.token` of iOS devices (APNs) and of the rest (FCM).
+    pub const APNS_TOKEN: &'static str = "apns_token";
+    pub const FCM_TOKEN: &'static str = "fcm_token";
 
     pub fn parse(name: &str) -> Result<Self, String> {
         let valid = !name.is_empty()

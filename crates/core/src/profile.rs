@@ -29,6 +29,16 @@ pub struct ProfileState {
 }
 
 impl ProfileState {
+    /// Drops one identity value (a dead push token); the namespace goes when it is empty.
+    pub fn forget_identity(&mut self, namespace: &str, value: &str) {
+        if let Some(values) = self.identities.get_mut(namespace) {
+            values.retain(|v| v != value);
+            if values.is_empty() {
+                self.identities.remove(namespace);
+            }
+        }
+    }
+
     pub fn new(id: String, partition: u32, now: Millis) -> Self {
         Self {
             id,

@@ -386,6 +386,26 @@ fn identities_of(
             }
         }
     }
+    // A push token (Segment's `context.device.token`): an identity in `apns_token` for iOS
+    // devices, `fcm_token` for the rest (Android and web push go through FCM).
+    if let Some(Value::Object(device)) = context.get("device")
+        && let Some(Value::String(token)) = device.get("token")
+        && !token.trim().is_empty()
+    {
+        let ios = device
+            .get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.eq_ignore_ascii_case("ios"));
+        let namespace = if ios {
+            Namespace::APNS_TOKEN
+        } else {
+            Namespace::FCM_TOKEN
+        };
+        let identity = Identity::from_field(namespace, token.trim(), "context.device.token")?;
+        if !out.contains(&identity) {
+            out.push(identity);
+        }
+    }
     match context.get("externalIds") {
         None | Some(Value::Null) => {}
         Some(Value::Array(items)) => {

@@ -119,6 +119,9 @@ pub enum Effect {
         /// `in_app`: when the message leaves the inbox.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires_at: Option<Millis>,
+        /// `push`: the person's devices, as (`apns` or `fcm`, token).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        devices: Vec<(String, String)>,
     },
     Webhook {
         key: String,
@@ -673,6 +676,13 @@ impl Run<'_> {
                         id = next.clone();
                         continue;
                     }
+                    let devices = devices_of(channel, self.ctx.profile);
+                    if channel == "push" && devices.is_empty() {
+                        let detail = json!({"reason": "the person has no push token (apns_token or fcm_token identity)", "channel": channel});
+                        self.step(instance, &id, "error", Some(detail));
+                        id = next.clone();
+                        continue;
+                    }
                     let to = match recipient(channel, self.ctx.profile, &self.overlay) {
                         Ok(to) => to,
                         Err(reason) => {
@@ -714,6 +724,7 @@ impl Run<'_> {
                             });
                             self.ctx.now + ttl
                         }),
+                        devices,
                     });
                     self.step(
                         instance,
@@ -857,6 +868,24 @@ impl Run<'_> {
 /// Who a message on `channel` goes to: for `sms` the person's first `phone` identity, else
 /// their `phone` trait (as updated earlier in this input); for `email` likewise `email`.
 /// No address fails the message.
+/// Where a `push` goes: every device token the person has, iOS first.
+fn devices_of(channel: &str, profile: &ProfileState) -> Vec<(String, String)> {
+    if channel != "push" {
+        return Vec::new();
+    }
+    [("apns", "apns_token"), ("fcm", "fcm_token")]
+        .iter()
+        .flat_map(|(platform, namespace)| {
+            profile
+                .identities
+                .get(*namespace)
+                .into_iter()
+                .flatten()
+                .map(|token| ((*platform).to_owned(), token.clone()))
+        })
+        .collect()
+}
+
 fn recipient(
     channel: &str,
     profile: &ProfileState,

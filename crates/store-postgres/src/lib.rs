@@ -612,6 +612,49 @@ impl ProfileStore for PostgresStore {
         ))
     }
 
+    async fn forget_identity(&self, identity: &Identity, now: Millis) -> Result<bool, StoreError> {
+        // Locked as ingest locks: the identity, then its profile.
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_error)?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&identity_lock_key(identity)],
+        )
+        .await
+        .map_err(db_error)?;
+        let Some(profile_id) = Shared::profile_id_of(&tx, identity).await? else {
+            return Ok(false);
+        };
+        let (namespace, value) = (identity.namespace.as_str(), identity.value.as_str());
+        tx.execute(
+            "DELETE FROM identities WHERE namespace = $1 AND value = $2",
+            &[&namespace, &value],
+        )
+        .await
+        .map_err(db_error)?;
+        if let Some(row) = tx
+            .query_opt(
+                "SELECT state::text FROM profiles WHERE id = $1 FOR UPDATE",
+                &[&profile_id],
+            )
+            .await
+            .map_err(db_error)?
+        {
+            let mut profile = decode_profile(&row.get::<_, String>(0))?;
+            profile.forget_identity(namespace, value);
+            let state =
+                serde_json::to_string(&profile).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            tx.execute(
+                "UPDATE profiles SET state = $2::text::jsonb, updated_at = $3 WHERE id = $1",
+                &[&profile_id, &state, &now],
+            )
+            .await
+            .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(true)
+    }
+
     async fn prune_expired(&self, now: Millis) -> Result<u64, StoreError> {
         let Some(max_age) = self.options.max_event_age_ms else {
             return Ok(0);

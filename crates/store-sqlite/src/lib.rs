@@ -282,6 +282,40 @@ impl ProfileStore for SqliteStore {
         self.send(|reply| Command::Erase { identity, reply }).await
     }
 
+    async fn forget_identity(&self, identity: &Identity, now: Millis) -> Result<bool, StoreError> {
+        let identity = identity.clone();
+        self.write(move |tx| {
+            let Some(id) = profile_id_of(tx, &identity).map_err(unavailable)? else {
+                return Ok(false);
+            };
+            let (namespace, value) = (identity.namespace.as_str(), identity.value.as_str());
+            tx.execute(
+                "DELETE FROM identities WHERE namespace = ?1 AND value = ?2",
+                params![namespace, value],
+            )
+            .map_err(unavailable)?;
+            let state: Option<String> = tx
+                .query_row("SELECT state FROM profiles WHERE id = ?1", [&id], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(unavailable)?;
+            if let Some(state) = state {
+                let mut profile = decode_profile(&state)?;
+                profile.forget_identity(namespace, value);
+                let state = serde_json::to_string(&profile)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                tx.execute(
+                    "UPDATE profiles SET state = ?2, updated_at = ?3 WHERE id = ?1",
+                    params![id, state, now],
+                )
+                .map_err(unavailable)?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+
     async fn prune_expired(&self, now: Millis) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {

@@ -45,6 +45,7 @@ macro_rules! conformance_suite {
             templates_keep_every_changed_version,
             governance_caps_across_journeys_and_quiet_hours_hold,
             suppression_list_counts_bounces_and_binds_every_message,
+            dead_push_tokens_are_forgotten,
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {
@@ -1480,5 +1481,39 @@ pub async fn suppression_list_counts_bounces_and_binds_every_message(b: &impl Ba
     .await
     .expect("ingest");
     assert_eq!(outbox("listed").await.len(), 1);
+    s.close().await;
+}
+
+pub async fn dead_push_tokens_are_forgotten(b: &impl Backend) {
+    let s = b.open(StoreOptions::default()).await;
+    s.ingest(events(json!([
+        {"type": "identify", "messageId": "d-1", "userId": "dev", "context": {"device": {"token": "tok-ios", "type": "ios"}}},
+        {"type": "identify", "messageId": "d-2", "userId": "dev", "context": {"device": {"token": "tok-and", "type": "android"}}},
+    ])))
+    .await
+    .expect("ingest");
+    let ios = id("apns_token", "tok-ios");
+    let profile = s
+        .profile(&ios)
+        .await
+        .expect("read")
+        .expect("found by token");
+    assert_eq!(profile.identities["fcm_token"], ["tok-and"]);
+    assert!(s.forget_identity(&ios, 5).await.expect("forget"));
+    assert!(
+        !s.forget_identity(&ios, 6).await.expect("again"),
+        "already gone"
+    );
+    assert_eq!(s.profile(&ios).await.expect("read"), None);
+    let profile = s
+        .profile(&id("user_id", "dev"))
+        .await
+        .expect("read")
+        .expect("profile");
+    assert!(
+        !profile.identities.contains_key("apns_token"),
+        "{profile:?}"
+    );
+    assert_eq!(profile.identities["fcm_token"], ["tok-and"]);
     s.close().await;
 }

@@ -138,6 +138,10 @@ pub trait ProfileStore: Send + Sync {
 
     /// Removes events older than the configured age; returns how many.
     async fn prune_expired(&self, now: Millis) -> Result<u64, StoreError>;
+
+    /// Detaches one identity from its profile (a push token the provider says is no longer
+    /// valid). Whether it was attached.
+    async fn forget_identity(&self, identity: &Identity, now: Millis) -> Result<bool, StoreError>;
 }
 
 /// A journey as stored: its editable draft, its immutable published versions, its status.

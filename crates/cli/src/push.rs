@@ -1,0 +1,314 @@
+//! The `push` channel: Firebase Cloud Messaging's HTTP v1 API and Apple's APNs provider API
+//! (HTTP/2, token-based authentication), endpoints configurable. A push goes to every
+//! device token the person has (`fcm_token` / `apns_token` identities). A token the provider
+//! says is dead (FCM `UNREGISTERED`, APNs 410 or `BadDeviceToken`) is detached from the
+//! profile, so it is never tried again.
+//!
+//! A retry resends to every device, including those that accepted the first time; each
+//! notification carries a collapse id made from the message key, so a device shows it once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use waymark_store::{Delivery, OutboxItem, Store};
+
+use crate::config::Push;
+use crate::dispatch::Retry;
+
+pub struct Pusher {
+    config: Push,
+    /// HTTP/2 (APNs requires it; over cleartext, as a local stand-in speaks it, by prior
+    /// knowledge).
+    apns_client: reqwest::Client,
+    apns_key: Option<ApnsKey>,
+}
+
+/// The APNs signing key (`.p8`, ES256) and the provider token made from it, renewed before
+/// Apple's one-hour limit.
+struct ApnsKey {
+    key: ring::signature::EcdsaKeyPair,
+    key_id: String,
+    team_id: String,
+    token: std::sync::Mutex<Option<(i64, String)>>,
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl ApnsKey {
+    fn load(config: &Push) -> Result<Option<Self>, String> {
+        use rustls_pki_types::PrivatePkcs8KeyDer;
+        use rustls_pki_types::pem::PemObject;
+        let Some(path) = &config.apns_key_file else {
+            return Ok(None);
+        };
+        let (Some(key_id), Some(team_id)) = (&config.apns_key_id, &config.apns_team_id) else {
+            return Err("push.apns_key_file needs push.apns_key_id and push.apns_team_id".into());
+        };
+        let der = PrivatePkcs8KeyDer::from_pem_file(path)
+            .map_err(|e| format!("push.apns_key_file {}: {e}", path.display()))?;
+        let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            der.secret_pkcs8_der(),
+            &ring::rand::SystemRandom::new(),
+        )
+        .map_err(|e| {
+            format!(
+                "push.apns_key_file {}: not a P-256 key: {e}",
+                path.display()
+            )
+        })?;
+        Ok(Some(Self {
+            key,
+            key_id: key_id.clone(),
+            team_id: team_id.clone(),
+            token: std::sync::Mutex::new(None),
+        }))
+    }
+
+    /// The provider token (a JWT signed ES256), reused for 50 minutes. Made here with ring,
+    /// already in the build for TLS, rather than a JWT crate: the current `jsonwebtoken`
+    /// needs another crypto backend for a three-part string.
+    fn token(&self) -> Result<String, String> {
+        let now = waymark_store::wall_clock_ms() / 1000;
+        let mut cached = self
+            .token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((at, token)) = cached.as_ref()
+            && now - at < 50 * 60
+        {
+            return Ok(token.clone());
+        }
+        let header = json!({"alg": "ES256", "kid": self.key_id});
+        let claims = json!({"iss": self.team_id, "iat": now});
+        let signing_input = format!(
+            "{}.{}",
+            b64url(header.to_string().as_bytes()),
+            b64url(claims.to_string().as_bytes())
+        );
+        let signature = self
+            .key
+            .sign(&ring::rand::SystemRandom::new(), signing_input.as_bytes())
+            .map_err(|_| "signing the APNs provider token failed".to_owned())?;
+        let token = format!("{signing_input}.{}", b64url(signature.as_ref()));
+        *cached = Some((now, token.clone()));
+        Ok(token)
+    }
+}
+
+/// How one device answered.
+enum Answer {
+    Sent(Value),
+    /// The token is dead: detach it.
+    Dead(String),
+    Retry(String),
+    Failed(String),
+}
+
+impl Pusher {
+    pub fn new(config: &Push) -> Result<Self, String> {
+        let mut builder = crate::http::client_builder();
+        if config.apns_url.starts_with("http://") {
+            builder = builder.http2_prior_knowledge();
+        }
+        let apns_client = builder
+            .build()
+            .map_err(|e| format!("cannot build the APNs HTTP client: {e}"))?;
+        if config.fcm_project_id.is_some() != config.fcm_access_token.is_some() {
+            return Err("push.fcm_project_id and push.fcm_access_token go together".into());
+        }
+        Ok(Self {
+            apns_key: ApnsKey::load(config)?,
+            config: config.clone(),
+            apns_client,
+        })
+    }
+
+    /// Sends to each of the message's devices. Sent if any device took it; retried if none
+    /// did and one may later; failed otherwise. Dead tokens are detached from the profile.
+    pub async fn send(
+        &self,
+        client: &reqwest::Client,
+        store: &Arc<dyn Store>,
+        item: &OutboxItem,
+        retry: Retry,
+    ) -> Delivery {
+        let e = &item.effect;
+        let devices: Vec<(String, String)> =
+            serde_json::from_value(e["devices"].clone()).unwrap_or_default();
+        if devices.is_empty() {
+            return Delivery::Failed("the person has no push token".into());
+        }
+        let fields = &e["content"]["fields"];
+        let data = &e["content"]["data"];
+        let collapse = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(item.key.as_bytes()));
+        let (mut sent, mut retry_reason, mut failures) = (Vec::new(), None, Vec::new());
+        for (platform, token) in &devices {
+            let answer = match platform.as_str() {
+                "apns" => self.apns(token, fields, data, &collapse).await,
+                _ => self.fcm(client, token, fields, data, &collapse).await,
+            };
+            match answer {
+                Answer::Sent(v) => sent.push(json!({"platform": platform, "answer": v})),
+                Answer::Dead(reason) => {
+                    let namespace = if platform == "apns" {
+                        "apns_token"
+                    } else {
+                        "fcm_token"
+                    };
+                    if let Ok(identity) = waymark_core::Identity::parse(namespace, token) {
+                        match store.forget_identity(&identity, waymark_store::wall_clock_ms()).await {
+                            Ok(_) => metrics::counter!("waymark_push_tokens_removed_total", "platform" => platform.clone()).increment(1),
+                            Err(e) => tracing::warn!(error = %e, "could not detach a dead push token"),
+                        }
+                    }
+                    failures.push(format!("{platform}: {reason} (token removed)"));
+                }
+                Answer::Retry(reason) => retry_reason = Some(format!("{platform}: {reason}")),
+                Answer::Failed(reason) => failures.push(format!("{platform}: {reason}")),
+            }
+        }
+        if !sent.is_empty() {
+            return Delivery::Delivered(json!({"devices": sent, "failed": failures}));
+        }
+        match retry_reason {
+            Some(reason) => crate::dispatch::retry_or_fail(item, retry, reason),
+            None => Delivery::Failed(failures.join("; ")),
+        }
+    }
+
+    /// FCM HTTP v1: `POST {fcm_url}/v1/projects/{project}/messages:send`.
+    async fn fcm(
+        &self,
+        client: &reqwest::Client,
+        token: &str,
+        fields: &Value,
+        data: &Value,
+        collapse: &str,
+    ) -> Answer {
+        let (Some(project), Some(access_token)) =
+            (&self.config.fcm_project_id, &self.config.fcm_access_token)
+        else {
+            return Answer::Failed("FCM is not configured (push.fcm_project_id)".into());
+        };
+        // FCM data values must be strings.
+        let data: serde_json::Map<String, Value> = data
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| {
+                let text = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+                (k.clone(), Value::String(text))
+            })
+            .collect();
+        let body = json!({"message": {
+            "token": token,
+            "notification": {"title": fields["title"], "body": fields["body"]},
+            "data": data,
+            "android": {"collapse_key": collapse},
+            "apns": {"headers": {"apns-collapse-id": collapse}},
+        }});
+        let url = format!(
+            "{}/v1/projects/{project}/messages:send",
+            self.config.fcm_url.trim_end_matches('/')
+        );
+        let response = client
+            .post(url)
+            .bearer_auth(access_token)
+            .timeout(Duration::from_secs(15))
+            .json(&body)
+            .send()
+            .await;
+        match response {
+            Ok(r) => {
+                let status = r.status();
+                let answer: Value = r.json().await.unwrap_or(Value::Null);
+                let code = answer["error"]["details"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find_map(|d| d["errorCode"].as_str())
+                    .or_else(|| answer["error"]["status"].as_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                let reason = format!("HTTP {status} {code}");
+                if status.is_success() {
+                    Answer::Sent(json!({"provider_id": answer["name"]}))
+                } else if code == "UNREGISTERED" || status.as_u16() == 404 {
+                    Answer::Dead(reason)
+                } else if status.is_server_error() || status.as_u16() == 429 {
+                    Answer::Retry(reason)
+                } else {
+                    Answer::Failed(reason)
+                }
+            }
+            Err(e) => Answer::Retry(format!(
+                "request failed: {}",
+                crate::dispatch::with_causes(&e)
+            )),
+        }
+    }
+
+    /// APNs: `POST {apns_url}/3/device/{token}` over HTTP/2 with a provider token.
+    async fn apns(&self, token: &str, fields: &Value, data: &Value, collapse: &str) -> Answer {
+        let (Some(key), Some(topic)) = (&self.apns_key, &self.config.apns_topic) else {
+            return Answer::Failed(
+                "APNs is not configured (push.apns_key_file, apns_topic)".into(),
+            );
+        };
+        let jwt = match key.token() {
+            Ok(t) => t,
+            Err(e) => return Answer::Failed(e),
+        };
+        let mut body =
+            json!({"aps": {"alert": {"title": fields["title"], "body": fields["body"]}}});
+        for (k, v) in data.as_object().into_iter().flatten() {
+            if k != "aps" {
+                body[k] = v.clone();
+            }
+        }
+        let url = format!(
+            "{}/3/device/{token}",
+            self.config.apns_url.trim_end_matches('/')
+        );
+        let response = self
+            .apns_client
+            .post(url)
+            .header("authorization", format!("bearer {jwt}"))
+            .header("apns-topic", topic)
+            .header("apns-push-type", "alert")
+            .header("apns-collapse-id", collapse)
+            .timeout(Duration::from_secs(15))
+            .json(&body)
+            .send()
+            .await;
+        match response {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let id = r
+                    .headers()
+                    .get("apns-id")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let answer: Value = r.json().await.unwrap_or(Value::Null);
+                let why = answer["reason"].as_str().unwrap_or_default();
+                let reason = format!("HTTP {status} {why}");
+                match status {
+                    200 => Answer::Sent(json!({"provider_id": id})),
+                    410 => Answer::Dead(reason),
+                    400 if why == "BadDeviceToken" => Answer::Dead(reason),
+                    429 | 500.. => Answer::Retry(reason),
+                    _ => Answer::Failed(reason),
+                }
+            }
+            Err(e) => Answer::Retry(format!(
+                "request failed: {}",
+                crate::dispatch::with_causes(&e)
+            )),
+        }
+    }
+}
