@@ -233,6 +233,13 @@ pub async fn run(store: Arc<dyn Store>, client: reqwest::Client, channels: Chann
                     Delivery::Failed(_) => "failed",
                 };
                 metrics::counter!("waymark_outbox_deliveries_total", "kind" => item.kind.clone(), "outcome" => outcome).increment(1);
+                if item.kind == "message" {
+                    let channel = item.effect["channel"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    metrics::counter!("waymark_messages_total", "channel" => channel, "outcome" => outcome).increment(1);
+                }
                 // If the recorder is gone the server is stopping; the lease brings it back.
                 let _ = outcomes.send((item, delivery, permit)).await;
             });

@@ -297,7 +297,7 @@ pub struct MessageView {
     pub template: Option<String>,
     /// Where it went (email address, phone number), if it was addressed.
     pub to: Option<String>,
-    /// `recorded` (log channel), `queued`, `retrying`, `sent`, `failed` (with `reason`; a
+    /// `recorded` (log channel), `queued`, `held` (quiet hours or throttling), `retrying`, `sent`, `failed` (with `reason`; a
     /// hard bounce says so), `suppressed` (with `reason`: unsubscribed, suppression list, frequency cap, quiet hours), or `not_sent`
     /// (no address, or the template failed to render).
     pub status: String,
@@ -337,6 +337,9 @@ pub async fn get_messages(
                 ("done", _) => "sent",
                 ("failed", _) => "failed",
                 ("pending", _) if o.attempts > 0 && o.next_attempt_at > now => "retrying",
+                // Not yet tried and not yet due: quiet hours (its step says until when) or a
+                // throttled channel hold it.
+                ("pending", _) if o.next_attempt_at > now => "held",
                 _ => "queued",
             };
             let view = MessageView {
