@@ -207,25 +207,50 @@ fn default_apns() -> String {
     "https://api.push.apple.com".into()
 }
 
-/// An SMS provider with Twilio's REST API (Twilio itself, or any compatible one).
+/// An SMS provider: Twilio's REST API (Twilio itself, or any compatible one), or any HTTP
+/// API described by a templated request (`provider = "http"`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Sms {
-    /// Default `https://api.twilio.com`.
+    /// `twilio` (default) or `http`.
+    #[serde(default = "default_sms_provider")]
+    pub provider: String,
+    /// Twilio: default `https://api.twilio.com`.
     #[serde(default = "default_twilio")]
     pub base_url: String,
-    pub account_sid: String,
-    pub auth_token: String,
+    /// Twilio: the account and its token (also what inbound requests are signed with).
+    #[serde(default)]
+    pub account_sid: Option<String>,
+    #[serde(default)]
+    pub auth_token: Option<String>,
     /// The sender: a phone number (`+15550100`) or a messaging service / alphanumeric id.
     pub from: String,
-    /// The full URL the provider posts inbound messages to (as configured there; it signs
-    /// it), e.g. `https://waymark.example.com/v1/sms/inbound`. Without it, inbound SMS
+    /// `http`: where to POST each message.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// `http`: request headers (`Authorization = "Bearer ..."`); templates allowed.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// `http`: the JSON body, its strings Handlebars templates over `to`, `from`, `text`
+    /// and `message_id`: `{to = "{{to}}", sender = "{{from}}", content = "{{text}}"}`.
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+    /// `http`: where the provider's message id is in its JSON answer (`id`,
+    /// `messages.0.id`).
+    #[serde(default)]
+    pub id_field: Option<String>,
+    /// Twilio: the full URL the provider posts inbound messages to (as configured there; it
+    /// signs it), e.g. `https://waymark.example.com/v1/sms/inbound`. Without it, inbound SMS
     /// (STOP/START/HELP) is refused.
     #[serde(default)]
     pub inbound_url: Option<String>,
     /// The reply to HELP.
     #[serde(default = "default_help_text")]
     pub help_text: String,
+}
+
+fn default_sms_provider() -> String {
+    "twilio".into()
 }
 
 fn default_help_text() -> String {
@@ -298,7 +323,7 @@ const ENV_KEYS: [&str; 10] = [
 
 /// Keys whose environment value is taken as written. figment reads `+15550100` or an
 /// all-digit token as a number (dropping the `+`), so these skip its parsing.
-const ENV_TEXT_KEYS: [&str; 27] = [
+const ENV_TEXT_KEYS: [&str; 29] = [
     "data_dir",
     "listen",
     "store",
@@ -307,6 +332,8 @@ const ENV_TEXT_KEYS: [&str; 27] = [
     "log_format",
     "webhooks.ca_file",
     "webhooks.signing_secret",
+    "sms.provider",
+    "sms.url",
     "sms.base_url",
     "sms.account_sid",
     "sms.auth_token",

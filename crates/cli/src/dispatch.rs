@@ -45,7 +45,7 @@ pub fn client(config: &crate::config::Webhooks) -> Result<reqwest::Client, Strin
 /// What deliveries need besides the HTTP client: channel configuration.
 #[derive(Default)]
 pub struct Channels {
-    pub sms: Option<crate::config::Sms>,
+    pub sms: Option<crate::sms::SmsSender>,
     pub email: Option<Arc<crate::email::Mailer>>,
     pub push: Option<Arc<crate::push::Pusher>>,
     /// Standard Webhooks signing key for webhook calls.

@@ -45,7 +45,7 @@ enum Command {
 #[derive(clap::Args)]
 struct ServeArgs {
     /// TOML configuration file (default: ./waymark.toml if present).
-    #[arg(long, short)]
+    #[arg(long, short, env = "WAYMARK_CONFIG")]
     config: Option<PathBuf>,
     /// Data directory for the embedded store and generated credentials.
     #[arg(long)]

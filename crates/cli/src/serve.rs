@@ -131,7 +131,11 @@ pub async fn run(config: Config) -> Result<(), String> {
     let http = crate::dispatch::client(&config.webhooks)?;
     let link_secret = crate::config::link_secret(&config)?;
     let channels = crate::dispatch::Channels {
-        sms: config.sms.clone(),
+        sms: config
+            .sms
+            .as_ref()
+            .map(crate::sms::SmsSender::new)
+            .transpose()?,
         email: config
             .email
             .as_ref()
@@ -165,7 +169,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         && let Some(url) = &sms.inbound_url
     {
         state = state.with_sms_inbound(waymark_server::links::SmsInbound {
-            auth_token: sms.auth_token.clone(),
+            auth_token: sms.auth_token.clone().unwrap_or_default(),
             url: url.clone(),
             help_text: sms.help_text.clone(),
         });

@@ -1,6 +1,7 @@
 //! The `sms` channel: Twilio's Messages API (`POST /2010-04-01/Accounts/{sid}/Messages.json`,
 //! form-encoded `To`, `From`, `Body`, HTTP Basic auth with the account SID and auth token),
-//! against Twilio or any provider that speaks it (`sms.base_url`).
+//! against Twilio or any provider that speaks it (`sms.base_url`); or any HTTP API, its
+//! request written as a templated JSON body and headers (`provider = "http"`).
 
 use serde_json::{Value, json};
 use waymark_store::{Delivery, OutboxItem};
@@ -18,33 +19,104 @@ fn bounce_of(code: &Value) -> Option<&'static str> {
     }
 }
 
+/// The configured provider, checked and compiled at start.
+pub struct SmsSender {
+    config: Sms,
+    http: Option<HttpApi>,
+}
+
+/// A generic HTTP provider's request: compiled body and header templates.
+struct HttpApi {
+    templates: waymark_core::template::Templates,
+    body: waymark_core::template::JsonTemplate,
+    headers: waymark_core::template::JsonTemplate,
+}
+
+impl SmsSender {
+    pub fn new(config: &Sms) -> Result<Self, String> {
+        let http = match config.provider.as_str() {
+            "twilio" => {
+                if config.account_sid.is_none() || config.auth_token.is_none() {
+                    return Err("sms: the twilio provider needs account_sid and auth_token".into());
+                }
+                None
+            }
+            "http" => {
+                let url = config
+                    .url
+                    .as_deref()
+                    .ok_or("sms: the http provider needs url")?;
+                reqwest::Url::parse(url).map_err(|e| format!("sms.url {url:?}: {e}"))?;
+                let body = config
+                    .body
+                    .as_ref()
+                    .ok_or("sms: the http provider needs body")?;
+                let mut templates = waymark_core::template::Templates::default();
+                let body = templates
+                    .json("body", body)
+                    .map_err(|(at, e)| format!("sms.body{at}: {e}"))?;
+                let headers = serde_json::to_value(&config.headers).unwrap_or_default();
+                let headers = templates
+                    .json("headers", &headers)
+                    .map_err(|(at, e)| format!("sms.headers{at}: {e}"))?;
+                Some(HttpApi {
+                    templates,
+                    body,
+                    headers,
+                })
+            }
+            other => return Err(format!("sms.provider {other:?}: expected twilio or http")),
+        };
+        if config.inbound_url.is_some() && config.auth_token.is_none() {
+            return Err(
+                "sms.inbound_url needs the twilio auth_token (inbound requests are signed with it)"
+                    .into(),
+            );
+        }
+        Ok(Self {
+            config: config.clone(),
+            http,
+        })
+    }
+}
+
 /// Sends one rendered SMS. 2xx is sent (the provider's message id is kept); 429 and 5xx
 /// and connection failures are retried with backoff while `retry` allows; other 4xx (a bad
 /// number, a blocked recipient) fail at once with the provider's code and message, and
 /// the codes that say the number cannot receive put it on the suppression list.
 pub async fn send(
     client: &reqwest::Client,
-    config: Option<&Sms>,
+    sender: Option<&SmsSender>,
     item: &OutboxItem,
     retry: Retry,
 ) -> (Delivery, Option<Bounce>) {
-    let Some(config) = config else {
+    let Some(sender) = sender else {
         let reason = "sms is not configured ([sms] in the configuration)";
         return (Delivery::Failed(reason.into()), None);
     };
+    let config = &sender.config;
     let e = &item.effect;
     let (Some(to), Some(body)) = (e["to"].as_str(), e["content"]["fields"]["text"].as_str()) else {
         let reason = "the message has no recipient or no rendered text";
         return (Delivery::Failed(reason.into()), None);
     };
+    if let Some(api) = &sender.http {
+        return (
+            http_api(client, config, api, item, to, body, retry).await,
+            None,
+        );
+    }
+    let (sid, token) = (
+        config.account_sid.as_deref().unwrap_or_default(),
+        config.auth_token.as_deref().unwrap_or_default(),
+    );
     let url = format!(
-        "{}/2010-04-01/Accounts/{}/Messages.json",
+        "{}/2010-04-01/Accounts/{sid}/Messages.json",
         config.base_url.trim_end_matches('/'),
-        config.account_sid
     );
     let request = client
         .post(url)
-        .basic_auth(&config.account_sid, Some(&config.auth_token))
+        .basic_auth(sid, Some(token))
         .timeout(std::time::Duration::from_secs(15))
         .form(&[("To", to), ("From", config.from.as_str()), ("Body", body)]);
     let retry_or_fail = |error: String| crate::dispatch::retry_or_fail(item, retry, error);
@@ -76,5 +148,68 @@ pub async fn send(
             let reason = format!("request failed: {}", crate::dispatch::with_causes(&err));
             (retry_or_fail(reason), None)
         }
+    }
+}
+
+/// A generic HTTP provider: the configured body and headers rendered over `{to, from, text,
+/// message_id}` and POSTed as JSON. 2xx is sent (the id read from `id_field`); 429, 5xx
+/// and connection failures are retried; other answers fail with their status and body.
+async fn http_api(
+    client: &reqwest::Client,
+    config: &Sms,
+    api: &HttpApi,
+    item: &OutboxItem,
+    to: &str,
+    text: &str,
+    retry: Retry,
+) -> Delivery {
+    let data = json!({"to": to, "from": config.from, "text": text, "message_id": item.key});
+    let rendered = api
+        .templates
+        .render(&api.body, &data)
+        .and_then(|body| Ok((body, api.templates.render(&api.headers, &data)?)));
+    let (body, headers) = match rendered {
+        Ok(r) => r,
+        Err(e) => return Delivery::Failed(format!("sms request template: {e}")),
+    };
+    let mut request = client
+        .post(config.url.as_deref().unwrap_or_default())
+        .timeout(std::time::Duration::from_secs(15))
+        .header("idempotency-key", &item.key)
+        .json(&body);
+    for (name, value) in headers.as_object().into_iter().flatten() {
+        if let Some(v) = value.as_str() {
+            request = request.header(name.as_str(), v);
+        }
+    }
+    let retry_or_fail = |error: String| crate::dispatch::retry_or_fail(item, retry, error);
+    match request.send().await {
+        Ok(response) => {
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            let answer: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            if status.is_success() {
+                let id = config.id_field.as_deref().map_or(Value::Null, |path| {
+                    path.split('.')
+                        .try_fold(&answer, |v, k| match k.parse::<usize>() {
+                            Ok(i) => v.get(i),
+                            Err(_) => v.get(k),
+                        })
+                        .cloned()
+                        .unwrap_or(Value::Null)
+                });
+                return Delivery::Delivered(json!({"provider_id": id, "status": status.as_u16()}));
+            }
+            let reason = format!("HTTP {status}: {answer}");
+            if status.is_server_error() || status.as_u16() == 429 {
+                retry_or_fail(reason)
+            } else {
+                Delivery::Failed(reason)
+            }
+        }
+        Err(err) => retry_or_fail(format!(
+            "request failed: {}",
+            crate::dispatch::with_causes(&err)
+        )),
     }
 }

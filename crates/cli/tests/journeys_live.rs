@@ -1865,3 +1865,130 @@ async fn push_reaches_fcm_and_apns_with_their_payloads_and_dead_tokens_are_remov
     .await;
     assert_eq!(nobody["messages"][0]["status"], "not_sent", "{nobody}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sms_through_a_generic_http_provider_sends_the_configured_request() {
+    use axum::http::StatusCode;
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(Value, Value)>::new()));
+    let seen = got.clone();
+    let app = axum::Router::new().route(
+        "/api/send",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, axum::Json(body): axum::Json<Value>| {
+                let seen = seen.clone();
+                async move {
+                    let h: serde_json::Map<String, Value> = headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or_default())))
+                        .collect();
+                    seen.lock()
+                        .expect("lock")
+                        .push((Value::Object(h), body.clone()));
+                    if body["recipient"] == "+15550101119" {
+                        return (
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            axum::Json(json!({"error": "blocked"})),
+                        );
+                    }
+                    (
+                        StatusCode::ACCEPTED,
+                        axum::Json(json!({"messages": [{"id": "m-77"}]})),
+                    )
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/api/send", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("provider") });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("waymark.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[sms]
+provider = "http"
+url = "{url}"
+from = "WAYMARK"
+id_field = "messages.0.id"
+headers = {{ Authorization = "Bearer sms-key", X-Message = "{{{{message_id}}}}" }}
+body = {{ recipient = "{{{{to}}}}", sender = "{{{{from}}}}", content = "{{{{text}}}}", options = {{ unicode = true }} }}
+"#
+        ),
+    )
+    .expect("config");
+    let server = Server::start_with_env(
+        Launch {
+            data_dir: &dir.path().join("data"),
+            store: None,
+            configured_keys: true,
+        },
+        &[("WAYMARK_CONFIG", config.to_str().expect("path"))],
+    );
+    let c = client();
+    put_template(
+        &c,
+        &server.base,
+        "code",
+        &json!({"channel": "sms", "text": "Code {{journey.entry.properties.code}} ✓"}),
+    )
+    .await;
+    put_and_publish(
+        &c,
+        &server.base,
+        &json!({"key": "otp", "entry": {"event": "Code Requested"}, "nodes": [
+            {"id": "send", "type": "message", "channel": "sms", "template": "code", "category": "transactional", "next": "done"},
+            {"id": "done", "type": "end"}]}),
+    )
+    .await;
+    send_batch(&c, &server.base, WRITE_KEY, &json!([
+        {"type": "identify", "userId": "ada", "traits": {"phone": "+1 555 010 1234"}},
+        {"type": "track", "userId": "ada", "event": "Code Requested", "properties": {"code": "4711"}},
+        {"type": "identify", "userId": "blocked", "traits": {"phone": "+15550101119"}},
+        {"type": "track", "userId": "blocked", "event": "Code Requested", "properties": {"code": "1"}},
+    ]))
+    .await
+    .expect("ingest");
+    let settled = settled_messages(&c, &server.base, &["ada", "blocked"]).await;
+    assert_eq!(settled[0]["effects"][0]["status"], "done", "{}", settled[0]);
+    assert_eq!(
+        settled[1]["effects"][0]["status"], "failed",
+        "{}",
+        settled[1]
+    );
+    let got = got.lock().expect("lock").clone();
+    let (headers, body) = got
+        .iter()
+        .find(|(_, b)| b["recipient"] == "+15550101234")
+        .expect("ada's request");
+    assert_eq!(
+        body,
+        &json!({"recipient": "+15550101234", "sender": "WAYMARK", "content": "Code 4711 ✓", "options": {"unicode": true}})
+    );
+    assert_eq!(headers["authorization"], "Bearer sms-key");
+    assert_eq!(
+        headers["x-message"], headers["idempotency-key"],
+        "{headers}"
+    );
+    let (_, ada) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/ada/messages").await;
+    assert_eq!(
+        ada["messages"][0]["provider"]["provider_id"], "m-77",
+        "{ada}"
+    );
+    let (_, blocked) = get(
+        &c,
+        &server.base,
+        ADMIN,
+        "/v1/profiles/user_id/blocked/messages",
+    )
+    .await;
+    assert!(
+        blocked["messages"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("422") && r.contains("blocked")),
+        "{blocked}"
+    );
+}
