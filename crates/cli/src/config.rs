@@ -30,6 +30,7 @@ pub struct Config {
     pub webhooks: Webhooks,
     pub sms: Option<Sms>,
     pub push: Option<Push>,
+    pub direct_mail: Option<DirectMail>,
     pub email: Option<Email>,
     pub governance: Governance,
 }
@@ -170,6 +171,24 @@ fn default_pool_size() -> u32 {
     8
 }
 
+/// Direct mail: CSV files for a print provider.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectMail {
+    /// Where the files go (created if missing).
+    pub folder: PathBuf,
+    /// How long one run (one file) collects rows: `1h` (default), `1d`.
+    #[serde(default = "default_run")]
+    pub every: String,
+    /// The template data fields to write, in this order (default: all, by name).
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+}
+
+fn default_run() -> String {
+    "1h".into()
+}
+
 /// Push providers: FCM HTTP v1 and APNs (token-based). Either or both.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -300,6 +319,7 @@ impl Default for Config {
             webhooks: Webhooks::default(),
             sms: None,
             push: None,
+            direct_mail: None,
             email: None,
             governance: Governance::default(),
         }
@@ -323,7 +343,7 @@ const ENV_KEYS: [&str; 10] = [
 
 /// Keys whose environment value is taken as written. figment reads `+15550100` or an
 /// all-digit token as a number (dropping the `+`), so these skip its parsing.
-const ENV_TEXT_KEYS: [&str; 29] = [
+const ENV_TEXT_KEYS: [&str; 31] = [
     "data_dir",
     "listen",
     "store",
@@ -345,6 +365,8 @@ const ENV_TEXT_KEYS: [&str; 29] = [
     "email.reply_to",
     "email.public_url",
     "governance.retry_window",
+    "direct_mail.folder",
+    "direct_mail.every",
     "push.fcm_url",
     "push.fcm_project_id",
     "push.fcm_access_token",

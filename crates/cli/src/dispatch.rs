@@ -48,6 +48,7 @@ pub struct Channels {
     pub sms: Option<crate::sms::SmsSender>,
     pub email: Option<Arc<crate::email::Mailer>>,
     pub push: Option<Arc<crate::push::Pusher>>,
+    pub direct_mail: Option<Arc<crate::direct_mail::Extractor>>,
     /// Standard Webhooks signing key for webhook calls.
     pub webhook_key: Option<Vec<u8>>,
     /// Soft bounces before an address is suppressed (`governance.soft_bounce_limit`).
@@ -317,6 +318,12 @@ async fn deliver(
                 pusher.send(client, store, item, retry).await
             }
             None => Delivery::Failed("push is not configured ([push] in the configuration)".into()),
+        },
+        "message" if item.effect["channel"] == "direct_mail" => match &channels.direct_mail {
+            Some(extractor) => extractor.append(item).await,
+            None => Delivery::Failed(
+                "direct mail is not configured ([direct_mail] in the configuration)".into(),
+            ),
         },
         // Held by quiet hours until now; the inbox shows it once it is done.
         "message" if item.effect["channel"] == "in_app" => Delivery::Delivered(Value::Null),

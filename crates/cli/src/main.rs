@@ -2,6 +2,7 @@
 
 mod bench;
 mod config;
+mod direct_mail;
 mod dispatch;
 mod email;
 mod http;

@@ -130,7 +130,16 @@ pub async fn run(config: Config) -> Result<(), String> {
 
     let http = crate::dispatch::client(&config.webhooks)?;
     let link_secret = crate::config::link_secret(&config)?;
+    let direct_mail = config
+        .direct_mail
+        .as_ref()
+        .map(|d| crate::direct_mail::Extractor::new(d).map(Arc::new))
+        .transpose()?;
+    if let Some(extractor) = &direct_mail {
+        tokio::spawn(crate::direct_mail::rotate_runs(extractor.clone()));
+    }
     let channels = crate::dispatch::Channels {
+        direct_mail,
         sms: config
             .sms
             .as_ref()

@@ -14,13 +14,14 @@ use serde_json::Value;
 
 use crate::FieldError;
 
-pub const CHANNELS: [&str; 5] = ["email", "sms", "push", "in_app", "partial"];
+pub const CHANNELS: [&str; 6] = ["email", "sms", "push", "in_app", "direct_mail", "partial"];
 
 /// A template document as put through the API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContentDoc {
-    /// `email`, `sms`, `push`, `in_app`, or `partial` (a fragment other templates include).
+    /// `email`, `sms`, `push`, `in_app`, `direct_mail`, or `partial` (a fragment other
+    /// templates include).
     pub channel: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
@@ -34,7 +35,8 @@ pub struct ContentDoc {
     pub title: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
-    /// Custom key/value data for push and in-app (strings in it are templates too).
+    /// Custom key/value data for push and in-app, the columns of a direct mail file
+    /// (strings in it are templates too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     pub data: Option<Value>,
@@ -68,6 +70,7 @@ impl ContentDoc {
             ),
             "sms" => (&["text"], &[&["text"]]),
             "push" | "in_app" => (&["title", "body", "data"], &[&["title", "body"]]),
+            "direct_mail" => (&["data"], &[&["data"]]),
             "partial" => (&["body"], &[&["body"]]),
             _ => return None,
         })

@@ -8,7 +8,7 @@ use crate::FieldError;
 
 /// Channels a message node may use today: `log` records what would be sent; `email` and
 /// `sms` send through the configured SMTP server and SMS provider.
-pub const CHANNELS: [&str; 5] = ["log", "email", "sms", "push", "in_app"];
+pub const CHANNELS: [&str; 6] = ["log", "email", "sms", "push", "in_app", "direct_mail"];
 
 /// A resource key (journeys, templates): 1 to 64 of a-z, 0-9, - and _.
 pub fn valid_key(key: &str) -> bool {

@@ -1,0 +1,192 @@
+//! The `direct_mail` channel: each message becomes a row of a CSV file for a print provider,
+//! one file per run (`direct_mail.every`, default an hour), written to `direct_mail.folder`.
+//! A run's file is `direct-mail-<start>.csv.part` while it grows and is renamed to `.csv`
+//! when the run ends, so a provider collecting `*.csv` only ever takes whole files.
+//!
+//! Columns: `message_id` (the step's idempotency key), `journey`, then the template's `data`
+//! fields, in `direct_mail.columns` order if given, else by name. A row is synced to disk
+//! before the message counts as sent; a crash between the two can repeat it in a later file
+//! with the same `message_id`, which is how the provider recognises it.
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+use waymark_store::{Delivery, OutboxItem, wall_clock_ms};
+
+use crate::config::DirectMail;
+
+pub struct Extractor {
+    folder: PathBuf,
+    every_ms: i64,
+    columns: Option<Vec<String>>,
+    run: tokio::sync::Mutex<Option<Run>>,
+}
+
+struct Run {
+    started: i64,
+    part: PathBuf,
+    writer: csv::Writer<std::fs::File>,
+    /// The data columns this run's header names.
+    columns: Vec<String>,
+    rows: u64,
+}
+
+impl Run {
+    fn finish(self) -> Result<PathBuf, String> {
+        let file = self
+            .writer
+            .into_inner()
+            .map_err(|e| format!("closing {}: {e}", self.part.display()))?;
+        file.sync_all()
+            .map_err(|e| format!("syncing {}: {e}", self.part.display()))?;
+        let done = self.part.with_extension("");
+        std::fs::rename(&self.part, &done)
+            .map_err(|e| format!("renaming {}: {e}", self.part.display()))?;
+        tracing::info!(file = %done.display(), rows = self.rows, "direct mail file complete");
+        Ok(done)
+    }
+}
+
+impl Extractor {
+    pub fn new(config: &DirectMail) -> Result<Self, String> {
+        std::fs::create_dir_all(&config.folder)
+            .map_err(|e| format!("direct_mail.folder {}: {e}", config.folder.display()))?;
+        let every_ms = waymark_core::journey::parse_duration_ms(&config.every)
+            .map_err(|e| format!("direct_mail.every: {e}"))?;
+        if every_ms < 1_000 {
+            return Err("direct_mail.every: at least 1s".into());
+        }
+        // Files a crash left growing are complete as far as they go: hand them over.
+        for entry in std::fs::read_dir(&config.folder)
+            .map_err(|e| format!("direct_mail.folder {}: {e}", config.folder.display()))?
+            .flatten()
+        {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "part") {
+                let _ = std::fs::rename(&path, path.with_extension(""));
+            }
+        }
+        Ok(Self {
+            folder: config.folder.clone(),
+            every_ms,
+            columns: config.columns.clone(),
+            run: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// Ends the current run if its time is up (called on every append and once a second).
+    pub async fn rotate(&self, now: i64) -> Result<(), String> {
+        let mut run = self.run.lock().await;
+        if run
+            .as_ref()
+            .is_some_and(|r| now - r.started >= self.every_ms)
+            && let Some(r) = run.take()
+        {
+            r.finish()?;
+        }
+        Ok(())
+    }
+
+    /// Appends the message as a row of the current run's file and syncs it.
+    pub async fn append(&self, item: &OutboxItem) -> Delivery {
+        let now = wall_clock_ms();
+        if let Err(e) = self.rotate(now).await {
+            return Delivery::Retry {
+                at: now + 5_000,
+                error: e,
+            };
+        }
+        let data = item.effect["content"]["data"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let mut guard = self.run.lock().await;
+        if guard.is_none() {
+            match self.start(now, &data) {
+                Ok(r) => *guard = Some(r),
+                Err(e) => {
+                    return Delivery::Retry {
+                        at: now + 5_000,
+                        error: e,
+                    };
+                }
+            }
+        }
+        let Some(run) = guard.as_mut() else {
+            return Delivery::Failed("no direct mail run".into());
+        };
+        let cell = |v: Option<&Value>| match v {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+        };
+        let mut row = vec![item.key.clone(), item.journey.clone()];
+        row.extend(run.columns.iter().map(|c| cell(data.get(c))));
+        let written = run
+            .writer
+            .write_record(&row)
+            .map_err(|e| e.to_string())
+            .and_then(|()| run.writer.flush().map_err(|e| e.to_string()))
+            .and_then(|()| run.writer.get_ref().sync_data().map_err(|e| e.to_string()));
+        match written {
+            Ok(()) => {
+                run.rows += 1;
+                let file = run.part.with_extension("");
+                Delivery::Delivered(json!({
+                    "file": file.file_name().map(|f| f.to_string_lossy().into_owned()),
+                    "row": run.rows,
+                }))
+            }
+            Err(e) => Delivery::Retry {
+                at: now + 5_000,
+                error: format!("writing {}: {e}", run.part.display()),
+            },
+        }
+    }
+
+    fn start(&self, now: i64, data: &serde_json::Map<String, Value>) -> Result<Run, String> {
+        let columns = self
+            .columns
+            .clone()
+            .unwrap_or_else(|| data.keys().cloned().collect());
+        // 2026-11-29T17:00:00.000Z -> 20261129T170000000Z: sorts by time, no colons.
+        let stamp: String = waymark_core::time::format_iso8601(now)
+            .chars()
+            .filter(|c| !matches!(c, '-' | ':' | '.'))
+            .collect();
+        let part = self.folder.join(format!("direct-mail-{stamp}.csv.part"));
+        let file = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&part)
+            .map_err(|e| format!("creating {}: {e}", part.display()))?;
+        let mut writer = csv::Writer::from_writer(file);
+        let mut header = vec!["message_id".to_owned(), "journey".to_owned()];
+        header.extend(columns.iter().cloned());
+        writer
+            .write_record(&header)
+            .map_err(|e| format!("writing {}: {e}", part.display()))?;
+        // The folder entry must survive a crash too.
+        if let Ok(dir) = std::fs::File::open(&self.folder) {
+            let _ = dir.sync_all();
+        }
+        Ok(Run {
+            started: now,
+            part,
+            writer,
+            columns,
+            rows: 0,
+        })
+    }
+}
+
+/// Ends runs on time even when no message arrives.
+pub async fn rotate_runs(extractor: std::sync::Arc<Extractor>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if let Err(e) = extractor.rotate(wall_clock_ms()).await {
+            tracing::warn!(error = %e, "could not complete a direct mail file");
+        }
+    }
+}
