@@ -84,6 +84,9 @@ pub struct IngestArgs {
     /// Also send an identify with traits every Nth event (0 = never).
     #[arg(long, default_value_t = 10)]
     identify_every: u64,
+    /// Identify events also register a push token (`context.device`, Android: FCM).
+    #[arg(long)]
+    device_tokens: bool,
     /// Append the message ids of every acknowledged request to this file.
     #[arg(long)]
     ack_log: Option<std::path::PathBuf>,
@@ -117,12 +120,16 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     }
 }
 
-fn event(run: &str, n: u64, profiles: u64, identify_every: u64) -> Value {
+fn event(run: &str, n: u64, profiles: u64, identify_every: u64, device_tokens: bool) -> Value {
     let user = format!("{run}-u{}", n % profiles);
     if identify_every > 0 && n.is_multiple_of(identify_every) {
-        json!({"type": "identify", "messageId": format!("{run}-{n}"), "userId": user, "anonymousId": format!("{run}-a{}", n % profiles),
+        let mut e = json!({"type": "identify", "messageId": format!("{run}-{n}"), "userId": user, "anonymousId": format!("{run}-a{}", n % profiles),
             "traits": {"email": format!("{user}@example.com"), "phone": format!("+1555{:07}", n % profiles),
-                       "plan": if n.is_multiple_of(3) { "pro" } else { "free" }, "seq": n}})
+                       "plan": if n.is_multiple_of(3) { "pro" } else { "free" }, "seq": n}});
+        if device_tokens {
+            e["context"] = json!({"device": {"type": "android", "token": format!("{run}-fcm-{}", n % profiles)}});
+        }
+        e
     } else {
         json!({"type": "track", "messageId": format!("{run}-{n}"), "userId": user, "event": "Product Viewed",
             "properties": {"product_id": format!("sku-{}", n % 977), "price": (n % 100) as f64 + 0.99, "currency": "EUR",
@@ -199,7 +206,7 @@ async fn ingest(a: IngestArgs) -> Result<(), String> {
                 let first = r * a.batch_size as u64;
                 let last = (first + a.batch_size as u64).min(a.events);
                 let events: Vec<Value> = (first..last)
-                    .map(|n| event(&run, n, a.profiles, a.identify_every))
+                    .map(|n| event(&run, n, a.profiles, a.identify_every, a.device_tokens))
                     .collect();
                 let (path, body) = if a.batch_size == 1 {
                     let kind = events[0]["type"].as_str().unwrap_or("track");

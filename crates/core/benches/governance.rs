@@ -75,3 +75,26 @@ fn decide_including_the_zone_lookup(bencher: Bencher) {
         p.decide("email", false, now, &zone, &recent)
     });
 }
+
+/// The suppression-list check of a send: normalise the recipient, look it up among the
+/// person's listed addresses (here a list of 100,000 entries, as if every person of a large
+/// plan had been read).
+#[divan::bench]
+fn suppression_check(bencher: Bencher) {
+    let listed: std::collections::HashMap<(String, String), String> = (0..100_000)
+        .map(|i| {
+            (
+                ("email".to_owned(), format!("user{i}@example.com")),
+                "hard_bounce".to_owned(),
+            )
+        })
+        .collect();
+    bencher.bench(|| {
+        let address = waymark_core::governance::suppression_address(
+            divan::black_box("email"),
+            divan::black_box(" User4711@Example.com"),
+        )
+        .expect("address");
+        listed.get(&("email".to_owned(), address)).is_some()
+    });
+}
