@@ -2,7 +2,8 @@
 
 Prints one JSON line with the port, then one JSON line per message received: envelope,
 headers, and each MIME leaf part's content type and decoded body. Recipients starting with
-"bounce" are refused with 550 (a hard bounce).
+"bounce" are refused with 550 (a hard bounce), those starting with "full" with 452 (a
+temporary refusal: mailbox full).
 """
 import email
 import json
@@ -17,6 +18,8 @@ class Handler:
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address.startswith("bounce"):
             return "550 5.1.1 <%s>: no such user" % address
+        if address.startswith("full"):
+            return "452 4.2.2 <%s>: mailbox full" % address
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
