@@ -2255,8 +2255,7 @@ retry_window = "1s"
     let all = messages().await;
     let last_receipt = all
         .iter()
-        .filter(|m| m["journey"] == "receipt")
-        .next_back()
+        .rfind(|m| m["journey"] == "receipt")
         .cloned()
         .unwrap_or_default();
     assert_eq!(
