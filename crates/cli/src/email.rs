@@ -70,18 +70,21 @@ impl Mailer {
         })
     }
 
-    fn unsubscribe_link(&self, to: &str) -> Option<String> {
+    /// The one-click link: it leaves the message's subscription list if it has one (what
+    /// mailbox providers expect: "stop this kind of mail"), else all marketing email.
+    fn unsubscribe_link(&self, to: &str, subscription: Option<&str>) -> Option<String> {
         let (base, secret) = self.unsubscribe.as_ref()?;
         let identity = format!("email:{to}");
+        let scope = subscription.map_or_else(|| "email".to_owned(), |l| format!("list:{l}"));
         let signature = waymark_core::links::sign(
             secret,
-            &waymark_core::links::unsubscribe_payload(&identity, "email"),
+            &waymark_core::links::unsubscribe_payload(&identity, &scope),
         );
         // Query encoding by the URL library, not by hand.
         reqwest::Url::parse_with_params(
             &format!("{base}/v1/unsubscribe"),
             [
-                ("c", "email"),
+                ("c", scope.as_str()),
                 ("i", identity.as_str()),
                 ("s", signature.as_str()),
             ],
@@ -108,7 +111,8 @@ impl Mailer {
         if let Some(r) = &self.reply_to {
             builder = builder.reply_to(r.clone());
         }
-        if let Some(link) = self.unsubscribe_link(to.email.as_ref()) {
+        let subscription = item.effect["subscription"].as_str();
+        if let Some(link) = self.unsubscribe_link(to.email.as_ref(), subscription) {
             builder = builder
                 .raw_header(HeaderValue::new(
                     HeaderName::new_from_ascii_str("List-Unsubscribe"),

@@ -2267,3 +2267,125 @@ retry_window = "1s"
         "{all:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribing_from_a_list_stops_that_list_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smtp = smtp_sink();
+    let smtp_url = format!("smtp://127.0.0.1:{}", smtp.port);
+    let public = "https://waymark.example.com";
+    let server = Server::start_with_env(
+        Launch {
+            data_dir: &dir.path().join("data"),
+            store: None,
+            configured_keys: true,
+        },
+        &[
+            ("WAYMARK_EMAIL__SMTP_URL", &smtp_url),
+            ("WAYMARK_EMAIL__FROM", "hello@example.com"),
+            ("WAYMARK_EMAIL__PUBLIC_URL", public),
+        ],
+    );
+    let c = client();
+    put_template(
+        &c,
+        &server.base,
+        "plain",
+        &json!({"channel": "email", "subject": "{{journey.entry.event}}", "text": "hi"}),
+    )
+    .await;
+    for (key, event, list) in [("news", "News", Some("newsletter")), ("tips", "Tip", None)] {
+        let mut node = json!({"id": "send", "type": "message", "channel": "email", "template": "plain", "next": "done"});
+        if let Some(list) = list {
+            node["subscription"] = json!(list);
+        }
+        put_and_publish(
+            &c,
+            &server.base,
+            &json!({"key": key, "entry": {"event": event}, "properties": {"reentry": "always"},
+                "nodes": [node, {"id": "done", "type": "end"}]}),
+        )
+        .await;
+    }
+    send_batch(
+        &c,
+        &server.base,
+        WRITE_KEY,
+        &json!([
+            {"type": "identify", "userId": "lee", "traits": {"email": "lee@example.com"}},
+            {"type": "track", "userId": "lee", "event": "News"},
+        ]),
+    )
+    .await
+    .expect("ingest");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let link = loop {
+        if let Some(m) = smtp.messages.lock().expect("lock").first() {
+            break m["headers"]["List-Unsubscribe"]
+                .as_str()
+                .expect("header")
+                .trim_matches(['<', '>'])
+                .to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "no email");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(link.contains("c=list%3Anewsletter"), "{link}");
+    let r = c
+        .post(link.replace(public, &server.base))
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .expect("unsubscribe");
+    assert_eq!(r.status(), 200);
+    let (_, lee) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/lee").await;
+    assert_eq!(lee["traits"]["unsubscribed_list_newsletter"], true, "{lee}");
+    assert!(lee["traits"].get("unsubscribed_email").is_none(), "{lee}");
+    send_batch(
+        &c,
+        &server.base,
+        WRITE_KEY,
+        &json!([
+            {"type": "track", "userId": "lee", "event": "News"},
+            {"type": "track", "userId": "lee", "event": "Tip"},
+        ]),
+    )
+    .await
+    .expect("ingest");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while smtp.messages.lock().expect("lock").len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tip did not arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let subjects: Vec<String> = smtp
+        .messages
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|m| {
+            m["headers"]["Subject"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        subjects,
+        ["News", "Tip"],
+        "the second newsletter is not sent, the tip is"
+    );
+    let (_, record) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/lee/messages").await;
+    assert!(
+        record["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .any(|m| m["journey"] == "news"
+                && m["status"] == "suppressed"
+                && m["reason"] == "unsubscribed from newsletter"),
+        "{record}"
+    );
+}

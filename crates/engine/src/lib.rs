@@ -119,6 +119,9 @@ pub enum Effect {
         /// `in_app`: when the message leaves the inbox.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires_at: Option<Millis>,
+        /// The subscription list it belongs to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subscription: Option<String>,
         /// `push`: the person's devices, as (`apns` or `fcm`, token).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         devices: Vec<(String, String)>,
@@ -660,18 +663,27 @@ impl Run<'_> {
                     template,
                     category,
                     expires,
+                    subscription,
                     next,
                 } => {
                     // Consent first: a person who unsubscribed from this channel (a signed
                     // link, an SMS STOP, or an identify setting the trait) gets nothing on it.
-                    let opted_out = format!("unsubscribed_{channel}");
-                    if self
-                        .overlay
-                        .get(&opted_out)
-                        .or_else(|| self.ctx.profile.traits.get(&opted_out))
-                        == Some(&Value::Bool(true))
-                    {
-                        let detail = json!({"reason": "unsubscribed", "channel": channel});
+                    let said_no = |trait_name: &str| {
+                        self.overlay
+                            .get(trait_name)
+                            .or_else(|| self.ctx.profile.traits.get(trait_name))
+                            == Some(&Value::Bool(true))
+                    };
+                    let refused = if said_no(&format!("unsubscribed_{channel}")) {
+                        Some("unsubscribed".to_owned())
+                    } else {
+                        subscription
+                            .as_ref()
+                            .filter(|list| said_no(&format!("unsubscribed_list_{list}")))
+                            .map(|list| format!("unsubscribed from {list}"))
+                    };
+                    if let Some(reason) = refused {
+                        let detail = json!({"reason": reason, "channel": channel});
                         self.step(instance, &id, "suppressed", Some(detail));
                         id = next.clone();
                         continue;
@@ -725,6 +737,7 @@ impl Run<'_> {
                             self.ctx.now + ttl
                         }),
                         devices,
+                        subscription: subscription.clone(),
                     });
                     self.step(
                         instance,

@@ -15,7 +15,7 @@ use crate::error::{ApiError, ErrorBody};
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct UnsubscribeQuery {
-    /// Channel: `email`.
+    /// What to leave: a channel (`email`) or a subscription list (`list:newsletter`).
     pub c: String,
     /// The identity the message went to (`email:ada@example.com`).
     pub i: String,
@@ -230,11 +230,15 @@ async fn record_consent(
     subscribed: bool,
 ) -> Result<(), ApiError> {
     let id = |what: &str| format!("consent-{channel}-{identity}-{}-{what}", wall_clock_ms());
+    // A channel (`email`), or a subscription list (`list:newsletter`).
+    let (trait_name, property) = match channel.strip_prefix("list:") {
+        Some(list) => (format!("unsubscribed_list_{list}"), ("list", list)),
+        None => (format!("unsubscribed_{channel}"), ("channel", channel)),
+    };
     let mut identify = event_for(&identity, EventKind::Identify, id("identify"));
-    identify.traits.insert(
-        format!("unsubscribed_{channel}"),
-        serde_json::Value::Bool(!subscribed),
-    );
+    identify
+        .traits
+        .insert(trait_name, serde_json::Value::Bool(!subscribed));
     let mut track = event_for(&identity, EventKind::Track, id("track"));
     track.name = Some(
         if subscribed {
@@ -245,8 +249,8 @@ async fn record_consent(
         .to_owned(),
     );
     track.properties.insert(
-        "channel".into(),
-        serde_json::Value::String(channel.to_owned()),
+        property.0.into(),
+        serde_json::Value::String(property.1.to_owned()),
     );
     state.store.ingest(vec![identify, track]).await?;
     Ok(())

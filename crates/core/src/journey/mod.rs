@@ -159,6 +159,11 @@ pub enum NodeKind {
         /// (receipts, password resets: they do not; consent still does).
         #[serde(default)]
         category: Category,
+        /// The subscription list this message belongs to (`newsletter`): people with the
+        /// trait `unsubscribed_list_<list>: true` do not get it, and an email's unsubscribe
+        /// link leaves this list only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subscription: Option<String>,
         /// `in_app` only: how long the message stays in the person's inbox (default 30d).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires: Option<DurationText>,

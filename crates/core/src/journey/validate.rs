@@ -291,8 +291,18 @@ fn check_node(journey: &Journey, kind: &NodeKind, at: &dyn Fn(&str) -> String, r
             channel,
             template,
             expires,
+            subscription,
             ..
         } => {
+            if let Some(list) = subscription
+                && !valid_key(list)
+            {
+                r.add(
+                    "invalid_value",
+                    at("subscription"),
+                    format!("subscription list {list:?} must be 1 to 64 of a-z, 0-9, - and _"),
+                );
+            }
             if let Some(e) = expires {
                 if channel != "in_app" {
                     r.add(
