@@ -1344,24 +1344,33 @@ fn tracked_links(html: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn email_opens_and_clicks_come_back_as_events_that_journeys_wait_for() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// The public URL tracked-email servers of these tests sign their links for.
+const PUBLIC_URL: &str = "https://waymark.example.com";
+
+/// A server sending email to a fresh aiosmtpd sink, with links signed for `PUBLIC_URL`.
+fn tracked_email_server(dir: &std::path::Path) -> (SmtpSink, Server) {
     let smtp = smtp_sink();
     let smtp_url = format!("smtp://127.0.0.1:{}", smtp.port);
-    let public = "https://waymark.example.com";
     let server = Server::start_with_env(
         Launch {
-            data_dir: &dir.path().join("data"),
+            data_dir: &dir.join("data"),
             store: None,
             configured_keys: true,
         },
         &[
             ("WAYMARK_EMAIL__SMTP_URL", &smtp_url),
             ("WAYMARK_EMAIL__FROM", "hello@example.com"),
-            ("WAYMARK_EMAIL__PUBLIC_URL", public),
+            ("WAYMARK_EMAIL__PUBLIC_URL", PUBLIC_URL),
         ],
     );
+    (smtp, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_opens_and_clicks_come_back_as_events_that_journeys_wait_for() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (smtp, server) = tracked_email_server(dir.path());
+    let public = PUBLIC_URL;
     let c = client();
     put_template(&c, &server.base, "cart-mail", &json!({"channel": "email",
             "subject": "Your cart",
@@ -2271,21 +2280,8 @@ retry_window = "1s"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsubscribing_from_a_list_stops_that_list_only() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let smtp = smtp_sink();
-    let smtp_url = format!("smtp://127.0.0.1:{}", smtp.port);
-    let public = "https://waymark.example.com";
-    let server = Server::start_with_env(
-        Launch {
-            data_dir: &dir.path().join("data"),
-            store: None,
-            configured_keys: true,
-        },
-        &[
-            ("WAYMARK_EMAIL__SMTP_URL", &smtp_url),
-            ("WAYMARK_EMAIL__FROM", "hello@example.com"),
-            ("WAYMARK_EMAIL__PUBLIC_URL", public),
-        ],
-    );
+    let (smtp, server) = tracked_email_server(dir.path());
+    let public = PUBLIC_URL;
     let c = client();
     put_template(
         &c,
