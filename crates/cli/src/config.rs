@@ -198,8 +198,12 @@ pub struct Push {
     pub fcm_url: String,
     #[serde(default)]
     pub fcm_project_id: Option<String>,
-    /// An OAuth 2 access token for the project's service account
-    /// (`gcloud auth print-access-token`); tokens expire, so refresh it from outside.
+    /// The project's service account key (the JSON file Firebase gives): access tokens
+    /// are obtained and renewed with it (OAuth 2 JWT bearer grant).
+    #[serde(default)]
+    pub fcm_service_account_file: Option<PathBuf>,
+    /// Or a ready OAuth 2 access token (`gcloud auth print-access-token`); it expires, so
+    /// something outside must refresh it.
     #[serde(default)]
     pub fcm_access_token: Option<String>,
     /// Default `https://api.push.apple.com` (`https://api.sandbox.push.apple.com` for
@@ -343,7 +347,7 @@ const ENV_KEYS: [&str; 10] = [
 
 /// Keys whose environment value is taken as written. figment reads `+15550100` or an
 /// all-digit token as a number (dropping the `+`), so these skip its parsing.
-const ENV_TEXT_KEYS: [&str; 31] = [
+const ENV_TEXT_KEYS: [&str; 32] = [
     "data_dir",
     "listen",
     "store",
@@ -370,6 +374,7 @@ const ENV_TEXT_KEYS: [&str; 31] = [
     "push.fcm_url",
     "push.fcm_project_id",
     "push.fcm_access_token",
+    "push.fcm_service_account_file",
     "push.apns_url",
     "push.apns_topic",
     "push.apns_key_file",

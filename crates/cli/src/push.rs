@@ -18,6 +18,7 @@ use crate::dispatch::Retry;
 
 pub struct Pusher {
     config: Push,
+    fcm_account: Option<ServiceAccount>,
     /// HTTP/2 (APNs requires it; over cleartext, as a local stand-in speaks it, by prior
     /// knowledge).
     apns_client: reqwest::Client,
@@ -100,6 +101,92 @@ impl ApnsKey {
     }
 }
 
+/// A Google service account: signs its own OAuth 2 assertion (RS256, with ring, as the
+/// APNs token above) and trades it at `token_uri` for an access token, kept until five
+/// minutes before it expires.
+struct ServiceAccount {
+    email: String,
+    token_uri: String,
+    key: ring::signature::RsaKeyPair,
+    token: tokio::sync::Mutex<Option<(i64, String)>>,
+}
+
+const FCM_SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
+
+impl ServiceAccount {
+    fn load(path: &std::path::Path) -> Result<Self, String> {
+        use rustls_pki_types::PrivatePkcs8KeyDer;
+        use rustls_pki_types::pem::PemObject;
+        let what = |e: &dyn std::fmt::Display| {
+            format!("push.fcm_service_account_file {}: {e}", path.display())
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| what(&e))?;
+        let json: Value = serde_json::from_str(&text).map_err(|e| what(&e))?;
+        let field = |name: &str| {
+            json[name]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| what(&format!("no {name}")))
+        };
+        let pem = field("private_key")?;
+        let der = PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| what(&e))?;
+        let key = ring::signature::RsaKeyPair::from_pkcs8(der.secret_pkcs8_der())
+            .map_err(|e| what(&format!("private_key is not an RSA key: {e}")))?;
+        Ok(Self {
+            email: field("client_email")?,
+            token_uri: field("token_uri")?,
+            key,
+            token: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    async fn access_token(&self, client: &reqwest::Client) -> Result<String, String> {
+        let now = waymark_store::wall_clock_ms() / 1000;
+        let mut cached = self.token.lock().await;
+        if let Some((until, token)) = cached.as_ref()
+            && now < *until
+        {
+            return Ok(token.clone());
+        }
+        let header = json!({"alg": "RS256", "typ": "JWT"});
+        let claims = json!({"iss": self.email, "scope": FCM_SCOPE, "aud": self.token_uri,
+            "iat": now, "exp": now + 3600});
+        let signing_input = format!(
+            "{}.{}",
+            b64url(header.to_string().as_bytes()),
+            b64url(claims.to_string().as_bytes())
+        );
+        let mut signature = vec![0; self.key.public().modulus_len()];
+        self.key
+            .sign(
+                &ring::signature::RSA_PKCS1_SHA256,
+                &ring::rand::SystemRandom::new(),
+                signing_input.as_bytes(),
+                &mut signature,
+            )
+            .map_err(|_| "signing the service account assertion failed".to_owned())?;
+        let assertion = format!("{signing_input}.{}", b64url(&signature));
+        let response = client
+            .post(&self.token_uri)
+            .timeout(Duration::from_secs(15))
+            .form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                ("assertion", assertion.as_str()),
+            ])
+            .send()
+            .await
+            .map_err(|e| format!("token request: {}", crate::dispatch::with_causes(&e)))?;
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        let (Some(token), true) = (answer["access_token"].as_str(), status.is_success()) else {
+            return Err(format!("token request: HTTP {status} {}", answer["error"]));
+        };
+        let lifetime = answer["expires_in"].as_i64().unwrap_or(3600);
+        *cached = Some((now + lifetime - 300, token.to_owned()));
+        Ok(token.to_owned())
+    }
+}
+
 /// How one device answered.
 enum Answer {
     Sent(Value),
@@ -118,10 +205,17 @@ impl Pusher {
         let apns_client = builder
             .build()
             .map_err(|e| format!("cannot build the APNs HTTP client: {e}"))?;
-        if config.fcm_project_id.is_some() != config.fcm_access_token.is_some() {
-            return Err("push.fcm_project_id and push.fcm_access_token go together".into());
+        let fcm_account = config
+            .fcm_service_account_file
+            .as_deref()
+            .map(ServiceAccount::load)
+            .transpose()?;
+        let credentials = fcm_account.is_some() || config.fcm_access_token.is_some();
+        if config.fcm_project_id.is_some() != credentials {
+            return Err("push.fcm_project_id goes with push.fcm_service_account_file (or push.fcm_access_token)".into());
         }
         Ok(Self {
+            fcm_account,
             apns_key: ApnsKey::load(config)?,
             config: config.clone(),
             apns_client,
@@ -190,10 +284,17 @@ impl Pusher {
         data: &Value,
         collapse: &str,
     ) -> Answer {
-        let (Some(project), Some(access_token)) =
-            (&self.config.fcm_project_id, &self.config.fcm_access_token)
-        else {
+        let Some(project) = &self.config.fcm_project_id else {
             return Answer::Failed("FCM is not configured (push.fcm_project_id)".into());
+        };
+        let access_token = match (&self.fcm_account, &self.config.fcm_access_token) {
+            (Some(account), _) => match account.access_token(client).await {
+                Ok(t) => t,
+                // Google's token endpoint may be down for a moment: try again later.
+                Err(e) => return Answer::Retry(e),
+            },
+            (None, Some(t)) => t.clone(),
+            (None, None) => return Answer::Failed("FCM has no credentials".into()),
         };
         // FCM data values must be strings.
         let data: serde_json::Map<String, Value> = data

@@ -1635,10 +1635,10 @@ type PushLog = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String, Valu
 
 /// FCM HTTP v1 and APNs stand-ins on one loopback server (HTTP/1.1 and HTTP/2 cleartext).
 /// Tokens starting with "dead" are answered as the providers answer unregistered ones.
-async fn push_providers() -> (String, PushLog) {
+async fn push_providers(service_account_public_key: Vec<u8>) -> (String, PushLog) {
     use axum::http::StatusCode;
     let log: PushLog = Default::default();
-    let (fcm_log, apns_log) = (log.clone(), log.clone());
+    let (fcm_log, apns_log, token_log) = (log.clone(), log.clone(), log.clone());
     let headers_json = |h: &axum::http::HeaderMap| -> Value {
         h.iter()
             .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or_default())))
@@ -1646,6 +1646,35 @@ async fn push_providers() -> (String, PushLog) {
             .into()
     };
     let app = axum::Router::new()
+        // Google's OAuth 2 token endpoint: a JWT bearer assertion signed RS256 by the
+        // service account's key buys an access token.
+        .route(
+            "/token",
+            axum::routing::post(
+                move |axum::extract::Form(form): axum::extract::Form<std::collections::HashMap<String, String>>| {
+                    let (log, public) = (token_log.clone(), service_account_public_key.clone());
+                    async move {
+                        use base64::Engine;
+                        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+                        let assertion = form.get("assertion").cloned().unwrap_or_default();
+                        let parts: Vec<&str> = assertion.split('.').collect();
+                        let claims: Value = parts.get(1).and_then(|p| b64.decode(p).ok())
+                            .and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+                        let signed = parts.len() == 3
+                            && ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PKCS1_2048_8192_SHA256, &public)
+                                .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &b64.decode(parts[2]).unwrap_or_default())
+                                .is_ok();
+                        log.lock().expect("lock").push(("token".into(), String::new(), String::new(), json!(form), claims.clone()));
+                        let grant = form.get("grant_type").map(String::as_str) == Some("urn:ietf:params:oauth:grant-type:jwt-bearer");
+                        if !signed || !grant || claims["iss"] != "fcm@proj.iam.gserviceaccount.com"
+                            || claims["scope"] != "https://www.googleapis.com/auth/firebase.messaging" {
+                            return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "invalid_grant"})));
+                        }
+                        (StatusCode::OK, axum::Json(json!({"access_token": "sa-access", "expires_in": 3599, "token_type": "Bearer"})))
+                    }
+                },
+            ),
+        )
         .route(
             "/v1/projects/{project}/messages:send",
             axum::routing::post(
@@ -1659,7 +1688,7 @@ async fn push_providers() -> (String, PushLog) {
                         let body: Value = serde_json::from_slice(&bytes).unwrap_or_default();
                         let token = body["message"]["token"].as_str().unwrap_or_default().to_owned();
                         log.lock().expect("lock").push(("fcm".into(), token.clone(), version, headers.clone(), body));
-                        if project != "proj" || headers["authorization"] != "Bearer fcm-access" {
+                        if project != "proj" || headers["authorization"] != "Bearer sa-access" {
                             return (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": {"status": "UNAUTHENTICATED"}})));
                         }
                         if token.starts_with("dead") {
@@ -1723,7 +1752,38 @@ async fn push_reaches_fcm_and_apns_with_their_payloads_and_dead_tokens_are_remov
         .expect("openssl")
         .stdout;
     let public_point = spki[spki.len() - 65..].to_vec();
-    let (providers, log) = push_providers().await;
+    // A Firebase service account key (RSA), as the JSON file Google hands out.
+    let rsa_key = dir.path().join("sa.pem");
+    let status = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&rsa_key)
+        .status()
+        .expect("openssl");
+    assert!(status.success());
+    let rsa_public = std::process::Command::new("openssl")
+        .args(["rsa", "-RSAPublicKey_out", "-outform", "DER", "-in"])
+        .arg(&rsa_key)
+        .output()
+        .expect("openssl")
+        .stdout;
+    let (providers, log) = push_providers(rsa_public).await;
+    let account = dir.path().join("service-account.json");
+    std::fs::write(
+        &account,
+        json!({"type": "service_account", "project_id": "proj",
+            "client_email": "fcm@proj.iam.gserviceaccount.com",
+            "private_key": std::fs::read_to_string(&rsa_key).expect("key"),
+            "token_uri": format!("{providers}/token")})
+        .to_string(),
+    )
+    .expect("account");
     let server = Server::start_with_env(
         Launch {
             data_dir: &dir.path().join("data"),
@@ -1733,7 +1793,10 @@ async fn push_reaches_fcm_and_apns_with_their_payloads_and_dead_tokens_are_remov
         &[
             ("WAYMARK_PUSH__FCM_URL", &providers),
             ("WAYMARK_PUSH__FCM_PROJECT_ID", "proj"),
-            ("WAYMARK_PUSH__FCM_ACCESS_TOKEN", "fcm-access"),
+            (
+                "WAYMARK_PUSH__FCM_SERVICE_ACCOUNT_FILE",
+                account.to_str().expect("path"),
+            ),
             ("WAYMARK_PUSH__APNS_URL", &providers),
             ("WAYMARK_PUSH__APNS_TOPIC", "com.example.app"),
             (
@@ -1782,7 +1845,15 @@ async fn push_reaches_fcm_and_apns_with_their_payloads_and_dead_tokens_are_remov
     };
     // FCM HTTP v1: the documented message shape, data values as strings.
     let (_, _, _, headers, body) = find("fcm", "fcm-ann-1");
-    assert_eq!(headers["authorization"], "Bearer fcm-access");
+    assert_eq!(
+        headers["authorization"], "Bearer sa-access",
+        "the token bought with the service account"
+    );
+    let tokens = log.iter().filter(|(p, ..)| p == "token").count();
+    assert_eq!(
+        tokens, 1,
+        "one access token, reused for every send: {log:?}"
+    );
     let m = &body["message"];
     assert_eq!(
         m["notification"],
