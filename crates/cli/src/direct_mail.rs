@@ -82,7 +82,7 @@ impl Extractor {
             .is_some_and(|r| now - r.started >= self.every_ms)
             && let Some(r) = run.take()
         {
-            r.finish()?;
+            tokio::task::block_in_place(|| r.finish())?;
         }
         Ok(())
     }
@@ -102,7 +102,7 @@ impl Extractor {
             .unwrap_or_default();
         let mut guard = self.run.lock().await;
         if guard.is_none() {
-            match self.start(now, &data) {
+            match tokio::task::block_in_place(|| self.start(now, &data)) {
                 Ok(r) => *guard = Some(r),
                 Err(e) => {
                     return Delivery::Retry {
@@ -122,12 +122,15 @@ impl Extractor {
         };
         let mut row = vec![item.key.clone(), item.journey.clone()];
         row.extend(run.columns.iter().map(|c| cell(data.get(c))));
-        let written = run
-            .writer
-            .write_record(&row)
-            .map_err(|e| e.to_string())
-            .and_then(|()| run.writer.flush().map_err(|e| e.to_string()))
-            .and_then(|()| run.writer.get_ref().sync_data().map_err(|e| e.to_string()));
+        // File writes and fsync block: tell the runtime, so other tasks move to other
+        // workers meanwhile.
+        let written = tokio::task::block_in_place(|| {
+            run.writer
+                .write_record(&row)
+                .map_err(|e| e.to_string())
+                .and_then(|()| run.writer.flush().map_err(|e| e.to_string()))
+                .and_then(|()| run.writer.get_ref().sync_data().map_err(|e| e.to_string()))
+        });
         match written {
             Ok(()) => {
                 run.rows += 1;
