@@ -48,6 +48,9 @@ pub struct CompiledJourney {
     pub(crate) webhooks: HashMap<usize, (JsonTemplate, Option<JsonTemplate>)>,
     /// Pinned message templates, by key (partials are compiled into them).
     pub(crate) contents: HashMap<String, waymark_core::content::CompiledContent>,
+    /// Whether a message node sends to an address (email, sms): only then do plans need
+    /// the people's suppression list entries.
+    pub(crate) addressed: bool,
 }
 
 impl CompiledJourney {
@@ -184,7 +187,12 @@ pub fn compile(doc: Journey, version: u32) -> Result<CompiledJourney, Vec<FieldE
         Some("profile") => Zone::Profile,
         Some(name) => Zone::Fixed(jiff::tz::TimeZone::get(name).unwrap_or(jiff::tz::TimeZone::UTC)),
     };
+    let addressed = doc.nodes.iter().any(|n| {
+        matches!(&n.kind, NodeKind::Message { channel, .. }
+            if waymark_core::governance::SUPPRESSIBLE.iter().any(|(c, _)| c == channel))
+    });
     Ok(CompiledJourney {
+        addressed,
         timeout_ms: p.timeout.as_ref().map_or(DEFAULT_TIMEOUT_MS, |t| ms(&t.0)),
         start_at: p.start_at.as_deref().and_then(parse_iso8601),
         end_at: p.end_at.as_deref().and_then(parse_iso8601),

@@ -114,6 +114,12 @@ impl Catalog {
     pub fn is_empty(&self) -> bool {
         self.active_keys().next().is_none()
     }
+
+    /// Whether any version in the catalog may send to an address, i.e. whether a plan
+    /// needs the people's suppression list entries read at all.
+    pub fn sends_to_addresses(&self) -> bool {
+        self.versions.values().any(|v| v.addressed)
+    }
 }
 
 /// What every plan needs besides the rows it reads, kept by a store across transactions:

@@ -9,7 +9,6 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 use waymark_core::Identity;
-use waymark_core::event::EventKind;
 use waymark_core::time::format_iso8601;
 use waymark_store::{InboxMark, OutboxEntry, wall_clock_ms};
 
@@ -154,13 +153,16 @@ pub async fn mark(
         .store
         .mark_inbox(&message, &entry.row.profile_id, true, dismiss, now)
         .await?;
-    let mut e = crate::links::event_for(&id, EventKind::Track, format!("inbox-{action}-{message}"));
-    e.name = Some(event.to_owned());
-    e.properties
-        .insert("message".into(), message.clone().into());
-    e.properties
-        .insert("journey".into(), entry.row.journey.clone().into());
-    e.properties.insert("channel".into(), "in_app".into());
+    let e = crate::links::track_event(
+        &id,
+        event,
+        format!("inbox-{action}-{message}"),
+        [
+            ("message", message.clone().into()),
+            ("journey", entry.row.journey.clone().into()),
+            ("channel", "in_app".into()),
+        ],
+    );
     state.store.ingest(vec![e]).await?;
     Ok(axum::Json(view(&entry, mark)))
 }

@@ -34,10 +34,7 @@ pub async fn unsubscribe(
     State(state): State<AppState>,
     Query(q): Query<UnsubscribeQuery>,
 ) -> Result<&'static str, ApiError> {
-    let secret = state
-        .link_secret
-        .as_ref()
-        .ok_or_else(|| ApiError::forbidden("this server signs no links"))?;
+    let secret = link_secret(&state)?;
     if !links::verify(secret, &links::unsubscribe_payload(&q.i, &q.c), &q.s) {
         return Err(ApiError::forbidden("the link is not valid"));
     }
@@ -88,12 +85,17 @@ async fn record_engagement(
     headers: &axum::http::HeaderMap,
 ) -> Result<(), ApiError> {
     let identity = link_identity(&q.i)?;
-    let mut event = event_for(&identity, EventKind::Track, message_id);
-    event.name = Some(name.to_owned());
+    let mut event = track_event(
+        &identity,
+        name,
+        message_id,
+        [
+            ("message", q.m.clone().into()),
+            ("journey", q.j.clone().into()),
+            ("channel", "email".into()),
+        ],
+    );
     let props = &mut event.properties;
-    props.insert("message".into(), q.m.clone().into());
-    props.insert("journey".into(), q.j.clone().into());
-    props.insert("channel".into(), "email".into());
     if let Some(u) = &q.u {
         props.insert("url".into(), u.clone().into());
     }
@@ -199,7 +201,22 @@ pub async fn email_click(
 }
 
 /// An event about one identity, received now (not from a Segment client).
-pub(crate) fn event_for(identity: &Identity, kind: EventKind, message_id: String) -> Event {
+/// A track event about one identity, received now, with these properties.
+pub(crate) fn track_event<'a>(
+    identity: &Identity,
+    name: &str,
+    message_id: String,
+    properties: impl IntoIterator<Item = (&'a str, serde_json::Value)>,
+) -> Event {
+    let mut event = event_for(identity, EventKind::Track, message_id);
+    event.name = Some(name.to_owned());
+    event
+        .properties
+        .extend(properties.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    event
+}
+
+fn event_for(identity: &Identity, kind: EventKind, message_id: String) -> Event {
     let now = wall_clock_ms();
     Event {
         message_id,
@@ -239,18 +256,16 @@ async fn record_consent(
     identify
         .traits
         .insert(trait_name, serde_json::Value::Bool(!subscribed));
-    let mut track = event_for(&identity, EventKind::Track, id("track"));
-    track.name = Some(
-        if subscribed {
-            "Subscribed"
-        } else {
-            "Unsubscribed"
-        }
-        .to_owned(),
-    );
-    track.properties.insert(
-        property.0.into(),
-        serde_json::Value::String(property.1.to_owned()),
+    let name = if subscribed {
+        "Subscribed"
+    } else {
+        "Unsubscribed"
+    };
+    let track = track_event(
+        &identity,
+        name,
+        id("track"),
+        [(property.0, property.1.into())],
     );
     state.store.ingest(vec![identify, track]).await?;
     Ok(())
@@ -332,11 +347,7 @@ pub async fn sms_inbound(
                 "" => format!("sms-{from}-{}", wall_clock_ms()),
                 sid => format!("sms-{sid}"),
             };
-            let mut received = event_for(&from, EventKind::Track, id);
-            received.name = Some("SMS Received".into());
-            received
-                .properties
-                .insert("body".into(), serde_json::Value::String(body.to_owned()));
+            let received = track_event(&from, "SMS Received", id, [("body", body.into())]);
             state.store.ingest(vec![received]).await?;
             Ok(twiml(None))
         }

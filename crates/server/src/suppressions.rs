@@ -72,15 +72,21 @@ pub struct SuppressBody {
     pub detail: Option<String>,
 }
 
-fn address(channel: &str, raw: &str) -> Result<String, ApiError> {
-    suppression_address(channel, raw).map_err(|m| {
-        let field = if m.contains("channel") {
-            "channel"
-        } else {
-            "address"
-        };
-        ApiError::field("invalid_address", field, m)
-    })
+fn channel(name: &str) -> Result<(), ApiError> {
+    if SUPPRESSIBLE.iter().any(|(known, _)| *known == name) {
+        Ok(())
+    } else {
+        Err(ApiError::field(
+            "invalid_channel",
+            "channel",
+            format!("channel {name:?} has no suppression list (email, sms)"),
+        ))
+    }
+}
+
+fn address(name: &str, raw: &str) -> Result<String, ApiError> {
+    channel(name)?;
+    suppression_address(name, raw).map_err(|m| ApiError::field("invalid_address", "address", m))
 }
 
 /// Lists the suppression list in (channel, address) order, a page at a time.
@@ -101,14 +107,8 @@ pub async fn list(
             "must be 1 to 1000",
         ));
     }
-    if let Some(c) = &q.channel
-        && !SUPPRESSIBLE.iter().any(|(known, _)| known == c)
-    {
-        return Err(ApiError::field(
-            "invalid_channel",
-            "channel",
-            format!("channel {c:?} has no suppression list (email, sms)"),
-        ));
+    if let Some(c) = &q.channel {
+        channel(c)?;
     }
     let after = match &q.after {
         None => None,

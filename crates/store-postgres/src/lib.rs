@@ -9,6 +9,7 @@
 //! few races left (two transactions inserting the same message id) end in a unique
 //! violation, which is retried the same way.
 
+mod inbox;
 mod journeys;
 mod runs;
 mod schema;
@@ -688,7 +689,7 @@ impl InboxStore for PostgresStore {
         now: Millis,
     ) -> Result<InboxMark, StoreError> {
         let client = self.client().await?;
-        suppressions::mark_inbox(&client, key, profile_id, read, dismissed, now).await
+        inbox::mark_inbox(&client, key, profile_id, read, dismissed, now).await
     }
 
     async fn inbox_marks(
@@ -696,7 +697,7 @@ impl InboxStore for PostgresStore {
         keys: &[String],
     ) -> Result<std::collections::HashMap<String, InboxMark>, StoreError> {
         let client = self.client().await?;
-        suppressions::inbox_marks(&client, keys).await
+        inbox::inbox_marks(&client, keys).await
     }
 }
 

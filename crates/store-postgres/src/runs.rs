@@ -192,6 +192,9 @@ async fn add_people(
 ) -> Result<(), Abort> {
     let ids: Vec<&str> = people.iter().map(|p| p.id.as_str()).collect();
     add_recent_messages(client, runtime, catalog, &ids, now).await?;
+    if !catalog.sends_to_addresses() {
+        return Ok(());
+    }
     let (mut channels, mut addresses) = (Vec::new(), Vec::new());
     for p in people {
         for (channel, address) in waymark_engine::run::addresses(p) {

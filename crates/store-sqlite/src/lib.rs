@@ -5,6 +5,7 @@
 //! one fsync, and each is answered only after that commit. Reads use a small pool of
 //! read-only connections, which WAL lets run beside the writer.
 
+mod inbox;
 mod journeys;
 mod runs;
 mod schema;
@@ -425,7 +426,7 @@ impl InboxStore for SqliteStore {
         now: Millis,
     ) -> Result<InboxMark, StoreError> {
         let (key, profile_id) = (key.to_owned(), profile_id.to_owned());
-        self.write(move |tx| suppressions::mark_inbox(tx, &key, &profile_id, read, dismissed, now))
+        self.write(move |tx| inbox::mark_inbox(tx, &key, &profile_id, read, dismissed, now))
             .await
     }
 
@@ -434,8 +435,7 @@ impl InboxStore for SqliteStore {
         keys: &[String],
     ) -> Result<std::collections::HashMap<String, InboxMark>, StoreError> {
         let keys = keys.to_vec();
-        self.read(move |conn| suppressions::inbox_marks(conn, &keys))
-            .await
+        self.read(move |conn| inbox::inbox_marks(conn, &keys)).await
     }
 }
 

@@ -132,6 +132,9 @@ fn add_people<'a>(
         people.clone().into_iter().map(|p| p.id.as_str()),
         now,
     )?;
+    if !catalog.sends_to_addresses() {
+        return Ok(());
+    }
     for p in people {
         crate::suppressions::listed(conn, &addresses(p), &mut catalog.suppressed)?;
     }
