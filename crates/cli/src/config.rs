@@ -75,9 +75,15 @@ impl Governance {
     ) -> Result<std::collections::HashMap<String, crate::dispatch::Pace>, String> {
         let mut out = std::collections::HashMap::new();
         for (channel, rate) in &self.throttle {
-            if !["email", "sms", "in_app"].contains(&channel.as_str()) {
+            // Every journey channel but `log`, which sends nothing.
+            let sending = waymark_core::journey::CHANNELS
+                .iter()
+                .filter(|c| **c != "log");
+            if !sending.clone().any(|c| c == channel) {
+                let known: Vec<&str> = sending.copied().collect();
                 return Err(format!(
-                    "governance.throttle.{channel}: not a channel that sends (email, sms)"
+                    "governance.throttle.{channel}: not a channel that sends ({})",
+                    known.join(", ")
                 ));
             }
             if *rate == 0 {
@@ -332,7 +338,7 @@ impl Default for Config {
 
 /// The environment variables read, after the `WAYMARK_` prefix (`__` nests: `WAYMARK_RETENTION__MAX_EVENT_AGE_DAYS`).
 /// Other `WAYMARK_*` variables (e.g. `WAYMARK_LOG`) are not configuration keys.
-const ENV_KEYS: [&str; 10] = [
+const ENV_KEYS: [&str; 12] = [
     "write_keys",
     "admin_tokens",
     "partitions",
@@ -342,6 +348,8 @@ const ENV_KEYS: [&str; 10] = [
     "governance.throttle.email",
     "governance.throttle.sms",
     "governance.throttle.in_app",
+    "governance.throttle.push",
+    "governance.throttle.direct_mail",
     "email.pool_size",
 ];
 
