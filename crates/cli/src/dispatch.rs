@@ -261,7 +261,7 @@ async fn record_outcomes(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::Recei
     let mut batch = Vec::with_capacity(RECORD_BATCH);
     while rx.recv_many(&mut batch, RECORD_BATCH).await > 0 {
         let mut permits = Vec::with_capacity(batch.len());
-        let done: Vec<(OutboxItem, Delivery)> = batch
+        let done: Arc<[(OutboxItem, Delivery)]> = batch
             .drain(..)
             .map(|(item, delivery, permit)| {
                 permits.push(permit);
@@ -269,12 +269,35 @@ async fn record_outcomes(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::Recei
             })
             .collect();
         let count = done.len();
-        if let Err(e) = store.complete_outbox_many(done, wall_clock_ms()).await {
-            // Their leases will run out and the rows will be delivered again.
-            tracing::warn!(error = %e, deliveries = count, "recording deliveries failed");
-        }
+        record_with_retries(store.as_ref(), done).await;
         metrics::histogram!("waymark_outbox_record_batch_size").record(count as f64);
         drop(permits);
+    }
+}
+
+/// Pauses between attempts to record a batch of outcomes, after a failed commit.
+const RECORD_RETRY_PAUSES_MS: [u64; 6] = [20, 50, 100, 250, 500, 1_000];
+
+/// The calls were made, so their outcomes are worth a few more tries: a batch left
+/// unrecorded waits for its leases (minutes) and is then delivered again. Completing an
+/// outbox row is idempotent (only a pending row changes), so rows a failed try did
+/// record are skipped by the next.
+async fn record_with_retries(store: &dyn Store, done: Arc<[(OutboxItem, Delivery)]>) {
+    let count = done.len();
+    for (attempt, pause) in RECORD_RETRY_PAUSES_MS.iter().enumerate() {
+        match store
+            .complete_outbox_many(done.clone(), wall_clock_ms())
+            .await
+        {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, deliveries = count, attempt = attempt + 1, "recording deliveries failed; trying again");
+                tokio::time::sleep(Duration::from_millis(*pause)).await;
+            }
+        }
+    }
+    if let Err(e) = store.complete_outbox_many(done, wall_clock_ms()).await {
+        tracing::error!(error = %e, deliveries = count, "recording deliveries failed; their leases will run out and they will be delivered again");
     }
 }
 

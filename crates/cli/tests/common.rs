@@ -16,6 +16,8 @@ pub struct Server {
     pub child: Child,
     pub base: String,
     pub stdout: Vec<String>,
+    /// The server's stderr (its log), shown when a test fails with the server still up.
+    pub log: PathBuf,
 }
 
 pub struct Launch<'a> {
@@ -75,6 +77,7 @@ impl Server {
             child,
             base,
             stdout: seen,
+            log: launch.data_dir.with_extension("log"),
         }
     }
 
@@ -103,6 +106,19 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The data folder (and the log beside it) goes with the test's temporary folder,
+        // so a failing test prints the log's tail while it still exists.
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(80)..];
+            eprintln!(
+                "--- last {} lines of {} ---\n{}",
+                tail.len(),
+                self.log.display(),
+                tail.join("\n")
+            );
+        }
     }
 }
 

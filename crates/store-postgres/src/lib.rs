@@ -897,12 +897,20 @@ impl OutboxStore for PostgresStore {
         limit: u32,
         lease_ms: Millis,
     ) -> Result<Vec<OutboxItem>, StoreError> {
-        let client = self.client().await?;
-        match runs::claim(&client, now, limit, lease_ms).await {
-            Ok(items) => Ok(items),
-            Err(Abort::Retry(why)) => Err(StoreError::Unavailable(why.into())),
-            Err(Abort::Fail(e)) => Err(e),
-        }
+        // An explicit transaction, not an autocommit statement: PostgreSQL finishes a
+        // statement it has received even if the client has died, so a claim sent just
+        // before a kill -9 could commit after the next process released the old leases,
+        // holding those rows for a whole lease. A transaction whose COMMIT never arrives
+        // rolls back when the connection drops.
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_error)?;
+        let items = match runs::claim(&tx, now, limit, lease_ms).await {
+            Ok(items) => items,
+            Err(Abort::Retry(why)) => return Err(StoreError::Unavailable(why.into())),
+            Err(Abort::Fail(e)) => return Err(e),
+        };
+        tx.commit().await.map_err(db_error)?;
+        Ok(items)
     }
 
     async fn release_outbox_leases(&self) -> Result<u64, StoreError> {
@@ -940,21 +948,21 @@ impl OutboxStore for PostgresStore {
     /// person's run in the order given.
     async fn complete_outbox_many(
         &self,
-        done: Vec<(OutboxItem, Delivery)>,
+        done: Arc<[(OutboxItem, Delivery)]>,
         now: Millis,
     ) -> Result<(), StoreError> {
-        let mut by_person: Vec<Vec<(OutboxItem, Delivery)>> = Vec::new();
+        let mut by_person: Vec<Vec<&(OutboxItem, Delivery)>> = Vec::new();
         let mut slot: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-        for (item, delivery) in done {
-            let i = *slot.entry(item.profile_id.clone()).or_insert_with(|| {
+        for pair in done.iter() {
+            let i = *slot.entry(pair.0.profile_id.clone()).or_insert_with(|| {
                 by_person.push(Vec::new());
                 by_person.len() - 1
             });
-            by_person[i].push((item, delivery));
+            by_person[i].push(pair);
         }
         let results = futures::future::join_all(by_person.into_iter().map(|group| async move {
             for (item, delivery) in group {
-                self.complete_outbox(&item, delivery, now).await?;
+                self.complete_outbox(item, delivery.clone(), now).await?;
             }
             Ok::<(), StoreError>(())
         }))

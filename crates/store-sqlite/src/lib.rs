@@ -14,7 +14,7 @@ mod templates;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
@@ -565,7 +565,7 @@ impl OutboxStore for SqliteStore {
 
     async fn complete_outbox_many(
         &self,
-        done: Vec<(OutboxItem, Delivery)>,
+        done: Arc<[(OutboxItem, Delivery)]>,
         now: Millis,
     ) -> Result<(), StoreError> {
         let cache = self.cache.clone();

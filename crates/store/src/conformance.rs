@@ -1032,7 +1032,8 @@ pub async fn outbox_claims_leases_and_completes_effects(b: &impl Backend) {
                 },
             ),
             (ok, Delivery::Delivered(json!({"n": 2}))),
-        ],
+        ]
+        .into(),
         now,
     )
     .await

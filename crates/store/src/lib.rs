@@ -436,16 +436,18 @@ pub trait OutboxStore: Send + Sync {
         delivery: Delivery,
         now: Millis,
     ) -> Result<(), StoreError> {
-        self.complete_outbox_many(vec![(item.clone(), delivery)], now)
+        self.complete_outbox_many(std::sync::Arc::new([(item.clone(), delivery)]), now)
             .await
     }
 
     /// Records many outcomes as `complete_outbox` would one by one; a backend may commit
     /// them in one transaction. On error, some may not be recorded (their leases run out
     /// and they are delivered again).
+    ///
+    /// The batch is shared so a caller can try it again after an error without copying it.
     async fn complete_outbox_many(
         &self,
-        done: Vec<(OutboxItem, Delivery)>,
+        done: std::sync::Arc<[(OutboxItem, Delivery)]>,
         now: Millis,
     ) -> Result<(), StoreError>;
 }
