@@ -11,6 +11,9 @@ pub mod run;
 pub mod simulate;
 pub mod stats;
 
+use std::sync::OnceLock;
+
+use cel::common::value::{CowVal, Val};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use waymark_core::journey::NodeKind;
@@ -49,6 +52,13 @@ pub struct Instance {
     pub context: Map<String, Value>,
     pub steps: Vec<Step>,
     pub last_timer: u64,
+    /// The deadline timer is not stored yet. It is stored when the instance first waits on
+    /// a timer (or an event) in the future: an instance that ends within its input, or
+    /// waits only on its webhooks (which the outbox always brings back, by their retry
+    /// policy), never needs it, and its row would be written and deleted for nothing.
+    /// Absent in states written before this field existed, whose deadline was stored at entry.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deadline_pending: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,9 +205,9 @@ pub fn apply(
         ctx,
         effects: Vec::new(),
         overlay: Map::new(),
-        cel_event: None,
-        cel_profile: None,
-        cel_journey: None,
+        cel_event: OnceLock::new(),
+        cel_profile: OnceLock::new(),
+        cel_journey: OnceLock::new(),
     };
     let may_enter = run.may_enter(state);
     let active = state
@@ -255,9 +265,47 @@ struct Run<'a> {
     effects: Vec<Effect>,
     /// Traits set by update_profile nodes during this input, visible to later conditions.
     overlay: Map<String, Value>,
-    cel_event: Option<cel::Value>,
-    cel_profile: Option<cel::Value>,
-    cel_journey: Option<cel::Value>,
+    /// CEL values of `event`, `profile` and `journey`, built when an expression of this
+    /// input first reads them (see [`Run::eval`]).
+    cel_event: OnceLock<CelVar>,
+    cel_profile: OnceLock<CelVar>,
+    cel_journey: OnceLock<CelVar>,
+}
+
+/// A variable converted for CEL, or why it could not be.
+type CelVar = Result<Box<dyn Val>, String>;
+
+fn cel_var(v: &impl Serialize) -> CelVar {
+    let value = cel::to_value(v).map_err(|e| e.to_string())?;
+    Box::<dyn Val>::try_from(value).map_err(|e| e.to_string())
+}
+
+/// Hands an expression the variables it reads, converting each on first use: converting
+/// the event and the profile is most of an evaluation's cost, and most expressions read
+/// one of them, or only part of the data.
+struct CelVars<'r, 'a> {
+    run: &'r Run<'a>,
+    event: Option<&'r Value>,
+    journey: &'r Map<String, Value>,
+    now: Box<dyn Val>,
+}
+
+impl cel::context::VariableResolver for CelVars<'_, '_> {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        let run = self.run;
+        let var = match variable {
+            "event" => run
+                .cel_event
+                .get_or_init(|| cel_var(self.event.unwrap_or(&Value::Null))),
+            "profile" => run.cel_profile.get_or_init(|| cel_var(&run.profile_json())),
+            "journey" => run.cel_journey.get_or_init(|| cel_var(self.journey)),
+            "now" => return Some(CowVal::Borrowed(self.now.as_ref())),
+            _ => return None,
+        };
+        // A value that could not be converted reads as undeclared: the expression errs,
+        // and the error is recorded like any other runtime error.
+        var.as_ref().ok().map(|v| CowVal::Borrowed(v.as_ref()))
+    }
 }
 
 impl Run<'_> {
@@ -309,36 +357,24 @@ impl Run<'_> {
     /// Evaluates a compiled expression; anything but `true` (including a runtime error, such
     /// as a missing field) is false. Errors are returned so they can be recorded.
     ///
-    /// The CEL values of `event`, `profile` and `journey` are built once per input and reused
-    /// by every expression it evaluates (building them is most of an evaluation's cost);
-    /// `overlay` and context changes clear the cached ones.
+    /// The CEL values of `event`, `profile` and `journey` are built when first read and
+    /// reused by every expression of this input; `overlay` and context changes clear them.
     fn eval(
-        &mut self,
+        &self,
         program: &cel::Program,
         event: Option<&Value>,
         journey: &Map<String, Value>,
     ) -> Result<bool, String> {
-        let convert = |v: &Value| cel::to_value(v).map_err(|e| e.to_string());
-        if self.cel_event.is_none() {
-            self.cel_event = Some(convert(event.unwrap_or(&Value::Null))?);
-        }
-        if self.cel_profile.is_none() {
-            self.cel_profile = Some(convert(&self.profile_json())?);
-        }
-        if self.cel_journey.is_none() {
-            self.cel_journey = Some(cel::to_value(journey).map_err(|e| e.to_string())?);
-        }
+        let now =
+            Box::<dyn Val>::try_from(cel::Value::Int(self.ctx.now)).map_err(|e| e.to_string())?;
+        let vars = CelVars {
+            run: self,
+            event,
+            journey,
+            now,
+        };
         let mut c = self.j.cel_root.new_inner_scope();
-        c.add_variable_from_value("event", self.cel_event.clone().unwrap_or(cel::Value::Null));
-        c.add_variable_from_value(
-            "profile",
-            self.cel_profile.clone().unwrap_or(cel::Value::Null),
-        );
-        c.add_variable_from_value(
-            "journey",
-            self.cel_journey.clone().unwrap_or(cel::Value::Null),
-        );
-        c.add_variable_from_value("now", cel::Value::Int(self.ctx.now));
+        c.set_variable_resolver(&vars);
         match program.execute(&c) {
             Ok(cel::Value::Bool(b)) => Ok(b),
             Ok(other) => Err(format!("expression gave {other:?}, not a boolean")),
@@ -404,14 +440,10 @@ impl Run<'_> {
             context,
             steps: Vec::new(),
             last_timer: DEADLINE_TIMER,
+            deadline_pending: true,
         };
-        self.effects.push(Effect::Timer {
-            instance: number,
-            timer: DEADLINE_TIMER,
-            due: instance.deadline,
-        });
         let start = j.doc.nodes[j.start].id.clone();
-        self.cel_journey = None; // the entry filter saw an empty context; the instance has one now
+        self.cel_journey = OnceLock::new(); // the entry filter saw an empty context; the instance has one now
         self.advance(&mut instance, start, event_json);
         instance
     }
@@ -455,7 +487,7 @@ impl Run<'_> {
         instance
             .context
             .insert(format!("{node}_event"), event_json.clone());
-        self.cel_journey = None;
+        self.cel_journey = OnceLock::new();
         self.step(
             instance,
             &node,
@@ -509,7 +541,7 @@ impl Run<'_> {
         match outcome {
             Ok(response) => {
                 instance.context.insert(node.clone(), response);
-                self.cel_journey = None;
+                self.cel_journey = OnceLock::new();
                 self.step(instance, &node, "called", None);
                 self.advance(instance, next.clone(), None);
             }
@@ -562,6 +594,16 @@ impl Run<'_> {
     }
 
     fn schedule(&mut self, instance: &mut Instance, due: Millis) -> u64 {
+        // A timer already due fires within this input (see `run::Collector`); only a wait
+        // into the future needs the deadline behind it.
+        if instance.deadline_pending && due > self.ctx.now {
+            instance.deadline_pending = false;
+            self.effects.push(Effect::Timer {
+                instance: instance.number,
+                timer: DEADLINE_TIMER,
+                due: instance.deadline,
+            });
+        }
         instance.last_timer += 1;
         self.effects.push(Effect::Timer {
             instance: instance.number,
@@ -806,7 +848,7 @@ impl Run<'_> {
                     for k in unset {
                         self.overlay.insert(k.clone(), Value::Null);
                     }
-                    self.cel_profile = None;
+                    self.cel_profile = OnceLock::new();
                     self.effects.push(Effect::UpdateProfile {
                         key,
                         set: set.clone(),

@@ -440,11 +440,8 @@ nodes:
         "the message after the 0 s wait is already recorded"
     );
     assert!(
-        planned
-            .timers
-            .iter()
-            .all(|t| t.timer == crate::DEADLINE_TIMER),
-        "no row for a timer that fired at once: {:?}",
+        planned.timers.is_empty(),
+        "no row for a timer that fired at once, nor for a deadline never waited behind: {:?}",
         planned.timers
     );
     assert_eq!(planned.states[0].2.instances[0].status, Status::Completed);
@@ -561,5 +558,80 @@ nodes:
             .effects
             .iter()
             .any(|e| matches!(e.effect, Effect::Message { .. }))
+    );
+}
+
+#[test]
+fn the_deadline_timer_is_stored_only_once_an_instance_waits_into_the_future() {
+    let event = |name: &str| {
+        let body = serde_json::to_vec(
+            &json!({"batch": [{"type": "track", "userId": "u", "event": name}]}),
+        )
+        .expect("json");
+        let mut id = || "m".to_string();
+        parse_batch(
+            &body,
+            &mut Receipt {
+                received_at: 1_000,
+                new_message_id: &mut id,
+            },
+        )
+        .expect("valid")
+        .events
+        .remove(0)
+    };
+    let profile = waymark_core::ProfileState::new("p".into(), 0, 0);
+    let ctx = crate::Ctx {
+        profile: &profile,
+        now: 1_000,
+    };
+    let timers = |effects: &[Effect]| -> Vec<(u64, i64)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Timer { timer, due, .. } => Some((*timer, *due)),
+                _ => None,
+            })
+            .collect()
+    };
+
+    let hook = journey(
+        r#"
+key: hook
+entry: { event: Go }
+nodes:
+  - { id: call, type: webhook, url: "http://127.0.0.1:9/x", next: done }
+  - { id: done, type: end }
+"#,
+    );
+    let mut state = crate::JourneyState::default();
+    let effects = crate::apply(&hook, &mut state, crate::Input::Event(&event("Go")), &ctx);
+    assert!(
+        matches!(effects[..], [Effect::Webhook { .. }]),
+        "{effects:?}"
+    );
+    assert!(state.instances[0].deadline_pending);
+
+    let later = journey(
+        r#"
+key: later
+entry: { event: Go }
+nodes:
+  - { id: pause, type: wait, duration: 1d, next: done }
+  - { id: done, type: end }
+"#,
+    );
+    let mut state = crate::JourneyState::default();
+    let effects = crate::apply(&later, &mut state, crate::Input::Event(&event("Go")), &ctx);
+    let deadline = state.instances[0].deadline;
+    assert_eq!(
+        timers(&effects),
+        [(crate::DEADLINE_TIMER, deadline), (1, 1_000 + 86_400_000)]
+    );
+    assert!(!state.instances[0].deadline_pending);
+    let stored = serde_json::to_value(&state).expect("json");
+    assert!(
+        stored["instances"][0].get("deadline_pending").is_none(),
+        "not written once stored: {stored}"
     );
 }
