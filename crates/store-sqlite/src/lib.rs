@@ -5,6 +5,7 @@
 //! one fsync, and each is answered only after that commit. Reads use a small pool of
 //! read-only connections, which WAL lets run beside the writer.
 
+mod checkpointer;
 mod inbox;
 mod journeys;
 mod runs;
@@ -39,6 +40,8 @@ pub struct SqliteStore {
     partitions: u32,
     commands: Mutex<Option<mpsc::Sender<Command>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Stops the checkpoint thread (dropping the sender), and its handle.
+    checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
     readers: r2d2::Pool<SqliteConnectionManager>,
     cache: std::sync::Arc<waymark_engine::run::Runtime>,
 }
@@ -71,6 +74,9 @@ impl SqliteStore {
         let mut conn = Connection::open(&path)
             .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
         configure(&conn).map_err(unavailable)?;
+        // Checkpoints run on their own thread (see `checkpointer`), not in the writer's commits.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")
+            .map_err(unavailable)?;
         schema::migrate(&mut conn).map_err(unavailable)?;
         let partitions = schema::partitions(&conn, options.partitions).map_err(unavailable)?;
 
@@ -102,11 +108,18 @@ impl SqliteStore {
             .name("waymark-sqlite-writer".into())
             .spawn(move || writer::run(conn, rx, config))
             .map_err(unavailable)?;
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let checkpoint_path = path.clone();
+        let checkpointer = std::thread::Builder::new()
+            .name("waymark-sqlite-checkpoint".into())
+            .spawn(move || checkpointer::run(&checkpoint_path, stopped))
+            .map_err(unavailable)?;
         Ok(Self {
             path,
             partitions,
             commands: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
+            checkpointer: Mutex::new(Some((stop, checkpointer))),
             readers,
             cache,
         })
@@ -598,6 +611,11 @@ impl Store for SqliteStore {
         drop(sender);
         let handle = self.writer.lock().ok().and_then(|mut h| h.take());
         if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+        let checkpointer = self.checkpointer.lock().ok().and_then(|mut c| c.take());
+        if let Some((stop, handle)) = checkpointer {
+            drop(stop);
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
     }
