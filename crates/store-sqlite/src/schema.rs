@@ -148,6 +148,25 @@ const MIGRATIONS: &[(i64, &str)] = &[
          ) WITHOUT ROWID;
          CREATE INDEX inbox_marks_profile ON inbox_marks (profile_id);",
     ),
+    // Journey states move from a WITHOUT ROWID table to a rowid table with a unique index.
+    // A WITHOUT ROWID row lives in an index b-tree, which keeps at most ~1,000 bytes of a
+    // row on its leaf page (4 KiB pages); a state with its step history is a little more,
+    // so every state spilled onto an overflow page of its own: ~5 KB on disk and two pages
+    // written per state change. A table b-tree keeps rows up to ~4,000 bytes on the leaf.
+    (
+        10,
+        "CREATE TABLE journey_states_by_rowid (
+             profile_id TEXT NOT NULL,
+             journey_key TEXT NOT NULL,
+             state TEXT NOT NULL,
+             updated_at INTEGER NOT NULL
+         );
+         INSERT INTO journey_states_by_rowid (profile_id, journey_key, state, updated_at)
+             SELECT profile_id, journey_key, state, updated_at FROM journey_states;
+         DROP TABLE journey_states;
+         ALTER TABLE journey_states_by_rowid RENAME TO journey_states;
+         CREATE UNIQUE INDEX journey_states_key ON journey_states (profile_id, journey_key);",
+    ),
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
@@ -195,4 +214,61 @@ pub fn partitions(conn: &Connection, wanted: u32) -> rusqlite::Result<u32> {
     value.parse().map_err(|_| {
         rusqlite::Error::InvalidColumnType(0, "partitions".into(), rusqlite::types::Type::Text)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journey_states_keep_their_rows_and_key_across_migration_10() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+        )
+        .expect("create");
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v < 10) {
+            conn.execute_batch(sql).expect("old migration");
+            conn.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 0)",
+                [version],
+            )
+            .expect("record");
+        }
+        conn.execute(
+            "INSERT INTO journey_states (profile_id, journey_key, state, updated_at) VALUES ('p1', 'j', '{\"instances\":[]}', 7)",
+            [],
+        )
+        .expect("old row");
+
+        migrate(&mut conn).expect("migrate");
+
+        let (state, at): (String, i64) = conn
+            .query_row(
+                "SELECT state, updated_at FROM journey_states WHERE profile_id = 'p1' AND journey_key = 'j'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("row kept");
+        assert_eq!((state.as_str(), at), ("{\"instances\":[]}", 7));
+        let sql: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE name = 'journey_states'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("table");
+        assert!(!sql.contains("WITHOUT ROWID"), "{sql}");
+        // The upsert the runtime uses still finds the row by its key.
+        conn.execute(
+            "INSERT INTO journey_states (profile_id, journey_key, state, updated_at) VALUES ('p1', 'j', 'new', 8)
+             ON CONFLICT (profile_id, journey_key) DO UPDATE SET state = excluded.state",
+            [],
+        )
+        .expect("upsert");
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM journey_states", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(rows, 1);
+    }
 }
