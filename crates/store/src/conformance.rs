@@ -877,6 +877,21 @@ pub async fn outbox_claims_leases_and_completes_effects(b: &impl Backend) {
             .is_empty(),
         "a claimed row is leased"
     );
+    let expired = s
+        .claim_outbox(now + 30_001, 10, 30_000)
+        .await
+        .expect("claim");
+    assert_eq!(
+        expired.iter().map(|i| i.seq).collect::<Vec<_>>(),
+        [claimed[0].seq],
+        "a lease that ran out lets the row be claimed again"
+    );
+    assert_eq!(s.release_outbox_leases().await.expect("release"), 1);
+    assert_eq!(
+        s.claim_outbox(now, 10, 30_000).await.expect("claim").len(),
+        1,
+        "released leases (as at start) make the row due again"
+    );
     let hook = claimed[0].clone();
     assert_eq!(hook.effect["url"], json!("http://127.0.0.1:9/hook"));
     s.complete_outbox(&hook, Delivery::Delivered(json!({"crm_id": 7})), now)
