@@ -22,8 +22,12 @@ const IN_FLIGHT: usize = 512;
 
 /// The HTTP client webhooks are called with: HTTP/1.1 and HTTPS (rustls, system roots plus
 /// `webhooks.ca_file`), connections kept per host.
+///
+/// As many idle connections are kept per host as calls may be in flight: with fewer, each
+/// burst of calls to one busy host (a provider API, a CRM) closed most of its connections
+/// and opened them again for the next burst.
 pub fn client(config: &crate::config::Webhooks) -> Result<reqwest::Client, String> {
-    let mut builder = crate::http::client_builder().pool_max_idle_per_host(64);
+    let mut builder = crate::http::client_builder().pool_max_idle_per_host(IN_FLIGHT);
     if let Some(path) = &config.ca_file {
         let pem =
             std::fs::read(path).map_err(|e| format!("webhooks.ca_file {}: {e}", path.display()))?;
