@@ -115,6 +115,9 @@ struct Planner<'a> {
     ws: WorkingSet,
     redirects: HashMap<ProfileId, ProfileId>,
     touched: Vec<ProfileId>,
+    /// The same ids, for membership: a group commit touches thousands of profiles, and a
+    /// scan of the list per event made planning quadratic in the group's size.
+    touched_set: std::collections::HashSet<ProfileId>,
     partitions: u32,
     now: Millis,
     new_id: &'a mut dyn FnMut() -> ProfileId,
@@ -142,7 +145,7 @@ impl Planner<'_> {
     }
 
     fn touch(&mut self, id: &ProfileId) {
-        if !self.touched.contains(id) {
+        if self.touched_set.insert(id.clone()) {
             self.touched.push(id.clone());
         }
     }
@@ -265,6 +268,7 @@ impl Planner<'_> {
                 Outcome::Duplicate => Outcome::Duplicate,
             })
             .collect();
+        self.touched_set.clear();
         for id in std::mem::take(&mut self.touched) {
             if self.redirects.contains_key(&id) {
                 continue;
@@ -292,6 +296,7 @@ pub fn plan(
         ws,
         redirects: HashMap::new(),
         touched: Vec::new(),
+        touched_set: Default::default(),
         partitions,
         now,
         new_id,
