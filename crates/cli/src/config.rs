@@ -144,8 +144,9 @@ impl Governance {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Email {
-    /// `smtp://host:25` (STARTTLS if offered), `smtp://user:pass@host:587?tls=required`,
-    /// or `smtps://user:pass@host:465`.
+    /// `smtp://host:25` (plain), `smtp://user:pass@host:587?tls=opportunistic` (STARTTLS if
+    /// offered), `smtp://user:pass@host:587?tls=required` (STARTTLS or fail), or
+    /// `smtps://user:pass@host:465` (TLS from the first byte).
     pub smtp_url: String,
     /// `Name <address@example.com>`.
     pub from: String,

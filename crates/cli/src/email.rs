@@ -15,6 +15,9 @@ use crate::config::Email;
 use crate::dispatch::{Bounce, Retry};
 
 pub struct Mailer {
+    /// `smtp://` URLs: our pool of lettre connections with TCP_NODELAY (see `smtp_pool`).
+    pool: Option<crate::smtp_pool::SmtpPool>,
+    /// `smtps://`: lettre's pooled transport.
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
     reply_to: Option<Mailbox>,
@@ -35,6 +38,8 @@ impl Mailer {
             .pool_config(lettre::transport::smtp::PoolConfig::new().max_size(config.pool_size))
             .timeout(Some(std::time::Duration::from_secs(30)))
             .build();
+        let pool =
+            crate::smtp_pool::SmtpPool::for_url(&config.smtp_url, config.pool_size as usize)?;
         let from = config
             .from
             .parse()
@@ -58,6 +63,7 @@ impl Mailer {
                 clicks: config.track_clicks,
             });
         Ok(Self {
+            pool,
             transport,
             tracking,
             sending: tokio::sync::Semaphore::new(config.pool_size.max(1) as usize),
@@ -180,30 +186,42 @@ impl Mailer {
             };
             return (later, None);
         };
-        match self.transport.send(message).await {
+        let sent = match &self.pool {
+            Some(pool) => pool.send(message.envelope(), &message.formatted()).await,
+            None => self
+                .transport
+                .send(message)
+                .await
+                .map_err(crate::smtp_pool::PoolError::Smtp),
+        };
+        let err = match sent {
             Ok(response) => {
                 let answer = json!({
                     "smtp_code": response.code().to_string(),
                     "smtp_message": response.message().collect::<Vec<_>>().join(" "),
                 });
-                (Delivery::Delivered(answer), None)
+                return (Delivery::Delivered(answer), None);
             }
-            Err(err) if err.is_permanent() => {
-                let reason = format!("hard bounce: {}", crate::dispatch::with_causes(&err));
-                let bounce = Bounce::Hard {
-                    reason: waymark_core::governance::HARD_BOUNCE,
-                    detail: reason.clone(),
-                };
-                (Delivery::Failed(reason), Some(bounce))
+            Err(crate::smtp_pool::PoolError::Connect(reason)) => {
+                // Nothing is known about the address: retry, never a bounce.
+                let reason = format!("SMTP: {reason}");
+                return (crate::dispatch::retry_or_fail(item, retry, reason), None);
             }
-            Err(err) => {
-                let reason = format!("SMTP: {}", crate::dispatch::with_causes(&err));
-                let delivery = crate::dispatch::retry_or_fail(item, retry, reason.clone());
-                let soft = (err.is_transient() && matches!(delivery, Delivery::Failed(_)))
-                    .then_some(Bounce::Soft(reason));
-                (delivery, soft)
-            }
+            Err(crate::smtp_pool::PoolError::Smtp(err)) => err,
+        };
+        if err.is_permanent() {
+            let reason = format!("hard bounce: {}", crate::dispatch::with_causes(&err));
+            let bounce = Bounce::Hard {
+                reason: waymark_core::governance::HARD_BOUNCE,
+                detail: reason.clone(),
+            };
+            return (Delivery::Failed(reason), Some(bounce));
         }
+        let reason = format!("SMTP: {}", crate::dispatch::with_causes(&err));
+        let delivery = crate::dispatch::retry_or_fail(item, retry, reason.clone());
+        let soft = (err.is_transient() && matches!(delivery, Delivery::Failed(_)))
+            .then_some(Bounce::Soft(reason));
+        (delivery, soft)
     }
 }
 

@@ -10,6 +10,7 @@ mod journeys;
 mod push;
 mod serve;
 mod sms;
+mod smtp_pool;
 mod tracking;
 
 use std::path::PathBuf;

@@ -1059,18 +1059,65 @@ fn smtp_sink() -> SmtpSink {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_reuses_its_pooled_smtp_connections() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (smtp, server) = email_server(
+        dir.path(),
+        &[
+            ("WAYMARK_EMAIL__FROM", "hello@example.com"),
+            ("WAYMARK_EMAIL__POOL_SIZE", "2"),
+        ],
+    );
+    let c = client();
+    put_template(
+        &c,
+        &server.base,
+        "note",
+        &json!({"channel": "email",
+            "subject": "Note {{profile.traits.n}}", "text": "n = {{profile.traits.n}}"}),
+    )
+    .await;
+    put_and_publish(
+        &c,
+        &server.base,
+        &json!({"key": "notes", "entry": {"event": "Identify"}, "properties": {"reentry": "always"},
+            "nodes": [
+            {"id": "send", "type": "message", "channel": "email", "template": "note", "next": "done"},
+            {"id": "done", "type": "end"}]}),
+    )
+    .await;
+    let people = 30;
+    let batch: Vec<Value> = (0..people)
+        .map(|n| json!({"type": "identify", "userId": format!("p{n}"), "traits": {"n": n, "email": format!("p{n}@example.com")}}))
+        .collect();
+    send_batch(&c, &server.base, WRITE_KEY, &Value::Array(batch))
+        .await
+        .expect("ingest");
+    let started = Instant::now();
+    while smtp.messages.lock().expect("lock").len() < people {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "only {} of {people} emails arrived",
+            smtp.messages.lock().expect("lock").len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let messages = smtp.messages.lock().expect("lock").clone();
+    let peers: std::collections::BTreeSet<&str> =
+        messages.iter().filter_map(|m| m["peer"].as_str()).collect();
+    assert!(
+        !peers.is_empty() && peers.len() <= 2,
+        "{people} emails over {} connections with a pool of 2: {peers:?}",
+        peers.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_reaches_a_real_smtp_server_with_parts_and_one_click_unsubscribe() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let smtp = smtp_sink();
-    let smtp_url = format!("smtp://127.0.0.1:{}", smtp.port);
-    let server = Server::start_with_env(
-        Launch {
-            data_dir: &dir.path().join("data"),
-            store: None,
-            configured_keys: true,
-        },
+    let (smtp, server) = email_server(
+        dir.path(),
         &[
-            ("WAYMARK_EMAIL__SMTP_URL", &smtp_url),
             ("WAYMARK_EMAIL__FROM", "Waymark <hello@example.com>"),
             ("WAYMARK_EMAIL__REPLY_TO", "help@example.com"),
             ("WAYMARK_EMAIL__PUBLIC_URL", "https://waymark.example.com"),
@@ -1349,19 +1396,28 @@ const PUBLIC_URL: &str = "https://waymark.example.com";
 
 /// A server sending email to a fresh aiosmtpd sink, with links signed for `PUBLIC_URL`.
 fn tracked_email_server(dir: &std::path::Path) -> (SmtpSink, Server) {
+    email_server(
+        dir,
+        &[
+            ("WAYMARK_EMAIL__FROM", "hello@example.com"),
+            ("WAYMARK_EMAIL__PUBLIC_URL", PUBLIC_URL),
+        ],
+    )
+}
+
+/// A server sending email to a fresh aiosmtpd sink, with more `WAYMARK_EMAIL__*` settings.
+fn email_server(dir: &std::path::Path, settings: &[(&str, &str)]) -> (SmtpSink, Server) {
     let smtp = smtp_sink();
     let smtp_url = format!("smtp://127.0.0.1:{}", smtp.port);
+    let mut env = vec![("WAYMARK_EMAIL__SMTP_URL", smtp_url.as_str())];
+    env.extend_from_slice(settings);
     let server = Server::start_with_env(
         Launch {
             data_dir: &dir.join("data"),
             store: None,
             configured_keys: true,
         },
-        &[
-            ("WAYMARK_EMAIL__SMTP_URL", &smtp_url),
-            ("WAYMARK_EMAIL__FROM", "hello@example.com"),
-            ("WAYMARK_EMAIL__PUBLIC_URL", PUBLIC_URL),
-        ],
+        &env,
     );
     (smtp, server)
 }

@@ -31,6 +31,7 @@ class Handler:
             if not part.is_multipart()
         ]
         print(json.dumps({
+            "peer": "%s:%s" % tuple(session.peer[:2]),
             "mail_from": envelope.mail_from,
             "rcpt_tos": envelope.rcpt_tos,
             "content_type": msg.get_content_type(),
