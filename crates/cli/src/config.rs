@@ -155,6 +155,10 @@ pub struct Email {
     /// Connections kept open to the SMTP server.
     #[serde(default = "default_pool_size")]
     pub pool_size: u32,
+    /// PEM file of a CA to trust for the SMTP server's STARTTLS certificate (an internal
+    /// relay), on top of the public roots. `smtp://` URLs only.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// The URL people reach this server at; unsubscribe links, the open pixel and click
     /// redirects point here. Without it, emails carry no List-Unsubscribe header and are
     /// not tracked.
@@ -356,7 +360,7 @@ const ENV_KEYS: [&str; 12] = [
 
 /// Keys whose environment value is taken as written. figment reads `+15550100` or an
 /// all-digit token as a number (dropping the `+`), so these skip its parsing.
-const ENV_TEXT_KEYS: [&str; 32] = [
+const ENV_TEXT_KEYS: [&str; 33] = [
     "data_dir",
     "listen",
     "store",
@@ -374,6 +378,7 @@ const ENV_TEXT_KEYS: [&str; 32] = [
     "sms.inbound_url",
     "sms.help_text",
     "email.smtp_url",
+    "email.ca_file",
     "email.from",
     "email.reply_to",
     "email.public_url",

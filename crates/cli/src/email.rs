@@ -38,8 +38,11 @@ impl Mailer {
             .pool_config(lettre::transport::smtp::PoolConfig::new().max_size(config.pool_size))
             .timeout(Some(std::time::Duration::from_secs(30)))
             .build();
-        let pool =
-            crate::smtp_pool::SmtpPool::for_url(&config.smtp_url, config.pool_size as usize)?;
+        let pool = crate::smtp_pool::SmtpPool::for_url(
+            &config.smtp_url,
+            config.ca_file.as_deref(),
+            config.pool_size as usize,
+        )?;
         let from = config
             .from
             .parse()

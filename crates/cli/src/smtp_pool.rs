@@ -16,7 +16,7 @@ use std::time::Duration;
 use lettre::address::Envelope;
 use lettre::transport::smtp::Error;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 
@@ -26,7 +26,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub enum PoolError {
     Smtp(Error),
-    /// The TCP connection could not be opened: nothing is known about the recipient.
+    /// No session to send in (TCP, greeting, STARTTLS or AUTH failed): nothing is known
+    /// about the recipient.
     Connect(String),
 }
 
@@ -56,7 +57,11 @@ pub struct SmtpPool {
 impl SmtpPool {
     /// The pool for an `smtp://` URL, or `None` for other schemes (left to lettre). The URL
     /// means what lettre's `from_url` makes of it: port 25 without `tls`, 587 with it.
-    pub fn for_url(url: &str, keep: usize) -> Result<Option<Self>, String> {
+    pub fn for_url(
+        url: &str,
+        ca_file: Option<&std::path::Path>,
+        keep: usize,
+    ) -> Result<Option<Self>, String> {
         let parsed = reqwest::Url::parse(url).map_err(|e| format!("email.smtp_url: {e}"))?;
         if parsed.scheme() != "smtp" {
             return Ok(None);
@@ -69,8 +74,19 @@ impl SmtpPool {
             .query_pairs()
             .find(|(k, _)| k == "tls")
             .map(|(_, v)| v.into_owned());
-        let params =
-            || TlsParameters::new(host.clone()).map_err(|e| format!("email.smtp_url: TLS: {e}"));
+        let params = || {
+            let mut builder = TlsParameters::builder(host.clone());
+            if let Some(path) = ca_file {
+                let pem = std::fs::read(path)
+                    .map_err(|e| format!("email.ca_file {}: {e}", path.display()))?;
+                let ca = Certificate::from_pem(&pem)
+                    .map_err(|e| format!("email.ca_file {}: {e}", path.display()))?;
+                builder = builder.add_root_certificate(ca);
+            }
+            builder
+                .build_rustls()
+                .map_err(|e| format!("email.smtp_url: TLS: {e}"))
+        };
         let (starttls, default_port) = match tls.as_deref() {
             None => (StartTls::No, 25),
             Some("required") => (StartTls::Required(params()?), 587),
@@ -120,18 +136,31 @@ impl SmtpPool {
         .map_err(|e| PoolError::Connect(format!("connecting to {at}: {e}")))?;
         tcp.set_nodelay(true)
             .map_err(|e| PoolError::Connect(format!("TCP_NODELAY on {at}: {e}")))?;
-        let mut conn =
-            AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello).await?;
-        match &self.starttls {
-            StartTls::Required(p) => conn.starttls(p.clone(), &self.hello).await?,
-            StartTls::IfOffered(p) if conn.can_starttls() => {
-                conn.starttls(p.clone(), &self.hello).await?
-            }
-            _ => {}
+        // Failures before MAIL FROM (greeting, STARTTLS, AUTH) say nothing about the
+        // recipient: a wrong password must not read as a hard bounce of every address.
+        let session = |step: &str, e: Error| {
+            PoolError::Connect(format!(
+                "{step} with {at}: {}",
+                crate::dispatch::with_causes(&e)
+            ))
+        };
+        let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello)
+            .await
+            .map_err(|e| session("greeting", e))?;
+        let tls = match &self.starttls {
+            StartTls::Required(p) => Some(p),
+            StartTls::IfOffered(p) if conn.can_starttls() => Some(p),
+            StartTls::No | StartTls::IfOffered(_) => None,
+        };
+        if let Some(p) = tls {
+            conn.starttls(p.clone(), &self.hello)
+                .await
+                .map_err(|e| session("STARTTLS", e))?;
         }
         if let Some(credentials) = &self.credentials {
             conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
-                .await?;
+                .await
+                .map_err(|e| session("AUTH", e))?;
         }
         Ok(conn)
     }

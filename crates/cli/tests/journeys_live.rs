@@ -1011,6 +1011,11 @@ impl Drop for SmtpSink {
 }
 
 fn smtp_sink() -> SmtpSink {
+    smtp_sink_with(&[])
+}
+
+/// The sink with STARTTLS and AUTH required: `[cert.pem, key.pem, user, password]`.
+fn smtp_sink_with(args: &[&str]) -> SmtpSink {
     use std::io::BufRead;
     let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp");
     let deps = here.join(".pydeps");
@@ -1034,6 +1039,7 @@ fn smtp_sink() -> SmtpSink {
     }
     let mut child = std::process::Command::new("python3")
         .arg(here.join("sink.py"))
+        .args(args)
         .env("PYTHONPATH", &deps)
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -1056,6 +1062,85 @@ fn smtp_sink() -> SmtpSink {
         port,
         messages,
     }
+}
+
+/// Publishes a one-email journey on `Identify` and identifies `user` (`<user>@example.com`).
+async fn mail_one_person(c: &reqwest::Client, base: &str, user: &str) {
+    let template = json!({"channel": "email", "subject": "Hi", "text": "Hello"});
+    put_template(c, base, "hi", &template).await;
+    let journey = json!({"key": "hello", "entry": {"event": "Identify"}, "nodes": [
+        {"id": "send", "type": "message", "channel": "email", "template": "hi", "next": "done"},
+        {"id": "done", "type": "end"}]});
+    put_and_publish(c, base, &journey).await;
+    let batch = json!([{"type": "identify", "userId": user, "traits": {"email": format!("{user}@example.com")}}]);
+    send_batch(c, base, WRITE_KEY, &batch)
+        .await
+        .expect("ingest");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_upgrades_with_starttls_and_logs_in_and_a_wrong_password_bounces_no_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = test_ca(dir.path());
+    let smtp = smtp_sink_with(&[
+        cert.to_str().expect("utf-8"),
+        key.to_str().expect("utf-8"),
+        "bot",
+        "s3cret",
+    ]);
+    let start = |data: &str, password: &str| {
+        let url = format!("smtp://bot:{password}@127.0.0.1:{}?tls=required", smtp.port);
+        Server::start_with_env(
+            Launch {
+                data_dir: &dir.path().join(data),
+                store: None,
+                configured_keys: true,
+            },
+            &[
+                ("WAYMARK_EMAIL__SMTP_URL", &url),
+                ("WAYMARK_EMAIL__CA_FILE", ca.to_str().expect("utf-8")),
+                ("WAYMARK_EMAIL__FROM", "hello@example.com"),
+            ],
+        )
+    };
+    let c = client();
+
+    let server = start("good", "s3cret");
+    mail_one_person(&c, &server.base, "ada").await;
+    let settled = settled_messages(&c, &server.base, &["ada"]).await;
+    assert_eq!(settled[0]["effects"][0]["status"], "done", "{}", settled[0]);
+    let messages = smtp.messages.lock().expect("lock").clone();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0]["tls"], true, "sent after STARTTLS");
+    assert_eq!(messages[0]["login"], "bot", "sent after AUTH");
+    drop(server);
+
+    let server = start("bad", "wrong");
+    mail_one_person(&c, &server.base, "bob").await;
+    let started = Instant::now();
+    let record = loop {
+        let (_, record) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/bob/messages").await;
+        if record["messages"][0]["status"] == "retrying" {
+            break record;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{record}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        record["messages"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("AUTH")),
+        "{record}"
+    );
+    let (status, _) = get(
+        &c,
+        &server.base,
+        ADMIN,
+        "/v1/suppressions/email/bob@example.com",
+    )
+    .await;
+    assert_eq!(status, 404, "a refused login is not the recipient's bounce");
+    assert_eq!(smtp.messages.lock().expect("lock").len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,10 +8,13 @@ temporary refusal: mailbox full).
 import email
 import json
 import socket
+import ssl
+import sys
 import time
 from email import policy
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 class Handler:
@@ -32,6 +35,9 @@ class Handler:
         ]
         print(json.dumps({
             "peer": "%s:%s" % tuple(session.peer[:2]),
+            "tls": session.ssl is not None,
+            "login": (session.auth_data.login.decode()
+                      if isinstance(session.auth_data, LoginPassword) else None),
             "mail_from": envelope.mail_from,
             "rcpt_tos": envelope.rcpt_tos,
             "content_type": msg.get_content_type(),
@@ -45,7 +51,22 @@ probe = socket.socket()
 probe.bind(("127.0.0.1", 0))
 port = probe.getsockname()[1]
 probe.close()
-controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+options = {}
+# Optional: sink.py CERT KEY USER PASSWORD -> STARTTLS required, then AUTH required.
+if len(sys.argv) == 5:
+    cert, key, user, password = sys.argv[1:]
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        ok = (isinstance(auth_data, LoginPassword)
+              and auth_data.login == user.encode() and auth_data.password == password.encode())
+        # handled=False: aiosmtpd then answers 535 itself on failure.
+        return AuthResult(success=ok, handled=False, auth_data=auth_data)
+
+    options = dict(tls_context=tls, require_starttls=True, authenticator=authenticator,
+                   auth_required=True, auth_require_tls=True)
+controller = Controller(Handler(), hostname="127.0.0.1", port=port, **options)
 controller.start()
 print(json.dumps({"port": port}), flush=True)
 while True:
