@@ -155,8 +155,8 @@ pub struct Email {
     /// Connections kept open to the SMTP server.
     #[serde(default = "default_pool_size")]
     pub pool_size: u32,
-    /// PEM file of a CA to trust for the SMTP server's STARTTLS certificate (an internal
-    /// relay), on top of the public roots. `smtp://` URLs only.
+    /// PEM file of a CA to trust for the SMTP server's certificate (STARTTLS or `smtps://`;
+    /// an internal relay), on top of the public roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// The URL people reach this server at; unsubscribe links, the open pixel and click

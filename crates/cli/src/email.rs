@@ -1,13 +1,13 @@
-//! The `email` channel: SMTP through a pooled lettre transport (plain, STARTTLS or TLS, with
+//! The `email` channel: SMTP over pooled lettre connections (plain, STARTTLS or TLS, with
 //! auth, all from `email.smtp_url`). Each message is multipart/alternative (text and HTML),
 //! with a Message-ID made from the step's idempotency key (a repeat after a crash is the same
 //! message to the receiving side) and, when `email.public_url` is set, RFC 8058 one-click
 //! `List-Unsubscribe` with a signed link, and (unless turned off) an open pixel and signed
 //! click redirects in the HTML part (see `tracking`).
 
+use lettre::Message;
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart, header};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::{Value, json};
 use waymark_store::{Delivery, OutboxItem};
 
@@ -15,10 +15,8 @@ use crate::config::Email;
 use crate::dispatch::{Bounce, Retry};
 
 pub struct Mailer {
-    /// `smtp://` URLs: our pool of lettre connections with TCP_NODELAY (see `smtp_pool`).
-    pool: Option<crate::smtp_pool::SmtpPool>,
-    /// `smtps://`: lettre's pooled transport.
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    /// Pooled lettre connections (see `smtp_pool`).
+    pool: crate::smtp_pool::SmtpPool,
     from: Mailbox,
     reply_to: Option<Mailbox>,
     /// Public base URL and link secret, for unsubscribe links.
@@ -33,11 +31,6 @@ pub struct Mailer {
 impl Mailer {
     /// Checks the configuration at start, so a typo stops the server rather than every send.
     pub fn new(config: &Email, link_secret: &[u8]) -> Result<Self, String> {
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&config.smtp_url)
-            .map_err(|e| format!("email.smtp_url: {e}"))?
-            .pool_config(lettre::transport::smtp::PoolConfig::new().max_size(config.pool_size))
-            .timeout(Some(std::time::Duration::from_secs(30)))
-            .build();
         let pool = crate::smtp_pool::SmtpPool::for_url(
             &config.smtp_url,
             config.ca_file.as_deref(),
@@ -67,7 +60,6 @@ impl Mailer {
             });
         Ok(Self {
             pool,
-            transport,
             tracking,
             sending: tokio::sync::Semaphore::new(config.pool_size.max(1) as usize),
             from,
@@ -189,14 +181,10 @@ impl Mailer {
             };
             return (later, None);
         };
-        let sent = match &self.pool {
-            Some(pool) => pool.send(message.envelope(), &message.formatted()).await,
-            None => self
-                .transport
-                .send(message)
-                .await
-                .map_err(crate::smtp_pool::PoolError::Smtp),
-        };
+        let sent = self
+            .pool
+            .send(message.envelope(), &message.formatted())
+            .await;
         let err = match sent {
             Ok(response) => {
                 let answer = json!({

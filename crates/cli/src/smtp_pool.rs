@@ -1,5 +1,6 @@
-//! Pooled SMTP connections with `TCP_NODELAY`, for `smtp://` URLs (plain, or STARTTLS with
-//! `?tls=required|opportunistic`).
+//! Pooled SMTP connections for the email channel: `smtp://` (plain, or STARTTLS with
+//! `?tls=required|opportunistic`) over sockets with `TCP_NODELAY`, and `smtps://` (TLS from
+//! the first byte).
 //!
 //! Why not lettre's own pool: lettre writes a message and its `\r\n.\r\n` terminator as two
 //! writes on a socket without `TCP_NODELAY`, so Nagle's algorithm holds the terminator until
@@ -7,8 +8,9 @@
 //! answers only after the terminator: every message waited ~40–100 ms on its connection.
 //! lettre's pool takes no connector, so the connections here are lettre's
 //! `AsyncSmtpConnection` (greeting, EHLO, STARTTLS, AUTH, MAIL/RCPT/DATA all by lettre)
-//! over a `TcpStream` we open with `set_nodelay(true)`. `smtps://` (TLS from the first
-//! byte) stays on lettre's transport: its TLS setup needs lettre's own connect.
+//! over a `TcpStream` we open with `set_nodelay(true)`. `smtps://` connections are opened by
+//! lettre (`connect_tokio1`: its TLS wrapping takes no stream of ours), so they keep the
+//! delay; they share the pool, the CA file and the session-failure rules.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -21,13 +23,16 @@ use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a whole transaction (MAIL, RCPT, DATA and the answer) on a connection:
+/// a server that stops answering must not hold a send, and its dispatcher slot, forever.
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a send failed: the server's answer (or a broken session), or no connection at all.
 #[derive(Debug)]
 pub enum PoolError {
     Smtp(Error),
-    /// No session to send in (TCP, greeting, STARTTLS or AUTH failed): nothing is known
-    /// about the recipient.
+    /// No session to send in (TCP, greeting, STARTTLS or AUTH failed), or no answer in
+    /// time: nothing is known about the recipient.
     Connect(String),
 }
 
@@ -41,6 +46,8 @@ enum StartTls {
     No,
     IfOffered(TlsParameters),
     Required(TlsParameters),
+    /// `smtps://`: TLS from the first byte.
+    Wrapper(TlsParameters),
 }
 
 pub struct SmtpPool {
@@ -55,16 +62,19 @@ pub struct SmtpPool {
 }
 
 impl SmtpPool {
-    /// The pool for an `smtp://` URL, or `None` for other schemes (left to lettre). The URL
-    /// means what lettre's `from_url` makes of it: port 25 without `tls`, 587 with it.
+    /// The pool for an `smtp://` or `smtps://` URL, read as lettre's `from_url` reads it:
+    /// port 25 without `tls`, 587 with it, 465 for `smtps`.
     pub fn for_url(
         url: &str,
         ca_file: Option<&std::path::Path>,
         keep: usize,
-    ) -> Result<Option<Self>, String> {
+    ) -> Result<Self, String> {
         let parsed = reqwest::Url::parse(url).map_err(|e| format!("email.smtp_url: {e}"))?;
-        if parsed.scheme() != "smtp" {
-            return Ok(None);
+        let scheme = parsed.scheme().to_owned();
+        if scheme != "smtp" && scheme != "smtps" {
+            return Err(format!(
+                "email.smtp_url: scheme {scheme}: expected smtp or smtps"
+            ));
         }
         let host = parsed
             .host_str()
@@ -87,11 +97,12 @@ impl SmtpPool {
                 .build_rustls()
                 .map_err(|e| format!("email.smtp_url: TLS: {e}"))
         };
-        let (starttls, default_port) = match tls.as_deref() {
-            None => (StartTls::No, 25),
-            Some("required") => (StartTls::Required(params()?), 587),
-            Some("opportunistic") => (StartTls::IfOffered(params()?), 587),
-            Some(other) => {
+        let (starttls, default_port) = match (scheme.as_str(), tls.as_deref()) {
+            ("smtps", _) => (StartTls::Wrapper(params()?), 465),
+            (_, None) => (StartTls::No, 25),
+            (_, Some("required")) => (StartTls::Required(params()?), 587),
+            (_, Some("opportunistic")) => (StartTls::IfOffered(params()?), 587),
+            (_, Some(other)) => {
                 return Err(format!(
                     "email.smtp_url: tls={other}: expected required or opportunistic"
                 ));
@@ -114,7 +125,7 @@ impl SmtpPool {
             "" => ClientId::default(),
             name => ClientId::Domain(name.to_owned()),
         };
-        Ok(Some(Self {
+        Ok(Self {
             port: parsed.port().unwrap_or(default_port),
             host,
             starttls,
@@ -122,20 +133,11 @@ impl SmtpPool {
             hello,
             idle: Mutex::new(Vec::new()),
             keep,
-        }))
+        })
     }
 
     async fn connect(&self) -> Result<AsyncSmtpConnection, PoolError> {
         let at = format!("{}:{}", self.host, self.port);
-        let tcp = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
-        )
-        .await
-        .map_err(|_| PoolError::Connect(format!("connecting to {at} timed out")))?
-        .map_err(|e| PoolError::Connect(format!("connecting to {at}: {e}")))?;
-        tcp.set_nodelay(true)
-            .map_err(|e| PoolError::Connect(format!("TCP_NODELAY on {at}: {e}")))?;
         // Failures before MAIL FROM (greeting, STARTTLS, AUTH) say nothing about the
         // recipient: a wrong password must not read as a hard bounce of every address.
         let session = |step: &str, e: Error| {
@@ -144,13 +146,22 @@ impl SmtpPool {
                 crate::dispatch::with_causes(&e)
             ))
         };
-        let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello)
+        let mut conn = match &self.starttls {
+            StartTls::Wrapper(p) => AsyncSmtpConnection::connect_tokio1(
+                (self.host.as_str(), self.port),
+                Some(CONNECT_TIMEOUT),
+                &self.hello,
+                Some(p.clone()),
+                None,
+            )
             .await
-            .map_err(|e| session("greeting", e))?;
+            .map_err(|e| session("TLS connection", e))?,
+            _ => self.connect_plain(&at).await?,
+        };
         let tls = match &self.starttls {
             StartTls::Required(p) => Some(p),
             StartTls::IfOffered(p) if conn.can_starttls() => Some(p),
-            StartTls::No | StartTls::IfOffered(_) => None,
+            StartTls::No | StartTls::IfOffered(_) | StartTls::Wrapper(_) => None,
         };
         if let Some(p) = tls {
             conn.starttls(p.clone(), &self.hello)
@@ -165,6 +176,27 @@ impl SmtpPool {
         Ok(conn)
     }
 
+    /// A session over our own socket, with `TCP_NODELAY`.
+    async fn connect_plain(&self, at: &str) -> Result<AsyncSmtpConnection, PoolError> {
+        let tcp = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| PoolError::Connect(format!("connecting to {at} timed out")))?
+        .map_err(|e| PoolError::Connect(format!("connecting to {at}: {e}")))?;
+        tcp.set_nodelay(true)
+            .map_err(|e| PoolError::Connect(format!("TCP_NODELAY on {at}: {e}")))?;
+        AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello)
+            .await
+            .map_err(|e| {
+                PoolError::Connect(format!(
+                    "greeting with {at}: {}",
+                    crate::dispatch::with_causes(&e)
+                ))
+            })
+    }
+
     /// Sends on an idle connection, or a new one. A connection that fails is closed, not
     /// pooled; if a reused one fails without an SMTP answer (the server closed it while
     /// idle), the message is tried once more on a new connection.
@@ -175,15 +207,15 @@ impl SmtpPool {
             Some(c) => c,
             None => self.connect().await?,
         };
-        let mut result = conn.send(envelope, message).await;
-        if let Err(e) = &result
+        let mut result = Self::send_on(&mut conn, envelope, message).await;
+        if let Err(PoolError::Smtp(e)) = &result
             && was_reused
             && !e.is_permanent()
             && !e.is_transient()
         {
             conn.abort().await;
             conn = self.connect().await?;
-            result = conn.send(envelope, message).await;
+            result = Self::send_on(&mut conn, envelope, message).await;
         }
         match &result {
             Ok(_) if !conn.has_broken() => {
@@ -193,8 +225,24 @@ impl SmtpPool {
                     idle.push(conn);
                 }
             }
+            // A timed-out connection is mid-transaction: dropped without a QUIT.
+            Err(PoolError::Connect(_)) => {}
             _ => conn.abort().await,
         }
-        Ok(result?)
+        result
+    }
+
+    async fn send_on(
+        conn: &mut AsyncSmtpConnection,
+        envelope: &Envelope,
+        message: &[u8],
+    ) -> Result<Response, PoolError> {
+        match tokio::time::timeout(SEND_TIMEOUT, conn.send(envelope, message)).await {
+            Ok(sent) => Ok(sent?),
+            Err(_) => Err(PoolError::Connect(format!(
+                "no answer within {} s",
+                SEND_TIMEOUT.as_secs()
+            ))),
+        }
     }
 }

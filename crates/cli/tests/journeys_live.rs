@@ -1064,6 +1064,50 @@ fn smtp_sink_with(args: &[&str]) -> SmtpSink {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_over_smtps_trusts_the_configured_ca_and_logs_in() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (smtp, ca) = tls_smtp_sink(dir.path(), true);
+    let url = format!("smtps://bot:s3cret@127.0.0.1:{}", smtp.port);
+    let server = tls_email_server(&dir.path().join("data"), &url, &ca);
+    let c = client();
+    mail_one_person(&c, &server.base, "ada").await;
+    let settled = settled_messages(&c, &server.base, &["ada"]).await;
+    assert_eq!(settled[0]["effects"][0]["status"], "done", "{}", settled[0]);
+    let messages = smtp.messages.lock().expect("lock").clone();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0]["tls"], true, "{messages:?}");
+    assert_eq!(messages[0]["login"], "bot");
+}
+
+/// An aiosmtpd sink with TLS (from the first byte if `implicit`, else STARTTLS required)
+/// and AUTH required as `bot` / `s3cret`, and the CA its certificate chains to.
+fn tls_smtp_sink(dir: &std::path::Path, implicit: bool) -> (SmtpSink, std::path::PathBuf) {
+    let (ca, cert, key) = test_ca(dir);
+    let (cert, key) = (cert.to_str().expect("utf-8"), key.to_str().expect("utf-8"));
+    let mut args = vec![cert, key, "bot", "s3cret"];
+    if implicit {
+        args.push("implicit");
+    }
+    (smtp_sink_with(&args), ca)
+}
+
+/// A server sending email to `url`, trusting `ca`.
+fn tls_email_server(data_dir: &std::path::Path, url: &str, ca: &std::path::Path) -> Server {
+    Server::start_with_env(
+        Launch {
+            data_dir,
+            store: None,
+            configured_keys: true,
+        },
+        &[
+            ("WAYMARK_EMAIL__SMTP_URL", url),
+            ("WAYMARK_EMAIL__CA_FILE", ca.to_str().expect("utf-8")),
+            ("WAYMARK_EMAIL__FROM", "hello@example.com"),
+        ],
+    )
+}
+
 /// Publishes a one-email journey on `Identify` and identifies `user` (`<user>@example.com`).
 async fn mail_one_person(c: &reqwest::Client, base: &str, user: &str) {
     let template = json!({"channel": "email", "subject": "Hi", "text": "Hello"});
@@ -1081,27 +1125,10 @@ async fn mail_one_person(c: &reqwest::Client, base: &str, user: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_upgrades_with_starttls_and_logs_in_and_a_wrong_password_bounces_no_one() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (ca, cert, key) = test_ca(dir.path());
-    let smtp = smtp_sink_with(&[
-        cert.to_str().expect("utf-8"),
-        key.to_str().expect("utf-8"),
-        "bot",
-        "s3cret",
-    ]);
+    let (smtp, ca) = tls_smtp_sink(dir.path(), false);
     let start = |data: &str, password: &str| {
         let url = format!("smtp://bot:{password}@127.0.0.1:{}?tls=required", smtp.port);
-        Server::start_with_env(
-            Launch {
-                data_dir: &dir.path().join(data),
-                store: None,
-                configured_keys: true,
-            },
-            &[
-                ("WAYMARK_EMAIL__SMTP_URL", &url),
-                ("WAYMARK_EMAIL__CA_FILE", ca.to_str().expect("utf-8")),
-                ("WAYMARK_EMAIL__FROM", "hello@example.com"),
-            ],
-        )
+        tls_email_server(&dir.path().join(data), &url, &ca)
     };
     let c = client();
 

@@ -35,7 +35,7 @@ class Handler:
         ]
         print(json.dumps({
             "peer": "%s:%s" % tuple(session.peer[:2]),
-            "tls": session.ssl is not None,
+            "tls": server.transport.get_extra_info("ssl_object") is not None,
             "login": (session.auth_data.login.decode()
                       if isinstance(session.auth_data, LoginPassword) else None),
             "mail_from": envelope.mail_from,
@@ -52,9 +52,11 @@ probe.bind(("127.0.0.1", 0))
 port = probe.getsockname()[1]
 probe.close()
 options = {}
-# Optional: sink.py CERT KEY USER PASSWORD -> STARTTLS required, then AUTH required.
-if len(sys.argv) == 5:
-    cert, key, user, password = sys.argv[1:]
+# Optional: sink.py CERT KEY USER PASSWORD [implicit] -> STARTTLS required (or, with
+# "implicit", TLS from the first byte), then AUTH required.
+if len(sys.argv) in (5, 6):
+    cert, key, user, password = sys.argv[1:5]
+    implicit = sys.argv[5:] == ["implicit"]
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(cert, key)
 
@@ -64,8 +66,13 @@ if len(sys.argv) == 5:
         # handled=False: aiosmtpd then answers 535 itself on failure.
         return AuthResult(success=ok, handled=False, auth_data=auth_data)
 
-    options = dict(tls_context=tls, require_starttls=True, authenticator=authenticator,
-                   auth_required=True, auth_require_tls=True)
+    if implicit:
+        # aiosmtpd sees only STARTTLS as TLS for auth_require_tls; the socket is TLS anyway.
+        options = dict(ssl_context=tls, authenticator=authenticator, auth_required=True,
+                       auth_require_tls=False)
+    else:
+        options = dict(tls_context=tls, require_starttls=True, authenticator=authenticator,
+                       auth_required=True, auth_require_tls=True)
 controller = Controller(Handler(), hostname="127.0.0.1", port=port, **options)
 controller.start()
 print(json.dumps({"port": port}), flush=True)
