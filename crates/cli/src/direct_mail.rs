@@ -76,7 +76,10 @@ impl Extractor {
 
     /// Ends the current run if its time is up (called on every append and once a second).
     pub async fn rotate(&self, now: i64) -> Result<(), String> {
-        let mut run = self.run.lock().await;
+        self.end_if_due(&mut *self.run.lock().await, now)
+    }
+
+    fn end_if_due(&self, run: &mut Option<Run>, now: i64) -> Result<(), String> {
         if run
             .as_ref()
             .is_some_and(|r| now - r.started >= self.every_ms)
@@ -90,31 +93,26 @@ impl Extractor {
     /// Appends the message as a row of the current run's file and syncs it.
     pub async fn append(&self, item: &OutboxItem) -> Delivery {
         let now = wall_clock_ms();
-        if let Err(e) = self.rotate(now).await {
-            return Delivery::Retry {
-                at: now + 5_000,
-                error: e,
-            };
-        }
+        let later = |error: String| Delivery::Retry {
+            at: now + 5_000,
+            error,
+        };
         let data = item.effect["content"]["data"]
             .as_object()
             .cloned()
             .unwrap_or_default();
         let mut guard = self.run.lock().await;
-        if guard.is_none() {
-            match tokio::task::block_in_place(|| self.start(now, &data)) {
-                Ok(r) => *guard = Some(r),
-                Err(e) => {
-                    return Delivery::Retry {
-                        at: now + 5_000,
-                        error: e,
-                    };
-                }
-            }
+        if let Err(e) = self.end_if_due(&mut guard, now) {
+            return later(e);
         }
-        let Some(run) = guard.as_mut() else {
-            return Delivery::Failed("no direct mail run".into());
+        let run = match guard.take() {
+            Some(run) => run,
+            None => match tokio::task::block_in_place(|| self.start(now, &data)) {
+                Ok(run) => run,
+                Err(e) => return later(e),
+            },
         };
+        let run = guard.insert(run);
         let cell = |v: Option<&Value>| match v {
             None | Some(Value::Null) => String::new(),
             Some(Value::String(s)) => s.clone(),
@@ -140,10 +138,7 @@ impl Extractor {
                     "row": run.rows,
                 }))
             }
-            Err(e) => Delivery::Retry {
-                at: now + 5_000,
-                error: format!("writing {}: {e}", run.part.display()),
-            },
+            Err(e) => later(format!("writing {}: {e}", run.part.display())),
         }
     }
 

@@ -320,47 +320,44 @@ async fn deliver(
     channels: &Channels,
     item: &OutboxItem,
 ) -> (Delivery, Option<Bounce>) {
-    let delivery = match item.kind.as_str() {
-        "webhook" => webhook(client, channels.webhook_key.as_deref(), item).await,
-        "message" if item.effect["channel"] == "email" => {
+    let retry = Retry::Window(channels.retry_window_ms);
+    let not_configured = |what: &str, section: &str| {
+        Delivery::Failed(format!(
+            "{what} is not configured ([{section}] in the configuration)"
+        ))
+    };
+    let channel = item.effect["channel"].as_str().unwrap_or_default();
+    let delivery = match (item.kind.as_str(), channel) {
+        ("webhook", _) => webhook(client, channels.webhook_key.as_deref(), item).await,
+        // Email and SMS also say what a failure means for the address.
+        ("message", "email") => {
             return match &channels.email {
-                Some(mailer) => {
-                    mailer
-                        .send(item, Retry::Window(channels.retry_window_ms))
-                        .await
-                }
-                None => {
-                    let reason = "email is not configured ([email] in the configuration)";
-                    (Delivery::Failed(reason.into()), None)
-                }
+                Some(mailer) => mailer.send(item, retry).await,
+                None => (not_configured("email", "email"), None),
             };
         }
-        "message" if item.effect["channel"] == "sms" => {
-            let retry = Retry::Window(channels.retry_window_ms);
+        ("message", "sms") => {
             return crate::sms::send(client, channels.sms.as_ref(), item, retry).await;
         }
-        "message" if item.effect["channel"] == "push" => match &channels.push {
-            Some(pusher) => {
-                let retry = Retry::Window(channels.retry_window_ms);
-                pusher.send(client, store, item, retry).await
-            }
-            None => Delivery::Failed("push is not configured ([push] in the configuration)".into()),
+        ("message", "push") => match &channels.push {
+            Some(pusher) => pusher.send(client, store, item, retry).await,
+            None => not_configured("push", "push"),
         },
-        "message" if item.effect["channel"] == "direct_mail" => match &channels.direct_mail {
+        ("message", "direct_mail") => match &channels.direct_mail {
             Some(extractor) => extractor.append(item).await,
-            None => Delivery::Failed(
-                "direct mail is not configured ([direct_mail] in the configuration)".into(),
-            ),
+            None => not_configured("direct mail", "direct_mail"),
         },
         // Held by quiet hours until now; the inbox shows it once it is done.
-        "message" if item.effect["channel"] == "in_app" => Delivery::Delivered(Value::Null),
-        // Applied by the store when it records the delivery.
-        "update_profile" => Delivery::Delivered(Value::Null),
+        ("message", "in_app") => Delivery::Delivered(Value::Null),
         // `log` messages are done when recorded; a channel without a sender cannot deliver.
-        "message" => Delivery::Failed(format!("channel {} cannot send", item.effect["channel"])),
+        ("message", _) => {
+            Delivery::Failed(format!("channel {} cannot send", item.effect["channel"]))
+        }
+        // Applied by the store when it records the delivery.
+        ("update_profile", _) => Delivery::Delivered(Value::Null),
         // Carried out by the store when it records the delivery: the person enters the target.
-        "jump" => Delivery::Delivered(Value::Null),
-        other => Delivery::Failed(format!("{other} effects are not supported yet")),
+        ("jump", _) => Delivery::Delivered(Value::Null),
+        (other, _) => Delivery::Failed(format!("{other} effects are not supported yet")),
     };
     (delivery, None)
 }
@@ -429,15 +426,19 @@ async fn webhook(client: &reqwest::Client, key: Option<&[u8]>, item: &OutboxItem
             let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
             Delivery::Delivered(json!({"status": status, "body": body}))
         }
-        Ok(response)
-            if response.status().is_server_error() || response.status().as_u16() == 429 =>
-        {
+        Ok(response) if provider_busy(response.status()) => {
             retry_or_fail(format!("HTTP {}", response.status()))
         }
         Ok(response) => Delivery::Failed(format!("HTTP {}", response.status())),
         Err(err) if err.is_timeout() => retry_or_fail(format!("timed out after {timeout:?}")),
         Err(err) => retry_or_fail(format!("request failed: {}", with_causes(&err))),
     }
+}
+
+/// An answer that is the far side's trouble, not the request's (5xx, or 429 Too Many
+/// Requests): worth trying again later.
+pub fn provider_busy(status: reqwest::StatusCode) -> bool {
+    status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS
 }
 
 /// An error with its causes ("error sending request: ... : invalid peer certificate: ..."):

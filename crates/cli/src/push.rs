@@ -39,6 +39,15 @@ fn b64url(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// A JWT's first two parts (`header.claims`, base64url), the text its signature covers.
+fn jwt_signing_input(header: &Value, claims: &Value) -> String {
+    format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    )
+}
+
 impl ApnsKey {
     fn load(config: &Push) -> Result<Option<Self>, String> {
         use rustls_pki_types::PrivatePkcs8KeyDer;
@@ -84,12 +93,9 @@ impl ApnsKey {
         {
             return Ok(token.clone());
         }
-        let header = json!({"alg": "ES256", "kid": self.key_id});
-        let claims = json!({"iss": self.team_id, "iat": now});
-        let signing_input = format!(
-            "{}.{}",
-            b64url(header.to_string().as_bytes()),
-            b64url(claims.to_string().as_bytes())
+        let signing_input = jwt_signing_input(
+            &json!({"alg": "ES256", "kid": self.key_id}),
+            &json!({"iss": self.team_id, "iat": now}),
         );
         let signature = self
             .key
@@ -148,13 +154,10 @@ impl ServiceAccount {
         {
             return Ok(token.clone());
         }
-        let header = json!({"alg": "RS256", "typ": "JWT"});
-        let claims = json!({"iss": self.email, "scope": FCM_SCOPE, "aud": self.token_uri,
-            "iat": now, "exp": now + 3600});
-        let signing_input = format!(
-            "{}.{}",
-            b64url(header.to_string().as_bytes()),
-            b64url(claims.to_string().as_bytes())
+        let signing_input = jwt_signing_input(
+            &json!({"alg": "RS256", "typ": "JWT"}),
+            &json!({"iss": self.email, "scope": FCM_SCOPE, "aud": self.token_uri,
+                "iat": now, "exp": now + 3600}),
         );
         let mut signature = vec![0; self.key.public().modulus_len()];
         self.key
@@ -249,11 +252,7 @@ impl Pusher {
             match answer {
                 Answer::Sent(v) => sent.push(json!({"platform": platform, "answer": v})),
                 Answer::Dead(reason) => {
-                    let namespace = if platform == "apns" {
-                        "apns_token"
-                    } else {
-                        "fcm_token"
-                    };
+                    let namespace = waymark_core::identity::Namespace::of_push_platform(platform);
                     if let Ok(identity) = waymark_core::Identity::parse(namespace, token) {
                         match store.forget_identity(&identity, waymark_store::wall_clock_ms()).await {
                             Ok(_) => metrics::counter!("waymark_push_tokens_removed_total", "platform" => platform.clone()).increment(1),
@@ -341,7 +340,7 @@ impl Pusher {
                     Answer::Sent(json!({"provider_id": answer["name"]}))
                 } else if code == "UNREGISTERED" || status.as_u16() == 404 {
                     Answer::Dead(reason)
-                } else if status.is_server_error() || status.as_u16() == 429 {
+                } else if crate::dispatch::provider_busy(status) {
                     Answer::Retry(reason)
                 } else {
                     Answer::Failed(reason)
@@ -389,6 +388,7 @@ impl Pusher {
             .await;
         match response {
             Ok(r) => {
+                let busy = crate::dispatch::provider_busy(r.status());
                 let status = r.status().as_u16();
                 let id = r
                     .headers()
@@ -402,7 +402,7 @@ impl Pusher {
                     200 => Answer::Sent(json!({"provider_id": id})),
                     410 => Answer::Dead(reason),
                     400 if why == "BadDeviceToken" => Answer::Dead(reason),
-                    429 | 500.. => Answer::Retry(reason),
+                    _ if busy => Answer::Retry(reason),
                     _ => Answer::Failed(reason),
                 }
             }

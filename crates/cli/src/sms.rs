@@ -133,7 +133,7 @@ pub async fn send(
                 answer["code"],
                 answer["message"].as_str().unwrap_or_default()
             );
-            if status.is_server_error() || status.as_u16() == 429 {
+            if crate::dispatch::provider_busy(status) {
                 // The provider's trouble, not the number's.
                 (retry_or_fail(reason), None)
             } else {
@@ -201,7 +201,7 @@ async fn http_api(
                 return Delivery::Delivered(json!({"provider_id": id, "status": status.as_u16()}));
             }
             let reason = format!("HTTP {status}: {answer}");
-            if status.is_server_error() || status.as_u16() == 429 {
+            if crate::dispatch::provider_busy(status) {
                 retry_or_fail(reason)
             } else {
                 Delivery::Failed(reason)

@@ -20,6 +20,18 @@ impl Namespace {
     /// Push tokens: `context.device.token` of iOS devices (APNs) and of the rest (FCM).
     pub const APNS_TOKEN: &'static str = "apns_token";
     pub const FCM_TOKEN: &'static str = "fcm_token";
+    /// Push platforms and the namespace holding each one's device tokens, iOS first.
+    pub const PUSH_TOKENS: [(&'static str, &'static str); 2] =
+        [("apns", Self::APNS_TOKEN), ("fcm", Self::FCM_TOKEN)];
+
+    /// The namespace of a push platform's device tokens (`apns`, else FCM's).
+    pub fn of_push_platform(platform: &str) -> &'static str {
+        if platform == "apns" {
+            Self::APNS_TOKEN
+        } else {
+            Self::FCM_TOKEN
+        }
+    }
 
     pub fn parse(name: &str) -> Result<Self, String> {
         let valid = !name.is_empty()

@@ -34,7 +34,8 @@ pub struct CompiledJourney {
     pub(crate) exit_when: Option<cel::Program>,
     pub(crate) branches: HashMap<(usize, usize), cel::Program>,
     pub(crate) wait_when: HashMap<usize, cel::Program>,
-    /// Wait durations, event-wait timeouts and webhook timeouts, by node index.
+    /// Wait durations, event-wait timeouts, webhook timeouts and in-app message lifetimes,
+    /// by node index.
     pub(crate) durations: HashMap<usize, Millis>,
     pub(crate) timeout_ms: Millis,
     pub(crate) reentry: ReentryRule,
@@ -163,6 +164,11 @@ pub fn compile(doc: Journey, version: u32) -> Result<CompiledJourney, Vec<FieldE
                 timeout: Some(t), ..
             } => {
                 durations.insert(i, ms(&t.0));
+            }
+            NodeKind::Message {
+                expires: Some(e), ..
+            } => {
+                durations.insert(i, ms(&e.0));
             }
             _ => {}
         }

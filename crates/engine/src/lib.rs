@@ -704,9 +704,9 @@ impl Run<'_> {
                     channel,
                     template,
                     category,
-                    expires,
                     subscription,
                     next,
+                    ..
                 } => {
                     // Consent first: a person who unsubscribed from this channel (a signed
                     // link, an SMS STOP, or an identify setting the trait) gets nothing on it.
@@ -772,11 +772,7 @@ impl Run<'_> {
                         to,
                         transactional: *category == waymark_core::journey::Category::Transactional,
                         expires_at: (channel == "in_app").then(|| {
-                            let ttl = expires.as_ref().map_or(INBOX_TTL_MS, |e| {
-                                waymark_core::journey::parse_duration_ms(&e.0)
-                                    .unwrap_or(INBOX_TTL_MS)
-                            });
-                            self.ctx.now + ttl
+                            self.ctx.now + j.durations.get(&idx).copied().unwrap_or(INBOX_TTL_MS)
                         }),
                         devices,
                         subscription: subscription.clone(),
@@ -920,15 +916,12 @@ impl Run<'_> {
     }
 }
 
-/// Who a message on `channel` goes to: for `sms` the person's first `phone` identity, else
-/// their `phone` trait (as updated earlier in this input); for `email` likewise `email`.
-/// No address fails the message.
 /// Where a `push` goes: every device token the person has, iOS first.
 fn devices_of(channel: &str, profile: &ProfileState) -> Vec<(String, String)> {
     if channel != "push" {
         return Vec::new();
     }
-    [("apns", "apns_token"), ("fcm", "fcm_token")]
+    waymark_core::identity::Namespace::PUSH_TOKENS
         .iter()
         .flat_map(|(platform, namespace)| {
             profile
@@ -941,6 +934,9 @@ fn devices_of(channel: &str, profile: &ProfileState) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Who a message on `channel` goes to: for `sms` the person's first `phone` identity, else
+/// their `phone` trait (as updated earlier in this input); for `email` likewise `email`.
+/// No address fails the message.
 fn recipient(
     channel: &str,
     profile: &ProfileState,

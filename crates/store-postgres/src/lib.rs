@@ -246,6 +246,20 @@ impl Shared {
             .map_err(|e| unavailable(format!("postgres pool: {e}")))
     }
 
+    /// Takes the identity's advisory lock, as ingest does, then finds its profile.
+    async fn lock_identity(
+        tx: &Transaction<'_>,
+        identity: &Identity,
+    ) -> Result<Option<String>, StoreError> {
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&identity_lock_key(identity)],
+        )
+        .await
+        .map_err(db_error)?;
+        Self::profile_id_of(tx, identity).await
+    }
+
     async fn profile_id_of(
         client: &impl deadpool_postgres::GenericClient,
         identity: &Identity,
@@ -561,13 +575,7 @@ impl ProfileStore for PostgresStore {
         for _ in 0..MAX_ATTEMPTS {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(db_error)?;
-            tx.execute(
-                "SELECT pg_advisory_xact_lock($1)",
-                &[&identity_lock_key(identity)],
-            )
-            .await
-            .map_err(db_error)?;
-            let Some(profile_id) = Shared::profile_id_of(&tx, identity).await? else {
+            let Some(profile_id) = Shared::lock_identity(&tx, identity).await? else {
                 return Ok(None);
             };
             let locked = tx
@@ -617,13 +625,7 @@ impl ProfileStore for PostgresStore {
         // Locked as ingest locks: the identity, then its profile.
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_error)?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock($1)",
-            &[&identity_lock_key(identity)],
-        )
-        .await
-        .map_err(db_error)?;
-        let Some(profile_id) = Shared::profile_id_of(&tx, identity).await? else {
+        let Some(profile_id) = Shared::lock_identity(&tx, identity).await? else {
             return Ok(false);
         };
         let (namespace, value) = (identity.namespace.as_str(), identity.value.as_str());
@@ -643,14 +645,7 @@ impl ProfileStore for PostgresStore {
         {
             let mut profile = decode_profile(&row.get::<_, String>(0))?;
             profile.forget_identity(namespace, value);
-            let state =
-                serde_json::to_string(&profile).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            tx.execute(
-                "UPDATE profiles SET state = $2::text::jsonb, updated_at = $3 WHERE id = $1",
-                &[&profile_id, &state, &now],
-            )
-            .await
-            .map_err(db_error)?;
+            runs::save_profile(&tx, &profile, now).await?;
         }
         tx.commit().await.map_err(db_error)?;
         Ok(true)

@@ -656,16 +656,27 @@ pub async fn complete(
                 .flatten()
                 .filter_map(|v| v.as_str());
             profile.update_traits(set, unset, now);
-            let state = serde_json::to_string(&profile).map_err(corrupt)?;
-            client
-                .execute(
-                    "UPDATE profiles SET state = $2::text::jsonb, updated_at = $3 WHERE id = $1",
-                    &[&profile.id, &state, &now],
-                )
-                .await?;
+            save_profile(client, &profile, now).await?;
         }
         _ => {}
     }
+    Ok(())
+}
+
+/// Writes back a profile changed outside ingest (trait updates from journeys, a dropped
+/// identity).
+pub async fn save_profile(
+    client: &impl GenericClient,
+    profile: &ProfileState,
+    now: Millis,
+) -> Result<(), Abort> {
+    let state = serde_json::to_string(profile).map_err(corrupt)?;
+    client
+        .execute(
+            "UPDATE profiles SET state = $2::text::jsonb, updated_at = $3 WHERE id = $1",
+            &[&profile.id, &state, &now],
+        )
+        .await?;
     Ok(())
 }
 

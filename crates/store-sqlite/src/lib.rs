@@ -308,22 +308,9 @@ impl ProfileStore for SqliteStore {
                 params![namespace, value],
             )
             .map_err(unavailable)?;
-            let state: Option<String> = tx
-                .query_row("SELECT state FROM profiles WHERE id = ?1", [&id], |r| {
-                    r.get(0)
-                })
-                .optional()
-                .map_err(unavailable)?;
-            if let Some(state) = state {
-                let mut profile = decode_profile(&state)?;
+            if let Some(mut profile) = runs::load_profile(tx, &id)? {
                 profile.forget_identity(namespace, value);
-                let state = serde_json::to_string(&profile)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                tx.execute(
-                    "UPDATE profiles SET state = ?2, updated_at = ?3 WHERE id = ?1",
-                    params![id, state, now],
-                )
-                .map_err(unavailable)?;
+                runs::save_profile(tx, &profile, now)?;
             }
             Ok(true)
         })

@@ -571,12 +571,31 @@ pub fn claim(
     Ok(out)
 }
 
-fn load_profile(conn: &Connection, id: &str) -> Result<Option<ProfileState>, StoreError> {
+pub(crate) fn load_profile(
+    conn: &Connection,
+    id: &str,
+) -> Result<Option<ProfileState>, StoreError> {
     let state: Option<String> = conn
         .prepare_cached("SELECT state FROM profiles WHERE id = ?1")
         .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
         .map_err(unavailable)?;
     state.as_deref().map(decode_profile).transpose()
+}
+
+/// Writes back a profile changed outside ingest (trait updates from journeys, a dropped
+/// identity).
+pub(crate) fn save_profile(
+    tx: &Transaction<'_>,
+    profile: &ProfileState,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let state = serde_json::to_string(profile).map_err(corrupt)?;
+    tx.execute(
+        "UPDATE profiles SET state = ?2, updated_at = ?3 WHERE id = ?1",
+        params![profile.id, state, now],
+    )
+    .map_err(unavailable)?;
+    Ok(())
 }
 
 /// Records delivery outcomes, in order, in the caller's transaction. Webhook results move
@@ -724,12 +743,7 @@ fn apply_effect(
                 .flatten()
                 .filter_map(|v| v.as_str());
             profile.update_traits(set, unset, now);
-            let state = serde_json::to_string(&profile).map_err(corrupt)?;
-            tx.execute(
-                "UPDATE profiles SET state = ?2, updated_at = ?3 WHERE id = ?1",
-                params![profile.id, state, now],
-            )
-            .map_err(unavailable)?;
+            save_profile(tx, &profile, now)?;
         }
         _ => {}
     }
