@@ -42,7 +42,9 @@ fn entry_through_three_nodes(bencher: Bencher) {
                 now: 1_800_000_000_000,
             },
         );
-        assert_eq!(effects.len(), 3);
+        // The message and the webhook (the deadline timer is stored only once an instance
+        // waits into the future).
+        assert_eq!(effects.len(), 2);
         state
     });
 }
