@@ -278,6 +278,12 @@ pub struct Sms {
     /// (STOP/START/HELP) is refused.
     #[serde(default)]
     pub inbound_url: Option<String>,
+    /// Twilio: this server's `/v1/sms/status` as the provider reaches it, e.g.
+    /// `https://waymark.example.com/v1/sms/status`. Given with each send (with the
+    /// message's id added), so the provider reports delivery, and numbers it finds dead
+    /// are suppressed. Without it, SMS stay `sent`.
+    #[serde(default)]
+    pub status_url: Option<String>,
     /// The reply to HELP.
     #[serde(default = "default_help_text")]
     pub help_text: String,
@@ -360,7 +366,7 @@ const ENV_KEYS: [&str; 12] = [
 
 /// Keys whose environment value is taken as written. figment reads `+15550100` or an
 /// all-digit token as a number (dropping the `+`), so these skip its parsing.
-const ENV_TEXT_KEYS: [&str; 33] = [
+const ENV_TEXT_KEYS: [&str; 34] = [
     "data_dir",
     "listen",
     "store",
@@ -376,6 +382,7 @@ const ENV_TEXT_KEYS: [&str; 33] = [
     "sms.auth_token",
     "sms.from",
     "sms.inbound_url",
+    "sms.status_url",
     "sms.help_text",
     "email.smtp_url",
     "email.ca_file",

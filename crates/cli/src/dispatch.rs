@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use waymark_store::{Delivery, OutboxItem, Store, wall_clock_ms};
+use waymark_store::{Delivery, MessageEvent, OutboxItem, Store, wall_clock_ms};
 
 /// How long a claimed row is ours before another dispatcher (or this one after a restart)
 /// may take it again. Longer than any webhook timeout.
@@ -145,8 +145,9 @@ pub enum Bounce {
     Soft(String),
 }
 
-/// Puts a bounced address on the suppression list (or counts a soft bounce). A failure
-/// here is logged: the message's own outcome is recorded regardless.
+/// Puts a bounced address on the suppression list (or counts a soft bounce), and marks a
+/// hard-bounced message `bounced`. A failure here is logged: the message's own outcome is
+/// recorded regardless.
 async fn record_bounce(store: &dyn Store, item: &OutboxItem, bounce: Bounce, limit: u32) {
     let channel = item.effect["channel"].as_str().unwrap_or_default();
     let Some(Ok(address)) = item.effect["to"]
@@ -158,7 +159,15 @@ async fn record_bounce(store: &dyn Store, item: &OutboxItem, bounce: Bounce, lim
     let now = wall_clock_ms();
     let result = match &bounce {
         Bounce::Hard { reason, detail } => {
-            store.suppress(channel, &address, reason, detail, now).await
+            let report = MessageEvent {
+                status: waymark_core::delivery::BOUNCED.into(),
+                detail: detail.clone(),
+                at: now,
+            };
+            match store.record_message_event(&item.key, report).await {
+                Ok(_) => store.suppress(channel, &address, reason, detail, now).await,
+                Err(e) => Err(e),
+            }
         }
         Bounce::Soft(detail) => store
             .soft_bounce(channel, &address, detail, limit, now)
@@ -243,6 +252,12 @@ pub async fn run(store: Arc<dyn Store>, client: reqwest::Client, channels: Chann
                         .as_str()
                         .unwrap_or_default()
                         .to_owned();
+                    // Taken by the provider is `sent`; `delivered` is what it may report later.
+                    let outcome = if outcome == "delivered" {
+                        "sent"
+                    } else {
+                        outcome
+                    };
                     metrics::counter!("waymark_messages_total", "channel" => channel, "outcome" => outcome).increment(1);
                 }
                 // If the recorder is gone the server is stopping; the lease brings it back.

@@ -99,11 +99,7 @@ impl Mailer {
             .parse()
             .map_err(|e| format!("recipient {to:?} is not an email address: {e}"))?;
         let domain = self.from.email.domain().to_owned();
-        let message_id = format!(
-            "<{:016x}.{}@{domain}>",
-            xxhash_rust::xxh3::xxh3_64(item.key.as_bytes()),
-            item.seq
-        );
+        let message_id = waymark_core::delivery::email_message_id(&item.key, item.seq, &domain);
         let mut builder = Message::builder()
             .from(self.from.clone())
             .to(to.clone())

@@ -183,6 +183,14 @@ pub async fn run(config: Config) -> Result<(), String> {
             help_text: sms.help_text.clone(),
         });
     }
+    if let Some(sms) = &config.sms
+        && let Some(url) = &sms.status_url
+    {
+        state = state.with_sms_status(waymark_server::reports::SmsStatus {
+            auth_token: sms.auth_token.clone().unwrap_or_default(),
+            url: url.clone(),
+        });
+    }
     let app = waymark_server::app(state);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())

@@ -6,18 +6,10 @@
 use serde_json::{Value, json};
 use waymark_store::{Delivery, OutboxItem};
 
+use waymark_core::delivery::twilio_suppression;
+
 use crate::config::Sms;
 use crate::dispatch::{Bounce, Retry};
-
-/// Twilio error codes that say the number cannot get messages: the list reason for each.
-/// (21610: the person replied STOP to the carrier; 21211/21614: not a valid mobile number.)
-fn bounce_of(code: &Value) -> Option<&'static str> {
-    match code.as_u64()? {
-        21610 => Some(waymark_core::governance::CARRIER_OPT_OUT),
-        21211 | 21614 => Some(waymark_core::governance::INVALID),
-        _ => None,
-    }
-}
 
 /// The configured provider, checked and compiled at start.
 pub struct SmsSender {
@@ -67,6 +59,12 @@ impl SmsSender {
             }
             other => return Err(format!("sms.provider {other:?}: expected twilio or http")),
         };
+        if let Some(url) = &config.status_url {
+            if config.provider != "twilio" {
+                return Err("sms.status_url is for the twilio provider (a generic provider reports through POST /v1/messages/reports)".into());
+            }
+            reqwest::Url::parse(url).map_err(|e| format!("sms.status_url {url:?}: {e}"))?;
+        }
         if config.inbound_url.is_some() && config.auth_token.is_none() {
             return Err(
                 "sms.inbound_url needs the twilio auth_token (inbound requests are signed with it)"
@@ -114,11 +112,22 @@ pub async fn send(
         "{}/2010-04-01/Accounts/{sid}/Messages.json",
         config.base_url.trim_end_matches('/'),
     );
+    let mut form = vec![
+        ("To", to.to_owned()),
+        ("From", config.from.clone()),
+        ("Body", body.to_owned()),
+    ];
+    if let Some(base) = &config.status_url {
+        // Checked at start; the URL library encodes the key in the query.
+        if let Ok(callback) = reqwest::Url::parse_with_params(base, [("m", item.key.as_str())]) {
+            form.push(("StatusCallback", callback.into()));
+        }
+    }
     let request = client
         .post(url)
         .basic_auth(sid, Some(token))
         .timeout(std::time::Duration::from_secs(15))
-        .form(&[("To", to), ("From", config.from.as_str()), ("Body", body)]);
+        .form(&form);
     let retry_or_fail = |error: String| crate::dispatch::retry_or_fail(item, retry, error);
     match request.send().await {
         Ok(response) => {
@@ -137,7 +146,8 @@ pub async fn send(
                 // The provider's trouble, not the number's.
                 (retry_or_fail(reason), None)
             } else {
-                let bounce = bounce_of(&answer["code"]).map(|why| Bounce::Hard {
+                let code = answer["code"].as_u64().unwrap_or_default();
+                let bounce = twilio_suppression(code).map(|why| Bounce::Hard {
                     reason: why,
                     detail: reason.clone(),
                 });

@@ -5,6 +5,7 @@
 //! functions, and every storage backend runs the same rules by calling into it.
 
 pub mod content;
+pub mod delivery;
 pub mod error;
 pub mod event;
 pub mod governance;

@@ -12,6 +12,7 @@ pub mod journeys;
 pub mod links;
 pub mod ops;
 pub mod profiles;
+pub mod reports;
 pub mod suppressions;
 pub mod templates;
 
@@ -31,6 +32,8 @@ pub struct AppState {
     pub link_secret: Option<Arc<Vec<u8>>>,
     /// Inbound SMS (keywords): the provider's auth token and the URL it calls.
     pub sms_inbound: Option<Arc<links::SmsInbound>>,
+    /// SMS status callbacks: the provider's auth token and the callback URL.
+    pub sms_status: Option<Arc<reports::SmsStatus>>,
 }
 
 impl AppState {
@@ -40,11 +43,17 @@ impl AppState {
             keys: Arc::new(keys),
             link_secret: None,
             sms_inbound: None,
+            sms_status: None,
         }
     }
 
     pub fn with_sms_inbound(mut self, inbound: links::SmsInbound) -> Self {
         self.sms_inbound = Some(Arc::new(inbound));
+        self
+    }
+
+    pub fn with_sms_status(mut self, status: reports::SmsStatus) -> Self {
+        self.sms_status = Some(Arc::new(status));
         self
     }
 
@@ -119,6 +128,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/email/open", get(links::email_open))
         .route("/v1/email/click", get(links::email_click))
         .route("/v1/sms/inbound", post(links::sms_inbound))
+        .route("/v1/sms/status", post(reports::sms_status))
+        .route("/v1/messages/reports", post(reports::post_report))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))

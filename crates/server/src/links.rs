@@ -299,20 +299,8 @@ pub async fn sms_inbound(
         .sms_inbound
         .clone()
         .ok_or_else(|| ApiError::forbidden("inbound SMS is not configured"))?;
-    let signature = headers
-        .get("x-twilio-signature")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if !links::verify_twilio(&inbound.auth_token, &inbound.url, &params, signature) {
-        return Err(ApiError::forbidden("the request signature is not valid"));
-    }
-    let get = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or_default()
-    };
+    verify_twilio_request(&headers, &inbound.auth_token, &inbound.url, &params)?;
+    let get = |name: &str| form_value(&params, name);
     let from = Identity::parse("phone", get("From"))
         .map_err(|m| ApiError::field("invalid_identity", "From", m))?;
     let body = get("Body").trim();
@@ -352,6 +340,33 @@ pub async fn sms_inbound(
             Ok(twiml(None))
         }
     }
+}
+
+/// Refuses a provider request without a valid `X-Twilio-Signature` over `url` and `params`.
+pub(crate) fn verify_twilio_request(
+    headers: &axum::http::HeaderMap,
+    auth_token: &str,
+    url: &str,
+    params: &[(String, String)],
+) -> Result<(), ApiError> {
+    let signature = headers
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if links::verify_twilio(auth_token, url, params, signature) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("the request signature is not valid"))
+    }
+}
+
+/// A form field's value, or `""`.
+pub(crate) fn form_value<'a>(params: &'a [(String, String)], name: &str) -> &'a str {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default()
 }
 
 fn xml_escape(s: &str) -> String {

@@ -115,7 +115,7 @@ impl Modify for SecuritySchemes {
         crate::journeys::put_journey, crate::journeys::journey_action, crate::journeys::get_journey, crate::journeys::list_journeys, crate::journeys::journey_stats,
         crate::templates::put_template, crate::templates::get_template, crate::templates::list_templates, crate::templates::preview_template,
         crate::links::unsubscribe, crate::links::sms_inbound, crate::links::email_open,
-        crate::links::email_click,
+        crate::links::email_click, crate::reports::sms_status, crate::reports::post_report,
         crate::inbox::get_inbox, crate::inbox::mark,
         crate::suppressions::list, crate::suppressions::get_one, crate::suppressions::put, crate::suppressions::delete,
         healthz, metrics, openapi,

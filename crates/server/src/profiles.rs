@@ -291,15 +291,19 @@ pub struct MessagesView {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MessageView {
+    /// The message's id, to report on it (`POST /v1/messages/reports`); absent for messages
+    /// that were never queued (suppressed, not sent).
+    pub id: Option<String>,
     pub journey: String,
     pub node: String,
     pub channel: String,
     pub template: Option<String>,
     /// Where it went (email address, phone number), if it was addressed.
     pub to: Option<String>,
-    /// `recorded` (log channel), `queued`, `held` (quiet hours or throttling), `retrying`, `sent`, `failed` (with `reason`; a
-    /// hard bounce says so), `suppressed` (with `reason`: unsubscribed, suppression list, frequency cap, quiet hours), or `not_sent`
-    /// (no address, or the template failed to render).
+    /// `recorded` (log channel), `queued`, `held` (quiet hours or throttling), `retrying`, `sent`, `failed` (with `reason`),
+    /// `suppressed` (with `reason`: unsubscribed, suppression list, frequency cap, quiet hours), or `not_sent` (no address, or
+    /// the template failed to render); then what the provider reported last: `delivered`, `undelivered`, `bounced` (also
+    /// when the SMTP server refused it for good), `complained`.
     pub status: String,
     pub reason: Option<String>,
     pub attempts: u32,
@@ -310,6 +314,27 @@ pub struct MessageView {
     /// The rendered content.
     #[schema(value_type = Object)]
     pub content: Option<Value>,
+    /// What happened to it, oldest first: `queued`, then `sent` or `failed` when the
+    /// dispatcher finished with it, then each provider report.
+    pub history: Vec<StatusChange>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusChange {
+    pub status: String,
+    pub at: String,
+    /// Why (a failure's reason, the provider's words).
+    pub detail: Option<String>,
+}
+
+impl StatusChange {
+    fn new(status: &str, at: i64, detail: Option<String>) -> Self {
+        Self {
+            status: status.to_owned(),
+            at: format_iso8601(at),
+            detail: detail.filter(|d| !d.is_empty()),
+        }
+    }
 }
 
 /// The person's messages and what became of each: sent, failed (bounced), retrying,
@@ -342,20 +367,46 @@ pub async fn get_messages(
                 ("pending", _) if o.next_attempt_at > now => "held",
                 _ => "queued",
             };
+            let mut history = vec![StatusChange::new("queued", o.created_at, None)];
+            match status {
+                "sent" | "recorded" => history.push(StatusChange::new(
+                    status,
+                    o.finished_at.unwrap_or(o.created_at),
+                    None,
+                )),
+                "failed" => history.push(StatusChange::new(
+                    status,
+                    o.finished_at.unwrap_or(o.created_at),
+                    o.last_error.clone(),
+                )),
+                _ => {}
+            }
+            history.extend(
+                o.events
+                    .iter()
+                    .map(|e| StatusChange::new(&e.status, e.at, Some(e.detail.clone()))),
+            );
+            let status = o.events.last().map_or(status, |e| e.status.as_str());
             let view = MessageView {
+                id: Some(o.row.key.clone()),
                 journey: o.row.journey.clone(),
                 node: e["node"].as_str().unwrap_or_default().to_owned(),
                 channel,
                 template: e["template"].as_str().map(str::to_owned),
                 to: e["to"].as_str().map(str::to_owned),
                 status: status.to_owned(),
-                reason: o
-                    .last_error
-                    .filter(|_| status != "sent" && status != "recorded"),
+                reason: match o.events.last() {
+                    Some(report) => Some(report.detail.clone()).filter(|d| !d.is_empty()),
+                    None => o
+                        .last_error
+                        .clone()
+                        .filter(|_| status != "sent" && status != "recorded"),
+                },
                 attempts: o.attempts,
-                provider: o.result.filter(|r| !r.is_null()),
+                provider: o.result.clone().filter(|r| !r.is_null()),
                 decided_at: format_iso8601(o.created_at),
                 content: e.get("content").cloned(),
+                history,
             };
             (o.created_at, view)
         })
@@ -377,6 +428,7 @@ pub async fn get_messages(
                 messages.push((
                     step.at,
                     MessageView {
+                        id: None,
                         journey: journey.clone(),
                         node: step.node.clone(),
                         channel: detail["channel"].as_str().unwrap_or_default().to_owned(),
@@ -388,6 +440,11 @@ pub async fn get_messages(
                         provider: None,
                         decided_at: format_iso8601(step.at),
                         content: None,
+                        history: vec![StatusChange::new(
+                            status,
+                            step.at,
+                            detail["reason"].as_str().map(str::to_owned),
+                        )],
                     },
                 ));
             }

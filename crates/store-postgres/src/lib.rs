@@ -913,6 +913,20 @@ impl OutboxStore for PostgresStore {
         runs::release_leases(&client).await
     }
 
+    async fn record_message_event(
+        &self,
+        key: &str,
+        event: waymark_store::MessageEvent,
+    ) -> Result<Option<OutboxItem>, StoreError> {
+        let client = self.client().await?;
+        runs::record_message_event(&client, key, &event).await
+    }
+
+    async fn outbox_key(&self, seq: i64) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        runs::outbox_key(&client, seq).await
+    }
+
     async fn complete_outbox(
         &self,
         item: &OutboxItem,

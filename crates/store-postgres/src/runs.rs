@@ -14,7 +14,7 @@ use waymark_engine::run::{
     plan_timers, plan_webhook_result, state_keys,
 };
 use waymark_engine::stats::{Counts, JourneyStats, count_state_change, count_states};
-use waymark_store::{Delivery, OutboxEntry, OutboxItem, StoreError};
+use waymark_store::{Delivery, MessageEvent, OutboxEntry, OutboxItem, StoreError};
 
 use crate::{Abort, db_error, decode_profile};
 
@@ -439,6 +439,12 @@ pub async fn erase(client: &impl GenericClient, profile_id: &str) -> Result<(), 
         count_state_change(&mut counts, &journey, Some(&state), None);
     }
     add_counts(client, &counts).await?;
+    client
+        .execute(
+            "DELETE FROM message_events WHERE key IN (SELECT key FROM journey_outbox WHERE profile_id = $1)",
+            &[&profile_id],
+        )
+        .await?;
     for table in [
         "journey_states",
         "journey_timers",
@@ -479,15 +485,32 @@ pub async fn profile_outbox(
 ) -> Result<Vec<OutboxEntry>, StoreError> {
     let rows = client
         .query(
-            "SELECT key, journey_key, kind, effect::text, status, attempts, last_error, result::text, created_at, next_attempt_at
+            "SELECT key, journey_key, kind, effect::text, status, attempts, last_error, result::text, created_at, next_attempt_at, finished_at
              FROM journey_outbox WHERE profile_id = $1 ORDER BY seq",
             &[&profile_id],
         )
         .await
         .map_err(db_error)?;
+    let mut events: HashMap<String, Vec<MessageEvent>> = HashMap::new();
+    for r in client
+        .query(
+            "SELECT e.key, e.status, e.detail, e.at FROM message_events e
+             JOIN journey_outbox o ON o.key = e.key WHERE o.profile_id = $1 ORDER BY e.at",
+            &[&profile_id],
+        )
+        .await
+        .map_err(db_error)?
+    {
+        events.entry(r.get(0)).or_default().push(MessageEvent {
+            status: r.get(1),
+            detail: r.get(2),
+            at: r.get(3),
+        });
+    }
     rows.into_iter()
         .map(|r| {
             Ok(OutboxEntry {
+                events: events.remove(r.get::<_, &str>(0)).unwrap_or_default(),
                 row: OutboxRow {
                     key: r.get(0),
                     profile_id: profile_id.to_owned(),
@@ -505,9 +528,58 @@ pub async fn profile_outbox(
                     .transpose()?,
                 created_at: r.get(8),
                 next_attempt_at: r.get(9),
+                finished_at: r.get(10),
             })
         })
         .collect()
+}
+
+/// See `OutboxStore::record_message_event`.
+pub async fn record_message_event(
+    client: &impl GenericClient,
+    key: &str,
+    event: &MessageEvent,
+) -> Result<Option<OutboxItem>, StoreError> {
+    let Some(r) = client
+        .query_opt(
+            "SELECT seq, profile_id, journey_key, effect::text, attempts, created_at FROM journey_outbox
+             WHERE key = $1 AND kind = 'message'",
+            &[&key],
+        )
+        .await
+        .map_err(db_error)?
+    else {
+        return Ok(None);
+    };
+    client
+        .execute(
+            "INSERT INTO message_events (key, status, detail, at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (key, status) DO NOTHING",
+            &[&key, &event.status, &event.detail, &event.at],
+        )
+        .await
+        .map_err(db_error)?;
+    Ok(Some(OutboxItem {
+        seq: r.get(0),
+        key: key.to_owned(),
+        profile_id: r.get(1),
+        journey: r.get(2),
+        kind: "message".into(),
+        effect: serde_json::from_str(&r.get::<_, String>(3)).map_err(corrupt)?,
+        attempts: r.get::<_, i32>(4) as u32,
+        created_at: r.get(5),
+    }))
+}
+
+pub async fn outbox_key(
+    client: &impl GenericClient,
+    seq: i64,
+) -> Result<Option<String>, StoreError> {
+    let row = client
+        .query_opt("SELECT key FROM journey_outbox WHERE seq = $1", &[&seq])
+        .await
+        .map_err(db_error)?;
+    Ok(row.map(|r| r.get(0)))
 }
 
 pub async fn claim(
@@ -580,8 +652,8 @@ pub async fn complete(
         Delivery::Delivered(value) => {
             let changed = client
                 .execute(
-                    "UPDATE journey_outbox SET attempts = attempts + 1, status = 'done', result = $2::text::jsonb WHERE seq = $1 AND status = 'pending'",
-                    &[&item.seq, &value.to_string()],
+                    "UPDATE journey_outbox SET attempts = attempts + 1, status = 'done', result = $2::text::jsonb, finished_at = $3 WHERE seq = $1 AND status = 'pending'",
+                    &[&item.seq, &value.to_string(), &now],
                 )
                 .await?;
             if changed == 0 {
@@ -592,8 +664,8 @@ pub async fn complete(
         Delivery::Failed(error) => {
             let changed = client
                 .execute(
-                    "UPDATE journey_outbox SET attempts = attempts + 1, status = 'failed', last_error = $2 WHERE seq = $1 AND status = 'pending'",
-                    &[&item.seq, error],
+                    "UPDATE journey_outbox SET attempts = attempts + 1, status = 'failed', last_error = $2, finished_at = $3 WHERE seq = $1 AND status = 'pending'",
+                    &[&item.seq, error, &now],
                 )
                 .await?;
             if changed == 0 {

@@ -154,6 +154,19 @@ const MIGRATIONS: &[(i32, &str)] = &[
          );
          CREATE INDEX inbox_marks_profile ON inbox_marks (profile_id);",
     ),
+    // When a message was sent or given up, and what its provider reported afterwards
+    // (delivery receipts, asynchronous bounces, complaints), once per status.
+    (
+        10,
+        "ALTER TABLE journey_outbox ADD COLUMN finished_at BIGINT;
+         CREATE TABLE message_events (
+             key TEXT NOT NULL,
+             status TEXT NOT NULL,
+             detail TEXT NOT NULL,
+             at BIGINT NOT NULL,
+             PRIMARY KEY (key, status)
+         );",
+    ),
 ];
 
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {

@@ -563,6 +563,20 @@ impl OutboxStore for SqliteStore {
         self.write(runs::release_leases).await
     }
 
+    async fn record_message_event(
+        &self,
+        key: &str,
+        event: waymark_store::MessageEvent,
+    ) -> Result<Option<OutboxItem>, StoreError> {
+        let key = key.to_owned();
+        self.write(move |tx| runs::record_message_event(tx, &key, &event))
+            .await
+    }
+
+    async fn outbox_key(&self, seq: i64) -> Result<Option<String>, StoreError> {
+        self.read(move |conn| runs::outbox_key(conn, seq)).await
+    }
+
     async fn complete_outbox_many(
         &self,
         done: Arc<[(OutboxItem, Delivery)]>,

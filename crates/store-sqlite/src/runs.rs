@@ -14,7 +14,7 @@ use waymark_engine::run::{
     plan_events, plan_jump, plan_timers, plan_webhook_results, state_keys,
 };
 use waymark_engine::stats::{Counts, JourneyStats, count_state_change, count_states};
-use waymark_store::{Delivery, OutboxEntry, OutboxItem, StoreError};
+use waymark_store::{Delivery, MessageEvent, OutboxEntry, OutboxItem, StoreError};
 
 use crate::{decode_profile, unavailable};
 
@@ -416,6 +416,11 @@ pub fn erase(tx: &Transaction<'_>, profile_id: &str) -> Result<(), StoreError> {
         count_state_change(&mut counts, &journey, Some(&state), None);
     }
     add_counts(tx, &counts)?;
+    tx.execute(
+        "DELETE FROM message_events WHERE key IN (SELECT key FROM journey_outbox WHERE profile_id = ?1)",
+        [profile_id],
+    )
+    .map_err(unavailable)?;
     for table in [
         "journey_states",
         "journey_timers",
@@ -450,7 +455,7 @@ pub fn profile_journeys(
 pub fn profile_outbox(conn: &Connection, profile_id: &str) -> Result<Vec<OutboxEntry>, StoreError> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT key, journey_key, kind, effect, status, attempts, last_error, result, created_at, next_attempt_at
+            "SELECT key, journey_key, kind, effect, status, attempts, last_error, result, created_at, next_attempt_at, finished_at
              FROM journey_outbox WHERE profile_id = ?1 ORDER BY seq",
         )
         .map_err(unavailable)?;
@@ -465,6 +470,7 @@ pub fn profile_outbox(conn: &Connection, profile_id: &str) -> Result<Vec<OutboxE
         Option<String>,
         i64,
         i64,
+        Option<i64>,
     );
     let rows: Vec<Raw> = stmt
         .query_map([profile_id], |r| {
@@ -479,10 +485,12 @@ pub fn profile_outbox(conn: &Connection, profile_id: &str) -> Result<Vec<OutboxE
                 r.get(7)?,
                 r.get(8)?,
                 r.get(9)?,
+                r.get(10)?,
             ))
         })
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .map_err(unavailable)?;
+    let mut events = profile_message_events(conn, profile_id)?;
     rows.into_iter()
         .map(
             |(
@@ -496,8 +504,10 @@ pub fn profile_outbox(conn: &Connection, profile_id: &str) -> Result<Vec<OutboxE
                 result,
                 created_at,
                 next,
+                finished_at,
             )| {
                 Ok(OutboxEntry {
+                    events: events.remove(&key).unwrap_or_default(),
                     row: OutboxRow {
                         key,
                         profile_id: profile_id.to_owned(),
@@ -514,10 +524,94 @@ pub fn profile_outbox(conn: &Connection, profile_id: &str) -> Result<Vec<OutboxE
                         .transpose()?,
                     created_at,
                     next_attempt_at: next,
+                    finished_at,
                 })
             },
         )
         .collect()
+}
+
+/// The person's messages' provider reports, by message key, each list oldest first.
+fn profile_message_events(
+    conn: &Connection,
+    profile_id: &str,
+) -> Result<HashMap<String, Vec<MessageEvent>>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT e.key, e.status, e.detail, e.at FROM message_events e
+             JOIN journey_outbox o ON o.key = e.key WHERE o.profile_id = ?1 ORDER BY e.at",
+        )
+        .map_err(unavailable)?;
+    let mut events: HashMap<String, Vec<MessageEvent>> = HashMap::new();
+    let rows = stmt
+        .query_map([profile_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                MessageEvent {
+                    status: r.get(1)?,
+                    detail: r.get(2)?,
+                    at: r.get(3)?,
+                },
+            ))
+        })
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(unavailable)?;
+    for (key, event) in rows {
+        events.entry(key).or_default().push(event);
+    }
+    Ok(events)
+}
+
+/// See `OutboxStore::record_message_event`.
+pub fn record_message_event(
+    tx: &Transaction<'_>,
+    key: &str,
+    event: &MessageEvent,
+) -> Result<Option<OutboxItem>, StoreError> {
+    let row = tx
+        .prepare_cached(
+            "SELECT seq, profile_id, journey_key, effect, attempts, created_at FROM journey_outbox
+             WHERE key = ?1 AND kind = 'message'",
+        )
+        .and_then(|mut s| {
+            s.query_row([key], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            })
+            .optional()
+        })
+        .map_err(unavailable)?;
+    let Some((seq, profile_id, journey, effect, attempts, created_at)) = row else {
+        return Ok(None);
+    };
+    tx.prepare_cached(
+        "INSERT INTO message_events (key, status, detail, at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (key, status) DO NOTHING",
+    )
+    .and_then(|mut s| s.execute(params![key, event.status, event.detail, event.at]))
+    .map_err(unavailable)?;
+    Ok(Some(OutboxItem {
+        seq,
+        key: key.to_owned(),
+        profile_id,
+        journey,
+        kind: "message".into(),
+        effect: serde_json::from_str(&effect).map_err(corrupt)?,
+        attempts: attempts as u32,
+        created_at,
+    }))
+}
+
+pub fn outbox_key(conn: &Connection, seq: i64) -> Result<Option<String>, StoreError> {
+    conn.prepare_cached("SELECT key FROM journey_outbox WHERE seq = ?1")
+        .and_then(|mut s| s.query_row([seq], |r| r.get(0)).optional())
+        .map_err(unavailable)
 }
 
 pub fn claim(
@@ -609,7 +703,7 @@ pub fn complete_many(
 ) -> Result<(), StoreError> {
     let mut webhooks = Vec::new();
     for (item, delivery) in done {
-        let Some(outcome) = record_delivery(tx, item, delivery)? else {
+        let Some(outcome) = record_delivery(tx, item, delivery, now)? else {
             continue;
         };
         match item.kind.as_str() {
@@ -663,6 +757,7 @@ fn record_delivery(
     tx: &Transaction<'_>,
     item: &OutboxItem,
     delivery: &Delivery,
+    now: Millis,
 ) -> Result<Option<Result<Value, String>>, StoreError> {
     match delivery {
         Delivery::Deferred { at } => {
@@ -684,18 +779,18 @@ fn record_delivery(
         Delivery::Delivered(value) => {
             let changed = tx
                 .prepare_cached(
-                    "UPDATE journey_outbox SET attempts = attempts + 1, status = 'done', result = ?2 WHERE seq = ?1 AND status = 'pending'",
+                    "UPDATE journey_outbox SET attempts = attempts + 1, status = 'done', result = ?2, finished_at = ?3 WHERE seq = ?1 AND status = 'pending'",
                 )
-                .and_then(|mut s| s.execute(params![item.seq, value.to_string()]))
+                .and_then(|mut s| s.execute(params![item.seq, value.to_string(), now]))
                 .map_err(unavailable)?;
             Ok((changed > 0).then(|| Ok(value.clone())))
         }
         Delivery::Failed(error) => {
             let changed = tx
                 .prepare_cached(
-                    "UPDATE journey_outbox SET attempts = attempts + 1, status = 'failed', last_error = ?2 WHERE seq = ?1 AND status = 'pending'",
+                    "UPDATE journey_outbox SET attempts = attempts + 1, status = 'failed', last_error = ?2, finished_at = ?3 WHERE seq = ?1 AND status = 'pending'",
                 )
-                .and_then(|mut s| s.execute(params![item.seq, error]))
+                .and_then(|mut s| s.execute(params![item.seq, error, now]))
                 .map_err(unavailable)?;
             Ok((changed > 0).then(|| Err(error.clone())))
         }

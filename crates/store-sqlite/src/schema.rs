@@ -167,6 +167,19 @@ const MIGRATIONS: &[(i64, &str)] = &[
          ALTER TABLE journey_states_by_rowid RENAME TO journey_states;
          CREATE UNIQUE INDEX journey_states_key ON journey_states (profile_id, journey_key);",
     ),
+    // When a message was sent or given up, and what its provider reported afterwards
+    // (delivery receipts, asynchronous bounces, complaints), once per status.
+    (
+        11,
+        "ALTER TABLE journey_outbox ADD COLUMN finished_at INTEGER;
+         CREATE TABLE message_events (
+             key TEXT NOT NULL,
+             status TEXT NOT NULL,
+             detail TEXT NOT NULL,
+             at INTEGER NOT NULL,
+             PRIMARY KEY (key, status)
+         ) WITHOUT ROWID;",
+    ),
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

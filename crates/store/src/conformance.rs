@@ -10,8 +10,9 @@ use waymark_core::time::parse_iso8601;
 use waymark_core::{Event, Identity, partition_of};
 
 use crate::{
-    Delivery, JourneyAction, JourneyRunStore, JourneyStatus, JourneyStore, OutboxStore,
-    PageRequest, ProfileStore, Store, StoreOptions, SuppressionStore, TemplateStore, Transition,
+    Delivery, JourneyAction, JourneyRunStore, JourneyStatus, JourneyStore, MessageEvent,
+    OutboxStore, PageRequest, ProfileStore, Store, StoreOptions, SuppressionStore, TemplateStore,
+    Transition,
 };
 
 /// A place a store can be opened, and opened again (to prove durability).
@@ -46,6 +47,7 @@ macro_rules! conformance_suite {
             governance_caps_across_journeys_and_quiet_hours_hold,
             suppression_list_counts_bounces_and_binds_every_message,
             dead_push_tokens_are_forgotten,
+            provider_reports_are_kept_per_message_once_per_status,
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {
@@ -1230,6 +1232,18 @@ fn sms_journey(key: &str, event: &str, category: &str) -> Value {
             {"id": "done", "type": "end"}]})
 }
 
+/// A live journey `receipt`: a transactional SMS on every `Paid`.
+async fn publish_receipts(s: &impl Store) {
+    s.put_journey_draft(
+        "receipt",
+        &sms_journey("receipt", "Paid", "transactional"),
+        1,
+    )
+    .await
+    .expect("put");
+    s.publish_journey("receipt", 1).await.expect("publish");
+}
+
 fn steps_of(states: &[(String, crate::JourneyState)], journey: &str) -> Vec<String> {
     states
         .iter()
@@ -1443,14 +1457,7 @@ pub async fn suppression_list_counts_bounces_and_binds_every_message(b: &impl Ba
         [("sms".to_string(), "+15550101237".to_string())]
     );
     // Journeys: a listed address gets nothing, transactional or not; others are sent.
-    s.put_journey_draft(
-        "receipt",
-        &sms_journey("receipt", "Paid", "transactional"),
-        1,
-    )
-    .await
-    .expect("put");
-    s.publish_journey("receipt", 1).await.expect("publish");
+    publish_receipts(&s).await;
     s.ingest(events(json!([
         {"type": "identify", "messageId": "s-1", "userId": "listed", "traits": {"phone": "+1 (555) 010-1236"}},
         {"type": "track", "messageId": "s-2", "userId": "listed", "event": "Paid"},
@@ -1497,6 +1504,82 @@ pub async fn suppression_list_counts_bounces_and_binds_every_message(b: &impl Ba
     .await
     .expect("ingest");
     assert_eq!(outbox("listed").await.len(), 1);
+    s.close().await;
+}
+
+pub async fn provider_reports_are_kept_per_message_once_per_status(b: &impl Backend) {
+    let s = b.open(StoreOptions::default()).await;
+    publish_receipts(&s).await;
+    s.ingest(events(json!([
+        {"type": "identify", "messageId": "r-1", "userId": "reported", "traits": {"phone": "+15550101300"}},
+        {"type": "track", "messageId": "r-2", "userId": "reported", "event": "Paid"},
+    ])))
+    .await
+    .expect("ingest");
+    let claimed = s
+        .claim_outbox(i64::MAX / 2, 10, 60_000)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    let item = claimed[0].clone();
+    assert_eq!(
+        s.outbox_key(item.seq).await.expect("key"),
+        Some(item.key.clone())
+    );
+    assert_eq!(s.outbox_key(item.seq + 1_000).await.expect("key"), None);
+    s.complete_outbox(
+        &item,
+        Delivery::Delivered(json!({"provider_id": "SM1"})),
+        5_000,
+    )
+    .await
+    .expect("complete");
+    let event = |status: &str, at| MessageEvent {
+        status: status.into(),
+        detail: format!("{status} report"),
+        at,
+    };
+    let row = s
+        .record_message_event(&item.key, event("delivered", 6_000))
+        .await
+        .expect("record")
+        .expect("the message");
+    assert_eq!(
+        (row.seq, row.profile_id.as_str(), row.effect["to"].as_str()),
+        (item.seq, item.profile_id.as_str(), Some("+15550101300"))
+    );
+    // The provider repeats its callback: kept once, with the first time.
+    s.record_message_event(&item.key, event("delivered", 7_000))
+        .await
+        .expect("again");
+    s.record_message_event(&item.key, event("complained", 8_000))
+        .await
+        .expect("complaint");
+    assert_eq!(
+        s.record_message_event("no-such-message", event("delivered", 1))
+            .await
+            .expect("unknown"),
+        None
+    );
+    let outbox = s
+        .profile_outbox(&id("user_id", "reported"))
+        .await
+        .expect("read")
+        .expect("profile");
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox[0].finished_at, Some(5_000));
+    assert_eq!(
+        outbox[0].events,
+        [event("delivered", 6_000), event("complained", 8_000)]
+    );
+    // Erasing the person takes the reports with the messages.
+    s.erase(&id("user_id", "reported")).await.expect("erase");
+    assert_eq!(
+        s.record_message_event(&item.key, event("bounced", 9_000))
+            .await
+            .expect("after erase"),
+        None
+    );
     s.close().await;
 }
 

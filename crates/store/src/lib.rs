@@ -382,6 +382,20 @@ pub struct OutboxEntry {
     pub created_at: Millis,
     /// When the next attempt is due (while pending).
     pub next_attempt_at: Millis,
+    /// When it was sent or given up by the dispatcher (`None` for rows done when recorded,
+    /// like `log` and in-app messages, and for rows recorded before this was kept).
+    pub finished_at: Option<Millis>,
+    /// What the provider reported after it took the message, oldest first.
+    pub events: Vec<MessageEvent>,
+}
+
+/// Something a provider reported about a message it had taken: `delivered`, `undelivered`,
+/// `bounced` (asynchronously, or by the SMTP server's reply), `complained`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MessageEvent {
+    pub status: String,
+    pub detail: String,
+    pub at: Millis,
 }
 
 /// An outbox row handed to the dispatcher.
@@ -450,6 +464,18 @@ pub trait OutboxStore: Send + Sync {
         done: std::sync::Arc<[(OutboxItem, Delivery)]>,
         now: Millis,
     ) -> Result<(), StoreError>;
+
+    /// Records what a provider reported about the message with this key, once per status
+    /// (providers repeat callbacks). Returns the message's row, or `None` when no message
+    /// has this key.
+    async fn record_message_event(
+        &self,
+        key: &str,
+        event: MessageEvent,
+    ) -> Result<Option<OutboxItem>, StoreError>;
+
+    /// The key of the outbox row with this sequence number (an email's Message-ID names it).
+    async fn outbox_key(&self, seq: i64) -> Result<Option<String>, StoreError>;
 }
 
 #[async_trait]
