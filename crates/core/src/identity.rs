@@ -110,6 +110,13 @@ impl Identity {
         self.namespace.as_str() == Namespace::USER_ID
     }
 
+    /// An app install's push token (APNs or FCM).
+    pub fn is_push_token(&self) -> bool {
+        Namespace::PUSH_TOKENS
+            .iter()
+            .any(|(_, ns)| self.namespace.as_str() == *ns)
+    }
+
     pub(crate) fn from_field(
         namespace: &'static str,
         value: &str,

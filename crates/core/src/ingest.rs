@@ -15,7 +15,10 @@
 //! - every other profile the event's identities point at is merged into it, unless that
 //!   profile has a different user id (two known people who share a device or an email stay
 //!   two people); `alias` merges unconditionally, since it is an explicit instruction;
-//! - identities not yet known are attached to the event's profile.
+//! - identities not yet known are attached to the event's profile;
+//! - a push token (an app install) seen for a known person who does not own it moves to
+//!   them: whoever signed in on a device last gets its notifications, and the previous
+//!   person stops getting them there.
 
 use std::collections::{HashMap, HashSet};
 
@@ -87,12 +90,15 @@ pub struct Merge {
 
 /// Everything one batch changes. A store applies it in field order:
 /// `merges` (repoint identities and events of `from` to `into`, delete `from`),
-/// then insert `new_identities`, then insert `events`, then upsert `profiles`.
+/// then repoint `moved_identities`, then insert `new_identities`, then insert `events`,
+/// then upsert `profiles`.
 #[derive(Debug, Default)]
 pub struct IngestPlan {
     /// One per input event, in input order.
     pub outcomes: Vec<Outcome>,
     pub merges: Vec<Merge>,
+    /// Existing identities (push tokens) that change owner, each with its final owner.
+    pub moved_identities: Vec<(Identity, ProfileId)>,
     /// Identities to insert, each with its final owner.
     pub new_identities: Vec<(Identity, ProfileId)>,
     /// Indexes of input events to store, each with its final profile.
@@ -167,6 +173,22 @@ impl Planner<'_> {
         self.touch(profile);
     }
 
+    /// Moves an identity another known person owns to `to`.
+    fn take_over(&mut self, identity: &Identity, from: &ProfileId, to: &ProfileId) {
+        if let Some(state) = self.ws.profiles.get_mut(from) {
+            state.forget_identity(identity.namespace.as_str(), &identity.value);
+        }
+        if let Some(state) = self.ws.profiles.get_mut(to) {
+            state.add_identity(identity);
+        }
+        self.ws.owners.insert(identity.clone(), to.clone());
+        self.plan
+            .moved_identities
+            .push((identity.clone(), to.clone()));
+        self.touch(from);
+        self.touch(to);
+    }
+
     fn merge(&mut self, from: &ProfileId, into: &ProfileId) {
         let Some(absorbed) = self.ws.profiles.remove(from) else {
             return;
@@ -234,6 +256,14 @@ impl Planner<'_> {
                 self.merge(&other, &target);
             }
         }
+        if user_identity.is_some() {
+            for token in event.identities.iter().filter(|i| i.is_push_token()) {
+                match self.owner(token) {
+                    Some(owner) if owner != target => self.take_over(token, &owner, &target),
+                    _ => {}
+                }
+            }
+        }
         for identity in unknown {
             self.attach(identity, &target);
         }
@@ -248,7 +278,13 @@ impl Planner<'_> {
     }
 
     fn finish(mut self) -> IngestPlan {
+        let moved = std::mem::take(&mut self.plan.moved_identities);
+        self.plan.moved_identities = moved
+            .into_iter()
+            .map(|(i, p)| (i, self.current(&p)))
+            .collect();
         let new_identities = std::mem::take(&mut self.plan.new_identities);
+
         self.plan.new_identities = new_identities
             .into_iter()
             .map(|(i, p)| (i, self.current(&p)))

@@ -397,6 +397,13 @@ impl Shared {
             )
             .await?;
         }
+        for (identity, owner) in &plan.moved_identities {
+            tx.execute(
+                "UPDATE identities SET profile_id = $3 WHERE namespace = $1 AND value = $2",
+                &[&identity.namespace.as_str(), &identity.value, owner],
+            )
+            .await?;
+        }
         if !plan.new_identities.is_empty() {
             let ns: Vec<&str> = plan
                 .new_identities

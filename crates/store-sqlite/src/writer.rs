@@ -292,6 +292,17 @@ fn ingest(
     {
         let mut stmt = tx
             .prepare_cached(
+                "UPDATE identities SET profile_id = ?3 WHERE namespace = ?1 AND value = ?2",
+            )
+            .map_err(unavailable)?;
+        for (identity, owner) in &plan.moved_identities {
+            stmt.execute(params![identity.namespace.as_str(), identity.value, owner])
+                .map_err(unavailable)?;
+        }
+    }
+    {
+        let mut stmt = tx
+            .prepare_cached(
                 "INSERT INTO identities (namespace, value, profile_id) VALUES (?1, ?2, ?3)",
             )
             .map_err(unavailable)?;

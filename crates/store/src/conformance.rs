@@ -265,6 +265,31 @@ pub async fn known_people_sharing_a_device_stay_apart(b: &impl Backend) {
     assert_ne!(alice.id, bob.id);
     assert_eq!(bob.event_count, 1);
     assert!(!bob.identities.contains_key("anonymous_id"));
+    // A push token is different: it goes to whoever signed in on the device last.
+    for (n, user) in [(3, "alice"), (4, "bob")] {
+        s.ingest(events(
+            json!([{"type": "identify", "messageId": format!("d{n}"), "userId": user,
+            "context": {"device": {"type": "android", "token": "fcm-ipad"}}}]),
+        ))
+        .await
+        .expect("ingest");
+    }
+    let token_owner = s
+        .profile(&id("fcm_token", "fcm-ipad"))
+        .await
+        .expect("read")
+        .expect("owner");
+    assert_eq!(token_owner.id, bob.id);
+    let alice = s
+        .profile(&id("user_id", "alice"))
+        .await
+        .expect("read")
+        .expect("alice");
+    assert!(
+        !alice.identities.contains_key("fcm_token"),
+        "{:?}",
+        alice.identities
+    );
     s.close().await;
 }
 

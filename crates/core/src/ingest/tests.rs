@@ -47,6 +47,14 @@ impl Model {
             }
             self.profiles.remove(&m.from);
         }
+        for (identity, owner) in &plan.moved_identities {
+            assert!(
+                self.owners
+                    .insert(identity.clone(), owner.clone())
+                    .is_some(),
+                "identity {identity} moved but not owned before"
+            );
+        }
         for (identity, owner) in &plan.new_identities {
             assert!(
                 self.owners
@@ -150,6 +158,41 @@ fn two_known_people_sharing_a_device_stay_apart() {
         Some(u1)
     );
     assert_eq!(m.profiles[&u2].event_count, 1);
+}
+
+#[test]
+fn a_push_token_follows_whoever_signed_in_on_the_device_last() {
+    let mut m = Model::default();
+    let signed_in = |message: &str, user: &str| {
+        events(
+            json!([{"type": "identify", "messageId": message, "userId": user,
+            "context": {"device": {"type": "ios", "token": "tok-1"}}}]),
+        )
+    };
+    m.ingest(&signed_in("1", "u1"));
+    let plan = m.ingest(&signed_in("2", "u2"));
+    assert!(plan.merges.is_empty(), "two people stay two");
+    assert_eq!(plan.moved_identities.len(), 1);
+    let u1 = m.owner("user_id", "u1").expect("u1").clone();
+    let u2 = m.owner("user_id", "u2").expect("u2").clone();
+    assert_eq!(m.owner("apns_token", "tok-1").map(|p| &p.id), Some(&u2.id));
+    assert_eq!(u2.identities["apns_token"], ["tok-1".to_string()]);
+    assert!(
+        !u1.identities.contains_key("apns_token"),
+        "{:?}",
+        u1.identities
+    );
+    // Back to the first person: it moves back; the owner seeing it again changes nothing.
+    m.ingest(&signed_in("3", "u1"));
+    assert_eq!(m.owner("apns_token", "tok-1").map(|p| &p.id), Some(&u1.id));
+    let plan = m.ingest(&signed_in("4", "u1"));
+    assert!(plan.moved_identities.is_empty());
+    // An anonymous event with the token does not take it from its owner.
+    m.ingest(&events(
+        json!([{"type": "track", "messageId": "5", "anonymousId": "a5", "event": "Opened",
+        "context": {"device": {"type": "ios", "token": "tok-1"}}}]),
+    ));
+    assert_eq!(m.owner("apns_token", "tok-1").map(|p| &p.id), Some(&u1.id));
 }
 
 #[test]
