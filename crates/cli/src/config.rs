@@ -152,6 +152,11 @@ pub struct Email {
     pub from: String,
     #[serde(default)]
     pub reply_to: Option<String>,
+    /// Other sending configurations, by name: `[email.senders.billing] from = "Acme
+    /// Billing <billing@acme.example>"`, `reply_to`. An email template picks one with
+    /// `sender = "billing"`; the others send from `from`/`reply_to` above.
+    #[serde(default)]
+    pub senders: std::collections::BTreeMap<String, EmailSender>,
     /// Connections kept open to the SMTP server.
     #[serde(default = "default_pool_size")]
     pub pool_size: u32,
@@ -172,6 +177,15 @@ pub struct Email {
     /// the first click on each link of each message is recorded as `Email Link Clicked`.
     #[serde(default = "yes")]
     pub track_clicks: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailSender {
+    /// `Name <address@example.com>`.
+    pub from: String,
+    #[serde(default)]
+    pub reply_to: Option<String>,
 }
 
 fn yes() -> bool {

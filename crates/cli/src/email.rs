@@ -14,11 +14,32 @@ use waymark_store::{Delivery, OutboxItem};
 use crate::config::Email;
 use crate::dispatch::{Bounce, Retry};
 
+/// A sending configuration: who an email is from and where replies go.
+struct Sender {
+    from: Mailbox,
+    reply_to: Option<Mailbox>,
+}
+
+impl Sender {
+    fn parse(at: &str, from: &str, reply_to: Option<&str>) -> Result<Self, String> {
+        Ok(Self {
+            from: from
+                .parse()
+                .map_err(|e| format!("{at}.from {from:?}: {e}"))?,
+            reply_to: reply_to
+                .map(|r| r.parse().map_err(|e| format!("{at}.reply_to {r:?}: {e}")))
+                .transpose()?,
+        })
+    }
+}
+
 pub struct Mailer {
     /// Pooled lettre connections (see `smtp_pool`).
     pool: crate::smtp_pool::SmtpPool,
-    from: Mailbox,
-    reply_to: Option<Mailbox>,
+    /// `[email]`'s From and Reply-To.
+    sender: Sender,
+    /// `[email.senders.<name>]`, for templates that name one.
+    senders: std::collections::HashMap<String, Sender>,
     /// Public base URL and link secret, for unsubscribe links.
     unsubscribe: Option<(String, Vec<u8>)>,
     tracking: Option<crate::tracking::Tracker>,
@@ -36,15 +57,23 @@ impl Mailer {
             config.ca_file.as_deref(),
             config.pool_size as usize,
         )?;
-        let from = config
-            .from
-            .parse()
-            .map_err(|e| format!("email.from {:?}: {e}", config.from))?;
-        let reply_to = config
-            .reply_to
-            .as_deref()
-            .map(|r| r.parse().map_err(|e| format!("email.reply_to {r:?}: {e}")))
-            .transpose()?;
+        let sender = Sender::parse("email", &config.from, config.reply_to.as_deref())?;
+        let senders = config
+            .senders
+            .iter()
+            .map(|(name, s)| {
+                if !waymark_core::content::is_sender_name(name) {
+                    return Err(format!(
+                        "email.senders.{name}: a name is a-z, 0-9, _ and - (templates name it)"
+                    ));
+                }
+                let at = format!("email.senders.{name}");
+                Ok((
+                    name.clone(),
+                    Sender::parse(&at, &s.from, s.reply_to.as_deref())?,
+                ))
+            })
+            .collect::<Result<_, String>>()?;
         if let Some(url) = &config.public_url {
             reqwest::Url::parse(url).map_err(|e| format!("email.public_url {url:?}: {e}"))?;
         }
@@ -62,8 +91,8 @@ impl Mailer {
             pool,
             tracking,
             sending: tokio::sync::Semaphore::new(config.pool_size.max(1) as usize),
-            from,
-            reply_to,
+            sender,
+            senders,
             unsubscribe: config
                 .public_url
                 .as_ref()
@@ -94,18 +123,25 @@ impl Mailer {
         .map(String::from)
     }
 
-    fn build(&self, item: &OutboxItem, to: &str, fields: &Value) -> Result<Message, String> {
+    fn build(&self, item: &OutboxItem, to: &str, content: &Value) -> Result<Message, String> {
+        let fields = &content["fields"];
         let to: Mailbox = to
             .parse()
             .map_err(|e| format!("recipient {to:?} is not an email address: {e}"))?;
-        let domain = self.from.email.domain().to_owned();
+        let sender = match content["sender"].as_str() {
+            None => &self.sender,
+            Some(name) => self.senders.get(name).ok_or_else(|| {
+                format!("the template sends from {name:?}, which is not in [email.senders]")
+            })?,
+        };
+        let domain = sender.from.email.domain().to_owned();
         let message_id = waymark_core::delivery::email_message_id(&item.key, item.seq, &domain);
         let mut builder = Message::builder()
-            .from(self.from.clone())
+            .from(sender.from.clone())
             .to(to.clone())
             .subject(fields["subject"].as_str().unwrap_or_default())
             .message_id(Some(message_id));
-        if let Some(r) = &self.reply_to {
+        if let Some(r) = &sender.reply_to {
             builder = builder.reply_to(r.clone());
         }
         let subscription = item.effect["subscription"].as_str();
@@ -166,7 +202,7 @@ impl Mailer {
                 None,
             );
         };
-        let message = match self.build(item, to, &e["content"]["fields"]) {
+        let message = match self.build(item, to, &e["content"]) {
             Ok(m) => m,
             Err(reason) => return (Delivery::Failed(reason), None),
         };

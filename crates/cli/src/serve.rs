@@ -183,6 +183,9 @@ pub async fn run(config: Config) -> Result<(), String> {
             help_text: sms.help_text.clone(),
         });
     }
+    if let Some(email) = &config.email {
+        state = state.with_email_senders(email.senders.keys().cloned().collect());
+    }
     if let Some(sms) = &config.sms
         && let Some(url) = &sms.status_url
     {

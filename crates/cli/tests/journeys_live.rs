@@ -1264,6 +1264,25 @@ struct SmtpSink {
     messages: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
 }
 
+impl SmtpSink {
+    /// The messages received, once there are at least `count` (fails after `within`).
+    async fn wait_for(&self, count: usize, within: Duration) -> Vec<Value> {
+        let started = Instant::now();
+        loop {
+            let messages = self.messages.lock().expect("lock").clone();
+            if messages.len() >= count {
+                return messages;
+            }
+            assert!(
+                started.elapsed() < within,
+                "only {} of {count} emails arrived",
+                messages.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 impl Drop for SmtpSink {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -1466,16 +1485,7 @@ async fn email_reuses_its_pooled_smtp_connections() {
     send_batch(&c, &server.base, WRITE_KEY, &Value::Array(batch))
         .await
         .expect("ingest");
-    let started = Instant::now();
-    while smtp.messages.lock().expect("lock").len() < people {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "only {} of {people} emails arrived",
-            smtp.messages.lock().expect("lock").len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let messages = smtp.messages.lock().expect("lock").clone();
+    let messages = smtp.wait_for(people, Duration::from_secs(30)).await;
     let peers: std::collections::BTreeSet<&str> =
         messages.iter().filter_map(|m| m["peer"].as_str()).collect();
     assert!(
@@ -1847,6 +1857,123 @@ fn email_server(dir: &std::path::Path, settings: &[(&str, &str)]) -> (SmtpSink, 
         &env,
     );
     (smtp, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_templates_send_from_their_named_sending_configuration() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("waymark.toml");
+    std::fs::write(
+        &config,
+        "[email.senders.billing]\nfrom = \"Acme Billing <billing@acme.example>\"\nreply_to = \"accounts@acme.example\"\n",
+    )
+    .expect("config");
+    let config = config.to_string_lossy().into_owned();
+    let (smtp, server) = email_server(
+        dir.path(),
+        &[
+            ("WAYMARK_EMAIL__FROM", "Acme <hello@example.com>"),
+            ("WAYMARK_CONFIG", &config),
+        ],
+    );
+    let c = client();
+    // A name that is not configured, or a sender on another channel, is refused up front.
+    for (doc, code, field) in [
+        (
+            json!({"channel": "email", "subject": "s", "text": "t", "sender": "sales"}),
+            "unknown_sender",
+            "sender",
+        ),
+        (
+            json!({"channel": "sms", "text": "t", "sender": "billing"}),
+            "unexpected_field",
+            "sender",
+        ),
+    ] {
+        let r = c
+            .put(format!("{}/v1/templates/bad", server.base))
+            .bearer_auth(ADMIN)
+            .json(&doc)
+            .send()
+            .await
+            .expect("put");
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.expect("json");
+        let problem = body["errors"]
+            .as_array()
+            .and_then(|e| e.first())
+            .unwrap_or(&body);
+        assert!((400..=422).contains(&status), "{body}");
+        assert_eq!(
+            (problem["code"].as_str(), problem["field"].as_str()),
+            (Some(code), Some(field)),
+            "{body}"
+        );
+    }
+    put_template(
+        &c,
+        &server.base,
+        "invoice",
+        &json!({"channel": "email", "sender": "billing",
+        "subject": "Invoice", "text": "Your invoice"}),
+    )
+    .await;
+    put_template(
+        &c,
+        &server.base,
+        "hello",
+        &json!({"channel": "email",
+        "subject": "Hello", "text": "Hello"}),
+    )
+    .await;
+    put_and_publish(
+        &c,
+        &server.base,
+        &json!({"key": "bills", "entry": {"event": "Billed"}, "nodes": [
+            {"id": "invoice", "type": "message", "channel": "email", "template": "invoice", "next": "hello"},
+            {"id": "hello", "type": "message", "channel": "email", "template": "hello", "next": "done"},
+            {"id": "done", "type": "end"}]}),
+    )
+    .await;
+    send_batch(
+        &c,
+        &server.base,
+        WRITE_KEY,
+        &json!([
+            {"type": "identify", "userId": "ada", "traits": {"email": "ada@example.com"}},
+            {"type": "track", "userId": "ada", "event": "Billed"},
+        ]),
+    )
+    .await
+    .expect("ingest");
+    let messages = smtp.wait_for(2, Duration::from_secs(20)).await;
+    let by_subject = |subject: &str| {
+        messages
+            .iter()
+            .find(|m| m["headers"]["Subject"] == subject)
+            .cloned()
+            .expect("sent")
+    };
+    let invoice = by_subject("Invoice");
+    assert_eq!(invoice["mail_from"], "billing@acme.example");
+    assert_eq!(
+        invoice["headers"]["From"],
+        "Acme Billing <billing@acme.example>"
+    );
+    assert_eq!(invoice["headers"]["Reply-To"], "accounts@acme.example");
+    assert!(
+        invoice["headers"]["Message-ID"]
+            .as_str()
+            .is_some_and(|id| id.ends_with("@acme.example>")),
+        "{invoice}"
+    );
+    let hello = by_subject("Hello");
+    assert_eq!(hello["mail_from"], "hello@example.com");
+    assert_eq!(hello["headers"]["From"], "Acme <hello@example.com>");
+    assert!(
+        hello["headers"].get("Reply-To").is_none_or(Value::is_null),
+        "{hello}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,6 +26,7 @@ fn render_order_email_html(bencher: Bencher) {
         title: None,
         body: None,
         data: None,
+        sender: None,
     };
     let template = compile(&doc, &BTreeMap::new()).expect("compiles");
     let data: Value = serde_json::from_str(DATA).expect("json");

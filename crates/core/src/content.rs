@@ -40,6 +40,10 @@ pub struct ContentDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     pub data: Option<Value>,
+    /// Email: the sending configuration to send from (`[email.senders.<name>]`: its From
+    /// and Reply-To); without it, the `[email]` ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
 }
 
 impl ContentDoc {
@@ -65,7 +69,7 @@ impl ContentDoc {
         // (allowed fields, groups of which at least one field must be present)
         Some(match channel {
             "email" => (
-                &["subject", "preheader", "html", "text"],
+                &["subject", "preheader", "html", "text", "sender"],
                 &[&["subject"], &["html", "text"]],
             ),
             "sms" => (&["text"], &[&["text"]]),
@@ -107,6 +111,7 @@ pub struct CompiledContent {
     fields: Vec<&'static str>,
     data: Option<crate::template::JsonTemplate>,
     data_templates: crate::template::Templates,
+    sender: Option<String>,
 }
 
 impl std::fmt::Debug for CompiledContent {
@@ -125,6 +130,18 @@ pub struct Rendered {
     pub fields: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<Value>,
+    /// Email: the sending configuration named by the template.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+}
+
+/// A sending configuration's name: lowercase letters, digits, `_` and `-`, at most 64.
+pub fn is_sender_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 fn registry(escape_html: bool) -> Handlebars<'static> {
@@ -159,6 +176,7 @@ pub fn compile(
         .into_iter()
         .map(|(k, _)| k)
         .chain(doc.data.as_ref().map(|_| "data"))
+        .chain(doc.sender.as_ref().map(|_| "sender"))
         .collect();
     for field in &present {
         if !allowed.contains(field) {
@@ -177,6 +195,15 @@ pub fn compile(
                 format!("channel {} needs {}", doc.channel, group.join(" or ")),
             ));
         }
+    }
+    if let Some(sender) = &doc.sender
+        && !is_sender_name(sender)
+    {
+        problems.push(FieldError::new(
+            "invalid_value",
+            "sender",
+            format!("{sender:?} is not a sending configuration name (a-z, 0-9, _ and -)"),
+        ));
     }
     let (mut html, mut plain) = (registry(true), registry(false));
     let mut fields = Vec::new();
@@ -247,6 +274,7 @@ pub fn compile(
         return Err(problems);
     }
     Ok(CompiledContent {
+        sender: doc.sender.clone(),
         channel: doc.channel.clone(),
         html,
         plain,
@@ -283,6 +311,7 @@ impl CompiledContent {
             channel: self.channel.clone(),
             fields,
             data,
+            sender: self.sender.clone(),
         })
     }
 }

@@ -34,6 +34,9 @@ pub struct AppState {
     pub sms_inbound: Option<Arc<links::SmsInbound>>,
     /// SMS status callbacks: the provider's auth token and the callback URL.
     pub sms_status: Option<Arc<reports::SmsStatus>>,
+    /// The email sending configurations' names (`[email.senders]`), when email is set up:
+    /// a template naming another is refused.
+    pub email_senders: Option<Arc<std::collections::BTreeSet<String>>>,
 }
 
 impl AppState {
@@ -44,6 +47,7 @@ impl AppState {
             link_secret: None,
             sms_inbound: None,
             sms_status: None,
+            email_senders: None,
         }
     }
 
@@ -54,6 +58,11 @@ impl AppState {
 
     pub fn with_sms_status(mut self, status: reports::SmsStatus) -> Self {
         self.sms_status = Some(Arc::new(status));
+        self
+    }
+
+    pub fn with_email_senders(mut self, names: std::collections::BTreeSet<String>) -> Self {
+        self.email_senders = Some(Arc::new(names));
         self
     }
 

@@ -158,6 +158,23 @@ pub async fn put_template(
     // Checked through the serde shape first, so unknown fields are named.
     let doc: ContentDoc = json_body(body).await?;
     compiled(&state, &doc).await?;
+    if let (Some(sender), Some(known)) = (&doc.sender, &state.email_senders)
+        && !known.contains(sender)
+    {
+        let names: Vec<&str> = known.iter().map(String::as_str).collect();
+        return Err(ApiError::field(
+            "unknown_sender",
+            "sender",
+            format!(
+                "no sending configuration {sender:?} in [email.senders] (configured: {})",
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            ),
+        ));
+    }
     let document = serde_json::to_value(&doc)
         .map_err(|e| ApiError::bad_request("invalid_document", e.to_string()))?;
     let (record, created) = state
