@@ -113,17 +113,36 @@ impl Pace {
 }
 
 /// Waits for the channel's next send slot, or says when to come back if it is further
-/// away than `PACE_WAIT_MS`.
-async fn pace(channels: &Channels, item: &OutboxItem) -> Option<i64> {
+/// away than `PACE_WAIT_MS`. The slot comes from the store when it is shared by several
+/// processes (PostgreSQL), so together they keep to the quota; else from this process.
+async fn pace(store: &dyn Store, channels: &Channels, item: &OutboxItem) -> Option<i64> {
     if item.kind != "message" {
         return None;
     }
     let channel = item.effect["channel"].as_str()?;
     let pace = channels.throttles.get(channel)?;
     let now = wall_clock_ms();
-    let slot = pace.reserve(now);
+    let shared = store
+        .reserve_send_slot(channel, pace.interval_ms, pace.burst, now)
+        .await;
+    let slot = match shared {
+        Ok(Some(slot)) => slot,
+        Ok(None) => pace.reserve(now),
+        Err(e) => {
+            // Sending without a slot could break the quota: try again shortly.
+            tracing::warn!(error = %e, channel, "could not reserve a send slot; deferring");
+            return Some(now + PACE_WAIT_MS);
+        }
+    };
     if slot - now > PACE_WAIT_MS {
-        pace.give_back();
+        match shared {
+            Ok(Some(_)) => {
+                if let Err(e) = store.give_back_send_slot(channel, pace.interval_ms).await {
+                    tracing::warn!(error = %e, channel, "could not give a send slot back");
+                }
+            }
+            _ => pace.give_back(),
+        }
         metrics::counter!("waymark_throttled_total", "channel" => channel.to_owned()).increment(1);
         return Some(slot);
     }
@@ -230,7 +249,7 @@ pub async fn run(store: Arc<dyn Store>, client: reqwest::Client, channels: Chann
             let (outcomes, client, channels) = (outcomes.clone(), client.clone(), channels.clone());
             let store = store.clone();
             tokio::spawn(async move {
-                if let Some(at) = pace(&channels, &item).await {
+                if let Some(at) = pace(store.as_ref(), &channels, &item).await {
                     let _ = outcomes
                         .send((item, Delivery::Deferred { at }, permit))
                         .await;

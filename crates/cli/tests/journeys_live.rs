@@ -2102,10 +2102,10 @@ async fn email_opens_and_clicks_come_back_as_events_that_journeys_wait_for() {
     assert_eq!(named("Email Opened")[0]["properties"]["journey"], "cart");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn throttled_sms_never_exceed_the_rate_and_retries_stop_at_the_window() {
+/// A Twilio stand-in that notes when each send arrives, and is down (503) for numbers
+/// ending in 9.
+async fn timed_twilio() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Instant>>>) {
     use axum::http::StatusCode;
-    // A provider that notes when each send arrives, and is down for numbers ending in 9.
     let arrivals = std::sync::Arc::new(std::sync::Mutex::new(Vec::<std::time::Instant>::new()));
     let seen = arrivals.clone();
     let app = axum::Router::new().route(
@@ -2136,59 +2136,13 @@ async fn throttled_sms_never_exceed_the_rate_and_retries_stop_at_the_window() {
         .expect("bind");
     let provider = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, app).await.expect("provider") });
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start_with_env(
-        Launch {
-            data_dir: &dir.path().join("data"),
-            store: None,
-            configured_keys: true,
-        },
-        &[
-            ("WAYMARK_SMS__BASE_URL", &provider),
-            ("WAYMARK_SMS__ACCOUNT_SID", "ACtest"),
-            ("WAYMARK_SMS__AUTH_TOKEN", "t"),
-            ("WAYMARK_SMS__FROM", "+15550000000"),
-            ("WAYMARK_GOVERNANCE__THROTTLE__SMS", "20"),
-            ("WAYMARK_GOVERNANCE__RETRY_WINDOW", "2s"),
-        ],
-    );
-    let c = client();
-    put_template(
-        &c,
-        &server.base,
-        "ping",
-        &json!({"channel": "sms", "text": "ping"}),
-    )
-    .await;
-    put_and_publish(
-        &c,
-        &server.base,
-        &json!({"key": "ping", "entry": {"event": "Ping"}, "nodes": [
-            {"id": "send", "type": "message", "channel": "sms", "template": "ping", "next": "done"},
-            {"id": "done", "type": "end"}]}),
-    )
-    .await;
-    let mut batch = Vec::new();
-    for n in 0..80 {
-        batch.push(json!({"type": "identify", "userId": format!("u{n}"), "traits": {"phone": format!("+1555010{n:04}0")}}));
-        batch.push(json!({"type": "track", "userId": format!("u{n}"), "event": "Ping"}));
-    }
-    batch.push(json!({"type": "identify", "userId": "down", "traits": {"phone": "+15550109999"}}));
-    batch.push(json!({"type": "track", "userId": "down", "event": "Ping"}));
-    send_batch(&c, &server.base, WRITE_KEY, &Value::Array(batch))
-        .await
-        .expect("ingest");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while arrivals.lock().expect("lock").len() < 80 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not all sends arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // 20 per second with bursts of 20: no second ever sees more than 20 + 20, and 80 sends
-    // take at least (80 - 20) / 20 = 3 s.
-    let times = arrivals.lock().expect("lock").clone();
+    (provider, arrivals)
+}
+
+/// `count` sends at 20 per second with bursts of 20: no second sees more than 20 + 20, and
+/// they take at least (count - 20) / 20 seconds.
+fn assert_paced(times: &[Instant], count: usize) {
+    assert_eq!(times.len(), count);
     let busiest = times
         .iter()
         .map(|t| {
@@ -2205,7 +2159,97 @@ async fn throttled_sms_never_exceed_the_rate_and_retries_stop_at_the_window() {
         .max()
         .expect("max")
         .duration_since(*times.iter().min().expect("min"));
-    assert!(span >= Duration::from_millis(2_900), "80 sends in {span:?}");
+    let least = Duration::from_millis((count as u64 - 20) * 50 - 100);
+    assert!(span >= least, "{count} sends in {span:?}");
+}
+
+/// A server sending SMS to `provider` at most 20 per second.
+fn throttled_sms_server(
+    data_dir: &std::path::Path,
+    provider: &str,
+    store: Option<&str>,
+    retry_window: &str,
+) -> Server {
+    Server::start_with_env(
+        Launch {
+            data_dir,
+            store,
+            configured_keys: true,
+        },
+        &[
+            ("WAYMARK_SMS__BASE_URL", provider),
+            ("WAYMARK_SMS__ACCOUNT_SID", "ACtest"),
+            ("WAYMARK_SMS__AUTH_TOKEN", "t"),
+            ("WAYMARK_SMS__FROM", "+15550000000"),
+            ("WAYMARK_GOVERNANCE__THROTTLE__SMS", "20"),
+            ("WAYMARK_GOVERNANCE__RETRY_WINDOW", retry_window),
+        ],
+    )
+}
+
+/// Publishes journey `ping` (an SMS on `Ping`), then `count` people with numbers ending in
+/// 0 ping, and `more` events follow.
+async fn ping_everyone(base: &str, count: usize, more: Vec<Value>) {
+    let c = client();
+    put_template(&c, base, "ping", &json!({"channel": "sms", "text": "ping"})).await;
+    put_and_publish(
+        &c,
+        base,
+        &json!({"key": "ping", "entry": {"event": "Ping"}, "nodes": [
+            {"id": "send", "type": "message", "channel": "sms", "template": "ping", "next": "done"},
+            {"id": "done", "type": "end"}]}),
+    )
+    .await;
+    let mut batch = Vec::new();
+    for n in 0..count {
+        batch.push(json!({"type": "identify", "userId": format!("u{n}"), "traits": {"phone": format!("+1555010{n:04}0")}}));
+        batch.push(json!({"type": "track", "userId": format!("u{n}"), "event": "Ping"}));
+    }
+    batch.extend(more);
+    send_batch(&c, base, WRITE_KEY, &Value::Array(batch))
+        .await
+        .expect("ingest");
+}
+
+async fn wait_for_arrivals(arrivals: &std::sync::Mutex<Vec<Instant>>, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while arrivals.lock().expect("lock").len() < count {
+        assert!(Instant::now() < deadline, "not all sends arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Two servers on one PostgreSQL database share the throttle: together they keep to it.
+#[cfg(feature = "backend-tests")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_sharing_postgres_share_the_throttle() {
+    let (provider, arrivals) = timed_twilio().await;
+    let url = common::fresh_postgres_url().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let start =
+        |name: &str| throttled_sms_server(&dir.path().join(name), &provider, Some(&url), "1h");
+    let (one, _two) = (start("one"), start("two"));
+    ping_everyone(&one.base, 100, Vec::new()).await;
+    wait_for_arrivals(&arrivals, 100).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_paced(&arrivals.lock().expect("lock"), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_sms_never_exceed_the_rate_and_retries_stop_at_the_window() {
+    let (provider, arrivals) = timed_twilio().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = throttled_sms_server(&dir.path().join("data"), &provider, None, "2s");
+    let c = client();
+    let down = vec![
+        json!({"type": "identify", "userId": "down", "traits": {"phone": "+15550109999"}}),
+        json!({"type": "track", "userId": "down", "event": "Ping"}),
+    ];
+    ping_everyone(&server.base, 80, down).await;
+    wait_for_arrivals(&arrivals, 80).await;
+    // 20 per second with bursts of 20: no second ever sees more than 20 + 20, and 80 sends
+    // take at least (80 - 20) / 20 = 3 s.
+    assert_paced(&arrivals.lock().expect("lock"), 80);
     // The number whose provider is down: retried with backoff, then failed once the retry
     // window (2 s) has no room for another attempt, with the reason.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);

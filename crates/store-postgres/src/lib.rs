@@ -934,6 +934,42 @@ impl OutboxStore for PostgresStore {
         runs::outbox_key(&client, seq).await
     }
 
+    async fn reserve_send_slot(
+        &self,
+        channel: &str,
+        interval_ms: f64,
+        burst: f64,
+        now: Millis,
+    ) -> Result<Option<Millis>, StoreError> {
+        let client = self.client().await?;
+        // One statement, so concurrent reservations queue on the row and each gets its own
+        // slot: the arrival time moves on by one interval per reservation.
+        let row = client
+            .query_one(
+                "INSERT INTO send_pace (channel, tat) VALUES ($1, $2::float8 + $3::float8)
+                 ON CONFLICT (channel) DO UPDATE SET tat = GREATEST(send_pace.tat, $2::float8) + $3::float8
+                 RETURNING tat - $3::float8",
+                &[&channel, &(now as f64), &interval_ms],
+            )
+            .await
+            .map_err(db_error)?;
+        let tat: f64 = row.get(0);
+        let slot = (tat - (burst - 1.0) * interval_ms).max(now as f64);
+        Ok(Some(slot.ceil() as Millis))
+    }
+
+    async fn give_back_send_slot(&self, channel: &str, interval_ms: f64) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE send_pace SET tat = tat - $2::float8 WHERE channel = $1",
+                &[&channel, &interval_ms],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
     async fn complete_outbox(
         &self,
         item: &OutboxItem,

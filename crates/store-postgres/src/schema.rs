@@ -167,6 +167,15 @@ const MIGRATIONS: &[(i32, &str)] = &[
              PRIMARY KEY (key, status)
          );",
     ),
+    // Throttled channels' pace, shared by every process on this database: the theoretical
+    // arrival time (ms) of the next send on each channel.
+    (
+        11,
+        "CREATE TABLE send_pace (
+             channel TEXT PRIMARY KEY,
+             tat DOUBLE PRECISION NOT NULL
+         );",
+    ),
 ];
 
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {

@@ -476,6 +476,28 @@ pub trait OutboxStore: Send + Sync {
 
     /// The key of the outbox row with this sequence number (an email's Message-ID names it).
     async fn outbox_key(&self, seq: i64) -> Result<Option<String>, StoreError>;
+
+    /// Reserves the next send slot of a throttled channel shared by every process on this
+    /// store (GCRA: slots `interval_ms` apart, bursts of `burst`): the time the send may
+    /// go. `None` when the store serves one process only, which then paces on its own.
+    async fn reserve_send_slot(
+        &self,
+        _channel: &str,
+        _interval_ms: f64,
+        _burst: f64,
+        _now: Millis,
+    ) -> Result<Option<Millis>, StoreError> {
+        Ok(None)
+    }
+
+    /// Gives back a slot `reserve_send_slot` gave (the send was deferred instead).
+    async fn give_back_send_slot(
+        &self,
+        _channel: &str,
+        _interval_ms: f64,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 #[async_trait]
