@@ -1,6 +1,6 @@
 //! Pooled SMTP connections for the email channel: `smtp://` (plain, or STARTTLS with
-//! `?tls=required|opportunistic`) over sockets with `TCP_NODELAY`, and `smtps://` (TLS from
-//! the first byte).
+//! `?tls=required|opportunistic`) and `smtps://` (TLS from the first byte), all over sockets
+//! with `TCP_NODELAY`.
 //!
 //! Why not lettre's own pool: lettre writes a message and its `\r\n.\r\n` terminator as two
 //! writes on a socket without `TCP_NODELAY`, so Nagle's algorithm holds the terminator until
@@ -8,9 +8,10 @@
 //! answers only after the terminator: every message waited ~40–100 ms on its connection.
 //! lettre's pool takes no connector, so the connections here are lettre's
 //! `AsyncSmtpConnection` (greeting, EHLO, STARTTLS, AUTH, MAIL/RCPT/DATA all by lettre)
-//! over a `TcpStream` we open with `set_nodelay(true)`. `smtps://` connections are opened by
-//! lettre (`connect_tokio1`: its TLS wrapping takes no stream of ours), so they keep the
-//! delay; they share the pool, the CA file and the session-failure rules.
+//! over a `TcpStream` we open with `set_nodelay(true)`. For `smtps://`, lettre's TLS
+//! wrapping takes no socket of ours, so the TLS session is made here (tokio-rustls, the
+//! library lettre uses, with the same trust: public roots plus `email.ca_file`) and lettre
+//! speaks SMTP inside it.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -47,7 +48,86 @@ enum StartTls {
     IfOffered(TlsParameters),
     Required(TlsParameters),
     /// `smtps://`: TLS from the first byte.
-    Wrapper(TlsParameters),
+    Wrapper(Implicit),
+}
+
+/// The TLS client for `smtps://` sessions.
+struct Implicit {
+    connector: tokio_rustls::TlsConnector,
+    name: rustls_pki_types::ServerName<'static>,
+}
+
+impl Implicit {
+    fn new(host: &str, ca_file: Option<&std::path::Path>) -> Result<Self, String> {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = ca_file {
+            let at = |e: &dyn std::fmt::Display| format!("email.ca_file {}: {e}", path.display());
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| at(&e))? {
+                roots
+                    .add(cert.map_err(|e| at(&e))?)
+                    .map_err(|e| at(&e))?;
+            }
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("email.smtp_url: TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(Self {
+            connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+            name: rustls_pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|e| format!("email.smtp_url: host {host:?}: {e}"))?,
+        })
+    }
+}
+
+/// A TLS session over our socket, as lettre takes a stream.
+#[derive(Debug)]
+struct TlsSocket(tokio_rustls::client::TlsStream<tokio::net::TcpStream>);
+
+impl tokio::io::AsyncRead for TlsSocket {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsSocket {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl lettre::transport::smtp::client::AsyncTokioStream for TlsSocket {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.0.get_ref().0.peer_addr()
+    }
 }
 
 pub struct SmtpPool {
@@ -98,7 +178,7 @@ impl SmtpPool {
                 .map_err(|e| format!("email.smtp_url: TLS: {e}"))
         };
         let (starttls, default_port) = match (scheme.as_str(), tls.as_deref()) {
-            ("smtps", _) => (StartTls::Wrapper(params()?), 465),
+            ("smtps", _) => (StartTls::Wrapper(Implicit::new(&host, ca_file)?), 465),
             (_, None) => (StartTls::No, 25),
             (_, Some("required")) => (StartTls::Required(params()?), 587),
             (_, Some("opportunistic")) => (StartTls::IfOffered(params()?), 587),
@@ -146,17 +226,26 @@ impl SmtpPool {
                 crate::dispatch::with_causes(&e)
             ))
         };
+        let socket = self.socket(&at).await?;
         let mut conn = match &self.starttls {
-            StartTls::Wrapper(p) => AsyncSmtpConnection::connect_tokio1(
-                (self.host.as_str(), self.port),
-                Some(CONNECT_TIMEOUT),
-                &self.hello,
-                Some(p.clone()),
-                None,
-            )
-            .await
-            .map_err(|e| session("TLS connection", e))?,
-            _ => self.connect_plain(&at).await?,
+            StartTls::Wrapper(tls) => {
+                let stream = tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    tls.connector.connect(tls.name.clone(), socket),
+                )
+                .await
+                .map_err(|_| PoolError::Connect(format!("TLS handshake with {at} timed out")))?
+                .map_err(|e| PoolError::Connect(format!("TLS handshake with {at}: {e}")))?;
+                AsyncSmtpConnection::connect_with_transport(
+                    Box::new(TlsSocket(stream)),
+                    &self.hello,
+                )
+                .await
+                .map_err(|e| session("greeting", e))?
+            }
+            _ => AsyncSmtpConnection::connect_with_transport(Box::new(socket), &self.hello)
+                .await
+                .map_err(|e| session("greeting", e))?,
         };
         let tls = match &self.starttls {
             StartTls::Required(p) => Some(p),
@@ -176,8 +265,8 @@ impl SmtpPool {
         Ok(conn)
     }
 
-    /// A session over our own socket, with `TCP_NODELAY`.
-    async fn connect_plain(&self, at: &str) -> Result<AsyncSmtpConnection, PoolError> {
+    /// A socket to the server, with `TCP_NODELAY`.
+    async fn socket(&self, at: &str) -> Result<tokio::net::TcpStream, PoolError> {
         let tcp = tokio::time::timeout(
             CONNECT_TIMEOUT,
             tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
@@ -187,14 +276,7 @@ impl SmtpPool {
         .map_err(|e| PoolError::Connect(format!("connecting to {at}: {e}")))?;
         tcp.set_nodelay(true)
             .map_err(|e| PoolError::Connect(format!("TCP_NODELAY on {at}: {e}")))?;
-        AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello)
-            .await
-            .map_err(|e| {
-                PoolError::Connect(format!(
-                    "greeting with {at}: {}",
-                    crate::dispatch::with_causes(&e)
-                ))
-            })
+        Ok(tcp)
     }
 
     /// Sends on an idle connection, or a new one. A connection that fails is closed, not
