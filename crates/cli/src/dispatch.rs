@@ -183,10 +183,11 @@ async fn record_bounce(store: &dyn Store, item: &OutboxItem, bounce: Bounce, lim
                 detail: detail.clone(),
                 at: now,
             };
-            match store.record_message_event(&item.key, report).await {
-                Ok(_) => store.suppress(channel, &address, reason, detail, now).await,
-                Err(e) => Err(e),
+            // The list matters more than the message's record: suppress either way.
+            if let Err(e) = store.record_message_event(&item.key, report).await {
+                tracing::warn!(error = %e, channel, "could not mark a bounced message");
             }
+            store.suppress(channel, &address, reason, detail, now).await
         }
         Bounce::Soft(detail) => store
             .soft_bounce(channel, &address, detail, limit, now)

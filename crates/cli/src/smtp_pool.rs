@@ -66,9 +66,7 @@ impl Implicit {
         if let Some(path) = ca_file {
             let at = |e: &dyn std::fmt::Display| format!("email.ca_file {}: {e}", path.display());
             for cert in CertificateDer::pem_file_iter(path).map_err(|e| at(&e))? {
-                roots
-                    .add(cert.map_err(|e| at(&e))?)
-                    .map_err(|e| at(&e))?;
+                roots.add(cert.map_err(|e| at(&e))?).map_err(|e| at(&e))?;
             }
         }
         let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(

@@ -1139,6 +1139,7 @@ async fn sms_status_callbacks_mark_messages_delivered_and_suppress_dead_numbers(
     );
     let ada = messages("ada").await;
     assert_eq!(ada[0]["status"], "delivered", "{ada:?}");
+    assert!(ada[0]["reason"].is_null(), "{ada:?}");
     let history: Vec<&str> = ada[0]["history"]
         .as_array()
         .expect("history")

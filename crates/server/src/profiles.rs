@@ -396,7 +396,9 @@ pub async fn get_messages(
                 to: e["to"].as_str().map(str::to_owned),
                 status: status.to_owned(),
                 reason: match o.events.last() {
-                    Some(report) => Some(report.detail.clone()).filter(|d| !d.is_empty()),
+                    // Why it did not arrive, or what the complaint said; a delivery needs none.
+                    Some(report) => Some(report.detail.clone())
+                        .filter(|d| !d.is_empty() && report.status != "delivered"),
                     None => o
                         .last_error
                         .clone()
