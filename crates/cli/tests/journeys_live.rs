@@ -2949,6 +2949,25 @@ retry_window = "1s"
     let promo = of("promo");
     assert_eq!(promo.len(), 2, "{all:?}");
     assert!(promo.iter().any(|(s, _)| s == "held"), "{promo:?}");
+    let held = all
+        .iter()
+        .find(|m| m["journey"] == "promo" && m["status"] == "held")
+        .expect("held");
+    let history: Vec<(&str, &str)> = held["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| {
+            (
+                h["status"].as_str().unwrap_or_default(),
+                h["detail"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(
+        matches!(history.as_slice(), [("queued", _), ("held", until)] if until.starts_with("until 20")),
+        "{held}"
+    );
     assert!(
         promo
             .iter()

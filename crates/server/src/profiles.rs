@@ -314,8 +314,9 @@ pub struct MessageView {
     /// The rendered content.
     #[schema(value_type = Object)]
     pub content: Option<Value>,
-    /// What happened to it, oldest first: `queued`, then `sent` or `failed` when the
-    /// dispatcher finished with it, then each provider report.
+    /// What happened to it, oldest first: `queued`, `held` (with until when) if it was not
+    /// due at once, then `sent` or `failed` when the dispatcher finished with it, then each
+    /// provider report.
     pub history: Vec<StatusChange>,
 }
 
@@ -368,6 +369,16 @@ pub async fn get_messages(
                 _ => "queued",
             };
             let mut history = vec![StatusChange::new("queued", o.created_at, None)];
+            // Not due when decided (quiet hours, a throttled channel): until when shows as
+            // long as no retry has moved the due time on.
+            let first_try = match o.row.status.as_str() {
+                "pending" => o.attempts == 0,
+                _ => o.attempts == 1,
+            };
+            if first_try && o.next_attempt_at > o.created_at {
+                let until = format!("until {}", format_iso8601(o.next_attempt_at));
+                history.push(StatusChange::new("held", o.created_at, Some(until)));
+            }
             match status {
                 "sent" | "recorded" => history.push(StatusChange::new(
                     status,
