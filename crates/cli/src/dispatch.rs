@@ -95,11 +95,10 @@ impl Pace {
             .tat
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = now as f64;
-        *tat = tat.max(now);
-        let slot = (*tat - (self.burst - 1.0) * self.interval_ms).max(now);
+        *tat = tat.max(now as f64);
+        let slot = waymark_core::governance::gcra_slot(*tat, now, self.interval_ms, self.burst);
         *tat += self.interval_ms;
-        slot.ceil() as i64
+        slot
     }
 
     /// Gives a reserved slot back (the send was deferred instead).
@@ -168,11 +167,7 @@ pub enum Bounce {
 /// hard-bounced message `bounced`. A failure here is logged: the message's own outcome is
 /// recorded regardless.
 async fn record_bounce(store: &dyn Store, item: &OutboxItem, bounce: Bounce, limit: u32) {
-    let channel = item.effect["channel"].as_str().unwrap_or_default();
-    let Some(Ok(address)) = item.effect["to"]
-        .as_str()
-        .map(|to| waymark_core::governance::suppression_address(channel, to))
-    else {
+    let Some((channel, address)) = item.suppressible_address() else {
         return;
     };
     let now = wall_clock_ms();

@@ -19,7 +19,9 @@ use std::time::Duration;
 use lettre::address::Envelope;
 use lettre::transport::smtp::Error;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
+use lettre::transport::smtp::client::{
+    AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters,
+};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 
@@ -122,7 +124,7 @@ impl tokio::io::AsyncWrite for TlsSocket {
     }
 }
 
-impl lettre::transport::smtp::client::AsyncTokioStream for TlsSocket {
+impl AsyncTokioStream for TlsSocket {
     fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.0.get_ref().0.peer_addr()
     }
@@ -225,26 +227,21 @@ impl SmtpPool {
             ))
         };
         let socket = self.socket(&at).await?;
-        let mut conn = match &self.starttls {
-            StartTls::Wrapper(tls) => {
-                let stream = tokio::time::timeout(
+        let stream: Box<dyn AsyncTokioStream> = match &self.starttls {
+            StartTls::Wrapper(tls) => Box::new(TlsSocket(
+                tokio::time::timeout(
                     CONNECT_TIMEOUT,
                     tls.connector.connect(tls.name.clone(), socket),
                 )
                 .await
                 .map_err(|_| PoolError::Connect(format!("TLS handshake with {at} timed out")))?
-                .map_err(|e| PoolError::Connect(format!("TLS handshake with {at}: {e}")))?;
-                AsyncSmtpConnection::connect_with_transport(
-                    Box::new(TlsSocket(stream)),
-                    &self.hello,
-                )
-                .await
-                .map_err(|e| session("greeting", e))?
-            }
-            _ => AsyncSmtpConnection::connect_with_transport(Box::new(socket), &self.hello)
-                .await
-                .map_err(|e| session("greeting", e))?,
+                .map_err(|e| PoolError::Connect(format!("TLS handshake with {at}: {e}")))?,
+            )),
+            _ => Box::new(socket),
         };
+        let mut conn = AsyncSmtpConnection::connect_with_transport(stream, &self.hello)
+            .await
+            .map_err(|e| session("greeting", e))?;
         let tls = match &self.starttls {
             StartTls::Required(p) => Some(p),
             StartTls::IfOffered(p) if conn.can_starttls() => Some(p),

@@ -41,6 +41,15 @@ pub const REASONS: &[&str] = &[
     MANUAL,
 ];
 
+/// A throttled send's slot under GCRA (sends `interval_ms` apart on average, bursts of up
+/// to `burst`): `arrival` is the channel's theoretical arrival time, already moved up to
+/// `now` if it was behind. The caller then moves the arrival time on by one interval.
+pub fn gcra_slot(arrival: f64, now: Millis, interval_ms: f64, burst: f64) -> Millis {
+    (arrival - (burst - 1.0) * interval_ms)
+        .max(now as f64)
+        .ceil() as Millis
+}
+
 /// The rules, from the server's `[governance]` configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {

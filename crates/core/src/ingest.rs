@@ -258,9 +258,10 @@ impl Planner<'_> {
         }
         if user_identity.is_some() {
             for token in event.identities.iter().filter(|i| i.is_push_token()) {
-                match self.owner(token) {
-                    Some(owner) if owner != target => self.take_over(token, &owner, &target),
-                    _ => {}
+                if let Some(owner) = self.owner(token)
+                    && owner != target
+                {
+                    self.take_over(token, &owner, &target);
                 }
             }
         }
@@ -277,18 +278,16 @@ impl Planner<'_> {
             .push(Outcome::Accepted { profile_id: target });
     }
 
+    /// Identities with the profile each belongs to once every merge of the batch is done.
+    fn with_final_owners(&self, v: Vec<(Identity, ProfileId)>) -> Vec<(Identity, ProfileId)> {
+        v.into_iter().map(|(i, p)| (i, self.current(&p))).collect()
+    }
+
     fn finish(mut self) -> IngestPlan {
         let moved = std::mem::take(&mut self.plan.moved_identities);
-        self.plan.moved_identities = moved
-            .into_iter()
-            .map(|(i, p)| (i, self.current(&p)))
-            .collect();
+        self.plan.moved_identities = self.with_final_owners(moved);
         let new_identities = std::mem::take(&mut self.plan.new_identities);
-
-        self.plan.new_identities = new_identities
-            .into_iter()
-            .map(|(i, p)| (i, self.current(&p)))
-            .collect();
+        self.plan.new_identities = self.with_final_owners(new_identities);
         let events = std::mem::take(&mut self.plan.events);
         self.plan.events = events
             .into_iter()
@@ -304,7 +303,6 @@ impl Planner<'_> {
                 Outcome::Duplicate => Outcome::Duplicate,
             })
             .collect();
-        self.touched_set.clear();
         for id in std::mem::take(&mut self.touched) {
             if self.redirects.contains_key(&id) {
                 continue;

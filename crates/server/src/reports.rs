@@ -16,7 +16,6 @@ use waymark_core::delivery::{
     self, BOUNCED, REPORTS, parse_email_message_id, suppression_for, twilio_report,
     twilio_suppression,
 };
-use waymark_core::governance::suppression_address;
 use waymark_store::{MessageEvent, OutboxItem, wall_clock_ms};
 
 use crate::AppState;
@@ -31,15 +30,15 @@ pub struct SmsStatus {
 }
 
 /// Keeps the report on the message; a bounce or complaint suppresses its address (for
-/// `reason`, else the report's own). Returns the message, or `None` if there is no such
-/// message (erased, or never one).
+/// `reason`, else the report's own). Returns the message and whether its address was
+/// suppressed, or `None` if there is no such message (erased, or never one).
 async fn record(
     state: &AppState,
     key: &str,
     status: &str,
     detail: String,
     reason: Option<&'static str>,
-) -> Result<Option<OutboxItem>, ApiError> {
+) -> Result<Option<(OutboxItem, bool)>, ApiError> {
     let now = wall_clock_ms();
     let event = MessageEvent {
         status: status.to_owned(),
@@ -54,18 +53,18 @@ async fn record(
     let channel = item.effect["channel"].as_str().unwrap_or_default();
     metrics::counter!("waymark_message_reports_total", "channel" => channel.to_owned(), "status" => status.to_owned())
         .increment(1);
-    if let Some(reason) = reason.or_else(|| suppression_for(status))
-        && let Some(Ok(address)) = item.effect["to"]
-            .as_str()
-            .map(|to| suppression_address(channel, to))
-    {
+    let suppress = reason
+        .or_else(|| suppression_for(status))
+        .zip(item.suppressible_address());
+    if let Some((reason, (channel, address))) = &suppress {
         state
             .store
-            .suppress(channel, &address, reason, &detail, now)
+            .suppress(channel, address, reason, &detail, now)
             .await?;
         tracing::info!(channel, reason, "address suppressed by a provider report");
     }
-    Ok(Some(item))
+    let suppressed = suppress.is_some();
+    Ok(Some((item, suppressed)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -195,14 +194,10 @@ pub async fn post_report(
         }
     };
     let detail = body.detail.unwrap_or_default();
-    let item = record(&state, &key, &body.status, detail, None)
+    let (item, suppressed) = record(&state, &key, &body.status, detail, None)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no message {key:?}")))?;
     let channel = item.effect["channel"].as_str().unwrap_or_default();
-    let suppressed = suppression_for(&body.status).is_some()
-        && item.effect["to"]
-            .as_str()
-            .is_some_and(|to| suppression_address(channel, to).is_ok());
     Ok(axum::Json(ReportView {
         message: key,
         channel: channel.to_owned(),

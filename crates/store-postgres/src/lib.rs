@@ -953,9 +953,13 @@ impl OutboxStore for PostgresStore {
             )
             .await
             .map_err(db_error)?;
-        let tat: f64 = row.get(0);
-        let slot = (tat - (burst - 1.0) * interval_ms).max(now as f64);
-        Ok(Some(slot.ceil() as Millis))
+        let arrival: f64 = row.get(0);
+        Ok(Some(waymark_core::governance::gcra_slot(
+            arrival,
+            now,
+            interval_ms,
+            burst,
+        )))
     }
 
     async fn give_back_send_slot(&self, channel: &str, interval_ms: f64) -> Result<(), StoreError> {

@@ -413,6 +413,17 @@ pub struct OutboxItem {
     pub created_at: Millis,
 }
 
+impl OutboxItem {
+    /// A message's channel and its address as the suppression list keys it, if it has one
+    /// the list can hold.
+    pub fn suppressible_address(&self) -> Option<(&str, String)> {
+        let channel = self.effect["channel"].as_str()?;
+        let to = self.effect["to"].as_str()?;
+        let address = waymark_core::governance::suppression_address(channel, to).ok()?;
+        Some((channel, address))
+    }
+}
+
 /// What became of one delivery attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Delivery {
