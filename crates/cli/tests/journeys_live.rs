@@ -1911,6 +1911,35 @@ async fn email_templates_send_from_their_named_sending_configuration() {
             "{body}"
         );
     }
+    // A journey carrying such a template inline does not publish either.
+    let inline = json!({"key": "sales", "entry": {"event": "Billed"},
+        "templates": {"pitch": {"document": {"channel": "email", "sender": "sales", "subject": "s", "text": "t"}}},
+        "nodes": [
+            {"id": "pitch", "type": "message", "channel": "email", "template": "pitch", "next": "done"},
+            {"id": "done", "type": "end"}]});
+    let r = c
+        .put(format!("{}/v1/journeys/sales", server.base))
+        .bearer_auth(ADMIN)
+        .json(&inline)
+        .send()
+        .await
+        .expect("put");
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    let r = c
+        .post(format!("{}/v1/journeys/sales/publish", server.base))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(r.status().as_u16(), 422);
+    let body: Value = r.json().await.expect("json");
+    assert!(
+        body["errors"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|p| p["code"] == "unknown_sender"
+                && p["field"] == "templates.pitch.document.sender")),
+        "{body}"
+    );
     put_template(
         &c,
         &server.base,

@@ -251,6 +251,15 @@ async fn pin_templates(state: &AppState, draft: &Value) -> Result<Option<Value>,
             },
         );
     }
+    for (key, template) in &pinned {
+        if let Some(why) = crate::templates::unknown_sender(state, &template.document) {
+            problems.push(FieldError::new(
+                "unknown_sender",
+                format!("templates.{key}.document.sender"),
+                why,
+            ));
+        }
+    }
     if pinned == journey.templates && problems.is_empty() {
         return Ok(None);
     }

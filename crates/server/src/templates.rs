@@ -121,6 +121,25 @@ pub(crate) async fn with_partials(
 }
 
 /// Compiles a template with the stored partials it includes (and only those).
+/// Why the template cannot send, if it names a sending configuration this server does not
+/// have (checked when email is configured): when it is stored, and again when a journey
+/// that uses it, or carries it inline, is published.
+pub(crate) fn unknown_sender(state: &AppState, doc: &ContentDoc) -> Option<String> {
+    let (sender, known) = (doc.sender.as_ref()?, state.email_senders.as_ref()?);
+    if known.contains(sender) {
+        return None;
+    }
+    let names: Vec<&str> = known.iter().map(String::as_str).collect();
+    Some(format!(
+        "no sending configuration {sender:?} in [email.senders] (configured: {})",
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
+    ))
+}
+
 async fn compiled(state: &AppState, doc: &ContentDoc) -> Result<CompiledContent, ApiError> {
     let roots = doc.fields().into_iter().flat_map(|(_, s)| partials_used(s));
     let partials = with_partials(state, roots)
@@ -158,22 +177,8 @@ pub async fn put_template(
     // Checked through the serde shape first, so unknown fields are named.
     let doc: ContentDoc = json_body(body).await?;
     compiled(&state, &doc).await?;
-    if let (Some(sender), Some(known)) = (&doc.sender, &state.email_senders)
-        && !known.contains(sender)
-    {
-        let names: Vec<&str> = known.iter().map(String::as_str).collect();
-        return Err(ApiError::field(
-            "unknown_sender",
-            "sender",
-            format!(
-                "no sending configuration {sender:?} in [email.senders] (configured: {})",
-                if names.is_empty() {
-                    "none".to_owned()
-                } else {
-                    names.join(", ")
-                }
-            ),
-        ));
+    if let Some(why) = unknown_sender(&state, &doc) {
+        return Err(ApiError::field("unknown_sender", "sender", why));
     }
     let document = serde_json::to_value(&doc)
         .map_err(|e| ApiError::bad_request("invalid_document", e.to_string()))?;
