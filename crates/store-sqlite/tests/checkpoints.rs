@@ -28,10 +28,13 @@ async fn wal_stays_small_while_far_more_is_written() {
         .expect("db")
         .len();
     // 8,000 events of 2 KB (events, profiles and indexes: well over 16 MB) went through;
-    // without checkpoints all of it would still be in the WAL.
+    // without checkpoints all of it would still be in the WAL: every page of the database
+    // was written there at least once, so a WAL never rewound is at least as large as the
+    // database. (How far below it stays depends on how often the checkpoint thread gets a
+    // core: a busy machine measured 0.61 of the database, an idle one well under half.)
     assert!(database > 16_000_000, "database only {database} bytes");
     assert!(
-        largest_wal < database / 2,
+        largest_wal < database * 4 / 5,
         "WAL reached {largest_wal} bytes for a {database}-byte database: not checkpointed"
     );
 }
