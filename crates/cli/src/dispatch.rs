@@ -14,11 +14,20 @@ use serde_json::{Value, json};
 use waymark_store::{Delivery, MessageEvent, OutboxItem, Store, wall_clock_ms};
 
 /// How long a claimed row is ours before another dispatcher (or this one after a restart)
-/// may take it again. Longer than any webhook timeout.
-const LEASE_MS: i64 = 120_000;
-const BATCH: u32 = 256;
-/// Deliveries in flight at once.
-const IN_FLIGHT: usize = 512;
+/// may take it again. Twice the longest webhook timeout: a row that waited for a call slot
+/// longer than [`START_WITHIN_MS`] is given back uncalled instead.
+const LEASE_MS: i64 = 2 * waymark_core::journey::MAX_WEBHOOK_TIMEOUT_MS;
+const START_WITHIN_MS: i64 = LEASE_MS - waymark_core::journey::MAX_WEBHOOK_TIMEOUT_MS;
+/// Most rows claimed in one store call.
+const BATCH: u32 = 1_024;
+/// Calls in flight at once.
+const IN_FLIGHT: usize = 1_024;
+/// Rows claimed and not yet recorded: those in flight, those waiting for a call slot and
+/// those whose outcome waits to be recorded. More than `IN_FLIGHT`, so that while the
+/// store commits one batch of outcomes (behind a busy ingest, that can take a few hundred
+/// milliseconds) the next calls are already running; with claims and records each waiting
+/// a commit, the rows moved per commit, not the calls, were the limit.
+const CLAIMED_AHEAD: usize = 4 * IN_FLIGHT;
 
 /// The HTTP client webhooks are called with: HTTP/1.1 and HTTPS (rustls, system roots plus
 /// `webhooks.ca_file`), connections kept per host.
@@ -211,22 +220,24 @@ pub async fn run(store: Arc<dyn Store>, client: reqwest::Client, channels: Chann
         ),
         Err(e) => tracing::warn!(error = %e, "could not release outbox leases; they will expire"),
     }
-    // Deliveries run as independent tasks, at most IN_FLIGHT at a time; the loop claims more
-    // as soon as there is room, so slow calls do not hold back the rest of a batch. A
-    // delivery's slot is freed only once its outcome is recorded.
-    let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-    let (outcomes, recorder_rx) = tokio::sync::mpsc::channel::<Outcome>(IN_FLIGHT);
+    // Deliveries run as independent tasks. A row holds a claim permit from its claim until
+    // its outcome is recorded, and a call permit only while it is being delivered; the loop
+    // claims more as soon as claim permits are free.
+    let claimed = Arc::new(tokio::sync::Semaphore::new(CLAIMED_AHEAD));
+    let calls = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let (outcomes, recorder_rx) = tokio::sync::mpsc::channel::<Outcome>(CLAIMED_AHEAD);
     tokio::spawn(record_outcomes(store.clone(), recorder_rx));
     loop {
-        let room = permits.available_permits().min(BATCH as usize) as u32;
+        let room = claimed.available_permits().min(BATCH as usize) as u32;
         if room == 0 {
-            // Wait until at least one delivery finishes.
-            if let Ok(p) = permits.clone().acquire_owned().await {
+            // Wait until at least one outcome is recorded.
+            if let Ok(p) = claimed.clone().acquire_owned().await {
                 drop(p);
             }
             continue;
         }
-        let items = match store.claim_outbox(wall_clock_ms(), room, LEASE_MS).await {
+        let claimed_at = wall_clock_ms();
+        let items = match store.claim_outbox(claimed_at, room, LEASE_MS).await {
             Ok(items) => items,
             Err(e) => {
                 tracing::warn!(error = %e, "claiming outbox rows failed; retrying");
@@ -239,42 +250,14 @@ pub async fn run(store: Arc<dyn Store>, client: reqwest::Client, channels: Chann
             continue;
         }
         for item in items {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
+            let Ok(permit) = claimed.clone().acquire_owned().await else {
                 return;
             };
             let (outcomes, client, channels) = (outcomes.clone(), client.clone(), channels.clone());
-            let store = store.clone();
+            let (store, calls) = (store.clone(), calls.clone());
             tokio::spawn(async move {
-                if let Some(at) = pace(store.as_ref(), &channels, &item).await {
-                    let _ = outcomes
-                        .send((item, Delivery::Deferred { at }, permit))
-                        .await;
-                    return;
-                }
-                let (delivery, bounce) = deliver(&client, &store, &channels, &item).await;
-                if let Some(bounce) = bounce {
-                    record_bounce(store.as_ref(), &item, bounce, channels.soft_bounce_limit).await;
-                }
-                let outcome = match &delivery {
-                    Delivery::Delivered(_) => "delivered",
-                    Delivery::Retry { .. } => "retry",
-                    Delivery::Deferred { .. } => "deferred",
-                    Delivery::Failed(_) => "failed",
-                };
-                metrics::counter!("waymark_outbox_deliveries_total", "kind" => item.kind.clone(), "outcome" => outcome).increment(1);
-                if item.kind == "message" {
-                    let channel = item.effect["channel"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned();
-                    // Taken by the provider is `sent`; `delivered` is what it may report later.
-                    let outcome = if outcome == "delivered" {
-                        "sent"
-                    } else {
-                        outcome
-                    };
-                    metrics::counter!("waymark_messages_total", "channel" => channel, "outcome" => outcome).increment(1);
-                }
+                let delivery =
+                    deliver_claimed(&client, &store, &channels, &calls, &item, claimed_at).await;
                 // If the recorder is gone the server is stopping; the lease brings it back.
                 let _ = outcomes.send((item, delivery, permit)).await;
             });
@@ -282,11 +265,62 @@ pub async fn run(store: Arc<dyn Store>, client: reqwest::Client, channels: Chann
     }
 }
 
+/// Paces, waits for a call slot and delivers one claimed row.
+async fn deliver_claimed(
+    client: &reqwest::Client,
+    store: &Arc<dyn Store>,
+    channels: &Channels,
+    calls: &tokio::sync::Semaphore,
+    item: &OutboxItem,
+    claimed_at: i64,
+) -> Delivery {
+    if let Some(at) = pace(store.as_ref(), channels, item).await {
+        return Delivery::Deferred { at };
+    }
+    let Ok(_call) = calls.acquire().await else {
+        return Delivery::Deferred {
+            at: wall_clock_ms(),
+        };
+    };
+    if wall_clock_ms() - claimed_at > START_WITHIN_MS {
+        // The claim could run out during the call: give the row back uncalled.
+        return Delivery::Deferred {
+            at: wall_clock_ms(),
+        };
+    }
+    let (delivery, bounce) = deliver(client, store, channels, item).await;
+    if let Some(bounce) = bounce {
+        record_bounce(store.as_ref(), item, bounce, channels.soft_bounce_limit).await;
+    }
+    let outcome = match &delivery {
+        Delivery::Delivered(_) => "delivered",
+        Delivery::Retry { .. } => "retry",
+        Delivery::Deferred { .. } => "deferred",
+        Delivery::Failed(_) => "failed",
+    };
+    metrics::counter!("waymark_outbox_deliveries_total", "kind" => item.kind.clone(), "outcome" => outcome).increment(1);
+    if item.kind == "message" {
+        let channel = item.effect["channel"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        // Taken by the provider is `sent`; `delivered` is what it may report later.
+        let outcome = if outcome == "delivered" {
+            "sent"
+        } else {
+            outcome
+        };
+        metrics::counter!("waymark_messages_total", "channel" => channel, "outcome" => outcome)
+            .increment(1);
+    }
+    delivery
+}
+
 /// A finished delivery on its way to the store, holding its in-flight slot.
 type Outcome = (OutboxItem, Delivery, tokio::sync::OwnedSemaphorePermit);
 
 /// Most outcomes recorded in one store call.
-const RECORD_BATCH: usize = 512;
+const RECORD_BATCH: usize = CLAIMED_AHEAD;
 
 /// Records outcomes in batches: whatever finished while the last batch was being committed
 /// goes into the next one, so under load one transaction records hundreds of deliveries
@@ -415,7 +449,13 @@ pub fn retry_or_fail(item: &OutboxItem, retry: Retry, error: String) -> Delivery
 async fn webhook(client: &reqwest::Client, key: Option<&[u8]>, item: &OutboxItem) -> Delivery {
     let e = &item.effect;
     let retries = e["retries"].as_u64().unwrap_or(3) as u32;
-    let timeout = Duration::from_millis(e["timeout_ms"].as_u64().unwrap_or(10_000));
+    // Clamped for journeys published before the limit was checked.
+    let timeout = Duration::from_millis(
+        e["timeout_ms"]
+            .as_u64()
+            .unwrap_or(10_000)
+            .min(waymark_core::journey::MAX_WEBHOOK_TIMEOUT_MS as u64),
+    );
     let method = reqwest::Method::from_bytes(e["method"].as_str().unwrap_or("POST").as_bytes())
         .unwrap_or(reqwest::Method::POST);
     let url = e["url"].as_str().unwrap_or_default();

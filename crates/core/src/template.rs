@@ -68,6 +68,22 @@ pub struct JsonTemplate {
     root: Part,
 }
 
+impl JsonTemplate {
+    /// Whether rendering reads the data at all (a value with no template in it does not,
+    /// and its caller can skip building the data).
+    pub fn reads_data(&self) -> bool {
+        fn reads(part: &Part) -> bool {
+            match part {
+                Part::Literal(_) => false,
+                Part::Path(_) | Part::Text(_) => true,
+                Part::Array(items) => items.iter().any(reads),
+                Part::Object(fields) => fields.iter().any(|(_, p)| reads(p)),
+            }
+        }
+        reads(&self.root)
+    }
+}
+
 impl Templates {
     /// Compiles the templates in `value`; `name` must be unique among this set's templates.
     /// An error names the path inside `value` (`.items[2].title`) and what is wrong.
@@ -183,6 +199,24 @@ mod tests {
                 "fixed": "no template here",
                 "shout": "VIP",
             })
+        );
+        assert!(compiled.reads_data());
+        for (name, value) in [
+            ("deep", json!({"a": [1, {"b": "{{event.x}}"}]})),
+            ("text", json!("id {{profile.id}}")),
+        ] {
+            assert!(
+                t.json(name, &value).expect("compiles").reads_data(),
+                "{name}"
+            );
+        }
+        let fixed = t
+            .json("fixed", &json!({"n": 1, "tags": ["a"]}))
+            .expect("compiles");
+        assert!(!fixed.reads_data());
+        assert_eq!(
+            t.render(&fixed, &Value::Null).expect("renders"),
+            json!({"n": 1, "tags": ["a"]})
         );
     }
 

@@ -52,6 +52,8 @@ pub struct CompiledJourney {
     /// Whether a message node sends to an address (email, sms): only then do plans need
     /// the people's suppression list entries.
     pub(crate) addressed: bool,
+    /// What the expressions read of `event`, `profile` and `journey`.
+    pub(crate) reads: crate::reads::VarReads,
 }
 
 impl CompiledJourney {
@@ -197,7 +199,15 @@ pub fn compile(doc: Journey, version: u32) -> Result<CompiledJourney, Vec<FieldE
         matches!(&n.kind, NodeKind::Message { channel, .. }
             if waymark_core::governance::SUPPRESSIBLE.iter().any(|(c, _)| c == channel))
     });
+    let reads = crate::reads::VarReads::of(
+        entry_when
+            .iter()
+            .chain(&exit_when)
+            .chain(branches.values())
+            .chain(wait_when.values()),
+    );
     Ok(CompiledJourney {
+        reads,
         addressed,
         timeout_ms: p.timeout.as_ref().map_or(DEFAULT_TIMEOUT_MS, |t| ms(&t.0)),
         start_at: p.start_at.as_deref().and_then(parse_iso8601),

@@ -7,6 +7,7 @@
 //! the same function on a virtual clock.
 
 mod compile;
+mod reads;
 pub mod run;
 pub mod simulate;
 pub mod stats;
@@ -293,12 +294,17 @@ struct CelVars<'r, 'a> {
 impl cel::context::VariableResolver for CelVars<'_, '_> {
     fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
         let run = self.run;
+        let reads = &run.j.reads;
         let var = match variable {
             "event" => run
                 .cel_event
-                .get_or_init(|| cel_var(self.event.unwrap_or(&Value::Null))),
-            "profile" => run.cel_profile.get_or_init(|| cel_var(&run.profile_json())),
-            "journey" => run.cel_journey.get_or_init(|| cel_var(self.journey)),
+                .get_or_init(|| cel_var(&reads.event.prune(self.event.unwrap_or(&Value::Null)))),
+            "profile" => run
+                .cel_profile
+                .get_or_init(|| cel_var(&reads.profile.prune(&run.profile_json()))),
+            "journey" => run
+                .cel_journey
+                .get_or_init(|| cel_var(&reads.journey.prune_object(self.journey))),
             "now" => return Some(CowVal::Borrowed(self.now.as_ref())),
             _ => return None,
         };
@@ -332,7 +338,12 @@ impl Run<'_> {
         let Some((headers, body)) = self.j.webhooks.get(&idx) else {
             return Ok(Default::default());
         };
-        let data = json!({"profile": self.profile_json(), "event": event, "journey": journey});
+        let reads_data = headers.reads_data() || body.as_ref().is_some_and(|b| b.reads_data());
+        let data = if reads_data {
+            json!({"profile": self.profile_json(), "event": event, "journey": journey})
+        } else {
+            Value::Null
+        };
         let headers = match self.j.templates.render(headers, &data)? {
             Value::Object(m) => m
                 .into_iter()

@@ -13,7 +13,7 @@ use waymark_core::journey::lifecycle::Status as JourneyStatus;
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
 
-use crate::stats::{Counts, count_change, count_rate_limited, count_state_change};
+use crate::stats::{Counts, Mark, count_change, count_marked_change, count_rate_limited, marks};
 use crate::{CompiledJourney, Ctx, Effect, Input, JourneyState, Status, apply};
 
 /// The journeys a store has, as the engine needs them.
@@ -260,7 +260,8 @@ fn journey_for<'c>(
 struct Collector<'a> {
     catalog: &'a Catalog,
     states: States,
-    original: HashMap<(String, String), JourneyState>,
+    /// Each touched state's instances as they were before this plan.
+    original: HashMap<(String, String), Vec<Mark>>,
     out: Planned,
     /// Each person's recent messages, with those decided in this plan added.
     recent: HashMap<String, Vec<Sent>>,
@@ -290,7 +291,7 @@ impl<'a> Collector<'a> {
                 .last()
                 .is_some_and(|i| i.status == Status::Active)
             {
-                self.original.entry(slot).or_insert_with(|| state.clone());
+                self.original.entry(slot).or_insert_with(|| marks(state));
             }
             end_as_stopped(state, now);
             return;
@@ -300,7 +301,7 @@ impl<'a> Collector<'a> {
         };
         self.original
             .entry(slot.clone())
-            .or_insert_with(|| state.clone());
+            .or_insert_with(|| marks(state));
         let is_entry = matches!(input, Input::Event(_) | Input::Jump { .. })
             && !state
                 .instances
@@ -405,12 +406,11 @@ impl<'a> Collector<'a> {
     fn finish(mut self) -> Planned {
         for (slot, before) in self.original {
             if let Some(after) = self.states.remove(&slot)
-                && after != before
+                && marks(&after) != before
             {
                 // Ended in this input: not active now, and active before or not there at all.
                 let ended_before = |n: u32| {
                     before
-                        .instances
                         .iter()
                         .any(|i| i.number == n && i.status != Status::Active)
                 };
@@ -423,7 +423,7 @@ impl<'a> Collector<'a> {
                         .ended
                         .push((slot.0.clone(), slot.1.clone(), i.number));
                 }
-                count_state_change(&mut self.out.counts, &slot.1, Some(&before), Some(&after));
+                count_marked_change(&mut self.out.counts, &slot.1, &before, Some(&after));
                 self.out.states.push((slot.0, slot.1, after));
             }
         }
@@ -686,7 +686,7 @@ pub fn stop_all(
                 .instances
                 .last()
                 .filter(|i| i.status == Status::Active)
-                .cloned()?;
+                .map(Mark::of)?;
             end_as_stopped(&mut state, now);
             count_change(&mut counts, journey, Some(&before), state.instances.last());
             Some((profile_id, state))

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::{Instance, JourneyState, Status};
+use crate::{Instance, JourneyState, Status, Waiting};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct NodeStats {
@@ -59,11 +59,47 @@ fn status_counter(s: Status) -> &'static str {
     }
 }
 
+/// What counting a change and noticing one need of an instance as it was before an input:
+/// its scalar fields and how long its history was. A plan keeps these instead of a clone of
+/// each state it touches (whose context and history are most of its size). Every change
+/// the engine makes to an instance appends a step or changes one of these fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mark {
+    pub number: u32,
+    pub status: Status,
+    pub node: Option<String>,
+    pub waiting: Option<Waiting>,
+    pub ended_at: Option<waymark_core::time::Millis>,
+    pub steps: usize,
+    pub last_timer: u64,
+    pub deadline_pending: bool,
+}
+
+impl Mark {
+    pub fn of(i: &Instance) -> Self {
+        Self {
+            number: i.number,
+            status: i.status,
+            node: i.node.clone(),
+            waiting: i.waiting.clone(),
+            ended_at: i.ended_at,
+            steps: i.steps.len(),
+            last_timer: i.last_timer,
+            deadline_pending: i.deadline_pending,
+        }
+    }
+}
+
+/// The marks of every instance of a state, oldest first.
+pub fn marks(state: &JourneyState) -> Vec<Mark> {
+    state.instances.iter().map(Mark::of).collect()
+}
+
 /// Where an instance counts as "still here": waiting at its node while active, or exited
 /// there if it ended without completing.
-fn resting(i: &Instance) -> Option<(&str, &'static str)> {
-    let node = i.node.as_deref()?;
-    match i.status {
+fn resting(status: Status, node: Option<&str>) -> Option<(&str, &'static str)> {
+    let node = node?;
+    match status {
         Status::Active => Some((node, "waiting")),
         Status::Exited | Status::TimedOut | Status::Failed => Some((node, "exited")),
         Status::Completed => None,
@@ -76,13 +112,13 @@ fn resting(i: &Instance) -> Option<(&str, &'static str)> {
 pub fn count_change(
     c: &mut Counts,
     journey: &str,
-    before: Option<&Instance>,
+    before: Option<&Mark>,
     after: Option<&Instance>,
 ) {
     let Some(after) = after else {
         if let Some(b) = before.filter(|b| b.status == Status::Active) {
             add(c, journey, JOURNEY, "active", -1);
-            if let Some((node, "waiting")) = resting(b) {
+            if let Some((node, "waiting")) = resting(b.status, b.node.as_deref()) {
                 add(c, journey, node, "waiting", -1);
             }
         }
@@ -92,16 +128,16 @@ pub fn count_change(
         None => add(c, journey, JOURNEY, "instances", 1),
         Some(b) => {
             add(c, journey, JOURNEY, status_counter(b.status), -1);
-            if let Some((node, name)) = resting(b) {
+            if let Some((node, name)) = resting(b.status, b.node.as_deref()) {
                 add(c, journey, node, name, -1);
             }
         }
     }
     add(c, journey, JOURNEY, status_counter(after.status), 1);
-    if let Some((node, name)) = resting(after) {
+    if let Some((node, name)) = resting(after.status, after.node.as_deref()) {
         add(c, journey, node, name, 1);
     }
-    let seen = before.map_or(0, |b| b.steps.len());
+    let seen = before.map_or(0, |b| b.steps);
     for step in after.steps.iter().skip(seen) {
         match step.what.as_str() {
             "entered" => add(c, journey, &step.node, "entered", 1),
@@ -118,7 +154,16 @@ pub fn count_state_change(
     before: Option<&JourneyState>,
     after: Option<&JourneyState>,
 ) {
-    let before_instances = before.map_or(&[][..], |s| &s.instances[..]);
+    count_marked_change(c, journey, &before.map(marks).unwrap_or_default(), after);
+}
+
+/// [`count_state_change`] from the marks of the state before.
+pub fn count_marked_change(
+    c: &mut Counts,
+    journey: &str,
+    before_instances: &[Mark],
+    after: Option<&JourneyState>,
+) {
     let after_instances = after.map_or(&[][..], |s| &s.instances[..]);
     for a in after_instances {
         let b = before_instances.iter().find(|b| b.number == a.number);

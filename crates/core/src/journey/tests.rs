@@ -112,7 +112,7 @@ nodes:
   - { id: w, type: wait, duration: 1h, until: "25:00", next: s }
   - { id: s, type: random_split, paths: [{ percent: 70, next: m }, { percent: 20, next: m }] }
   - { id: m, type: message, channel: pigeon, template: "", next: h }
-  - { id: h, type: webhook, method: BREW, url: "ftp://x", next: e }
+  - { id: h, type: webhook, method: BREW, url: "ftp://x", timeout: 5m, next: e }
   - { id: e, type: end }
   - { id: e, type: end }
 "#;
@@ -130,6 +130,7 @@ nodes:
         ("nodes[2].template", "missing_field"),
         ("nodes[3].method", "invalid_value"),
         ("nodes[3].url", "invalid_value"),
+        ("nodes[3].timeout", "invalid_value"),
         ("nodes[5].id", "duplicate_id"),
     ] {
         assert!(

@@ -66,6 +66,10 @@ impl Report {
     }
 }
 
+/// The longest a webhook call may take. The dispatcher's claim on a call lasts longer than
+/// this, so no other dispatcher takes the row while the call may still answer.
+pub const MAX_WEBHOOK_TIMEOUT_MS: i64 = 60_000;
+
 /// Checks a parsed journey. An empty result means it can run.
 pub fn validate(journey: &Journey) -> Vec<FieldError> {
     let mut r = Report(Vec::new());
@@ -395,7 +399,18 @@ fn check_node(journey: &Journey, kind: &NodeKind, at: &dyn Fn(&str) -> String, r
                 );
             }
             if let Some(t) = timeout {
-                r.duration(&at("timeout"), &t.0);
+                match parse_duration_ms(&t.0) {
+                    Err(m) => r.add("invalid_duration", at("timeout"), m),
+                    Ok(ms) if ms > MAX_WEBHOOK_TIMEOUT_MS => r.add(
+                        "invalid_value",
+                        at("timeout"),
+                        format!(
+                            "timeout {:?} is longer than the 60s a webhook may take",
+                            t.0
+                        ),
+                    ),
+                    Ok(_) => {}
+                }
             }
             if retries.is_some_and(|n| n > 20) {
                 r.add(
