@@ -50,10 +50,16 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// `page_size` takes effect only when the database is created (a store made before keeps
+/// its 4 KiB pages). Every commit writes each page it changed to the WAL, one write call
+/// per page: with 8 KiB pages the journey benchmark's writer spent ~7% less time per
+/// journey (fewer frames and calls for the same rows); 16 KiB pages gained nothing more
+/// and wrote 8% more bytes.
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.execute_batch(
-        "PRAGMA journal_mode = WAL;
+        "PRAGMA page_size = 8192;
+         PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = OFF;
          PRAGMA temp_store = MEMORY;
