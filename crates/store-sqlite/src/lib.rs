@@ -14,6 +14,7 @@ mod suppressions;
 mod templates;
 mod writer;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -44,6 +45,17 @@ pub struct SqliteStore {
     checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
     readers: r2d2::Pool<SqliteConnectionManager>,
     cache: std::sync::Arc<waymark_engine::run::Runtime>,
+    /// Outbox rows claimed and not yet recorded, with when each claim runs out. In memory:
+    /// one process owns a SQLite store, so its claims end with it (the state a restart
+    /// starts from), and claiming is a read on a reader connection, off the writer thread
+    /// and without rewriting each claimed row. See `claim_outbox` for why a claim holds the
+    /// lock while it reads.
+    leases: std::sync::Arc<Mutex<HashMap<i64, Millis>>>,
+}
+
+/// The lease map stays consistent across a panic (each change is one insert or removal).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -128,6 +140,7 @@ impl SqliteStore {
             checkpointer: Mutex::new(Some((stop, checkpointer))),
             readers,
             cache,
+            leases: Default::default(),
         })
     }
 
@@ -555,18 +568,40 @@ impl JourneyRunStore for SqliteStore {
 
 #[async_trait]
 impl OutboxStore for SqliteStore {
+    /// The claim holds the lease lock from before its read begins until its claims are
+    /// recorded, and a lease is dropped (under the lock) only after the row's outcome was
+    /// committed. So a claim either sees the lease, or reads a snapshot taken after the
+    /// outcome's commit: a row is never claimed twice.
     async fn claim_outbox(
         &self,
         now: Millis,
         limit: u32,
         lease_ms: Millis,
     ) -> Result<Vec<OutboxItem>, StoreError> {
-        self.write(move |tx| runs::claim(tx, now, limit, lease_ms))
-            .await
+        let (pool, leases) = (self.readers.clone(), self.leases.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut leases = lock(&leases);
+            leases.retain(|_, until| *until > now);
+            let conn = pool.get().map_err(unavailable)?;
+            let items = runs::claim_unleased(&conn, now, limit, &leases)?;
+            for item in &items {
+                leases.insert(item.seq, now + lease_ms);
+            }
+            Ok(items)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("claim task: {e}")))?
     }
 
     async fn release_outbox_leases(&self) -> Result<u64, StoreError> {
-        self.write(runs::release_leases).await
+        let released = {
+            let mut leases = lock(&self.leases);
+            let n = leases.len() as u64;
+            leases.clear();
+            n
+        };
+        // Rows leased in the database by a version that kept leases there.
+        Ok(released + self.write(runs::release_leases).await?)
     }
 
     async fn record_message_event(
@@ -589,8 +624,19 @@ impl OutboxStore for SqliteStore {
         now: Millis,
     ) -> Result<(), StoreError> {
         let cache = self.cache.clone();
-        self.write(move |tx| runs::complete_many(tx, &cache, &done, now))
-            .await
+        let recorded = done.clone();
+        self.write(move |tx| runs::complete_many(tx, &cache, &recorded, now))
+            .await?;
+        // Committed: the rows may be claimed again (those due again) from now on.
+        let leases = self.leases.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut leases = lock(&leases);
+            for (item, _) in done.iter() {
+                leases.remove(&item.seq);
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("lease task: {e}")))
     }
 }
 

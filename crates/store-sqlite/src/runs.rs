@@ -614,42 +614,48 @@ pub fn outbox_key(conn: &Connection, seq: i64) -> Result<Option<String>, StoreEr
         .map_err(unavailable)
 }
 
-pub fn claim(
-    tx: &Transaction<'_>,
+/// Due rows nobody holds a lease on, oldest due first. A read: the leases are the caller's.
+pub fn claim_unleased(
+    conn: &Connection,
     now: Millis,
     limit: u32,
-    lease_ms: Millis,
+    leased: &HashMap<i64, Millis>,
 ) -> Result<Vec<OutboxItem>, StoreError> {
-    let mut stmt = tx
+    // The leased rows are among the oldest due, so read past as many: from the index alone.
+    let mut due = conn
         .prepare_cached(
-            "SELECT seq, key, profile_id, journey_key, kind, effect, attempts, created_at FROM journey_outbox
-             WHERE status = 'pending' AND next_attempt_at <= ?1 AND (leased_until IS NULL OR leased_until <= ?1)
+            "SELECT seq FROM journey_outbox WHERE status = 'pending' AND next_attempt_at <= ?1
              ORDER BY next_attempt_at, seq LIMIT ?2",
         )
         .map_err(unavailable)?;
-    let rows = stmt
-        .query_map(params![now, i64::from(limit)], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, String>(5)?,
-                r.get::<_, i64>(6)?,
-                r.get::<_, i64>(7)?,
-            ))
+    let seqs: Vec<i64> = due
+        .query_map(params![now, i64::from(limit) + leased.len() as i64], |r| {
+            r.get(0)
         })
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .map_err(unavailable)?;
-    drop(stmt);
-    let mut lease = tx
-        .prepare_cached("UPDATE journey_outbox SET leased_until = ?2 WHERE seq = ?1")
+    let mut row = conn
+        .prepare_cached(
+            "SELECT key, profile_id, journey_key, kind, effect, attempts, created_at FROM journey_outbox WHERE seq = ?1",
+        )
         .map_err(unavailable)?;
-    let mut out = Vec::with_capacity(rows.len());
-    for (seq, key, profile_id, journey, kind, effect, attempts, created_at) in rows {
-        lease
-            .execute(params![seq, now + lease_ms])
+    let mut out = Vec::new();
+    for seq in seqs.into_iter().filter(|s| !leased.contains_key(s)) {
+        if out.len() == limit as usize {
+            break;
+        }
+        let (key, profile_id, journey, kind, effect, attempts, created_at) = row
+            .query_row([seq], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, i64>(6)?,
+                ))
+            })
             .map_err(unavailable)?;
         out.push(OutboxItem {
             seq,
