@@ -18,6 +18,13 @@ use waymark_store::{Delivery, MessageEvent, OutboxItem, Store, wall_clock_ms};
 /// longer than [`START_WITHIN_MS`] is given back uncalled instead.
 const LEASE_MS: i64 = 2 * waymark_core::journey::MAX_WEBHOOK_TIMEOUT_MS;
 const START_WITHIN_MS: i64 = LEASE_MS - waymark_core::journey::MAX_WEBHOOK_TIMEOUT_MS;
+/// How long the dispatcher waits before looking again when nothing was due, on a store that
+/// cannot signal new rows: the most an effect waits to start once committed.
+const IDLE_POLL: Duration = Duration::from_millis(20);
+/// The same on a store that signals its commits: then only rows that come due by time
+/// (retries, held messages) wait for it.
+const IDLE_POLL_SIGNALLED: Duration = Duration::from_millis(100);
+const COALESCE: Duration = Duration::from_millis(5);
 /// Most rows claimed in one store call.
 const BATCH: u32 = 1_024;
 /// Calls in flight at once.
@@ -223,6 +230,7 @@ pub async fn run(store: Arc<dyn Store>, client: reqwest::Client, channels: Chann
     // Deliveries run as independent tasks. A row holds a claim permit from its claim until
     // its outcome is recorded, and a call permit only while it is being delivered; the loop
     // claims more as soon as claim permits are free.
+    let activity = store.outbox_activity();
     let claimed = Arc::new(tokio::sync::Semaphore::new(CLAIMED_AHEAD));
     let calls = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let (outcomes, recorder_rx) = tokio::sync::mpsc::channel::<Outcome>(CLAIMED_AHEAD);
@@ -246,7 +254,15 @@ pub async fn run(store: Arc<dyn Store>, client: reqwest::Client, channels: Chann
             }
         };
         if items.is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            match &activity {
+                Some(commits) => {
+                    let _ = tokio::time::timeout(IDLE_POLL_SIGNALLED, commits.notified()).await;
+                    // Let the commits of the next few milliseconds join this claim: claims
+                    // of a few rows each made for as many small outcome commits.
+                    tokio::time::sleep(COALESCE).await;
+                }
+                None => tokio::time::sleep(IDLE_POLL).await,
+            }
             continue;
         }
         for item in items {

@@ -51,6 +51,8 @@ pub struct SqliteStore {
     /// and without rewriting each claimed row. See `claim_outbox` for why a claim holds the
     /// lock while it reads.
     leases: std::sync::Arc<Mutex<HashMap<i64, Millis>>>,
+    /// Notified after each commit of the writer, the only writer.
+    activity: Arc<tokio::sync::Notify>,
 }
 
 /// The lease map stays consistent across a panic (each change is one insert or removal).
@@ -117,7 +119,9 @@ impl SqliteStore {
         let cache = std::sync::Arc::new(waymark_engine::run::Runtime::new(
             options.governance.clone(),
         ));
+        let activity = Arc::new(tokio::sync::Notify::new());
         let config = writer::Config {
+            activity: activity.clone(),
             cache: cache.clone(),
             partitions,
             options,
@@ -141,6 +145,7 @@ impl SqliteStore {
             readers,
             cache,
             leases: Default::default(),
+            activity,
         })
     }
 
@@ -591,6 +596,10 @@ impl OutboxStore for SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("claim task: {e}")))?
+    }
+
+    fn outbox_activity(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.activity.clone())
     }
 
     async fn release_outbox_leases(&self) -> Result<u64, StoreError> {

@@ -120,6 +120,8 @@ pub struct Config {
     pub partitions: u32,
     pub options: StoreOptions,
     pub cache: std::sync::Arc<waymark_engine::run::Runtime>,
+    /// Told after every commit (see `OutboxStore::outbox_activity`).
+    pub activity: std::sync::Arc<tokio::sync::Notify>,
 }
 
 pub fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, config: Config) {
@@ -142,6 +144,7 @@ pub fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, config: Config
         let started = Instant::now();
         match commit_group(&mut conn, works, &config) {
             Ok(results) => {
+                config.activity.notify_one();
                 metrics::histogram!("waymark_store_commit_seconds", "backend" => "sqlite")
                     .record(started.elapsed().as_secs_f64());
                 metrics::histogram!("waymark_store_commit_events", "backend" => "sqlite")

@@ -448,6 +448,13 @@ pub trait OutboxStore: Send + Sync {
         lease_ms: Millis,
     ) -> Result<Vec<OutboxItem>, StoreError>;
 
+    /// Notified after writes that may have added due outbox rows, for a dispatcher to look
+    /// at once instead of polling often; `None` if the backend cannot tell (another
+    /// process may write), and the dispatcher polls.
+    fn outbox_activity(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
+
     /// Ends every lease: called at start by the only dispatcher, so rows claimed by a
     /// dispatcher that died are delivered again now rather than when the lease would end.
     async fn release_outbox_leases(&self) -> Result<u64, StoreError>;
