@@ -404,7 +404,8 @@ async fn kill_9_during_webhook_dispatch_loses_no_step_on_postgres() {
     kill_9_during_webhook_dispatch(Some(&url)).await;
 }
 
-async fn put_and_publish(c: &reqwest::Client, base: &str, doc: &Value) {
+/// Stores `doc` as its journey's draft; returns the key.
+async fn put_draft<'d>(c: &reqwest::Client, base: &str, doc: &'d Value) -> &'d str {
     let key = doc["key"].as_str().expect("key");
     let r = c
         .put(format!("{base}/v1/journeys/{key}"))
@@ -414,6 +415,11 @@ async fn put_and_publish(c: &reqwest::Client, base: &str, doc: &Value) {
         .await
         .expect("put");
     assert!(r.status().is_success(), "{:?}", r.text().await);
+    key
+}
+
+async fn put_and_publish(c: &reqwest::Client, base: &str, doc: &Value) {
+    let key = put_draft(c, base, doc).await;
     let r = c
         .post(format!("{base}/v1/journeys/{key}/publish"))
         .bearer_auth(ADMIN)
@@ -1917,14 +1923,7 @@ async fn email_templates_send_from_their_named_sending_configuration() {
         "nodes": [
             {"id": "pitch", "type": "message", "channel": "email", "template": "pitch", "next": "done"},
             {"id": "done", "type": "end"}]});
-    let r = c
-        .put(format!("{}/v1/journeys/sales", server.base))
-        .bearer_auth(ADMIN)
-        .json(&inline)
-        .send()
-        .await
-        .expect("put");
-    assert!(r.status().is_success(), "{:?}", r.text().await);
+    put_draft(&c, &server.base, &inline).await;
     let r = c
         .post(format!("{}/v1/journeys/sales/publish", server.base))
         .bearer_auth(ADMIN)

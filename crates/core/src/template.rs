@@ -66,21 +66,25 @@ enum Part {
 #[derive(Debug, Clone)]
 pub struct JsonTemplate {
     root: Part,
+    reads_data: bool,
 }
 
 impl JsonTemplate {
     /// Whether rendering reads the data at all (a value with no template in it does not,
     /// and its caller can skip building the data).
     pub fn reads_data(&self) -> bool {
-        fn reads(part: &Part) -> bool {
-            match part {
-                Part::Literal(_) => false,
-                Part::Path(_) | Part::Text(_) => true,
-                Part::Array(items) => items.iter().any(reads),
-                Part::Object(fields) => fields.iter().any(|(_, p)| reads(p)),
-            }
+        self.reads_data
+    }
+}
+
+impl Part {
+    fn reads_data(&self) -> bool {
+        match self {
+            Part::Literal(_) => false,
+            Part::Path(_) | Part::Text(_) => true,
+            Part::Array(items) => items.iter().any(Part::reads_data),
+            Part::Object(fields) => fields.iter().any(|(_, p)| p.reads_data()),
         }
-        reads(&self.root)
     }
 }
 
@@ -89,7 +93,8 @@ impl Templates {
     /// An error names the path inside `value` (`.items[2].title`) and what is wrong.
     pub fn json(&mut self, name: &str, value: &Value) -> Result<JsonTemplate, (String, String)> {
         let root = self.part(name, "", value)?;
-        Ok(JsonTemplate { root })
+        let reads_data = root.reads_data();
+        Ok(JsonTemplate { root, reads_data })
     }
 
     fn part(&mut self, name: &str, at: &str, value: &Value) -> Result<Part, (String, String)> {

@@ -13,7 +13,9 @@ use waymark_core::journey::lifecycle::Status as JourneyStatus;
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
 
-use crate::stats::{Counts, Mark, count_change, count_marked_change, count_rate_limited, marks};
+use crate::stats::{
+    Counts, Mark, count_change, count_marked_change, count_rate_limited, marks, unchanged,
+};
 use crate::{CompiledJourney, Ctx, Effect, Input, JourneyState, Status, apply};
 
 /// The journeys a store has, as the engine needs them.
@@ -406,7 +408,7 @@ impl<'a> Collector<'a> {
     fn finish(mut self) -> Planned {
         for (slot, before) in self.original {
             if let Some(after) = self.states.remove(&slot)
-                && marks(&after) != before
+                && !unchanged(&before, &after)
             {
                 // Ended in this input: not active now, and active before or not there at all.
                 let ended_before = |n: u32| {

@@ -95,6 +95,21 @@ pub fn marks(state: &JourneyState) -> Vec<Mark> {
     state.instances.iter().map(Mark::of).collect()
 }
 
+/// Whether `state` is still what `before` marked.
+pub fn unchanged(before: &[Mark], state: &JourneyState) -> bool {
+    before.len() == state.instances.len()
+        && before.iter().zip(&state.instances).all(|(m, i)| {
+            m.number == i.number
+                && m.status == i.status
+                && m.node == i.node
+                && m.waiting == i.waiting
+                && m.ended_at == i.ended_at
+                && m.steps == i.steps.len()
+                && m.last_timer == i.last_timer
+                && m.deadline_pending == i.deadline_pending
+        })
+}
+
 /// Where an instance counts as "still here": waiting at its node while active, or exited
 /// there if it ended without completing.
 fn resting(status: Status, node: Option<&str>) -> Option<(&str, &'static str)> {

@@ -120,7 +120,6 @@ pub(crate) async fn with_partials(
     Ok(found)
 }
 
-/// Compiles a template with the stored partials it includes (and only those).
 /// Why the template cannot send, if it names a sending configuration this server does not
 /// have (checked when email is configured): when it is stored, and again when a journey
 /// that uses it, or carries it inline, is published.
@@ -140,6 +139,7 @@ pub(crate) fn unknown_sender(state: &AppState, doc: &ContentDoc) -> Option<Strin
     ))
 }
 
+/// Compiles a template with the stored partials it includes (and only those).
 async fn compiled(state: &AppState, doc: &ContentDoc) -> Result<CompiledContent, ApiError> {
     let roots = doc.fields().into_iter().flat_map(|(_, s)| partials_used(s));
     let partials = with_partials(state, roots)

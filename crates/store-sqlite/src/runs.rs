@@ -568,26 +568,14 @@ pub fn record_message_event(
     key: &str,
     event: &MessageEvent,
 ) -> Result<Option<OutboxItem>, StoreError> {
-    let row = tx
-        .prepare_cached(
-            "SELECT seq, profile_id, journey_key, effect, attempts, created_at FROM journey_outbox
-             WHERE key = ?1 AND kind = 'message'",
-        )
-        .and_then(|mut s| {
-            s.query_row([key], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, i64>(5)?,
-                ))
-            })
-            .optional()
-        })
-        .map_err(unavailable)?;
-    let Some((seq, profile_id, journey, effect, attempts, created_at)) = row else {
+    let item = tx
+        .prepare_cached(&format!(
+            "SELECT {OUTBOX_ITEM} FROM journey_outbox WHERE key = ?1 AND kind = 'message'"
+        ))
+        .and_then(|mut s| s.query_row([key], outbox_item).optional())
+        .map_err(unavailable)?
+        .transpose()?;
+    let Some(item) = item else {
         return Ok(None);
     };
     tx.prepare_cached(
@@ -596,15 +584,28 @@ pub fn record_message_event(
     )
     .and_then(|mut s| s.execute(params![key, event.status, event.detail, event.at]))
     .map_err(unavailable)?;
-    Ok(Some(OutboxItem {
-        seq,
-        key: key.to_owned(),
-        profile_id,
-        journey,
-        kind: "message".into(),
-        effect: serde_json::from_str(&effect).map_err(corrupt)?,
-        attempts: attempts as u32,
-        created_at,
+    Ok(Some(item))
+}
+
+/// The columns [`outbox_item`] reads, in its order.
+const OUTBOX_ITEM: &str = "seq, key, profile_id, journey_key, kind, effect, attempts, created_at";
+
+/// An outbox row selected as [`OUTBOX_ITEM`]; its effect must be valid JSON.
+fn outbox_item(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<OutboxItem, StoreError>> {
+    let effect: String = r.get(5)?;
+    let effect = match serde_json::from_str(&effect) {
+        Ok(effect) => effect,
+        Err(e) => return Ok(Err(corrupt(e))),
+    };
+    Ok(Ok(OutboxItem {
+        seq: r.get(0)?,
+        key: r.get(1)?,
+        profile_id: r.get(2)?,
+        journey: r.get(3)?,
+        kind: r.get(4)?,
+        effect,
+        attempts: r.get::<_, i64>(6)? as u32,
+        created_at: r.get(7)?,
     }))
 }
 
@@ -635,40 +636,15 @@ pub fn claim_unleased(
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .map_err(unavailable)?;
     let mut row = conn
-        .prepare_cached(
-            "SELECT key, profile_id, journey_key, kind, effect, attempts, created_at FROM journey_outbox WHERE seq = ?1",
-        )
+        .prepare_cached(&format!(
+            "SELECT {OUTBOX_ITEM} FROM journey_outbox WHERE seq = ?1"
+        ))
         .map_err(unavailable)?;
-    let mut out = Vec::new();
-    for seq in seqs.into_iter().filter(|s| !leased.contains_key(s)) {
-        if out.len() == limit as usize {
-            break;
-        }
-        let (key, profile_id, journey, kind, effect, attempts, created_at) = row
-            .query_row([seq], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, i64>(6)?,
-                ))
-            })
-            .map_err(unavailable)?;
-        out.push(OutboxItem {
-            seq,
-            key,
-            profile_id,
-            journey,
-            kind,
-            effect: serde_json::from_str(&effect).map_err(corrupt)?,
-            attempts: attempts as u32,
-            created_at,
-        });
-    }
-    Ok(out)
+    seqs.into_iter()
+        .filter(|s| !leased.contains_key(s))
+        .take(limit as usize)
+        .map(|seq| row.query_row([seq], outbox_item).map_err(unavailable)?)
+        .collect()
 }
 
 pub(crate) fn load_profile(
@@ -768,7 +744,7 @@ fn record_delivery(
     match delivery {
         Delivery::Deferred { at } => {
             tx.prepare_cached(
-                "UPDATE journey_outbox SET next_attempt_at = ?2, leased_until = NULL WHERE seq = ?1 AND status = 'pending'",
+                "UPDATE journey_outbox SET next_attempt_at = ?2 WHERE seq = ?1 AND status = 'pending'",
             )
             .and_then(|mut s| s.execute(params![item.seq, at]))
             .map_err(unavailable)?;
@@ -776,7 +752,7 @@ fn record_delivery(
         }
         Delivery::Retry { at, error } => {
             tx.prepare_cached(
-                "UPDATE journey_outbox SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3, leased_until = NULL WHERE seq = ?1 AND status = 'pending'",
+                "UPDATE journey_outbox SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3 WHERE seq = ?1 AND status = 'pending'",
             )
             .and_then(|mut s| s.execute(params![item.seq, at, error]))
             .map_err(unavailable)?;

@@ -399,17 +399,17 @@ fn check_node(journey: &Journey, kind: &NodeKind, at: &dyn Fn(&str) -> String, r
                 );
             }
             if let Some(t) = timeout {
-                match parse_duration_ms(&t.0) {
-                    Err(m) => r.add("invalid_duration", at("timeout"), m),
-                    Ok(ms) if ms > MAX_WEBHOOK_TIMEOUT_MS => r.add(
+                r.duration(&at("timeout"), &t.0);
+                if parse_duration_ms(&t.0).is_ok_and(|ms| ms > MAX_WEBHOOK_TIMEOUT_MS) {
+                    r.add(
                         "invalid_value",
                         at("timeout"),
                         format!(
-                            "timeout {:?} is longer than the 60s a webhook may take",
-                            t.0
+                            "timeout {:?} is longer than the {}s a webhook may take",
+                            t.0,
+                            MAX_WEBHOOK_TIMEOUT_MS / 1000
                         ),
-                    ),
-                    Ok(_) => {}
+                    );
                 }
             }
             if retries.is_some_and(|n| n > 20) {
