@@ -7,7 +7,8 @@
 //! - clock-skew correction: when the message carries both an original timestamp and a
 //!   `sentAt` (its own or the batch's), `timestamp = receivedAt - (sentAt - originalTimestamp)`;
 //!   with only a timestamp it is taken as given; with none, `receivedAt` is used;
-//! - 32 KB per message, 500 KB per batch request.
+//! - 32 KB per message, 500 KB per batch request; a message's size counts the batch-level
+//!   `context` and `integrations` it inherits, and a batch may not pass 1 MB so counted.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -19,6 +20,9 @@ use crate::{Event, EventKind, FieldError, Identity};
 
 pub const MAX_EVENT_BYTES: usize = 32 * 1024;
 pub const MAX_BATCH_BYTES: usize = 500 * 1024;
+/// A batch's messages together, each with the batch's `context` and `integrations` merged
+/// in: what a batch may become once stored, whatever it was on the wire.
+pub const MAX_MERGED_BATCH_BYTES: usize = 1024 * 1024;
 pub const MAX_MESSAGE_ID_LEN: usize = 256;
 pub const MAX_EVENT_NAME_LEN: usize = 256;
 
@@ -50,38 +54,144 @@ struct BatchBody<'a> {
     batch: Option<Vec<&'a RawValue>>,
     #[serde(rename = "sentAt")]
     sent_at: Option<Value>,
-    context: Option<Value>,
-    integrations: Option<Value>,
+    #[serde(borrow)]
+    context: Option<&'a RawValue>,
+    #[serde(borrow)]
+    integrations: Option<&'a RawValue>,
     #[serde(rename = "writeKey")]
     write_key: Option<Value>,
 }
 
-/// Parses a `/v1/batch` body. All or nothing: the first invalid message fails the whole
-/// batch with its index, so a client can fix and resend it as it is.
-pub fn parse_batch(body: &[u8], receipt: &mut Receipt<'_>) -> Result<Parsed, FieldError> {
-    let envelope: BatchBody<'_> = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
-    let Some(items) = envelope.batch else {
-        return Err(FieldError::new(
-            "missing_field",
-            "batch",
-            "batch is required: an array of messages",
-        ));
-    };
-    let batch_sent_at = optional_time(envelope.sent_at.as_ref(), "sentAt")?;
-    let batch_context = optional_object(envelope.context, "context")?;
-    let batch_integrations = optional_object(envelope.integrations, "integrations")?;
-    let write_key = optional_string(envelope.write_key, "writeKey")?;
-    let defaults = Defaults {
-        sent_at: batch_sent_at,
-        context: batch_context.as_ref(),
-        integrations: batch_integrations.as_ref(),
-    };
-    let mut events = Vec::with_capacity(items.len());
-    for (index, raw) in items.into_iter().enumerate() {
-        let event = parse_raw(raw, None, &defaults, receipt).map_err(|e| e.at_index(index))?;
-        events.push(event);
+/// A request body read just far enough to know who sent it: the write key it carries (if
+/// any) is known before a single message is parsed, so a caller can refuse an
+/// unauthenticated body before spending memory on it.
+pub enum Envelope<'a> {
+    Batch {
+        items: Vec<&'a RawValue>,
+        sent_at: Option<Value>,
+        context: Option<&'a RawValue>,
+        integrations: Option<&'a RawValue>,
+        write_key: Option<String>,
+    },
+    Single {
+        kind: EventKind,
+        object: Map<String, Value>,
+        size: usize,
+        write_key: Option<String>,
+    },
+}
+
+impl<'a> Envelope<'a> {
+    /// Reads a `/v1/batch` body's envelope; the messages stay unparsed text.
+    pub fn batch(body: &'a [u8]) -> Result<Self, FieldError> {
+        let envelope: BatchBody<'a> = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
+        let Some(items) = envelope.batch else {
+            return Err(FieldError::new(
+                "missing_field",
+                "batch",
+                "batch is required: an array of messages",
+            ));
+        };
+        Ok(Envelope::Batch {
+            items,
+            sent_at: envelope.sent_at,
+            context: envelope.context,
+            integrations: envelope.integrations,
+            write_key: optional_string(envelope.write_key, "writeKey")?,
+        })
     }
-    Ok(Parsed { events, write_key })
+
+    /// Reads the body of a single-message endpoint (`/v1/track`, `/v1/identify`, ...).
+    pub fn single(body: &'a [u8], kind: EventKind) -> Result<Self, FieldError> {
+        if body.len() > MAX_EVENT_BYTES {
+            return Err(too_large(body.len()));
+        }
+        let mut object = match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(map)) => map,
+            Ok(_) => {
+                return Err(FieldError::new(
+                    "invalid_type",
+                    "",
+                    "request body must be a JSON object",
+                ));
+            }
+            Err(e) => return Err(json_error(&e)),
+        };
+        let write_key = optional_string(object.remove("writeKey"), "writeKey")?;
+        Ok(Envelope::Single {
+            kind,
+            object,
+            size: body.len(),
+            write_key,
+        })
+    }
+
+    /// The write key the body carries (`writeKey`), if any.
+    pub fn write_key(&self) -> Option<&str> {
+        match self {
+            Envelope::Batch { write_key, .. } | Envelope::Single { write_key, .. } => {
+                write_key.as_deref()
+            }
+        }
+    }
+
+    /// Parses and validates every message. All or nothing: the first invalid message fails
+    /// the whole batch with its index, so a client can fix and resend it as it is.
+    pub fn events(self, receipt: &mut Receipt<'_>) -> Result<Vec<Event>, FieldError> {
+        match self {
+            Envelope::Single {
+                kind, object, size, ..
+            } => Ok(vec![parse_object(
+                object,
+                size,
+                Some(kind),
+                &Defaults::default(),
+                receipt,
+            )?]),
+            Envelope::Batch {
+                items,
+                sent_at,
+                context,
+                integrations,
+                ..
+            } => {
+                let defaults = Defaults {
+                    sent_at: optional_time(sent_at.as_ref(), "sentAt")?,
+                    context: Shared::read(context, "context")?,
+                    integrations: Shared::read(integrations, "integrations")?,
+                };
+                let mut events = Vec::with_capacity(items.len());
+                let mut merged_bytes = 0usize;
+                for (index, raw) in items.into_iter().enumerate() {
+                    let (event, size) =
+                        parse_raw(raw, &defaults, receipt).map_err(|e| e.at_index(index))?;
+                    merged_bytes += size;
+                    if merged_bytes > MAX_MERGED_BATCH_BYTES {
+                        return Err(FieldError::new(
+                            "batch_too_large",
+                            format!("batch[{index}]"),
+                            format!(
+                                "the batch's messages, with the batch's context and integrations merged into each, \
+                                 pass {MAX_MERGED_BATCH_BYTES} bytes (1 MB) at this message; send fewer messages per batch"
+                            ),
+                        ));
+                    }
+                    events.push(event);
+                }
+                Ok(events)
+            }
+        }
+    }
+}
+
+/// Parses a `/v1/batch` body (envelope and messages together).
+pub fn parse_batch(body: &[u8], receipt: &mut Receipt<'_>) -> Result<Parsed, FieldError> {
+    let envelope = Envelope::batch(body)?;
+    let write_key = envelope.write_key().map(str::to_owned);
+    Ok(Parsed {
+        events: envelope.events(receipt)?,
+        write_key,
+    })
 }
 
 /// Parses the body of a single-message endpoint (`/v1/track`, `/v1/identify`, ...).
@@ -90,45 +200,85 @@ pub fn parse_single(
     kind: EventKind,
     receipt: &mut Receipt<'_>,
 ) -> Result<Parsed, FieldError> {
-    let raw: &RawValue = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
-    let mut object = match serde_json::from_str::<Value>(raw.get()) {
-        Ok(Value::Object(map)) => map,
-        Ok(_) => {
-            return Err(FieldError::new(
-                "invalid_type",
-                "",
-                "request body must be a JSON object",
-            ));
-        }
-        Err(e) => return Err(json_error(&e)),
-    };
-    let write_key = optional_string(object.remove("writeKey"), "writeKey")?;
-    let event = parse_object(
-        object,
-        raw.get().len(),
-        Some(kind),
-        &Defaults::default(),
-        receipt,
-    )?;
+    let envelope = Envelope::single(body, kind)?;
+    let write_key = envelope.write_key().map(str::to_owned);
     Ok(Parsed {
-        events: vec![event],
+        events: envelope.events(receipt)?,
         write_key,
     })
 }
 
+/// A batch-level object (`context`, `integrations`) that every message inherits, with the
+/// stored size of each entry, so a message's size is measured as it will be stored: with
+/// the inherited entries merged in.
 #[derive(Default)]
-struct Defaults<'a> {
-    sent_at: Option<Millis>,
-    context: Option<&'a Map<String, Value>>,
-    integrations: Option<&'a Map<String, Value>>,
+struct Shared {
+    entries: Vec<(String, Value, usize)>,
 }
 
+impl Shared {
+    fn read(raw: Option<&RawValue>, field: &str) -> Result<Self, FieldError> {
+        let Some(raw) = raw else {
+            return Ok(Self::default());
+        };
+        let value: Value = serde_json::from_str(raw.get()).map_err(|e| json_error(&e))?;
+        let Some(map) = optional_object(Some(value), field)? else {
+            return Ok(Self::default());
+        };
+        let entries = map
+            .into_iter()
+            .map(|(key, value)| {
+                // `"key":value,` as serde_json writes it.
+                let bytes = key.len() + 4 + serde_json::to_string(&value).map_or(0, |s| s.len());
+                (key, value, bytes)
+            })
+            .collect();
+        Ok(Self { entries })
+    }
+
+    /// Adds the entries `target` lacks.
+    fn merge_into(&self, target: &mut Map<String, Value>) {
+        for (key, value, _) in &self.entries {
+            if !target.contains_key(key) {
+                target.insert(key.clone(), value.clone());
+            }
+        }
+    }
+
+    /// What merging into `target` would add, without doing it.
+    fn would_add(&self, target: &Map<String, Value>) -> usize {
+        self.entries
+            .iter()
+            .filter(|(key, _, _)| !target.contains_key(key))
+            .map(|(_, _, bytes)| bytes)
+            .sum()
+    }
+}
+
+#[derive(Default)]
+struct Defaults {
+    sent_at: Option<Millis>,
+    context: Shared,
+    integrations: Shared,
+}
+
+fn too_large(size: usize) -> FieldError {
+    FieldError::new(
+        "event_too_large",
+        "",
+        format!(
+            "message is {size} bytes; the limit is {MAX_EVENT_BYTES} bytes (32 KB), counting the batch's context and integrations it inherits"
+        ),
+    )
+}
+
+/// Parses one batch item; returns the event and its size with the batch's shared objects
+/// merged in.
 fn parse_raw(
     raw: &RawValue,
-    kind: Option<EventKind>,
-    defaults: &Defaults<'_>,
+    defaults: &Defaults,
     receipt: &mut Receipt<'_>,
-) -> Result<Event, FieldError> {
+) -> Result<(Event, usize), FieldError> {
     let object = match serde_json::from_str::<Value>(raw.get()) {
         Ok(Value::Object(map)) => map,
         Ok(_) => {
@@ -140,22 +290,28 @@ fn parse_raw(
         }
         Err(e) => return Err(json_error(&e)),
     };
-    parse_object(object, raw.get().len(), kind, defaults, receipt)
+    // Measure before merging anything: a large shared context must not be copied into
+    // thousands of messages only to be refused afterwards.
+    let inherited = |name: &str, shared: &Shared| match object.get(name) {
+        Some(Value::Object(own)) => shared.would_add(own),
+        _ => shared.would_add(&Map::new()),
+    };
+    let size = raw.get().len()
+        + inherited("context", &defaults.context)
+        + inherited("integrations", &defaults.integrations);
+    let event = parse_object(object, size, None, defaults, receipt)?;
+    Ok((event, size))
 }
 
 fn parse_object(
     mut m: Map<String, Value>,
     size: usize,
     endpoint_kind: Option<EventKind>,
-    defaults: &Defaults<'_>,
+    defaults: &Defaults,
     receipt: &mut Receipt<'_>,
 ) -> Result<Event, FieldError> {
     if size > MAX_EVENT_BYTES {
-        return Err(FieldError::new(
-            "event_too_large",
-            "",
-            format!("message is {size} bytes; the limit is {MAX_EVENT_BYTES} bytes (32 KB)"),
-        ));
+        return Err(too_large(size));
     }
     let declared = optional_string(m.remove("type"), "type")?;
     let kind = match (endpoint_kind, declared.as_deref()) {
@@ -282,20 +438,10 @@ fn parse_object(
     let traits = optional_object(m.remove("traits"), "traits")?.unwrap_or_default();
     let properties = optional_object(m.remove("properties"), "properties")?.unwrap_or_default();
     let mut context = optional_object(m.remove("context"), "context")?.unwrap_or_default();
-    if let Some(batch_context) = defaults.context {
-        for (key, value) in batch_context {
-            context.entry(key.clone()).or_insert_with(|| value.clone());
-        }
-    }
+    defaults.context.merge_into(&mut context);
     let mut integrations =
         optional_object(m.remove("integrations"), "integrations")?.unwrap_or_default();
-    if let Some(batch_integrations) = defaults.integrations {
-        for (key, value) in batch_integrations {
-            integrations
-                .entry(key.clone())
-                .or_insert_with(|| value.clone());
-        }
-    }
+    defaults.integrations.merge_into(&mut integrations);
 
     let original = match optional_time(m.get("originalTimestamp"), "originalTimestamp")? {
         Some(t) => Some(t),
@@ -318,7 +464,7 @@ fn parse_object(
         &context,
     )?;
 
-    Ok(Event {
+    let event = Event {
         message_id,
         kind,
         name,
@@ -335,7 +481,105 @@ fn parse_object(
         sent_at,
         received_at,
         identities,
-    })
+    };
+    reject_nul(&event)?;
+    Ok(event)
+}
+
+/// Refuses a NUL character anywhere in a message, keys included: PostgreSQL can store it
+/// neither in text nor in jsonb, and SQLite's text functions stop at it, so a message that
+/// carries one could be acknowledged by one store and refused by the other.
+fn reject_nul(event: &Event) -> Result<(), FieldError> {
+    let nul = |field: String| {
+        FieldError::new(
+            "invalid_value",
+            field.clone(),
+            format!("{field} contains a NUL character (\\u0000), which cannot be stored"),
+        )
+    };
+    for (field, value) in [
+        ("messageId", Some(&event.message_id)),
+        ("event", event.name.as_ref()),
+        ("userId", event.user_id.as_ref()),
+        ("anonymousId", event.anonymous_id.as_ref()),
+        ("previousId", event.previous_id.as_ref()),
+        ("groupId", event.group_id.as_ref()),
+    ] {
+        if value.is_some_and(|v| v.contains('\0')) {
+            let field = if field == "event" && event.kind != EventKind::Track {
+                "name"
+            } else {
+                field
+            };
+            return Err(nul(field.to_owned()));
+        }
+    }
+    for (field, map) in [
+        ("traits", &event.traits),
+        ("properties", &event.properties),
+        ("context", &event.context),
+        ("integrations", &event.integrations),
+    ] {
+        if let Some(path) = nul_path(map, field) {
+            return Err(nul(path));
+        }
+    }
+    Ok(())
+}
+
+/// The path of the first key or string holding a NUL. Iterative: JSON depth is bounded by
+/// the parser, but a walk over user data should not lean on that. Paths are only built
+/// once a NUL is known to be there, so clean messages cost one scan.
+fn nul_path(map: &Map<String, Value>, root: &str) -> Option<String> {
+    let mut stack: Vec<&Value> = Vec::new();
+    let mut found = false;
+    if map.keys().any(|k| k.contains('\0')) {
+        found = true;
+    }
+    stack.extend(map.values());
+    while !found && let Some(value) = stack.pop() {
+        match value {
+            Value::String(s) => found = s.contains('\0'),
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => {
+                found = map.keys().any(|k| k.contains('\0'));
+                stack.extend(map.values());
+            }
+            _ => {}
+        }
+    }
+    if !found {
+        return None;
+    }
+    let mut paths: Vec<(&Value, String)> = Vec::new();
+    for (key, value) in map {
+        let path = format!("{root}.{key}");
+        if key.contains('\0') {
+            return Some(path);
+        }
+        paths.push((value, path));
+    }
+    while let Some((value, path)) = paths.pop() {
+        match value {
+            Value::String(s) if s.contains('\0') => return Some(path),
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    paths.push((item, format!("{path}[{i}]")));
+                }
+            }
+            Value::Object(map) => {
+                for (key, item) in map {
+                    let path = format!("{path}.{key}");
+                    if key.contains('\0') {
+                        return Some(path);
+                    }
+                    paths.push((item, path));
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(root.to_owned())
 }
 
 /// The identities a message names, most specific first: `userId`, then `anonymousId`, then

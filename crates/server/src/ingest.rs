@@ -12,9 +12,7 @@ use axum::http::header::CONTENT_ENCODING;
 use serde::Serialize;
 use utoipa::ToSchema;
 use waymark_core::EventKind;
-use waymark_core::segment::{
-    MAX_BATCH_BYTES, MAX_EVENT_BYTES, Parsed, Receipt, parse_batch, parse_single,
-};
+use waymark_core::segment::{Envelope, MAX_BATCH_BYTES, MAX_EVENT_BYTES, Receipt};
 
 use crate::AppState;
 use crate::auth::{Presented, presented};
@@ -74,24 +72,13 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<
     }
 }
 
-fn parse(bytes: &[u8], kind: Option<EventKind>) -> Result<Parsed, waymark_core::FieldError> {
-    let mut new_id = || uuid::Uuid::now_v7().to_string();
-    let mut receipt = Receipt {
-        received_at: now_ms(),
-        new_message_id: &mut new_id,
-    };
-    match kind {
-        None => parse_batch(bytes, &mut receipt),
-        Some(kind) => parse_single(bytes, kind, &mut receipt),
-    }
-}
-
 async fn ingest(
     state: AppState,
     headers: HeaderMap,
     body: Body,
     kind: Option<EventKind>,
 ) -> Result<axum::Json<IngestResponse>, ApiError> {
+    // A key in the header is checked before a byte of the body is read.
     let header_key = match presented(&headers) {
         Presented::Basic(key) => Some(key),
         Presented::None => None,
@@ -112,23 +99,32 @@ async fn ingest(
         MAX_EVENT_BYTES
     };
     let bytes = read_body(&headers, body, limit).await?;
-    let parsed = parse(&bytes, kind);
-    let Parsed { events, write_key } = match parsed {
-        Ok(parsed) => parsed,
-        // Validation details are only for callers who proved they hold a write key.
+    let envelope = match kind {
+        None => Envelope::batch(&bytes),
+        Some(kind) => Envelope::single(&bytes, kind),
+    };
+    // A key in the body (`writeKey`) is checked once the envelope is read, before any
+    // message is parsed; validation details are only for callers who hold a write key.
+    let envelope = match envelope {
+        Ok(envelope) => envelope,
         Err(_) if header_key.is_none() => return Err(ApiError::unauthorized("missing write key")),
-        Err(e) => {
-            metrics::counter!("waymark_ingest_rejected_total", "code" => e.code).increment(1);
-            return Err(e.into());
-        }
+        Err(e) => return Err(rejected(e)),
     };
     if header_key.is_none()
-        && !write_key
-            .as_deref()
+        && !envelope
+            .write_key()
             .is_some_and(|k| state.keys.is_write_key(k))
     {
         return Err(ApiError::unauthorized("missing or invalid write key"));
     }
+    let events = {
+        let mut new_id = || uuid::Uuid::now_v7().to_string();
+        let mut receipt = Receipt {
+            received_at: now_ms(),
+            new_message_id: &mut new_id,
+        };
+        envelope.events(&mut receipt).map_err(rejected)?
+    };
     let receipt = state.store.ingest(events).await?;
     metrics::counter!("waymark_ingest_events_total", "outcome" => "accepted")
         .increment(receipt.accepted as u64);
@@ -139,6 +135,11 @@ async fn ingest(
         accepted: receipt.accepted,
         duplicates: receipt.duplicates,
     }))
+}
+
+fn rejected(e: waymark_core::FieldError) -> ApiError {
+    metrics::counter!("waymark_ingest_rejected_total", "code" => e.code).increment(1);
+    e.into()
 }
 
 macro_rules! single_endpoint {

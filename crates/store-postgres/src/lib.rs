@@ -90,6 +90,8 @@ async fn committer(shared: Arc<Shared>, queue: Arc<tokio::sync::Mutex<mpsc::Rece
                 }
             }
         }
+        metrics::histogram!("waymark_store_commit_requests", "backend" => "postgres")
+            .record(group.len() as f64);
         let sizes: Vec<usize> = group.iter().map(|(e, _)| e.len()).collect();
         let mut events = Vec::with_capacity(sizes.iter().sum());
         let mut replies = Vec::with_capacity(group.len());
@@ -97,26 +99,35 @@ async fn committer(shared: Arc<Shared>, queue: Arc<tokio::sync::Mutex<mpsc::Rece
             events.extend(batch);
             replies.push(reply);
         }
-        metrics::histogram!("waymark_store_commit_requests", "backend" => "postgres")
-            .record(replies.len() as f64);
         match shared.ingest_with_retry(&events).await {
             Ok(outcomes) => {
                 let mut outcomes = outcomes.into_iter();
                 for (size, reply) in sizes.into_iter().zip(replies) {
-                    let mut receipt = IngestReceipt::default();
-                    for o in outcomes.by_ref().take(size) {
-                        match o {
-                            Outcome::Accepted { .. } => receipt.accepted += 1,
-                            Outcome::Duplicate => receipt.duplicates += 1,
-                        }
-                    }
-                    let _ = reply.send(Ok(receipt));
+                    let _ = reply.send(Ok(outcomes.by_ref().take(size).collect()));
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, requests = replies.len(), "postgres group commit failed");
+            Err(e) if replies.len() == 1 => {
+                tracing::error!(error = %e, "postgres ingest failed");
                 for reply in replies {
                     let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
+                }
+            }
+            // One request the database refuses must not fail the others planned with it:
+            // each is retried alone and answered with its own result.
+            Err(e) => {
+                tracing::warn!(error = %e, requests = replies.len(), "postgres group commit failed; retrying each request alone");
+                let mut start = 0;
+                for (size, reply) in sizes.into_iter().zip(replies) {
+                    let alone = &events[start..start + size];
+                    start += size;
+                    let result = shared
+                        .ingest_with_retry(alone)
+                        .await
+                        .map(IngestReceipt::from_iter);
+                    if let Err(e) = &result {
+                        tracing::error!(error = %e, "postgres ingest failed");
+                    }
+                    let _ = reply.send(result);
                 }
             }
         }

@@ -46,3 +46,21 @@ async fn backend() -> TempSchema {
 }
 
 waymark_store::conformance_suite!(backend());
+
+/// PostgreSQL cannot store a NUL character in text or jsonb. The server refuses such
+/// events before they reach the store; this drives the store directly to prove that one
+/// refused request in a group commit no longer fails the good ones beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_postgres_refuses_fails_alone() {
+    let store = backend().await.open(StoreOptions::default()).await;
+    let refused = waymark_store::conformance::refused_requests_fail_alone(
+        std::sync::Arc::new(store),
+        |event| {
+            event
+                .properties
+                .insert("p".into(), serde_json::Value::String("a\u{0}b".into()));
+        },
+    )
+    .await;
+    assert_eq!(refused, 50);
+}

@@ -152,7 +152,10 @@ pub fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, config: Config
                 metrics::histogram!("waymark_store_commit_requests", "backend" => "sqlite")
                     .record(answers.len() as f64);
                 for (answer, result) in answers.into_iter().zip(results) {
-                    answer.send(Ok(result));
+                    match result {
+                        Ok(done) => answer.send(Ok(done)),
+                        Err(err) => answer.send(Err(&err)),
+                    }
                 }
             }
             Err(err) => {
@@ -169,12 +172,15 @@ pub fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, config: Config
 }
 
 /// Runs every command of the group in one transaction and commits it. Consecutive ingests
-/// are planned together, so one lookup pass serves them all. On any error nothing commits.
+/// are planned together, so one lookup pass serves them all. Each command runs inside a
+/// savepoint, so one that fails is rolled back alone and answered with its error while the
+/// others commit; if ingests planned together fail, each is retried alone. Only a failure
+/// that ends the transaction (a failed COMMIT, a full disk) fails the whole group.
 fn commit_group(
     conn: &mut Connection,
     works: Vec<Work>,
     config: &Config,
-) -> Result<Vec<Done>, StoreError> {
+) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(unavailable)?;
@@ -188,15 +194,17 @@ fn commit_group(
             }
             Work::Erase(identity) => {
                 flush_ingests(&tx, &mut run, &mut results, config)?;
-                results.push(Done::Erase(erase(&tx, &identity)?));
+                let done = isolated(&tx, |tx| erase(tx, &identity).map(Done::Erase))?;
+                results.push(done);
             }
             Work::Prune(now) => {
                 flush_ingests(&tx, &mut run, &mut results, config)?;
-                results.push(Done::Prune(prune(&tx, now, config)?));
+                let done = isolated(&tx, |tx| prune(tx, now, config).map(Done::Prune))?;
+                results.push(done);
             }
             Work::Exec(f) => {
                 flush_ingests(&tx, &mut run, &mut results, config)?;
-                results.push(Done::Exec(f(&tx)?));
+                results.push(isolated(&tx, |tx| f(tx).map(Done::Exec))?);
             }
         }
     }
@@ -205,10 +213,35 @@ fn commit_group(
     Ok(results)
 }
 
+/// Runs `work` inside a savepoint: on its error only its own writes are rolled back and the
+/// error is its answer. The outer `Err` means the transaction itself is gone.
+fn isolated<T>(
+    tx: &Transaction<'_>,
+    work: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+) -> Result<Result<T, StoreError>, StoreError> {
+    tx.execute_batch("SAVEPOINT work").map_err(unavailable)?;
+    match work(tx) {
+        Ok(value) => {
+            tx.execute_batch("RELEASE work").map_err(unavailable)?;
+            Ok(Ok(value))
+        }
+        Err(err) => {
+            // SQLite ends the whole transaction on some errors (SQLITE_FULL, I/O errors);
+            // then nothing of the group can commit.
+            if tx.is_autocommit() {
+                return Err(err);
+            }
+            tx.execute_batch("ROLLBACK TO work; RELEASE work")
+                .map_err(unavailable)?;
+            Ok(Err(err))
+        }
+    }
+}
+
 fn flush_ingests(
     tx: &Transaction<'_>,
     run: &mut Vec<(Vec<Event>, Vec<String>)>,
-    results: &mut Vec<Done>,
+    results: &mut Vec<Result<Done, StoreError>>,
     config: &Config,
 ) -> Result<(), StoreError> {
     if run.is_empty() {
@@ -221,16 +254,28 @@ fn flush_ingests(
         all.extend(events);
         bodies.extend(b);
     }
-    let mut outcomes = ingest(tx, &all, &bodies, config)?.into_iter();
-    for size in sizes {
-        let mut receipt = IngestReceipt::default();
-        for outcome in outcomes.by_ref().take(size) {
-            match outcome {
-                Outcome::Accepted { .. } => receipt.accepted += 1,
-                Outcome::Duplicate => receipt.duplicates += 1,
+    if sizes.len() > 1 {
+        if let Ok(outcomes) = isolated(tx, |tx| ingest(tx, &all, &bodies, config))? {
+            let mut outcomes = outcomes.into_iter();
+            for size in sizes {
+                let receipt = outcomes.by_ref().take(size).collect();
+                results.push(Ok(Done::Ingest(receipt)));
             }
+            return Ok(());
         }
-        results.push(Done::Ingest(receipt));
+        tracing::warn!(
+            requests = sizes.len(),
+            "an ingest group failed; retrying each request alone"
+        );
+    }
+    let mut start = 0;
+    for size in sizes {
+        let range = start..start + size;
+        start += size;
+        let done = isolated(tx, |tx| {
+            ingest(tx, &all[range.clone()], &bodies[range.clone()], config)
+        })?;
+        results.push(done.map(|outcomes| Done::Ingest(outcomes.into_iter().collect())));
     }
     Ok(())
 }

@@ -1641,3 +1641,46 @@ pub async fn dead_push_tokens_are_forgotten(b: &impl Backend) {
     assert_eq!(profile.identities["fcm_token"], ["tok-and"]);
     s.close().await;
 }
+
+/// One request the backend refuses among many committed together must fail alone: 50
+/// requests that `poison` makes unstorable race 50 good ones into the same group commits;
+/// every good one must commit and be readable. Returns how many poisoned requests failed.
+/// Backends call it with whatever their database refuses (it is not a conformance case of
+/// its own because what a database refuses differs between backends).
+pub async fn refused_requests_fail_alone<S: Store + 'static>(
+    s: std::sync::Arc<S>,
+    poison: fn(&mut Event),
+) -> usize {
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut batch = events(json!([{"type": "track", "event": "Clicked",
+                "userId": format!("iso{i}"), "messageId": format!("iso-{i}")}]));
+            let poisoned = i % 2 == 1;
+            if poisoned {
+                poison(&mut batch[0]);
+            }
+            (i, poisoned, s.ingest(batch).await)
+        }));
+    }
+    let mut refused = 0;
+    for task in tasks {
+        let (i, poisoned, result) = task.await.expect("task");
+        match (poisoned, result) {
+            (false, Ok(receipt)) => assert_eq!(receipt.accepted, 1, "iso{i}"),
+            (false, Err(e)) => panic!("good request iso{i} failed beside a poisoned one: {e}"),
+            (true, Err(_)) => refused += 1,
+            (true, Ok(_)) => {}
+        }
+    }
+    for i in (0..100).step_by(2) {
+        let p = s
+            .profile(&id("user_id", &format!("iso{i}")))
+            .await
+            .expect("read")
+            .unwrap_or_else(|| panic!("iso{i} acknowledged but not stored"));
+        assert_eq!(p.event_count, 1);
+    }
+    refused
+}

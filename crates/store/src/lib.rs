@@ -56,6 +56,19 @@ pub struct IngestReceipt {
     pub duplicates: usize,
 }
 
+impl FromIterator<waymark_core::ingest::Outcome> for IngestReceipt {
+    fn from_iter<I: IntoIterator<Item = waymark_core::ingest::Outcome>>(outcomes: I) -> Self {
+        let mut receipt = Self::default();
+        for outcome in outcomes {
+            match outcome {
+                waymark_core::ingest::Outcome::Accepted { .. } => receipt.accepted += 1,
+                waymark_core::ingest::Outcome::Duplicate => receipt.duplicates += 1,
+            }
+        }
+        receipt
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StoredEvent {
     pub timestamp: Millis,

@@ -170,3 +170,29 @@ fn committed_json_schema_is_current() {
         "docs/journey.schema.json is stale: run `waymark journeys schema > docs/journey.schema.json`"
     );
 }
+
+#[test]
+fn a_journey_of_a_hundred_thousand_nodes_validates_without_recursion() {
+    // A chain as long as this overflowed the stack while cycles were looked for
+    // recursively; the last node loops back to the first to prove the walk still finds it.
+    let n = 100_000;
+    let mut nodes = String::new();
+    for i in 0..n {
+        let next = if i + 1 == n { 0 } else { i + 1 };
+        nodes.push_str(&format!(
+            "  - {{id: n{i}, type: update_profile, set: {{k: 1}}, next: n{next}}}\n"
+        ));
+    }
+    let doc = format!("key: long\nname: Long\nentry: {{event: Signed Up}}\nnodes:\n{nodes}");
+    let errs = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || errors(&doc))
+        .expect("thread")
+        .join()
+        .expect("validation did not overflow a 256 KB stack");
+    assert!(
+        errs.contains(&("nodes[0]".into(), "cycle_without_wait")),
+        "{:?}",
+        &errs[..errs.len().min(5)]
+    );
+}

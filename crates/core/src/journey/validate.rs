@@ -538,33 +538,48 @@ fn check_cycles(journey: &Journey, index: &HashMap<&str, usize>, r: &mut Report)
         components: Vec<Vec<usize>>,
     }
     impl Tarjan<'_> {
-        fn visit(&mut self, v: usize) {
+        /// Tarjan's algorithm with an explicit stack of (node, next edge) in place of
+        /// recursion, so a journey of any length cannot overflow the thread's stack.
+        fn visit(&mut self, root: usize) {
+            let mut calls: Vec<(usize, usize)> = vec![(root, 0)];
+            self.enter(root);
+            while let Some(&mut (v, ref mut edge)) = calls.last_mut() {
+                if let Some(&w) = self.succ[v].get(*edge) {
+                    *edge += 1;
+                    match self.index[w] {
+                        None => {
+                            self.enter(w);
+                            calls.push((w, 0));
+                        }
+                        Some(iw) if self.on_stack[w] => self.low[v] = self.low[v].min(iw),
+                        Some(_) => {}
+                    }
+                    continue;
+                }
+                calls.pop();
+                if let Some(&(parent, _)) = calls.last() {
+                    self.low[parent] = self.low[parent].min(self.low[v]);
+                }
+                if Some(self.low[v]) == self.index[v] {
+                    let mut component = Vec::new();
+                    while let Some(w) = self.stack.pop() {
+                        self.on_stack[w] = false;
+                        component.push(w);
+                        if w == v {
+                            break;
+                        }
+                    }
+                    self.components.push(component);
+                }
+            }
+        }
+
+        fn enter(&mut self, v: usize) {
             self.index[v] = Some(self.next);
             self.low[v] = self.next;
             self.next += 1;
             self.stack.push(v);
             self.on_stack[v] = true;
-            for &w in &self.succ[v] {
-                match self.index[w] {
-                    None => {
-                        self.visit(w);
-                        self.low[v] = self.low[v].min(self.low[w]);
-                    }
-                    Some(iw) if self.on_stack[w] => self.low[v] = self.low[v].min(iw),
-                    Some(_) => {}
-                }
-            }
-            if Some(self.low[v]) == self.index[v] {
-                let mut component = Vec::new();
-                while let Some(w) = self.stack.pop() {
-                    self.on_stack[w] = false;
-                    component.push(w);
-                    if w == v {
-                        break;
-                    }
-                }
-                self.components.push(component);
-            }
         }
     }
     let mut t = Tarjan {

@@ -235,3 +235,110 @@ proptest! {
         prop_assert_eq!(&stored["properties"]["n"], &json!(n));
     }
 }
+
+fn stored_bytes(e: &Event) -> usize {
+    serde_json::to_string(e).expect("serialises").len()
+}
+
+#[test]
+fn a_shared_context_counts_in_every_message_it_is_merged_into() {
+    // 250 KB of batch-level context: each message would be stored with all of it.
+    let big = "x".repeat(250 * 1024);
+    let e = err(json!({
+        "context": {"blob": big},
+        "batch": [{"type": "track", "event": "A", "userId": "u"}]
+    }));
+    assert_eq!((e.code, e.field.as_str()), ("event_too_large", "batch[0]"));
+    // A message's own context key wins, so the shared one is not counted for it.
+    let parsed = parse(json!({
+        "context": {"blob": "x".repeat(20 * 1024)},
+        "batch": [{"type": "track", "event": "A", "userId": "u", "context": {"blob": 1}}]
+    }))
+    .expect("own context key wins, nothing large is merged");
+    assert_eq!(parsed.events[0].context["blob"], json!(1));
+}
+
+#[test]
+fn a_batch_may_not_grow_past_its_merged_limit() {
+    // 10 KB of shared context and 200 small messages: 2 MB once merged, from ~20 KB sent.
+    let items: Vec<_> = (0..200)
+        .map(|i| json!({"type": "track", "event": "A", "userId": format!("u{i}")}))
+        .collect();
+    let e = err(json!({"context": {"blob": "x".repeat(10 * 1024)}, "batch": items}));
+    assert_eq!(e.code, "batch_too_large");
+    assert!(e.field.starts_with("batch["), "{}", e.field);
+    assert!(e.message.contains("1 MB"), "{}", e.message);
+}
+
+#[test]
+fn nul_characters_are_refused_with_their_field() {
+    for (doc, field) in [
+        (
+            json!({"type": "track", "event": "x", "userId": "u1", "properties": {"p": "a\u{0}b"}}),
+            "batch[0].properties.p",
+        ),
+        (
+            json!({"type": "track", "event": "x", "userId": "u1", "properties": {"list": [{"deep": ["ok", "\u{0}"]}]}}),
+            "batch[0].properties.list[0].deep[1]",
+        ),
+        (
+            json!({"type": "identify", "userId": "u1", "traits": {"k\u{0}": 1}}),
+            "batch[0].traits.k\u{0}",
+        ),
+        (
+            json!({"type": "track", "event": "x\u{0}", "userId": "u1"}),
+            "batch[0].event",
+        ),
+        (
+            json!({"type": "track", "event": "x", "userId": "u\u{0}1"}),
+            "batch[0].userId",
+        ),
+    ] {
+        let e = err(json!({"batch": [doc]}));
+        assert_eq!((e.code, e.field.as_str()), ("invalid_value", field));
+    }
+    let e = err(
+        json!({"context": {"ip": "\u{0}"}, "batch": [{"type": "track", "event": "x", "userId": "u"}]}),
+    );
+    assert_eq!(e.field, "batch[0].context.ip");
+}
+
+#[test]
+fn the_write_key_in_the_body_is_known_before_any_message_is_parsed() {
+    // Messages that would fail validation do not stop the envelope from being read.
+    let body = br#"{"writeKey": "wk_1", "batch": [{"type": "nope"}, 42]}"#;
+    let envelope = Envelope::batch(body).expect("envelope reads");
+    assert_eq!(envelope.write_key(), Some("wk_1"));
+}
+
+fn arb_batch() -> impl Strategy<Value = serde_json::Value> {
+    (0usize..40_000, 0usize..4_000, 1usize..400).prop_map(|(shared, own, count)| {
+        let items: Vec<_> = (0..count)
+            .map(|i| {
+                json!({"type": "track", "event": "A", "userId": format!("u{i}"),
+                       "properties": {"p": "y".repeat(own / count.max(1))}})
+            })
+            .collect();
+        json!({"context": {"blob": "x".repeat(shared)}, "integrations": {"All": true}, "batch": items})
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// Whatever a batch body holds, what the parser accepts is bounded in absolute terms:
+    /// each message as stored within 32 KB and the batch within 1 MB (plus the fields the
+    /// parser adds itself: ids, times, identities), however much a shared context multiplies.
+    #[test]
+    fn accepted_batches_stay_within_their_stored_bounds(doc in arb_batch()) {
+        if let Ok(parsed) = parse(doc) {
+            const ADDED: usize = 512;
+            let mut total = 0;
+            for e in &parsed.events {
+                let size = stored_bytes(e);
+                prop_assert!(size <= MAX_EVENT_BYTES + ADDED, "{size}");
+                total += size;
+            }
+            prop_assert!(total <= MAX_MERGED_BATCH_BYTES + parsed.events.len() * ADDED, "{total}");
+        }
+    }
+}

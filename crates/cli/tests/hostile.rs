@@ -1,0 +1,138 @@
+//! Hostile clients against the real binary: what a public write key (or no key at all)
+//! must not be able to do to the server, its memory, or other people's requests.
+
+mod common;
+
+use std::io::Write;
+
+use common::{Launch, Server, WRITE_KEY, client};
+use serde_json::{Value, json};
+
+/// The most memory the process has held since it started (VmHWM), in bytes.
+fn peak_rss(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))
+        .expect("proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kb * 1024
+}
+
+/// A few KB on the wire: a 240 KB batch-level context and 5,000 one-line messages, gzipped
+/// (under the 500 KB inflated limit). Merged as it once was, every message would carry its
+/// own copy of the context: 1.2 GB.
+fn amplifying_body() -> Vec<u8> {
+    let items: Vec<Value> = (0..5000)
+        .map(|i| json!({"type": "track", "event": "x", "userId": i % 10}))
+        .collect();
+    let doc = json!({"context": {"blob": "a".repeat(240 * 1024)}, "batch": items});
+    assert!(serde_json::to_vec(&doc).expect("json").len() < 500 * 1024);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&serde_json::to_vec(&doc).expect("json"))
+        .expect("gzip");
+    gz.finish().expect("gzip")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_batch_cannot_make_the_server_allocate_gigabytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let server = Server::start(Launch {
+        data_dir: &data,
+        store: None,
+        configured_keys: true,
+    });
+    let c = client();
+    let body = amplifying_body();
+    assert!(body.len() < 20_000, "{} bytes", body.len());
+    let before = peak_rss(&server);
+    let send = |key: Option<&'static str>| {
+        let (c, body, url) = (c.clone(), body.clone(), format!("{}/v1/batch", server.base));
+        async move {
+            let mut req = c
+                .post(url)
+                .header("content-type", "application/json")
+                .header("content-encoding", "gzip")
+                .body(body);
+            if let Some(key) = key {
+                req = req.basic_auth(key, Some(""));
+            }
+            let resp = req.send().await.expect("answered");
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    // Without a key: refused before the messages are parsed.
+    let (status, _) = send(None).await;
+    assert_eq!(status, 401);
+    // With the key, eight at once: each refused with the limit named, nothing stored.
+    let answers = futures::future::join_all((0..8).map(|_| send(Some(WRITE_KEY)))).await;
+    for (status, body) in answers {
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["code"], "event_too_large", "{body}");
+        assert_eq!(body["field"], "batch[0]", "{body}");
+    }
+    let grown = peak_rss(&server).saturating_sub(before);
+    // Eight bodies of 500 KB inflated each, parsed, and nothing more.
+    assert!(
+        grown < 64 * 1024 * 1024,
+        "peak RSS grew by {} MB",
+        grown / 1024 / 1024
+    );
+}
+
+async fn poisoned_neighbours_do_not_fail(store: Option<&str>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let server = Server::start(Launch {
+        data_dir: &data,
+        store,
+        configured_keys: true,
+    });
+    let c = client();
+    let sends = (0..100).map(|i| {
+        let (c, url) = (c.clone(), format!("{}/v1/track", server.base));
+        async move {
+            let poisoned = i % 2 == 1;
+            let value = if poisoned { "a\u{0}b" } else { "ab" };
+            let resp = c
+                .post(url)
+                .basic_auth(WRITE_KEY, Some(""))
+                .json(&json!({"userId": format!("n{i}"), "event": "x", "properties": {"p": value}}))
+                .send()
+                .await
+                .expect("answered");
+            let status = resp.status().as_u16();
+            (
+                poisoned,
+                status,
+                resp.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    });
+    for (poisoned, status, body) in futures::future::join_all(sends).await {
+        if poisoned {
+            assert_eq!(status, 400, "{body}");
+            assert_eq!(body["field"], "properties.p", "{body}");
+        } else {
+            assert_eq!(
+                status, 200,
+                "a good request failed beside a poisoned one: {body}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_character_is_refused_alone() {
+    poisoned_neighbours_do_not_fail(None).await;
+}
+
+#[cfg(feature = "backend-tests")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_character_is_refused_alone_on_postgres() {
+    let url = common::fresh_postgres_url().await;
+    poisoned_neighbours_do_not_fail(Some(&url)).await;
+}
