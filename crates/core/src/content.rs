@@ -102,6 +102,47 @@ pub fn partials_used(source: &str) -> BTreeSet<String> {
     out
 }
 
+/// The first loop among the partials reachable from `roots`, as the chain of names that
+/// closes it (`a -> b -> a`). Depth-first with an explicit stack, so a long chain of
+/// partials cannot overflow the stack either.
+fn partial_cycle(
+    roots: &BTreeSet<String>,
+    partials: &BTreeMap<String, String>,
+) -> Option<Vec<String>> {
+    let included_by = |name: &str| -> Vec<String> {
+        partials
+            .get(name)
+            .map(|s| partials_used(s).into_iter().collect())
+            .unwrap_or_default()
+    };
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    for root in roots {
+        if done.contains(root) {
+            continue;
+        }
+        // The current path, each with the includes still to visit.
+        let mut path: Vec<(String, Vec<String>)> = vec![(root.clone(), included_by(root))];
+        while let Some((_, pending)) = path.last_mut() {
+            let Some(next) = pending.pop() else {
+                if let Some((name, _)) = path.pop() {
+                    done.insert(name);
+                }
+                continue;
+            };
+            if let Some(start) = path.iter().position(|(n, _)| *n == next) {
+                let mut cycle: Vec<String> = path[start..].iter().map(|(n, _)| n.clone()).collect();
+                cycle.push(next);
+                return Some(cycle);
+            }
+            if !done.contains(&next) {
+                let inner = included_by(&next);
+                path.push((next, inner));
+            }
+        }
+    }
+    None
+}
+
 /// A template compiled with the partials it includes, ready to render per person.
 pub struct CompiledContent {
     pub channel: String,
@@ -210,11 +251,7 @@ pub fn compile(
     let mut needed: BTreeSet<String> = BTreeSet::new();
     for (name, source) in doc.fields() {
         if let Err(e) = crate::template::check(source) {
-            problems.push(FieldError::new(
-                "invalid_template",
-                name,
-                format!("does not compile: {e}"),
-            ));
+            problems.push(e.at(name));
             continue;
         }
         needed.extend(partials_used(source));
@@ -228,6 +265,21 @@ pub fn compile(
         }
         fields.push(name);
     }
+    if let Some(cycle) = partial_cycle(&needed, partials) {
+        problems.push(FieldError::new(
+            "partial_cycle",
+            "partials",
+            format!(
+                "partials include each other in a loop ({}); rendering would never end",
+                cycle
+                    .iter()
+                    .map(|p| format!("{{{{> {p}}}}}"))
+                    .collect::<Vec<_>>()
+                    .join(" -> ")
+            ),
+        ));
+        return Err(problems);
+    }
     // Partials may include partials: follow them all.
     let mut queue: Vec<String> = needed.iter().cloned().collect();
     while let Some(name) = queue.pop() {
@@ -237,6 +289,10 @@ pub fn compile(
                     if needed.insert(inner.clone()) {
                         queue.push(inner);
                     }
+                }
+                if let Err(e) = crate::template::check(source) {
+                    problems.push(e.at(format!("partials.{name}")));
+                    continue;
                 }
                 for r in [&mut html, &mut plain] {
                     if let Err(e) = r.register_partial(&name, source) {
@@ -292,7 +348,7 @@ impl CompiledContent {
         } else {
             &self.plain
         };
-        r.render(name, data).map_err(|e| format!("{name}: {e}"))
+        crate::template::render_bounded(r, name, data).map_err(|e| format!("{name}: {e}"))
     }
 
     /// Renders every field for one person. `data` is `{"profile", "event", "journey"}`.
@@ -512,6 +568,23 @@ fn format_date(
     out.write(&text)?;
     Ok(())
 }
+
+/// The helpers [`register_helpers`] adds, by name: a template calling any other (besides
+/// Handlebars' own) is refused when it is stored.
+pub const HELPERS: [&str; 12] = [
+    "upper",
+    "lower",
+    "title",
+    "default",
+    "first",
+    "last",
+    "join",
+    "includes",
+    "format_number",
+    "format_currency",
+    "format_date",
+    "math",
+];
 
 /// The helpers every template gets (messages and webhook bodies alike).
 pub(crate) fn register_helpers(r: &mut Handlebars<'static>) {

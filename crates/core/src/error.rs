@@ -9,6 +9,11 @@ pub struct FieldError {
     /// Path of the offending field in the request document.
     pub field: String,
     pub message: String,
+    /// Where inside the field's text (a template), 1-based, when that is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
 }
 
 impl FieldError {
@@ -17,6 +22,8 @@ impl FieldError {
             code,
             field: field.into(),
             message: message.into(),
+            line: None,
+            column: None,
         }
     }
 

@@ -32,11 +32,159 @@ impl std::fmt::Debug for Templates {
     }
 }
 
-/// Whether `source` is a valid template: the message says what is wrong and where.
-pub fn check(source: &str) -> Result<(), String> {
-    handlebars::Template::compile(source)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+/// Most bytes one rendered template (one field, one string of a JSON value) may produce.
+/// Partials that each include another twice double the output per level; this stops that
+/// (and a huge `#each`) long before memory does.
+pub const MAX_RENDERED_BYTES: usize = 1024 * 1024;
+
+/// What is wrong with a template source, and where (1-based line and column).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateProblem {
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for TemplateProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.line, self.column) {
+            (Some(line), Some(column)) => {
+                write!(f, "line {line}, column {column}: {}", self.message)
+            }
+            _ => f.write_str(&self.message),
+        }
+    }
+}
+
+impl TemplateProblem {
+    /// As a problem of the request field that holds the template.
+    pub fn at(&self, field: impl Into<String>) -> crate::FieldError {
+        let mut e = crate::FieldError::new("invalid_template", field, self.to_string());
+        e.line = self.line;
+        e.column = self.column;
+        e
+    }
+}
+
+/// Helpers Handlebars itself provides.
+const BUILTIN_HELPERS: [&str; 17] = [
+    "if", "unless", "each", "with", "lookup", "raw", "log", "eq", "ne", "gt", "gte", "lt", "lte",
+    "and", "or", "not", "len",
+];
+
+fn is_helper(name: &str) -> bool {
+    BUILTIN_HELPERS.contains(&name) || crate::content::HELPERS.contains(&name)
+}
+
+/// Whether `source` is a valid template that calls only helpers that exist. A mistake is
+/// told in a person's words with its line and column, when the template is stored, not
+/// when a message is sent.
+pub fn check(source: &str) -> Result<(), TemplateProblem> {
+    use handlebars::template::{Parameter, TemplateElement, TemplateMapping};
+    use handlebars::{TemplateError, TemplateErrorReason};
+
+    let template = handlebars::Template::compile(source).map_err(|e: TemplateError| {
+        let (line, column) = e.pos().map_or((None, None), |(l, c)| (Some(l), Some(c)));
+        let message = match e.reason() {
+            TemplateErrorReason::MismatchingClosedHelper(open, close) => {
+                format!("{{{{#{open}}}}} is closed by {{{{/{close}}}}}")
+            }
+            TemplateErrorReason::MismatchingClosedDecorator(open, close) => {
+                format!("{{{{#*{open}}}}} is closed by {{{{/{close}}}}}")
+            }
+            TemplateErrorReason::InvalidParam(param) => {
+                format!("{param:?} is not a valid parameter")
+            }
+            TemplateErrorReason::NestedSubexpression => {
+                "subexpressions inside subexpressions are not supported".to_owned()
+            }
+            // Pest's own words name grammar rules (`expected trailing_tilde_to_omit_whitespace`).
+            _ => "this {{ is not closed by }}, or what is inside it is not a value, a helper call \
+                  ({{name arg}}), a block ({{#if x}}...{{/if}}) or a partial ({{> name}})"
+                .to_owned(),
+        };
+        TemplateProblem {
+            line,
+            column,
+            message,
+        }
+    })?;
+    // Every helper call in the template, nested blocks and subexpressions included, walked
+    // with an explicit stack.
+    let mut stack: Vec<(&TemplateElement, Option<&TemplateMapping>)> = template
+        .elements
+        .iter()
+        .zip(template.mapping.iter().map(Some))
+        .collect();
+    while let Some((element, at)) = stack.pop() {
+        let helper = match element {
+            TemplateElement::Expression(h)
+            | TemplateElement::HtmlExpression(h)
+            | TemplateElement::HelperBlock(h) => h,
+            _ => continue,
+        };
+        let called = !helper.params.is_empty() || !helper.hash.is_empty();
+        if let Parameter::Name(name) = &helper.name
+            && called
+            && !is_helper(name)
+        {
+            let mut known: Vec<&str> = crate::content::HELPERS.to_vec();
+            known.sort_unstable();
+            return Err(TemplateProblem {
+                line: at.map(|m| m.0),
+                column: at.map(|m| m.1),
+                message: format!(
+                    "no helper is called {name:?}; the helpers are {} and Handlebars' own (if, unless, each, with, lookup, eq, ...)",
+                    known.join(", ")
+                ),
+            });
+        }
+        for param in helper.params.iter().chain(helper.hash.values()) {
+            if let Parameter::Subexpression(sub) = param {
+                stack.push((&sub.element, at));
+            }
+        }
+        for inner in [&helper.template, &helper.inverse].into_iter().flatten() {
+            stack.extend(inner.elements.iter().zip(inner.mapping.iter().map(Some)));
+        }
+    }
+    Ok(())
+}
+
+/// Renders a registered template, refusing to produce more than [`MAX_RENDERED_BYTES`].
+pub(crate) fn render_bounded(
+    registry: &Handlebars<'static>,
+    name: &str,
+    data: &Value,
+) -> Result<String, String> {
+    struct Bounded {
+        out: Vec<u8>,
+        exceeded: bool,
+    }
+    impl std::io::Write for Bounded {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.out.len() + buf.len() > MAX_RENDERED_BYTES {
+                self.exceeded = true;
+                return Err(std::io::Error::other("output limit"));
+            }
+            self.out.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut bounded = Bounded {
+        out: Vec::new(),
+        exceeded: false,
+    };
+    match registry.render_to_write(name, data, &mut bounded) {
+        Ok(()) => String::from_utf8(bounded.out).map_err(|e| e.to_string()),
+        Err(_) if bounded.exceeded => Err(format!(
+            "renders to more than {MAX_RENDERED_BYTES} bytes (1 MB)"
+        )),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn has_template(s: &str) -> bool {
@@ -102,6 +250,7 @@ impl Templates {
             Value::String(s) if has_template(s) => match lone_path(s) {
                 Some(path) => Part::Path(path),
                 None => {
+                    check(s).map_err(|e| (at.to_owned(), e.to_string()))?;
                     let id = format!("{name}{at}");
                     self.registry
                         .register_template_string(&id, s)
@@ -142,8 +291,7 @@ impl Templates {
             Part::Literal(v) => v.clone(),
             Part::Path(path) => lookup(data, path).cloned().unwrap_or(Value::Null),
             Part::Text(id) => Value::String(
-                self.registry
-                    .render(id, data)
+                render_bounded(&self.registry, id, data)
                     .map_err(|e| format!("template {id}: {e}"))?,
             ),
             Part::Array(items) => Value::Array(

@@ -30,6 +30,11 @@ pub struct FieldProblem {
     pub field: String,
     pub code: String,
     pub message: String,
+    /// Where inside the field's text (a template), 1-based, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -95,6 +100,8 @@ impl ApiError {
                     field: p.field,
                     code: p.code.to_owned(),
                     message: p.message,
+                    line: p.line,
+                    column: p.column,
                 })
                 .collect(),
         );

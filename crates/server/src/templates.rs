@@ -139,15 +139,39 @@ pub(crate) fn unknown_sender(state: &AppState, doc: &ContentDoc) -> Option<Strin
     ))
 }
 
-/// Compiles a template with the stored partials it includes (and only those).
-async fn compiled(state: &AppState, doc: &ContentDoc) -> Result<CompiledContent, ApiError> {
+/// Compiles a template with the stored partials it includes (and only those). `replacing`
+/// is the key `doc` is about to be stored under: the partials see it in place of the stored
+/// version, so a partial that would close a loop of includes is refused before it is stored.
+async fn compiled(
+    state: &AppState,
+    doc: &ContentDoc,
+    replacing: Option<&str>,
+) -> Result<CompiledContent, ApiError> {
     let roots = doc.fields().into_iter().flat_map(|(_, s)| partials_used(s));
-    let partials = with_partials(state, roots)
+    let mut partials: BTreeMap<String, String> = with_partials(state, roots)
         .await?
         .into_iter()
         .filter(|(_, (_, d))| d.channel == "partial")
         .filter_map(|(k, (_, d))| Some((k, d.body?)))
         .collect();
+    if let Some(key) = replacing {
+        partials.remove(key);
+        if doc.channel == "partial"
+            && let Some(body) = &doc.body
+        {
+            partials.insert(key.to_owned(), body.clone());
+            // What the new version includes, and what those include, is followed too.
+            let more = with_partials(state, partials_used(body)).await?;
+            for (k, (_, d)) in more {
+                if k != key
+                    && d.channel == "partial"
+                    && let Some(b) = d.body
+                {
+                    partials.entry(k).or_insert(b);
+                }
+            }
+        }
+    }
     compile(doc, &partials)
         .map_err(|problems| ApiError::unprocessable("invalid_template", problems))
 }
@@ -176,7 +200,7 @@ pub async fn put_template(
     }
     // Checked through the serde shape first, so unknown fields are named.
     let doc: ContentDoc = json_body(body).await?;
-    compiled(&state, &doc).await?;
+    compiled(&state, &doc, Some(&key)).await?;
     if let Some(why) = unknown_sender(&state, &doc) {
         return Err(ApiError::field("unknown_sender", "sender", why));
     }
@@ -298,7 +322,7 @@ pub async fn preview_template(
     };
     let doc: ContentDoc = serde_json::from_value(document)
         .map_err(|e| ApiError::bad_request("invalid_document", e.to_string()))?;
-    let template = compiled(&state, &doc).await?;
+    let template = compiled(&state, &doc, None).await?;
     let mut profile = match &req.profile {
         Some(p) => {
             let id = Identity::parse(&p.namespace, &p.value)

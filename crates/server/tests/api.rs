@@ -165,6 +165,7 @@ macro_rules! all_api_tests {
             operations_endpoints,
             journeys_lifecycle_through_the_api,
             templates_version_validate_and_preview,
+            template_mistakes_are_refused_when_stored,
             suppression_list_through_the_api,
             inbox_shows_in_app_messages_until_dismissed_or_expired,
         );
@@ -1112,6 +1113,91 @@ async fn templates_version_validate_and_preview(api: &Api) {
         "{}",
         r.text
     );
+}
+
+async fn template_mistakes_are_refused_when_stored(api: &Api) {
+    let put = |key: &str, doc: Value| {
+        let path = format!("/v1/templates/{key}");
+        let body = serde_json::to_vec(&doc).expect("json");
+        async move { api.call("PUT", &path, Auth::Admin(ADMIN), body, None).await }
+    };
+    // Two partials that include each other: the second PUT closes the loop and is refused
+    // (before, it was stored, and previewing an SMS that includes them overflowed the stack).
+    let r = put("pb", json!({"channel": "partial", "body": "b"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = put("pa", json!({"channel": "partial", "body": "a {{> pb}}"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = put("pb", json!({"channel": "partial", "body": "b {{> pa}}"})).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert_eq!(r.body["errors"][0]["code"], "partial_cycle", "{}", r.text);
+    let message = r.body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("{{> pa}} -> {{> pb}}") || message.contains("{{> pb}} -> {{> pa}}"),
+        "{message}"
+    );
+    let r = put(
+        "self",
+        json!({"channel": "partial", "body": "again {{> self}}"}),
+    )
+    .await;
+    assert_eq!(r.body["errors"][0]["code"], "partial_cycle", "{}", r.text);
+    // The loop was never stored: an SMS including pa previews.
+    let r = put("sms", json!({"channel": "sms", "text": "{{> pa}}"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = api
+        .call(
+            "POST",
+            "/v1/templates/sms/preview",
+            Auth::Admin(ADMIN),
+            b"{}".to_vec(),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["fields"]["text"], "a b", "{}", r.text);
+
+    // An unknown helper is refused where it stands, not at send.
+    let r = put(
+        "typo",
+        json!({"channel": "sms", "text": "Total:\n  {{format_curency event.properties.total \"EUR\"}}"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    let problem = &r.body["errors"][0];
+    assert_eq!(problem["field"], "text", "{}", r.text);
+    assert_eq!(
+        (problem["line"].as_u64(), problem["column"].as_u64()),
+        (Some(2), Some(3)),
+        "{}",
+        r.text
+    );
+    assert!(
+        problem["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("\"format_curency\""),
+        "{}",
+        r.text
+    );
+    // A syntax error says what is wrong in a person's words, with where.
+    let r = put(
+        "syntax",
+        json!({"channel": "sms", "text": "Hi {{profile.traits.name"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    let problem = &r.body["errors"][0];
+    let message = problem["message"].as_str().unwrap_or_default();
+    assert!(
+        problem["line"].as_u64() == Some(1) && problem["column"].is_u64(),
+        "{}",
+        r.text
+    );
+    assert!(
+        !message.contains("trailing_tilde") && !message.contains("Unnamed"),
+        "{message}"
+    );
+    assert!(message.contains("not closed"), "{message}");
 }
 
 async fn suppression_list_through_the_api(api: &Api) {

@@ -130,3 +130,84 @@ fn partials_used_finds_names() {
         ["footer", "legal/eu"]
     );
 }
+
+#[test]
+fn partials_that_include_each_other_are_refused_with_the_loop_named() {
+    let sms = doc(json!({"channel": "sms", "text": "{{> pa}}"}));
+    let errs = compile(
+        &sms,
+        &partials(&[("pa", "{{> pb}}"), ("pb", "x {{> pc}}"), ("pc", "{{> pa}}")]),
+    )
+    .expect_err("a loop");
+    assert_eq!(errs[0].code, "partial_cycle");
+    assert!(
+        errs[0]
+            .message
+            .contains("{{> pa}} -> {{> pb}} -> {{> pc}} -> {{> pa}}"),
+        "{}",
+        errs[0].message
+    );
+    // Shared partials without a loop are fine.
+    let diamond = partials(&[
+        ("pa", "{{> pb}}{{> pc}}"),
+        ("pb", "{{> pd}}"),
+        ("pc", "{{> pd}}"),
+        ("pd", "d"),
+    ]);
+    assert!(compile(&sms, &diamond).is_ok());
+}
+
+#[test]
+fn rendering_stops_at_its_output_limit() {
+    // No loop, but each level includes the one below twice: 2^30 copies of the leaf.
+    let mut list: Vec<(String, String)> = vec![("p0".into(), "0123456789".into())];
+    for i in 1..=30 {
+        list.push((
+            format!("p{i}"),
+            format!("{{{{> p{}}}}}{{{{> p{}}}}}", i - 1, i - 1),
+        ));
+    }
+    let parts: BTreeMap<String, String> = list.into_iter().collect();
+    let t =
+        compile(&doc(json!({"channel": "sms", "text": "{{> p30}}"})), &parts).expect("compiles");
+    let err = t.render(&json!({})).expect_err("too large");
+    assert!(err.contains("1 MB"), "{err}");
+}
+
+#[test]
+fn unknown_helpers_and_syntax_errors_are_told_with_line_and_column() {
+    let errs = compile(
+        &doc(json!({"channel": "email", "subject": "s",
+                    "html": "<p>\n{{#if x}}{{format_curency total \"EUR\"}}{{/if}}</p>"})),
+        &partials(&[]),
+    )
+    .expect_err("unknown helper");
+    assert_eq!(
+        (errs[0].field.as_str(), errs[0].line, errs[0].column),
+        ("html", Some(2), Some(10))
+    );
+    assert!(
+        errs[0].message.contains("format_currency"),
+        "lists the real ones: {}",
+        errs[0].message
+    );
+    // Subexpressions are looked into too; known helpers and plain values pass.
+    assert!(
+        compile(
+            &doc(json!({"channel": "sms", "text": "{{upper (nope x)}}"})),
+            &partials(&[])
+        )
+        .is_err()
+    );
+    assert!(compile(&doc(json!({"channel": "sms", "text": "{{upper (lower x)}} {{missing_value}} {{#each items}}{{this}}{{/each}}"})), &partials(&[])).is_ok());
+    let errs = compile(
+        &doc(json!({"channel": "sms", "text": "{{#if a}}x{{/each}}"})),
+        &partials(&[]),
+    )
+    .expect_err("mismatched");
+    assert!(
+        errs[0].message.contains("{{#if}} is closed by {{/each}}"),
+        "{}",
+        errs[0].message
+    );
+}
