@@ -558,7 +558,17 @@ pub fn link_secret(config: &Config) -> Result<Vec<u8>, String> {
     if file.exists() {
         let text = std::fs::read_to_string(&file)
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        return Ok(text.trim().as_bytes().to_vec());
+        let secret = text.trim();
+        if secret.len() < waymark_core::links::MIN_SECRET_BYTES {
+            return Err(format!(
+                "{} holds {} bytes; a link secret needs at least {} (anyone who guesses it can sign links). \
+                 Delete the file to have a new one made (links already sent stop working), or write a longer random secret into it",
+                file.display(),
+                secret.len(),
+                waymark_core::links::MIN_SECRET_BYTES
+            ));
+        }
+        return Ok(secret.as_bytes().to_vec());
     }
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
@@ -571,17 +581,30 @@ pub fn link_secret(config: &Config) -> Result<Vec<u8>, String> {
     Ok(secret.into_bytes())
 }
 
+/// Writes a new private file whole or not at all: the text goes to a temporary file that is
+/// synced, then linked into place (which fails if the file appeared meanwhile), so a crash
+/// can never leave an empty or half-written secret behind.
 #[cfg(unix)]
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let temp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&temp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()
+        .open(&temp)?;
+    let written = f
+        .write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::hard_link(&temp, path));
+    let _ = std::fs::remove_file(&temp);
+    written?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(not(unix))]
@@ -651,6 +674,30 @@ mod tests {
             assert!(e.to_lowercase().contains("partitions"), "{e}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn link_secrets_are_made_once_whole_and_short_ones_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        let made = link_secret(&config).expect("made");
+        assert!(made.len() >= waymark_core::links::MIN_SECRET_BYTES);
+        assert_eq!(link_secret(&config).expect("kept"), made);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from("link_secret")]);
+        // An empty (or short) secret would let anyone sign links: the server will not start.
+        for text in ["", "\n", "short-secret"] {
+            std::fs::write(dir.path().join("link_secret"), text).expect("write");
+            let e = link_secret(&config).expect_err("refused");
+            assert!(e.contains("at least 32"), "{e}");
+        }
     }
 
     #[test]

@@ -972,9 +972,20 @@ async fn sms_messages_render_the_pinned_template_and_reach_a_twilio_compatible_a
         help.contains("<Message>Reply STOP to unsubscribe"),
         "{help}"
     );
-    assert_eq!(inbound(" Stop please", "secret-token").await.0, 200);
+    assert_eq!(inbound("Stop.", "secret-token").await.0, 200);
+    assert_eq!(inbound(" stop ALL ", "secret-token").await.0, 200);
     let (_, profile) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/ada").await;
     assert_eq!(profile["traits"]["unsubscribed_sms"], true, "{profile}");
+    assert_eq!(
+        profile["computed"]["event_counts"]["Unsubscribed"], 1,
+        "one opt-out recorded: {profile}"
+    );
+    let (status, entry) = get(&c, &server.base, ADMIN, "/v1/suppressions/sms/+15550101234").await;
+    assert_eq!(
+        (status, entry["reason"].as_str()),
+        (200, Some("unsubscribed")),
+        "{entry}"
+    );
     send_batch(&c, &server.base, WRITE_KEY, &json!([{"type": "track", "userId": "ada", "event": "Order Shipped", "properties": {"order": "o-4"}}]))
         .await
         .expect("ingest");
@@ -988,6 +999,8 @@ async fn sms_messages_render_the_pinned_template_and_reach_a_twilio_compatible_a
     assert_eq!(inbound("START", "secret-token").await.0, 200);
     let (_, profile) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/ada").await;
     assert_eq!(profile["traits"]["unsubscribed_sms"], false, "{profile}");
+    let (status, _) = get(&c, &server.base, ADMIN, "/v1/suppressions/sms/+15550101234").await;
+    assert_eq!(status, 404, "opting back in takes the opt-out off the list");
 
     // No phone number: the message fails with why, and the journey goes on.
     let (_, nophone) = get(
@@ -1613,15 +1626,44 @@ async fn email_reaches_a_real_smtp_server_with_parts_and_one_click_unsubscribe()
         .await
         .expect("post");
     assert_eq!(r.status(), 403);
-    let r = c
-        .post(&local)
-        .body("List-Unsubscribe=One-Click")
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    // A GET (a person following the link, or a mail scanner) only shows a page whose
+    // button POSTs the same link: nothing changes yet.
+    let r = c.get(&local).send().await.expect("get");
+    assert_eq!(r.status(), 200);
+    let page = r.text().await.unwrap_or_default();
+    assert!(page.contains("<form method=\"post\" action=\"/v1/unsubscribe?c=email&amp;i=email%3Aada%40example%2Ecom&amp;s="), "{page}");
+    let (_, ada) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/ada").await;
+    assert!(
+        ada["traits"].get("unsubscribed_email").is_none(),
+        "a GET unsubscribed: {ada}"
+    );
+    assert_eq!(c.get(&forged).send().await.expect("get").status(), 403);
+    // POSTed twice (the mail client, then the person): one change, one event.
+    for _ in 0..2 {
+        let r = c
+            .post(&local)
+            .body("List-Unsubscribe=One-Click")
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    }
     let (_, ada) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/ada").await;
     assert_eq!(ada["traits"]["unsubscribed_email"], true, "{ada}");
+    assert_eq!(ada["computed"]["event_counts"]["Unsubscribed"], 1, "{ada}");
+    // The address that got the message is suppressed, whoever it belongs to later.
+    let (status, entry) = get(
+        &c,
+        &server.base,
+        ADMIN,
+        "/v1/suppressions/email/ada@example.com",
+    )
+    .await;
+    assert_eq!(
+        (status, entry["reason"].as_str()),
+        (200, Some("unsubscribed")),
+        "{entry}"
+    );
     // Unsubscribed: the next email to Ada is suppressed, with the reason recorded.
     send_batch(
         &c,

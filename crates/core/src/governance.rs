@@ -32,6 +32,8 @@ pub const COMPLAINT: &str = "complaint";
 pub const INVALID: &str = "invalid_address";
 pub const CARRIER_OPT_OUT: &str = "carrier_opt_out";
 pub const MANUAL: &str = "manual";
+/// The recipient opted out of the channel (an unsubscribe link, an SMS STOP).
+pub const UNSUBSCRIBED: &str = "unsubscribed";
 pub const REASONS: &[&str] = &[
     HARD_BOUNCE,
     SOFT_BOUNCES,
@@ -39,7 +41,50 @@ pub const REASONS: &[&str] = &[
     INVALID,
     CARRIER_OPT_OUT,
     MANUAL,
+    UNSUBSCRIBED,
 ];
+
+/// What an inbound SMS asks for, by the keywords carriers honour. Case, punctuation and
+/// spacing do not matter (`Stop.`, `stop all`, `OPT-OUT`); an opt-out keyword also counts
+/// as the first word of a longer reply (`stop texting me`), since a person who writes that
+/// means it, while opting back in takes the keyword alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmsKeyword {
+    OptOut,
+    OptIn,
+    Help,
+}
+
+pub fn sms_keyword(body: &str) -> Option<SmsKeyword> {
+    const OPT_OUT: [&str; 8] = [
+        "STOP",
+        "STOPALL",
+        "UNSUBSCRIBE",
+        "CANCEL",
+        "END",
+        "QUIT",
+        "REVOKE",
+        "OPTOUT",
+    ];
+    const OPT_IN: [&str; 3] = ["START", "YES", "UNSTOP"];
+    const HELP: [&str; 2] = ["HELP", "INFO"];
+    let words: Vec<String> = body
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_uppercase)
+        .collect();
+    let whole = words.concat();
+    let first = words.first().map(String::as_str).unwrap_or_default();
+    if OPT_OUT.contains(&whole.as_str()) || OPT_OUT.contains(&first) {
+        Some(SmsKeyword::OptOut)
+    } else if OPT_IN.contains(&whole.as_str()) {
+        Some(SmsKeyword::OptIn)
+    } else if HELP.contains(&whole.as_str()) {
+        Some(SmsKeyword::Help)
+    } else {
+        None
+    }
+}
 
 /// A throttled send's slot under GCRA (sends `interval_ms` apart on average, bursts of up
 /// to `burst`): `arrival` is the channel's theoretical arrival time, already moved up to
@@ -215,6 +260,35 @@ fn quiet_until(q: &QuietHours, now: Millis, zone: &jiff::tz::TimeZone) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sms_keywords_match_as_carriers_do() {
+        for body in [
+            "STOP",
+            "Stop.",
+            "stop all",
+            " STOP ALL! ",
+            "opt-out",
+            "Unsubscribe",
+            "quit",
+            "Stop texting me",
+            "REVOKE",
+        ] {
+            assert_eq!(sms_keyword(body), Some(SmsKeyword::OptOut), "{body:?}");
+        }
+        for body in ["start", "Yes!", "UNSTOP"] {
+            assert_eq!(sms_keyword(body), Some(SmsKeyword::OptIn), "{body:?}");
+        }
+        assert_eq!(sms_keyword("help?"), Some(SmsKeyword::Help));
+        for body in [
+            "",
+            "yes please send more",
+            "see you at the end",
+            "Stopover in Paris?",
+        ] {
+            assert_eq!(sms_keyword(body), None, "{body:?}");
+        }
+    }
 
     fn t(iso: &str) -> Millis {
         crate::time::parse_iso8601(iso).expect("time")

@@ -26,8 +26,20 @@ pub fn sign(secret: &[u8], payload: &str) -> String {
     })
 }
 
-/// Whether `signature` is `payload`'s, compared in constant time.
+/// The shortest link secret accepted: anyone who can guess it can sign any link.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Whether `signature` is `payload`'s, compared in constant time. Only the one spelling
+/// [`sign`] writes is accepted (64 lowercase hex digits): `+0f` or `0F` would decode to
+/// the same bytes, and a second spelling of one link would defeat de-duplication by it.
 pub fn verify(secret: &[u8], payload: &str, signature: &str) -> bool {
+    let canonical = signature.len() == 64
+        && signature
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !canonical || secret.is_empty() {
+        return false;
+    }
     let bytes = (0..signature.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(signature.get(i..i + 2)?, 16).ok())
@@ -214,5 +226,12 @@ mod tests {
         assert!(!verify(secret, &p, &tampered));
         assert!(!verify(secret, &p, "zz"));
         assert!(!verify(secret, &p, ""));
+        // Other spellings of the same bytes are not the signature.
+        assert!(!verify(secret, &p, &sig.to_uppercase()));
+        let plus: String = format!("+{}", &sig[1..]);
+        assert!(!verify(secret, &p, &plus));
+        assert!(!verify(secret, &p, &format!("{sig}00")));
+        // Nothing verifies under an empty secret, not even its own signature.
+        assert!(!verify(b"", &p, &sign(b"", &p)));
     }
 }

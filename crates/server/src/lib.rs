@@ -132,7 +132,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route(
             "/v1/unsubscribe",
-            get(links::unsubscribe).post(links::unsubscribe),
+            get(links::unsubscribe_page).post(links::unsubscribe),
         )
         .route("/v1/email/open", get(links::email_open))
         .route("/v1/email/click", get(links::email_click))

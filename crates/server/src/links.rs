@@ -23,10 +23,52 @@ pub struct UnsubscribeQuery {
     pub s: String,
 }
 
-/// One-click unsubscribe (RFC 8058: mail clients POST `List-Unsubscribe=One-Click`; a person
-/// clicking the link GETs it). Records, for the identity's profile, an identify call setting
-/// the trait `unsubscribed_<channel>: true` and a track event `Unsubscribed` with
-/// `{channel}`, so exit criteria and conditions can act on it.
+/// The unsubscribe link, followed by a person (or fetched by a mail scanner): a page that
+/// asks for confirmation with a button, and changes nothing. The button POSTs the same link.
+#[utoipa::path(get, path = "/v1/unsubscribe", tag = "links", params(UnsubscribeQuery),
+    responses((status = 200, description = "A confirmation page (HTML) whose button unsubscribes"),
+        (status = 400, body = ErrorBody), (status = 403, description = "Forged or altered link", body = ErrorBody)))]
+pub async fn unsubscribe_page(
+    State(state): State<AppState>,
+    Query(q): Query<UnsubscribeQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    verify_unsubscribe(&state, &q)?;
+    let what = match q.c.strip_prefix("list:") {
+        Some(list) => format!("the {list} list"),
+        None => format!("{} messages", q.c),
+    };
+    let action = format!(
+        "/v1/unsubscribe?c={}&i={}&s={}",
+        query_escape(&q.c),
+        query_escape(&q.i),
+        query_escape(&q.s)
+    );
+    let page = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+         <meta name=\"robots\" content=\"noindex\"><title>Unsubscribe</title></head>\
+         <body style=\"font-family:sans-serif;max-width:32em;margin:3em auto\">\
+         <p>Stop sending {} to {}?</p>\
+         <form method=\"post\" action=\"{}\"><button type=\"submit\">Unsubscribe</button></form></body></html>",
+        xml_escape(&what),
+        xml_escape(q.i.split_once(':').map_or(q.i.as_str(), |(_, v)| v)),
+        xml_escape(&action),
+    );
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+        ],
+        page,
+    )
+        .into_response())
+}
+
+/// Unsubscribes: mail clients POST `List-Unsubscribe=One-Click` (RFC 8058), and the page's
+/// button POSTs the link. The address the message went to goes on the channel's suppression
+/// list (reason `unsubscribed`; a list unsubscribe leaves the address alone), and the
+/// identity's profile gets the trait `unsubscribed_<channel>: true` and a track event
+/// `Unsubscribed` with `{channel}` (or `{list}`), once: a repeated POST changes nothing.
 #[utoipa::path(post, path = "/v1/unsubscribe", tag = "links", params(UnsubscribeQuery),
     responses((status = 200, description = "Unsubscribed (plain text)"),
         (status = 400, body = ErrorBody), (status = 403, description = "Forged or altered link", body = ErrorBody)))]
@@ -34,14 +76,24 @@ pub async fn unsubscribe(
     State(state): State<AppState>,
     Query(q): Query<UnsubscribeQuery>,
 ) -> Result<&'static str, ApiError> {
-    let secret = link_secret(&state)?;
-    if !links::verify(secret, &links::unsubscribe_payload(&q.i, &q.c), &q.s) {
-        return Err(ApiError::forbidden("the link is not valid"));
-    }
+    verify_unsubscribe(&state, &q)?;
     let identity = link_identity(&q.i)?;
-    record_consent(&state, identity, &q.c, false).await?;
+    record_consent(&state, identity, &q.c, false, "unsubscribe link").await?;
     tracing::info!(channel = %q.c, "unsubscribed through a signed link");
     Ok("You are unsubscribed.\n")
+}
+
+fn verify_unsubscribe(state: &AppState, q: &UnsubscribeQuery) -> Result<(), ApiError> {
+    let secret = link_secret(state)?;
+    if links::verify(secret, &links::unsubscribe_payload(&q.i, &q.c), &q.s) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("the link is not valid"))
+    }
+}
+
+fn query_escape(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// The identity a link carries (`email:ada@example.com`).
@@ -238,20 +290,58 @@ fn event_for(identity: &Identity, kind: EventKind, message_id: String) -> Event 
     }
 }
 
-/// Records a consent change for an identity's profile: an identify setting
-/// `unsubscribed_<channel>` and a track event `Unsubscribed` or `Subscribed` with `{channel}`.
+/// Records a consent change. For a channel (`email`, `sms`), the address itself: an opt-out
+/// puts the address the message went to on the suppression list, so it gets nothing more
+/// whoever it belongs to by then; opting back in takes off an opt-out entry (never a bounce
+/// or a complaint). For the identity's profile: the trait `unsubscribed_<channel>` (or
+/// `unsubscribed_list_<list>`) and a track event `Unsubscribed` or `Subscribed`, only when
+/// that changes the trait, so repeated clicks or keywords record one event.
 async fn record_consent(
     state: &AppState,
     identity: Identity,
     channel: &str,
     subscribed: bool,
+    how: &str,
 ) -> Result<(), ApiError> {
-    let id = |what: &str| format!("consent-{channel}-{identity}-{}-{what}", wall_clock_ms());
+    use waymark_core::governance;
+    let now = wall_clock_ms();
+    let address = governance::SUPPRESSIBLE
+        .iter()
+        .find(|(c, namespace)| *c == channel && *namespace == identity.namespace.as_str())
+        .and_then(|(c, _)| governance::suppression_address(c, &identity.value).ok());
+    if let Some(address) = &address {
+        let entry = state.store.suppression(channel, address).await?;
+        let opt_out = |e: &waymark_store::Suppression| {
+            e.reason == governance::UNSUBSCRIBED || e.reason == governance::CARRIER_OPT_OUT
+        };
+        match entry {
+            Some(e) if subscribed && e.suppressed && opt_out(&e) => {
+                state.store.unsuppress(channel, address).await?;
+            }
+            Some(e) if !subscribed && e.suppressed => {}
+            _ if !subscribed => {
+                state
+                    .store
+                    .suppress(channel, address, governance::UNSUBSCRIBED, how, now)
+                    .await?;
+            }
+            _ => {}
+        }
+    }
     // A channel (`email`), or a subscription list (`list:newsletter`).
     let (trait_name, property) = match channel.strip_prefix("list:") {
         Some(list) => (format!("unsubscribed_list_{list}"), ("list", list)),
         None => (format!("unsubscribed_{channel}"), ("channel", channel)),
     };
+    let unsubscribed_now = state
+        .store
+        .profile(&identity)
+        .await?
+        .is_some_and(|p| p.traits.get(&trait_name) == Some(&serde_json::Value::Bool(true)));
+    if unsubscribed_now != subscribed {
+        return Ok(());
+    }
+    let id = |what: &str| format!("consent-{channel}-{identity}-{now}-{what}");
     let mut identify = event_for(&identity, EventKind::Identify, id("identify"));
     identify
         .traits
@@ -304,11 +394,6 @@ pub async fn sms_inbound(
     let from = Identity::parse("phone", get("From"))
         .map_err(|m| ApiError::field("invalid_identity", "From", m))?;
     let body = get("Body").trim();
-    let keyword = body
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_ascii_uppercase();
     let twiml = |message: Option<&str>| {
         let inner = message.map_or(String::new(), |m| {
             format!("<Message>{}</Message>", xml_escape(m))
@@ -319,17 +404,18 @@ pub async fn sms_inbound(
         )
             .into_response()
     };
-    match keyword.as_str() {
-        "STOP" | "STOPALL" | "UNSUBSCRIBE" | "CANCEL" | "END" | "QUIT" => {
-            record_consent(&state, from, "sms", false).await?;
+    use waymark_core::governance::{SmsKeyword, sms_keyword};
+    match sms_keyword(body) {
+        Some(SmsKeyword::OptOut) => {
+            record_consent(&state, from, "sms", false, "SMS keyword").await?;
             Ok(twiml(None))
         }
-        "START" | "YES" | "UNSTOP" => {
-            record_consent(&state, from, "sms", true).await?;
+        Some(SmsKeyword::OptIn) => {
+            record_consent(&state, from, "sms", true, "SMS keyword").await?;
             Ok(twiml(None))
         }
-        "HELP" | "INFO" => Ok(twiml(Some(&inbound.help_text))),
-        _ => {
+        Some(SmsKeyword::Help) => Ok(twiml(Some(&inbound.help_text))),
+        None => {
             // The provider's message id, so a webhook it retries is recorded once.
             let id = match get("MessageSid") {
                 "" => format!("sms-{from}-{}", wall_clock_ms()),
@@ -369,8 +455,11 @@ pub(crate) fn form_value<'a>(params: &'a [(String, String)], name: &str) -> &'a 
         .unwrap_or_default()
 }
 
+/// Escapes text for XML and HTML, attribute values included.
 fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
