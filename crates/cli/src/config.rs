@@ -33,6 +33,34 @@ pub struct Config {
     pub direct_mail: Option<DirectMail>,
     pub email: Option<Email>,
     pub governance: Governance,
+    pub outbox: Outbox,
+}
+
+/// How the outbox dispatcher holds the rows it delivers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outbox {
+    /// How long a claimed row stays ours if this process dies (`2m`): then another process,
+    /// or this one restarted, delivers it again. While the process lives it renews the
+    /// lease, however long a delivery takes. At least 4s.
+    #[serde(default)]
+    pub lease: Option<String>,
+}
+
+impl Outbox {
+    pub fn lease_ms(&self) -> Result<i64, String> {
+        let ms = match &self.lease {
+            None => return Ok(120_000),
+            Some(text) => waymark_core::journey::parse_duration_ms(text)
+                .map_err(|e| format!("outbox.lease: {e}"))?,
+        };
+        if ms < 4_000 {
+            return Err(format!(
+                "outbox.lease: {ms} ms is shorter than the 4s minimum"
+            ));
+        }
+        Ok(ms)
+    }
 }
 
 /// Delivery rules for marketing messages (see `waymark_core::governance`).
@@ -357,6 +385,7 @@ impl Default for Config {
             direct_mail: None,
             email: None,
             governance: Governance::default(),
+            outbox: Outbox::default(),
         }
     }
 }
@@ -380,7 +409,8 @@ const ENV_KEYS: [&str; 12] = [
 
 /// Keys whose environment value is taken as written. figment reads `+15550100` or an
 /// all-digit token as a number (dropping the `+`), so these skip its parsing.
-const ENV_TEXT_KEYS: [&str; 34] = [
+const ENV_TEXT_KEYS: [&str; 35] = [
+    "outbox.lease",
     "data_dir",
     "listen",
     "store",
@@ -484,6 +514,7 @@ impl Config {
             },
             // Checked by `load`.
             governance: self.governance.policy().unwrap_or_default(),
+            ..waymark_store::StoreOptions::default()
         }
     }
 }
@@ -579,6 +610,46 @@ pub fn link_secret(config: &Config) -> Result<Vec<u8>, String> {
     );
     write_private(&file, &secret).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
     Ok(secret.into_bytes())
+}
+
+/// This server's name as the owner of outbox leases: `<data_dir>/node_id`, made on first
+/// start and kept, so a restarted server takes back what its earlier run had claimed. The
+/// returned lock (`<data_dir>/node.lock`, held until the file is dropped) keeps a second
+/// process from running on the same data folder under the same name; the kernel lets go of
+/// it when the process dies, even by kill -9.
+pub fn node_identity(config: &Config) -> Result<(String, std::fs::File), String> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
+    let lock_path = config.data_dir.join("node.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+    lock.try_lock().map_err(|_| {
+        format!(
+            "another waymark process is running on {} (it holds {}); give each process its own --data-dir",
+            config.data_dir.display(),
+            lock_path.display()
+        )
+    })?;
+    let file = config.data_dir.join("node_id");
+    if !file.exists() {
+        let id = format!("node-{}", uuid::Uuid::new_v4().simple());
+        write_private(&file, &id).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    }
+    let id = std::fs::read_to_string(&file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?
+        .trim()
+        .to_owned();
+    if id.is_empty() {
+        return Err(format!(
+            "{} is empty; delete it to have a new one made",
+            file.display()
+        ));
+    }
+    Ok((id, lock))
 }
 
 /// Writes a new private file whole or not at all: the text goes to a temporary file that is

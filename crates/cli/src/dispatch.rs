@@ -13,11 +13,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use waymark_store::{Delivery, MessageEvent, OutboxItem, Store, wall_clock_ms};
 
-/// How long a claimed row is ours before another dispatcher (or this one after a restart)
-/// may take it again. Twice the longest webhook timeout: a row that waited for a call slot
-/// longer than [`START_WITHIN_MS`] is given back uncalled instead.
-const LEASE_MS: i64 = 2 * waymark_core::journey::MAX_WEBHOOK_TIMEOUT_MS;
-const START_WITHIN_MS: i64 = LEASE_MS - waymark_core::journey::MAX_WEBHOOK_TIMEOUT_MS;
+// How long a claimed row is ours before another dispatcher (or this one after a restart)
+// may take it again is `Channels::lease_ms` (`outbox.lease`). While this process holds a
+// row, from its claim until its outcome is committed, however long a slot, a provider or
+// the store takes, its lease is renewed four times per lease; so only a process that died
+// lets a lease run out.
 /// How long the dispatcher waits before looking again when nothing was due, on a store that
 /// cannot signal new rows: the most an effect waits to start once committed.
 const IDLE_POLL: Duration = Duration::from_millis(20);
@@ -78,6 +78,8 @@ pub struct Channels {
     pub retry_window_ms: i64,
     /// Sends per second allowed per channel (`governance.throttle`).
     pub throttles: std::collections::HashMap<String, Pace>,
+    /// How long a claimed row stays ours unless renewed (`outbox.lease`).
+    pub lease_ms: i64,
 }
 
 /// How long a throttled send may wait in its task for its slot; a later slot sends the
@@ -217,6 +219,43 @@ async fn record_bounce(store: &dyn Store, item: &OutboxItem, bounce: Bounce, lim
     }
 }
 
+/// The rows this process has claimed and not yet recorded, and whether outcomes can be
+/// recorded at all right now.
+#[derive(Default)]
+struct Held {
+    seqs: std::sync::Mutex<std::collections::HashSet<i64>>,
+    /// Set while recording outcomes fails (a full disk, a store that cannot commit): no
+    /// more rows are claimed until it commits again.
+    recording_fails: std::sync::atomic::AtomicBool,
+}
+
+impl Held {
+    fn seqs(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<i64>> {
+        self.seqs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Renews the leases of every row this process holds, so none runs out while its delivery
+/// or its outcome is still on its way.
+async fn renew_leases(store: Arc<dyn Store>, held: Arc<Held>, lease_ms: i64) {
+    let mut tick = tokio::time::interval(Duration::from_millis((lease_ms / 4) as u64));
+    loop {
+        tick.tick().await;
+        let seqs: Vec<i64> = held.seqs().iter().copied().collect();
+        if seqs.is_empty() {
+            continue;
+        }
+        if let Err(e) = store
+            .renew_outbox_leases(&seqs, wall_clock_ms() + lease_ms)
+            .await
+        {
+            tracing::warn!(error = %e, rows = seqs.len(), "could not renew outbox leases; trying again");
+        }
+    }
+}
+
 pub async fn run(store: Arc<dyn Store>, client: reqwest::Client, channels: Channels) {
     let channels = Arc::new(channels);
     match store.release_outbox_leases().await {
@@ -231,11 +270,22 @@ pub async fn run(store: Arc<dyn Store>, client: reqwest::Client, channels: Chann
     // its outcome is recorded, and a call permit only while it is being delivered; the loop
     // claims more as soon as claim permits are free.
     let activity = store.outbox_activity();
+    let held = Arc::new(Held::default());
+    let lease_ms = channels.lease_ms;
+    tokio::spawn(renew_leases(store.clone(), held.clone(), lease_ms));
     let claimed = Arc::new(tokio::sync::Semaphore::new(CLAIMED_AHEAD));
     let calls = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let (outcomes, recorder_rx) = tokio::sync::mpsc::channel::<Outcome>(CLAIMED_AHEAD);
-    tokio::spawn(record_outcomes(store.clone(), recorder_rx));
+    tokio::spawn(record_outcomes(store.clone(), recorder_rx, held.clone()));
     loop {
+        if held
+            .recording_fails
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            // Calls made now could not be recorded either; rows stay in the store.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
         let room = claimed.available_permits().min(BATCH as usize) as u32;
         if room == 0 {
             // Wait until at least one outcome is recorded.
@@ -244,8 +294,7 @@ pub async fn run(store: Arc<dyn Store>, client: reqwest::Client, channels: Chann
             }
             continue;
         }
-        let claimed_at = wall_clock_ms();
-        let items = match store.claim_outbox(claimed_at, room, LEASE_MS).await {
+        let items = match store.claim_outbox(wall_clock_ms(), room, lease_ms).await {
             Ok(items) => items,
             Err(e) => {
                 tracing::warn!(error = %e, "claiming outbox rows failed; retrying");
@@ -266,14 +315,18 @@ pub async fn run(store: Arc<dyn Store>, client: reqwest::Client, channels: Chann
             continue;
         }
         for item in items {
+            // Already on its way (its lease ran out while it was held, which renewal
+            // prevents unless the store could not be reached): never a second delivery.
+            if !held.seqs().insert(item.seq) {
+                continue;
+            }
             let Ok(permit) = claimed.clone().acquire_owned().await else {
                 return;
             };
             let (outcomes, client, channels) = (outcomes.clone(), client.clone(), channels.clone());
             let (store, calls) = (store.clone(), calls.clone());
             tokio::spawn(async move {
-                let delivery =
-                    deliver_claimed(&client, &store, &channels, &calls, &item, claimed_at).await;
+                let delivery = deliver_claimed(&client, &store, &channels, &calls, &item).await;
                 // If the recorder is gone the server is stopping; the lease brings it back.
                 let _ = outcomes.send((item, delivery, permit)).await;
             });
@@ -288,7 +341,6 @@ async fn deliver_claimed(
     channels: &Channels,
     calls: &tokio::sync::Semaphore,
     item: &OutboxItem,
-    claimed_at: i64,
 ) -> Delivery {
     if let Some(at) = pace(store.as_ref(), channels, item).await {
         return Delivery::Deferred { at };
@@ -298,12 +350,6 @@ async fn deliver_claimed(
             at: wall_clock_ms(),
         };
     };
-    if wall_clock_ms() - claimed_at > START_WITHIN_MS {
-        // The claim could run out during the call: give the row back uncalled.
-        return Delivery::Deferred {
-            at: wall_clock_ms(),
-        };
-    }
     let (delivery, bounce) = deliver(client, store, channels, item).await;
     if let Some(bounce) = bounce {
         record_bounce(store.as_ref(), item, bounce, channels.soft_bounce_limit).await;
@@ -341,7 +387,11 @@ const RECORD_BATCH: usize = CLAIMED_AHEAD;
 /// Records outcomes in batches: whatever finished while the last batch was being committed
 /// goes into the next one, so under load one transaction records hundreds of deliveries
 /// (and moves their journeys on) instead of one each.
-async fn record_outcomes(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::Receiver<Outcome>) {
+async fn record_outcomes(
+    store: Arc<dyn Store>,
+    mut rx: tokio::sync::mpsc::Receiver<Outcome>,
+    held: Arc<Held>,
+) {
     let mut batch = Vec::with_capacity(RECORD_BATCH);
     while rx.recv_many(&mut batch, RECORD_BATCH).await > 0 {
         let mut permits = Vec::with_capacity(batch.len());
@@ -353,35 +403,62 @@ async fn record_outcomes(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::Recei
             })
             .collect();
         let count = done.len();
-        record_with_retries(store.as_ref(), done).await;
+        record_until_committed(store.as_ref(), done.clone(), &held).await;
+        {
+            let mut seqs = held.seqs();
+            for (item, _) in done.iter() {
+                seqs.remove(&item.seq);
+            }
+        }
         metrics::histogram!("waymark_outbox_record_batch_size").record(count as f64);
         drop(permits);
     }
 }
 
-/// Pauses between attempts to record a batch of outcomes, after a failed commit.
-const RECORD_RETRY_PAUSES_MS: [u64; 6] = [20, 50, 100, 250, 500, 1_000];
+/// Pauses between attempts to record a batch of outcomes, after a failed commit; the last
+/// one repeats.
+const RECORD_RETRY_PAUSES_MS: [u64; 7] = [20, 50, 100, 250, 500, 1_000, 5_000];
 
-/// The calls were made, so their outcomes are worth a few more tries: a batch left
-/// unrecorded waits for its leases (minutes) and is then delivered again. Completing an
-/// outbox row is idempotent (only a pending row changes), so rows a failed try did
-/// record are skipped by the next.
-async fn record_with_retries(store: &dyn Store, done: Arc<[(OutboxItem, Delivery)]>) {
+/// The calls were made, so their outcomes are kept and recorded, however long the store
+/// takes to commit again: given up, the rows would come due again and be delivered twice.
+/// While it fails, no more rows are claimed (their leases are renewed meanwhile).
+/// Completing an outbox row is idempotent (only a pending row changes), so rows a failed
+/// try did record are skipped by the next.
+async fn record_until_committed(
+    store: &dyn Store,
+    done: Arc<[(OutboxItem, Delivery)]>,
+    held: &Held,
+) {
     let count = done.len();
-    for (attempt, pause) in RECORD_RETRY_PAUSES_MS.iter().enumerate() {
+    let mut attempt = 0usize;
+    loop {
         match store
             .complete_outbox_many(done.clone(), wall_clock_ms())
             .await
         {
-            Ok(()) => return,
+            Ok(()) => {
+                if held
+                    .recording_fails
+                    .swap(false, std::sync::atomic::Ordering::AcqRel)
+                {
+                    tracing::info!("recording deliveries works again; claiming resumes");
+                }
+                return;
+            }
             Err(e) => {
-                tracing::warn!(error = %e, deliveries = count, attempt = attempt + 1, "recording deliveries failed; trying again");
-                tokio::time::sleep(Duration::from_millis(*pause)).await;
+                if attempt == 2 {
+                    held.recording_fails
+                        .store(true, std::sync::atomic::Ordering::Release);
+                    tracing::error!(error = %e, deliveries = count, "recording deliveries keeps failing; no more rows are claimed until it works");
+                } else {
+                    tracing::warn!(error = %e, deliveries = count, attempt = attempt + 1, "recording deliveries failed; trying again");
+                }
+                metrics::counter!("waymark_outbox_record_failures_total").increment(1);
+                let pause = RECORD_RETRY_PAUSES_MS[attempt.min(RECORD_RETRY_PAUSES_MS.len() - 1)];
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                attempt += 1;
             }
         }
-    }
-    if let Err(e) = store.complete_outbox_many(done, wall_clock_ms()).await {
-        tracing::error!(error = %e, deliveries = count, "recording deliveries failed; their leases will run out and they will be delivered again");
     }
 }
 

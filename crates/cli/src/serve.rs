@@ -26,8 +26,11 @@ fn init_logging(format: &str) {
     };
 }
 
-async fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
-    let options = config.store_options();
+async fn open_store(config: &Config, lease_owner: String) -> Result<Arc<dyn Store>, String> {
+    let options = waymark_store::StoreOptions {
+        lease_owner,
+        ..config.store_options()
+    };
     if config.store.starts_with("postgres://") || config.store.starts_with("postgresql://") {
         let store = PostgresStore::open(&config.store, options)
             .await
@@ -85,7 +88,9 @@ pub async fn run(config: Config) -> Result<(), String> {
         println!("  write key:   {write_key}");
         println!("  admin token: {admin_token}");
     }
-    let store = open_store(&config).await?;
+    // Held for as long as the server runs.
+    let (node, _node_lock) = crate::config::node_identity(&config)?;
+    let store = open_store(&config, node).await?;
     tracing::info!(
         backend = store.backend(),
         partitions = store.partitions(),
@@ -164,6 +169,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         soft_bounce_limit: config.governance.soft_bounce_limit()?,
         retry_window_ms: config.governance.retry_window_ms()?,
         throttles: config.governance.throttles()?,
+        lease_ms: config.outbox.lease_ms()?,
     };
     let dispatcher = tokio::spawn(crate::dispatch::run(store.clone(), http, channels));
 

@@ -1316,6 +1316,10 @@ fn smtp_sink() -> SmtpSink {
 
 /// The sink with STARTTLS and AUTH required: `[cert.pem, key.pem, user, password]`.
 fn smtp_sink_with(args: &[&str]) -> SmtpSink {
+    smtp_sink_configured(args, Duration::ZERO)
+}
+
+fn smtp_sink_configured(args: &[&str], delay: Duration) -> SmtpSink {
     use std::io::BufRead;
     let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp");
     let deps = here.join(".pydeps");
@@ -1341,6 +1345,7 @@ fn smtp_sink_with(args: &[&str]) -> SmtpSink {
         .arg(here.join("sink.py"))
         .args(args)
         .env("PYTHONPATH", &deps)
+        .env("SINK_DELAY_MS", delay.as_millis().to_string())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("python3");
@@ -1362,6 +1367,59 @@ fn smtp_sink_with(args: &[&str]) -> SmtpSink {
         port,
         messages,
     }
+}
+
+/// A relay that takes 500 ms per message, one connection, and a 4 s lease: the last of 16
+/// emails waits about 8 s for the connection, twice the lease. Leases are renewed while
+/// rows wait, so none is claimed again and every Message-ID arrives once (before renewal,
+/// every email still waiting when its lease ran out was sent a second time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_smtp_server_gets_each_email_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smtp = smtp_sink_configured(&[], Duration::from_millis(500));
+    let url = format!("smtp://127.0.0.1:{}", smtp.port);
+    let server = Server::start_with_env(
+        Launch {
+            data_dir: &dir.path().join("data"),
+            store: None,
+            configured_keys: true,
+        },
+        &[
+            ("WAYMARK_EMAIL__SMTP_URL", url.as_str()),
+            ("WAYMARK_EMAIL__FROM", "hello@example.com"),
+            ("WAYMARK_EMAIL__POOL_SIZE", "1"),
+            ("WAYMARK_OUTBOX__LEASE", "4s"),
+        ],
+    );
+    let c = client();
+    let template = json!({"channel": "email", "subject": "Hi", "text": "Hello"});
+    put_template(&c, &server.base, "hi", &template).await;
+    let journey = json!({"key": "hello", "entry": {"event": "Identify"}, "nodes": [
+        {"id": "send", "type": "message", "channel": "email", "template": "hi", "next": "done"},
+        {"id": "done", "type": "end"}]});
+    put_and_publish(&c, &server.base, &journey).await;
+    let batch: Vec<Value> = (0..16)
+        .map(|i| json!({"type": "identify", "userId": format!("slow{i}"), "traits": {"email": format!("slow{i}@example.com")}}))
+        .collect();
+    send_batch(&c, &server.base, WRITE_KEY, &Value::Array(batch))
+        .await
+        .expect("ingest");
+    smtp.wait_for(16, Duration::from_secs(40)).await;
+    // Time for any second claim of a row whose lease ran out to be sent as well.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let messages = smtp.messages.lock().expect("lock").clone();
+    let mut ids: Vec<&str> = messages
+        .iter()
+        .filter_map(|m| m["headers"]["Message-ID"].as_str())
+        .collect();
+    ids.sort_unstable();
+    let total = ids.len();
+    ids.dedup();
+    assert_eq!(
+        (total, ids.len()),
+        (16, 16),
+        "emails sent, distinct Message-IDs"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,11 +58,15 @@ pub async fn observe(request: Request, next: Next) -> Response {
 
 /// Liveness and store reachability. Public, for load balancers and orchestrators.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
-    responses((status = 200, description = "Serving, store reachable"), (status = 503, description = "Store unreachable")))]
+    responses((status = 200, description = "Serving, store reachable and committing"), (status = 503, description = "Store unreachable, or its commits are failing (a full disk): `error` says why")))]
 pub async fn healthz(State(state): State<AppState>) -> Response {
     match state.store.ping().await {
         Ok(()) => axum::Json(json!({"status": "ok", "store": state.store.backend()})).into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "unavailable", "store": state.store.backend(), "error": e.to_string()})))
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, crate::error::RETRY_AFTER_SECS)],
+            axum::Json(json!({"status": "unavailable", "store": state.store.backend(), "error": e.to_string()})),
+        )
             .into_response(),
     }
 }

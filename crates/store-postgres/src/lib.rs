@@ -56,6 +56,7 @@ pub struct PostgresStore {
 
 /// What the committer tasks and the read paths share.
 pub struct Shared {
+    health: waymark_store::CommitHealth,
     pool: Pool,
     partitions: u32,
     options: StoreOptions,
@@ -101,12 +102,14 @@ async fn committer(shared: Arc<Shared>, queue: Arc<tokio::sync::Mutex<mpsc::Rece
         }
         match shared.ingest_with_retry(&events).await {
             Ok(outcomes) => {
+                shared.health.committed();
                 let mut outcomes = outcomes.into_iter();
                 for (size, reply) in sizes.into_iter().zip(replies) {
                     let _ = reply.send(Ok(outcomes.by_ref().take(size).collect()));
                 }
             }
             Err(e) if replies.len() == 1 => {
+                shared.health.failed(&e);
                 tracing::error!(error = %e, "postgres ingest failed");
                 for reply in replies {
                     let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
@@ -124,8 +127,12 @@ async fn committer(shared: Arc<Shared>, queue: Arc<tokio::sync::Mutex<mpsc::Rece
                         .ingest_with_retry(alone)
                         .await
                         .map(IngestReceipt::from_iter);
-                    if let Err(e) = &result {
-                        tracing::error!(error = %e, "postgres ingest failed");
+                    match &result {
+                        Ok(_) => shared.health.committed(),
+                        Err(e) => {
+                            shared.health.failed(e);
+                            tracing::error!(error = %e, "postgres ingest failed");
+                        }
                     }
                     let _ = reply.send(result);
                 }
@@ -231,6 +238,7 @@ impl PostgresStore {
             .await
             .map_err(db_error)?;
         let shared = Arc::new(Shared {
+            health: Default::default(),
             pool,
             partitions,
             cache: waymark_engine::run::Runtime::new(options.governance.clone()),
@@ -917,7 +925,7 @@ impl OutboxStore for PostgresStore {
         // rolls back when the connection drops.
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_error)?;
-        let items = match runs::claim(&tx, now, limit, lease_ms).await {
+        let items = match runs::claim(&tx, now, limit, lease_ms, &self.options.lease_owner).await {
             Ok(items) => items,
             Err(Abort::Retry(why)) => return Err(StoreError::Unavailable(why.into())),
             Err(Abort::Fail(e)) => return Err(e),
@@ -926,9 +934,22 @@ impl OutboxStore for PostgresStore {
         Ok(items)
     }
 
+    async fn renew_outbox_leases(&self, seqs: &[i64], until: Millis) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE journey_outbox SET leased_until = GREATEST(leased_until, $2)
+                 WHERE seq = ANY($1) AND status = 'pending' AND leased_by = $3",
+                &[&seqs, &until, &self.options.lease_owner],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
     async fn release_outbox_leases(&self) -> Result<u64, StoreError> {
         let client = self.client().await?;
-        runs::release_leases(&client).await
+        runs::release_leases(&client, &self.options.lease_owner).await
     }
 
     async fn record_message_event(
@@ -1049,12 +1070,28 @@ impl Store for PostgresStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .simple_query("SELECT 1")
-            .await
-            .map_err(db_error)
-            .map(|_| ())
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await.map_err(db_error)?;
+        if self.health.failing().is_some() {
+            // A write that must commit: it fails where ingest would.
+            let probe = client
+                .execute(
+                    "UPDATE meta SET value = value WHERE key = 'partitions'",
+                    &[],
+                )
+                .await
+                .map_err(db_error);
+            match probe {
+                Ok(_) => self.health.committed(),
+                Err(e) => self.health.failed(&e),
+            }
+        }
+        match self.health.failing() {
+            Some(why) => Err(StoreError::Unavailable(format!(
+                "commits are failing: {why}"
+            ))),
+            None => Ok(()),
+        }
     }
 
     async fn close(&self) {

@@ -587,15 +587,16 @@ pub async fn claim(
     now: Millis,
     limit: u32,
     lease_ms: Millis,
+    owner: &str,
 ) -> Result<Vec<OutboxItem>, Abort> {
     let rows = client
         .query(
-            "UPDATE journey_outbox SET leased_until = $3 WHERE seq IN (
+            "UPDATE journey_outbox SET leased_until = $3, leased_by = $4 WHERE seq IN (
                  SELECT seq FROM journey_outbox WHERE status = 'pending' AND next_attempt_at <= $1
                    AND (leased_until IS NULL OR leased_until <= $1)
                  ORDER BY next_attempt_at, seq LIMIT $2 FOR UPDATE SKIP LOCKED)
              RETURNING seq, key, profile_id, journey_key, kind, effect::text, attempts, created_at",
-            &[&now, &i64::from(limit), &(now + lease_ms)],
+            &[&now, &i64::from(limit), &(now + lease_ms), &owner],
         )
         .await?;
     let mut out = Vec::with_capacity(rows.len());
@@ -752,9 +753,11 @@ pub async fn save_profile(
     Ok(())
 }
 
-pub async fn release_leases(client: &impl GenericClient) -> Result<u64, StoreError> {
+/// Takes back the leases `owner` held: those of this process's own earlier run, which is
+/// dead (the owner's lock file says so). Other processes' leases only ever run out.
+pub async fn release_leases(client: &impl GenericClient, owner: &str) -> Result<u64, StoreError> {
     client
-        .execute("UPDATE journey_outbox SET leased_until = NULL WHERE status = 'pending' AND leased_until IS NOT NULL", &[])
+        .execute("UPDATE journey_outbox SET leased_until = NULL, leased_by = NULL WHERE status = 'pending' AND leased_until IS NOT NULL AND leased_by = $1", &[&owner])
         .await
         .map_err(db_error)
 }

@@ -176,6 +176,9 @@ const MIGRATIONS: &[(i32, &str)] = &[
              tat DOUBLE PRECISION NOT NULL
          );",
     ),
+    // Who holds an outbox lease (`StoreOptions::lease_owner`), so a starting process takes
+    // back only the leases of its own earlier run, never those of other live processes.
+    (12, "ALTER TABLE journey_outbox ADD COLUMN leased_by TEXT;"),
 ];
 
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {

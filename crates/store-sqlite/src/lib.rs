@@ -53,6 +53,7 @@ pub struct SqliteStore {
     leases: std::sync::Arc<Mutex<HashMap<i64, Millis>>>,
     /// Notified after each commit of the writer, the only writer.
     activity: Arc<tokio::sync::Notify>,
+    health: Arc<waymark_store::CommitHealth>,
 }
 
 /// The lease map stays consistent across a panic (each change is one insert or removal).
@@ -120,7 +121,9 @@ impl SqliteStore {
             options.governance.clone(),
         ));
         let activity = Arc::new(tokio::sync::Notify::new());
+        let health = Arc::new(waymark_store::CommitHealth::default());
         let config = writer::Config {
+            health: health.clone(),
             activity: activity.clone(),
             cache: cache.clone(),
             partitions,
@@ -146,6 +149,7 @@ impl SqliteStore {
             cache,
             leases: Default::default(),
             activity,
+            health,
         })
     }
 
@@ -602,6 +606,17 @@ impl OutboxStore for SqliteStore {
         Some(self.activity.clone())
     }
 
+    async fn renew_outbox_leases(&self, seqs: &[i64], until: Millis) -> Result<(), StoreError> {
+        let mut leases = lock(&self.leases);
+        for seq in seqs {
+            // A lease already dropped belongs to a row whose outcome committed.
+            if let Some(lease) = leases.get_mut(seq) {
+                *lease = until.max(*lease);
+            }
+        }
+        Ok(())
+    }
+
     async fn release_outbox_leases(&self) -> Result<u64, StoreError> {
         let released = {
             let mut leases = lock(&self.leases);
@@ -664,7 +679,22 @@ impl Store for SqliteStore {
             conn.query_row("SELECT 1", [], |_| Ok(()))
                 .map_err(unavailable)
         })
-        .await
+        .await?;
+        if self.health.failing().is_some() {
+            // Rewriting a row writes its page to the WAL: it fails where any write would.
+            self.write(|tx| {
+                tx.execute("UPDATE meta SET value = value WHERE key = 'partitions'", [])
+                    .map(|_| ())
+                    .map_err(unavailable)
+            })
+            .await?;
+        }
+        match self.health.failing() {
+            Some(why) => Err(StoreError::Unavailable(format!(
+                "commits are failing: {why}"
+            ))),
+            None => Ok(()),
+        }
     }
 
     async fn close(&self) {

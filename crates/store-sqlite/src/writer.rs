@@ -122,6 +122,7 @@ pub struct Config {
     pub cache: std::sync::Arc<waymark_engine::run::Runtime>,
     /// Told after every commit (see `OutboxStore::outbox_activity`).
     pub activity: std::sync::Arc<tokio::sync::Notify>,
+    pub health: std::sync::Arc<waymark_store::CommitHealth>,
 }
 
 pub fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, config: Config) {
@@ -144,6 +145,7 @@ pub fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, config: Config
         let started = Instant::now();
         match commit_group(&mut conn, works, &config) {
             Ok(results) => {
+                config.health.committed();
                 config.activity.notify_one();
                 metrics::histogram!("waymark_store_commit_seconds", "backend" => "sqlite")
                     .record(started.elapsed().as_secs_f64());
@@ -159,6 +161,7 @@ pub fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, config: Config
                 }
             }
             Err(err) => {
+                config.health.failed(&err);
                 tracing::error!(error = %err, requests = answers.len(), "sqlite group commit failed; rolled back");
                 metrics::counter!("waymark_store_commit_failures_total", "backend" => "sqlite")
                     .increment(1);

@@ -913,6 +913,17 @@ pub async fn outbox_claims_leases_and_completes_effects(b: &impl Backend) {
         [claimed[0].seq],
         "a lease that ran out lets the row be claimed again"
     );
+    // A renewed lease outlasts the one it replaced.
+    s.renew_outbox_leases(&[claimed[0].seq], now + 120_000)
+        .await
+        .expect("renew");
+    assert!(
+        s.claim_outbox(now + 60_002, 10, 30_000)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "a renewed lease holds the row past its first end"
+    );
     assert_eq!(s.release_outbox_leases().await.expect("release"), 1);
     assert_eq!(
         s.claim_outbox(now, 10, 30_000).await.expect("claim").len(),

@@ -36,6 +36,11 @@ pub struct StoreOptions {
     pub max_event_age_ms: Option<Millis>,
     /// Delivery rules every message is decided by, in the transaction that records it.
     pub governance: waymark_core::governance::Policy,
+    /// Who this process's outbox leases belong to, stable across its restarts (the server
+    /// keeps it in its data folder, locked while it runs): at start a store takes back only
+    /// the leases of this owner's earlier run, so restarting one of several processes on a
+    /// shared database cannot re-deliver what the others are delivering.
+    pub lease_owner: String,
 }
 
 impl Default for StoreOptions {
@@ -45,7 +50,56 @@ impl Default for StoreOptions {
             max_events_per_profile: 1000,
             max_event_age_ms: Some(365 * 24 * 3600 * 1000),
             governance: Default::default(),
+            lease_owner: format!("process-{}-{}", std::process::id(), wall_clock_ms()),
         }
+    }
+}
+
+/// Whether the store's commits are failing (a full disk, a database that refuses writes):
+/// set by a backend when a commit fails. Reads and pings can go on working while commits
+/// fail, so readiness asks this too. A store counts as failing until a commit succeeds
+/// after the last failure and [`CommitHealth::SETTLE`] has passed since it: on a nearly
+/// full disk small commits (a probe) can succeed while real ones still fail.
+#[derive(Debug, Default)]
+pub struct CommitHealth(std::sync::Mutex<HealthState>);
+
+#[derive(Debug, Default)]
+struct HealthState {
+    failure: Option<(std::time::Instant, String)>,
+    success_since_failure: bool,
+}
+
+impl CommitHealth {
+    pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
+
+    fn state(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn failed(&self, why: &StoreError) {
+        let mut state = self.state();
+        state.failure = Some((std::time::Instant::now(), why.to_string()));
+        state.success_since_failure = false;
+    }
+
+    pub fn committed(&self) {
+        let mut state = self.state();
+        if state.failure.is_some() && !state.success_since_failure {
+            state.success_since_failure = true;
+        }
+    }
+
+    /// Why commits are failing, if they are.
+    pub fn failing(&self) -> Option<String> {
+        let mut state = self.state();
+        let (at, why) = state.failure.as_ref()?;
+        if state.success_since_failure && at.elapsed() >= Self::SETTLE {
+            state.failure = None;
+            return None;
+        }
+        Some(why.clone())
     }
 }
 
@@ -461,6 +515,12 @@ pub trait OutboxStore: Send + Sync {
         lease_ms: Millis,
     ) -> Result<Vec<OutboxItem>, StoreError>;
 
+    /// Moves the leases of rows this process claimed and still holds (their outcome not
+    /// yet committed) on to `until`, so a row waiting for a slot, a slow provider or a store
+    /// that cannot commit right now is never claimed again while its first delivery is
+    /// still on its way. Rows already completed, or leased by another owner, are left alone.
+    async fn renew_outbox_leases(&self, seqs: &[i64], until: Millis) -> Result<(), StoreError>;
+
     /// Notified after writes that may have added due outbox rows, for a dispatcher to look
     /// at once instead of polling often; `None` if the backend cannot tell (another
     /// process may write), and the dispatcher polls.
@@ -468,8 +528,9 @@ pub trait OutboxStore: Send + Sync {
         None
     }
 
-    /// Ends every lease: called at start by the only dispatcher, so rows claimed by a
-    /// dispatcher that died are delivered again now rather than when the lease would end.
+    /// Ends the leases of this store's `lease_owner` (its own earlier run, which died):
+    /// called at start, so what it had claimed is delivered again now rather than when the
+    /// lease would end. Leases of other owners are left to run out.
     async fn release_outbox_leases(&self) -> Result<u64, StoreError>;
 
     /// Records the outcome; a final webhook outcome moves the journey on in the same
@@ -544,7 +605,8 @@ pub trait Store:
 {
     fn backend(&self) -> &'static str;
     fn partitions(&self) -> u32;
-    /// Cheap round trip to the backend, for health checks.
+    /// Cheap round trip to the backend, for health checks. While commits are failing it
+    /// also tries a small write, and fails with why if that cannot commit either.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Finishes in-flight writes and releases the backend. Later calls fail with `Closed`.
     async fn close(&self);

@@ -3,9 +3,12 @@
 Prints one JSON line with the port, then one JSON line per message received: envelope,
 headers, and each MIME leaf part's content type and decoded body. Recipients starting with
 "bounce" are refused with 550 (a hard bounce), those starting with "full" with 452 (a
-temporary refusal: mailbox full).
+temporary refusal: mailbox full). With SINK_DELAY_MS set, each message is answered only
+after that long (a slow relay).
 """
+import asyncio
 import email
+import os
 import json
 import socket
 import ssl
@@ -27,6 +30,7 @@ class Handler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        await asyncio.sleep(int(os.environ.get("SINK_DELAY_MS", "0")) / 1000)
         msg = email.message_from_bytes(envelope.content, policy=policy.default)
         parts = [
             {"type": part.get_content_type(), "body": part.get_content()}
