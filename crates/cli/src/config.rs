@@ -353,6 +353,27 @@ pub struct Webhooks {
     /// (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
     #[serde(default)]
     pub signing_secret: Option<String>,
+    /// Hosts webhooks may call (`api.example.com`, `*.example.com`); empty: any host.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Networks webhooks (and providers) may never reach, as CIDRs (`10.0.0.0/8`,
+    /// `169.254.0.0/16`, `::1/128`): checked on every resolved address.
+    #[serde(default)]
+    pub denied_networks: Vec<String>,
+}
+
+impl Webhooks {
+    pub fn denied_networks(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.denied_networks
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                text.parse::<ipnet::IpNet>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|e| format!("webhooks.denied_networks[{i}] {text:?}: {e}"))
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -36,14 +36,44 @@ const IN_FLIGHT: usize = 1_024;
 /// a commit, the rows moved per commit, not the calls, were the limit.
 const CLAIMED_AHEAD: usize = 4 * IN_FLIGHT;
 
-/// The HTTP client webhooks are called with: HTTP/1.1 and HTTPS (rustls, system roots plus
-/// `webhooks.ca_file`), connections kept per host.
+/// The HTTP client webhooks (and SMS and push providers) are called with: HTTP/1.1 and
+/// HTTPS (rustls, system roots plus `webhooks.ca_file`), connections kept per host, no
+/// redirects followed, and addresses in `webhooks.denied_networks` never connected to.
+/// `same_host_redirects` gives the client webhooks with `follow_redirects` use instead.
 ///
 /// As many idle connections are kept per host as calls may be in flight: with fewer, each
 /// burst of calls to one busy host (a provider API, a CRM) closed most of its connections
 /// and opened them again for the next burst.
-pub fn client(config: &crate::config::Webhooks) -> Result<reqwest::Client, String> {
-    let mut builder = crate::http::client_builder().pool_max_idle_per_host(IN_FLIGHT);
+pub fn client(
+    config: &crate::config::Webhooks,
+    same_host_redirects: bool,
+) -> Result<reqwest::Client, String> {
+    let policy = if same_host_redirects {
+        // At most 5 hops, each to the host the call was made to: a redirect to another
+        // host would carry this call's headers (and body) there.
+        reqwest::redirect::Policy::custom(|attempt| {
+            let same = attempt.previous().first().is_some_and(|first| {
+                first.host_str() == attempt.url().host_str()
+                    && first.port_or_known_default() == attempt.url().port_or_known_default()
+            });
+            if attempt.previous().len() > 5 {
+                attempt.error("more than 5 redirects")
+            } else if same {
+                attempt.follow()
+            } else {
+                attempt.error("a redirect to another host is not followed")
+            }
+        })
+    } else {
+        reqwest::redirect::Policy::none()
+    };
+    let denied = config.denied_networks()?;
+    let mut builder = crate::http::client_builder()
+        .pool_max_idle_per_host(IN_FLIGHT)
+        .redirect(policy);
+    if !denied.is_empty() {
+        builder = builder.dns_resolver(Arc::new(crate::http::FilteredResolver::new(denied)));
+    }
     if let Some(path) = &config.ca_file {
         let pem =
             std::fs::read(path).map_err(|e| format!("webhooks.ca_file {}: {e}", path.display()))?;
@@ -60,6 +90,48 @@ pub fn client(config: &crate::config::Webhooks) -> Result<reqwest::Client, Strin
     builder
         .build()
         .map_err(|e| format!("cannot build the webhook HTTP client: {e}"))
+}
+
+/// Which webhook URLs may be called (`webhooks.allowed_hosts`, `webhooks.denied_networks`).
+#[derive(Default)]
+pub struct WebhookPolicy {
+    /// The client for webhooks that follow same-host redirects.
+    pub following: Option<reqwest::Client>,
+    /// Hosts calls may go to (`api.example.com`, or `*.example.com` for its subdomains);
+    /// empty allows every host.
+    pub allowed_hosts: Vec<String>,
+    /// Networks no call may reach; checked on IP-literal URLs here and on every resolved
+    /// address by the client's resolver.
+    pub denied_networks: Vec<ipnet::IpNet>,
+}
+
+impl WebhookPolicy {
+    /// Why a call to `url` may not be made, if it may not.
+    fn refuses(&self, url: &reqwest::Url) -> Option<String> {
+        let host = url.host_str()?;
+        if !self.allowed_hosts.is_empty()
+            && !self
+                .allowed_hosts
+                .iter()
+                .any(|allowed| match allowed.strip_prefix("*.") {
+                    Some(domain) => host
+                        .strip_suffix(domain)
+                        .is_some_and(|sub| sub.ends_with('.')),
+                    None => host.eq_ignore_ascii_case(allowed),
+                })
+        {
+            return Some(format!("host {host} is not in webhooks.allowed_hosts"));
+        }
+        let ip = match url.host()? {
+            url::Host::Ipv4(ip) => std::net::IpAddr::V4(ip),
+            url::Host::Ipv6(ip) => std::net::IpAddr::V6(ip),
+            url::Host::Domain(_) => return None,
+        };
+        self.denied_networks
+            .iter()
+            .find(|net| net.contains(&ip))
+            .map(|net| format!("{ip} is in a denied network ({net})"))
+    }
 }
 
 /// What deliveries need besides the HTTP client: channel configuration.
@@ -80,6 +152,7 @@ pub struct Channels {
     pub throttles: std::collections::HashMap<String, Pace>,
     /// How long a claimed row stays ours unless renewed (`outbox.lease`).
     pub lease_ms: i64,
+    pub webhooks: WebhookPolicy,
 }
 
 /// How long a throttled send may wait in its task for its slot; a later slot sends the
@@ -485,7 +558,7 @@ async fn deliver(
     };
     let channel = item.effect["channel"].as_str().unwrap_or_default();
     let delivery = match (item.kind.as_str(), channel) {
-        ("webhook", _) => webhook(client, channels.webhook_key.as_deref(), item).await,
+        ("webhook", _) => webhook(client, channels, item).await,
         // Email and SMS also say what a failure means for the address.
         ("message", "email") => {
             return match &channels.email {
@@ -539,8 +612,13 @@ pub fn retry_or_fail(item: &OutboxItem, retry: Retry, error: String) -> Delivery
     }
 }
 
-async fn webhook(client: &reqwest::Client, key: Option<&[u8]>, item: &OutboxItem) -> Delivery {
+/// Most bytes of a webhook's response body kept (in the outbox and the journey context);
+/// the rest is not read.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+async fn webhook(client: &reqwest::Client, channels: &Channels, item: &OutboxItem) -> Delivery {
     let e = &item.effect;
+    let key = channels.webhook_key.as_deref();
     let retries = e["retries"].as_u64().unwrap_or(3) as u32;
     // Clamped for journeys published before the limit was checked.
     let timeout = Duration::from_millis(
@@ -551,7 +629,20 @@ async fn webhook(client: &reqwest::Client, key: Option<&[u8]>, item: &OutboxItem
     );
     let method = reqwest::Method::from_bytes(e["method"].as_str().unwrap_or("POST").as_bytes())
         .unwrap_or(reqwest::Method::POST);
-    let url = e["url"].as_str().unwrap_or_default();
+    let url = match reqwest::Url::parse(e["url"].as_str().unwrap_or_default()) {
+        Ok(url) => url,
+        Err(err) => return Delivery::Failed(format!("invalid URL: {err}")),
+    };
+    if let Some(why) = channels.webhooks.refuses(&url) {
+        return Delivery::Failed(format!("not called: {why}"));
+    }
+    let client = match (
+        &channels.webhooks.following,
+        e["follow_redirects"].as_bool(),
+    ) {
+        (Some(following), Some(true)) => following,
+        _ => client,
+    };
     let mut request = client
         .request(method, url)
         .timeout(timeout)
@@ -585,10 +676,26 @@ async fn webhook(client: &reqwest::Client, key: Option<&[u8]>, item: &OutboxItem
     match request.send().await {
         Ok(response) if response.status().is_success() => {
             let status = response.status().as_u16();
-            let text = response.text().await.unwrap_or_default();
+            let (bytes, truncated) = read_capped(response, MAX_RESPONSE_BYTES).await;
+            if truncated {
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                return Delivery::Delivered(
+                    json!({"status": status, "body": text, "truncated": true}),
+                );
+            }
+            let text = String::from_utf8_lossy(&bytes).into_owned();
             let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
             Delivery::Delivered(json!({"status": status, "body": body}))
         }
+        Ok(response) if response.status().is_redirection() => Delivery::Failed(format!(
+            "HTTP {} redirect not followed (to {}); set follow_redirects for same-host redirects",
+            response.status(),
+            response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("?")
+        )),
         Ok(response) if provider_busy(response.status()) => {
             retry_or_fail(format!("HTTP {}", response.status()))
         }
@@ -596,6 +703,20 @@ async fn webhook(client: &reqwest::Client, key: Option<&[u8]>, item: &OutboxItem
         Err(err) if err.is_timeout() => retry_or_fail(format!("timed out after {timeout:?}")),
         Err(err) => retry_or_fail(format!("request failed: {}", with_causes(&err))),
     }
+}
+
+/// At most `cap` bytes of a response body, and whether there was more (left unread).
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = cap - out.len();
+        if chunk.len() > room {
+            out.extend_from_slice(&chunk[..room]);
+            return (out, true);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    (out, false)
 }
 
 /// An answer that is the far side's trouble, not the request's (5xx, or 429 Too Many

@@ -133,7 +133,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         })
     };
 
-    let http = crate::dispatch::client(&config.webhooks)?;
+    let http = crate::dispatch::client(&config.webhooks, false)?;
     let link_secret = crate::config::link_secret(&config)?;
     let direct_mail = config
         .direct_mail
@@ -170,6 +170,11 @@ pub async fn run(config: Config) -> Result<(), String> {
         retry_window_ms: config.governance.retry_window_ms()?,
         throttles: config.governance.throttles()?,
         lease_ms: config.outbox.lease_ms()?,
+        webhooks: crate::dispatch::WebhookPolicy {
+            following: Some(crate::dispatch::client(&config.webhooks, true)?),
+            allowed_hosts: config.webhooks.allowed_hosts.clone(),
+            denied_networks: config.webhooks.denied_networks()?,
+        },
     };
     let dispatcher = tokio::spawn(crate::dispatch::run(store.clone(), http, channels));
 

@@ -3258,3 +3258,206 @@ async fn unsubscribing_from_a_list_stops_that_list_only() {
         "{record}"
     );
 }
+
+/// The webhook's effect row for `user`, once it is no longer pending.
+async fn settled_webhook(c: &reqwest::Client, base: &str, user: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let (_, body) = get(
+            c,
+            base,
+            ADMIN,
+            &format!("/v1/profiles/user_id/{user}/journeys"),
+        )
+        .await;
+        let found = body["effects"].as_array().and_then(|e| {
+            e.iter()
+                .find(|e| e["kind"] == "webhook" && e["status"] != "pending")
+                .cloned()
+        });
+        if let Some(effect) = found {
+            return effect;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "not settled: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Redirects are not followed unless asked for, and then to the same host only; a large
+/// response body is kept only up to its cap; a denied network is never called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_follow_no_foreign_redirect_keep_a_capped_body_and_respect_denied_networks() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let other_host_hits = std::sync::Arc::new(AtomicU32::new(0));
+    // "Another host": a second server, on its own port.
+    let hits = other_host_hits.clone();
+    let other = axum::Router::new().route(
+        "/steal",
+        axum::routing::post(move || {
+            let hits = hits.clone();
+            async move {
+                hits.fetch_add(1, Ordering::SeqCst);
+                "stolen"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.2:0")
+        .await
+        .expect("bind");
+    let other_addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, other).await.expect("other") });
+    let foreign = format!("http://{other_addr}/steal");
+    let app = axum::Router::new()
+        .route(
+            "/moved",
+            axum::routing::post(|| async {
+                (
+                    axum::http::StatusCode::TEMPORARY_REDIRECT,
+                    [("location", "/final")],
+                    "",
+                )
+            }),
+        )
+        .route(
+            "/final",
+            axum::routing::post(|| async { axum::Json(json!({"landed": true})) }),
+        )
+        .route(
+            "/away",
+            axum::routing::post(move || {
+                let foreign = foreign.clone();
+                async move {
+                    (
+                        axum::http::StatusCode::TEMPORARY_REDIRECT,
+                        [("location", foreign)],
+                        "",
+                    )
+                }
+            }),
+        )
+        .route(
+            "/big",
+            axum::routing::post(|| async { "x".repeat(1024 * 1024) }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("sink") });
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_with_env(
+        Launch {
+            data_dir: &dir.path().join("data"),
+            store: None,
+            configured_keys: true,
+        },
+        &[],
+    );
+    let c = client();
+    for (key, path, follow) in [
+        ("plain", "moved", false),
+        ("follow", "moved", true),
+        ("away", "away", true),
+        ("big", "big", false),
+    ] {
+        let doc = json!({"key": key, "entry": {"event": key}, "nodes": [
+            {"id": "call", "type": "webhook", "url": format!("http://{addr}/{path}"), "retries": 0,
+             "follow_redirects": follow, "next": "done"},
+            {"id": "done", "type": "end"}]});
+        put_and_publish(&c, &server.base, &doc).await;
+        send_batch(
+            &c,
+            &server.base,
+            WRITE_KEY,
+            &json!([{"type": "track", "userId": key, "event": key}]),
+        )
+        .await
+        .expect("ingest");
+    }
+    let plain = settled_webhook(&c, &server.base, "plain").await;
+    assert_eq!(plain["status"], "failed", "{plain}");
+    assert!(
+        plain["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("redirect not followed"),
+        "{plain}"
+    );
+    let follow = settled_webhook(&c, &server.base, "follow").await;
+    assert_eq!(
+        (follow["status"].as_str(), &follow["result"]["body"]),
+        (Some("done"), &json!({"landed": true})),
+        "{follow}"
+    );
+    let away = settled_webhook(&c, &server.base, "away").await;
+    assert_eq!(away["status"], "failed", "{away}");
+    assert!(
+        away["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("another host"),
+        "{away}"
+    );
+    assert_eq!(
+        other_host_hits.load(Ordering::SeqCst),
+        0,
+        "the other host was never called"
+    );
+    let big = settled_webhook(&c, &server.base, "big").await;
+    assert_eq!(
+        (big["status"].as_str(), big["result"]["truncated"].as_bool()),
+        (Some("done"), Some(true))
+    );
+    assert_eq!(
+        big["result"]["body"].as_str().map(str::len),
+        Some(64 * 1024)
+    );
+    drop(server);
+
+    // A deployment that forbids loopback: neither the address nor a name for it is called.
+    let denied_dir = tempfile::tempdir().expect("tempdir");
+    let config = denied_dir.path().join("waymark.toml");
+    std::fs::write(
+        &config,
+        "[webhooks]\ndenied_networks = [\"127.0.0.0/8\", \"::1/128\"]\n",
+    )
+    .expect("config");
+    let server = Server::start_with_env(
+        Launch {
+            data_dir: &denied_dir.path().join("data"),
+            store: None,
+            configured_keys: true,
+        },
+        &[("WAYMARK_CONFIG", config.to_str().expect("utf-8"))],
+    );
+    for (key, host) in [
+        ("literal", addr.to_string()),
+        ("named", format!("localhost:{}", addr.port())),
+    ] {
+        let doc = json!({"key": key, "entry": {"event": key}, "nodes": [
+            {"id": "call", "type": "webhook", "url": format!("http://{host}/final"), "retries": 0, "next": "done"},
+            {"id": "done", "type": "end"}]});
+        put_and_publish(&c, &server.base, &doc).await;
+        send_batch(
+            &c,
+            &server.base,
+            WRITE_KEY,
+            &json!([{"type": "track", "userId": key, "event": key}]),
+        )
+        .await
+        .expect("ingest");
+        let effect = settled_webhook(&c, &server.base, key).await;
+        assert_eq!(effect["status"], "failed", "{effect}");
+        assert!(
+            effect["last_error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("denied network"),
+            "{key}: {effect}"
+        );
+    }
+}

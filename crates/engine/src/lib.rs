@@ -147,6 +147,8 @@ pub enum Effect {
         body: Option<Value>,
         timeout_ms: i64,
         retries: u32,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        follow_redirects: bool,
     },
     UpdateProfile {
         key: String,
@@ -801,6 +803,7 @@ impl Run<'_> {
                     url,
                     retries,
                     on_error,
+                    follow_redirects,
                     ..
                 } => {
                     let rendered = self.render_webhook(idx, event, &instance.context);
@@ -835,6 +838,7 @@ impl Run<'_> {
                         body,
                         timeout_ms: j.durations.get(&idx).copied().unwrap_or(10_000),
                         retries: retries.unwrap_or(3),
+                        follow_redirects: *follow_redirects,
                     });
                     self.step(
                         instance,

@@ -182,6 +182,10 @@ pub enum NodeKind {
         timeout: Option<DurationText>,
         #[serde(default)]
         retries: Option<u32>,
+        /// Follow redirects to the same host (never to another: a redirect must not carry
+        /// this call's headers elsewhere). Off by default: a redirect is then an error.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        follow_redirects: bool,
         next: String,
         /// Taken when the call still fails after its retries.
         #[serde(default)]
