@@ -34,6 +34,46 @@ pub struct Config {
     pub email: Option<Email>,
     pub governance: Governance,
     pub outbox: Outbox,
+    pub http: Http,
+}
+
+/// Limits on the HTTP server's connections (see `waymark_server::listen::Limits`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    /// Connections open at once (default 4096); more wait to be accepted.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// How long a request's headers may take, and a kept-alive connection may idle (`30s`).
+    #[serde(default)]
+    pub header_timeout: Option<String>,
+    /// How long a request's body may take once its headers are in (`30s`).
+    #[serde(default)]
+    pub body_timeout: Option<String>,
+}
+
+impl Http {
+    pub fn limits(&self) -> Result<waymark_server::listen::Limits, String> {
+        let defaults = waymark_server::listen::Limits::default();
+        let duration = |key: &str, text: &Option<String>, default: std::time::Duration| match text {
+            None => Ok(default),
+            Some(text) => waymark_core::journey::parse_duration_ms(text)
+                .map(|ms| std::time::Duration::from_millis(ms.max(1) as u64))
+                .map_err(|e| format!("http.{key}: {e}")),
+        };
+        Ok(waymark_server::listen::Limits {
+            max_connections: self
+                .max_connections
+                .unwrap_or(defaults.max_connections)
+                .max(1),
+            header_timeout: duration(
+                "header_timeout",
+                &self.header_timeout,
+                defaults.header_timeout,
+            )?,
+            body_timeout: duration("body_timeout", &self.body_timeout, defaults.body_timeout)?,
+        })
+    }
 }
 
 /// How the outbox dispatcher holds the rows it delivers.
@@ -407,13 +447,15 @@ impl Default for Config {
             email: None,
             governance: Governance::default(),
             outbox: Outbox::default(),
+            http: Http::default(),
         }
     }
 }
 
 /// The environment variables read, after the `WAYMARK_` prefix (`__` nests: `WAYMARK_RETENTION__MAX_EVENT_AGE_DAYS`).
 /// Other `WAYMARK_*` variables (e.g. `WAYMARK_LOG`) are not configuration keys.
-const ENV_KEYS: [&str; 12] = [
+const ENV_KEYS: [&str; 13] = [
+    "http.max_connections",
     "write_keys",
     "admin_tokens",
     "partitions",
@@ -430,7 +472,9 @@ const ENV_KEYS: [&str; 12] = [
 
 /// Keys whose environment value is taken as written. figment reads `+15550100` or an
 /// all-digit token as a number (dropping the `+`), so these skip its parsing.
-const ENV_TEXT_KEYS: [&str; 35] = [
+const ENV_TEXT_KEYS: [&str; 37] = [
+    "http.header_timeout",
+    "http.body_timeout",
     "outbox.lease",
     "data_dir",
     "listen",

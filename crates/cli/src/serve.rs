@@ -206,9 +206,9 @@ pub async fn run(config: Config) -> Result<(), String> {
         });
     }
     let app = waymark_server::app(state);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    let served =
+        waymark_server::listen::serve(listener, app, config.http.limits()?, shutdown_signal())
+            .await;
     pruner.abort();
     timers.abort();
     dispatcher.abort();

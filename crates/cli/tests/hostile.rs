@@ -136,3 +136,119 @@ async fn a_nul_character_is_refused_alone_on_postgres() {
     let url = common::fresh_postgres_url().await;
     poisoned_neighbours_do_not_fail(Some(&url)).await;
 }
+
+/// Reads from `stream` until the server closes it; how long that took.
+async fn closed_after(
+    stream: &mut tokio::net::TcpStream,
+    within: std::time::Duration,
+) -> (std::time::Duration, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(within, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (started.elapsed(), got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the server kept the connection open for {within:?}"),
+        }
+    }
+}
+
+/// Slow clients cannot hold the server: headers must arrive within `http.header_timeout`,
+/// bodies within `http.body_timeout`, and connections past `http.max_connections` wait
+/// for a free one instead of piling up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_connections_are_capped() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let server = Server::start_with_env(
+        Launch {
+            data_dir: &data,
+            store: None,
+            configured_keys: true,
+        },
+        &[
+            ("WAYMARK_HTTP__HEADER_TIMEOUT", "1s"),
+            ("WAYMARK_HTTP__BODY_TIMEOUT", "1s"),
+            ("WAYMARK_HTTP__MAX_CONNECTIONS", "3"),
+        ],
+    );
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let limit = std::time::Duration::from_secs(5);
+    // Slowloris: half a request line, then nothing.
+    let mut slow = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    slow.write_all(b"POST /v1/track HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let (took, _) = closed_after(&mut slow, limit).await;
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+    // Headers in, body promised and never finished: 408.
+    let mut stalled = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let auth = base64_basic(WRITE_KEY);
+    stalled
+        .write_all(format!("POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"userId\"").as_bytes())
+        .await
+        .expect("write");
+    let (_, answer) = closed_after(&mut stalled, limit).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // Three idle connections fill the cap; a fourth client is served once the header
+    // timeout has closed one of them, not refused and not left hanging.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(
+            tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let r = client()
+        .get(format!("{}/healthz", server.base))
+        .send()
+        .await
+        .expect("served");
+    assert_eq!(r.status(), 200);
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(500),
+        "served at once ({waited:?}): the cap did not hold"
+    );
+    // And the method label of the metrics takes no made-up methods.
+    let mut odd = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    odd.write_all(b"BREW /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let _ = closed_after(&mut odd, limit).await;
+    let metrics = client()
+        .get(format!("{}/metrics", server.base))
+        .bearer_auth(common::ADMIN)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        !metrics.contains("BREW"),
+        "a made-up method made a time series"
+    );
+    assert!(metrics.contains("method=\"other\""), "{metrics}");
+}
+
+fn base64_basic(key: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
+}

@@ -108,6 +108,17 @@ impl ApiError {
         e
     }
 
+    /// The body did not arrive in time (`listen::Limits::body_timeout`), or the client
+    /// went away while sending it.
+    pub fn body_not_received(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request",
+            "body_timeout",
+            message,
+        )
+    }
+
     pub fn conflict(code: &str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "invalid_request", code, message)
     }
@@ -165,4 +176,23 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// Reads a request body of at most `limit` bytes: past it, `too_large`; a body that does
+/// not arrive in time (or breaks off) is a `408`, not a size problem.
+pub(crate) async fn read_limited(
+    body: axum::body::Body,
+    limit: usize,
+    too_large: impl FnOnce() -> ApiError,
+) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(err) = source {
+            if err.is::<http_body_util::LengthLimitError>() {
+                return too_large();
+            }
+            source = err.source();
+        }
+        ApiError::body_not_received(format!("the request body was not received: {e}"))
+    })
 }

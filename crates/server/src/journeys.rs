@@ -103,17 +103,16 @@ pub async fn put_journey(
     body: Body,
 ) -> Result<axum::Json<JourneyView>, ApiError> {
     state.keys.require_admin(&headers)?;
-    let bytes = axum::body::to_bytes(body, MAX_DOCUMENT_BYTES)
-        .await
-        .map_err(|_| {
-            ApiError::bad_request(
-                "document_too_large",
-                format!(
-                    "a journey document may be at most {} KB",
-                    MAX_DOCUMENT_BYTES / 1024
-                ),
-            )
-        })?;
+    let bytes = crate::error::read_limited(body, MAX_DOCUMENT_BYTES, || {
+        ApiError::bad_request(
+            "document_too_large",
+            format!(
+                "a journey document may be at most {} KB",
+                MAX_DOCUMENT_BYTES / 1024
+            ),
+        )
+    })
+    .await?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| ApiError::bad_request("invalid_document", "the document is not UTF-8"))?;
     let format = if is_yaml(&headers) {

@@ -10,6 +10,7 @@ pub mod inbox;
 pub mod ingest;
 pub mod journeys;
 pub mod links;
+pub mod listen;
 pub mod ops;
 pub mod profiles;
 pub mod reports;

@@ -167,9 +167,10 @@ pub async fn put(
 ) -> Result<axum::Json<SuppressionView>, ApiError> {
     state.keys.require_admin(&headers)?;
     let address = address(&channel, &raw)?;
-    let bytes = axum::body::to_bytes(body, 16 * 1024)
-        .await
-        .map_err(|_| ApiError::bad_request("body_too_large", "the body may be at most 16 KB"))?;
+    let bytes = crate::error::read_limited(body, 16 * 1024, || {
+        ApiError::bad_request("body_too_large", "the body may be at most 16 KB")
+    })
+    .await?;
     let body: SuppressBody = if bytes.iter().all(u8::is_ascii_whitespace) {
         SuppressBody {
             reason: None,

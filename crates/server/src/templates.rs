@@ -70,14 +70,13 @@ const MAX_BODY_BYTES: usize = 512 * 1024;
 pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
     body: axum::body::Body,
 ) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| {
-            ApiError::bad_request(
-                "document_too_large",
-                format!("the body may be at most {} KB", MAX_BODY_BYTES / 1024),
-            )
-        })?;
+    let bytes = crate::error::read_limited(body, MAX_BODY_BYTES, || {
+        ApiError::bad_request(
+            "document_too_large",
+            format!("the body may be at most {} KB", MAX_BODY_BYTES / 1024),
+        )
+    })
+    .await?;
     let de = &mut serde_json::Deserializer::from_slice(&bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
