@@ -648,17 +648,45 @@ pub fn resolve_keys(config: &Config) -> Result<ResolvedKeys, String> {
 }
 
 /// The secret signed links (unsubscribe) are signed with: `<data_dir>/link_secret`, made
-/// once (256 random bits, mode 0600) and kept, so links in sent emails stay valid.
+/// on first start.
 pub fn link_secret(config: &Config) -> Result<Vec<u8>, String> {
-    let file = config.data_dir.join("link_secret");
+    secret_file(
+        config,
+        "link_secret",
+        "a link secret",
+        "links already sent stop working",
+    )
+}
+
+/// The secret identity proofs (`X-Waymark-User-Hash`, for what a browser or app reads about
+/// one person) are checked with: `<data_dir>/identity_secret`, made on first start. The
+/// customer's backend signs its users' identities with it.
+pub fn identity_secret(config: &Config) -> Result<Vec<u8>, String> {
+    secret_file(
+        config,
+        "identity_secret",
+        "an identity secret",
+        "user hashes your backend already issued stop working",
+    )
+}
+
+/// A random secret kept in `<data_dir>/<name>`: made (whole or not at all) on first start,
+/// refused when shorter than `links::MIN_SECRET_BYTES`.
+fn secret_file(
+    config: &Config,
+    name: &str,
+    what: &str,
+    if_replaced: &str,
+) -> Result<Vec<u8>, String> {
+    let file = config.data_dir.join(name);
     if file.exists() {
         let text = std::fs::read_to_string(&file)
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
         let secret = text.trim();
         if secret.len() < waymark_core::links::MIN_SECRET_BYTES {
             return Err(format!(
-                "{} holds {} bytes; a link secret needs at least {} (anyone who guesses it can sign links). \
-                 Delete the file to have a new one made (links already sent stop working), or write a longer random secret into it",
+                "{} holds {} bytes; {what} needs at least {} (anyone who guesses it can sign for it). \
+                 Delete the file to have a new one made ({if_replaced}), or write a longer random secret into it",
                 file.display(),
                 secret.len(),
                 waymark_core::links::MIN_SECRET_BYTES

@@ -184,7 +184,9 @@ pub async fn run(config: Config) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, "listening");
     println!("Waymark listening on http://{addr}");
-    let mut state = AppState::new(store.clone(), keys.keys).with_link_secret(link_secret);
+    let mut state = AppState::new(store.clone(), keys.keys)
+        .with_link_secret(link_secret)
+        .with_identity_secret(crate::config::identity_secret(&config)?);
     if let Some(sms) = &config.sms
         && let Some(url) = &sms.inbound_url
     {

@@ -122,6 +122,19 @@ pub fn webhook_signature(key: &[u8], id: &str, timestamp_secs: i64, body: &[u8])
     )
 }
 
+/// The proof that a browser or app speaks for one person (`X-Waymark-User-Hash`): the
+/// customer's backend signs the person's identity, `namespace:value` as Waymark normalises
+/// it (`user_id:ada`, `email:ada@example.com`), with the server's identity secret; hex of
+/// HMAC-SHA256, the "user hash" that Intercom and Braze SDKs send.
+pub fn user_hash(secret: &[u8], namespace: &str, value: &str) -> String {
+    sign(secret, &format!("{namespace}:{value}"))
+}
+
+/// Whether `hash` is the person's [`user_hash`], compared in constant time.
+pub fn verify_user_hash(secret: &[u8], namespace: &str, value: &str, hash: &str) -> bool {
+    verify(secret, &format!("{namespace}:{value}"), hash)
+}
+
 /// What an unsubscribe link says: the person with this identity (`email:ada@example.com`)
 /// leaves this channel's marketing messages.
 pub fn unsubscribe_payload(identity: &str, channel: &str) -> String {

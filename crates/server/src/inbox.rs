@@ -1,4 +1,5 @@
-//! The in-app / web inbox (write key, as apps and pages embed it): `in_app` messages that
+//! The in-app / web inbox (write key, as apps and pages embed it, plus the person's user
+//! hash, which the customer's backend issues): `in_app` messages that
 //! journeys left for a person, newest first, until they expire or are dismissed. Reading
 //! and dismissing are recorded as marks and as events (`In-App Message Read`, `In-App
 //! Message Dismissed`), so journeys can wait for them.
@@ -39,6 +40,34 @@ pub struct InboxView {
 
 fn identity(namespace: &str, value: &str) -> Result<Identity, ApiError> {
     Identity::parse(namespace, value).map_err(|m| ApiError::field("invalid_identity", "value", m))
+}
+
+/// The header a browser or app proves whose inbox it reads with (see `links::user_hash`).
+pub const USER_HASH_HEADER: &str = "x-waymark-user-hash";
+
+/// The write key alone ships inside every page and app, so it cannot say who is asking:
+/// reading or changing one person's inbox also takes that person's user hash, which only
+/// the customer's backend can make.
+fn require_person(state: &AppState, headers: &HeaderMap, id: &Identity) -> Result<(), ApiError> {
+    state.keys.require_write(headers)?;
+    let secret = state.identity_secret.as_deref().ok_or_else(|| {
+        ApiError::forbidden("identity verification is not configured on this server")
+    })?;
+    let hash = headers
+        .get(USER_HASH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if waymark_core::links::verify_user_hash(secret, id.namespace.as_str(), &id.value, hash) {
+        Ok(())
+    } else {
+        let mut e = ApiError::forbidden(format!(
+            "{USER_HASH_HEADER} must be the user hash of {}:{} (HMAC-SHA256 of it under the identity secret, hex)",
+            id.namespace.as_str(),
+            id.value
+        ));
+        e.body.code = "invalid_user_hash".into();
+        Err(e)
+    }
 }
 
 /// The person's in-app messages still in the inbox (delivered, not expired), with marks.
@@ -89,15 +118,16 @@ fn view(o: &OutboxEntry, mark: InboxMark) -> InboxMessage {
 /// are unread. A person Waymark does not know has an empty inbox.
 #[utoipa::path(get, path = "/v1/inbox/{namespace}/{value}", tag = "inbox",
     params(("namespace" = String, Path), ("value" = String, Path)),
-    responses((status = 200, body = InboxView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    responses((status = 200, body = InboxView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "Missing or wrong X-Waymark-User-Hash", body = ErrorBody)),
     security(("write_key" = [])))]
 pub async fn get_inbox(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path((namespace, value)): Path<(String, String)>,
 ) -> Result<axum::Json<InboxView>, ApiError> {
-    state.keys.require_write(&headers)?;
     let id = identity(&namespace, &value)?;
+    require_person(&state, &headers, &id)?;
     let mut messages: Vec<(i64, InboxMessage)> = current(&state, &id, wall_clock_ms())
         .await?
         .into_iter()
@@ -126,7 +156,8 @@ pub async fn mark(
     headers: HeaderMap,
     Path((namespace, value, message, action)): Path<(String, String, String, String)>,
 ) -> Result<axum::Json<InboxMessage>, ApiError> {
-    state.keys.require_write(&headers)?;
+    let id = identity(&namespace, &value)?;
+    require_person(&state, &headers, &id)?;
     let (dismiss, event) = match action.as_str() {
         "read" => (false, "In-App Message Read"),
         "dismiss" => (true, "In-App Message Dismissed"),
@@ -138,7 +169,6 @@ pub async fn mark(
             ));
         }
     };
-    let id = identity(&namespace, &value)?;
     let now = wall_clock_ms();
     let Some((entry, _)) = current(&state, &id, now)
         .await?

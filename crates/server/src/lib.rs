@@ -31,6 +31,9 @@ pub struct AppState {
     pub keys: Arc<Keys>,
     /// The secret signed links (unsubscribe) are checked with; without one, none are valid.
     pub link_secret: Option<Arc<Vec<u8>>>,
+    /// The secret identity proofs (user hashes) are checked with; without one, per-person
+    /// reads through the write key (the inbox) are refused.
+    pub identity_secret: Option<Arc<Vec<u8>>>,
     /// Inbound SMS (keywords): the provider's auth token and the URL it calls.
     pub sms_inbound: Option<Arc<links::SmsInbound>>,
     /// SMS status callbacks: the provider's auth token and the callback URL.
@@ -46,6 +49,7 @@ impl AppState {
             store,
             keys: Arc::new(keys),
             link_secret: None,
+            identity_secret: None,
             sms_inbound: None,
             sms_status: None,
             email_senders: None,
@@ -64,6 +68,11 @@ impl AppState {
 
     pub fn with_email_senders(mut self, names: std::collections::BTreeSet<String>) -> Self {
         self.email_senders = Some(Arc::new(names));
+        self
+    }
+
+    pub fn with_identity_secret(mut self, secret: Vec<u8>) -> Self {
+        self.identity_secret = Some(Arc::new(secret));
         self
     }
 

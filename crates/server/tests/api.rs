@@ -34,7 +34,9 @@ async fn sqlite() -> Api {
     let store =
         waymark_store_sqlite::SqliteStore::open(dir.path(), StoreOptions::default()).expect("open");
     Api {
-        router: app(AppState::new(Arc::new(store), keys())),
+        router: app(
+            AppState::new(Arc::new(store), keys()).with_identity_secret(IDENTITY_SECRET.to_vec())
+        ),
         _guard: Some(dir),
     }
 }
@@ -59,7 +61,9 @@ async fn postgres() -> Api {
             .await
             .expect("open");
     Api {
-        router: app(AppState::new(Arc::new(store), keys())),
+        router: app(
+            AppState::new(Arc::new(store), keys()).with_identity_secret(IDENTITY_SECRET.to_vec())
+        ),
         _guard: None,
     }
 }
@@ -67,7 +71,16 @@ async fn postgres() -> Api {
 pub enum Auth<'a> {
     None,
     Write(&'a str),
+    /// The write key and the user hash of `namespace:value` (the inbox).
+    WriteAs(&'a str, &'a str),
     Admin(&'a str),
+}
+
+const IDENTITY_SECRET: &[u8] = b"identity-secret-for-tests-0123456789abcdef";
+
+fn user_hash(identity: &str) -> String {
+    let (namespace, value) = identity.split_once(':').expect("namespace:value");
+    waymark_core::links::user_hash(IDENTITY_SECRET, namespace, value)
 }
 
 pub struct Reply {
@@ -94,6 +107,12 @@ impl Api {
             Auth::Write(key) => {
                 let basic = base64::engine::general_purpose::STANDARD.encode(format!("{key}:"));
                 req = req.header("authorization", format!("Basic {basic}"));
+            }
+            Auth::WriteAs(key, identity) => {
+                let basic = base64::engine::general_purpose::STANDARD.encode(format!("{key}:"));
+                req = req
+                    .header("authorization", format!("Basic {basic}"))
+                    .header("x-waymark-user-hash", user_hash(identity));
             }
             Auth::Admin(token) => req = req.header("authorization", format!("Bearer {token}")),
         }
@@ -1341,8 +1360,31 @@ async fn inbox_shows_in_app_messages_until_dismissed_or_expired(api: &Api) {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let inbox =
-        |path: &'static str| api.call("GET", path, Auth::Write(WRITE_KEY), Vec::new(), None);
+    // The write key alone reads nobody's inbox: it ships in every page. The person's user
+    // hash (from the customer's backend) must come with it, and be that person's.
+    for auth in [
+        Auth::Write(WRITE_KEY),
+        Auth::WriteAs(WRITE_KEY, "user_id:bob"),
+    ] {
+        let r = api
+            .call("GET", "/v1/inbox/user_id/ann", auth, Vec::new(), None)
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+        assert_eq!(r.body["code"], "invalid_user_hash", "{}", r.text);
+    }
+    let inbox = |path: &'static str| {
+        let who = path.trim_start_matches("/v1/inbox/").replacen('/', ":", 1);
+        async move {
+            api.call(
+                "GET",
+                path,
+                Auth::WriteAs(WRITE_KEY, &who),
+                Vec::new(),
+                None,
+            )
+            .await
+        }
+    };
     let r = inbox("/v1/inbox/user_id/ann").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["unread"], 2, "{}", r.text);
@@ -1382,11 +1424,27 @@ async fn inbox_shows_in_app_messages_until_dismissed_or_expired(api: &Api) {
         r.text
     );
     let id = ids[0].clone();
+    let path = format!("/v1/inbox/user_id/ann/{id}/dismiss");
+    let r = api
+        .call("POST", &path, Auth::Write(WRITE_KEY), Vec::new(), None)
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "dismissing takes the user hash too: {}",
+        r.text
+    );
     let mark = |action: &str| {
         let path = format!("/v1/inbox/user_id/ann/{id}/{action}");
         async move {
-            api.call("POST", &path, Auth::Write(WRITE_KEY), Vec::new(), None)
-                .await
+            api.call(
+                "POST",
+                &path,
+                Auth::WriteAs(WRITE_KEY, "user_id:ann"),
+                Vec::new(),
+                None,
+            )
+            .await
         }
     };
     let r = mark("read").await;
@@ -1409,7 +1467,7 @@ async fn inbox_shows_in_app_messages_until_dismissed_or_expired(api: &Api) {
         .call(
             "POST",
             &format!("/v1/inbox/user_id/bob/{id}/read"),
-            Auth::Write(WRITE_KEY),
+            Auth::WriteAs(WRITE_KEY, "user_id:bob"),
             Vec::new(),
             None,
         )
