@@ -3286,6 +3286,18 @@ async fn settled_webhook(c: &reqwest::Client, base: &str, user: &str) -> Value {
     }
 }
 
+/// Publishes journey `key`: a webhook to `url` (no retries), entered by user `key` now.
+async fn call_once(c: &reqwest::Client, base: &str, key: &str, url: &str, follow: bool) {
+    let doc = json!({"key": key, "entry": {"event": key}, "nodes": [
+        {"id": "call", "type": "webhook", "url": url, "retries": 0, "follow_redirects": follow, "next": "done"},
+        {"id": "done", "type": "end"}]});
+    put_and_publish(c, base, &doc).await;
+    let entry = json!([{"type": "track", "userId": key, "event": key}]);
+    send_batch(c, base, WRITE_KEY, &entry)
+        .await
+        .expect("ingest");
+}
+
 /// Redirects are not followed unless asked for, and then to the same host only; a large
 /// response body is kept only up to its cap; a denied network is never called.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -3364,19 +3376,14 @@ async fn webhooks_follow_no_foreign_redirect_keep_a_capped_body_and_respect_deni
         ("away", "away", true),
         ("big", "big", false),
     ] {
-        let doc = json!({"key": key, "entry": {"event": key}, "nodes": [
-            {"id": "call", "type": "webhook", "url": format!("http://{addr}/{path}"), "retries": 0,
-             "follow_redirects": follow, "next": "done"},
-            {"id": "done", "type": "end"}]});
-        put_and_publish(&c, &server.base, &doc).await;
-        send_batch(
+        call_once(
             &c,
             &server.base,
-            WRITE_KEY,
-            &json!([{"type": "track", "userId": key, "event": key}]),
+            key,
+            &format!("http://{addr}/{path}"),
+            follow,
         )
-        .await
-        .expect("ingest");
+        .await;
     }
     let plain = settled_webhook(&c, &server.base, "plain").await;
     assert_eq!(plain["status"], "failed", "{plain}");
@@ -3438,18 +3445,14 @@ async fn webhooks_follow_no_foreign_redirect_keep_a_capped_body_and_respect_deni
         ("literal", addr.to_string()),
         ("named", format!("localhost:{}", addr.port())),
     ] {
-        let doc = json!({"key": key, "entry": {"event": key}, "nodes": [
-            {"id": "call", "type": "webhook", "url": format!("http://{host}/final"), "retries": 0, "next": "done"},
-            {"id": "done", "type": "end"}]});
-        put_and_publish(&c, &server.base, &doc).await;
-        send_batch(
+        call_once(
             &c,
             &server.base,
-            WRITE_KEY,
-            &json!([{"type": "track", "userId": key, "event": key}]),
+            key,
+            &format!("http://{host}/final"),
+            false,
         )
-        .await
-        .expect("ingest");
+        .await;
         let effect = settled_webhook(&c, &server.base, key).await;
         assert_eq!(effect["status"], "failed", "{effect}");
         assert!(

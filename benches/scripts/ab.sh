@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Two builds of waymark side by side, alternating: ingest alone and the 5-node journey.
+#   benches/scripts/ab.sh OLD_BINARY NEW_BINARY [ROUNDS]
+# Prints one line per run: which build, what, and the rate.
+set -euo pipefail
+old=$1 new=$2 rounds=${3:-3}
+here=$(cd "$(dirname "$0")/../.." && pwd)
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+"$new" bench sink --listen 127.0.0.1:9900 >/dev/null 2>&1 &
+sleep 0.5
+
+serve() { # binary dir
+  WAYMARK_WRITE_KEY=wk WAYMARK_ADMIN_TOKEN=adm "$1" serve --listen 127.0.0.1:18083 --data-dir "$2" \
+    >/dev/null 2>"$2.log" &
+  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18083/healthz >/dev/null && return; sleep 0.1; done
+  echo "server did not start" >&2; exit 1
+}
+stop() { kill "$1"; wait "$1" 2>/dev/null || true; }
+
+ingest() { # name binary
+  local dir="$work/$1-ingest-$RANDOM"
+  serve "$2" "$dir"; local pid=$!
+  local out
+  out=$("$new" bench ingest --url http://127.0.0.1:18083 --write-key wk --batch-size 100 \
+    --events 300000 --connections 16 --profiles 100000 2>/dev/null | tr -d '\n ')
+  echo "$1 ingest: $(echo "$out" | grep -o '"events_per_second":[0-9.]*' | cut -d: -f2) events/s, errors $(echo "$out" | grep -o '"errors":[0-9]*' | cut -d: -f2), p99 $(echo "$out" | grep -o '"p99":[0-9.]*' | cut -d: -f2) ms"
+  stop "$pid"
+}
+
+journey() { # name binary
+  local dir="$work/$1-five-$RANDOM"
+  serve "$2" "$dir"; local pid=$!
+  curl -sf -X PUT -H "Authorization: Bearer adm" -H 'content-type: application/json' \
+    --data @"$here/benches/journeys/five.json" http://127.0.0.1:18083/v1/journeys/five >/dev/null
+  curl -sf -X POST -H "Authorization: Bearer adm" http://127.0.0.1:18083/v1/journeys/five/publish >/dev/null
+  local before
+  before=$(curl -s http://127.0.0.1:9900/count | grep -o '"count":[0-9]*' | cut -d: -f2)
+  local start
+  start=$(date +%s.%N)
+  "$new" bench ingest --url http://127.0.0.1:18083 --write-key wk --batch-size 100 --events 50000 \
+    --connections 16 --profiles 50000 --identify-every 0 --run-id "$1$RANDOM" >/dev/null 2>&1
+  while :; do
+    now=$(curl -s http://127.0.0.1:9900/count | grep -o '"count":[0-9]*' | cut -d: -f2)
+    [ $((now - before)) -ge 50000 ] && break
+    sleep 0.05
+  done
+  local end
+  end=$(date +%s.%N)
+  echo "$1 five: $(echo "50000 / ($end - $start)" | bc -l | xargs printf '%.0f') journeys/s"
+  stop "$pid"
+}
+
+for r in $(seq 1 "$rounds"); do
+  ingest old "$old"; ingest new "$new"
+  journey old "$old"; journey new "$new"
+done
