@@ -486,8 +486,8 @@ pub async fn profile_outbox(
     let rows = client
         .query(
             "SELECT key, journey_key, kind, effect::text, status, attempts, last_error, result::text, created_at, next_attempt_at, finished_at
-             FROM journey_outbox WHERE profile_id = $1 ORDER BY seq",
-            &[&profile_id],
+             FROM (SELECT * FROM journey_outbox WHERE profile_id = $1 ORDER BY seq DESC LIMIT $2) AS newest ORDER BY seq",
+            &[&profile_id, &i64::from(waymark_store::MAX_PROFILE_OUTBOX)],
         )
         .await
         .map_err(db_error)?;
@@ -495,8 +495,10 @@ pub async fn profile_outbox(
     for r in client
         .query(
             "SELECT e.key, e.status, e.detail, e.at FROM message_events e
-             JOIN journey_outbox o ON o.key = e.key WHERE o.profile_id = $1 ORDER BY e.at",
-            &[&profile_id],
+             JOIN journey_outbox o ON o.key = e.key WHERE o.profile_id = $1
+               AND o.seq >= (SELECT min(seq) FROM (SELECT seq FROM journey_outbox WHERE profile_id = $1 ORDER BY seq DESC LIMIT $2) AS newest)
+             ORDER BY e.at",
+            &[&profile_id, &i64::from(waymark_store::MAX_PROFILE_OUTBOX)],
         )
         .await
         .map_err(db_error)?

@@ -456,7 +456,7 @@ pub fn profile_outbox(conn: &Connection, profile_id: &str) -> Result<Vec<OutboxE
     let mut stmt = conn
         .prepare_cached(
             "SELECT key, journey_key, kind, effect, status, attempts, last_error, result, created_at, next_attempt_at, finished_at
-             FROM journey_outbox WHERE profile_id = ?1 ORDER BY seq",
+             FROM (SELECT * FROM journey_outbox WHERE profile_id = ?1 ORDER BY seq DESC LIMIT ?2) ORDER BY seq",
         )
         .map_err(unavailable)?;
     type Raw = (
@@ -473,21 +473,24 @@ pub fn profile_outbox(conn: &Connection, profile_id: &str) -> Result<Vec<OutboxE
         Option<i64>,
     );
     let rows: Vec<Raw> = stmt
-        .query_map([profile_id], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-                r.get(8)?,
-                r.get(9)?,
-                r.get(10)?,
-            ))
-        })
+        .query_map(
+            params![profile_id, waymark_store::MAX_PROFILE_OUTBOX],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                    r.get(10)?,
+                ))
+            },
+        )
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .map_err(unavailable)?;
     let mut events = profile_message_events(conn, profile_id)?;
@@ -539,21 +542,26 @@ fn profile_message_events(
     let mut stmt = conn
         .prepare_cached(
             "SELECT e.key, e.status, e.detail, e.at FROM message_events e
-             JOIN journey_outbox o ON o.key = e.key WHERE o.profile_id = ?1 ORDER BY e.at",
+             JOIN journey_outbox o ON o.key = e.key WHERE o.profile_id = ?1
+               AND o.seq >= (SELECT min(seq) FROM (SELECT seq FROM journey_outbox WHERE profile_id = ?1 ORDER BY seq DESC LIMIT ?2))
+             ORDER BY e.at",
         )
         .map_err(unavailable)?;
     let mut events: HashMap<String, Vec<MessageEvent>> = HashMap::new();
     let rows = stmt
-        .query_map([profile_id], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                MessageEvent {
-                    status: r.get(1)?,
-                    detail: r.get(2)?,
-                    at: r.get(3)?,
-                },
-            ))
-        })
+        .query_map(
+            params![profile_id, waymark_store::MAX_PROFILE_OUTBOX],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    MessageEvent {
+                        status: r.get(1)?,
+                        detail: r.get(2)?,
+                        at: r.get(3)?,
+                    },
+                ))
+            },
+        )
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .map_err(unavailable)?;
     for (key, event) in rows {

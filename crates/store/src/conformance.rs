@@ -48,6 +48,7 @@ macro_rules! conformance_suite {
             suppression_list_counts_bounces_and_binds_every_message,
             dead_push_tokens_are_forgotten,
             provider_reports_are_kept_per_message_once_per_status,
+            a_long_history_is_read_newest_first_and_bounded,
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {
@@ -1694,4 +1695,38 @@ pub async fn refused_requests_fail_alone<S: Store + 'static>(
         assert_eq!(p.event_count, 1);
     }
     refused
+}
+
+/// A person with more effects than [`crate::MAX_PROFILE_OUTBOX`] reads back the newest ones
+/// only, oldest of those first.
+pub async fn a_long_history_is_read_newest_first_and_bounded(b: &impl Backend) {
+    let s = b.open(StoreOptions::default()).await;
+    let journey = json!({"key": "chatty", "entry": {"event": "Go"}, "properties": {"reentry": "always"}, "nodes": [
+        {"id": "note", "type": "update_profile", "set": {"noted": true}, "next": "done"},
+        {"id": "done", "type": "end"}]});
+    s.put_journey_draft("chatty", &journey, 1)
+        .await
+        .expect("put");
+    s.publish_journey("chatty", 1).await.expect("publish");
+    let total = crate::MAX_PROFILE_OUTBOX as usize + 5;
+    let batch: Vec<Value> = (0..total)
+        .map(|i| json!({"type": "track", "messageId": format!("chat-{i}"), "userId": "chatty", "event": "Go"}))
+        .collect();
+    s.ingest(events(Value::Array(batch))).await.expect("ingest");
+    let rows = s
+        .profile_outbox(&id("user_id", "chatty"))
+        .await
+        .expect("read")
+        .expect("known");
+    let instance = |key: &str| -> u64 {
+        key.split(':')
+            .nth(2)
+            .and_then(|n| n.parse().ok())
+            .expect("instance in key")
+    };
+    assert_eq!(rows.len(), crate::MAX_PROFILE_OUTBOX as usize);
+    let instances: Vec<u64> = rows.iter().map(|r| instance(&r.row.key)).collect();
+    assert_eq!(instances.first(), Some(&6), "the five oldest are left out");
+    assert_eq!(instances.last(), Some(&(total as u64)));
+    assert!(instances.windows(2).all(|w| w[0] < w[1]), "oldest first");
 }

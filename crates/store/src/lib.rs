@@ -427,13 +427,17 @@ pub trait JourneyRunStore: Send + Sync {
     /// its states (reading them scans nothing).
     async fn journey_stats(&self, journey: &str) -> Result<JourneyStats, StoreError>;
 
-    /// Effects recorded for the person (messages, webhooks, ...), oldest first, with what
-    /// became of each delivery.
+    /// Effects recorded for the person (messages, webhooks, ...), with what became of each
+    /// delivery: the newest [`MAX_PROFILE_OUTBOX`], oldest first, so a person with a long
+    /// history cannot make every read of it (the inbox reads it per request) unbounded.
     async fn profile_outbox(
         &self,
         identity: &Identity,
     ) -> Result<Option<Vec<OutboxEntry>>, StoreError>;
 }
+
+/// Most outbox rows [`JourneyRunStore::profile_outbox`] returns for one person.
+pub const MAX_PROFILE_OUTBOX: u32 = 1_000;
 
 /// An outbox row with its delivery record.
 #[derive(Debug, Clone, PartialEq, Serialize)]
