@@ -127,12 +127,16 @@ pub fn webhook_signature(key: &[u8], id: &str, timestamp_secs: i64, body: &[u8])
 /// it (`user_id:ada`, `email:ada@example.com`), with the server's identity secret; hex of
 /// HMAC-SHA256, the "user hash" that Intercom and Braze SDKs send.
 pub fn user_hash(secret: &[u8], namespace: &str, value: &str) -> String {
-    sign(secret, &format!("{namespace}:{value}"))
+    sign(secret, &identity_payload(namespace, value))
 }
 
 /// Whether `hash` is the person's [`user_hash`], compared in constant time.
 pub fn verify_user_hash(secret: &[u8], namespace: &str, value: &str, hash: &str) -> bool {
-    verify(secret, &format!("{namespace}:{value}"), hash)
+    verify(secret, &identity_payload(namespace, value), hash)
+}
+
+fn identity_payload(namespace: &str, value: &str) -> String {
+    format!("{namespace}:{value}")
 }
 
 /// What an unsubscribe link says: the person with this identity (`email:ada@example.com`)

@@ -106,17 +106,10 @@ impl<'a> Envelope<'a> {
         if body.len() > MAX_EVENT_BYTES {
             return Err(too_large(body.len()));
         }
-        let mut object = match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Object(map)) => map,
-            Ok(_) => {
-                return Err(FieldError::new(
-                    "invalid_type",
-                    "",
-                    "request body must be a JSON object",
-                ));
-            }
-            Err(e) => return Err(json_error(&e)),
-        };
+        let mut object = object_of(
+            serde_json::from_slice(body),
+            "request body must be a JSON object",
+        )?;
         let write_key = optional_string(object.remove("writeKey"), "writeKey")?;
         Ok(Envelope::Single {
             kind,
@@ -133,6 +126,15 @@ impl<'a> Envelope<'a> {
                 write_key.as_deref()
             }
         }
+    }
+
+    /// The events and the write key together.
+    fn parsed(self, receipt: &mut Receipt<'_>) -> Result<Parsed, FieldError> {
+        let write_key = self.write_key().map(str::to_owned);
+        Ok(Parsed {
+            events: self.events(receipt)?,
+            write_key,
+        })
     }
 
     /// Parses and validates every message. All or nothing: the first invalid message fails
@@ -186,12 +188,7 @@ impl<'a> Envelope<'a> {
 
 /// Parses a `/v1/batch` body (envelope and messages together).
 pub fn parse_batch(body: &[u8], receipt: &mut Receipt<'_>) -> Result<Parsed, FieldError> {
-    let envelope = Envelope::batch(body)?;
-    let write_key = envelope.write_key().map(str::to_owned);
-    Ok(Parsed {
-        events: envelope.events(receipt)?,
-        write_key,
-    })
+    Envelope::batch(body)?.parsed(receipt)
 }
 
 /// Parses the body of a single-message endpoint (`/v1/track`, `/v1/identify`, ...).
@@ -200,12 +197,7 @@ pub fn parse_single(
     kind: EventKind,
     receipt: &mut Receipt<'_>,
 ) -> Result<Parsed, FieldError> {
-    let envelope = Envelope::single(body, kind)?;
-    let write_key = envelope.write_key().map(str::to_owned);
-    Ok(Parsed {
-        events: envelope.events(receipt)?,
-        write_key,
-    })
+    Envelope::single(body, kind)?.parsed(receipt)
 }
 
 /// A batch-level object (`context`, `integrations`) that every message inherits, with the
@@ -262,6 +254,18 @@ struct Defaults {
     integrations: Shared,
 }
 
+/// A parsed JSON value that must be an object.
+fn object_of(
+    parsed: serde_json::Result<Value>,
+    not_an_object: &str,
+) -> Result<Map<String, Value>, FieldError> {
+    match parsed {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(FieldError::new("invalid_type", "", not_an_object)),
+        Err(e) => Err(json_error(&e)),
+    }
+}
+
 fn too_large(size: usize) -> FieldError {
     FieldError::new(
         "event_too_large",
@@ -279,17 +283,10 @@ fn parse_raw(
     defaults: &Defaults,
     receipt: &mut Receipt<'_>,
 ) -> Result<(Event, usize), FieldError> {
-    let object = match serde_json::from_str::<Value>(raw.get()) {
-        Ok(Value::Object(map)) => map,
-        Ok(_) => {
-            return Err(FieldError::new(
-                "invalid_type",
-                "",
-                "each batch item must be a JSON object",
-            ));
-        }
-        Err(e) => return Err(json_error(&e)),
-    };
+    let object = object_of(
+        serde_json::from_str(raw.get()),
+        "each batch item must be a JSON object",
+    )?;
     // Measure before merging anything: a large shared context must not be copied into
     // thousands of messages only to be refused afterwards.
     let inherited = |name: &str, shared: &Shared| match object.get(name) {
@@ -531,12 +528,8 @@ fn reject_nul(event: &Event) -> Result<(), FieldError> {
 /// the parser, but a walk over user data should not lean on that. Paths are only built
 /// once a NUL is known to be there, so clean messages cost one scan.
 fn nul_path(map: &Map<String, Value>, root: &str) -> Option<String> {
-    let mut stack: Vec<&Value> = Vec::new();
-    let mut found = false;
-    if map.keys().any(|k| k.contains('\0')) {
-        found = true;
-    }
-    stack.extend(map.values());
+    let mut found = map.keys().any(|k| k.contains('\0'));
+    let mut stack: Vec<&Value> = map.values().collect();
     while !found && let Some(value) = stack.pop() {
         match value {
             Value::String(s) => found = s.contains('\0'),
@@ -551,13 +544,24 @@ fn nul_path(map: &Map<String, Value>, root: &str) -> Option<String> {
     if !found {
         return None;
     }
-    let mut paths: Vec<(&Value, String)> = Vec::new();
-    for (key, value) in map {
-        let path = format!("{root}.{key}");
-        if key.contains('\0') {
-            return Some(path);
+    // Entries of an object onto the stack, or the path of a key holding a NUL.
+    fn push_entries<'v>(
+        map: &'v Map<String, Value>,
+        at: &str,
+        paths: &mut Vec<(&'v Value, String)>,
+    ) -> Option<String> {
+        for (key, value) in map {
+            let path = format!("{at}.{key}");
+            if key.contains('\0') {
+                return Some(path);
+            }
+            paths.push((value, path));
         }
-        paths.push((value, path));
+        None
+    }
+    let mut paths: Vec<(&Value, String)> = Vec::new();
+    if let Some(found) = push_entries(map, root, &mut paths) {
+        return Some(found);
     }
     while let Some((value, path)) = paths.pop() {
         match value {
@@ -568,12 +572,8 @@ fn nul_path(map: &Map<String, Value>, root: &str) -> Option<String> {
                 }
             }
             Value::Object(map) => {
-                for (key, item) in map {
-                    let path = format!("{path}.{key}");
-                    if key.contains('\0') {
-                        return Some(path);
-                    }
-                    paths.push((item, path));
+                if let Some(found) = push_entries(map, &path, &mut paths) {
+                    return Some(found);
                 }
             }
             _ => {}

@@ -100,43 +100,46 @@ async fn committer(shared: Arc<Shared>, queue: Arc<tokio::sync::Mutex<mpsc::Rece
             events.extend(batch);
             replies.push(reply);
         }
-        match shared.ingest_with_retry(&events).await {
+        let results: Vec<Result<IngestReceipt, StoreError>> = match shared
+            .ingest_with_retry(&events)
+            .await
+        {
             Ok(outcomes) => {
-                shared.health.committed();
                 let mut outcomes = outcomes.into_iter();
-                for (size, reply) in sizes.into_iter().zip(replies) {
-                    let _ = reply.send(Ok(outcomes.by_ref().take(size).collect()));
-                }
+                sizes
+                    .iter()
+                    .map(|size| Ok(outcomes.by_ref().take(*size).collect()))
+                    .collect()
             }
-            Err(e) if replies.len() == 1 => {
-                shared.health.failed(&e);
-                tracing::error!(error = %e, "postgres ingest failed");
-                for reply in replies {
-                    let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
-                }
-            }
-            // One request the database refuses must not fail the others planned with it:
-            // each is retried alone and answered with its own result.
+            Err(e) if sizes.len() == 1 => vec![Err(e)],
+            // One request the database refuses must not fail the others planned with
+            // it: each is retried alone and answered with its own result.
             Err(e) => {
-                tracing::warn!(error = %e, requests = replies.len(), "postgres group commit failed; retrying each request alone");
+                tracing::warn!(error = %e, requests = sizes.len(), "postgres group commit failed; retrying each request alone");
+                let mut alone = Vec::with_capacity(sizes.len());
                 let mut start = 0;
-                for (size, reply) in sizes.into_iter().zip(replies) {
-                    let alone = &events[start..start + size];
+                for size in &sizes {
+                    let events = &events[start..start + size];
                     start += size;
-                    let result = shared
-                        .ingest_with_retry(alone)
-                        .await
-                        .map(IngestReceipt::from_iter);
-                    match &result {
-                        Ok(_) => shared.health.committed(),
-                        Err(e) => {
-                            shared.health.failed(e);
-                            tracing::error!(error = %e, "postgres ingest failed");
-                        }
-                    }
-                    let _ = reply.send(result);
+                    alone.push(
+                        shared
+                            .ingest_with_retry(events)
+                            .await
+                            .map(IngestReceipt::from_iter),
+                    );
+                }
+                alone
+            }
+        };
+        for (result, reply) in results.into_iter().zip(replies) {
+            match &result {
+                Ok(_) => shared.health.committed(),
+                Err(e) => {
+                    shared.health.failed(e);
+                    tracing::error!(error = %e, "postgres ingest failed");
                 }
             }
+            let _ = reply.send(result);
         }
     }
 }
@@ -1074,24 +1077,18 @@ impl Store for PostgresStore {
         client.simple_query("SELECT 1").await.map_err(db_error)?;
         if self.health.failing().is_some() {
             // A write that must commit: it fails where ingest would.
-            let probe = client
+            match client
                 .execute(
                     "UPDATE meta SET value = value WHERE key = 'partitions'",
                     &[],
                 )
                 .await
-                .map_err(db_error);
-            match probe {
+            {
                 Ok(_) => self.health.committed(),
-                Err(e) => self.health.failed(&e),
+                Err(e) => self.health.failed(&db_error(e)),
             }
         }
-        match self.health.failing() {
-            Some(why) => Err(StoreError::Unavailable(format!(
-                "commits are failing: {why}"
-            ))),
-            None => Ok(()),
-        }
+        self.health.check()
     }
 
     async fn close(&self) {

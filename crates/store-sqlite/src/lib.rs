@@ -689,12 +689,7 @@ impl Store for SqliteStore {
             })
             .await?;
         }
-        match self.health.failing() {
-            Some(why) => Err(StoreError::Unavailable(format!(
-                "commits are failing: {why}"
-            ))),
-            None => Ok(()),
-        }
+        self.health.check()
     }
 
     async fn close(&self) {

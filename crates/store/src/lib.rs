@@ -91,6 +91,16 @@ impl CommitHealth {
         }
     }
 
+    /// `Err` with why while commits are failing: what a ping answers then.
+    pub fn check(&self) -> Result<(), StoreError> {
+        match self.failing() {
+            Some(why) => Err(StoreError::Unavailable(format!(
+                "commits are failing: {why}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Why commits are failing, if they are.
     pub fn failing(&self) -> Option<String> {
         let mut state = self.state();
