@@ -19,6 +19,11 @@ pub struct Config {
     /// A single write key (also `WAYMARK_WRITE_KEY`); added to `write_keys`.
     pub write_key: Option<String>,
     pub write_keys: Vec<String>,
+    /// A single client write key (also `WAYMARK_CLIENT_WRITE_KEY`); added to
+    /// `client_write_keys`. Client keys are for web pages and apps, where anyone can read
+    /// them: their events change a signed-in person's addresses only with a user hash.
+    pub client_write_key: Option<String>,
+    pub client_write_keys: Vec<String>,
     /// A single admin token (also `WAYMARK_ADMIN_TOKEN`); added to `admin_tokens`.
     pub admin_token: Option<String>,
     pub admin_tokens: Vec<String>,
@@ -432,6 +437,8 @@ impl Default for Config {
             store: "sqlite".into(),
             write_key: None,
             write_keys: Vec::new(),
+            client_write_key: None,
+            client_write_keys: Vec::new(),
             admin_token: None,
             admin_tokens: Vec::new(),
             partitions: waymark_core::partition::DEFAULT_PARTITIONS,
@@ -454,9 +461,10 @@ impl Default for Config {
 
 /// The environment variables read, after the `WAYMARK_` prefix (`__` nests: `WAYMARK_RETENTION__MAX_EVENT_AGE_DAYS`).
 /// Other `WAYMARK_*` variables (e.g. `WAYMARK_LOG`) are not configuration keys.
-const ENV_KEYS: [&str; 13] = [
+const ENV_KEYS: [&str; 14] = [
     "http.max_connections",
     "write_keys",
+    "client_write_keys",
     "admin_tokens",
     "partitions",
     "retention.max_events_per_profile",
@@ -472,7 +480,7 @@ const ENV_KEYS: [&str; 13] = [
 
 /// Keys whose environment value is taken as written. figment reads `+15550100` or an
 /// all-digit token as a number (dropping the `+`), so these skip its parsing.
-const ENV_TEXT_KEYS: [&str; 37] = [
+const ENV_TEXT_KEYS: [&str; 38] = [
     "http.header_timeout",
     "http.body_timeout",
     "outbox.lease",
@@ -480,6 +488,7 @@ const ENV_TEXT_KEYS: [&str; 37] = [
     "listen",
     "store",
     "write_key",
+    "client_write_key",
     "admin_token",
     "log_format",
     "webhooks.ca_file",
@@ -584,16 +593,20 @@ impl Config {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Credentials {
-    write_key: String,
-    admin_token: String,
+/// Keys generated on first start, kept in `<data_dir>/credentials.toml`.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Credentials {
+    pub write_key: String,
+    /// Absent in files written before client keys existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_write_key: Option<String>,
+    pub admin_token: String,
 }
 
 /// The keys the server accepts, and whether they were generated just now (to print once).
 pub struct ResolvedKeys {
     pub keys: waymark_server::Keys,
-    pub generated: Option<(String, String)>,
+    pub generated: Option<Credentials>,
     pub file: PathBuf,
 }
 
@@ -602,9 +615,12 @@ pub struct ResolvedKeys {
 pub fn resolve_keys(config: &Config) -> Result<ResolvedKeys, String> {
     let mut write_keys = config.write_keys.clone();
     write_keys.extend(config.write_key.clone());
+    let mut client_write_keys = config.client_write_keys.clone();
+    client_write_keys.extend(config.client_write_key.clone());
     let mut admin_tokens = config.admin_tokens.clone();
     admin_tokens.extend(config.admin_token.clone());
     write_keys.retain(|k| !k.is_empty());
+    client_write_keys.retain(|k| !k.is_empty());
     admin_tokens.retain(|k| !k.is_empty());
     let file = config.data_dir.join("credentials.toml");
     let mut generated = None;
@@ -616,6 +632,7 @@ pub fn resolve_keys(config: &Config) -> Result<ResolvedKeys, String> {
         } else {
             let creds = Credentials {
                 write_key: format!("wk_{}", uuid::Uuid::new_v4().simple()),
+                client_write_key: Some(format!("wkc_{}", uuid::Uuid::new_v4().simple())),
                 admin_token: format!(
                     "adm_{}{}",
                     uuid::Uuid::new_v4().simple(),
@@ -627,11 +644,14 @@ pub fn resolve_keys(config: &Config) -> Result<ResolvedKeys, String> {
             let text = toml::to_string(&creds).map_err(|e| e.to_string())?;
             write_private(&file, &text)
                 .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
-            generated = Some((creds.write_key.clone(), creds.admin_token.clone()));
+            generated = Some(creds.clone());
             creds
         };
         if write_keys.is_empty() {
             write_keys.push(creds.write_key);
+        }
+        if client_write_keys.is_empty() {
+            client_write_keys.extend(creds.client_write_key);
         }
         if admin_tokens.is_empty() {
             admin_tokens.push(creds.admin_token);
@@ -640,6 +660,7 @@ pub fn resolve_keys(config: &Config) -> Result<ResolvedKeys, String> {
     Ok(ResolvedKeys {
         keys: waymark_server::Keys {
             write_keys,
+            client_write_keys,
             admin_tokens,
         },
         generated,
@@ -872,12 +893,15 @@ mod tests {
             ..Config::default()
         };
         let first = resolve_keys(&config).expect("generate");
-        let (wk, adm) = first.generated.clone().expect("generated on first start");
-        assert!(wk.starts_with("wk_") && adm.starts_with("adm_"));
+        let creds = first.generated.clone().expect("generated on first start");
+        let (wk, adm) = (creds.write_key, creds.admin_token);
+        let client = creds.client_write_key.expect("a client key");
+        assert!(wk.starts_with("wk_") && adm.starts_with("adm_") && client.starts_with("wkc_"));
         assert_ne!(wk, adm);
         let second = resolve_keys(&config).expect("reuse");
         assert!(second.generated.is_none(), "printed only once");
         assert_eq!(second.keys.write_keys, vec![wk]);
+        assert_eq!(second.keys.client_write_keys, vec![client]);
         assert_eq!(second.keys.admin_tokens, vec![adm]);
         #[cfg(unix)]
         {

@@ -80,13 +80,19 @@ async fn shutdown_signal() {
 pub async fn run(config: Config) -> Result<(), String> {
     init_logging(&config.log_format);
     let keys = resolve_keys(&config)?;
-    if let Some((write_key, admin_token)) = &keys.generated {
+    if let Some(creds) = &keys.generated {
         println!(
             "Generated credentials (stored in {}; shown only this once):",
             keys.file.display()
         );
-        println!("  write key:   {write_key}");
-        println!("  admin token: {admin_token}");
+        println!("  write key:   {}", creds.write_key);
+        if let Some(client) = &creds.client_write_key {
+            println!("  client write key: {client}");
+        }
+        println!("  admin token: {}", creds.admin_token);
+        println!(
+            "Send events from your servers with the write key, and from web pages and apps with the client write key."
+        );
     }
     // Held for as long as the server runs.
     let (node, _node_lock) = crate::config::node_identity(&config)?;

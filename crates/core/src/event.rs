@@ -65,6 +65,21 @@ pub struct Event {
     pub received_at: Millis,
     /// Every identity the message names, in resolution priority order.
     pub identities: Vec<Identity>,
+    /// Who sent it, which decides what it may change about a known person. Not stored.
+    pub sender: Sender,
+}
+
+/// Who sent an event, as far as identity changes are concerned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Sender {
+    /// The customer's own systems (a server write key, a journey, the admin API): trusted
+    /// with any identity change.
+    #[default]
+    Server,
+    /// A web page or app, holding a key anyone can read. It may attach or move an address
+    /// (email, phone, push token) onto a known person only when it proves it is that person:
+    /// `verified_user_id` is the user id its user hash signs, if it sent a valid one.
+    Client { verified_user_id: Option<String> },
 }
 
 impl Event {

@@ -110,6 +110,13 @@ impl Identity {
         self.namespace.as_str() == Namespace::USER_ID
     }
 
+    /// Where messages go: an email address, a phone number or a push token. Attaching
+    /// one to a person decides who receives their messages.
+    pub fn is_address(&self) -> bool {
+        matches!(self.namespace.as_str(), Namespace::EMAIL | Namespace::PHONE)
+            || self.is_push_token()
+    }
+
     /// An app install's push token (APNs or FCM).
     pub fn is_push_token(&self) -> bool {
         Namespace::PUSH_TOKENS

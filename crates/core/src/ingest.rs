@@ -19,12 +19,44 @@
 //! - a push token (an app install) seen for a known person who does not own it moves to
 //!   them: whoever signed in on a device last gets its notifications, and the previous
 //!   person stops getting them there.
+//!
+//! Refusals (the whole request fails, nothing of it is stored):
+//! - an event that would grow its profile past one of `profile::limits` (`profile_limit`);
+//! - an event from a client (`Sender::Client`) that would attach, move or merge an address
+//!   (email, phone, push token) onto a person with a user id, without a user hash proving it
+//!   is that person (`user_hash_required`): otherwise anyone holding the public write key
+//!   could route someone else's messages to themselves.
 
 use std::collections::{HashMap, HashSet};
 
 use crate::identity::Namespace;
+use crate::profile::identity_field;
 use crate::time::Millis;
-use crate::{Event, EventKind, Identity, ProfileState, partition_of};
+use crate::{Event, EventKind, FieldError, Identity, ProfileState, Sender, partition_of};
+
+/// The code of a refusal for want of a user hash (answered 403, not 400).
+pub const USER_HASH_REQUIRED: &str = "user_hash_required";
+
+/// Why a batch cannot be planned: the event at `index` (of the slice given to [`plan`])
+/// may not be stored. `error.field` is relative to that event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub index: usize,
+    pub error: FieldError,
+}
+
+impl Refusal {
+    /// The sender lacked proof of who the person is, rather than sent too much.
+    pub fn is_unverified(&self) -> bool {
+        self.error.code == USER_HASH_REQUIRED
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "event {}: {}", self.index, self.error)
+    }
+}
 
 pub type ProfileId = String;
 
@@ -207,7 +239,20 @@ impl Planner<'_> {
         self.touch(into);
     }
 
-    fn apply(&mut self, index: usize, event: &Event) {
+    /// The address identities `profile` holds, for telling which ones an event adds.
+    fn addresses(&self, profile: &ProfileId) -> HashSet<Identity> {
+        self.ws
+            .profiles
+            .get(profile)
+            .map_or_else(HashSet::new, |p| {
+                p.identity_list()
+                    .into_iter()
+                    .filter(Identity::is_address)
+                    .collect()
+            })
+    }
+
+    fn apply(&mut self, index: usize, event: &Event) -> Result<(), Refusal> {
         let mut found: Vec<ProfileId> = Vec::new();
         let mut unknown: Vec<Identity> = Vec::new();
         for identity in &event.identities {
@@ -251,6 +296,24 @@ impl Planner<'_> {
             },
         };
 
+        let merges = found.iter().any(|p| *p != target);
+        let has_traits = event.kind == EventKind::Identify && !event.traits.is_empty();
+        let before = self
+            .ws
+            .profiles
+            .get(&target)
+            .map(|p| p.footprint(has_traits || merges))
+            .unwrap_or_default();
+        let client = matches!(event.sender, Sender::Client { .. });
+        let addresses_before = if client {
+            self.addresses(&target)
+        } else {
+            HashSet::new()
+        };
+        let new_identity_field = unknown
+            .first()
+            .map_or("userId", |i| identity_field(i.namespace.as_str()));
+
         for other in found {
             if other != target && (alias || !self.has_user_id(&other)) {
                 self.merge(&other, &target);
@@ -271,11 +334,52 @@ impl Planner<'_> {
         if let Some(state) = self.ws.profiles.get_mut(&target) {
             state.apply_event(event);
         }
+        if let Some(state) = self.ws.profiles.get(&target) {
+            let event_field = match event.kind {
+                EventKind::Track => "event",
+                EventKind::Page | EventKind::Screen => "name",
+                _ => "type",
+            };
+            if let Some(error) = state.grown_past_limits(&before, new_identity_field, event_field) {
+                return Err(Refusal { index, error });
+            }
+            if let Sender::Client { verified_user_id } = &event.sender
+                && state.has_user_id()
+                && let Some(added) = self
+                    .addresses(&target)
+                    .into_iter()
+                    .find(|a| !addresses_before.contains(a))
+            {
+                let proven = verified_user_id.as_ref().is_some_and(|user| {
+                    state
+                        .identities
+                        .get(Namespace::USER_ID)
+                        .is_some_and(|ids| ids.contains(user))
+                });
+                if !proven {
+                    let field = identity_field(added.namespace.as_str());
+                    return Err(Refusal {
+                        index,
+                        error: FieldError::new(
+                            USER_HASH_REQUIRED,
+                            field,
+                            format!(
+                                "a client key may attach {} to a signed-in person only with \
+                                 their user hash (context.userHash or X-Waymark-User-Hash); \
+                                 send it from your backend with a server write key otherwise",
+                                added.namespace.as_str()
+                            ),
+                        ),
+                    });
+                }
+            }
+        }
         self.touch(&target);
         self.plan.events.push((index, target.clone()));
         self.plan
             .outcomes
             .push(Outcome::Accepted { profile_id: target });
+        Ok(())
     }
 
     /// Identities with the profile each belongs to once every merge of the batch is done.
@@ -317,14 +421,14 @@ impl Planner<'_> {
 
 /// Decides what a batch does to the identity graph and the profiles. Events are applied in
 /// input order; a message id already stored, or repeated within the batch, is a duplicate and
-/// changes nothing.
+/// changes nothing. One refused event refuses the whole slice.
 pub fn plan(
     ws: WorkingSet,
     events: &[Event],
     partitions: u32,
     now: Millis,
     new_id: &mut dyn FnMut() -> ProfileId,
-) -> IngestPlan {
+) -> Result<IngestPlan, Refusal> {
     let mut seen = HashSet::new();
     let mut planner = Planner {
         ws,
@@ -343,9 +447,9 @@ pub fn plan(
             planner.plan.outcomes.push(Outcome::Duplicate);
             continue;
         }
-        planner.apply(index, event);
+        planner.apply(index, event)?;
     }
-    planner.finish()
+    Ok(planner.finish())
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ pub mod template;
 pub mod time;
 
 pub use error::FieldError;
-pub use event::{Event, EventKind};
+pub use event::{Event, EventKind, Sender};
 pub use identity::{Identity, Namespace};
 pub use ingest::{IngestPlan, Merge, ProfileId, WorkingSet};
 pub use partition::{PartitionId, partition_of};

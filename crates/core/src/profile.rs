@@ -6,7 +6,68 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::time::Millis;
-use crate::{Event, EventKind, Identity};
+use crate::{Event, EventKind, FieldError, Identity, Namespace};
+
+/// What one person's profile may hold. A write key is public, so without these a client
+/// could grow one profile (and every read and write of it) without end. An event that would
+/// take a profile past one is refused whole (`profile_limit`); a profile already past one
+/// (say, merged from two) still takes events that do not grow it further.
+pub mod limits {
+    /// Distinct event names counted per person (`event_counts`).
+    pub const EVENT_NAMES: usize = 1_000;
+    /// Identities of all namespaces (user ids, anonymous ids, addresses, push tokens).
+    pub const IDENTITIES: usize = 100;
+    /// Traits (top-level keys).
+    pub const TRAITS: usize = 1_000;
+    /// The traits as JSON.
+    pub const TRAIT_BYTES: usize = 256 * 1024;
+    /// Removal times kept for removed traits. Such a time only stops an older write that
+    /// arrives late from bringing the trait back; past this many the oldest are forgotten.
+    pub const REMOVED_TRAITS: usize = 1_000;
+    /// Ids of profiles merged into this one kept in `merged_from` (the newest).
+    pub const MERGED_FROM: usize = 100;
+}
+
+/// The measures of a profile that [`limits`] bound, taken before an event so that the
+/// check after it can tell growth from a profile that was already large.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Footprint {
+    pub identities: usize,
+    pub event_names: usize,
+    pub traits: usize,
+    /// Measured only when asked for (it serialises the traits).
+    pub trait_bytes: Option<usize>,
+}
+
+/// Bytes of `value` as compact JSON, counted without building the text.
+pub fn json_len(value: &impl Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter cannot fail, and a `Map<String, Value>` always serialises.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// The request field an identity of `namespace` comes from, for error messages.
+pub fn identity_field(namespace: &str) -> &'static str {
+    match namespace {
+        Namespace::USER_ID => "userId",
+        Namespace::ANONYMOUS_ID => "anonymousId",
+        Namespace::EMAIL => "traits.email",
+        Namespace::PHONE => "traits.phone",
+        Namespace::APNS_TOKEN | Namespace::FCM_TOKEN => "context.device.token",
+        _ => "context.externalIds",
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProfileState {
@@ -37,6 +98,50 @@ impl ProfileState {
                 self.identities.remove(namespace);
             }
         }
+    }
+
+    pub fn footprint(&self, with_bytes: bool) -> Footprint {
+        Footprint {
+            identities: self.identities.values().map(Vec::len).sum(),
+            event_names: self.event_counts.len(),
+            traits: self.traits.len(),
+            trait_bytes: with_bytes.then(|| json_len(&self.traits)),
+        }
+    }
+
+    /// The first of [`limits`] this profile now exceeds having grown past it since
+    /// `before`, as a refusal naming the field that grew (`identity_field` names the field
+    /// of a new identity; `event_field` that of the event's name).
+    pub fn grown_past_limits(
+        &self,
+        before: &Footprint,
+        identity_field: &str,
+        event_field: &str,
+    ) -> Option<FieldError> {
+        let after = self.footprint(before.trait_bytes.is_some());
+        let refuse = |field: &str, what: &str, limit: usize| {
+            Some(FieldError::new(
+                "profile_limit",
+                field,
+                format!("this person's profile may hold at most {limit} {what}"),
+            ))
+        };
+        if after.identities > limits::IDENTITIES && after.identities > before.identities {
+            return refuse(identity_field, "identities", limits::IDENTITIES);
+        }
+        if after.event_names > limits::EVENT_NAMES && after.event_names > before.event_names {
+            return refuse(event_field, "distinct event names", limits::EVENT_NAMES);
+        }
+        if after.traits > limits::TRAITS && after.traits > before.traits {
+            return refuse("traits", "traits", limits::TRAITS);
+        }
+        if let (Some(now), Some(was)) = (after.trait_bytes, before.trait_bytes)
+            && now > limits::TRAIT_BYTES
+            && now > was
+        {
+            return refuse("traits", "bytes of traits (as JSON)", limits::TRAIT_BYTES);
+        }
+        None
     }
 
     pub fn new(id: String, partition: u32, now: Millis) -> Self {
@@ -132,8 +237,27 @@ impl ProfileState {
         self.trait_times.insert(key.to_owned(), at);
         if value.is_null() {
             self.traits.remove(key);
+            self.forget_oldest_removals();
         } else {
             self.traits.insert(key.to_owned(), value);
+        }
+    }
+
+    /// Keeps at most [`limits::REMOVED_TRAITS`] removal times, dropping the oldest.
+    fn forget_oldest_removals(&mut self) {
+        let removed = self.trait_times.len().saturating_sub(self.traits.len());
+        if removed <= limits::REMOVED_TRAITS {
+            return;
+        }
+        let mut removals: Vec<(Millis, String)> = self
+            .trait_times
+            .iter()
+            .filter(|(key, _)| !self.traits.contains_key(key.as_str()))
+            .map(|(key, at)| (*at, key.clone()))
+            .collect();
+        removals.sort_unstable();
+        for (_, key) in removals.into_iter().take(removed - limits::REMOVED_TRAITS) {
+            self.trait_times.remove(&key);
         }
     }
 
@@ -159,6 +283,8 @@ impl ProfileState {
         }
         self.merged_from.push(other.id);
         self.merged_from.extend(other.merged_from);
+        let excess = self.merged_from.len().saturating_sub(limits::MERGED_FROM);
+        self.merged_from.drain(..excess);
         self.created_at = self.created_at.min(other.created_at);
     }
 }
@@ -186,6 +312,7 @@ mod tests {
             sent_at: None,
             received_at: ts,
             identities: vec![],
+            sender: crate::Sender::Server,
         }
     }
 
@@ -223,5 +350,31 @@ mod tests {
         assert_eq!(known.first_seen, 20);
         assert_eq!(known.identities["anonymous_id"], vec!["a1".to_string()]);
         assert_eq!(known.merged_from, vec!["anon".to_string()]);
+    }
+
+    #[test]
+    fn removal_times_are_bounded_and_the_newest_are_kept() {
+        let mut p = ProfileState::new("p".into(), 0, 0);
+        let n = limits::REMOVED_TRAITS + 500;
+        for i in 0..n {
+            p.update_traits(&Map::new(), [format!("gone{i}").as_str()], i as Millis);
+        }
+        p.apply_event(&identify(10_000, json!({"kept": 1})));
+        assert_eq!(p.trait_times.len(), limits::REMOVED_TRAITS + 1);
+        assert!(p.trait_times.contains_key(&format!("gone{}", n - 1)));
+        assert!(!p.trait_times.contains_key("gone0"));
+    }
+
+    #[test]
+    fn merged_from_keeps_the_newest_ids() {
+        let mut known = ProfileState::new("known".into(), 0, 0);
+        for i in 0..limits::MERGED_FROM + 20 {
+            known.merge_from(ProfileState::new(format!("anon{i}"), 0, 0));
+        }
+        assert_eq!(known.merged_from.len(), limits::MERGED_FROM);
+        assert_eq!(
+            known.merged_from.last().map(String::as_str),
+            Some("anon119")
+        );
     }
 }

@@ -478,6 +478,7 @@ fn parse_object(
         sent_at,
         received_at,
         identities,
+        sender: crate::Sender::Server,
     };
     reject_nul(&event)?;
     Ok(event)

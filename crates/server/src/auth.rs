@@ -1,6 +1,9 @@
 //! API keys. Write keys (sent as the HTTP Basic username, as Segment and RudderStack clients
 //! do) may only ingest and read inboxes; admin tokens (`Authorization: Bearer ...`) reach
-//! everything else. Comparisons are constant-time.
+//! everything else. A write key is a server key (kept by the customer's backend) or a
+//! client key (shipped in web pages and apps, so public): events sent with a client key
+//! change a signed-in person's addresses only with that person's user hash
+//! (`waymark_core::ingest`). Comparisons are constant-time.
 
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
@@ -11,8 +14,18 @@ use crate::error::ApiError;
 
 #[derive(Clone, Default)]
 pub struct Keys {
+    /// Server write keys.
     pub write_keys: Vec<String>,
+    /// Client write keys: public, for web pages and apps.
+    pub client_write_keys: Vec<String>,
     pub admin_tokens: Vec<String>,
+}
+
+/// Which kind of write key a request holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKey {
+    Server,
+    Client,
 }
 
 impl std::fmt::Debug for Keys {
@@ -20,6 +33,7 @@ impl std::fmt::Debug for Keys {
         // Never print secrets, even in debug output.
         f.debug_struct("Keys")
             .field("write_keys", &self.write_keys.len())
+            .field("client_write_keys", &self.client_write_keys.len())
             .field("admin_tokens", &self.admin_tokens.len())
             .finish()
     }
@@ -67,7 +81,19 @@ pub fn presented(headers: &HeaderMap) -> Presented {
 
 impl Keys {
     pub fn is_write_key(&self, key: &str) -> bool {
-        matches_any(key, &self.write_keys)
+        self.write_key(key).is_some()
+    }
+
+    /// The kind of write key `key` is, if it is one. Both lists are always compared, so
+    /// the time taken does not tell which kind a guess matched.
+    pub fn write_key(&self, key: &str) -> Option<WriteKey> {
+        let server = matches_any(key, &self.write_keys);
+        let client = matches_any(key, &self.client_write_keys);
+        match (server, client) {
+            (true, _) => Some(WriteKey::Server),
+            (false, true) => Some(WriteKey::Client),
+            (false, false) => None,
+        }
     }
 
     /// A write key as the HTTP Basic username (what apps and pages embed).

@@ -145,8 +145,18 @@ impl From<FieldError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        if let StoreError::Refused(refusal) = e {
+            let forbidden = refusal.is_unverified();
+            let mut out = Self::from(refusal.error);
+            if forbidden {
+                out.status = StatusCode::FORBIDDEN;
+                out.body.kind = "auth";
+            }
+            return out;
+        }
         tracing::error!(error = %e, "store error");
         match e {
+            StoreError::Refused(_) => unreachable!("answered above"),
             StoreError::Corrupt(_) => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

@@ -15,8 +15,10 @@ use waymark_core::EventKind;
 use waymark_core::segment::{Envelope, MAX_BATCH_BYTES, MAX_EVENT_BYTES, Receipt};
 
 use crate::AppState;
-use crate::auth::{Presented, presented};
+use crate::auth::{Presented, WriteKey, presented};
 use crate::error::{ApiError, ErrorBody};
+use waymark_core::Sender;
+use waymark_store::StoreError;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct IngestResponse {
@@ -86,11 +88,13 @@ async fn ingest(
             ));
         }
     };
-    if let Some(key) = &header_key
-        && !state.keys.is_write_key(key)
-    {
-        return Err(ApiError::unauthorized("invalid write key"));
-    }
+    let header_key_kind = match &header_key {
+        Some(key) => match state.keys.write_key(key) {
+            Some(kind) => Some(kind),
+            None => return Err(ApiError::unauthorized("invalid write key")),
+        },
+        None => None,
+    };
     let limit = if kind.is_none() {
         MAX_BATCH_BYTES
     } else {
@@ -108,14 +112,12 @@ async fn ingest(
         Err(_) if header_key.is_none() => return Err(ApiError::unauthorized("missing write key")),
         Err(e) => return Err(rejected(e)),
     };
-    if header_key.is_none()
-        && !envelope
-            .write_key()
-            .is_some_and(|k| state.keys.is_write_key(k))
-    {
+    let Some(key_kind) =
+        header_key_kind.or_else(|| envelope.write_key().and_then(|k| state.keys.write_key(k)))
+    else {
         return Err(ApiError::unauthorized("missing or invalid write key"));
-    }
-    let events = {
+    };
+    let mut events = {
         let mut new_id = || uuid::Uuid::now_v7().to_string();
         let mut receipt = Receipt {
             received_at: now_ms(),
@@ -123,7 +125,19 @@ async fn ingest(
         };
         envelope.events(&mut receipt).map_err(rejected)?
     };
-    let receipt = state.store.ingest(events).await?;
+    let header_hash = headers
+        .get(crate::inbox::USER_HASH_HEADER)
+        .and_then(|v| v.to_str().ok());
+    for event in &mut events {
+        event.sender = sender(&state, key_kind, event, header_hash);
+    }
+    let receipt = state.store.ingest(events).await.map_err(|e| match e {
+        StoreError::Refused(mut refusal) if kind.is_none() => {
+            refusal.error = refusal.error.at_index(refusal.index);
+            StoreError::Refused(refusal)
+        }
+        e => e,
+    })?;
     metrics::counter!("waymark_ingest_events_total", "outcome" => "accepted")
         .increment(receipt.accepted as u64);
     metrics::counter!("waymark_ingest_events_total", "outcome" => "duplicate")
@@ -133,6 +147,42 @@ async fn ingest(
         accepted: receipt.accepted,
         duplicates: receipt.duplicates,
     }))
+}
+
+/// Who sent `event`, taking its user hash (`context.userHash`, else the request's
+/// `X-Waymark-User-Hash`) out of it: a hash is a credential for that person and is not
+/// stored. A client's hash counts only if it signs the event's own user id.
+fn sender(
+    state: &AppState,
+    key: WriteKey,
+    event: &mut waymark_core::Event,
+    header_hash: Option<&str>,
+) -> Sender {
+    let own_hash = match event.context.remove("userHash") {
+        Some(serde_json::Value::String(hash)) => Some(hash),
+        _ => None,
+    };
+    if key == WriteKey::Server {
+        return Sender::Server;
+    }
+    let hash = own_hash.as_deref().or(header_hash);
+    let verified_user_id = match (state.identity_secret.as_deref(), hash) {
+        (Some(secret), Some(hash)) => event
+            .identities
+            .iter()
+            .find(|i| i.is_user_id())
+            .filter(|id| {
+                waymark_core::links::verify_user_hash(
+                    secret,
+                    id.namespace.as_str(),
+                    &id.value,
+                    hash,
+                )
+            })
+            .map(|id| id.value.clone()),
+        _ => None,
+    };
+    Sender::Client { verified_user_id }
 }
 
 fn rejected(e: waymark_core::FieldError) -> ApiError {
@@ -149,6 +199,7 @@ macro_rules! single_endpoint {
                 (status = 200, description = "Committed durably", body = IngestResponse),
                 (status = 400, description = "Invalid message; nothing stored", body = ErrorBody),
                 (status = 401, description = "Missing or invalid write key", body = ErrorBody),
+                (status = 403, description = "A client key changing a signed-in person's addresses without their user hash; nothing stored", body = ErrorBody),
                 (status = 503, description = "Store unavailable; nothing stored, retry", body = ErrorBody),
             ),
             security(("write_key" = [])))]
@@ -202,6 +253,7 @@ single_endpoint!(
         (status = 200, description = "Every message committed durably", body = IngestResponse),
         (status = 400, description = "An invalid message (its index in `field`); nothing stored", body = ErrorBody),
         (status = 401, description = "Missing or invalid write key", body = ErrorBody),
+        (status = 403, description = "A client key changing a signed-in person's addresses without their user hash (its index in `field`); nothing stored", body = ErrorBody),
         (status = 503, description = "Store unavailable; nothing stored, retry", body = ErrorBody),
     ),
     security(("write_key" = [])))]

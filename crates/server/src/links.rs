@@ -287,6 +287,7 @@ fn event_for(identity: &Identity, kind: EventKind, message_id: String) -> Event 
         sent_at: None,
         received_at: now,
         identities: vec![identity.clone()],
+        sender: waymark_core::Sender::Server,
     }
 }
 

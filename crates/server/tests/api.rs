@@ -15,6 +15,7 @@ use waymark_server::{AppState, Keys, app};
 use waymark_store::StoreOptions;
 
 const WRITE_KEY: &str = "wk_test";
+const CLIENT_KEY: &str = "wkc_test";
 const ADMIN: &str = "adm_test";
 
 pub struct Api {
@@ -25,6 +26,7 @@ pub struct Api {
 fn keys() -> Keys {
     Keys {
         write_keys: vec![WRITE_KEY.into()],
+        client_write_keys: vec![CLIENT_KEY.into()],
         admin_tokens: vec![ADMIN.into()],
     }
 }
@@ -187,6 +189,8 @@ macro_rules! all_api_tests {
             template_mistakes_are_refused_when_stored,
             suppression_list_through_the_api,
             inbox_shows_in_app_messages_until_dismissed_or_expired,
+            client_keys_change_a_signed_in_persons_addresses_only_with_their_user_hash,
+            profile_limits_are_refused_naming_the_field_and_fail_alone,
         );
     };
 }
@@ -1488,4 +1492,176 @@ async fn inbox_shows_in_app_messages_until_dismissed_or_expired(api: &Api) {
         "{}",
         r.text
     );
+}
+
+async fn client_keys_change_a_signed_in_persons_addresses_only_with_their_user_hash(api: &Api) {
+    let r = api
+        .post(
+            "/v1/identify",
+            json!({"userId": "victim", "traits": {"email": "victim@example.com"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let send = |auth: Auth<'static>, path: &'static str, body: Value| {
+        api.call(
+            "POST",
+            path,
+            auth,
+            serde_json::to_vec(&body).expect("json"),
+            None,
+        )
+    };
+    let emails = || async {
+        let p = api.get("/v1/profiles/user_id/victim").await;
+        let emails: Vec<Value> = p.body["identities"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["namespace"] == "email")
+            .map(|i| i["value"].clone())
+            .collect();
+        Value::Array(emails)
+    };
+
+    // The public key alone cannot route the victim's email elsewhere, and the batch it
+    // came in stores nothing.
+    let r = send(
+        Auth::Write(CLIENT_KEY),
+        "/v1/batch",
+        json!({"batch": [
+            {"type": "track", "userId": "victim", "event": "Innocent", "messageId": "c1"},
+            {"type": "identify", "userId": "victim", "traits": {"email": "thief@example.com"}},
+        ]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    assert_eq!(r.body["code"], "user_hash_required");
+    assert_eq!(r.body["field"], "batch[1].traits.email");
+    assert_eq!(emails().await, json!(["victim@example.com"]));
+    let events = api.get("/v1/profiles/user_id/victim/events").await;
+    assert_eq!(
+        events.body["events"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        events.text
+    );
+    let r = send(
+        Auth::Write(CLIENT_KEY),
+        "/v1/identify",
+        json!({"userId": "victim", "context": {"device": {"token": "thief-device", "type": "ios"}}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    assert_eq!(r.body["field"], "context.device.token");
+    // A hash for another person does not help.
+    let r = send(
+        Auth::WriteAs(CLIENT_KEY, "user_id:thief"),
+        "/v1/identify",
+        json!({"userId": "victim", "traits": {"email": "thief@example.com"}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+
+    // The person's own page, holding their hash (in the header or the message), may.
+    let r = send(
+        Auth::WriteAs(CLIENT_KEY, "user_id:victim"),
+        "/v1/identify",
+        json!({"userId": "victim", "traits": {"email": "second@example.com"}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = send(
+        Auth::Write(CLIENT_KEY),
+        "/v1/batch",
+        json!({"batch": [{"type": "identify", "userId": "victim", "messageId": "with-hash",
+            "traits": {"phone": "+15550100"},
+            "context": {"userHash": user_hash("user_id:victim")}}]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        emails().await,
+        json!(["second@example.com", "victim@example.com"])
+    );
+    // The hash is a credential: it is not stored with the event.
+    let events = api.get("/v1/profiles/user_id/victim/events").await;
+    let stored = events.body["events"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["messageId"] == "with-hash"))
+        .cloned()
+        .expect("stored");
+    assert!(stored["context"].get("userHash").is_none(), "{stored}");
+
+    // Events and traits need no hash; a server key needs none for anything.
+    let r = send(
+        Auth::Write(CLIENT_KEY),
+        "/v1/identify",
+        json!({"userId": "victim", "anonymousId": "tablet", "traits": {"theme": "dark"}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = api
+        .post(
+            "/v1/identify",
+            json!({"userId": "victim", "traits": {"email": "third@example.com"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+}
+
+async fn profile_limits_are_refused_naming_the_field_and_fail_alone(api: &Api) {
+    let names = waymark_core::profile::limits::EVENT_NAMES;
+    for chunk in (0..names).collect::<Vec<_>>().chunks(500) {
+        let batch: Vec<Value> = chunk
+            .iter()
+            .map(|i| json!({"type": "track", "userId": "busy", "event": format!("name {i}")}))
+            .collect();
+        let r = api.post("/v1/batch", json!({ "batch": batch })).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    }
+    let r = api
+        .post(
+            "/v1/batch",
+            json!({"batch": [
+                {"type": "track", "userId": "busy", "event": "name 1"},
+                {"type": "track", "userId": "busy", "event": "one too many"},
+            ]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert_eq!(r.body["code"], "profile_limit");
+    assert_eq!(r.body["field"], "batch[1].event");
+    let r = api
+        .post(
+            "/v1/track",
+            json!({"userId": "busy", "event": "one too many"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("event"))
+    );
+
+    // Refused requests committed beside good ones fail alone.
+    let requests = (0..40).map(|i| {
+        let body = if i % 2 == 0 {
+            json!({"userId": format!("fine-{i}"), "event": "Fine"})
+        } else {
+            json!({"userId": "busy", "event": format!("new name {i}")})
+        };
+        async move { (i, api.post("/v1/track", body).await) }
+    });
+    for (i, r) in futures::future::join_all(requests).await {
+        let expected = if i % 2 == 0 {
+            StatusCode::OK
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        assert_eq!(r.status, expected, "request {i}: {}", r.text);
+    }
+    let p = api.get("/v1/profiles/user_id/busy").await;
+    let counted = p.body["computed"]["event_counts"]
+        .as_object()
+        .map(|c| c.len());
+    assert_eq!(counted, Some(names));
 }

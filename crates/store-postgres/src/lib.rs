@@ -397,7 +397,8 @@ impl Shared {
         let now = now_ms();
         let plan = plan(ws, events, self.partitions, now, &mut || {
             uuid::Uuid::now_v7().to_string()
-        });
+        })
+        .map_err(|refusal| Abort::Fail(StoreError::Refused(refusal)))?;
 
         for m in &plan.merges {
             runs::merge(&tx, &m.from, &m.into).await?;

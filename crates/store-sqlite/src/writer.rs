@@ -90,7 +90,10 @@ impl Work {
 
 impl Answer {
     fn send(self, result: Result<Done, &StoreError>) {
-        let err = |e: &StoreError| StoreError::Unavailable(e.to_string());
+        let err = |e: &StoreError| match e {
+            StoreError::Refused(refusal) => StoreError::Refused(refusal.clone()),
+            e => StoreError::Unavailable(e.to_string()),
+        };
         // A closed receiver means the caller went away; the work is committed regardless.
         match (self, result) {
             (Answer::Ingest(r), Ok(Done::Ingest(v))) => drop(r.send(Ok(v))),
@@ -322,7 +325,8 @@ fn ingest(
     let now = now_ms();
     let plan = plan(ws, events, config.partitions, now, &mut || {
         uuid::Uuid::now_v7().to_string()
-    });
+    })
+    .map_err(StoreError::Refused)?;
 
     for merge in &plan.merges {
         crate::runs::merge(tx, &merge.from, &merge.into)?;

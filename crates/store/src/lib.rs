@@ -23,6 +23,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("store is shutting down")]
     Closed,
+    /// The request may not be stored as it is (a profile limit, a missing user hash);
+    /// nothing of it was. Retrying it unchanged gets the same answer.
+    #[error("refused: {0}")]
+    Refused(waymark_core::ingest::Refusal),
 }
 
 /// Settings a store is opened with.
@@ -79,6 +83,10 @@ impl CommitHealth {
     }
 
     pub fn failed(&self, why: &StoreError) {
+        // A refusal is the store's answer to one request, not a failure to commit.
+        if matches!(why, StoreError::Refused(_)) {
+            return;
+        }
         let mut state = self.state();
         state.failure = Some((std::time::Instant::now(), why.to_string()));
         state.success_since_failure = false;

@@ -14,6 +14,11 @@ struct Model {
 
 impl Model {
     fn ingest(&mut self, events: &[Event]) -> IngestPlan {
+        self.try_ingest(events).expect("planned")
+    }
+
+    /// Plans and applies `events`; a refusal changes nothing.
+    fn try_ingest(&mut self, events: &[Event]) -> Result<IngestPlan, Refusal> {
         let look = lookups(events);
         let mut ws = WorkingSet::default();
         for identity in look.identities {
@@ -32,7 +37,7 @@ impl Model {
         let plan = plan(ws, events, 64, 0, &mut || {
             next += 1;
             format!("p{next}")
-        });
+        })?;
         self.next = next;
         for m in &plan.merges {
             for owner in self.owners.values_mut() {
@@ -70,7 +75,7 @@ impl Model {
         for p in &plan.profiles {
             self.profiles.insert(p.id.clone(), p.clone());
         }
-        plan
+        Ok(plan)
     }
 
     fn owner(&self, ns: &str, value: &str) -> Option<&ProfileState> {
@@ -83,9 +88,11 @@ impl Model {
 
 fn events(batch: serde_json::Value) -> Vec<Event> {
     let body = serde_json::to_vec(&json!({ "batch": batch })).expect("json");
-    let mut n = 0;
+    // Unique across calls, so that tests sending many batches without message ids do not
+    // see their later events as duplicates.
+    static GENERATED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut gen_id = || {
-        n += 1;
+        let n = GENERATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         format!("gen-{n}")
     };
     let mut receipt = Receipt {
@@ -246,4 +253,228 @@ fn chain_of_merges_within_one_batch_resolves_to_one_profile() {
     let ids: Vec<_> = plan.events.iter().map(|(_, o)| o).collect();
     assert!(ids.iter().all(|o| **o == p.id));
     assert!(plan.new_identities.iter().all(|(_, o)| *o == p.id));
+}
+
+fn from_client(mut events: Vec<Event>, verified_user_id: Option<&str>) -> Vec<Event> {
+    for event in &mut events {
+        event.sender = Sender::Client {
+            verified_user_id: verified_user_id.map(str::to_owned),
+        };
+    }
+    events
+}
+
+fn refusal(m: &mut Model, batch: serde_json::Value, client: Option<Option<&str>>) -> Refusal {
+    let mut batch = events(batch);
+    if let Some(verified) = client {
+        batch = from_client(batch, verified);
+    }
+    let before = (m.profiles.clone(), m.owners.clone(), m.events.len());
+    let refusal = m.try_ingest(&batch).expect_err("refused");
+    assert_eq!(
+        (m.profiles.clone(), m.owners.clone(), m.events.len()),
+        before,
+        "a refused batch changes nothing"
+    );
+    refusal
+}
+
+#[test]
+fn a_profile_counts_a_bounded_number_of_event_names() {
+    let mut m = Model::default();
+    let names: Vec<_> = (0..crate::profile::limits::EVENT_NAMES)
+        .map(|i| json!({"type": "track", "userId": "u1", "event": format!("e{i}")}))
+        .collect();
+    m.ingest(&events(json!(names)));
+    let r = refusal(
+        &mut m,
+        json!([
+            {"type": "track", "userId": "u1", "event": "e0"},
+            {"type": "track", "userId": "u1", "event": "one too many"},
+        ]),
+        None,
+    );
+    assert_eq!(
+        (r.index, r.error.code, r.error.field.as_str()),
+        (1, "profile_limit", "event")
+    );
+    // Names it already counts still count.
+    m.ingest(&events(
+        json!([{"type": "track", "userId": "u1", "event": "e7"}]),
+    ));
+    assert_eq!(m.owner("user_id", "u1").expect("u1").event_counts["e7"], 2);
+}
+
+#[test]
+fn a_write_key_cannot_attach_identities_to_a_person_without_end() {
+    let mut m = Model::default();
+    let devices: Vec<_> = (1..crate::profile::limits::IDENTITIES)
+        .map(|i| json!({"type": "identify", "userId": "u1", "anonymousId": format!("a{i}")}))
+        .collect();
+    m.ingest(&events(json!(devices)));
+    let r = refusal(
+        &mut m,
+        json!([{"type": "identify", "userId": "u1", "anonymousId": "a-new"}]),
+        None,
+    );
+    assert_eq!(
+        (r.error.code, r.error.field.as_str()),
+        ("profile_limit", "anonymousId")
+    );
+    // Merging another profile in is growth too.
+    m.ingest(&events(
+        json!([{"type": "track", "anonymousId": "lone", "event": "x"}]),
+    ));
+    let r = refusal(
+        &mut m,
+        json!([{"type": "identify", "userId": "u1", "anonymousId": "lone"}]),
+        None,
+    );
+    assert_eq!(r.error.code, "profile_limit");
+}
+
+#[test]
+fn traits_are_bounded_in_number_and_bytes() {
+    let mut m = Model::default();
+    let many: serde_json::Map<String, serde_json::Value> = (0..crate::profile::limits::TRAITS)
+        .map(|i| (format!("t{i}"), json!(1)))
+        .collect();
+    m.ingest(&events(
+        json!([{"type": "identify", "userId": "u1", "traits": many}]),
+    ));
+    let r = refusal(
+        &mut m,
+        json!([{"type": "identify", "userId": "u1", "traits": {"one_more": 1}}]),
+        None,
+    );
+    assert_eq!(
+        (r.error.code, r.error.field.as_str()),
+        ("profile_limit", "traits")
+    );
+    // Changing a trait it has is not growth.
+    m.ingest(&events(
+        json!([{"type": "identify", "userId": "u1", "traits": {"t3": 2}}]),
+    ));
+
+    let chunk = "x".repeat(30_000);
+    let fills = crate::profile::limits::TRAIT_BYTES / 30_000;
+    for i in 0..fills {
+        m.ingest(&events(
+            json!([{"type": "identify", "userId": "u2", "traits": {format!("big{i}"): chunk}}]),
+        ));
+    }
+    let r = refusal(
+        &mut m,
+        json!([{"type": "identify", "userId": "u2", "traits": {"last": chunk}}]),
+        None,
+    );
+    assert_eq!(
+        (r.error.code, r.error.field.as_str()),
+        ("profile_limit", "traits")
+    );
+    // Removing makes room again.
+    m.ingest(&events(
+        json!([{"type": "identify", "userId": "u2", "traits": {"big0": null}}]),
+    ));
+    m.ingest(&events(
+        json!([{"type": "identify", "userId": "u2", "traits": {"last": chunk}}]),
+    ));
+}
+
+#[test]
+fn a_client_key_needs_the_user_hash_to_route_a_known_persons_messages() {
+    let mut m = Model::default();
+    m.ingest(&events(json!([
+        {"type": "identify", "userId": "victim", "anonymousId": "victim-browser",
+         "traits": {"email": "victim@example.com"},
+         "context": {"device": {"token": "victim-phone", "type": "ios"}}},
+    ])));
+    let hash_required = |r: Refusal, field: &str| {
+        assert!(r.is_unverified(), "{r}");
+        assert_eq!(r.error.field, field);
+    };
+    // Attaching an email to the person, by user id or through an id they own.
+    hash_required(
+        refusal(
+            &mut m,
+            json!([{"type": "identify", "userId": "victim", "traits": {"email": "thief@example.com"}}]),
+            Some(None),
+        ),
+        "traits.email",
+    );
+    hash_required(
+        refusal(
+            &mut m,
+            json!([{"type": "identify", "anonymousId": "victim-browser", "traits": {"phone": "+15550100"}}]),
+            Some(None),
+        ),
+        "traits.phone",
+    );
+    // Moving the thief's device token to the victim (their pushes would reach the thief).
+    m.ingest(&from_client(
+        events(json!([{"type": "identify", "anonymousId": "thief", "context": {"device": {"token": "thief-phone", "type": "ios"}}}])),
+        None,
+    ));
+    hash_required(
+        refusal(
+            &mut m,
+            json!([{"type": "identify", "userId": "victim", "context": {"device": {"token": "thief-phone", "type": "ios"}}}]),
+            Some(None),
+        ),
+        "context.device.token",
+    );
+    // Merging in an anonymous profile that holds an address.
+    m.ingest(&from_client(
+        events(json!([{"type": "identify", "anonymousId": "lead", "traits": {"email": "thief@example.com"}}])),
+        None,
+    ));
+    hash_required(
+        refusal(
+            &mut m,
+            json!([{"type": "identify", "userId": "victim", "anonymousId": "lead"}]),
+            Some(None),
+        ),
+        "traits.email",
+    );
+    // A hash for someone else proves nothing.
+    hash_required(
+        refusal(
+            &mut m,
+            json!([{"type": "identify", "userId": "victim", "traits": {"email": "thief@example.com"}}]),
+            Some(Some("thief")),
+        ),
+        "traits.email",
+    );
+    // Claiming a new user id with an address needs the hash as well.
+    hash_required(
+        refusal(
+            &mut m,
+            json!([{"type": "identify", "userId": "not-yet-signed-up", "traits": {"email": "x@example.com"}}]),
+            Some(None),
+        ),
+        "traits.email",
+    );
+
+    // What a client may do without it: events, traits, anonymous ids, and addresses on
+    // anonymous visitors (a newsletter form).
+    m.ingest(&from_client(
+        events(json!([
+            {"type": "track", "userId": "victim", "anonymousId": "victim-tablet", "event": "Viewed"},
+            {"type": "identify", "userId": "victim", "traits": {"theme": "dark", "email": "victim@example.com"}},
+            {"type": "identify", "anonymousId": "visitor", "traits": {"email": "visitor@example.com"}},
+        ])),
+        None,
+    ));
+    // With the victim's hash (the victim signed in), the change is theirs to make.
+    m.ingest(&from_client(
+        events(json!([{"type": "identify", "userId": "victim", "anonymousId": "lead", "traits": {"email": "new@example.com"}}])),
+        Some("victim"),
+    ));
+    let victim = m.owner("user_id", "victim").expect("victim");
+    assert_eq!(
+        victim.identities["email"],
+        ["new@example.com", "thief@example.com", "victim@example.com"]
+    );
+    // A server key may do all of it.
+    m.ingest(&events(json!([{"type": "identify", "userId": "victim", "context": {"device": {"token": "thief-phone", "type": "ios"}}}])));
 }
