@@ -427,6 +427,14 @@ pub struct Retention {
     pub max_events_per_profile: u64,
     /// 0 keeps events forever.
     pub max_event_age_days: u64,
+    /// Finished messages (sent or given up) are kept this long, and never less than the
+    /// longest frequency cap window; 0 keeps them forever.
+    #[serde(default = "default_message_age_days")]
+    pub max_message_age_days: u64,
+}
+
+fn default_message_age_days() -> u64 {
+    365
 }
 
 impl Default for Config {
@@ -445,6 +453,7 @@ impl Default for Config {
             retention: Retention {
                 max_events_per_profile: 1000,
                 max_event_age_days: 365,
+                max_message_age_days: default_message_age_days(),
             },
             log_format: "text".into(),
             webhooks: Webhooks::default(),
@@ -461,7 +470,7 @@ impl Default for Config {
 
 /// The environment variables read, after the `WAYMARK_` prefix (`__` nests: `WAYMARK_RETENTION__MAX_EVENT_AGE_DAYS`).
 /// Other `WAYMARK_*` variables (e.g. `WAYMARK_LOG`) are not configuration keys.
-const ENV_KEYS: [&str; 14] = [
+const ENV_KEYS: [&str; 15] = [
     "http.max_connections",
     "write_keys",
     "client_write_keys",
@@ -469,6 +478,7 @@ const ENV_KEYS: [&str; 14] = [
     "partitions",
     "retention.max_events_per_profile",
     "retention.max_event_age_days",
+    "retention.max_message_age_days",
     "governance.soft_bounce_limit",
     "governance.throttle.email",
     "governance.throttle.sms",
@@ -583,6 +593,10 @@ impl Config {
             partitions: self.partitions,
             max_events_per_profile: self.retention.max_events_per_profile.max(1),
             max_event_age_ms: match self.retention.max_event_age_days {
+                0 => None,
+                days => Some(days as i64 * day),
+            },
+            max_message_age_ms: match self.retention.max_message_age_days {
                 0 => None,
                 days => Some(days as i64 * day),
             },

@@ -89,11 +89,41 @@ pub struct ErasureView {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
-pub struct EventsQuery {
+pub struct PageQuery {
     /// Page size, 1 to 1000 (default 50).
     pub limit: Option<String>,
     /// Cursor from the previous page's `next`.
     pub before: Option<String>,
+}
+
+impl PageQuery {
+    fn limit(&self) -> Result<u32, ApiError> {
+        match self.limit.as_deref() {
+            None => Ok(50),
+            Some(text) => match text.parse::<u32>() {
+                Ok(n) if (1..=1000).contains(&n) => Ok(n),
+                _ => Err(ApiError::field(
+                    "invalid_value",
+                    "limit",
+                    format!("limit must be an integer from 1 to 1000, not {text:?}"),
+                )),
+            },
+        }
+    }
+
+    /// The cursor, as `(time, seq)`.
+    fn before(&self) -> Result<Option<(i64, i64)>, ApiError> {
+        match &self.before {
+            None => Ok(None),
+            Some(text) => waymark_store::decode_cursor(text).map(Some).ok_or_else(|| {
+                ApiError::field(
+                    "invalid_value",
+                    "before",
+                    "before must be a cursor returned as `next` by a previous page",
+                )
+            }),
+        }
+    }
 }
 
 fn identity(namespace: &str, value: &str) -> Result<Identity, ApiError> {
@@ -128,39 +158,19 @@ pub async fn get_profile(
 
 /// The profile's events, newest first, paged with `before` cursors.
 #[utoipa::path(get, path = "/v1/profiles/{namespace}/{value}/events", tag = "profiles",
-    params(("namespace" = String, Path), ("value" = String, Path), EventsQuery),
+    params(("namespace" = String, Path), ("value" = String, Path), PageQuery),
     responses((status = 200, body = EventsView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn get_events(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path((namespace, value)): Path<(String, String)>,
-    Query(query): Query<EventsQuery>,
+    Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<EventsView>, ApiError> {
     state.keys.require_admin(&headers)?;
     let id = identity(&namespace, &value)?;
-    let limit = match query.limit.as_deref() {
-        None => 50,
-        Some(text) => match text.parse::<u32>() {
-            Ok(n) if (1..=1000).contains(&n) => n,
-            _ => {
-                return Err(ApiError::field(
-                    "invalid_value",
-                    "limit",
-                    format!("limit must be an integer from 1 to 1000, not {text:?}"),
-                ));
-            }
-        },
-    };
-    if let Some(before) = &query.before
-        && waymark_store::decode_cursor(before).is_none()
-    {
-        return Err(ApiError::field(
-            "invalid_value",
-            "before",
-            "before must be a cursor returned as `next` by a previous page",
-        ));
-    }
+    let limit = query.limit()?;
+    query.before()?;
     let page = state
         .store
         .events(
@@ -285,8 +295,11 @@ pub async fn get_journeys(
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MessagesView {
-    /// Every message decided for the person, oldest first.
+    /// The newest `limit` messages decided for the person (before the cursor), oldest
+    /// first within the page.
     pub messages: Vec<MessageView>,
+    /// Cursor for the page of older messages, if there may be one.
+    pub next: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -341,16 +354,38 @@ impl StatusChange {
 /// The person's messages and what became of each: sent, failed (bounced), retrying,
 /// suppressed (and why), or not sent (and why).
 #[utoipa::path(get, path = "/v1/profiles/{namespace}/{value}/messages", tag = "profiles",
-    params(("namespace" = String, Path), ("value" = String, Path)),
+    params(("namespace" = String, Path), ("value" = String, Path), PageQuery),
     responses((status = 200, body = MessagesView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn get_messages(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path((namespace, value)): Path<(String, String)>,
+    Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<MessagesView>, ApiError> {
     state.keys.require_admin(&headers)?;
-    let (journeys, outbox) = journeys_and_outbox(&state, &namespace, &value).await?;
+    let (limit, before) = (query.limit()?, query.before()?);
+    let id = identity(&namespace, &value)?;
+    let journeys = state
+        .store
+        .profile_journeys(&id)
+        .await?
+        .ok_or_else(|| no_profile(&namespace, &value))?;
+    let outbox = state
+        .store
+        .profile_outbox_page(&id, Some("message"), before.map(|(_, seq)| seq), limit)
+        .await?
+        .unwrap_or_default();
+    // The page covers the time from its oldest queued message (if it is full: older ones
+    // are on the next page) up to the cursor; decided-but-unsent messages in that span
+    // come with it.
+    let oldest = (outbox.len() == limit as usize)
+        .then(|| outbox.first().map(|o| (o.created_at, o.seq)))
+        .flatten();
+    let next = oldest.map(|(at, seq)| format!("{at}.{seq}"));
+    let in_page = |at: i64| {
+        before.is_none_or(|(until, _)| at < until) && oldest.is_none_or(|(from, _)| at >= from)
+    };
     let now = waymark_store::wall_clock_ms();
     let mut messages: Vec<(i64, MessageView)> = outbox
         .into_iter()
@@ -438,6 +473,9 @@ pub async fn get_messages(
                     }
                     _ => continue,
                 };
+                if !in_page(step.at) {
+                    continue;
+                }
                 messages.push((
                     step.at,
                     MessageView {
@@ -466,5 +504,6 @@ pub async fn get_messages(
     messages.sort_by_key(|(at, _)| *at);
     Ok(axum::Json(MessagesView {
         messages: messages.into_iter().map(|(_, m)| m).collect(),
+        next,
     }))
 }

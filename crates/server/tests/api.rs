@@ -191,6 +191,7 @@ macro_rules! all_api_tests {
             inbox_shows_in_app_messages_until_dismissed_or_expired,
             client_keys_change_a_signed_in_persons_addresses_only_with_their_user_hash,
             profile_limits_are_refused_naming_the_field_and_fail_alone,
+            a_persons_messages_are_paged,
         );
     };
 }
@@ -1664,4 +1665,82 @@ async fn profile_limits_are_refused_naming_the_field_and_fail_alone(api: &Api) {
         .as_object()
         .map(|c| c.len());
     assert_eq!(counted, Some(names));
+}
+
+async fn a_persons_messages_are_paged(api: &Api) {
+    let journey = r#"
+key: pager
+entry: {event: Ping}
+properties: {reentry: always}
+templates:
+  hi: {document: {channel: sms, text: "ping"}}
+nodes:
+  - {id: send, type: message, channel: sms, template: hi, category: transactional, next: done}
+  - {id: done, type: end}
+"#;
+    let r = api.put_yaml("/v1/journeys/pager", journey).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = api.admin_post("/v1/journeys/pager/publish").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    // One message that could not be sent (no phone yet: a step, not an outbox row), then
+    // four queued ones.
+    let ping =
+        |i: u32| json!({"userId": "paged", "event": "Ping", "messageId": format!("ping-{i}")});
+    assert_eq!(api.post("/v1/track", ping(0)).await.status, StatusCode::OK);
+    let r = api
+        .post(
+            "/v1/identify",
+            json!({"userId": "paged", "traits": {"phone": "+15550103000"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    for i in 1..=4 {
+        assert_eq!(api.post("/v1/track", ping(i)).await.status, StatusCode::OK);
+    }
+
+    let mut seen: Vec<Value> = Vec::new();
+    let mut path = "/v1/profiles/user_id/paged/messages?limit=2".to_owned();
+    let mut pages = 0;
+    loop {
+        let r = api.get(&path).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let messages = r.body["messages"].as_array().cloned().unwrap_or_default();
+        pages += 1;
+        // Each page is oldest first and older than the page before it.
+        let times: Vec<&str> = messages
+            .iter()
+            .filter_map(|m| m["decided_at"].as_str())
+            .collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+        if let (Some(last_of_older), Some(first_of_newer)) = (
+            messages.last().and_then(|m| m["decided_at"].as_str()),
+            seen.first().and_then(|m| m["decided_at"].as_str()),
+        ) {
+            assert!(last_of_older <= first_of_newer);
+        }
+        seen.splice(0..0, messages);
+        match r.body["next"].as_str() {
+            Some(next) => {
+                path = format!("/v1/profiles/user_id/paged/messages?limit=2&before={next}")
+            }
+            None => break,
+        }
+        assert!(pages < 10, "paging must end");
+    }
+    let statuses: Vec<&str> = seen.iter().filter_map(|m| m["status"].as_str()).collect();
+    assert_eq!(
+        statuses,
+        ["not_sent", "queued", "queued", "queued", "queued"],
+        "{seen:?}"
+    );
+    let ids: std::collections::HashSet<_> = seen.iter().filter_map(|m| m["id"].as_str()).collect();
+    assert_eq!(ids.len(), 4, "each queued message once");
+
+    let r = api
+        .get("/v1/profiles/user_id/paged/messages?before=not-a-cursor")
+        .await;
+    assert_eq!(
+        (r.status, r.body["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("before"))
+    );
 }

@@ -682,24 +682,49 @@ impl ProfileStore for PostgresStore {
     }
 
     async fn prune_expired(&self, now: Millis) -> Result<u64, StoreError> {
-        let Some(max_age) = self.options.max_event_age_ms else {
-            return Ok(0);
-        };
+        const CHUNK: u64 = 10_000;
         let client = self.client().await?;
+        let mut steps: Vec<(&str, Millis)> = Vec::new();
+        if let Some(max_age) = self.options.max_event_age_ms {
+            steps.push((
+                "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE timestamp < $1 LIMIT 10000)",
+                now - max_age,
+            ));
+            steps.push((
+                "DELETE FROM merges WHERE ctid IN (SELECT ctid FROM merges WHERE at < $1 LIMIT 10000)",
+                now - max_age,
+            ));
+        }
+        if let Some(cutoff) = self.options.message_cutoff(now) {
+            // A finished row goes with its provider reports and inbox marks, in one statement.
+            steps.push((
+                "WITH gone AS (
+                     DELETE FROM journey_outbox WHERE seq IN (
+                         SELECT seq FROM journey_outbox
+                          WHERE finished_at < $1 AND status != 'pending' LIMIT 10000)
+                     RETURNING key),
+                 reports AS (DELETE FROM message_events WHERE key IN (SELECT key FROM gone)),
+                 marks AS (DELETE FROM inbox_marks WHERE key IN (SELECT key FROM gone))
+                 SELECT count(*) FROM gone",
+                cutoff,
+            ));
+        }
         let mut total = 0;
-        loop {
-            let n = client
-                .execute(
-                    "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE timestamp < $1 LIMIT 10000)",
-                    &[&(now - max_age)],
-                )
-                .await
-                .map_err(db_error)?;
-            total += n;
-            if n < 10_000 {
-                return Ok(total);
+        for (sql, before) in steps {
+            loop {
+                let n = if sql.starts_with("WITH") {
+                    let row = client.query_one(sql, &[&before]).await.map_err(db_error)?;
+                    row.get::<_, i64>(0) as u64
+                } else {
+                    client.execute(sql, &[&before]).await.map_err(db_error)?
+                };
+                total += n;
+                if n < CHUNK {
+                    break;
+                }
             }
         }
+        Ok(total)
     }
 }
 
@@ -902,13 +927,18 @@ impl JourneyRunStore for PostgresStore {
         runs::journey_stats(&client, journey).await
     }
 
-    async fn profile_outbox(
+    async fn profile_outbox_page(
         &self,
         identity: &Identity,
+        kind: Option<&str>,
+        before: Option<i64>,
+        limit: u32,
     ) -> Result<Option<Vec<waymark_store::OutboxEntry>>, StoreError> {
         let client = self.client().await?;
         match Shared::profile_id_of(&client, identity).await? {
-            Some(id) => runs::profile_outbox(&client, &id).await.map(Some),
+            Some(id) => runs::profile_outbox(&client, &id, kind, before, limit)
+                .await
+                .map(Some),
             None => Ok(None),
         }
     }

@@ -293,8 +293,8 @@ async fn write(client: &impl GenericClient, planned: &Planned, now: Millis) -> R
     for o in &planned.outbox {
         client
             .execute(
-                "INSERT INTO journey_outbox (key, profile_id, journey_key, kind, effect, status, created_at, next_attempt_at)
-                 VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7, $8) ON CONFLICT (key) DO NOTHING",
+                "INSERT INTO journey_outbox (key, profile_id, journey_key, kind, effect, status, created_at, next_attempt_at, finished_at)
+                 VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7, $8, CASE WHEN $6::text = 'pending' THEN NULL ELSE $7::bigint END) ON CONFLICT (key) DO NOTHING",
                 &[&o.key, &o.profile_id, &o.journey, &o.kind, &o.effect.to_string(), &o.status, &now, &o.due.unwrap_or(now)],
             )
             .await?;
@@ -479,26 +479,31 @@ pub async fn profile_journeys(
         .collect()
 }
 
+/// See `JourneyRunStore::profile_outbox_page`.
 pub async fn profile_outbox(
     client: &impl GenericClient,
     profile_id: &str,
+    kind: Option<&str>,
+    before: Option<i64>,
+    limit: u32,
 ) -> Result<Vec<OutboxEntry>, StoreError> {
+    let limit = i64::from(limit.min(waymark_store::MAX_PROFILE_OUTBOX));
     let rows = client
         .query(
-            "SELECT key, journey_key, kind, effect::text, status, attempts, last_error, result::text, created_at, next_attempt_at, finished_at
-             FROM (SELECT * FROM journey_outbox WHERE profile_id = $1 ORDER BY seq DESC LIMIT $2) AS newest ORDER BY seq",
-            &[&profile_id, &i64::from(waymark_store::MAX_PROFILE_OUTBOX)],
+            "SELECT key, journey_key, kind, effect::text, status, attempts, last_error, result::text, created_at, next_attempt_at, finished_at, seq
+             FROM (SELECT * FROM journey_outbox WHERE profile_id = $1 AND seq < $3 AND ($4::text IS NULL OR kind = $4)
+                   ORDER BY seq DESC LIMIT $2) AS newest
+             ORDER BY seq",
+            &[&profile_id, &limit, &before.unwrap_or(i64::MAX), &kind],
         )
         .await
         .map_err(db_error)?;
+    let keys: Vec<&str> = rows.iter().map(|r| r.get::<_, &str>(0)).collect();
     let mut events: HashMap<String, Vec<MessageEvent>> = HashMap::new();
     for r in client
         .query(
-            "SELECT e.key, e.status, e.detail, e.at FROM message_events e
-             JOIN journey_outbox o ON o.key = e.key WHERE o.profile_id = $1
-               AND o.seq >= (SELECT min(seq) FROM (SELECT seq FROM journey_outbox WHERE profile_id = $1 ORDER BY seq DESC LIMIT $2) AS newest)
-             ORDER BY e.at",
-            &[&profile_id, &i64::from(waymark_store::MAX_PROFILE_OUTBOX)],
+            "SELECT key, status, detail, at FROM message_events WHERE key = ANY($1) ORDER BY at",
+            &[&keys],
         )
         .await
         .map_err(db_error)?
@@ -531,6 +536,7 @@ pub async fn profile_outbox(
                 created_at: r.get(8),
                 next_attempt_at: r.get(9),
                 finished_at: r.get(10),
+                seq: r.get(11),
             })
         })
         .collect()

@@ -179,6 +179,15 @@ const MIGRATIONS: &[(i32, &str)] = &[
     // Who holds an outbox lease (`StoreOptions::lease_owner`), so a starting process takes
     // back only the leases of its own earlier run, never those of other live processes.
     (12, "ALTER TABLE journey_outbox ADD COLUMN leased_by TEXT;"),
+    // Finished outbox rows are pruned by when they finished (`StoreOptions::message_cutoff`);
+    // rows finished at planning (skipped by consent or governance) and rows finished before
+    // `finished_at` existed get their creation time.
+    (
+        13,
+        "UPDATE journey_outbox SET finished_at = created_at WHERE status != 'pending' AND finished_at IS NULL;
+         CREATE INDEX journey_outbox_finished ON journey_outbox (finished_at) WHERE finished_at IS NOT NULL;
+         CREATE INDEX merges_at ON merges (at);",
+    ),
 ];
 
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {

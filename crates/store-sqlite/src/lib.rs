@@ -560,14 +560,20 @@ impl JourneyRunStore for SqliteStore {
             .await
     }
 
-    async fn profile_outbox(
+    async fn profile_outbox_page(
         &self,
         identity: &Identity,
+        kind: Option<&str>,
+        before: Option<i64>,
+        limit: u32,
     ) -> Result<Option<Vec<waymark_store::OutboxEntry>>, StoreError> {
         let identity = identity.clone();
+        let kind = kind.map(str::to_owned);
         self.read(
             move |conn| match profile_id_of(conn, &identity).map_err(unavailable)? {
-                Some(id) => runs::profile_outbox(conn, &id).map(Some),
+                Some(id) => {
+                    runs::profile_outbox(conn, &id, kind.as_deref(), before, limit).map(Some)
+                }
                 None => Ok(None),
             },
         )

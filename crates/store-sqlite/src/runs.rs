@@ -219,8 +219,8 @@ fn write(tx: &Transaction<'_>, planned: &Planned, now: Millis) -> Result<(), Sto
     }
     let mut outbox = tx
         .prepare_cached(
-            "INSERT INTO journey_outbox (key, profile_id, journey_key, kind, effect, status, created_at, next_attempt_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (key) DO NOTHING",
+            "INSERT INTO journey_outbox (key, profile_id, journey_key, kind, effect, status, created_at, next_attempt_at, finished_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, CASE WHEN ?6 = 'pending' THEN NULL ELSE ?7 END) ON CONFLICT (key) DO NOTHING",
         )
         .map_err(unavailable)?;
     for o in &planned.outbox {
@@ -452,11 +452,20 @@ pub fn profile_journeys(
         .collect()
 }
 
-pub fn profile_outbox(conn: &Connection, profile_id: &str) -> Result<Vec<OutboxEntry>, StoreError> {
+/// See `JourneyRunStore::profile_outbox_page`.
+pub fn profile_outbox(
+    conn: &Connection,
+    profile_id: &str,
+    kind: Option<&str>,
+    before: Option<i64>,
+    limit: u32,
+) -> Result<Vec<OutboxEntry>, StoreError> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT key, journey_key, kind, effect, status, attempts, last_error, result, created_at, next_attempt_at, finished_at
-             FROM (SELECT * FROM journey_outbox WHERE profile_id = ?1 ORDER BY seq DESC LIMIT ?2) ORDER BY seq",
+            "SELECT key, journey_key, kind, effect, status, attempts, last_error, result, created_at, next_attempt_at, finished_at, seq
+             FROM (SELECT * FROM journey_outbox WHERE profile_id = ?1 AND seq < ?3 AND (?4 IS NULL OR kind = ?4)
+                   ORDER BY seq DESC LIMIT ?2)
+             ORDER BY seq",
         )
         .map_err(unavailable)?;
     type Raw = (
@@ -471,10 +480,12 @@ pub fn profile_outbox(conn: &Connection, profile_id: &str) -> Result<Vec<OutboxE
         i64,
         i64,
         Option<i64>,
+        i64,
     );
+    let limit = limit.min(waymark_store::MAX_PROFILE_OUTBOX);
     let rows: Vec<Raw> = stmt
         .query_map(
-            params![profile_id, waymark_store::MAX_PROFILE_OUTBOX],
+            params![profile_id, limit, before.unwrap_or(i64::MAX), kind],
             |r| {
                 Ok((
                     r.get(0)?,
@@ -488,12 +499,13 @@ pub fn profile_outbox(conn: &Connection, profile_id: &str) -> Result<Vec<OutboxE
                     r.get(8)?,
                     r.get(9)?,
                     r.get(10)?,
+                    r.get(11)?,
                 ))
             },
         )
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .map_err(unavailable)?;
-    let mut events = profile_message_events(conn, profile_id)?;
+    let mut events = message_events_of(conn, rows.iter().map(|r| r.0.as_str()))?;
     rows.into_iter()
         .map(
             |(
@@ -508,8 +520,10 @@ pub fn profile_outbox(conn: &Connection, profile_id: &str) -> Result<Vec<OutboxE
                 created_at,
                 next,
                 finished_at,
+                seq,
             )| {
                 Ok(OutboxEntry {
+                    seq,
                     events: events.remove(&key).unwrap_or_default(),
                     row: OutboxRow {
                         key,
@@ -534,38 +548,29 @@ pub fn profile_outbox(conn: &Connection, profile_id: &str) -> Result<Vec<OutboxE
         .collect()
 }
 
-/// The person's messages' provider reports, by message key, each list oldest first.
-fn profile_message_events(
+/// The provider reports of these messages, by message key, each list oldest first.
+fn message_events_of<'a>(
     conn: &Connection,
-    profile_id: &str,
+    keys: impl Iterator<Item = &'a str>,
 ) -> Result<HashMap<String, Vec<MessageEvent>>, StoreError> {
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT e.key, e.status, e.detail, e.at FROM message_events e
-             JOIN journey_outbox o ON o.key = e.key WHERE o.profile_id = ?1
-               AND o.seq >= (SELECT min(seq) FROM (SELECT seq FROM journey_outbox WHERE profile_id = ?1 ORDER BY seq DESC LIMIT ?2))
-             ORDER BY e.at",
-        )
+        .prepare_cached("SELECT status, detail, at FROM message_events WHERE key = ?1 ORDER BY at")
         .map_err(unavailable)?;
     let mut events: HashMap<String, Vec<MessageEvent>> = HashMap::new();
-    let rows = stmt
-        .query_map(
-            params![profile_id, waymark_store::MAX_PROFILE_OUTBOX],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    MessageEvent {
-                        status: r.get(1)?,
-                        detail: r.get(2)?,
-                        at: r.get(3)?,
-                    },
-                ))
-            },
-        )
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(unavailable)?;
-    for (key, event) in rows {
-        events.entry(key).or_default().push(event);
+    for key in keys {
+        let rows = stmt
+            .query_map([key], |r| {
+                Ok(MessageEvent {
+                    status: r.get(0)?,
+                    detail: r.get(1)?,
+                    at: r.get(2)?,
+                })
+            })
+            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+            .map_err(unavailable)?;
+        if !rows.is_empty() {
+            events.insert(key.to_owned(), rows);
+        }
     }
     Ok(events)
 }

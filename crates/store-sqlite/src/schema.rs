@@ -180,6 +180,15 @@ const MIGRATIONS: &[(i64, &str)] = &[
              PRIMARY KEY (key, status)
          ) WITHOUT ROWID;",
     ),
+    // Finished outbox rows are pruned by when they finished (`StoreOptions::message_cutoff`);
+    // rows finished at planning (skipped by consent or governance) and rows finished before
+    // `finished_at` existed get their creation time.
+    (
+        12,
+        "UPDATE journey_outbox SET finished_at = created_at WHERE status != 'pending' AND finished_at IS NULL;
+         CREATE INDEX journey_outbox_finished ON journey_outbox (finished_at) WHERE finished_at IS NOT NULL;
+         CREATE INDEX merges_at ON merges (at);",
+    ),
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

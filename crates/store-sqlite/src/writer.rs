@@ -455,15 +455,50 @@ fn erase(tx: &Transaction<'_>, identity: &Identity) -> Result<Option<Erasure>, S
     }))
 }
 
+/// One chunk of retention: up to `PRUNE_CHUNK` rows of each kind; the caller repeats
+/// while a full chunk was deleted.
 fn prune(tx: &Transaction<'_>, now: Millis, config: &Config) -> Result<u64, StoreError> {
-    let Some(max_age) = config.options.max_event_age_ms else {
-        return Ok(0);
-    };
-    let deleted = tx
-        .execute(
-            "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE timestamp < ?1 LIMIT ?2)",
-            params![now - max_age, PRUNE_CHUNK as i64],
-        )
-        .map_err(unavailable)?;
+    let mut deleted = 0;
+    if let Some(max_age) = config.options.max_event_age_ms {
+        deleted += tx
+            .execute(
+                "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE timestamp < ?1 LIMIT ?2)",
+                params![now - max_age, PRUNE_CHUNK as i64],
+            )
+            .map_err(unavailable)?;
+        deleted += tx
+            .execute(
+                "DELETE FROM merges WHERE rowid IN (SELECT rowid FROM merges WHERE at < ?1 LIMIT ?2)",
+                params![now - max_age, PRUNE_CHUNK as i64],
+            )
+            .map_err(unavailable)?;
+    }
+    if let Some(cutoff) = config.options.message_cutoff(now) {
+        let keys: Vec<(i64, String)> = tx
+            .prepare_cached(
+                "SELECT seq, key FROM journey_outbox WHERE finished_at < ?1 AND status != 'pending' LIMIT ?2",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![cutoff, PRUNE_CHUNK as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect()
+            })
+            .map_err(unavailable)?;
+        for (seq, key) in &keys {
+            for sql in [
+                "DELETE FROM message_events WHERE key = ?1",
+                "DELETE FROM inbox_marks WHERE key = ?1",
+            ] {
+                tx.prepare_cached(sql)
+                    .and_then(|mut s| s.execute([key]))
+                    .map_err(unavailable)?;
+            }
+            tx.prepare_cached("DELETE FROM journey_outbox WHERE seq = ?1")
+                .and_then(|mut s| s.execute([seq]))
+                .map_err(unavailable)?;
+        }
+        deleted += keys.len();
+    }
     Ok(deleted as u64)
 }

@@ -49,6 +49,7 @@ macro_rules! conformance_suite {
             dead_push_tokens_are_forgotten,
             provider_reports_are_kept_per_message_once_per_status,
             a_long_history_is_read_newest_first_and_bounded,
+            finished_messages_are_pruned_after_retention,
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {
@@ -1729,4 +1730,112 @@ pub async fn a_long_history_is_read_newest_first_and_bounded(b: &impl Backend) {
     assert_eq!(instances.first(), Some(&6), "the five oldest are left out");
     assert_eq!(instances.last(), Some(&(total as u64)));
     assert!(instances.windows(2).all(|w| w[0] < w[1]), "oldest first");
+
+    // Pages reach back through all of it, each newest first across pages, none repeated.
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = s
+            .profile_outbox_page(
+                &id("user_id", "chatty"),
+                Some("update_profile"),
+                before,
+                300,
+            )
+            .await
+            .expect("read")
+            .expect("known");
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 300);
+        before = page.first().map(|r| r.seq);
+        seen.splice(0..0, page.iter().map(|r| instance(&r.row.key)));
+    }
+    assert_eq!(seen, (1..=total as u64).collect::<Vec<_>>());
+    let none = s
+        .profile_outbox_page(&id("user_id", "chatty"), Some("message"), None, 10)
+        .await
+        .expect("read")
+        .expect("known");
+    assert!(none.is_empty(), "filtered by kind");
+}
+
+/// Finished outbox rows go once they are older than the message retention (and the
+/// longest cap window, which counts them); pending ones stay however old.
+pub async fn finished_messages_are_pruned_after_retention(b: &impl Backend) {
+    use waymark_core::governance::{Cap, Policy};
+    let day: waymark_core::time::Millis = 24 * 3600 * 1000;
+    let s = b
+        .open(StoreOptions {
+            max_message_age_ms: Some(30 * day),
+            governance: Policy {
+                caps: vec![Cap {
+                    channel: Some("sms".into()),
+                    max: 100,
+                    window_ms: 45 * day,
+                    window: "45d".into(),
+                }],
+                quiet_hours: None,
+            },
+            ..StoreOptions::default()
+        })
+        .await;
+    s.put_journey_draft("texts", &sms_journey("texts", "Texted", "marketing"), 1)
+        .await
+        .expect("put");
+    s.publish_journey("texts", 1).await.expect("publish");
+    s.ingest(events(json!([
+        {"type": "identify", "messageId": "pr-1", "userId": "sent-to", "traits": {"phone": "+15550102001"}},
+        {"type": "identify", "messageId": "pr-2", "userId": "waiting", "traits": {"phone": "+15550102002"}},
+        {"type": "track", "messageId": "pr-3", "userId": "sent-to", "event": "Texted"},
+        {"type": "track", "messageId": "pr-4", "userId": "waiting", "event": "Texted"},
+    ])))
+    .await
+    .expect("ingest");
+    let now = crate::wall_clock_ms();
+    let claimed = s.claim_outbox(now, 10, 30_000).await.expect("claim");
+    assert_eq!(claimed.len(), 2);
+    let sent_to = s
+        .profile(&id("user_id", "sent-to"))
+        .await
+        .expect("read")
+        .expect("profile")
+        .id;
+    let sent = claimed
+        .iter()
+        .find(|i| i.profile_id == sent_to)
+        .expect("the sent one");
+    s.complete_outbox(sent, Delivery::Delivered(json!({"sid": "SM1"})), now)
+        .await
+        .expect("complete");
+    s.release_outbox_leases().await.expect("release");
+
+    assert_eq!(
+        s.prune_expired(now + 31 * day).await.expect("prune"),
+        0,
+        "a cap window still reads it"
+    );
+    assert_eq!(s.prune_expired(now + 46 * day).await.expect("prune"), 1);
+    let outbox = |who: &'static str| {
+        let s = &s;
+        async move {
+            s.profile_outbox(&id("user_id", who))
+                .await
+                .expect("read")
+                .expect("profile")
+        }
+    };
+    assert!(outbox("sent-to").await.is_empty());
+    let waiting = outbox("waiting").await;
+    assert_eq!(waiting.len(), 1, "a pending message is never pruned");
+    assert_eq!(
+        s.claim_outbox(now + 46 * day, 10, 30_000)
+            .await
+            .expect("claim")
+            .len(),
+        1
+    );
+    assert_eq!(s.prune_expired(now + 46 * day).await.expect("prune"), 0);
+    s.close().await;
 }

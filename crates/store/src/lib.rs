@@ -36,8 +36,13 @@ pub struct StoreOptions {
     pub partitions: u32,
     /// Most events kept per profile; older ones are dropped as new ones arrive.
     pub max_events_per_profile: u64,
-    /// Events older than this (by event time) are removed by [`ProfileStore::prune_expired`].
+    /// Events older than this (by event time) are removed by [`ProfileStore::prune_expired`],
+    /// and so are identity merge records.
     pub max_event_age_ms: Option<Millis>,
+    /// Finished outbox rows (sent or given up) older than this, by when they finished, are
+    /// removed by [`ProfileStore::prune_expired`] with their provider reports and inbox
+    /// marks; never sooner than the longest frequency cap window, which reads them.
+    pub max_message_age_ms: Option<Millis>,
     /// Delivery rules every message is decided by, in the transaction that records it.
     pub governance: waymark_core::governance::Policy,
     /// Who this process's outbox leases belong to, stable across its restarts (the server
@@ -47,12 +52,22 @@ pub struct StoreOptions {
     pub lease_owner: String,
 }
 
+impl StoreOptions {
+    /// Finished messages that finished before this may be pruned: `max_message_age_ms`
+    /// ago, or the longest frequency cap window ago if that is longer.
+    pub fn message_cutoff(&self, now: Millis) -> Option<Millis> {
+        let age = self.max_message_age_ms?;
+        Some(now - age.max(self.governance.lookback_ms()))
+    }
+}
+
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             partitions: waymark_core::partition::DEFAULT_PARTITIONS,
             max_events_per_profile: 1000,
             max_event_age_ms: Some(365 * 24 * 3600 * 1000),
+            max_message_age_ms: Some(365 * 24 * 3600 * 1000),
             governance: Default::default(),
             lease_owner: format!("process-{}-{}", std::process::id(), wall_clock_ms()),
         }
@@ -221,7 +236,9 @@ pub trait ProfileStore: Send + Sync {
     /// Deletes the profile with this identity, all its identities and all its events.
     async fn erase(&self, identity: &Identity) -> Result<Option<Erasure>, StoreError>;
 
-    /// Removes events older than the configured age; returns how many.
+    /// Removes what is past its retention: events and merge records older than
+    /// `max_event_age_ms`, finished outbox rows older than [`StoreOptions::message_cutoff`];
+    /// returns how many rows.
     async fn prune_expired(&self, now: Millis) -> Result<u64, StoreError>;
 
     /// Detaches one identity from its profile (a push token the provider says is no longer
@@ -451,6 +468,20 @@ pub trait JourneyRunStore: Send + Sync {
     async fn profile_outbox(
         &self,
         identity: &Identity,
+    ) -> Result<Option<Vec<OutboxEntry>>, StoreError> {
+        self.profile_outbox_page(identity, None, None, MAX_PROFILE_OUTBOX)
+            .await
+    }
+
+    /// One page of the person's effects: the newest `limit` (at most
+    /// [`MAX_PROFILE_OUTBOX`]) of `kind` (all kinds if `None`) recorded before the row
+    /// `before` (an [`OutboxEntry::seq`]), oldest first.
+    async fn profile_outbox_page(
+        &self,
+        identity: &Identity,
+        kind: Option<&str>,
+        before: Option<i64>,
+        limit: u32,
     ) -> Result<Option<Vec<OutboxEntry>>, StoreError>;
 }
 
@@ -471,11 +502,14 @@ pub struct OutboxEntry {
     pub created_at: Millis,
     /// When the next attempt is due (while pending).
     pub next_attempt_at: Millis,
-    /// When it was sent or given up by the dispatcher (`None` for rows done when recorded,
-    /// like `log` and in-app messages, and for rows recorded before this was kept).
+    /// When it was sent or given up by the dispatcher, or recorded for rows done when
+    /// recorded (`log` and in-app messages, messages consent or governance stopped).
     pub finished_at: Option<Millis>,
     /// What the provider reported after it took the message, oldest first.
     pub events: Vec<MessageEvent>,
+    /// Its place in the outbox (the order rows were recorded in), for paging.
+    #[serde(skip)]
+    pub seq: i64,
 }
 
 /// Something a provider reported about a message it had taken: `delivered`, `undelivered`,
