@@ -81,6 +81,14 @@ impl Server {
         }
     }
 
+    /// What the server printed after `prefix` on a line of its start (a generated key).
+    pub fn printed(&self, prefix: &str) -> String {
+        self.stdout
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|k| k.trim().to_owned()))
+            .unwrap_or_else(|| panic!("{prefix} not printed at start: {:?}", self.stdout))
+    }
+
     pub fn kill9(&mut self) {
         self.child.kill().expect("SIGKILL");
         let _ = self.child.wait();

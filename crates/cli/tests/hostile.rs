@@ -252,3 +252,83 @@ fn base64_basic(key: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
 }
+
+/// The client write key ships in every page, so anyone holds it: it must not let a stranger
+/// route a signed-in person's messages to themselves, nor grow their profile without end.
+/// Against the real binary, with the keys and identity secret it generates on first start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_client_key_cannot_take_over_or_bloat_a_known_person() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let server = Server::start(Launch {
+        data_dir: &data,
+        store: None,
+        configured_keys: false,
+    });
+    let (server_key, client_key) = (
+        server.printed("write key:"),
+        server.printed("client write key:"),
+    );
+    let c = client();
+    let send = |key: &str, path: &str, body: Value, hash: Option<&str>| {
+        let mut req = c
+            .post(format!("{}{path}", server.base))
+            .basic_auth(key, Some(""))
+            .json(&body);
+        if let Some(hash) = hash {
+            req = req.header("x-waymark-user-hash", hash);
+        }
+        async move {
+            let resp = req.send().await.expect("answered");
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, body) = send(
+        &server_key,
+        "/v1/identify",
+        json!({"userId": "victim", "traits": {"email": "victim@example.com"}}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = send(
+        &client_key,
+        "/v1/identify",
+        json!({"userId": "victim", "traits": {"email": "thief@example.com"}}),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("user_hash_required")),
+        "{body}"
+    );
+    assert_eq!(body["field"], "traits.email");
+
+    // 200 new anonymous ids for one known person: the profile stops at its limit.
+    let devices: Vec<Value> = (0..200)
+        .map(|i| json!({"type": "identify", "userId": "victim", "anonymousId": format!("device-{i}")}))
+        .collect();
+    let (status, body) = send(&client_key, "/v1/batch", json!({ "batch": devices }), None).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("profile_limit")),
+        "{body}"
+    );
+    // user id + email + 98 devices = 100 identities; the 99th device is one too many.
+    assert_eq!(body["field"], "batch[98].anonymousId");
+
+    // The person's own page, with the user hash the customer's backend made for them.
+    let secret = std::fs::read_to_string(data.join("identity_secret")).expect("secret");
+    let hash = waymark_core::links::user_hash(secret.trim().as_bytes(), "user_id", "victim");
+    let (status, body) = send(
+        &client_key,
+        "/v1/identify",
+        json!({"userId": "victim", "traits": {"email": "new@example.com"}}),
+        Some(&hash),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}

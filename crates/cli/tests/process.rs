@@ -20,14 +20,7 @@ async fn first_start_generates_keys_prints_them_once_and_data_survives_restart()
         store: None,
         configured_keys: false,
     });
-    let key_of = |prefix: &str| {
-        server
-            .stdout
-            .iter()
-            .find_map(|l| l.trim().strip_prefix(prefix).map(|k| k.trim().to_owned()))
-            .expect("printed key")
-    };
-    let (write_key, admin) = (key_of("write key:"), key_of("admin token:"));
+    let (write_key, admin) = (server.printed("write key:"), server.printed("admin token:"));
     let c = client();
     let r = send_batch(
         &c,
