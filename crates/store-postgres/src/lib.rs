@@ -115,7 +115,11 @@ async fn committer(shared: Arc<Shared>, queue: Arc<tokio::sync::Mutex<mpsc::Rece
             // One request the database refuses must not fail the others planned with
             // it: each is retried alone and answered with its own result.
             Err(e) => {
-                tracing::warn!(error = %e, requests = sizes.len(), "postgres group commit failed; retrying each request alone");
+                if matches!(e, StoreError::Refused(_)) {
+                    tracing::debug!(requests = sizes.len(), "a postgres group held a refused request; retrying each request alone");
+                } else {
+                    tracing::warn!(error = %e, requests = sizes.len(), "postgres group commit failed; retrying each request alone");
+                }
                 let mut alone = Vec::with_capacity(sizes.len());
                 let mut start = 0;
                 for size in &sizes {
@@ -134,6 +138,7 @@ async fn committer(shared: Arc<Shared>, queue: Arc<tokio::sync::Mutex<mpsc::Rece
         for (result, reply) in results.into_iter().zip(replies) {
             match &result {
                 Ok(_) => shared.health.committed(),
+                Err(StoreError::Refused(_)) => {}
                 Err(e) => {
                     shared.health.failed(e);
                     tracing::error!(error = %e, "postgres ingest failed");

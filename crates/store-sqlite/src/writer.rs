@@ -261,18 +261,26 @@ fn flush_ingests(
         bodies.extend(b);
     }
     if sizes.len() > 1 {
-        if let Ok(outcomes) = isolated(tx, |tx| ingest(tx, &all, &bodies, config))? {
-            let mut outcomes = outcomes.into_iter();
-            for size in sizes {
-                let receipt = outcomes.by_ref().take(size).collect();
-                results.push(Ok(Done::Ingest(receipt)));
+        match isolated(tx, |tx| ingest(tx, &all, &bodies, config))? {
+            Ok(outcomes) => {
+                let mut outcomes = outcomes.into_iter();
+                for size in sizes {
+                    let receipt = outcomes.by_ref().take(size).collect();
+                    results.push(Ok(Done::Ingest(receipt)));
+                }
+                return Ok(());
             }
-            return Ok(());
+            // A refusal is a client's doing (and any client can cause one): not worth a warning.
+            Err(StoreError::Refused(_)) => tracing::debug!(
+                requests = sizes.len(),
+                "an ingest group held a refused request; retrying each request alone"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                requests = sizes.len(),
+                "an ingest group failed; retrying each request alone"
+            ),
         }
-        tracing::warn!(
-            requests = sizes.len(),
-            "an ingest group failed; retrying each request alone"
-        );
     }
     let mut start = 0;
     for size in sizes {
