@@ -116,7 +116,10 @@ async fn committer(shared: Arc<Shared>, queue: Arc<tokio::sync::Mutex<mpsc::Rece
             // it: each is retried alone and answered with its own result.
             Err(e) => {
                 if matches!(e, StoreError::Refused(_)) {
-                    tracing::debug!(requests = sizes.len(), "a postgres group held a refused request; retrying each request alone");
+                    tracing::debug!(
+                        requests = sizes.len(),
+                        "a postgres group held a refused request; retrying each request alone"
+                    );
                 } else {
                     tracing::warn!(error = %e, requests = sizes.len(), "postgres group commit failed; retrying each request alone");
                 }
