@@ -3,11 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::config_keys::Form;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where the embedded store and generated credentials live.
@@ -40,10 +41,22 @@ pub struct Config {
     pub governance: Governance,
     pub outbox: Outbox,
     pub http: Http,
+    /// Where this configuration came from, for the log at start.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub loaded_from: LoadedFrom,
+}
+
+/// The file and the `WAYMARK_*` variables a configuration was read from.
+#[derive(Debug, Clone, Default)]
+pub struct LoadedFrom {
+    pub file: Option<PathBuf>,
+    /// Variable names only: values may be secrets.
+    pub variables: Vec<String>,
 }
 
 /// Limits on the HTTP server's connections (see `waymark_server::listen::Limits`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Http {
     /// Connections open at once (default 4096); more wait to be accepted.
@@ -82,7 +95,7 @@ impl Http {
 }
 
 /// How the outbox dispatcher holds the rows it delivers.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Outbox {
     /// How long a claimed row stays ours if this process dies (`2m`): then another process,
@@ -109,7 +122,7 @@ impl Outbox {
 }
 
 /// Delivery rules for marketing messages (see `waymark_core::governance`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Governance {
     /// `[{channel = "email", max = 3, window = "7d"}, {max = 5, window = "1d"}]`; without
@@ -119,6 +132,7 @@ pub struct Governance {
     /// `{start = "21:00", end = "08:00", action = "hold"}` (or `"drop"`), in each person's
     /// `timezone` trait (UTC if they have none).
     #[serde(default)]
+    #[schemars(with = "Option<serde_json::Value>")]
     pub quiet_hours: Option<waymark_core::governance::QuietHours>,
     /// Soft bounces (temporary refusals that outlast the retries) before an address goes
     /// on the suppression list. Default 3.
@@ -178,7 +192,7 @@ impl Governance {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CapConfig {
     #[serde(default)]
@@ -214,7 +228,7 @@ impl Governance {
 }
 
 /// An SMTP server for the `email` channel.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Email {
     /// `smtp://host:25` (plain), `smtp://user:pass@host:587?tls=opportunistic` (STARTTLS if
@@ -252,7 +266,7 @@ pub struct Email {
     pub track_clicks: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailSender {
     /// `Name <address@example.com>`.
@@ -270,7 +284,7 @@ fn default_pool_size() -> u32 {
 }
 
 /// Direct mail: CSV files for a print provider.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DirectMail {
     /// Where the files go (created if missing).
@@ -288,7 +302,7 @@ fn default_run() -> String {
 }
 
 /// Push providers: FCM HTTP v1 and APNs (token-based). Either or both.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Push {
     /// Default `https://fcm.googleapis.com`.
@@ -330,7 +344,7 @@ fn default_apns() -> String {
 
 /// An SMS provider: Twilio's REST API (Twilio itself, or any compatible one), or any HTTP
 /// API described by a templated request (`provider = "http"`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Sms {
     /// `twilio` (default) or `http`.
@@ -388,7 +402,7 @@ fn default_twilio() -> String {
     "https://api.twilio.com".into()
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Webhooks {
     /// PEM file of extra CA certificates to trust for https:// webhooks (an internal CA),
@@ -421,7 +435,7 @@ impl Webhooks {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Retention {
     pub max_events_per_profile: u64,
@@ -464,72 +478,10 @@ impl Default for Config {
             governance: Governance::default(),
             outbox: Outbox::default(),
             http: Http::default(),
+            loaded_from: LoadedFrom::default(),
         }
     }
 }
-
-/// The environment variables read, after the `WAYMARK_` prefix (`__` nests: `WAYMARK_RETENTION__MAX_EVENT_AGE_DAYS`).
-/// Other `WAYMARK_*` variables (e.g. `WAYMARK_LOG`) are not configuration keys.
-const ENV_KEYS: [&str; 15] = [
-    "http.max_connections",
-    "write_keys",
-    "client_write_keys",
-    "admin_tokens",
-    "partitions",
-    "retention.max_events_per_profile",
-    "retention.max_event_age_days",
-    "retention.max_message_age_days",
-    "governance.soft_bounce_limit",
-    "governance.throttle.email",
-    "governance.throttle.sms",
-    "governance.throttle.in_app",
-    "governance.throttle.push",
-    "governance.throttle.direct_mail",
-    "email.pool_size",
-];
-
-/// Keys whose environment value is taken as written. figment reads `+15550100` or an
-/// all-digit token as a number (dropping the `+`), so these skip its parsing.
-const ENV_TEXT_KEYS: [&str; 38] = [
-    "http.header_timeout",
-    "http.body_timeout",
-    "outbox.lease",
-    "data_dir",
-    "listen",
-    "store",
-    "write_key",
-    "client_write_key",
-    "admin_token",
-    "log_format",
-    "webhooks.ca_file",
-    "webhooks.signing_secret",
-    "sms.provider",
-    "sms.url",
-    "sms.base_url",
-    "sms.account_sid",
-    "sms.auth_token",
-    "sms.from",
-    "sms.inbound_url",
-    "sms.status_url",
-    "sms.help_text",
-    "email.smtp_url",
-    "email.ca_file",
-    "email.from",
-    "email.reply_to",
-    "email.public_url",
-    "governance.retry_window",
-    "direct_mail.folder",
-    "direct_mail.every",
-    "push.fcm_url",
-    "push.fcm_project_id",
-    "push.fcm_access_token",
-    "push.fcm_service_account_file",
-    "push.apns_url",
-    "push.apns_topic",
-    "push.apns_key_file",
-    "push.apns_key_id",
-    "push.apns_team_id",
-];
 
 /// Flags given on the command line; only those present override the other layers.
 #[derive(Debug, Default, Serialize)]
@@ -543,33 +495,69 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// The defaults, then the file (`waymark.toml` if none is named), then `WAYMARK_*`
+    /// variables (`__` nests: `WAYMARK_RETENTION__MAX_EVENT_AGE_DAYS`; every key of the
+    /// structure has one, see `config_keys`), then flags. An unknown key in the file or an
+    /// unknown `WAYMARK_*` variable is an error that names it.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, String> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        match file {
+        let file = match file {
             Some(path) if !path.exists() => {
                 return Err(format!("config file {} does not exist", path.display()));
             }
-            Some(path) => figment = figment.merge(Toml::file_exact(path)),
-            None if Path::new("waymark.toml").exists() => {
-                figment = figment.merge(Toml::file_exact("waymark.toml"))
-            }
-            None => {}
+            Some(path) => Some(path.to_path_buf()),
+            None if Path::new("waymark.toml").exists() => Some(PathBuf::from("waymark.toml")),
+            None => None,
+        };
+        if let Some(path) = &file {
+            figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed("WAYMARK_").split("__").only(&ENV_KEYS));
-        for key in ENV_TEXT_KEYS {
-            let var = format!("WAYMARK_{}", key.replace('.', "__").to_uppercase());
-            if let Ok(value) = std::env::var(&var) {
-                figment = figment.merge(Serialized::default(key, value));
+        let keys = crate::config_keys::env_keys();
+        let environment = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        let variables = crate::config_keys::configuration_variables(environment, &keys)?;
+        let parsed: Vec<String> = variables
+            .iter()
+            .filter(|(_, _, form, _)| *form == Form::Parsed)
+            .map(|(_, dotted, _, _)| dotted.clone())
+            .collect();
+        figment = figment.merge(
+            Env::prefixed("WAYMARK_")
+                .split("__")
+                .filter(move |k| parsed.iter().any(|p| p.eq_ignore_ascii_case(k.as_str()))),
+        );
+        for (_, dotted, form, value) in &variables {
+            if *form == Form::Text {
+                figment = figment.merge(Serialized::default(dotted, value));
             }
         }
         figment = figment.merge(Serialized::defaults(overrides));
-        let config: Config = figment.extract().map_err(|e| {
-            // figment names the key and the layer (file path or env var) that failed.
+        let mut config: Config = figment.extract().map_err(|e| {
+            // figment names the key and the layer (file path or env var) that failed; an
+            // unknown file key also gets its line.
+            let text = file.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
             e.into_iter()
-                .map(|e| e.to_string())
+                .map(|e| match (&e.kind, &text) {
+                    (figment::error::Kind::UnknownField(name, _), Some(text)) => {
+                        // The path names the key itself when figment knows it.
+                        let table = match e.path.split_last() {
+                            Some((last, table)) if last == name => table,
+                            _ => &e.path[..],
+                        };
+                        match crate::config_keys::line_of(text, table, name) {
+                            Some(line) => format!("{e} (line {line})"),
+                            None => e.to_string(),
+                        }
+                    }
+                    _ => e.to_string(),
+                })
                 .collect::<Vec<_>>()
                 .join("; ")
         })?;
+        config.loaded_from = LoadedFrom {
+            file,
+            variables: variables.into_iter().map(|(name, ..)| name).collect(),
+        };
         if config.partitions == 0 {
             return Err("partitions must be at least 1".into());
         }
@@ -843,6 +831,25 @@ mod tests {
             assert_eq!(c.data_dir.to_str(), Some("from-file"));
             assert_eq!(c.store_options().max_event_age_ms, None);
             assert_eq!(c.write_key.as_deref(), Some("wk_env"));
+            assert_eq!(
+                c.loaded_from.variables,
+                [
+                    "WAYMARK_LISTEN",
+                    "WAYMARK_RETENTION__MAX_EVENT_AGE_DAYS",
+                    "WAYMARK_WRITE_KEY"
+                ]
+            );
+
+            // Keys a hand-kept list of variables once left out, now read like any other.
+            jail.set_env("WAYMARK_EMAIL__SMTP_URL", "smtp://127.0.0.1:2525");
+            jail.set_env("WAYMARK_EMAIL__FROM", "+15550100@example.com");
+            jail.set_env("WAYMARK_EMAIL__TRACK_OPENS", "false");
+            jail.set_env("WAYMARK_SMS__FROM", "+15550100");
+            let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            let email = c.email.as_ref().expect("email from the environment");
+            assert!(!email.track_opens && email.track_clicks);
+            assert_eq!(email.from, "+15550100@example.com");
+            assert_eq!(c.sms.as_ref().map(|s| s.from.as_str()), Some("+15550100"));
 
             let flags = Overrides {
                 listen: Some("127.0.0.1:9200".into()),
@@ -864,13 +871,27 @@ mod tests {
             jail.create_file("typo.toml", "lisen = \"x\"\n")?;
             let e = Config::load(Some(Path::new("typo.toml")), &Overrides::default())
                 .expect_err("unknown key");
-            assert!(e.contains("lisen"), "{e}");
+            assert!(e.contains("lisen") && e.contains("(line 1)"), "{e}");
+            jail.create_file(
+                "nested.toml",
+                "listen = \"x\"\n[retention]\nmax_event_age_days = 3\nmax_events_per_profle = 9\n",
+            )?;
+            let e = Config::load(Some(Path::new("nested.toml")), &Overrides::default())
+                .expect_err("unknown nested key");
+            assert!(
+                e.contains("max_events_per_profle") && e.contains("(line 4)"),
+                "{e}"
+            );
             let e = Config::load(Some(Path::new("missing.toml")), &Overrides::default())
                 .expect_err("missing file");
             assert!(e.contains("missing.toml"), "{e}");
             jail.set_env("WAYMARK_PARTITIONS", "zero");
             let e = Config::load(None, &Overrides::default()).expect_err("bad env");
             assert!(e.to_lowercase().contains("partitions"), "{e}");
+            jail.set_env("WAYMARK_PARTITIONS", "4");
+            jail.set_env("WAYMARK_EMAIL__TRACK_OPEN", "false");
+            let e = Config::load(None, &Overrides::default()).expect_err("typo'd variable");
+            assert!(e.contains("WAYMARK_EMAIL__TRACK_OPEN is not"), "{e}");
             Ok(())
         });
     }

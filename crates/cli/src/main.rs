@@ -2,6 +2,7 @@
 
 mod bench;
 mod config;
+mod config_keys;
 mod direct_mail;
 mod dispatch;
 mod email;

@@ -79,6 +79,15 @@ async fn shutdown_signal() {
 )]
 pub async fn run(config: Config) -> Result<(), String> {
     init_logging(&config.log_format);
+    let from = &config.loaded_from;
+    tracing::info!(
+        file = from
+            .file
+            .as_ref()
+            .map_or("(none)".into(), |p| p.display().to_string()),
+        variables = from.variables.join(", "),
+        "configuration read (variable values not shown: some are secrets)"
+    );
     let keys = resolve_keys(&config)?;
     if let Some(creds) = &keys.generated {
         println!(
