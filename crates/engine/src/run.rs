@@ -469,14 +469,32 @@ fn govern(
     if channel == "log" {
         return Gate::Record { due: None };
     }
+    // The decision replaces the node's `sent` step where it stands (the instance has gone on
+    // since, maybe to its end): the trace says `held` or `suppressed` at the message node.
     let mut record = |what: &str, detail: Value| {
-        if let Some(i) = state.instances.iter_mut().find(|i| i.number == *instance) {
-            i.steps.push(crate::Step {
+        let Some(i) = state.instances.iter_mut().find(|i| i.number == *instance) else {
+            return;
+        };
+        let planned = i
+            .steps
+            .iter_mut()
+            .rev()
+            .find(|s| s.node == *node && s.what == "sent");
+        match planned {
+            Some(step) => {
+                let mut merged = step.detail.take().unwrap_or_else(|| serde_json::json!({}));
+                if let (Some(into), Value::Object(from)) = (merged.as_object_mut(), detail) {
+                    into.extend(from);
+                }
+                step.what = what.to_owned();
+                step.detail = Some(merged);
+            }
+            None => i.steps.push(crate::Step {
                 at: now,
                 node: node.clone(),
                 what: what.to_owned(),
                 detail: Some(detail),
-            });
+            }),
         }
     };
     // The suppression list binds transactional messages too: the address does not work

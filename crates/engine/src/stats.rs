@@ -18,6 +18,10 @@ pub struct NodeStats {
     pub passed: u64,
     /// Errors recorded at the node (failed expressions, failed webhooks).
     pub errored: u64,
+    /// Messages from the node held for later (quiet hours) when they were decided.
+    pub held: u64,
+    /// Messages from the node not sent (suppression list, unsubscribed, frequency caps).
+    pub suppressed: u64,
     /// Instances that ended at the node without completing (exited, timed out, failed, stopped).
     pub exited: u64,
 }
@@ -157,6 +161,8 @@ pub fn count_change(
         match step.what.as_str() {
             "entered" => add(c, journey, &step.node, "entered", 1),
             "error" => add(c, journey, &step.node, "errored", 1),
+            "held" => add(c, journey, &step.node, "held", 1),
+            "suppressed" => add(c, journey, &step.node, "suppressed", 1),
             _ => {}
         }
     }
@@ -219,6 +225,8 @@ pub fn from_counters<'a>(rows: impl IntoIterator<Item = (&'a str, &'a str, i64)>
             "entered" => n.entered += v,
             "waiting" => n.waiting += v,
             "errored" => n.errored += v,
+            "held" => n.held += v,
+            "suppressed" => n.suppressed += v,
             "exited" => n.exited += v,
             _ => {}
         }

@@ -118,6 +118,15 @@ fn track(user: &str, event: &str, properties: Value, at: i64) -> (Event, Profile
 
 use crate::tests::LOOP;
 
+/// A journey `key` that sends one email (template `key`) from node `node` on `event`.
+fn one_email(key: &str, event: &str, node: &str, category: &str) -> String {
+    format!(
+        "key: {key}\nentry: {{ event: {event} }}\nnodes:\n  \
+         - {{ id: {node}, type: message, channel: email, template: {key}, category: {category}, next: done }}\n  \
+         - {{ id: done, type: end }}\n"
+    )
+}
+
 #[test]
 fn counters_kept_per_transaction_agree_with_counting_the_states_from_scratch() {
     let mut m = Memory::default();
@@ -300,15 +309,7 @@ nodes:
 #[test]
 fn suppressed_addresses_get_nothing_even_transactional_and_the_reason_is_a_step() {
     let mut m = Memory::default();
-    m.publish(
-        r#"
-key: receipt
-entry: { event: Paid }
-nodes:
-  - { id: send, type: message, channel: email, template: receipt, category: transactional, next: done }
-  - { id: done, type: end }
-"#,
-    );
+    m.publish(&one_email("receipt", "Paid", "send", "transactional"));
     m.catalog.suppressed.insert(
         ("email".into(), "bounced@example.com".into()),
         "hard_bounce".into(),
@@ -349,5 +350,77 @@ nodes:
             ("email", "cy@example.com".to_string()),
             ("sms", "+15550100".to_string())
         ]
+    );
+}
+
+#[test]
+fn a_message_held_by_quiet_hours_is_held_where_its_node_stands_in_the_trace() {
+    use waymark_core::governance::{Policy, QuietAction, QuietHours};
+    let mut m = Memory::default();
+    m.publish(&one_email("promo", "Browse", "offer", "marketing"));
+    m.catalog.governance = Arc::new(Policy {
+        caps: Vec::new(),
+        quiet_hours: Some(QuietHours {
+            start: "00:00".into(),
+            end: "23:59".into(),
+            action: QuietAction::Hold,
+        }),
+    });
+    let (event, mut profile) = track("kim", "Browse", json!({}), 60_000);
+    profile
+        .traits
+        .insert("email".into(), json!("kim@example.com"));
+    m.events(&[(event, profile)], 60_000);
+    let kim = &m.states[&("kim".to_string(), "promo".to_string())].instances[0];
+    let trace: Vec<(&str, &str)> = kim
+        .steps
+        .iter()
+        .map(|s| (s.node.as_str(), s.what.as_str()))
+        .collect();
+    let at_offer: Vec<&str> = trace
+        .iter()
+        .filter(|(node, _)| *node == "offer")
+        .map(|(_, what)| *what)
+        .collect();
+    assert_eq!(at_offer, ["entered", "held"], "{trace:?}");
+    let held = trace.iter().position(|s| *s == ("offer", "held"));
+    let done = trace.iter().position(|(_, what)| *what == "completed");
+    assert!(
+        held < done,
+        "held is where the node stands, not after the end: {trace:?}"
+    );
+    let detail = kim
+        .steps
+        .iter()
+        .find(|s| s.what == "held")
+        .and_then(|s| s.detail.clone());
+    let detail = detail.expect("detail");
+    assert_eq!(
+        (detail["channel"].as_str(), detail["template"].as_str()),
+        (Some("email"), Some("promo"))
+    );
+    assert!(
+        detail["until"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("1970-01-01T23:59")),
+        "{detail}"
+    );
+    let stats = m.stats("promo");
+    assert_eq!(stats.nodes["offer"].held, 1);
+    assert_eq!(stats.nodes["offer"].suppressed, 0);
+    // The kept counters agree with counting the states from scratch.
+    let scratch = count_states("promo", m.states.values());
+    let kept: Counts = m
+        .counts
+        .clone()
+        .into_iter()
+        .filter(|(_, v)| *v != 0)
+        .collect();
+    assert_eq!(
+        kept,
+        scratch
+            .into_iter()
+            .filter(|(_, v)| *v != 0)
+            .collect::<Counts>()
     );
 }

@@ -1,6 +1,6 @@
 //! The profile API (admin token): read a profile, page its events, erase it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -236,6 +236,17 @@ async fn journeys_and_outbox(
     Ok((journeys, outbox))
 }
 
+/// Which step planned an outbox row, from its key: the engine keys an effect
+/// `journey:profile:instance:node:step` (the profile it was planned for, which a later merge
+/// may have folded into another), so this reads it as `(journey, instance, node, step)`.
+fn planned_by(key: &str) -> Option<(&str, u32, &str, usize)> {
+    let (rest, step) = key.rsplit_once(':')?;
+    let (journey, rest) = rest.split_once(':')?;
+    let (_profile, rest) = rest.split_once(':')?;
+    let (instance, node) = rest.split_once(':')?;
+    Some((journey, instance.parse().ok()?, node, step.parse().ok()?))
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProfileJourneysView {
     /// The person's instances in each journey they entered, with every step taken.
@@ -260,9 +271,36 @@ pub async fn get_journeys(
     state.keys.require_admin(&headers)?;
     let (journeys, effects) = journeys_and_outbox(&state, &namespace, &value).await?;
     let iso = |v: Option<&Value>| v.and_then(Value::as_i64).map(format_iso8601);
+    // Messages held for later have gone out once their outbox row is done.
+    let sent: HashMap<(&str, u32, &str, usize), i64> = effects
+        .iter()
+        .filter(|o| o.row.kind == "message" && o.row.status == "done")
+        .filter_map(|o| {
+            Some((
+                planned_by(&o.row.key)?,
+                o.finished_at.unwrap_or(o.created_at),
+            ))
+        })
+        .collect();
     let journeys = journeys
         .into_iter()
-        .map(|(key, st)| {
+        .map(|(key, mut st)| {
+            for instance in &mut st.instances {
+                for (index, step) in instance.steps.iter_mut().enumerate() {
+                    if step.what != "held" {
+                        continue;
+                    }
+                    let planned = (key.as_str(), instance.number, step.node.as_str(), index);
+                    if let Some(at) = sent.get(&planned) {
+                        step.what = "sent".into();
+                        if let Some(Value::Object(detail)) = &mut step.detail {
+                            let until = detail.remove("until").unwrap_or(Value::Null);
+                            detail.insert("held_until".into(), until);
+                            detail.insert("sent_at".into(), Value::String(format_iso8601(*at)));
+                        }
+                    }
+                }
+            }
             let mut instances = serde_json::to_value(&st.instances).unwrap_or(Value::Null);
             // Times as ISO 8601 for people; the engine keeps milliseconds.
             for instance in instances.as_array_mut().into_iter().flatten() {

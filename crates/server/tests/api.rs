@@ -1668,17 +1668,8 @@ async fn profile_limits_are_refused_naming_the_field_and_fail_alone(api: &Api) {
 }
 
 async fn a_persons_messages_are_paged(api: &Api) {
-    let journey = r#"
-key: pager
-entry: {event: Ping}
-properties: {reentry: always}
-templates:
-  hi: {document: {channel: sms, text: "ping"}}
-nodes:
-  - {id: send, type: message, channel: sms, template: hi, category: transactional, next: done}
-  - {id: done, type: end}
-"#;
-    let r = api.put_yaml("/v1/journeys/pager", journey).await;
+    let journey = one_sms("pager", "Ping", "send", "transactional");
+    let r = api.put_yaml("/v1/journeys/pager", &journey).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let r = api.admin_post("/v1/journeys/pager/publish").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
@@ -1743,4 +1734,90 @@ nodes:
         (r.status, r.body["field"].clone()),
         (StatusCode::BAD_REQUEST, json!("before"))
     );
+}
+
+/// A message quiet hours hold reads `held` in the person's journey trace until it goes
+/// out, then `sent` (with until when it was held).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_message_reads_held_until_it_is_sent() {
+    use waymark_core::governance::{Policy, QuietAction, QuietHours};
+    use waymark_store::{Delivery, OutboxStore};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = StoreOptions {
+        governance: Policy {
+            caps: Vec::new(),
+            quiet_hours: Some(QuietHours {
+                start: "00:00".into(),
+                end: "23:59".into(),
+                action: QuietAction::Hold,
+            }),
+        },
+        ..StoreOptions::default()
+    };
+    let store =
+        Arc::new(waymark_store_sqlite::SqliteStore::open(dir.path(), options).expect("open"));
+    let api = Api {
+        router: app(AppState::new(store.clone(), keys())),
+        _guard: Some(dir),
+    };
+    let journey = one_sms("promo", "Browse", "offer", "marketing");
+    assert_eq!(
+        api.put_yaml("/v1/journeys/promo", &journey).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.admin_post("/v1/journeys/promo/publish").await.status,
+        StatusCode::OK
+    );
+    let r = api
+        .post(
+            "/v1/batch",
+            json!({"batch": [
+            {"type": "identify", "userId": "kim", "traits": {"phone": "+15550104000"}},
+            {"type": "track", "userId": "kim", "event": "Browse"}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let offer = || async {
+        let r = api.get("/v1/profiles/user_id/kim/journeys").await;
+        let steps = r.body["journeys"][0]["instances"][0]["steps"].clone();
+        steps
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["node"] == "offer" && s["what"] != "entered")
+            .cloned()
+            .collect::<Vec<Value>>()
+    };
+    let held = offer().await;
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0]["what"], "held", "{held:?}");
+
+    // The quiet hours end; the dispatcher sends it.
+    let later = waymark_store::wall_clock_ms() + 2 * 24 * 3_600_000;
+    let claimed = store.claim_outbox(later, 10, 30_000).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    store
+        .complete_outbox(
+            &claimed[0],
+            Delivery::Delivered(json!({"sid": "SM1"})),
+            later,
+        )
+        .await
+        .expect("complete");
+    let sent = offer().await;
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0]["what"], "sent", "{sent:?}");
+    assert!(sent[0]["detail"]["held_until"].is_string(), "{sent:?}");
+    assert!(sent[0]["detail"]["sent_at"].is_string(), "{sent:?}");
+}
+
+/// A journey `key`, entered on every `event`, that sends one SMS from node `node`.
+fn one_sms(key: &str, event: &str, node: &str, category: &str) -> String {
+    format!(
+        "key: {key}\nentry: {{event: {event}}}\nproperties: {{reentry: always}}\n\
+         templates:\n  hi: {{document: {{channel: sms, text: \"hi\"}}}}\nnodes:\n  \
+         - {{id: {node}, type: message, channel: sms, template: hi, category: {category}, next: done}}\n  \
+         - {{id: done, type: end}}\n"
+    )
 }
