@@ -91,14 +91,112 @@ pub enum Waiting {
     },
 }
 
+/// What a step records. Stored (and served) as its snake_case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    /// The instance arrived at the node.
+    Entered,
+    /// A branch or condition node chose a path (`detail.branch`).
+    Branch,
+    /// Waiting on a timer or an event.
+    Waiting,
+    /// The wait ended (the event came, or the time).
+    Resumed,
+    /// A wait for an event ran out of time and took its timeout path.
+    WaitTimedOut,
+    /// A message was queued for its channel.
+    Sent,
+    /// A message was queued to go out later (quiet hours); `detail.until`.
+    Held,
+    /// A message was not sent (consent, the suppression list, a cap); `detail.reason`.
+    Suppressed,
+    /// A webhook was called.
+    Called,
+    /// Profile traits were updated.
+    Updated,
+    /// A split chose a path.
+    Split,
+    /// The instance went on in another journey.
+    Jumped,
+    /// Something at the node failed and the instance went on (or ended, by `failed`).
+    Error,
+    Completed,
+    Exited,
+    TimedOut,
+    Failed,
+    /// The journey was stopped by its owner.
+    Stopped,
+}
+
+impl StepKind {
+    pub const ALL: [StepKind; 18] = {
+        use StepKind::*;
+        [
+            Entered,
+            Branch,
+            Waiting,
+            Resumed,
+            WaitTimedOut,
+            Sent,
+            Held,
+            Suppressed,
+            Called,
+            Updated,
+            Split,
+            Jumped,
+            Error,
+            Completed,
+            Exited,
+            TimedOut,
+            Failed,
+            Stopped,
+        ]
+    };
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::Entered => "entered",
+            StepKind::Branch => "branch",
+            StepKind::Waiting => "waiting",
+            StepKind::Resumed => "resumed",
+            StepKind::WaitTimedOut => "wait_timed_out",
+            StepKind::Sent => "sent",
+            StepKind::Held => "held",
+            StepKind::Suppressed => "suppressed",
+            StepKind::Called => "called",
+            StepKind::Updated => "updated",
+            StepKind::Split => "split",
+            StepKind::Jumped => "jumped",
+            StepKind::Error => "error",
+            StepKind::Completed => "completed",
+            StepKind::Exited => "exited",
+            StepKind::TimedOut => "timed_out",
+            StepKind::Failed => "failed",
+            StepKind::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for StepKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Steps compare with their names, as they read in stored states and the API.
+impl PartialEq<&str> for StepKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// One thing that happened to an instance, for "why is this person here?".
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Step {
     pub at: Millis,
     pub node: String,
-    /// `entered`, `branch`, `waiting`, `resumed`, `sent`, `called`, `updated`, `split`,
-    /// `jumped`, `completed`, `exited`, `timed_out`, `failed`, `error`.
-    pub what: String,
+    pub what: StepKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<Value>,
 }
@@ -473,7 +571,7 @@ impl Run<'_> {
                 self.end(
                     instance,
                     Status::Exited,
-                    "exited",
+                    StepKind::Exited,
                     Some(json!({"event": event.display_name()})),
                 );
                 return;
@@ -504,7 +602,7 @@ impl Run<'_> {
         self.step(
             instance,
             &node,
-            "resumed",
+            StepKind::Resumed,
             Some(json!({"event": event.display_name()})),
         );
         instance.waiting = None;
@@ -513,7 +611,7 @@ impl Run<'_> {
 
     fn on_timer(&mut self, instance: &mut Instance, timer: u64) {
         if timer == DEADLINE_TIMER {
-            self.end(instance, Status::TimedOut, "timed_out", None);
+            self.end(instance, Status::TimedOut, StepKind::TimedOut, None);
             return;
         }
         let next = match &instance.waiting {
@@ -521,7 +619,7 @@ impl Run<'_> {
                 let NodeKind::Wait { next, .. } = &self.j.doc.nodes[self.j.index[node]].kind else {
                     return;
                 };
-                (node.clone(), next.clone(), "resumed")
+                (node.clone(), next.clone(), StepKind::Resumed)
             }
             Some(Waiting::Event { node, timer: t, .. }) if *t == timer => {
                 let NodeKind::Wait { event: Some(e), .. } =
@@ -529,7 +627,7 @@ impl Run<'_> {
                 else {
                     return;
                 };
-                (node.clone(), e.timeout_next.clone(), "wait_timed_out")
+                (node.clone(), e.timeout_next.clone(), StepKind::WaitTimedOut)
             }
             _ => return, // a stale timer: the instance moved on
         };
@@ -555,7 +653,7 @@ impl Run<'_> {
             Ok(response) => {
                 instance.context.insert(node.clone(), response);
                 self.cel_journey = OnceLock::new();
-                self.step(instance, &node, "called", None);
+                self.step(instance, &node, StepKind::Called, None);
                 self.advance(instance, next.clone(), None);
             }
             Err(reason) => match on_error {
@@ -563,7 +661,7 @@ impl Run<'_> {
                     self.step(
                         instance,
                         &node,
-                        "error",
+                        StepKind::Error,
                         Some(json!({"reason": reason, "took": path})),
                     );
                     self.advance(instance, path.clone(), None);
@@ -571,23 +669,23 @@ impl Run<'_> {
                 None => self.end(
                     instance,
                     Status::Failed,
-                    "failed",
+                    StepKind::Failed,
                     Some(json!({"node": node, "reason": reason})),
                 ),
             },
         }
     }
 
-    fn step(&self, instance: &mut Instance, node: &str, what: &str, detail: Option<Value>) {
+    fn step(&self, instance: &mut Instance, node: &str, what: StepKind, detail: Option<Value>) {
         instance.steps.push(Step {
             at: self.ctx.now,
             node: node.to_owned(),
-            what: what.to_owned(),
+            what,
             detail,
         });
     }
 
-    fn end(&self, instance: &mut Instance, status: Status, what: &str, detail: Option<Value>) {
+    fn end(&self, instance: &mut Instance, status: Status, what: StepKind, detail: Option<Value>) {
         let node = instance.node.clone().unwrap_or_default();
         self.step(instance, &node, what, detail);
         instance.status = status;
@@ -637,14 +735,14 @@ impl Run<'_> {
                 self.end(
                     instance,
                     Status::Exited,
-                    "exited",
+                    StepKind::Exited,
                     Some(json!({"rule": "exit.when"})),
                 );
                 return;
             }
             let idx = j.index[&id];
             instance.node = Some(id.clone());
-            self.step(instance, &id, "entered", None);
+            self.step(instance, &id, StepKind::Entered, None);
             match &j.doc.nodes[idx].kind {
                 NodeKind::Condition {
                     branches,
@@ -667,9 +765,14 @@ impl Run<'_> {
                         None => json!({"branch": "else", "errors": errors}),
                     };
                     if !errors.is_empty() {
-                        self.step(instance, &id, "error", Some(json!({"errors": errors})));
+                        self.step(
+                            instance,
+                            &id,
+                            StepKind::Error,
+                            Some(json!({"errors": errors})),
+                        );
                     }
-                    self.step(instance, &id, "branch", Some(detail));
+                    self.step(instance, &id, StepKind::Branch, Some(detail));
                     id = chosen.map_or_else(|| otherwise.clone(), |(_, next)| next);
                 }
                 NodeKind::Wait {
@@ -707,7 +810,7 @@ impl Run<'_> {
                     self.step(
                         instance,
                         &id,
-                        "waiting",
+                        StepKind::Waiting,
                         Some(json!({"until": waymark_core::time::format_iso8601(due)})),
                     );
                     instance.waiting = Some(waiting);
@@ -739,14 +842,14 @@ impl Run<'_> {
                     };
                     if let Some(reason) = refused {
                         let detail = json!({"reason": reason, "channel": channel});
-                        self.step(instance, &id, "suppressed", Some(detail));
+                        self.step(instance, &id, StepKind::Suppressed, Some(detail));
                         id = next.clone();
                         continue;
                     }
                     let devices = devices_of(channel, self.ctx.profile);
                     if channel == "push" && devices.is_empty() {
                         let detail = json!({"reason": "the person has no push token (apns_token or fcm_token identity)", "channel": channel});
-                        self.step(instance, &id, "error", Some(detail));
+                        self.step(instance, &id, StepKind::Error, Some(detail));
                         id = next.clone();
                         continue;
                     }
@@ -754,7 +857,7 @@ impl Run<'_> {
                         Ok(to) => to,
                         Err(reason) => {
                             let detail = json!({"reason": reason, "channel": channel});
-                            self.step(instance, &id, "error", Some(detail));
+                            self.step(instance, &id, StepKind::Error, Some(detail));
                             id = next.clone();
                             continue;
                         }
@@ -768,7 +871,7 @@ impl Run<'_> {
                             Err(reason) => {
                                 // The message fails, with why; the instance carries on.
                                 let detail = json!({"reason": reason, "template": template});
-                                self.step(instance, &id, "error", Some(detail));
+                                self.step(instance, &id, StepKind::Error, Some(detail));
                                 id = next.clone();
                                 continue;
                             }
@@ -793,7 +896,7 @@ impl Run<'_> {
                     self.step(
                         instance,
                         &id,
-                        "sent",
+                        StepKind::Sent,
                         Some(json!({"channel": channel, "template": template})),
                     );
                     id = next.clone();
@@ -813,7 +916,7 @@ impl Run<'_> {
                             // A template that fails to render is the call failing: the error
                             // path, or the instance fails; the worker carries on.
                             let detail = json!({"reason": reason, "took": on_error});
-                            self.step(instance, &id, "error", Some(detail));
+                            self.step(instance, &id, StepKind::Error, Some(detail));
                             match on_error {
                                 Some(path) => {
                                     id = path.clone();
@@ -821,7 +924,12 @@ impl Run<'_> {
                                 }
                                 None => {
                                     let detail = json!({"node": id, "reason": reason});
-                                    self.end(instance, Status::Failed, "failed", Some(detail));
+                                    self.end(
+                                        instance,
+                                        Status::Failed,
+                                        StepKind::Failed,
+                                        Some(detail),
+                                    );
                                     return;
                                 }
                             }
@@ -843,7 +951,7 @@ impl Run<'_> {
                     self.step(
                         instance,
                         &id,
-                        "waiting",
+                        StepKind::Waiting,
                         Some(json!({"for": "webhook", "url": url})),
                     );
                     instance.waiting = Some(Waiting::Webhook { node: id.clone() });
@@ -868,7 +976,7 @@ impl Run<'_> {
                     self.step(
                         instance,
                         &id,
-                        "updated",
+                        StepKind::Updated,
                         Some(json!({"set": set, "unset": unset})),
                     );
                     id = next.clone();
@@ -888,7 +996,7 @@ impl Run<'_> {
                             self.step(
                                 instance,
                                 &id,
-                                "split",
+                                StepKind::Split,
                                 Some(json!({"path": p, "bucket": bucket})),
                             );
                             break;
@@ -911,13 +1019,13 @@ impl Run<'_> {
                     self.end(
                         instance,
                         Status::Completed,
-                        "jumped",
+                        StepKind::Jumped,
                         Some(json!({"journey": journey})),
                     );
                     return;
                 }
                 NodeKind::End {} => {
-                    self.end(instance, Status::Completed, "completed", None);
+                    self.end(instance, Status::Completed, StepKind::Completed, None);
                     return;
                 }
             }
@@ -925,7 +1033,7 @@ impl Run<'_> {
         self.end(
             instance,
             Status::Failed,
-            "failed",
+            StepKind::Failed,
             Some(json!({"reason": "too many steps without a wait"})),
         );
     }

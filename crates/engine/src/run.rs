@@ -16,7 +16,7 @@ use waymark_core::{Event, ProfileState};
 use crate::stats::{
     Counts, Mark, count_change, count_marked_change, count_rate_limited, marks, unchanged,
 };
-use crate::{CompiledJourney, Ctx, Effect, Input, JourneyState, Status, apply};
+use crate::{CompiledJourney, Ctx, Effect, Input, JourneyState, Status, StepKind, apply};
 
 /// The journeys a store has, as the engine needs them.
 #[derive(Default)]
@@ -471,7 +471,7 @@ fn govern(
     }
     // The decision replaces the node's `sent` step where it stands (the instance has gone on
     // since, maybe to its end): the trace says `held` or `suppressed` at the message node.
-    let mut record = |what: &str, detail: Value| {
+    let mut record = |what: StepKind, detail: Value| {
         let Some(i) = state.instances.iter_mut().find(|i| i.number == *instance) else {
             return;
         };
@@ -479,20 +479,20 @@ fn govern(
             .steps
             .iter_mut()
             .rev()
-            .find(|s| s.node == *node && s.what == "sent");
+            .find(|s| s.node == *node && s.what == StepKind::Sent);
         match planned {
             Some(step) => {
                 let mut merged = step.detail.take().unwrap_or_else(|| serde_json::json!({}));
                 if let (Some(into), Value::Object(from)) = (merged.as_object_mut(), detail) {
                     into.extend(from);
                 }
-                step.what = what.to_owned();
+                step.what = what;
                 step.detail = Some(merged);
             }
             None => i.steps.push(crate::Step {
                 at: now,
                 node: node.clone(),
-                what: what.to_owned(),
+                what,
                 detail: Some(detail),
             }),
         }
@@ -505,7 +505,7 @@ fn govern(
     });
     if let Some(reason) = listed {
         record(
-            "suppressed",
+            StepKind::Suppressed,
             serde_json::json!({"reason": format!("suppression list: {reason}"), "channel": channel}),
         );
         return Gate::Suppressed;
@@ -532,14 +532,14 @@ fn govern(
         Decision::Hold { until, reason } => {
             let until_text = waymark_core::time::format_iso8601(until);
             record(
-                "held",
+                StepKind::Held,
                 serde_json::json!({"reason": reason, "until": until_text}),
             );
             Some(until)
         }
         Decision::Suppress { reason } => {
             record(
-                "suppressed",
+                StepKind::Suppressed,
                 serde_json::json!({"reason": reason, "channel": channel}),
             );
             return Gate::Suppressed;
@@ -682,7 +682,7 @@ fn end_as_stopped(state: &mut JourneyState, now: Millis) -> bool {
     active.steps.push(crate::Step {
         at: now,
         node,
-        what: "stopped".into(),
+        what: StepKind::Stopped,
         detail: None,
     });
     active.status = Status::Exited;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::{Instance, JourneyState, Status, Waiting};
+use crate::{Instance, JourneyState, Status, StepKind, Waiting};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct NodeStats {
@@ -158,13 +158,14 @@ pub fn count_change(
     }
     let seen = before.map_or(0, |b| b.steps);
     for step in after.steps.iter().skip(seen) {
-        match step.what.as_str() {
-            "entered" => add(c, journey, &step.node, "entered", 1),
-            "error" => add(c, journey, &step.node, "errored", 1),
-            "held" => add(c, journey, &step.node, "held", 1),
-            "suppressed" => add(c, journey, &step.node, "suppressed", 1),
-            _ => {}
-        }
+        let counter = match step.what {
+            StepKind::Entered => "entered",
+            StepKind::Error => "errored",
+            StepKind::Held => "held",
+            StepKind::Suppressed => "suppressed",
+            _ => continue,
+        };
+        add(c, journey, &step.node, counter, 1);
     }
 }
 

@@ -635,3 +635,26 @@ nodes:
         "not written once stored: {stored}"
     );
 }
+
+/// Steps are stored by name: the names states already hold must keep reading back.
+#[test]
+fn step_kinds_are_stored_by_their_names() {
+    let all = crate::StepKind::ALL;
+    for kind in all {
+        let stored = serde_json::to_value(kind).expect("serialise");
+        assert_eq!(stored, json!(kind.as_str()));
+        let back: crate::StepKind = serde_json::from_value(stored).expect("read back");
+        assert_eq!(back, kind);
+    }
+    let names: Vec<&str> = all.iter().map(|k| k.as_str()).collect();
+    for name in [
+        "entered",
+        "sent",
+        "wait_timed_out",
+        "timed_out",
+        "stopped",
+        "error",
+    ] {
+        assert!(names.contains(&name), "{name}");
+    }
+}

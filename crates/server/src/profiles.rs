@@ -2,6 +2,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use waymark_engine::StepKind;
+
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
@@ -287,12 +289,12 @@ pub async fn get_journeys(
         .map(|(key, mut st)| {
             for instance in &mut st.instances {
                 for (index, step) in instance.steps.iter_mut().enumerate() {
-                    if step.what != "held" {
+                    if step.what != StepKind::Held {
                         continue;
                     }
                     let planned = (key.as_str(), instance.number, step.node.as_str(), index);
                     if let Some(at) = sent.get(&planned) {
-                        step.what = "sent".into();
+                        step.what = StepKind::Sent;
                         if let Some(Value::Object(detail)) = &mut step.detail {
                             let until = detail.remove("until").unwrap_or(Value::Null);
                             detail.insert("held_until".into(), until);
@@ -502,9 +504,9 @@ pub async fn get_messages(
         for instance in &state.instances {
             for step in &instance.steps {
                 let detail = step.detail.clone().unwrap_or(Value::Null);
-                let status = match step.what.as_str() {
-                    "suppressed" => "suppressed",
-                    "error"
+                let status = match step.what {
+                    StepKind::Suppressed => "suppressed",
+                    StepKind::Error
                         if detail.get("channel").is_some() || detail.get("template").is_some() =>
                     {
                         "not_sent"

@@ -1291,7 +1291,7 @@ fn steps_of(states: &[(String, crate::JourneyState)], journey: &str) -> Vec<Stri
             Some(d) if st.what == "suppressed" || st.what == "held" => {
                 format!("{}: {}", st.what, d["reason"].as_str().unwrap_or_default())
             }
-            _ => st.what.clone(),
+            _ => st.what.to_string(),
         })
         .collect()
 }
