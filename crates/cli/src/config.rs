@@ -162,12 +162,9 @@ impl Governance {
     ) -> Result<std::collections::HashMap<String, crate::dispatch::Pace>, String> {
         let mut out = std::collections::HashMap::new();
         for (channel, rate) in &self.throttle {
-            // Every journey channel but `log`, which sends nothing.
-            let sending = waymark_core::journey::CHANNELS
-                .iter()
-                .filter(|c| **c != "log");
-            if !sending.clone().any(|c| c == channel) {
-                let known: Vec<&str> = sending.copied().collect();
+            use waymark_core::channel::Channel;
+            if !Channel::sending().any(|c| c == channel) {
+                let known: Vec<&str> = Channel::sending().collect();
                 return Err(format!(
                     "governance.throttle.{channel}: not a channel that sends ({})",
                     known.join(", ")

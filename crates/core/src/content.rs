@@ -14,7 +14,10 @@ use serde_json::Value;
 
 use crate::FieldError;
 
-pub const CHANNELS: [&str; 6] = ["email", "sms", "push", "in_app", "direct_mail", "partial"];
+/// What a template may be written for: every channel that sends, or `partial`.
+pub fn template_kinds() -> impl Iterator<Item = &'static str> {
+    crate::channel::Channel::sending().chain(["partial"])
+}
 
 /// A template document as put through the API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -208,7 +211,7 @@ pub fn compile(
             format!(
                 "channel {:?} is not one of {}",
                 doc.channel,
-                CHANNELS.join(", ")
+                template_kinds().collect::<Vec<_>>().join(", ")
             ),
         )]);
     };

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use duration::{DurationText, parse_duration_ms};
-pub use validate::{CHANNELS, MAX_WEBHOOK_TIMEOUT_MS, partial_sources, valid_key, validate};
+pub use validate::{MAX_WEBHOOK_TIMEOUT_MS, partial_sources, valid_key, validate};
 
 use crate::FieldError;
 

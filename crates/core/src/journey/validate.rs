@@ -6,10 +6,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use super::{Journey, NodeKind, Reentry, cel_check, parse_duration_ms};
 use crate::FieldError;
 
-/// Channels a message node may use today: `log` records what would be sent; `email` and
-/// `sms` send through the configured SMTP server and SMS provider.
-pub const CHANNELS: [&str; 6] = ["log", "email", "sms", "push", "in_app", "direct_mail"];
-
 /// A resource key (journeys, templates): 1 to 64 of a-z, 0-9, - and _.
 pub fn valid_key(key: &str) -> bool {
     !key.is_empty()
@@ -317,13 +313,15 @@ fn check_node(journey: &Journey, kind: &NodeKind, at: &dyn Fn(&str) -> String, r
                 }
                 r.duration(&at("expires"), &e.0);
             }
-            if !CHANNELS.contains(&channel.as_str()) {
+            if crate::channel::Channel::parse(channel).is_none() {
                 r.add(
                     "invalid_value",
                     at("channel"),
                     format!(
                         "channel {channel:?} is not available; available: {}",
-                        CHANNELS.join(", ")
+                        crate::channel::Channel::names()
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 );
             }
