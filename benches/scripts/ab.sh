@@ -2,6 +2,8 @@
 # Two builds of waymark side by side, alternating: ingest alone and the 5-node journey.
 #   benches/scripts/ab.sh OLD_BINARY NEW_BINARY [ROUNDS]
 # Prints one line per run: which build, what, and the rate.
+# AB_POSTGRES=postgres://postgres@127.0.0.1:5432 runs each server on a fresh database there
+# instead of the embedded store; AB_ONLY=ingest or AB_ONLY=journey runs one of the two.
 set -euo pipefail
 old=$1 new=$2 rounds=${3:-3}
 here=$(cd "$(dirname "$0")/../.." && pwd)
@@ -11,8 +13,14 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 sleep 0.5
 
 serve() { # binary dir
+  local store=()
+  if [ -n "${AB_POSTGRES:-}" ]; then
+    local db="ab_$(basename "$2" | tr -c 'a-z0-9_\n' '_')"
+    psql "$AB_POSTGRES/postgres" -qc "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
+    store=(--store "$AB_POSTGRES/$db")
+  fi
   WAYMARK_WRITE_KEY=wk WAYMARK_ADMIN_TOKEN=adm "$1" serve --listen 127.0.0.1:18083 --data-dir "$2" \
-    >/dev/null 2>"$2.log" &
+    "${store[@]}" >/dev/null 2>"$2.log" &
   for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18083/healthz >/dev/null && return; sleep 0.1; done
   echo "server did not start" >&2; exit 1
 }
@@ -52,6 +60,6 @@ journey() { # name binary
 }
 
 for r in $(seq 1 "$rounds"); do
-  ingest old "$old"; ingest new "$new"
-  journey old "$old"; journey new "$new"
+  if [ "${AB_ONLY:-}" != journey ]; then ingest old "$old"; ingest new "$new"; fi
+  if [ "${AB_ONLY:-}" != ingest ]; then journey old "$old"; journey new "$new"; fi
 done
