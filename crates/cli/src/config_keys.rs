@@ -181,7 +181,7 @@ pub fn configuration_variables(
             None => {
                 let nearest = keys
                     .iter()
-                    .map(|k| (strsim_distance(&k.path, &dotted), k))
+                    .map(|k| (strsim::levenshtein(&k.path, &dotted), k))
                     .min_by_key(|(d, _)| *d)
                     .filter(|(d, _)| *d <= 3)
                     .map(|(_, k)| format!("; did you mean {}?", k.variable()))
@@ -194,23 +194,6 @@ pub fn configuration_variables(
         }
     }
     Ok(found)
-}
-
-/// Edit distance between two short keys, for suggestions. Written here rather than taken
-/// from a crate: it runs once per unknown variable, over a few dozen keys.
-fn strsim_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut previous = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let substituted = previous + usize::from(ca != *cb);
-            previous = row[j + 1];
-            row[j + 1] = substituted.min(row[j] + 1).min(previous + 1);
-        }
-    }
-    row[b.len()]
 }
 
 /// The line (1-based) of `key` inside table `table` (dotted, "" for the top) of a TOML text,

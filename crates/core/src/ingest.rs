@@ -30,7 +30,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::identity::Namespace;
-use crate::profile::identity_field;
+use crate::segment::identity_field;
 use crate::time::Millis;
 use crate::{Event, EventKind, FieldError, Identity, ProfileState, Sender, partition_of};
 

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::time::Millis;
-use crate::{Event, EventKind, FieldError, Identity, Namespace};
+use crate::{Event, EventKind, FieldError, Identity};
 
 /// What one person's profile may hold. A write key is public, so without these a client
 /// could grow one profile (and every read and write of it) without end. An event that would
@@ -55,18 +55,6 @@ pub fn json_len(value: &impl Serialize) -> usize {
     // Writing to a counter cannot fail, and a `Map<String, Value>` always serialises.
     let _ = serde_json::to_writer(&mut count, value);
     count.0
-}
-
-/// The request field an identity of `namespace` comes from, for error messages.
-pub fn identity_field(namespace: &str) -> &'static str {
-    match namespace {
-        Namespace::USER_ID => "userId",
-        Namespace::ANONYMOUS_ID => "anonymousId",
-        Namespace::EMAIL => "traits.email",
-        Namespace::PHONE => "traits.phone",
-        Namespace::APNS_TOKEN | Namespace::FCM_TOKEN => "context.device.token",
-        _ => "context.externalIds",
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

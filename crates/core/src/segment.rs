@@ -583,6 +583,19 @@ fn nul_path(map: &Map<String, Value>, root: &str) -> Option<String> {
     Some(root.to_owned())
 }
 
+/// The request field an identity of `namespace` comes from (custom ones: an entry of
+/// `context.externalIds`), for parse errors and for the planner's refusals.
+pub fn identity_field(namespace: &str) -> &'static str {
+    match namespace {
+        Namespace::USER_ID => "userId",
+        Namespace::ANONYMOUS_ID => "anonymousId",
+        Namespace::EMAIL => "traits.email",
+        Namespace::PHONE => "traits.phone",
+        Namespace::APNS_TOKEN | Namespace::FCM_TOKEN => "context.device.token",
+        _ => "context.externalIds",
+    }
+}
+
 /// The identities a message names, most specific first: `userId`, then `anonymousId`, then
 /// (on identify) the `email` and `phone` traits, then `context.externalIds` (Segment's
 /// convention for custom identifiers: `[{"type": "crm_id", "id": "C-1"}]`).
@@ -596,14 +609,12 @@ fn identities_of(
 ) -> Result<Vec<Identity>, FieldError> {
     let mut out = Vec::new();
     if let Some(id) = user_id {
-        out.push(Identity::from_field(Namespace::USER_ID, id, "userId")?);
+        let ns = Namespace::USER_ID;
+        out.push(Identity::from_field(ns, id, identity_field(ns))?);
     }
     if let Some(id) = anonymous_id {
-        out.push(Identity::from_field(
-            Namespace::ANONYMOUS_ID,
-            id,
-            "anonymousId",
-        )?);
+        let ns = Namespace::ANONYMOUS_ID;
+        out.push(Identity::from_field(ns, id, identity_field(ns))?);
     }
     if kind == EventKind::Alias
         && let Some(id) = previous_id
@@ -613,19 +624,16 @@ fn identities_of(
     }
     if kind == EventKind::Identify {
         for (trait_name, namespace) in [("email", Namespace::EMAIL), ("phone", Namespace::PHONE)] {
+            let field = identity_field(namespace);
             match traits.get(trait_name) {
                 None | Some(Value::Null) => {}
                 Some(Value::String(s)) if s.trim().is_empty() => {}
-                Some(Value::String(s)) => out.push(Identity::from_field(
-                    namespace,
-                    s,
-                    &format!("traits.{trait_name}"),
-                )?),
+                Some(Value::String(s)) => out.push(Identity::from_field(namespace, s, field)?),
                 Some(_) => {
                     return Err(FieldError::new(
                         "invalid_type",
-                        format!("traits.{trait_name}"),
-                        format!("traits.{trait_name} must be a string"),
+                        field,
+                        format!("{field} must be a string"),
                     ));
                 }
             }
@@ -646,7 +654,7 @@ fn identities_of(
         } else {
             Namespace::FCM_TOKEN
         };
-        let identity = Identity::from_field(namespace, token.trim(), "context.device.token")?;
+        let identity = Identity::from_field(namespace, token.trim(), identity_field(namespace))?;
         if !out.contains(&identity) {
             out.push(identity);
         }

@@ -91,6 +91,49 @@ pub enum Waiting {
     },
 }
 
+/// The idempotency key of an effect: which step of which instance planned it, written
+/// `journey:profile:instance:node:step` (`profile` is the one it was planned for; a later
+/// merge may fold that profile into another). The step is the index of the step the effect
+/// belongs to in the instance's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EffectKey<'a> {
+    pub journey: &'a str,
+    pub profile: &'a str,
+    pub instance: u32,
+    pub node: &'a str,
+    pub step: usize,
+}
+
+impl<'a> EffectKey<'a> {
+    /// Reads a key back; node ids may not hold `:` but the parse does not rely on it.
+    pub fn parse(key: &'a str) -> Option<Self> {
+        let (rest, step) = key.rsplit_once(':')?;
+        let (journey, rest) = rest.split_once(':')?;
+        let (profile, rest) = rest.split_once(':')?;
+        let (instance, node) = rest.split_once(':')?;
+        Some(EffectKey {
+            journey,
+            profile,
+            instance: instance.parse().ok()?,
+            node,
+            step: step.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for EffectKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let EffectKey {
+            journey,
+            profile,
+            instance,
+            node,
+            step,
+        } = self;
+        write!(f, "{journey}:{profile}:{instance}:{node}:{step}")
+    }
+}
+
 /// What a step records. Stored (and served) as its snake_case name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -694,14 +737,14 @@ impl Run<'_> {
     }
 
     fn key(&self, instance: &Instance, node: &str) -> String {
-        format!(
-            "{}:{}:{}:{}:{}",
-            self.j.doc.key,
-            self.ctx.profile.id,
-            instance.number,
+        EffectKey {
+            journey: &self.j.doc.key,
+            profile: &self.ctx.profile.id,
+            instance: instance.number,
             node,
-            instance.steps.len()
-        )
+            step: instance.steps.len(),
+        }
+        .to_string()
     }
 
     fn schedule(&mut self, instance: &mut Instance, due: Millis) -> u64 {

@@ -658,3 +658,18 @@ fn step_kinds_are_stored_by_their_names() {
         assert!(names.contains(&name), "{name}");
     }
 }
+
+#[test]
+fn effect_keys_read_back() {
+    let key = crate::EffectKey {
+        journey: "welcome",
+        profile: "0192-ab",
+        instance: 3,
+        node: "send",
+        step: 7,
+    };
+    let text = key.to_string();
+    assert_eq!(text, "welcome:0192-ab:3:send:7");
+    assert_eq!(crate::EffectKey::parse(&text), Some(key));
+    assert_eq!(crate::EffectKey::parse("welcome:p:x:send:7"), None);
+}

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use waymark_engine::StepKind;
+use waymark_engine::{EffectKey, StepKind};
 
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -238,17 +238,6 @@ async fn journeys_and_outbox(
     Ok((journeys, outbox))
 }
 
-/// Which step planned an outbox row, from its key: the engine keys an effect
-/// `journey:profile:instance:node:step` (the profile it was planned for, which a later merge
-/// may have folded into another), so this reads it as `(journey, instance, node, step)`.
-fn planned_by(key: &str) -> Option<(&str, u32, &str, usize)> {
-    let (rest, step) = key.rsplit_once(':')?;
-    let (journey, rest) = rest.split_once(':')?;
-    let (_profile, rest) = rest.split_once(':')?;
-    let (instance, node) = rest.split_once(':')?;
-    Some((journey, instance.parse().ok()?, node, step.parse().ok()?))
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProfileJourneysView {
     /// The person's instances in each journey they entered, with every step taken.
@@ -274,12 +263,14 @@ pub async fn get_journeys(
     let (journeys, effects) = journeys_and_outbox(&state, &namespace, &value).await?;
     let iso = |v: Option<&Value>| v.and_then(Value::as_i64).map(format_iso8601);
     // Messages held for later have gone out once their outbox row is done.
+    // Keyed by the step that planned each (an effect key's profile may be merged away).
     let sent: HashMap<(&str, u32, &str, usize), i64> = effects
         .iter()
         .filter(|o| o.row.kind == "message" && o.row.status == "done")
         .filter_map(|o| {
+            let k = EffectKey::parse(&o.row.key)?;
             Some((
-                planned_by(&o.row.key)?,
+                (k.journey, k.instance, k.node, k.step),
                 o.finished_at.unwrap_or(o.created_at),
             ))
         })
@@ -422,7 +413,7 @@ pub async fn get_messages(
     let oldest = (outbox.len() == limit as usize)
         .then(|| outbox.first().map(|o| (o.created_at, o.seq)))
         .flatten();
-    let next = oldest.map(|(at, seq)| format!("{at}.{seq}"));
+    let next = oldest.map(|(at, seq)| waymark_store::cursor(at, seq));
     let in_page = |at: i64| {
         before.is_none_or(|(until, _)| at < until) && oldest.is_none_or(|(from, _)| at >= from)
     };

@@ -201,9 +201,13 @@ impl EventPage {
     }
 }
 
-/// Page cursors are `timestamp.seq` of the last event served; opaque to clients.
+/// Page cursors are `time.seq` of the last row served; opaque to clients.
+pub fn cursor(at: Millis, seq: i64) -> String {
+    format!("{at}.{seq}")
+}
+
 pub fn encode_cursor(e: &StoredEvent) -> String {
-    format!("{}.{}", e.timestamp, e.seq)
+    cursor(e.timestamp, e.seq)
 }
 
 pub fn decode_cursor(cursor: &str) -> Option<(Millis, i64)> {
