@@ -1048,16 +1048,45 @@ impl OutboxStore for PostgresStore {
         Ok(())
     }
 
-    async fn complete_outbox(
+    /// One transaction per person: their outcomes in the order given, webhook results in
+    /// one plan (as SQLite does with its whole batch). Different people's commit side by
+    /// side: each locks only its own person, and PostgreSQL commits them in parallel, unlike
+    /// SQLite's one writer; one transaction over everyone's would hold every person's lock
+    /// until the slowest is written.
+    async fn complete_outbox_many(
         &self,
-        item: &OutboxItem,
-        delivery: Delivery,
+        done: Arc<[(OutboxItem, Delivery)]>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let mut by_person: Vec<Vec<&(OutboxItem, Delivery)>> = Vec::new();
+        let mut slot: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for pair in done.iter() {
+            let i = *slot.entry(pair.0.profile_id.as_str()).or_insert_with(|| {
+                by_person.push(Vec::new());
+                by_person.len() - 1
+            });
+            by_person[i].push(pair);
+        }
+        let results = futures::future::join_all(
+            by_person
+                .iter()
+                .map(|group| self.complete_for_person(group, now)),
+        )
+        .await;
+        results.into_iter().collect()
+    }
+}
+
+impl PostgresStore {
+    async fn complete_for_person(
+        &self,
+        group: &[&(OutboxItem, Delivery)],
         now: Millis,
     ) -> Result<(), StoreError> {
         for attempt in 1..=MAX_ATTEMPTS {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(db_error)?;
-            match runs::complete(&tx, &self.cache, item, delivery.clone(), now).await {
+            match runs::complete(&tx, &self.cache, group, now).await {
                 Ok(()) => match tx.commit().await {
                     Ok(()) => return Ok(()),
                     Err(e) if retryable(&e) => {}
@@ -1071,33 +1100,6 @@ impl OutboxStore for PostgresStore {
         Err(StoreError::Unavailable(
             "outbox completion kept conflicting".into(),
         ))
-    }
-
-    /// One transaction per outcome. Different people's run side by side (each locks its own
-    /// person, and PostgreSQL commits them in parallel, unlike SQLite's one writer); one
-    /// person's run in the order given.
-    async fn complete_outbox_many(
-        &self,
-        done: Arc<[(OutboxItem, Delivery)]>,
-        now: Millis,
-    ) -> Result<(), StoreError> {
-        let mut by_person: Vec<Vec<&(OutboxItem, Delivery)>> = Vec::new();
-        let mut slot: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-        for pair in done.iter() {
-            let i = *slot.entry(pair.0.profile_id.clone()).or_insert_with(|| {
-                by_person.push(Vec::new());
-                by_person.len() - 1
-            });
-            by_person[i].push(pair);
-        }
-        let results = futures::future::join_all(by_person.into_iter().map(|group| async move {
-            for (item, delivery) in group {
-                self.complete_outbox(item, delivery.clone(), now).await?;
-            }
-            Ok::<(), StoreError>(())
-        }))
-        .await;
-        results.into_iter().collect()
     }
 }
 

@@ -1,19 +1,20 @@
-//! Running journeys on PostgreSQL: the same rows and the same pure planning as the SQLite
-//! store, inside the caller's transaction. Profiles are locked by the caller (ingest) or
-//! here (timers), so one person's journey state changes in one transaction at a time.
+//! Journey rows on PostgreSQL: the reads and writes of a journey run (the run itself is
+//! `waymark_store::pipeline`, the same as on SQLite) inside the caller's transaction, and the
+//! outbox, stats and per-person views. People are locked (in id order) by the caller
+//! (ingest) or by the run (timers, outcomes), so one person's journey state changes in one
+//! transaction at a time.
 
 use std::collections::HashMap;
 
 use deadpool_postgres::GenericClient;
-use waymark_core::journey::lifecycle::Status as JourneyStatus;
+use serde_json::Value;
+use waymark_core::governance::Sent;
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
 use waymark_engine::JourneyState;
-use waymark_engine::run::{
-    Catalog, EntryRate, JumpIn, OutboxRow, Planned, Runtime, TimerRow, plan_events, plan_jump,
-    plan_timers, plan_webhook_result, state_keys,
-};
-use waymark_engine::stats::{Counts, JourneyStats, count_state_change, count_states};
+use waymark_engine::run::{EntryRate, OutboxRow, Planned, Runtime, States, TimerRow};
+use waymark_engine::stats::{Counts, JourneyStats};
+use waymark_store::pipeline::{self, JourneyRow, RunTx};
 use waymark_store::{Delivery, MessageEvent, OutboxEntry, OutboxItem, StoreError};
 
 use crate::{Abort, db_error, decode_profile};
@@ -22,53 +23,57 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("journey run: {e}"))
 }
 
-async fn catalog(client: &impl GenericClient) -> Result<Catalog, Abort> {
-    let rows = client
-        .query(
-            "SELECT key, status, live_version, entry_rate_limit, rate_window, rate_used FROM journeys",
-            &[],
-        )
-        .await?;
-    let mut c = Catalog::default();
-    for row in rows {
-        let (key, status, live): (String, String, Option<i32>) =
-            (row.get(0), row.get(1), row.get(2));
-        let status =
-            JourneyStatus::parse(&status).ok_or_else(|| corrupt(format!("status {status:?}")))?;
-        if let Some(limit) = row.get::<_, Option<i32>>(3) {
-            c.rates.insert(
-                key.clone(),
-                EntryRate {
-                    limit: limit as u32,
-                    window: row.get(4),
-                    used: row.get::<_, i32>(5) as u32,
-                },
-            );
-        }
-        c.journeys.insert(key, (status, live.map(|v| v as u32)));
-    }
-    Ok(c)
+/// A journey run's reads and writes in one transaction.
+struct Run<'a, C>(&'a C);
+
+pub async fn on_events(
+    client: &impl GenericClient,
+    runtime: &Runtime,
+    events: &[(&Event, &ProfileState)],
+    now: Millis,
+) -> Result<(), Abort> {
+    pipeline::on_events(&Run(client), runtime, events, now).await
 }
 
-/// The catalog for inputs that may enter journeys: rate-limited journey rows are locked
-/// (in key order) and read again, so concurrent transactions cannot both use the same room.
-async fn catalog_for_entries(client: &impl GenericClient) -> Result<Catalog, Abort> {
-    let mut c = catalog(client).await?;
-    if !c.rates.is_empty() {
-        let rows = client
-            .query(
-                "SELECT key, rate_window, rate_used FROM journeys WHERE entry_rate_limit IS NOT NULL ORDER BY key FOR UPDATE",
-                &[],
-            )
-            .await?;
-        for row in rows {
-            if let Some(rate) = c.rates.get_mut(row.get::<_, &str>(0)) {
-                rate.window = row.get(1);
-                rate.used = row.get::<_, i32>(2) as u32;
-            }
-        }
-    }
-    Ok(c)
+pub async fn fire_due(
+    client: &impl GenericClient,
+    runtime: &Runtime,
+    now: Millis,
+    limit: u32,
+) -> Result<usize, Abort> {
+    pipeline::fire_due(&Run(client), runtime, now, limit).await
+}
+
+/// One person's outcomes, in order.
+pub async fn complete(
+    client: &impl GenericClient,
+    runtime: &Runtime,
+    done: &[&(OutboxItem, Delivery)],
+    now: Millis,
+) -> Result<(), Abort> {
+    pipeline::complete(&Run(client), runtime, done, now).await
+}
+
+pub async fn merge(client: &impl GenericClient, from: &str, into: &str) -> Result<(), Abort> {
+    pipeline::merge(&Run(client), from, into).await
+}
+
+pub async fn erase(client: &impl GenericClient, profile_id: &str) -> Result<(), Abort> {
+    pipeline::erase(&Run(client), profile_id).await
+}
+
+/// Stop: every active instance of the journey ends now, and its timers go.
+pub async fn stop_journey(
+    client: &impl GenericClient,
+    journey: &str,
+    now: Millis,
+) -> Result<(), StoreError> {
+    Ok(pipeline::stop_journey(&Run(client), journey, now).await?)
+}
+
+/// Migration 6: counters for the states that exist, and the live versions' rate limits.
+pub async fn backfill(client: &impl GenericClient) -> Result<(), StoreError> {
+    Ok(pipeline::backfill(&Run(client)).await?)
 }
 
 /// Counter rows are spread over shards, one per transaction, so concurrent transactions
@@ -101,364 +106,402 @@ async fn add_counts(client: &impl GenericClient, counts: &Counts) -> Result<(), 
     Ok(())
 }
 
-/// Migration 6: counters for the states that exist, and the live versions' rate limits.
-pub async fn backfill(client: &impl GenericClient) -> Result<(), StoreError> {
-    let keys = client
-        .query("SELECT key, live_version FROM journeys", &[])
-        .await
-        .map_err(db_error)?;
-    for row in keys {
-        let (key, live): (String, Option<i32>) = (row.get(0), row.get(1));
-        let states = journey_states(client, &key).await?;
-        add_counts(client, &count_states(&key, &states)).await?;
-        if let Some(document) = match live {
-            Some(v) => crate::journeys::version(client, &key, v as u32).await?,
-            None => None,
-        } {
-            let limit = waymark_engine::run::entry_rate_limit(&document).map(|l| l as i32);
+fn states_of(rows: Vec<tokio_postgres::Row>) -> Result<Vec<(String, JourneyState)>, Abort> {
+    rows.into_iter()
+        .map(|r| {
+            let state = serde_json::from_str(&r.get::<_, String>(1)).map_err(corrupt)?;
+            Ok((r.get(0), state))
+        })
+        .collect()
+}
+
+/// The tables holding a person's journey rows, by profile id.
+const PERSON_ROWS: [&str; 4] = [
+    "journey_states",
+    "journey_timers",
+    "journey_outbox",
+    "inbox_marks",
+];
+
+impl<C: GenericClient> RunTx for Run<'_, C> {
+    type Error = Abort;
+
+    async fn journeys(&self, for_entries: bool) -> Result<Vec<JourneyRow>, Abort> {
+        let rows = self
+            .0
+            .query(
+                "SELECT key, status, live_version, entry_rate_limit, rate_window, rate_used FROM journeys",
+                &[],
+            )
+            .await?;
+        let mut out: Vec<JourneyRow> = rows
+            .iter()
+            .map(|row| JourneyRow {
+                key: row.get(0),
+                status: row.get(1),
+                live_version: row.get::<_, Option<i32>>(2).map(|v| v as u32),
+                rate: row.get::<_, Option<i32>>(3).map(|limit| EntryRate {
+                    limit: limit as u32,
+                    window: row.get(4),
+                    used: row.get::<_, i32>(5) as u32,
+                }),
+            })
+            .collect();
+        if for_entries && out.iter().any(|j| j.rate.is_some()) {
+            // Locked (in key order) and read again, so concurrent transactions cannot both
+            // use the same room.
+            let rows = self
+                .0
+                .query(
+                    "SELECT key, rate_window, rate_used FROM journeys WHERE entry_rate_limit IS NOT NULL ORDER BY key FOR UPDATE",
+                    &[],
+                )
+                .await?;
+            for row in rows {
+                let key: &str = row.get(0);
+                if let Some(rate) = out
+                    .iter_mut()
+                    .find(|j| j.key == key)
+                    .and_then(|j| j.rate.as_mut())
+                {
+                    rate.window = row.get(1);
+                    rate.used = row.get::<_, i32>(2) as u32;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn version(&self, journey: &str, version: u32) -> Result<Option<Value>, Abort> {
+        Ok(crate::journeys::version(self.0, journey, version).await?)
+    }
+
+    async fn states(&self, keys: &[(String, String)]) -> Result<States, Abort> {
+        let profiles: Vec<&str> = keys.iter().map(|(p, _)| p.as_str()).collect();
+        let journeys: Vec<&str> = keys.iter().map(|(_, k)| k.as_str()).collect();
+        let rows = self
+            .0
+            .query(
+                "SELECT s.profile_id, s.journey_key, s.state::text FROM journey_states s
+                 JOIN unnest($1::text[], $2::text[]) AS q(p, k) ON s.profile_id = q.p AND s.journey_key = q.k",
+                &[&profiles, &journeys],
+            )
+            .await?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let state: JourneyState =
+                serde_json::from_str(&row.get::<_, String>(2)).map_err(corrupt)?;
+            out.insert((row.get(0), row.get(1)), state);
+        }
+        Ok(out)
+    }
+
+    async fn recent_messages(
+        &self,
+        profile_ids: &[&str],
+        since: Millis,
+    ) -> Result<Vec<(String, Sent)>, Abort> {
+        let rows = self
+            .0
+            .query(
+                "SELECT profile_id, effect->>'channel', created_at FROM journey_outbox
+                 WHERE profile_id = ANY($1) AND kind = 'message' AND status <> 'failed'
+                   AND created_at > $2 AND effect->>'channel' <> 'log'",
+                &[&profile_ids, &since],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                (
+                    row.get(0),
+                    Sent {
+                        channel: row.get(1),
+                        at: row.get(2),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    async fn suppressed(
+        &self,
+        addresses: &[(&'static str, String)],
+    ) -> Result<Vec<((String, String), String)>, Abort> {
+        let channels: Vec<&str> = addresses.iter().map(|(c, _)| *c).collect();
+        let addresses: Vec<&str> = addresses.iter().map(|(_, a)| a.as_str()).collect();
+        let rows = self
+            .0
+            .query(
+                "SELECT s.channel, s.address, s.reason FROM suppressions s
+                 JOIN unnest($1::text[], $2::text[]) AS wanted(channel, address)
+                   ON s.channel = wanted.channel AND s.address = wanted.address
+                 WHERE s.suppressed",
+                &[&channels, &addresses],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| ((row.get(0), row.get(1)), row.get(2)))
+            .collect())
+    }
+
+    async fn lock_profiles(&self, ids: &[&str]) -> Result<HashMap<String, ProfileState>, Abort> {
+        let mut profiles = HashMap::with_capacity(ids.len());
+        for row in self
+            .0
+            .query(
+                "SELECT id, state::text FROM profiles WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                &[&ids],
+            )
+            .await?
+        {
+            profiles.insert(
+                row.get::<_, String>(0),
+                decode_profile(&row.get::<_, String>(1))?,
+            );
+        }
+        Ok(profiles)
+    }
+
+    async fn due_timers(&self, now: Millis, limit: u32) -> Result<Vec<(i64, TimerRow)>, Abort> {
+        let rows = self
+            .0
+            .query(
+                "SELECT seq, due, profile_id, journey_key, instance, timer FROM journey_timers
+                 WHERE due <= $1 ORDER BY due, seq LIMIT $2 FOR UPDATE SKIP LOCKED",
+                &[&now, &i64::from(limit)],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    TimerRow {
+                        due: r.get(1),
+                        profile_id: r.get(2),
+                        journey: r.get(3),
+                        instance: r.get::<_, i32>(4) as u32,
+                        timer: r.get::<_, i64>(5) as u64,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    async fn profile_states(&self, profile_id: &str) -> Result<Vec<(String, JourneyState)>, Abort> {
+        Ok(profile_journeys(self.0, profile_id).await?)
+    }
+
+    async fn shared_states(
+        &self,
+        from: &str,
+        into: &str,
+    ) -> Result<Vec<(String, JourneyState)>, Abort> {
+        let rows = self
+            .0
+            .query(
+                "SELECT f.journey_key, f.state::text FROM journey_states f JOIN journey_states i
+                 ON i.journey_key = f.journey_key AND i.profile_id = $2 WHERE f.profile_id = $1",
+                &[&from, &into],
+            )
+            .await?;
+        states_of(rows)
+    }
+
+    async fn journey_states(&self, journey: &str) -> Result<Vec<(String, JourneyState)>, Abort> {
+        self.0
+            .execute(
+                "SELECT 1 FROM profiles WHERE id IN (SELECT profile_id FROM journey_states WHERE journey_key = $1) ORDER BY id FOR UPDATE",
+                &[&journey],
+            )
+            .await?;
+        let rows = self
+            .0
+            .query(
+                "SELECT profile_id, state::text FROM journey_states WHERE journey_key = $1",
+                &[&journey],
+            )
+            .await?;
+        states_of(rows)
+    }
+
+    async fn live_versions(&self) -> Result<Vec<(String, Option<u32>)>, Abort> {
+        let rows = self
+            .0
+            .query("SELECT key, live_version FROM journeys", &[])
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, Option<i32>>(1).map(|v| v as u32)))
+            .collect())
+    }
+
+    async fn write(&self, planned: &Planned, now: Millis) -> Result<(), Abort> {
+        let client = self.0;
+        for (p, k, state) in &planned.states {
+            let text = serde_json::to_string(state).map_err(corrupt)?;
             client
                 .execute(
-                    "UPDATE journeys SET entry_rate_limit = $2 WHERE key = $1",
-                    &[&key, &limit],
+                    "INSERT INTO journey_states (profile_id, journey_key, state, updated_at) VALUES ($1, $2, $3::text::jsonb, $4)
+                     ON CONFLICT (profile_id, journey_key) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                    &[p, k, &text, &now],
                 )
-                .await
-                .map_err(db_error)?;
+                .await?;
         }
+        for t in &planned.timers {
+            client
+                .execute(
+                    "INSERT INTO journey_timers (due, profile_id, journey_key, instance, timer) VALUES ($1, $2, $3, $4, $5)",
+                    &[&t.due, &t.profile_id, &t.journey, &(t.instance as i32), &(t.timer as i64)],
+                )
+                .await?;
+        }
+        for (p, k, instance) in &planned.ended {
+            client
+                .execute("DELETE FROM journey_timers WHERE profile_id = $1 AND journey_key = $2 AND instance = $3", &[p, k, &(*instance as i32)])
+                .await?;
+        }
+        for o in &planned.outbox {
+            client
+                .execute(
+                    "INSERT INTO journey_outbox (key, profile_id, journey_key, kind, effect, status, created_at, next_attempt_at, finished_at)
+                     VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7, $8, CASE WHEN $6::text = 'pending' THEN NULL ELSE $7::bigint END) ON CONFLICT (key) DO NOTHING",
+                    &[&o.key, &o.profile_id, &o.journey, &o.kind, &o.effect.to_string(), &o.status, &now, &o.due.unwrap_or(now)],
+                )
+                .await?;
+        }
+        for (key, r) in &planned.rates {
+            client
+                .execute(
+                    "UPDATE journeys SET rate_window = $2, rate_used = $3 WHERE key = $1",
+                    &[key, &r.window, &(r.used as i32)],
+                )
+                .await?;
+        }
+        add_counts(client, &planned.counts).await
     }
-    Ok(())
-}
 
-/// Puts every version the inputs may need into `catalog`, compiling (once) those not cached.
-async fn add_versions(
-    client: &impl GenericClient,
-    cache: &Runtime,
-    catalog: &mut Catalog,
-    states: &HashMap<(String, String), JourneyState>,
-) -> Result<(), Abort> {
-    for (key, version) in cache.fill(catalog, states) {
-        let Some(document) = crate::journeys::version(client, &key, version).await? else {
-            continue;
+    async fn add_counts(&self, counts: &Counts) -> Result<(), Abort> {
+        add_counts(self.0, counts).await
+    }
+
+    async fn delete_timers(&self, seqs: &[i64]) -> Result<(), Abort> {
+        self.0
+            .execute("DELETE FROM journey_timers WHERE seq = ANY($1)", &[&seqs])
+            .await?;
+        Ok(())
+    }
+
+    async fn put_off(&self, seq: i64, at: Millis, retry_error: Option<&str>) -> Result<(), Abort> {
+        match retry_error {
+            None => self.0.execute(
+                "UPDATE journey_outbox SET next_attempt_at = $2, leased_until = NULL WHERE seq = $1 AND status = 'pending'",
+                &[&seq, &at],
+            ).await?,
+            Some(error) => self.0.execute(
+                "UPDATE journey_outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3, leased_until = NULL WHERE seq = $1 AND status = 'pending'",
+                &[&seq, &at, &error],
+            ).await?,
         };
-        if let Err(problems) = cache.compile_into(catalog, key.clone(), version, document) {
-            tracing::error!(journey = %key, version, %problems, "stored journey version does not compile; skipped");
+        Ok(())
+    }
+
+    async fn finish(
+        &self,
+        seq: i64,
+        outcome: &Result<Value, String>,
+        now: Millis,
+    ) -> Result<bool, Abort> {
+        let changed = match outcome {
+            Ok(value) => self.0.execute(
+                "UPDATE journey_outbox SET attempts = attempts + 1, status = 'done', result = $2::text::jsonb, finished_at = $3 WHERE seq = $1 AND status = 'pending'",
+                &[&seq, &value.to_string(), &now],
+            ).await?,
+            Err(error) => self.0.execute(
+                "UPDATE journey_outbox SET attempts = attempts + 1, status = 'failed', last_error = $2, finished_at = $3 WHERE seq = $1 AND status = 'pending'",
+                &[&seq, error, &now],
+            ).await?,
+        };
+        Ok(changed > 0)
+    }
+
+    async fn save_profile(&self, profile: &ProfileState, now: Millis) -> Result<(), Abort> {
+        save_profile(self.0, profile, now).await
+    }
+
+    async fn move_journey_rows(&self, from: &str, into: &str) -> Result<(), Abort> {
+        self.0
+            .execute(
+                "DELETE FROM journey_states s WHERE s.profile_id = $1
+                   AND EXISTS (SELECT 1 FROM journey_states t WHERE t.profile_id = $2 AND t.journey_key = s.journey_key)",
+                &[&from, &into],
+            )
+            .await?;
+        for table in PERSON_ROWS {
+            self.0
+                .execute(
+                    &format!("UPDATE {table} SET profile_id = $1 WHERE profile_id = $2"),
+                    &[&into, &from],
+                )
+                .await?;
         }
+        Ok(())
     }
-    Ok(())
-}
 
-/// For frequency caps: each person's messages (not `log`, not failed) within the longest
-/// cap window, read in the plan's transaction (the people are locked by then).
-async fn add_recent_messages(
-    client: &impl GenericClient,
-    runtime: &Runtime,
-    catalog: &mut Catalog,
-    profile_ids: &[&str],
-    now: Millis,
-) -> Result<(), Abort> {
-    let lookback = runtime.governance().lookback_ms();
-    if lookback == 0 {
-        return Ok(());
-    }
-    let rows = client
-        .query(
-            "SELECT profile_id, effect->>'channel', created_at FROM journey_outbox
-             WHERE profile_id = ANY($1) AND kind = 'message' AND status <> 'failed'
-               AND created_at > $2 AND effect->>'channel' <> 'log'",
-            &[&profile_ids, &(now - lookback)],
-        )
-        .await?;
-    for id in profile_ids {
-        catalog.recent_messages.entry((*id).to_owned()).or_default();
-    }
-    for row in rows {
-        catalog.recent_messages.entry(row.get(0)).or_default().push(
-            waymark_core::governance::Sent {
-                channel: row.get(1),
-                at: row.get(2),
-            },
-        );
-    }
-    Ok(())
-}
-
-/// What governance needs to know about the people a plan may message: their recent
-/// messages (for caps) and which of their addresses are on the suppression list.
-async fn add_people(
-    client: &impl GenericClient,
-    runtime: &Runtime,
-    catalog: &mut Catalog,
-    people: &[&ProfileState],
-    now: Millis,
-) -> Result<(), Abort> {
-    let ids: Vec<&str> = people.iter().map(|p| p.id.as_str()).collect();
-    add_recent_messages(client, runtime, catalog, &ids, now).await?;
-    if !catalog.sends_to_addresses() {
-        return Ok(());
-    }
-    let (mut channels, mut addresses) = (Vec::new(), Vec::new());
-    for p in people {
-        for (channel, address) in waymark_engine::run::addresses(p) {
-            channels.push(channel);
-            addresses.push(address);
-        }
-    }
-    if addresses.is_empty() {
-        return Ok(());
-    }
-    let rows = client
-        .query(
-            "SELECT s.channel, s.address, s.reason FROM suppressions s
-             JOIN unnest($1::text[], $2::text[]) AS wanted(channel, address)
-               ON s.channel = wanted.channel AND s.address = wanted.address
-             WHERE s.suppressed",
-            &[&channels, &addresses],
-        )
-        .await?;
-    for row in rows {
-        catalog
-            .suppressed
-            .insert((row.get(0), row.get(1)), row.get(2));
-    }
-    Ok(())
-}
-
-/// What a plan reads besides its inputs: the (profile, journey) states, the catalog (with
-/// rate-limited journeys locked when the plan may enter people), every version the states
-/// may need, and what governance needs about the people.
-async fn plan_inputs(
-    client: &impl GenericClient,
-    runtime: &Runtime,
-    keys: &[(String, String)],
-    people: &[&ProfileState],
-    entries: bool,
-    now: Millis,
-) -> Result<(Catalog, waymark_engine::run::States), Abort> {
-    let states = load_states(client, keys).await?;
-    let mut catalog = if entries {
-        catalog_for_entries(client).await?
-    } else {
-        catalog(client).await?
-    };
-    add_versions(client, runtime, &mut catalog, &states).await?;
-    add_people(client, runtime, &mut catalog, people, now).await?;
-    Ok((catalog, states))
-}
-
-async fn load_states(
-    client: &impl GenericClient,
-    keys: &[(String, String)],
-) -> Result<HashMap<(String, String), JourneyState>, Abort> {
-    let profiles: Vec<&str> = keys.iter().map(|(p, _)| p.as_str()).collect();
-    let journeys: Vec<&str> = keys.iter().map(|(_, k)| k.as_str()).collect();
-    let rows = client
-        .query(
-            "SELECT s.profile_id, s.journey_key, s.state::text FROM journey_states s
-             JOIN unnest($1::text[], $2::text[]) AS q(p, k) ON s.profile_id = q.p AND s.journey_key = q.k",
-            &[&profiles, &journeys],
-        )
-        .await?;
-    let mut out = HashMap::new();
-    for row in rows {
-        let state: JourneyState =
-            serde_json::from_str(&row.get::<_, String>(2)).map_err(corrupt)?;
-        out.insert((row.get(0), row.get(1)), state);
-    }
-    Ok(out)
-}
-
-async fn write(client: &impl GenericClient, planned: &Planned, now: Millis) -> Result<(), Abort> {
-    for (p, k, state) in &planned.states {
-        let text = serde_json::to_string(state).map_err(corrupt)?;
-        client
+    async fn delete_journey_rows(&self, profile_id: &str) -> Result<(), Abort> {
+        self.0
             .execute(
-                "INSERT INTO journey_states (profile_id, journey_key, state, updated_at) VALUES ($1, $2, $3::text::jsonb, $4)
-                 ON CONFLICT (profile_id, journey_key) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
-                &[p, k, &text, &now],
-            )
-            .await?;
-    }
-    for t in &planned.timers {
-        client
-            .execute(
-                "INSERT INTO journey_timers (due, profile_id, journey_key, instance, timer) VALUES ($1, $2, $3, $4, $5)",
-                &[&t.due, &t.profile_id, &t.journey, &(t.instance as i32), &(t.timer as i64)],
-            )
-            .await?;
-    }
-    for (p, k, instance) in &planned.ended {
-        client
-            .execute("DELETE FROM journey_timers WHERE profile_id = $1 AND journey_key = $2 AND instance = $3", &[p, k, &(*instance as i32)])
-            .await?;
-    }
-    for o in &planned.outbox {
-        client
-            .execute(
-                "INSERT INTO journey_outbox (key, profile_id, journey_key, kind, effect, status, created_at, next_attempt_at, finished_at)
-                 VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7, $8, CASE WHEN $6::text = 'pending' THEN NULL ELSE $7::bigint END) ON CONFLICT (key) DO NOTHING",
-                &[&o.key, &o.profile_id, &o.journey, &o.kind, &o.effect.to_string(), &o.status, &now, &o.due.unwrap_or(now)],
-            )
-            .await?;
-    }
-    for (key, r) in &planned.rates {
-        client
-            .execute(
-                "UPDATE journeys SET rate_window = $2, rate_used = $3 WHERE key = $1",
-                &[key, &r.window, &(r.used as i32)],
-            )
-            .await?;
-    }
-    add_counts(client, &planned.counts).await
-}
-
-pub async fn on_events(
-    client: &impl GenericClient,
-    cache: &Runtime,
-    events: &[(&Event, &ProfileState)],
-    now: Millis,
-) -> Result<(), Abort> {
-    let mut catalog = catalog_for_entries(client).await?;
-    if catalog.is_empty() || events.is_empty() {
-        return Ok(());
-    }
-    let keys = state_keys(&catalog, events.iter().map(|(_, p)| p.id.as_str()));
-    let states = load_states(client, &keys).await?;
-    add_versions(client, cache, &mut catalog, &states).await?;
-    let people: Vec<&ProfileState> = events.iter().map(|(_, p)| *p).collect();
-    add_people(client, cache, &mut catalog, &people, now).await?;
-    let planned = plan_events(&catalog, states, events, now);
-    write(client, &planned, now).await
-}
-
-pub async fn fire_due(
-    client: &impl GenericClient,
-    cache: &Runtime,
-    now: Millis,
-    limit: u32,
-) -> Result<usize, Abort> {
-    let rows = client
-        .query(
-            "SELECT seq, due, profile_id, journey_key, instance, timer FROM journey_timers
-             WHERE due <= $1 ORDER BY due, seq LIMIT $2 FOR UPDATE SKIP LOCKED",
-            &[&now, &i64::from(limit)],
-        )
-        .await?;
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let due: Vec<(i64, TimerRow)> = rows
-        .iter()
-        .map(|r| {
-            (
-                r.get(0),
-                TimerRow {
-                    due: r.get(1),
-                    profile_id: r.get(2),
-                    journey: r.get(3),
-                    instance: r.get::<_, i32>(4) as u32,
-                    timer: r.get::<_, i64>(5) as u64,
-                },
-            )
-        })
-        .collect();
-    let mut ids: Vec<&str> = due.iter().map(|(_, t)| t.profile_id.as_str()).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let mut profiles = HashMap::new();
-    for row in client
-        .query(
-            "SELECT id, state::text FROM profiles WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-            &[&ids],
-        )
-        .await?
-    {
-        profiles.insert(
-            row.get::<_, String>(0),
-            decode_profile(&row.get::<_, String>(1))?,
-        );
-    }
-    let keys: Vec<(String, String)> = due
-        .iter()
-        .map(|(_, t)| (t.profile_id.clone(), t.journey.clone()))
-        .collect();
-    let people: Vec<&ProfileState> = profiles.values().collect();
-    let (catalog, states) = plan_inputs(client, cache, &keys, &people, false, now).await?;
-    let inputs: Vec<(&TimerRow, &ProfileState)> = due
-        .iter()
-        .filter_map(|(_, t)| profiles.get(&t.profile_id).map(|p| (t, p)))
-        .collect();
-    let planned = plan_timers(&catalog, states, &inputs, now);
-    write(client, &planned, now).await?;
-    let seqs: Vec<i64> = due.iter().map(|(s, _)| *s).collect();
-    client
-        .execute("DELETE FROM journey_timers WHERE seq = ANY($1)", &[&seqs])
-        .await?;
-    Ok(due.len())
-}
-
-pub async fn merge(client: &impl GenericClient, from: &str, into: &str) -> Result<(), Abort> {
-    let dropped = client
-        .query(
-            "SELECT f.journey_key, f.state::text FROM journey_states f JOIN journey_states i
-             ON i.journey_key = f.journey_key AND i.profile_id = $2 WHERE f.profile_id = $1",
-            &[&from, &into],
-        )
-        .await?;
-    let mut counts = Counts::new();
-    for row in dropped {
-        let state: JourneyState =
-            serde_json::from_str(&row.get::<_, String>(1)).map_err(corrupt)?;
-        count_state_change(&mut counts, row.get(0), Some(&state), None);
-    }
-    add_counts(client, &counts).await?;
-    client
-        .execute(
-            "DELETE FROM journey_states s WHERE s.profile_id = $1
-               AND EXISTS (SELECT 1 FROM journey_states t WHERE t.profile_id = $2 AND t.journey_key = s.journey_key)",
-            &[&from, &into],
-        )
-        .await?;
-    for table in [
-        "journey_states",
-        "journey_timers",
-        "journey_outbox",
-        "inbox_marks",
-    ] {
-        client
-            .execute(
-                &format!("UPDATE {table} SET profile_id = $1 WHERE profile_id = $2"),
-                &[&into, &from],
-            )
-            .await?;
-    }
-    Ok(())
-}
-
-pub async fn erase(client: &impl GenericClient, profile_id: &str) -> Result<(), Abort> {
-    let mut counts = Counts::new();
-    for (journey, state) in profile_journeys(client, profile_id).await? {
-        count_state_change(&mut counts, &journey, Some(&state), None);
-    }
-    add_counts(client, &counts).await?;
-    client
-        .execute(
-            "DELETE FROM message_events WHERE key IN (SELECT key FROM journey_outbox WHERE profile_id = $1)",
-            &[&profile_id],
-        )
-        .await?;
-    for table in [
-        "journey_states",
-        "journey_timers",
-        "journey_outbox",
-        "inbox_marks",
-    ] {
-        client
-            .execute(
-                &format!("DELETE FROM {table} WHERE profile_id = $1"),
+                "DELETE FROM message_events WHERE key IN (SELECT key FROM journey_outbox WHERE profile_id = $1)",
                 &[&profile_id],
             )
             .await?;
+        for table in PERSON_ROWS {
+            self.0
+                .execute(
+                    &format!("DELETE FROM {table} WHERE profile_id = $1"),
+                    &[&profile_id],
+                )
+                .await?;
+        }
+        Ok(())
     }
-    Ok(())
+
+    async fn write_stopped(
+        &self,
+        journey: &str,
+        changed: &[(String, JourneyState)],
+        now: Millis,
+    ) -> Result<(), Abort> {
+        for (p, state) in changed {
+            let text = serde_json::to_string(state).map_err(corrupt)?;
+            self.0
+                .execute(
+                    "UPDATE journey_states SET state = $3::text::jsonb, updated_at = $4 WHERE profile_id = $1 AND journey_key = $2",
+                    &[p, &journey, &text, &now],
+                )
+                .await?;
+        }
+        self.0
+            .execute(
+                "DELETE FROM journey_timers WHERE journey_key = $1",
+                &[&journey],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn set_entry_rate_limit(&self, journey: &str, limit: Option<u32>) -> Result<(), Abort> {
+        let limit = limit.map(|l| l as i32);
+        self.0
+            .execute(
+                "UPDATE journeys SET entry_rate_limit = $2 WHERE key = $1",
+                &[&journey, &limit],
+            )
+            .await?;
+        Ok(())
+    }
 }
 
 pub async fn profile_journeys(
@@ -624,126 +667,6 @@ pub async fn claim(
     Ok(out)
 }
 
-pub async fn complete(
-    client: &impl GenericClient,
-    cache: &Runtime,
-    item: &OutboxItem,
-    delivery: Delivery,
-    now: Millis,
-) -> Result<(), Abort> {
-    // Lock the person first, as ingest and timers do, so their journey state changes in
-    // one transaction at a time.
-    let profile = client
-        .query_opt(
-            "SELECT state::text FROM profiles WHERE id = $1 FOR UPDATE",
-            &[&item.profile_id],
-        )
-        .await?;
-    let outcome = match &delivery {
-        Delivery::Deferred { at } => {
-            client
-                .execute(
-                    "UPDATE journey_outbox SET next_attempt_at = $2, leased_until = NULL WHERE seq = $1 AND status = 'pending'",
-                    &[&item.seq, at],
-                )
-                .await?;
-            return Ok(());
-        }
-        Delivery::Retry { at, error } => {
-            client
-                .execute(
-                    "UPDATE journey_outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3, leased_until = NULL WHERE seq = $1 AND status = 'pending'",
-                    &[&item.seq, at, error],
-                )
-                .await?;
-            return Ok(());
-        }
-        Delivery::Delivered(value) => {
-            let changed = client
-                .execute(
-                    "UPDATE journey_outbox SET attempts = attempts + 1, status = 'done', result = $2::text::jsonb, finished_at = $3 WHERE seq = $1 AND status = 'pending'",
-                    &[&item.seq, &value.to_string(), &now],
-                )
-                .await?;
-            if changed == 0 {
-                return Ok(());
-            }
-            Ok(value.clone())
-        }
-        Delivery::Failed(error) => {
-            let changed = client
-                .execute(
-                    "UPDATE journey_outbox SET attempts = attempts + 1, status = 'failed', last_error = $2, finished_at = $3 WHERE seq = $1 AND status = 'pending'",
-                    &[&item.seq, error, &now],
-                )
-                .await?;
-            if changed == 0 {
-                return Ok(());
-            }
-            Err(error.clone())
-        }
-    };
-    let Some(row) = profile else { return Ok(()) };
-    let mut profile = decode_profile(&row.get::<_, String>(0))?;
-    match item.kind.as_str() {
-        "webhook" => {
-            let (Some(instance), Some(node)) = (
-                item.effect["instance"].as_u64(),
-                item.effect["node"].as_str(),
-            ) else {
-                return Err(corrupt("webhook effect without instance or node").into());
-            };
-            let keys = vec![(item.profile_id.clone(), item.journey.clone())];
-            let (catalog, states) =
-                plan_inputs(client, cache, &keys, &[&profile], false, now).await?;
-            let planned = plan_webhook_result(
-                &catalog,
-                states,
-                &profile,
-                waymark_engine::run::WebhookOutcome {
-                    journey: &item.journey,
-                    instance: instance as u32,
-                    node,
-                    outcome,
-                },
-                now,
-            );
-            write(client, &planned, now).await?;
-        }
-        "jump" if outcome.is_ok() => {
-            let (Some(target), Some(from)) = (
-                item.effect["journey"].as_str(),
-                item.effect["from"].as_str(),
-            ) else {
-                return Err(corrupt("jump effect without journey or from").into());
-            };
-            let keys = vec![(item.profile_id.clone(), target.to_owned())];
-            let (catalog, states) =
-                plan_inputs(client, cache, &keys, &[&profile], true, now).await?;
-            let jump = JumpIn {
-                journey: target,
-                from,
-                entry: &item.effect["entry"],
-            };
-            let planned = plan_jump(&catalog, states, &profile, jump, now);
-            write(client, &planned, now).await?;
-        }
-        "update_profile" if outcome.is_ok() => {
-            let empty = serde_json::Map::new();
-            let set = item.effect["set"].as_object().unwrap_or(&empty);
-            let unset = item.effect["unset"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str());
-            profile.update_traits(set, unset, now);
-            save_profile(client, &profile, now).await?;
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
 /// Writes back a profile changed outside ingest (trait updates from journeys, a dropped
 /// identity).
 pub async fn save_profile(
@@ -788,70 +711,4 @@ pub async fn journey_stats(
     Ok(waymark_engine::stats::from_counters(
         rows.iter().map(|(n, c, v)| (n.as_str(), c.as_str(), *v)),
     ))
-}
-
-async fn journey_states(
-    client: &impl GenericClient,
-    journey: &str,
-) -> Result<Vec<JourneyState>, StoreError> {
-    let rows = client
-        .query(
-            "SELECT state::text FROM journey_states WHERE journey_key = $1",
-            &[&journey],
-        )
-        .await
-        .map_err(db_error)?;
-    rows.iter()
-        .map(|r| serde_json::from_str(&r.get::<_, String>(0)).map_err(corrupt))
-        .collect()
-}
-
-/// Stop: every active instance of the journey ends now, and its timers go. Profiles are
-/// locked first, in id order, as everywhere else.
-pub async fn stop_journey(
-    client: &impl GenericClient,
-    journey: &str,
-    now: Millis,
-) -> Result<(), StoreError> {
-    client
-        .execute(
-            "SELECT 1 FROM profiles WHERE id IN (SELECT profile_id FROM journey_states WHERE journey_key = $1) ORDER BY id FOR UPDATE",
-            &[&journey],
-        )
-        .await
-        .map_err(db_error)?;
-    let rows = client
-        .query(
-            "SELECT profile_id, state::text FROM journey_states WHERE journey_key = $1",
-            &[&journey],
-        )
-        .await
-        .map_err(db_error)?;
-    let mut states = Vec::with_capacity(rows.len());
-    for r in rows {
-        states.push((
-            r.get::<_, String>(0),
-            serde_json::from_str::<JourneyState>(&r.get::<_, String>(1)).map_err(corrupt)?,
-        ));
-    }
-    let (changed, counts) = waymark_engine::run::stop_all(journey, states, now);
-    add_counts(client, &counts).await?;
-    for (p, state) in &changed {
-        let text = serde_json::to_string(state).map_err(corrupt)?;
-        client
-            .execute(
-                "UPDATE journey_states SET state = $3::text::jsonb, updated_at = $4 WHERE profile_id = $1 AND journey_key = $2",
-                &[p, &journey, &text, &now],
-            )
-            .await
-            .map_err(db_error)?;
-    }
-    client
-        .execute(
-            "DELETE FROM journey_timers WHERE journey_key = $1",
-            &[&journey],
-        )
-        .await
-        .map_err(db_error)?;
-    Ok(())
 }

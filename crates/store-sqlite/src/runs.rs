@@ -1,19 +1,18 @@
-//! Running journeys on SQLite: the catalog of journeys and compiled versions, journey
-//! states, timers and the outbox. Called from the writer thread inside its transaction.
+//! Journey rows on SQLite: the reads and writes of a journey run (the run itself is
+//! `waymark_store::pipeline`, called from the writer thread inside its transaction), and the
+//! outbox, stats and per-person views.
 
 use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde_json::Value;
-use waymark_core::journey::lifecycle::Status as JourneyStatus;
+use waymark_core::governance::Sent;
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
 use waymark_engine::JourneyState;
-use waymark_engine::run::{
-    Catalog, EntryRate, JumpIn, OutboxRow, Planned, Runtime, TimerRow, WebhookOutcome, addresses,
-    plan_events, plan_jump, plan_timers, plan_webhook_results, state_keys,
-};
-use waymark_engine::stats::{Counts, JourneyStats, count_state_change, count_states};
+use waymark_engine::run::{EntryRate, OutboxRow, Planned, Runtime, States, TimerRow};
+use waymark_engine::stats::{Counts, JourneyStats};
+use waymark_store::pipeline::{self, JourneyRow, RunTx, run_now};
 use waymark_store::{Delivery, MessageEvent, OutboxEntry, OutboxItem, StoreError};
 
 use crate::{decode_profile, unavailable};
@@ -22,229 +21,70 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("journey run: {e}"))
 }
 
-fn catalog(conn: &Connection) -> Result<Catalog, StoreError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT key, status, live_version, entry_rate_limit, rate_window, rate_used FROM journeys",
-        )
-        .map_err(unavailable)?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<i64>>(2)?,
-                r.get::<_, Option<i64>>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, i64>(5)?,
-            ))
-        })
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(unavailable)?;
-    let mut c = Catalog::default();
-    for (key, status, live, limit, window, used) in rows {
-        let status =
-            JourneyStatus::parse(&status).ok_or_else(|| corrupt(format!("status {status:?}")))?;
-        if let Some(limit) = limit {
-            c.rates.insert(
-                key.clone(),
-                EntryRate {
-                    limit: limit as u32,
-                    window,
-                    used: used as u32,
-                },
-            );
-        }
-        c.journeys.insert(key, (status, live.map(|v| v as u32)));
-    }
-    Ok(c)
-}
+/// A journey run's reads and writes in the writer's transaction. None of them waits, so a
+/// run over it is driven with [`run_now`].
+struct Run<'a, 'c>(&'a Transaction<'c>);
 
-/// Puts every version the inputs may need into `catalog`, compiling (once) those not cached.
-fn add_versions(
-    conn: &Connection,
-    cache: &Runtime,
-    catalog: &mut Catalog,
-    states: &HashMap<(String, String), JourneyState>,
-) -> Result<(), StoreError> {
-    for (key, version) in cache.fill(catalog, states) {
-        let Some(document) = crate::journeys::version(conn, &key, version)? else {
-            continue;
-        };
-        if let Err(problems) = cache.compile_into(catalog, key.clone(), version, document) {
-            tracing::error!(journey = %key, version, %problems, "stored journey version does not compile; skipped");
-        }
-    }
-    Ok(())
-}
-
-/// For frequency caps: each person's messages (not `log`, not failed) within the longest
-/// cap window, read in the plan's transaction.
-fn add_recent_messages<'a>(
-    conn: &Connection,
-    runtime: &Runtime,
-    catalog: &mut Catalog,
-    profile_ids: impl IntoIterator<Item = &'a str>,
-    now: Millis,
-) -> Result<(), StoreError> {
-    let lookback = runtime.governance().lookback_ms();
-    if lookback == 0 {
-        return Ok(());
-    }
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT json_extract(effect, '$.channel'), created_at FROM journey_outbox
-             WHERE profile_id = ?1 AND kind = 'message' AND status != 'failed' AND created_at > ?2
-               AND json_extract(effect, '$.channel') != 'log'",
-        )
-        .map_err(unavailable)?;
-    for id in profile_ids {
-        if catalog.recent_messages.contains_key(id) {
-            continue;
-        }
-        let sent = stmt
-            .query_map(params![id, now - lookback], |r| {
-                Ok(waymark_core::governance::Sent {
-                    channel: r.get(0)?,
-                    at: r.get(1)?,
-                })
-            })
-            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-            .map_err(unavailable)?;
-        catalog.recent_messages.insert(id.to_owned(), sent);
-    }
-    Ok(())
-}
-
-/// What governance needs to know about the people a plan may message: their recent
-/// messages (for caps) and which of their addresses are on the suppression list.
-fn add_people<'a>(
-    conn: &Connection,
-    runtime: &Runtime,
-    catalog: &mut Catalog,
-    people: impl IntoIterator<Item = &'a ProfileState> + Clone,
-    now: Millis,
-) -> Result<(), StoreError> {
-    add_recent_messages(
-        conn,
-        runtime,
-        catalog,
-        people.clone().into_iter().map(|p| p.id.as_str()),
-        now,
-    )?;
-    if !catalog.sends_to_addresses() {
-        return Ok(());
-    }
-    for p in people {
-        crate::suppressions::listed(conn, &addresses(p), &mut catalog.suppressed)?;
-    }
-    Ok(())
-}
-
-/// What a plan reads besides its inputs: the (profile, journey) states, the catalog with
-/// every version they may need, and what governance needs about the people.
-fn plan_inputs<'a>(
+/// Runs every live journey on the accepted events of an ingest, inside its transaction.
+pub fn on_events(
     tx: &Transaction<'_>,
     runtime: &Runtime,
-    keys: &[(String, String)],
-    people: impl IntoIterator<Item = &'a ProfileState> + Clone,
+    events: &[(&Event, &ProfileState)],
     now: Millis,
-) -> Result<(Catalog, waymark_engine::run::States), StoreError> {
-    let states = load_states(tx, keys)?;
-    let mut catalog = catalog(tx)?;
-    add_versions(tx, runtime, &mut catalog, &states)?;
-    add_people(tx, runtime, &mut catalog, people, now)?;
-    Ok((catalog, states))
+) -> Result<(), StoreError> {
+    run_now(pipeline::on_events(&Run(tx), runtime, events, now))
 }
 
-fn load_states(
+pub fn fire_due(
+    tx: &Transaction<'_>,
+    runtime: &Runtime,
+    now: Millis,
+    limit: u32,
+) -> Result<usize, StoreError> {
+    run_now(pipeline::fire_due(&Run(tx), runtime, now, limit))
+}
+
+pub fn complete_many(
+    tx: &Transaction<'_>,
+    runtime: &Runtime,
+    done: &[(OutboxItem, Delivery)],
+    now: Millis,
+) -> Result<(), StoreError> {
+    run_now(pipeline::complete(&Run(tx), runtime, done, now))
+}
+
+pub fn merge(tx: &Transaction<'_>, from: &str, into: &str) -> Result<(), StoreError> {
+    run_now(pipeline::merge(&Run(tx), from, into))
+}
+
+pub fn erase(tx: &Transaction<'_>, profile_id: &str) -> Result<(), StoreError> {
+    run_now(pipeline::erase(&Run(tx), profile_id))
+}
+
+pub fn stop_journey(tx: &Transaction<'_>, journey: &str, now: Millis) -> Result<(), StoreError> {
+    run_now(pipeline::stop_journey(&Run(tx), journey, now))
+}
+
+/// Migration 6: counters for the states that exist, and the live versions' rate limits.
+pub fn backfill(tx: &Transaction<'_>) -> Result<(), StoreError> {
+    run_now(pipeline::backfill(&Run(tx)))
+}
+
+fn states_where(
     conn: &Connection,
-    keys: &[(String, String)],
-) -> Result<HashMap<(String, String), JourneyState>, StoreError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT state FROM journey_states WHERE profile_id = ?1 AND journey_key = ?2",
-        )
+    sql: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<(String, JourneyState)>, StoreError> {
+    let rows: Vec<(String, String)> = conn
+        .prepare_cached(sql)
+        .and_then(|mut s| {
+            s.query_map(args, |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()
+        })
         .map_err(unavailable)?;
-    let mut out = HashMap::new();
-    for (p, k) in keys {
-        let state: Option<String> = stmt
-            .query_row(params![p, k], |r| r.get(0))
-            .optional()
-            .map_err(unavailable)?;
-        if let Some(state) = state {
-            out.insert(
-                (p.clone(), k.clone()),
-                serde_json::from_str(&state).map_err(corrupt)?,
-            );
-        }
-    }
-    Ok(out)
-}
-
-fn write(tx: &Transaction<'_>, planned: &Planned, now: Millis) -> Result<(), StoreError> {
-    let mut upsert = tx
-        .prepare_cached(
-            "INSERT INTO journey_states (profile_id, journey_key, state, updated_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (profile_id, journey_key) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
-        )
-        .map_err(unavailable)?;
-    for (p, k, state) in &planned.states {
-        let text = serde_json::to_string(state).map_err(corrupt)?;
-        upsert
-            .execute(params![p, k, text, now])
-            .map_err(unavailable)?;
-    }
-    let mut timer = tx
-        .prepare_cached("INSERT INTO journey_timers (due, profile_id, journey_key, instance, timer) VALUES (?1, ?2, ?3, ?4, ?5)")
-        .map_err(unavailable)?;
-    for t in &planned.timers {
-        timer
-            .execute(params![
-                t.due,
-                t.profile_id,
-                t.journey,
-                i64::from(t.instance),
-                t.timer as i64
-            ])
-            .map_err(unavailable)?;
-    }
-    let mut cancel = tx
-        .prepare_cached("DELETE FROM journey_timers WHERE profile_id = ?1 AND journey_key = ?2 AND instance = ?3")
-        .map_err(unavailable)?;
-    for (p, k, instance) in &planned.ended {
-        cancel
-            .execute(params![p, k, i64::from(*instance)])
-            .map_err(unavailable)?;
-    }
-    let mut outbox = tx
-        .prepare_cached(
-            "INSERT INTO journey_outbox (key, profile_id, journey_key, kind, effect, status, created_at, next_attempt_at, finished_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, CASE WHEN ?6 = 'pending' THEN NULL ELSE ?7 END) ON CONFLICT (key) DO NOTHING",
-        )
-        .map_err(unavailable)?;
-    for o in &planned.outbox {
-        outbox
-            .execute(params![
-                o.key,
-                o.profile_id,
-                o.journey,
-                o.kind,
-                o.effect.to_string(),
-                o.status,
-                now,
-                o.due.unwrap_or(now)
-            ])
-            .map_err(unavailable)?;
-    }
-    let mut rate = tx
-        .prepare_cached("UPDATE journeys SET rate_window = ?2, rate_used = ?3 WHERE key = ?1")
-        .map_err(unavailable)?;
-    for (key, r) in &planned.rates {
-        rate.execute(params![key, r.window, r.used])
-            .map_err(unavailable)?;
-    }
-    add_counts(tx, &planned.counts)
+    rows.into_iter()
+        .map(|(k, s)| Ok((k, serde_json::from_str(&s).map_err(corrupt)?)))
+        .collect()
 }
 
 fn add_counts(tx: &Transaction<'_>, counts: &Counts) -> Result<(), StoreError> {
@@ -261,179 +101,384 @@ fn add_counts(tx: &Transaction<'_>, counts: &Counts) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Migration 6: counters for the states that exist, and the live versions' rate limits.
-pub fn backfill(tx: &Transaction<'_>) -> Result<(), StoreError> {
-    let keys: Vec<(String, Option<i64>)> = tx
-        .prepare("SELECT key, live_version FROM journeys")
-        .and_then(|mut s| {
-            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()
-        })
-        .map_err(unavailable)?;
-    for (key, live) in keys {
-        let states = journey_states(tx, &key)?;
-        add_counts(tx, &count_states(&key, &states))?;
-        if let Some(document) = live
-            .map(|v| crate::journeys::version(tx, &key, v as u32))
-            .transpose()?
-            .flatten()
-        {
-            tx.execute(
-                "UPDATE journeys SET entry_rate_limit = ?2 WHERE key = ?1",
-                params![key, waymark_engine::run::entry_rate_limit(&document)],
+impl RunTx for Run<'_, '_> {
+    type Error = StoreError;
+
+    async fn journeys(&self, _for_entries: bool) -> Result<Vec<JourneyRow>, StoreError> {
+        // One writer: nothing to lock.
+        let mut stmt = self
+            .0
+            .prepare_cached(
+                "SELECT key, status, live_version, entry_rate_limit, rate_window, rate_used FROM journeys",
             )
             .map_err(unavailable)?;
-        }
-    }
-    Ok(())
-}
-
-/// Runs every live journey on the accepted events of an ingest, inside its transaction.
-pub fn on_events(
-    tx: &Transaction<'_>,
-    cache: &Runtime,
-    events: &[(&Event, &ProfileState)],
-    now: Millis,
-) -> Result<(), StoreError> {
-    let mut catalog = catalog(tx)?;
-    if catalog.is_empty() || events.is_empty() {
-        return Ok(());
-    }
-    let keys = state_keys(&catalog, events.iter().map(|(_, p)| p.id.as_str()));
-    let states = load_states(tx, &keys)?;
-    add_versions(tx, cache, &mut catalog, &states)?;
-    add_people(tx, cache, &mut catalog, events.iter().map(|(_, p)| *p), now)?;
-    let planned = plan_events(&catalog, states, events, now);
-    write(tx, &planned, now)
-}
-
-/// Fires due timers, in due order; returns how many.
-pub fn fire_due(
-    tx: &Transaction<'_>,
-    cache: &Runtime,
-    now: Millis,
-    limit: u32,
-) -> Result<usize, StoreError> {
-    let mut stmt = tx
-        .prepare_cached("SELECT seq, due, profile_id, journey_key, instance, timer FROM journey_timers WHERE due <= ?1 ORDER BY due, seq LIMIT ?2")
-        .map_err(unavailable)?;
-    let due: Vec<(i64, TimerRow)> = stmt
-        .query_map(params![now, i64::from(limit)], |r| {
-            Ok((
-                r.get(0)?,
-                TimerRow {
-                    due: r.get(1)?,
-                    profile_id: r.get(2)?,
-                    journey: r.get(3)?,
-                    instance: r.get::<_, i64>(4)? as u32,
-                    timer: r.get::<_, i64>(5)? as u64,
+        stmt.query_map([], |r| {
+            let limit: Option<i64> = r.get(3)?;
+            Ok(JourneyRow {
+                key: r.get(0)?,
+                status: r.get(1)?,
+                live_version: r.get::<_, Option<i64>>(2)?.map(|v| v as u32),
+                rate: match limit {
+                    Some(limit) => Some(EntryRate {
+                        limit: limit as u32,
+                        window: r.get(4)?,
+                        used: r.get::<_, i64>(5)? as u32,
+                    }),
+                    None => None,
                 },
-            ))
+            })
         })
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(unavailable)?;
-    drop(stmt);
-    if due.is_empty() {
-        return Ok(0);
+        .map_err(unavailable)
     }
-    let mut profiles: HashMap<String, ProfileState> = HashMap::new();
-    for (_, t) in &due {
-        if profiles.contains_key(&t.profile_id) {
-            continue;
-        }
-        let state: Option<String> = tx
-            .prepare_cached("SELECT state FROM profiles WHERE id = ?1")
-            .and_then(|mut s| s.query_row([&t.profile_id], |r| r.get(0)).optional())
-            .map_err(unavailable)?;
-        if let Some(state) = state {
-            profiles.insert(t.profile_id.clone(), decode_profile(&state)?);
-        }
-    }
-    let keys: Vec<(String, String)> = due
-        .iter()
-        .map(|(_, t)| (t.profile_id.clone(), t.journey.clone()))
-        .collect();
-    let (catalog, states) = plan_inputs(tx, cache, &keys, profiles.values(), now)?;
-    let inputs: Vec<(&TimerRow, &ProfileState)> = due
-        .iter()
-        .filter_map(|(_, t)| profiles.get(&t.profile_id).map(|p| (t, p)))
-        .collect();
-    let planned = plan_timers(&catalog, states, &inputs, now);
-    write(tx, &planned, now)?;
-    let mut delete = tx
-        .prepare_cached("DELETE FROM journey_timers WHERE seq = ?1")
-        .map_err(unavailable)?;
-    for (seq, _) in &due {
-        delete.execute([seq]).map_err(unavailable)?;
-    }
-    Ok(due.len())
-}
 
-/// Moves journey rows of a merged-away profile to the profile it merged into. Where both
-/// had a state in the same journey, the surviving profile's is kept.
-pub fn merge(tx: &Transaction<'_>, from: &str, into: &str) -> Result<(), StoreError> {
-    let dropped: Vec<(String, String)> = tx
-        .prepare_cached(
+    async fn version(&self, journey: &str, version: u32) -> Result<Option<Value>, StoreError> {
+        crate::journeys::version(self.0, journey, version)
+    }
+
+    async fn states(&self, keys: &[(String, String)]) -> Result<States, StoreError> {
+        let mut stmt = self
+            .0
+            .prepare_cached(
+                "SELECT state FROM journey_states WHERE profile_id = ?1 AND journey_key = ?2",
+            )
+            .map_err(unavailable)?;
+        let mut out = HashMap::new();
+        for (p, k) in keys {
+            let state: Option<String> = stmt
+                .query_row(params![p, k], |r| r.get(0))
+                .optional()
+                .map_err(unavailable)?;
+            if let Some(state) = state {
+                out.insert(
+                    (p.clone(), k.clone()),
+                    serde_json::from_str(&state).map_err(corrupt)?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    async fn recent_messages(
+        &self,
+        profile_ids: &[&str],
+        since: Millis,
+    ) -> Result<Vec<(String, Sent)>, StoreError> {
+        let mut stmt = self
+            .0
+            .prepare_cached(
+                "SELECT json_extract(effect, '$.channel'), created_at FROM journey_outbox
+                 WHERE profile_id = ?1 AND kind = 'message' AND status != 'failed' AND created_at > ?2
+                   AND json_extract(effect, '$.channel') != 'log'",
+            )
+            .map_err(unavailable)?;
+        let mut out = Vec::new();
+        for id in profile_ids {
+            let sent = stmt
+                .query_map(params![id, since], |r| {
+                    Ok(Sent {
+                        channel: r.get(0)?,
+                        at: r.get(1)?,
+                    })
+                })
+                .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+                .map_err(unavailable)?;
+            out.extend(sent.into_iter().map(|s| ((*id).to_owned(), s)));
+        }
+        Ok(out)
+    }
+
+    async fn suppressed(
+        &self,
+        addresses: &[(&'static str, String)],
+    ) -> Result<Vec<((String, String), String)>, StoreError> {
+        let mut found = HashMap::new();
+        crate::suppressions::listed(self.0, addresses, &mut found)?;
+        Ok(found.into_iter().collect())
+    }
+
+    async fn lock_profiles(
+        &self,
+        ids: &[&str],
+    ) -> Result<HashMap<String, ProfileState>, StoreError> {
+        // One writer: the transaction is the lock.
+        let mut out = HashMap::with_capacity(ids.len());
+        for id in ids {
+            if let Some(p) = load_profile(self.0, id)? {
+                out.insert((*id).to_owned(), p);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn due_timers(
+        &self,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Vec<(i64, TimerRow)>, StoreError> {
+        self.0
+            .prepare_cached("SELECT seq, due, profile_id, journey_key, instance, timer FROM journey_timers WHERE due <= ?1 ORDER BY due, seq LIMIT ?2")
+            .and_then(|mut stmt| {
+                stmt.query_map(params![now, i64::from(limit)], |r| {
+                    Ok((
+                        r.get(0)?,
+                        TimerRow {
+                            due: r.get(1)?,
+                            profile_id: r.get(2)?,
+                            journey: r.get(3)?,
+                            instance: r.get::<_, i64>(4)? as u32,
+                            timer: r.get::<_, i64>(5)? as u64,
+                        },
+                    ))
+                })?
+                .collect()
+            })
+            .map_err(unavailable)
+    }
+
+    async fn profile_states(
+        &self,
+        profile_id: &str,
+    ) -> Result<Vec<(String, JourneyState)>, StoreError> {
+        profile_journeys(self.0, profile_id)
+    }
+
+    async fn shared_states(
+        &self,
+        from: &str,
+        into: &str,
+    ) -> Result<Vec<(String, JourneyState)>, StoreError> {
+        states_where(
+            self.0,
             "SELECT f.journey_key, f.state FROM journey_states f JOIN journey_states i
              ON i.journey_key = f.journey_key AND i.profile_id = ?2 WHERE f.profile_id = ?1",
+            params![from, into],
         )
-        .and_then(|mut s| {
-            s.query_map(params![from, into], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()
-        })
-        .map_err(unavailable)?;
-    let mut counts = Counts::new();
-    for (journey, state) in dropped {
-        let state: JourneyState = serde_json::from_str(&state).map_err(corrupt)?;
-        count_state_change(&mut counts, &journey, Some(&state), None);
     }
-    add_counts(tx, &counts)?;
-    tx.execute(
-        "UPDATE OR IGNORE journey_states SET profile_id = ?1 WHERE profile_id = ?2",
-        params![into, from],
-    )
-    .map_err(unavailable)?;
-    tx.execute("DELETE FROM journey_states WHERE profile_id = ?1", [from])
+
+    async fn journey_states(
+        &self,
+        journey: &str,
+    ) -> Result<Vec<(String, JourneyState)>, StoreError> {
+        states_where(
+            self.0,
+            "SELECT profile_id, state FROM journey_states WHERE journey_key = ?1",
+            [journey],
+        )
+    }
+
+    async fn live_versions(&self) -> Result<Vec<(String, Option<u32>)>, StoreError> {
+        self.0
+            .prepare("SELECT key, live_version FROM journeys")
+            .and_then(|mut s| {
+                s.query_map([], |r| {
+                    Ok((r.get(0)?, r.get::<_, Option<i64>>(1)?.map(|v| v as u32)))
+                })?
+                .collect::<Result<_, _>>()
+            })
+            .map_err(unavailable)
+    }
+
+    async fn write(&self, planned: &Planned, now: Millis) -> Result<(), StoreError> {
+        let tx = self.0;
+        let mut upsert = tx
+            .prepare_cached(
+                "INSERT INTO journey_states (profile_id, journey_key, state, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (profile_id, journey_key) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+            )
+            .map_err(unavailable)?;
+        for (p, k, state) in &planned.states {
+            let text = serde_json::to_string(state).map_err(corrupt)?;
+            upsert
+                .execute(params![p, k, text, now])
+                .map_err(unavailable)?;
+        }
+        let mut timer = tx
+            .prepare_cached("INSERT INTO journey_timers (due, profile_id, journey_key, instance, timer) VALUES (?1, ?2, ?3, ?4, ?5)")
+            .map_err(unavailable)?;
+        for t in &planned.timers {
+            timer
+                .execute(params![
+                    t.due,
+                    t.profile_id,
+                    t.journey,
+                    i64::from(t.instance),
+                    t.timer as i64
+                ])
+                .map_err(unavailable)?;
+        }
+        let mut cancel = tx
+            .prepare_cached("DELETE FROM journey_timers WHERE profile_id = ?1 AND journey_key = ?2 AND instance = ?3")
+            .map_err(unavailable)?;
+        for (p, k, instance) in &planned.ended {
+            cancel
+                .execute(params![p, k, i64::from(*instance)])
+                .map_err(unavailable)?;
+        }
+        let mut outbox = tx
+            .prepare_cached(
+                "INSERT INTO journey_outbox (key, profile_id, journey_key, kind, effect, status, created_at, next_attempt_at, finished_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, CASE WHEN ?6 = 'pending' THEN NULL ELSE ?7 END) ON CONFLICT (key) DO NOTHING",
+            )
+            .map_err(unavailable)?;
+        for o in &planned.outbox {
+            outbox
+                .execute(params![
+                    o.key,
+                    o.profile_id,
+                    o.journey,
+                    o.kind,
+                    o.effect.to_string(),
+                    o.status,
+                    now,
+                    o.due.unwrap_or(now)
+                ])
+                .map_err(unavailable)?;
+        }
+        let mut rate = tx
+            .prepare_cached("UPDATE journeys SET rate_window = ?2, rate_used = ?3 WHERE key = ?1")
+            .map_err(unavailable)?;
+        for (key, r) in &planned.rates {
+            rate.execute(params![key, r.window, r.used])
+                .map_err(unavailable)?;
+        }
+        add_counts(tx, &planned.counts)
+    }
+
+    async fn add_counts(&self, counts: &Counts) -> Result<(), StoreError> {
+        add_counts(self.0, counts)
+    }
+
+    async fn delete_timers(&self, seqs: &[i64]) -> Result<(), StoreError> {
+        let mut delete = self
+            .0
+            .prepare_cached("DELETE FROM journey_timers WHERE seq = ?1")
+            .map_err(unavailable)?;
+        for seq in seqs {
+            delete.execute([seq]).map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn put_off(
+        &self,
+        seq: i64,
+        at: Millis,
+        retry_error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        // Leases are the process's, in memory: nothing to end here.
+        match retry_error {
+            None => self.0.prepare_cached(
+                "UPDATE journey_outbox SET next_attempt_at = ?2 WHERE seq = ?1 AND status = 'pending'",
+            )
+            .and_then(|mut s| s.execute(params![seq, at])),
+            Some(error) => self.0.prepare_cached(
+                "UPDATE journey_outbox SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3 WHERE seq = ?1 AND status = 'pending'",
+            )
+            .and_then(|mut s| s.execute(params![seq, at, error])),
+        }
         .map_err(unavailable)?;
-    tx.execute(
-        "UPDATE journey_timers SET profile_id = ?1 WHERE profile_id = ?2",
-        params![into, from],
-    )
-    .map_err(unavailable)?;
-    for table in ["journey_outbox", "inbox_marks"] {
+        Ok(())
+    }
+
+    async fn finish(
+        &self,
+        seq: i64,
+        outcome: &Result<Value, String>,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let changed = match outcome {
+            Ok(value) => self.0.prepare_cached(
+                "UPDATE journey_outbox SET attempts = attempts + 1, status = 'done', result = ?2, finished_at = ?3 WHERE seq = ?1 AND status = 'pending'",
+            )
+            .and_then(|mut s| s.execute(params![seq, value.to_string(), now])),
+            Err(error) => self.0.prepare_cached(
+                "UPDATE journey_outbox SET attempts = attempts + 1, status = 'failed', last_error = ?2, finished_at = ?3 WHERE seq = ?1 AND status = 'pending'",
+            )
+            .and_then(|mut s| s.execute(params![seq, error, now])),
+        }
+        .map_err(unavailable)?;
+        Ok(changed > 0)
+    }
+
+    async fn save_profile(&self, profile: &ProfileState, now: Millis) -> Result<(), StoreError> {
+        save_profile(self.0, profile, now)
+    }
+
+    async fn move_journey_rows(&self, from: &str, into: &str) -> Result<(), StoreError> {
+        let tx = self.0;
         tx.execute(
-            &format!("UPDATE {table} SET profile_id = ?1 WHERE profile_id = ?2"),
+            "UPDATE OR IGNORE journey_states SET profile_id = ?1 WHERE profile_id = ?2",
             params![into, from],
         )
         .map_err(unavailable)?;
+        tx.execute("DELETE FROM journey_states WHERE profile_id = ?1", [from])
+            .map_err(unavailable)?;
+        for table in ["journey_timers", "journey_outbox", "inbox_marks"] {
+            tx.execute(
+                &format!("UPDATE {table} SET profile_id = ?1 WHERE profile_id = ?2"),
+                params![into, from],
+            )
+            .map_err(unavailable)?;
+        }
+        Ok(())
     }
-    Ok(())
-}
 
-pub fn erase(tx: &Transaction<'_>, profile_id: &str) -> Result<(), StoreError> {
-    let mut counts = Counts::new();
-    for (journey, state) in profile_journeys(tx, profile_id)? {
-        count_state_change(&mut counts, &journey, Some(&state), None);
-    }
-    add_counts(tx, &counts)?;
-    tx.execute(
-        "DELETE FROM message_events WHERE key IN (SELECT key FROM journey_outbox WHERE profile_id = ?1)",
-        [profile_id],
-    )
-    .map_err(unavailable)?;
-    for table in [
-        "journey_states",
-        "journey_timers",
-        "journey_outbox",
-        "inbox_marks",
-    ] {
+    async fn delete_journey_rows(&self, profile_id: &str) -> Result<(), StoreError> {
+        let tx = self.0;
         tx.execute(
-            &format!("DELETE FROM {table} WHERE profile_id = ?1"),
+            "DELETE FROM message_events WHERE key IN (SELECT key FROM journey_outbox WHERE profile_id = ?1)",
             [profile_id],
         )
         .map_err(unavailable)?;
+        for table in [
+            "journey_states",
+            "journey_timers",
+            "journey_outbox",
+            "inbox_marks",
+        ] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE profile_id = ?1"),
+                [profile_id],
+            )
+            .map_err(unavailable)?;
+        }
+        Ok(())
     }
-    Ok(())
+
+    async fn write_stopped(
+        &self,
+        journey: &str,
+        changed: &[(String, JourneyState)],
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let tx = self.0;
+        for (p, state) in changed {
+            let text = serde_json::to_string(state).map_err(corrupt)?;
+            tx.execute("UPDATE journey_states SET state = ?3, updated_at = ?4 WHERE profile_id = ?1 AND journey_key = ?2", params![p, journey, text, now])
+                .map_err(unavailable)?;
+        }
+        tx.execute(
+            "DELETE FROM journey_timers WHERE journey_key = ?1",
+            [journey],
+        )
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn set_entry_rate_limit(
+        &self,
+        journey: &str,
+        limit: Option<u32>,
+    ) -> Result<(), StoreError> {
+        self.0
+            .execute(
+                "UPDATE journeys SET entry_rate_limit = ?2 WHERE key = ?1",
+                params![journey, limit],
+            )
+            .map_err(unavailable)?;
+        Ok(())
+    }
 }
 
 pub fn profile_journeys(
@@ -687,159 +732,6 @@ pub(crate) fn save_profile(
     Ok(())
 }
 
-/// Records delivery outcomes, in order, in the caller's transaction. Webhook results move
-/// their instances on in one plan (one catalog read, counters added up once); profile
-/// updates and jumps are applied before them, in order.
-pub fn complete_many(
-    tx: &Transaction<'_>,
-    cache: &Runtime,
-    done: &[(OutboxItem, Delivery)],
-    now: Millis,
-) -> Result<(), StoreError> {
-    let mut webhooks = Vec::new();
-    for (item, delivery) in done {
-        let Some(outcome) = record_delivery(tx, item, delivery, now)? else {
-            continue;
-        };
-        match item.kind.as_str() {
-            "webhook" => webhooks.push((item, outcome)),
-            _ => apply_effect(tx, cache, item, outcome, now)?,
-        }
-    }
-    if webhooks.is_empty() {
-        return Ok(());
-    }
-    let mut profiles: HashMap<String, ProfileState> = HashMap::new();
-    let mut keys = Vec::with_capacity(webhooks.len());
-    for (item, _) in &webhooks {
-        if !profiles.contains_key(&item.profile_id)
-            && let Some(p) = load_profile(tx, &item.profile_id)?
-        {
-            profiles.insert(item.profile_id.clone(), p);
-        }
-        keys.push((item.profile_id.clone(), item.journey.clone()));
-    }
-    let (catalog, states) = plan_inputs(tx, cache, &keys, profiles.values(), now)?;
-    let mut results = Vec::with_capacity(webhooks.len());
-    for (item, outcome) in webhooks {
-        let Some(profile) = profiles.get(&item.profile_id) else {
-            continue; // erased meanwhile
-        };
-        let (Some(instance), Some(node)) = (
-            item.effect["instance"].as_u64(),
-            item.effect["node"].as_str(),
-        ) else {
-            return Err(corrupt("webhook effect without instance or node"));
-        };
-        results.push((
-            profile,
-            WebhookOutcome {
-                journey: &item.journey,
-                instance: instance as u32,
-                node,
-                outcome,
-            },
-        ));
-    }
-    let planned = plan_webhook_results(&catalog, states, results, now);
-    write(tx, &planned, now)
-}
-
-/// Marks the row delivered, failed or due again. Returns the final outcome to act on, or
-/// `None` when there is nothing more to do (a retry, or a row already completed because a
-/// lease ran out while the call was slow).
-fn record_delivery(
-    tx: &Transaction<'_>,
-    item: &OutboxItem,
-    delivery: &Delivery,
-    now: Millis,
-) -> Result<Option<Result<Value, String>>, StoreError> {
-    match delivery {
-        Delivery::Deferred { at } => {
-            tx.prepare_cached(
-                "UPDATE journey_outbox SET next_attempt_at = ?2 WHERE seq = ?1 AND status = 'pending'",
-            )
-            .and_then(|mut s| s.execute(params![item.seq, at]))
-            .map_err(unavailable)?;
-            Ok(None)
-        }
-        Delivery::Retry { at, error } => {
-            tx.prepare_cached(
-                "UPDATE journey_outbox SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3 WHERE seq = ?1 AND status = 'pending'",
-            )
-            .and_then(|mut s| s.execute(params![item.seq, at, error]))
-            .map_err(unavailable)?;
-            Ok(None)
-        }
-        Delivery::Delivered(value) => {
-            let changed = tx
-                .prepare_cached(
-                    "UPDATE journey_outbox SET attempts = attempts + 1, status = 'done', result = ?2, finished_at = ?3 WHERE seq = ?1 AND status = 'pending'",
-                )
-                .and_then(|mut s| s.execute(params![item.seq, value.to_string(), now]))
-                .map_err(unavailable)?;
-            Ok((changed > 0).then(|| Ok(value.clone())))
-        }
-        Delivery::Failed(error) => {
-            let changed = tx
-                .prepare_cached(
-                    "UPDATE journey_outbox SET attempts = attempts + 1, status = 'failed', last_error = ?2, finished_at = ?3 WHERE seq = ?1 AND status = 'pending'",
-                )
-                .and_then(|mut s| s.execute(params![item.seq, error, now]))
-                .map_err(unavailable)?;
-            Ok((changed > 0).then(|| Err(error.clone())))
-        }
-    }
-}
-
-/// What a delivered `update_profile` or `jump` does to the store.
-fn apply_effect(
-    tx: &Transaction<'_>,
-    cache: &Runtime,
-    item: &OutboxItem,
-    outcome: Result<Value, String>,
-    now: Millis,
-) -> Result<(), StoreError> {
-    if outcome.is_err() {
-        return Ok(());
-    }
-    let Some(mut profile) = load_profile(tx, &item.profile_id)? else {
-        return Ok(());
-    };
-    match item.kind.as_str() {
-        "jump" => {
-            let (Some(target), Some(from)) = (
-                item.effect["journey"].as_str(),
-                item.effect["from"].as_str(),
-            ) else {
-                return Err(corrupt("jump effect without journey or from"));
-            };
-            let keys = vec![(item.profile_id.clone(), target.to_owned())];
-            let (catalog, states) = plan_inputs(tx, cache, &keys, [&profile], now)?;
-            let jump = JumpIn {
-                journey: target,
-                from,
-                entry: &item.effect["entry"],
-            };
-            let planned = plan_jump(&catalog, states, &profile, jump, now);
-            write(tx, &planned, now)?;
-        }
-        "update_profile" => {
-            let empty = serde_json::Map::new();
-            let set = item.effect["set"].as_object().unwrap_or(&empty);
-            let unset = item.effect["unset"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str());
-            profile.update_traits(set, unset, now);
-            save_profile(tx, &profile, now)?;
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
 pub fn release_leases(tx: &Transaction<'_>) -> Result<u64, StoreError> {
     let n = tx.execute("UPDATE journey_outbox SET leased_until = NULL WHERE status = 'pending' AND leased_until IS NOT NULL", []).map_err(unavailable)?;
     Ok(n as u64)
@@ -856,51 +748,4 @@ pub fn journey_stats(conn: &Connection, journey: &str) -> Result<JourneyStats, S
     Ok(waymark_engine::stats::from_counters(
         rows.iter().map(|(n, c, v)| (n.as_str(), c.as_str(), *v)),
     ))
-}
-
-fn journey_states(conn: &Connection, journey: &str) -> Result<Vec<JourneyState>, StoreError> {
-    let mut stmt = conn
-        .prepare_cached("SELECT state FROM journey_states WHERE journey_key = ?1")
-        .map_err(unavailable)?;
-    let rows = stmt
-        .query_map([journey], |r| r.get::<_, String>(0))
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(unavailable)?;
-    rows.iter()
-        .map(|s| serde_json::from_str(s).map_err(corrupt))
-        .collect()
-}
-
-/// Stop: every active instance of the journey ends now, and its timers go.
-pub fn stop_journey(tx: &Transaction<'_>, journey: &str, now: Millis) -> Result<(), StoreError> {
-    let mut stmt = tx
-        .prepare_cached("SELECT profile_id, state FROM journey_states WHERE journey_key = ?1")
-        .map_err(unavailable)?;
-    let rows = stmt
-        .query_map([journey], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-        })
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(unavailable)?;
-    drop(stmt);
-    let mut states = Vec::with_capacity(rows.len());
-    for (p, s) in rows {
-        states.push((
-            p,
-            serde_json::from_str::<JourneyState>(&s).map_err(corrupt)?,
-        ));
-    }
-    let (changed, counts) = waymark_engine::run::stop_all(journey, states, now);
-    add_counts(tx, &counts)?;
-    for (p, state) in &changed {
-        let text = serde_json::to_string(state).map_err(corrupt)?;
-        tx.execute("UPDATE journey_states SET state = ?3, updated_at = ?4 WHERE profile_id = ?1 AND journey_key = ?2", params![p, journey, text, now])
-            .map_err(unavailable)?;
-    }
-    tx.execute(
-        "DELETE FROM journey_timers WHERE journey_key = ?1",
-        [journey],
-    )
-    .map_err(unavailable)?;
-    Ok(())
 }

@@ -12,6 +12,7 @@ use waymark_core::time::Millis;
 use waymark_core::{Event, Identity, ProfileState};
 
 pub mod conformance;
+pub mod pipeline;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -1,0 +1,481 @@
+//! Running journeys against a store, written once above the backends: what a run reads
+//! (catalog → state keys → states → versions → people), the plan (the engine's, pure) and
+//! what it writes. A backend implements [`RunTx`]: plain reads and writes inside the
+//! transaction the run commits in, so an event and the steps it causes commit together on
+//! every store, and no backend holds journey logic.
+//!
+//! The methods are async so PostgreSQL can await its queries. SQLite's writer thread answers
+//! them without waiting and drives a run with [`run_now`].
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::future::Future;
+
+use serde_json::Value;
+use waymark_core::governance::Sent;
+use waymark_core::journey::lifecycle::Status as JourneyStatus;
+use waymark_core::time::Millis;
+use waymark_core::{Event, ProfileState};
+use waymark_engine::JourneyState;
+use waymark_engine::run::{
+    Catalog, EntryRate, JumpIn, Planned, Runtime, States, TimerRow, WebhookOutcome, addresses,
+    plan_events, plan_jump, plan_timers, plan_webhook_results, state_keys, stop_all,
+};
+use waymark_engine::stats::{Counts, count_state_change, count_states};
+
+use crate::{Delivery, OutboxItem, StoreError};
+
+/// A journey row as the catalog reads it.
+#[derive(Debug, Clone)]
+pub struct JourneyRow {
+    pub key: String,
+    pub status: String,
+    pub live_version: Option<u32>,
+    /// The live version's entry rate limit and its use, if it has one.
+    pub rate: Option<EntryRate>,
+}
+
+/// The reads and writes a journey run makes, inside one store transaction.
+///
+/// Where the store has concurrent writers, "lock" means the rows stay locked until the
+/// transaction ends; people are always locked in id order, as ingest locks them.
+// Implemented and called with concrete types only (the two backends), so callers see
+// whether a run's future is `Send`; no `dyn` use needs the desugared form.
+#[allow(async_fn_in_trait)]
+pub trait RunTx {
+    type Error: From<StoreError>;
+
+    /// Every journey. `for_entries`: the run may enter people, so rate-limited journey rows
+    /// are locked and their use read under the lock.
+    async fn journeys(&self, for_entries: bool) -> Result<Vec<JourneyRow>, Self::Error>;
+    /// A published version's document.
+    async fn version(&self, journey: &str, version: u32) -> Result<Option<Value>, Self::Error>;
+    /// The states of these (profile id, journey key) pairs that exist.
+    async fn states(&self, keys: &[(String, String)]) -> Result<States, Self::Error>;
+    /// The messages of these people recorded after `since` that count towards frequency
+    /// caps (not `log`, not failed), as (profile id, message).
+    async fn recent_messages(
+        &self,
+        profile_ids: &[&str],
+        since: Millis,
+    ) -> Result<Vec<(String, Sent)>, Self::Error>;
+    /// Which of these (channel, address) pairs are suppressed, with the reason.
+    async fn suppressed(
+        &self,
+        addresses: &[(&'static str, String)],
+    ) -> Result<Vec<((String, String), String)>, Self::Error>;
+    /// These people's profiles (those that exist), locked.
+    async fn lock_profiles(
+        &self,
+        ids: &[&str],
+    ) -> Result<HashMap<String, ProfileState>, Self::Error>;
+    /// Up to `limit` timers due at `now`, in due order, as (seq, timer), locked (and
+    /// skipped where another transaction holds them).
+    async fn due_timers(
+        &self,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Vec<(i64, TimerRow)>, Self::Error>;
+    /// One person's state in every journey they entered, by journey key.
+    async fn profile_states(
+        &self,
+        profile_id: &str,
+    ) -> Result<Vec<(String, JourneyState)>, Self::Error>;
+    /// The states of `from` in journeys where `into` has a state too.
+    async fn shared_states(
+        &self,
+        from: &str,
+        into: &str,
+    ) -> Result<Vec<(String, JourneyState)>, Self::Error>;
+    /// Every person's state in one journey, as (profile id, state), the people locked.
+    async fn journey_states(
+        &self,
+        journey: &str,
+    ) -> Result<Vec<(String, JourneyState)>, Self::Error>;
+    /// Every journey with its live version.
+    async fn live_versions(&self) -> Result<Vec<(String, Option<u32>)>, Self::Error>;
+
+    /// The rows a plan produced.
+    async fn write(&self, planned: &Planned, now: Millis) -> Result<(), Self::Error>;
+    async fn add_counts(&self, counts: &Counts) -> Result<(), Self::Error>;
+    async fn delete_timers(&self, seqs: &[i64]) -> Result<(), Self::Error>;
+    /// Makes a pending row due again at `at`: a retry (counted, with its error) or a
+    /// deferral (not attempted, so not counted).
+    async fn put_off(
+        &self,
+        seq: i64,
+        at: Millis,
+        retry_error: Option<&str>,
+    ) -> Result<(), Self::Error>;
+    /// Marks a pending row done (with what the delivery gave back) or failed (with why).
+    /// Returns false when it was no longer pending (a lease ran out while the call was slow
+    /// and another attempt completed it).
+    async fn finish(
+        &self,
+        seq: i64,
+        outcome: &Result<Value, String>,
+        now: Millis,
+    ) -> Result<bool, Self::Error>;
+    /// Writes back a profile changed outside ingest.
+    async fn save_profile(&self, profile: &ProfileState, now: Millis) -> Result<(), Self::Error>;
+    /// Gives `into` the journey rows (states, timers, outbox, inbox marks) of `from`; where
+    /// both had a state in the same journey, `from`'s goes.
+    async fn move_journey_rows(&self, from: &str, into: &str) -> Result<(), Self::Error>;
+    /// Deletes a person's journey rows and delivery records.
+    async fn delete_journey_rows(&self, profile_id: &str) -> Result<(), Self::Error>;
+    /// Writes the states a stop changed, and drops every timer of the journey.
+    async fn write_stopped(
+        &self,
+        journey: &str,
+        changed: &[(String, JourneyState)],
+        now: Millis,
+    ) -> Result<(), Self::Error>;
+    async fn set_entry_rate_limit(
+        &self,
+        journey: &str,
+        limit: Option<u32>,
+    ) -> Result<(), Self::Error>;
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("journey run: {e}"))
+}
+
+/// Runs a future that never waits (a run over a synchronous transaction) to its end.
+pub fn run_now<T>(run: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    let mut run = std::pin::pin!(run);
+    match run
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    {
+        std::task::Poll::Ready(result) => result,
+        // Only reachable if a synchronous backend's read started waiting on something.
+        std::task::Poll::Pending => Err(StoreError::Unavailable(
+            "a synchronous journey run waited".into(),
+        )),
+    }
+}
+
+async fn catalog<T: RunTx>(tx: &T, for_entries: bool) -> Result<Catalog, T::Error> {
+    let mut c = Catalog::default();
+    for row in tx.journeys(for_entries).await? {
+        let status = JourneyStatus::parse(&row.status)
+            .ok_or_else(|| corrupt(format!("status {:?}", row.status)))?;
+        if let Some(rate) = row.rate {
+            c.rates.insert(row.key.clone(), rate);
+        }
+        c.journeys.insert(row.key, (status, row.live_version));
+    }
+    Ok(c)
+}
+
+/// Puts every version the states may need into `catalog`, compiling (once) those not cached.
+async fn add_versions<T: RunTx>(
+    tx: &T,
+    runtime: &Runtime,
+    catalog: &mut Catalog,
+    states: &States,
+) -> Result<(), T::Error> {
+    for (key, version) in runtime.fill(catalog, states) {
+        let Some(document) = tx.version(&key, version).await? else {
+            continue;
+        };
+        if let Err(problems) = runtime.compile_into(catalog, key.clone(), version, document) {
+            tracing::error!(journey = %key, version, %problems, "stored journey version does not compile; skipped");
+        }
+    }
+    Ok(())
+}
+
+/// What governance needs to know about the people a plan may message: their recent
+/// messages (for caps) and which of their addresses are on the suppression list.
+async fn add_people<T: RunTx>(
+    tx: &T,
+    runtime: &Runtime,
+    catalog: &mut Catalog,
+    people: &[&ProfileState],
+    now: Millis,
+) -> Result<(), T::Error> {
+    let lookback = runtime.governance().lookback_ms();
+    if lookback > 0 {
+        let mut ids: Vec<&str> = people
+            .iter()
+            .map(|p| p.id.as_str())
+            .filter(|id| !catalog.recent_messages.contains_key(*id))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if !ids.is_empty() {
+            for id in &ids {
+                catalog.recent_messages.insert((*id).to_owned(), Vec::new());
+            }
+            for (id, sent) in tx.recent_messages(&ids, now - lookback).await? {
+                catalog.recent_messages.entry(id).or_default().push(sent);
+            }
+        }
+    }
+    if !catalog.sends_to_addresses() {
+        return Ok(());
+    }
+    let mut wanted = Vec::new();
+    for p in people {
+        for pair in addresses(p) {
+            if !wanted.contains(&pair) {
+                wanted.push(pair);
+            }
+        }
+    }
+    if !wanted.is_empty() {
+        catalog.suppressed.extend(tx.suppressed(&wanted).await?);
+    }
+    Ok(())
+}
+
+/// What a plan reads besides its inputs: the (profile, journey) states, the catalog with
+/// every version they may need, and what governance needs about the people.
+async fn plan_inputs<T: RunTx>(
+    tx: &T,
+    runtime: &Runtime,
+    keys: &[(String, String)],
+    people: &[&ProfileState],
+    for_entries: bool,
+    now: Millis,
+) -> Result<(Catalog, States), T::Error> {
+    let states = tx.states(keys).await?;
+    let mut catalog = catalog(tx, for_entries).await?;
+    add_versions(tx, runtime, &mut catalog, &states).await?;
+    add_people(tx, runtime, &mut catalog, people, now).await?;
+    Ok((catalog, states))
+}
+
+/// Runs every live journey on the accepted events of an ingest, inside its transaction
+/// (the people are locked by then).
+pub async fn on_events<T: RunTx>(
+    tx: &T,
+    runtime: &Runtime,
+    events: &[(&Event, &ProfileState)],
+    now: Millis,
+) -> Result<(), T::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut catalog = catalog(tx, true).await?;
+    if catalog.is_empty() {
+        return Ok(());
+    }
+    let keys = state_keys(&catalog, events.iter().map(|(_, p)| p.id.as_str()));
+    let states = tx.states(&keys).await?;
+    add_versions(tx, runtime, &mut catalog, &states).await?;
+    let people: Vec<&ProfileState> = events.iter().map(|(_, p)| *p).collect();
+    add_people(tx, runtime, &mut catalog, &people, now).await?;
+    let planned = plan_events(&catalog, states, events, now);
+    tx.write(&planned, now).await
+}
+
+/// Fires up to `limit` due timers, in due order; returns how many.
+pub async fn fire_due<T: RunTx>(
+    tx: &T,
+    runtime: &Runtime,
+    now: Millis,
+    limit: u32,
+) -> Result<usize, T::Error> {
+    let due = tx.due_timers(now, limit).await?;
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let mut ids: Vec<&str> = due.iter().map(|(_, t)| t.profile_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let profiles = tx.lock_profiles(&ids).await?;
+    let keys: Vec<(String, String)> = due
+        .iter()
+        .map(|(_, t)| (t.profile_id.clone(), t.journey.clone()))
+        .collect();
+    let people: Vec<&ProfileState> = profiles.values().collect();
+    let (catalog, states) = plan_inputs(tx, runtime, &keys, &people, false, now).await?;
+    let inputs: Vec<(&TimerRow, &ProfileState)> = due
+        .iter()
+        .filter_map(|(_, t)| profiles.get(&t.profile_id).map(|p| (t, p)))
+        .collect();
+    let planned = plan_timers(&catalog, states, &inputs, now);
+    tx.write(&planned, now).await?;
+    let seqs: Vec<i64> = due.iter().map(|(s, _)| *s).collect();
+    tx.delete_timers(&seqs).await?;
+    Ok(due.len())
+}
+
+/// Effects whose outcome changes journey state or the profile (a message's does not).
+fn acts_on_person(kind: &str) -> bool {
+    matches!(kind, "webhook" | "jump" | "update_profile")
+}
+
+/// Records delivery outcomes, in order. Profile updates and jumps are applied as they come;
+/// webhook results move their instances on together, in one plan (one catalog read, the
+/// counters added up once), after them.
+pub async fn complete<T: RunTx, D: Borrow<(OutboxItem, Delivery)>>(
+    tx: &T,
+    runtime: &Runtime,
+    done: &[D],
+    now: Millis,
+) -> Result<(), T::Error> {
+    let done = || done.iter().map(Borrow::borrow);
+    // The people first, as ingest and timers lock them, so one person's journey state
+    // changes in one transaction at a time.
+    let mut ids: Vec<&str> = done()
+        .filter(|(item, _)| acts_on_person(&item.kind))
+        .map(|(item, _)| item.profile_id.as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut profiles = if ids.is_empty() {
+        HashMap::new()
+    } else {
+        tx.lock_profiles(&ids).await?
+    };
+    let mut webhooks = Vec::new();
+    for (item, delivery) in done() {
+        let outcome = match delivery {
+            Delivery::Deferred { at } => {
+                tx.put_off(item.seq, *at, None).await?;
+                continue;
+            }
+            Delivery::Retry { at, error } => {
+                tx.put_off(item.seq, *at, Some(error)).await?;
+                continue;
+            }
+            Delivery::Delivered(value) => Ok(value.clone()),
+            Delivery::Failed(error) => Err(error.clone()),
+        };
+        if !tx.finish(item.seq, &outcome, now).await? {
+            continue;
+        }
+        match item.kind.as_str() {
+            "webhook" => webhooks.push((item, outcome)),
+            "jump" if outcome.is_ok() => {
+                let Some(profile) = profiles.get(&item.profile_id) else {
+                    continue; // erased meanwhile
+                };
+                let (Some(target), Some(from)) = (
+                    item.effect["journey"].as_str(),
+                    item.effect["from"].as_str(),
+                ) else {
+                    return Err(corrupt("jump effect without journey or from").into());
+                };
+                let keys = [(item.profile_id.clone(), target.to_owned())];
+                let (catalog, states) =
+                    plan_inputs(tx, runtime, &keys, &[profile], true, now).await?;
+                let jump = JumpIn {
+                    journey: target,
+                    from,
+                    entry: &item.effect["entry"],
+                };
+                let planned = plan_jump(&catalog, states, profile, jump, now);
+                tx.write(&planned, now).await?;
+            }
+            "update_profile" if outcome.is_ok() => {
+                let Some(profile) = profiles.get_mut(&item.profile_id) else {
+                    continue;
+                };
+                let empty = serde_json::Map::new();
+                let set = item.effect["set"].as_object().unwrap_or(&empty);
+                let unset = item.effect["unset"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str());
+                profile.update_traits(set, unset, now);
+                tx.save_profile(profile, now).await?;
+            }
+            _ => {}
+        }
+    }
+    let webhooks: Vec<_> = webhooks
+        .into_iter()
+        .filter(|(item, _)| profiles.contains_key(&item.profile_id))
+        .collect();
+    if webhooks.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<(String, String)> = webhooks
+        .iter()
+        .map(|(item, _)| (item.profile_id.clone(), item.journey.clone()))
+        .collect();
+    let mut people: Vec<&ProfileState> = Vec::new();
+    for (item, _) in &webhooks {
+        if let Some(p) = profiles.get(&item.profile_id)
+            && !people.iter().any(|q| q.id == p.id)
+        {
+            people.push(p);
+        }
+    }
+    let (catalog, states) = plan_inputs(tx, runtime, &keys, &people, false, now).await?;
+    let mut results = Vec::with_capacity(webhooks.len());
+    for (item, outcome) in webhooks {
+        let Some(profile) = profiles.get(&item.profile_id) else {
+            continue;
+        };
+        let (Some(instance), Some(node)) = (
+            item.effect["instance"].as_u64(),
+            item.effect["node"].as_str(),
+        ) else {
+            return Err(corrupt("webhook effect without instance or node").into());
+        };
+        results.push((
+            profile,
+            WebhookOutcome {
+                journey: &item.journey,
+                instance: instance as u32,
+                node,
+                outcome,
+            },
+        ));
+    }
+    let planned = plan_webhook_results(&catalog, states, results, now);
+    tx.write(&planned, now).await
+}
+
+/// Moves journey rows of a merged-away profile to the profile it merged into. Where both
+/// had a state in the same journey, the surviving profile's is kept (the other leaves the
+/// counters).
+pub async fn merge<T: RunTx>(tx: &T, from: &str, into: &str) -> Result<(), T::Error> {
+    let mut counts = Counts::new();
+    for (journey, state) in tx.shared_states(from, into).await? {
+        count_state_change(&mut counts, &journey, Some(&state), None);
+    }
+    tx.add_counts(&counts).await?;
+    tx.move_journey_rows(from, into).await
+}
+
+/// Forgets a person's journeys (erasure); their states leave the counters.
+pub async fn erase<T: RunTx>(tx: &T, profile_id: &str) -> Result<(), T::Error> {
+    let mut counts = Counts::new();
+    for (journey, state) in tx.profile_states(profile_id).await? {
+        count_state_change(&mut counts, &journey, Some(&state), None);
+    }
+    tx.add_counts(&counts).await?;
+    tx.delete_journey_rows(profile_id).await
+}
+
+/// Stop: every active instance of the journey ends now, and its timers go.
+pub async fn stop_journey<T: RunTx>(tx: &T, journey: &str, now: Millis) -> Result<(), T::Error> {
+    let states = tx.journey_states(journey).await?;
+    let (changed, counts) = stop_all(journey, states, now);
+    tx.add_counts(&counts).await?;
+    tx.write_stopped(journey, &changed, now).await
+}
+
+/// A migration: counters for the states that exist, and the live versions' rate limits on
+/// the journey rows.
+pub async fn backfill<T: RunTx>(tx: &T) -> Result<(), T::Error> {
+    for (key, live) in tx.live_versions().await? {
+        let states = tx.journey_states(&key).await?;
+        tx.add_counts(&count_states(&key, states.iter().map(|(_, s)| s)))
+            .await?;
+        let Some(live) = live else { continue };
+        if let Some(document) = tx.version(&key, live).await? {
+            let limit = waymark_engine::run::entry_rate_limit(&document);
+            tx.set_entry_rate_limit(&key, limit).await?;
+        }
+    }
+    Ok(())
+}
