@@ -152,7 +152,7 @@ async fn ingest(a: IngestArgs) -> Result<(), String> {
         .run_id
         .clone()
         .unwrap_or_else(|| format!("b{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
-    let client = crate::http::client_builder()
+    let client = waymark_runtime::http::client_builder()
         .pool_max_idle_per_host(a.connections)
         .timeout(Duration::from_secs(30))
         .build()
@@ -277,7 +277,7 @@ async fn ingest(a: IngestArgs) -> Result<(), String> {
 
 #[allow(clippy::print_stdout, reason = "the benchmark's report is its output")]
 async fn profiles(a: ProfilesArgs) -> Result<(), String> {
-    let client = crate::http::client_builder()
+    let client = waymark_runtime::http::client_builder()
         .pool_max_idle_per_host(a.connections)
         .timeout(Duration::from_secs(30))
         .build()

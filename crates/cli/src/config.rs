@@ -3,10 +3,17 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config_keys::Form;
+mod keys;
+
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use keys::Form;
 use serde::{Deserialize, Serialize};
+use waymark_runtime::channels::direct_mail::DirectMailConfig;
+use waymark_runtime::channels::email::EmailConfig;
+use waymark_runtime::channels::push::PushConfig;
+use waymark_runtime::channels::sms::SmsConfig;
+use waymark_runtime::channels::webhook::WebhookConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -33,11 +40,11 @@ pub struct Config {
     pub retention: Retention,
     /// `text` or `json`.
     pub log_format: String,
-    pub webhooks: Webhooks,
-    pub sms: Option<Sms>,
-    pub push: Option<Push>,
-    pub direct_mail: Option<DirectMail>,
-    pub email: Option<Email>,
+    pub webhooks: WebhookConfig,
+    pub sms: Option<SmsConfig>,
+    pub push: Option<PushConfig>,
+    pub direct_mail: Option<DirectMailConfig>,
+    pub email: Option<EmailConfig>,
     pub governance: Governance,
     pub outbox: Outbox,
     pub http: Http,
@@ -159,7 +166,7 @@ impl Governance {
 
     pub fn throttles(
         &self,
-    ) -> Result<std::collections::HashMap<String, crate::dispatch::Pace>, String> {
+    ) -> Result<std::collections::HashMap<String, waymark_runtime::pace::Pace>, String> {
         let mut out = std::collections::HashMap::new();
         for (channel, rate) in &self.throttle {
             use waymark_core::channel::Channel;
@@ -175,7 +182,10 @@ impl Governance {
                     "governance.throttle.{channel}: must be at least 1 per second"
                 ));
             }
-            out.insert(channel.clone(), crate::dispatch::Pace::per_second(*rate));
+            out.insert(
+                channel.clone(),
+                waymark_runtime::pace::Pace::per_second(*rate),
+            );
         }
         Ok(out)
     }
@@ -224,214 +234,6 @@ impl Governance {
     }
 }
 
-/// An SMTP server for the `email` channel.
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Email {
-    /// `smtp://host:25` (plain), `smtp://user:pass@host:587?tls=opportunistic` (STARTTLS if
-    /// offered), `smtp://user:pass@host:587?tls=required` (STARTTLS or fail), or
-    /// `smtps://user:pass@host:465` (TLS from the first byte).
-    pub smtp_url: String,
-    /// `Name <address@example.com>`.
-    pub from: String,
-    #[serde(default)]
-    pub reply_to: Option<String>,
-    /// Other sending configurations, by name: `[email.senders.billing] from = "Acme
-    /// Billing <billing@acme.example>"`, `reply_to`. An email template picks one with
-    /// `sender = "billing"`; the others send from `from`/`reply_to` above.
-    #[serde(default)]
-    pub senders: std::collections::BTreeMap<String, EmailSender>,
-    /// Connections kept open to the SMTP server.
-    #[serde(default = "default_pool_size")]
-    pub pool_size: u32,
-    /// PEM file of a CA to trust for the SMTP server's certificate (STARTTLS or `smtps://`;
-    /// an internal relay), on top of the public roots.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// The URL people reach this server at; unsubscribe links, the open pixel and click
-    /// redirects point here. Without it, emails carry no List-Unsubscribe header and are
-    /// not tracked.
-    #[serde(default)]
-    pub public_url: Option<String>,
-    /// Add an open pixel to HTML emails (needs `public_url`): the first open of each
-    /// message is recorded as an `Email Opened` event.
-    #[serde(default = "yes")]
-    pub track_opens: bool,
-    /// Send http(s) links in HTML emails through signed redirects (needs `public_url`):
-    /// the first click on each link of each message is recorded as `Email Link Clicked`.
-    #[serde(default = "yes")]
-    pub track_clicks: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct EmailSender {
-    /// `Name <address@example.com>`.
-    pub from: String,
-    #[serde(default)]
-    pub reply_to: Option<String>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn default_pool_size() -> u32 {
-    8
-}
-
-/// Direct mail: CSV files for a print provider.
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DirectMail {
-    /// Where the files go (created if missing).
-    pub folder: PathBuf,
-    /// How long one run (one file) collects rows: `1h` (default), `1d`.
-    #[serde(default = "default_run")]
-    pub every: String,
-    /// The template data fields to write, in this order (default: all, by name).
-    #[serde(default)]
-    pub columns: Option<Vec<String>>,
-}
-
-fn default_run() -> String {
-    "1h".into()
-}
-
-/// Push providers: FCM HTTP v1 and APNs (token-based). Either or both.
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Push {
-    /// Default `https://fcm.googleapis.com`.
-    #[serde(default = "default_fcm")]
-    pub fcm_url: String,
-    #[serde(default)]
-    pub fcm_project_id: Option<String>,
-    /// The project's service account key (the JSON file Firebase gives): access tokens
-    /// are obtained and renewed with it (OAuth 2 JWT bearer grant).
-    #[serde(default)]
-    pub fcm_service_account_file: Option<PathBuf>,
-    /// Or a ready OAuth 2 access token (`gcloud auth print-access-token`); it expires, so
-    /// something outside must refresh it.
-    #[serde(default)]
-    pub fcm_access_token: Option<String>,
-    /// Default `https://api.push.apple.com` (`https://api.sandbox.push.apple.com` for
-    /// development builds).
-    #[serde(default = "default_apns")]
-    pub apns_url: String,
-    /// The app's bundle id.
-    #[serde(default)]
-    pub apns_topic: Option<String>,
-    /// The `.p8` signing key from Apple, with its key id and the team id.
-    #[serde(default)]
-    pub apns_key_file: Option<PathBuf>,
-    #[serde(default)]
-    pub apns_key_id: Option<String>,
-    #[serde(default)]
-    pub apns_team_id: Option<String>,
-}
-
-fn default_fcm() -> String {
-    "https://fcm.googleapis.com".into()
-}
-
-fn default_apns() -> String {
-    "https://api.push.apple.com".into()
-}
-
-/// An SMS provider: Twilio's REST API (Twilio itself, or any compatible one), or any HTTP
-/// API described by a templated request (`provider = "http"`).
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Sms {
-    /// `twilio` (default) or `http`.
-    #[serde(default = "default_sms_provider")]
-    pub provider: String,
-    /// Twilio: default `https://api.twilio.com`.
-    #[serde(default = "default_twilio")]
-    pub base_url: String,
-    /// Twilio: the account and its token (also what inbound requests are signed with).
-    #[serde(default)]
-    pub account_sid: Option<String>,
-    #[serde(default)]
-    pub auth_token: Option<String>,
-    /// The sender: a phone number (`+15550100`) or a messaging service / alphanumeric id.
-    pub from: String,
-    /// `http`: where to POST each message.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// `http`: request headers (`Authorization = "Bearer ..."`); templates allowed.
-    #[serde(default)]
-    pub headers: std::collections::BTreeMap<String, String>,
-    /// `http`: the JSON body, its strings Handlebars templates over `to`, `from`, `text`
-    /// and `message_id`: `{to = "{{to}}", sender = "{{from}}", content = "{{text}}"}`.
-    #[serde(default)]
-    pub body: Option<serde_json::Value>,
-    /// `http`: where the provider's message id is in its JSON answer (`id`,
-    /// `messages.0.id`).
-    #[serde(default)]
-    pub id_field: Option<String>,
-    /// Twilio: the full URL the provider posts inbound messages to (as configured there; it
-    /// signs it), e.g. `https://waymark.example.com/v1/sms/inbound`. Without it, inbound SMS
-    /// (STOP/START/HELP) is refused.
-    #[serde(default)]
-    pub inbound_url: Option<String>,
-    /// Twilio: this server's `/v1/sms/status` as the provider reaches it, e.g.
-    /// `https://waymark.example.com/v1/sms/status`. Given with each send (with the
-    /// message's id added), so the provider reports delivery, and numbers it finds dead
-    /// are suppressed. Without it, SMS stay `sent`.
-    #[serde(default)]
-    pub status_url: Option<String>,
-    /// The reply to HELP.
-    #[serde(default = "default_help_text")]
-    pub help_text: String,
-}
-
-fn default_sms_provider() -> String {
-    "twilio".into()
-}
-
-fn default_help_text() -> String {
-    "Reply STOP to unsubscribe, START to subscribe again.".into()
-}
-
-fn default_twilio() -> String {
-    "https://api.twilio.com".into()
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Webhooks {
-    /// PEM file of extra CA certificates to trust for https:// webhooks (an internal CA),
-    /// on top of the system's.
-    pub ca_file: Option<PathBuf>,
-    /// `whsec_...` (base64): sign every webhook call per Standard Webhooks
-    /// (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
-    #[serde(default)]
-    pub signing_secret: Option<String>,
-    /// Hosts webhooks may call (`api.example.com`, `*.example.com`); empty: any host.
-    #[serde(default)]
-    pub allowed_hosts: Vec<String>,
-    /// Networks webhooks (and providers) may never reach, as CIDRs (`10.0.0.0/8`,
-    /// `169.254.0.0/16`, `::1/128`): checked on every resolved address.
-    #[serde(default)]
-    pub denied_networks: Vec<String>,
-}
-
-impl Webhooks {
-    pub fn denied_networks(&self) -> Result<Vec<ipnet::IpNet>, String> {
-        self.denied_networks
-            .iter()
-            .enumerate()
-            .map(|(i, text)| {
-                text.parse::<ipnet::IpNet>()
-                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|e| format!("webhooks.denied_networks[{i}] {text:?}: {e}"))
-            })
-            .collect()
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Retention {
@@ -467,7 +269,7 @@ impl Default for Config {
                 max_message_age_days: default_message_age_days(),
             },
             log_format: "text".into(),
-            webhooks: Webhooks::default(),
+            webhooks: WebhookConfig::default(),
             sms: None,
             push: None,
             direct_mail: None,
@@ -494,7 +296,7 @@ pub struct Overrides {
 impl Config {
     /// The defaults, then the file (`waymark.toml` if none is named), then `WAYMARK_*`
     /// variables (`__` nests: `WAYMARK_RETENTION__MAX_EVENT_AGE_DAYS`; every key of the
-    /// structure has one, see `config_keys`), then flags. An unknown key in the file or an
+    /// structure has one, see `keys`), then flags. An unknown key in the file or an
     /// unknown `WAYMARK_*` variable is an error that names it.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, String> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
@@ -509,10 +311,10 @@ impl Config {
         if let Some(path) = &file {
             figment = figment.merge(Toml::file_exact(path));
         }
-        let keys = crate::config_keys::env_keys();
+        let keys = keys::env_keys();
         let environment = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-        let variables = crate::config_keys::configuration_variables(environment, &keys)?;
+        let variables = keys::configuration_variables(environment, &keys)?;
         let parsed: Vec<String> = variables
             .iter()
             .filter(|(_, _, form, _)| *form == Form::Parsed)
@@ -541,7 +343,7 @@ impl Config {
                             Some((last, table)) if last == name => table,
                             _ => &e.path[..],
                         };
-                        match crate::config_keys::line_of(text, table, name) {
+                        match keys::line_of(text, table, name) {
                             Some(line) => format!("{e} (line {line})"),
                             None => e.to_string(),
                         }

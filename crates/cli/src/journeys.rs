@@ -329,7 +329,7 @@ async fn apply(paths: &[PathBuf], url: &str, token: &str, draft_only: bool) -> R
             problems.join("\n")
         ));
     }
-    let client = crate::http::client_builder()
+    let client = waymark_runtime::http::client_builder()
         .timeout(std::time::Duration::from_secs(30))
         .build()
         .map_err(|e| e.to_string())?;

@@ -2,17 +2,8 @@
 
 mod bench;
 mod config;
-mod config_keys;
-mod direct_mail;
-mod dispatch;
-mod email;
-mod http;
 mod journeys;
-mod push;
 mod serve;
-mod sms;
-mod smtp_pool;
-mod tracking;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

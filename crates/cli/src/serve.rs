@@ -1,14 +1,14 @@
 //! `waymark serve`: open the store, serve the API, prune old events, shut down gracefully.
 
 use std::sync::Arc;
-use std::time::Duration;
-use waymark_store::wall_clock_ms as now_ms;
 
 use tracing_subscriber::EnvFilter;
 use waymark_server::AppState;
 use waymark_store::Store;
 use waymark_store_postgres::PostgresStore;
 use waymark_store_sqlite::SqliteStore;
+
+use waymark_runtime::channels::Channels;
 
 use crate::config::{Config, resolve_keys};
 
@@ -112,86 +112,22 @@ pub async fn run(config: Config) -> Result<(), String> {
         "store open"
     );
 
-    let pruner = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(3600));
-            loop {
-                tick.tick().await;
-                match store.prune_expired(now_ms()).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(deleted = n, "pruned events past retention"),
-                    Err(e) => tracing::warn!(error = %e, "retention pruning failed"),
-                }
-            }
-        })
-    };
+    let pruner = tokio::spawn(waymark_runtime::retention::run(store.clone()));
+    let timers = tokio::spawn(waymark_runtime::timers::run(store.clone()));
 
-    // Timer service: fires due journey timers in due order. The due index is the source of
-    // truth, so a restart fires everything that came due while the server was down.
-    let timers = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            const BATCH: u32 = 1000;
-            loop {
-                let fired = store.fire_due_timers(now_ms(), BATCH).await;
-                if let Ok(n) = fired {
-                    metrics::counter!("waymark_journey_timers_fired_total").increment(n as u64);
-                }
-                match fired {
-                    Ok(n) if n as u32 == BATCH => continue,
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "firing journey timers failed; retrying"),
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    };
-
-    let http = crate::dispatch::client(&config.webhooks, false)?;
     let link_secret = crate::config::link_secret(&config)?;
-    let direct_mail = config
-        .direct_mail
-        .as_ref()
-        .map(|d| crate::direct_mail::Extractor::new(d).map(Arc::new))
-        .transpose()?;
-    if let Some(extractor) = &direct_mail {
-        tokio::spawn(crate::direct_mail::rotate_runs(extractor.clone()));
-    }
-    let channels = crate::dispatch::Channels {
-        direct_mail,
-        sms: config
-            .sms
-            .as_ref()
-            .map(crate::sms::SmsSender::new)
-            .transpose()?,
-        email: config
-            .email
-            .as_ref()
-            .map(|e| crate::email::Mailer::new(e, &link_secret).map(Arc::new))
-            .transpose()?,
-        push: config
-            .push
-            .as_ref()
-            .map(|p| crate::push::Pusher::new(p).map(Arc::new))
-            .transpose()?,
-        webhook_key: config
-            .webhooks
-            .signing_secret
-            .as_deref()
-            .map(waymark_core::links::webhook_secret)
-            .transpose()?,
+    let (channels, rotation) = channels(&config, &store, &link_secret)?;
+    let settings = waymark_runtime::dispatcher::Settings {
         soft_bounce_limit: config.governance.soft_bounce_limit()?,
         retry_window_ms: config.governance.retry_window_ms()?,
         throttles: config.governance.throttles()?,
         lease_ms: config.outbox.lease_ms()?,
-        webhooks: crate::dispatch::WebhookPolicy {
-            following: Some(crate::dispatch::client(&config.webhooks, true)?),
-            allowed_hosts: config.webhooks.allowed_hosts.clone(),
-            denied_networks: config.webhooks.denied_networks()?,
-        },
     };
-    let dispatcher = tokio::spawn(crate::dispatch::run(store.clone(), http, channels));
+    let dispatcher = tokio::spawn(waymark_runtime::dispatcher::run(
+        store.clone(),
+        channels,
+        settings,
+    ));
 
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
@@ -229,7 +165,43 @@ pub async fn run(config: Config) -> Result<(), String> {
     pruner.abort();
     timers.abort();
     dispatcher.abort();
+    if let Some(rotation) = rotation {
+        rotation.abort();
+    }
     store.close().await;
     tracing::info!("stopped");
     served.map_err(|e| format!("server error: {e}"))
+}
+
+/// The senders of every configured channel. Webhooks always have one; the HTTP client it
+/// builds (its TLS roots, denied networks) is the one the SMS and FCM calls use too. Also
+/// the task that ends direct mail runs on time, if direct mail is configured.
+fn channels(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    link_secret: &[u8],
+) -> Result<(Channels, Option<tokio::task::JoinHandle<()>>), String> {
+    use waymark_runtime::channels::{direct_mail, email, push, sms, webhook};
+    let http = webhook::client(&config.webhooks, false)?;
+    let mut channels = Channels::default().with(
+        waymark_runtime::channels::WEBHOOK,
+        Arc::new(webhook::WebhookSender::new(&config.webhooks, http.clone())?),
+    );
+    if let Some(c) = &config.email {
+        channels = channels.with("email", Arc::new(email::Mailer::new(c, link_secret)?));
+    }
+    if let Some(c) = &config.sms {
+        channels = channels.with("sms", Arc::new(sms::SmsSender::new(c, http.clone())?));
+    }
+    if let Some(c) = &config.push {
+        let pusher = push::Pusher::new(c, http.clone(), store.clone())?;
+        channels = channels.with("push", Arc::new(pusher));
+    }
+    let mut rotation = None;
+    if let Some(c) = &config.direct_mail {
+        let extractor = Arc::new(direct_mail::Extractor::new(c)?);
+        rotation = Some(tokio::spawn(direct_mail::rotate_runs(extractor.clone())));
+        channels = channels.with("direct_mail", extractor);
+    }
+    Ok((channels, rotation))
 }

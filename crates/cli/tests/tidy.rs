@@ -70,7 +70,7 @@ fn only_the_binary_chooses_a_storage_backend() {
 #[test]
 fn sql_lives_only_in_store_backends() {
     let mut files = Vec::new();
-    for krate in ["core", "engine", "store", "server", "cli"] {
+    for krate in ["core", "engine", "store", "server", "runtime", "cli"] {
         rust_files(&root().join("crates").join(krate).join("src"), &mut files);
     }
     for file in files {
@@ -87,6 +87,186 @@ fn sql_lives_only_in_store_backends() {
                 "{} contains SQL ({keyword:?}); SQL belongs in crates/store-*",
                 file.display()
             );
+        }
+    }
+}
+
+#[test]
+fn only_the_runtime_talks_to_providers() {
+    // Provider protocols (SMTP, TLS sockets of our own) belong to the channels.
+    for krate in [
+        "core",
+        "engine",
+        "store",
+        "store-sqlite",
+        "store-postgres",
+        "server",
+        "cli",
+    ] {
+        let deps = dependencies(krate);
+        for provider_crate in ["lettre", "tokio-rustls", "webpki-roots"] {
+            assert!(
+                !deps.iter().any(|d| d == provider_crate),
+                "crates/{krate} depends on {provider_crate}; talking to providers is crates/runtime's"
+            );
+        }
+    }
+    for krate in [
+        "core",
+        "engine",
+        "store",
+        "store-sqlite",
+        "store-postgres",
+        "server",
+    ] {
+        assert!(
+            !dependencies(krate).iter().any(|d| d == "reqwest"),
+            "crates/{krate} makes HTTP calls; outgoing calls are crates/runtime's"
+        );
+    }
+    // The binary calls a Waymark server only (`journeys apply`, the bench tools).
+    let mut files = Vec::new();
+    rust_files(&root().join("crates/cli/src"), &mut files);
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read");
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if text.contains("reqwest::") {
+            assert!(
+                ["bench.rs", "journeys.rs"].contains(&name),
+                "{} makes HTTP calls; calls to providers and webhooks belong in crates/runtime",
+                file.display()
+            );
+        }
+    }
+    let deps = dependencies("runtime");
+    for above in [
+        "waymark-server",
+        "waymark-store-sqlite",
+        "waymark-store-postgres",
+    ] {
+        assert!(
+            !deps.iter().any(|d| d == above),
+            "crates/runtime depends on {above}; it runs over the store traits only"
+        );
+    }
+}
+
+#[test]
+fn backends_hold_no_journey_logic() {
+    // The run (what to read, the plan, what to write) is `waymark_store::pipeline`; a
+    // backend only answers its reads and writes (`RunTx`).
+    let mut files = Vec::new();
+    for krate in ["store-sqlite", "store-postgres"] {
+        rust_files(&root().join("crates").join(krate).join("src"), &mut files);
+    }
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read");
+        for pipeline_step in [
+            "plan_events",
+            "plan_timers",
+            "plan_webhook",
+            "plan_jump",
+            "state_keys",
+            "compile_into",
+            "count_state_change",
+            "stop_all",
+            "update_traits",
+        ] {
+            assert!(
+                !text.contains(pipeline_step),
+                "{} calls {pipeline_step}: journey logic belongs in waymark_store::pipeline, above the backends",
+                file.display()
+            );
+        }
+    }
+}
+
+/// The top-level module a file of a crate's `src` belongs to (`None` for the crate root).
+fn top_module(src: &Path, file: &Path) -> Option<String> {
+    let relative = file.strip_prefix(src).ok()?;
+    let first = relative.components().next()?.as_os_str().to_str()?;
+    let name = first.strip_suffix(".rs").unwrap_or(first);
+    (!["lib", "main"].contains(&name)).then(|| name.to_owned())
+}
+
+/// The modules a file names as `crate::module`.
+fn crate_references(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("crate::") {
+        rest = &rest[at + "crate::".len()..];
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if !name.is_empty() && !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
+}
+
+#[test]
+fn modules_import_each_other_without_circles() {
+    for krate in [
+        "core",
+        "engine",
+        "store",
+        "store-sqlite",
+        "store-postgres",
+        "server",
+        "runtime",
+        "cli",
+    ] {
+        let src = root().join("crates").join(krate).join("src");
+        let mut files = Vec::new();
+        rust_files(&src, &mut files);
+        let mut edges: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+            Default::default();
+        for file in &files {
+            let Some(from) = top_module(&src, file) else {
+                continue;
+            };
+            let text = std::fs::read_to_string(file).expect("read");
+            let modules = edges.entry(from.clone()).or_default();
+            for to in crate_references(&text) {
+                if to != from {
+                    modules.insert(to);
+                }
+            }
+        }
+        // Depth-first search for a path back to where it started.
+        fn path_back(
+            edges: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+            start: &str,
+            at: &str,
+            seen: &mut Vec<String>,
+        ) -> Option<Vec<String>> {
+            for next in edges.get(at).into_iter().flatten() {
+                if next == start {
+                    return Some(vec![at.to_owned(), next.clone()]);
+                }
+                if seen.contains(next) {
+                    continue;
+                }
+                seen.push(next.clone());
+                if let Some(mut path) = path_back(edges, start, next, seen) {
+                    path.insert(0, at.to_owned());
+                    return Some(path);
+                }
+            }
+            None
+        }
+        for start in edges.keys() {
+            if let Some(circle) = path_back(&edges, start, start, &mut Vec::new()) {
+                panic!(
+                    "crates/{krate}: modules import each other in a circle: {}",
+                    circle.join(" -> ")
+                );
+            }
         }
     }
 }

@@ -7,6 +7,8 @@
 //! without HTML escaping (the result is JSON-encoded, not put into HTML), and a missing value
 //! renders as nothing.
 
+pub(crate) mod helpers;
+
 use handlebars::Handlebars;
 use serde_json::{Map, Value};
 
@@ -19,7 +21,7 @@ impl Default for Templates {
     fn default() -> Self {
         let mut registry = Handlebars::new();
         registry.register_escape_fn(handlebars::no_escape);
-        crate::content::register_helpers(&mut registry);
+        helpers::register(&mut registry);
         Self { registry }
     }
 }
@@ -73,7 +75,7 @@ const BUILTIN_HELPERS: [&str; 17] = [
 ];
 
 fn is_helper(name: &str) -> bool {
-    BUILTIN_HELPERS.contains(&name) || crate::content::HELPERS.contains(&name)
+    BUILTIN_HELPERS.contains(&name) || helpers::HELPERS.contains(&name)
 }
 
 /// Whether `source` is a valid template that calls only helpers that exist. A mistake is
@@ -128,7 +130,7 @@ pub fn check(source: &str) -> Result<(), TemplateProblem> {
             && called
             && !is_helper(name)
         {
-            let mut known: Vec<&str> = crate::content::HELPERS.to_vec();
+            let mut known: Vec<&str> = helpers::HELPERS.to_vec();
             known.sort_unstable();
             return Err(TemplateProblem {
                 line: at.map(|m| m.0),

@@ -4,9 +4,9 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use waymark_core::FieldError;
 use waymark_core::journey::{Format, Journey, parse, validate};
 use waymark_core::time::format_iso8601;
@@ -14,15 +14,10 @@ use waymark_store::{JourneyAction, JourneyRecord, Transition, wall_clock_ms};
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
+use crate::versions::{VersionQuery, VersionView, one_or_version};
 
 /// Largest journey document accepted.
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct VersionView {
-    pub version: u32,
-    pub published_at: String,
-}
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JourneyView {
@@ -272,12 +267,6 @@ async fn pin_templates(state: &AppState, draft: &Value) -> Result<Option<Value>,
         .map_err(|e| ApiError::bad_request("invalid_document", e.to_string()))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-pub struct VersionQuery {
-    /// A published version number: return that version's document instead.
-    pub version: Option<u32>,
-}
-
 /// One journey: status, versions and draft; or, with `?version=N`, that version's document.
 #[utoipa::path(get, path = "/v1/journeys/{key}", tag = "journeys",
     params(("key" = String, Path), VersionQuery),
@@ -298,28 +287,6 @@ pub async fn get_journey(
         async { Ok(state.store.journey(&key).await?.map(JourneyView::from)) },
     )
     .await
-}
-
-/// A versioned resource (journey, template): with `?version=N` that version's document,
-/// else the record. Only the future that is needed is awaited.
-pub(crate) async fn one_or_version<V: Serialize>(
-    what: &str,
-    key: &str,
-    version: Option<u32>,
-    document: impl Future<Output = Result<Option<Value>, waymark_store::StoreError>>,
-    record: impl Future<Output = Result<Option<V>, waymark_store::StoreError>>,
-) -> Result<axum::response::Response, ApiError> {
-    use axum::response::IntoResponse;
-    if let Some(version) = version {
-        let doc = document.await?.ok_or_else(|| {
-            ApiError::not_found(format!("{what} {key:?} has no version {version}"))
-        })?;
-        return Ok(axum::Json(doc).into_response());
-    }
-    let view = record
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no {what} has the key {key:?}")))?;
-    Ok(axum::Json(view).into_response())
 }
 
 /// Every journey, by key.

@@ -16,6 +16,7 @@ pub mod profiles;
 pub mod reports;
 pub mod suppressions;
 pub mod templates;
+pub mod versions;
 
 use std::sync::Arc;
 

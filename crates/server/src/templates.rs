@@ -16,7 +16,7 @@ use waymark_store::{TemplateRecord, wall_clock_ms};
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
-use crate::journeys::{VersionQuery, VersionView, one_or_version};
+use crate::versions::{VersionQuery, VersionView, one_or_version};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TemplateView {

@@ -58,21 +58,6 @@ pub async fn read(
     }))
 }
 
-pub async fn version(
-    client: &impl GenericClient,
-    key: &str,
-    version: u32,
-) -> Result<Option<Value>, StoreError> {
-    let row = client
-        .query_opt(
-            "SELECT document::text FROM journey_versions WHERE key = $1 AND version = $2",
-            &[&key, &(version as i32)],
-        )
-        .await
-        .map_err(db_error)?;
-    row.map(|r| parse(&r.get::<_, String>(0))).transpose()
-}
-
 pub async fn list(client: &impl GenericClient) -> Result<Vec<JourneyRecord>, StoreError> {
     let keys: Vec<String> = client
         .query("SELECT key FROM journeys ORDER BY key", &[])
@@ -117,7 +102,7 @@ pub async fn publish(
         return Ok(None);
     };
     let newest = match record.live_version {
-        Some(v) => version(client, key, v).await?,
+        Some(v) => crate::runs::version(client, key, v).await?,
         None => None,
     };
     let created = newest.as_ref() != Some(&record.draft);

@@ -890,7 +890,7 @@ impl JourneyStore for PostgresStore {
         version: u32,
     ) -> Result<Option<serde_json::Value>, StoreError> {
         let client = self.client().await?;
-        journeys::version(&client, key, version).await
+        runs::version(&client, key, version).await
     }
 
     async fn journeys(&self) -> Result<Vec<JourneyRecord>, StoreError> {

@@ -173,7 +173,7 @@ impl<C: GenericClient> RunTx for Run<'_, C> {
     }
 
     async fn version(&self, journey: &str, version: u32) -> Result<Option<Value>, Abort> {
-        Ok(crate::journeys::version(self.0, journey, version).await?)
+        Ok(self::version(self.0, journey, version).await?)
     }
 
     async fn states(&self, keys: &[(String, String)]) -> Result<States, Abort> {
@@ -711,4 +711,21 @@ pub async fn journey_stats(
     Ok(waymark_engine::stats::from_counters(
         rows.iter().map(|(n, c, v)| (n.as_str(), c.as_str(), *v)),
     ))
+}
+
+/// A published version's document (journey runs compile it; the API shows it).
+pub async fn version(
+    client: &impl GenericClient,
+    key: &str,
+    version: u32,
+) -> Result<Option<Value>, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT document::text FROM journey_versions WHERE key = $1 AND version = $2",
+            &[&key, &(version as i32)],
+        )
+        .await
+        .map_err(db_error)?;
+    row.map(|r| serde_json::from_str(&r.get::<_, String>(0)).map_err(corrupt))
+        .transpose()
 }

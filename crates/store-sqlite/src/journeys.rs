@@ -64,18 +64,6 @@ pub fn list(conn: &Connection) -> Result<Vec<JourneyRecord>, StoreError> {
     Ok(out)
 }
 
-pub fn version(conn: &Connection, key: &str, version: u32) -> Result<Option<Value>, StoreError> {
-    let doc: Option<String> = conn
-        .prepare_cached("SELECT document FROM journey_versions WHERE key = ?1 AND version = ?2")
-        .and_then(|mut s| {
-            s.query_row(params![key, i64::from(version)], |r| r.get(0))
-                .optional()
-        })
-        .map_err(unavailable)?;
-    doc.map(|d| serde_json::from_str(&d).map_err(corrupt))
-        .transpose()
-}
-
 pub fn put_draft(
     tx: &Transaction<'_>,
     key: &str,
@@ -102,7 +90,7 @@ pub fn publish(
         return Ok(None);
     };
     let newest = match record.live_version {
-        Some(v) => version(tx, key, v)?,
+        Some(v) => crate::runs::version(tx, key, v)?,
         None => None,
     };
     let created = newest.as_ref() != Some(&record.draft);

@@ -401,7 +401,7 @@ impl JourneyStore for SqliteStore {
         version: u32,
     ) -> Result<Option<serde_json::Value>, StoreError> {
         let key = key.to_owned();
-        self.read(move |conn| journeys::version(conn, &key, version))
+        self.read(move |conn| runs::version(conn, &key, version))
             .await
     }
 

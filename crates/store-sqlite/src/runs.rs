@@ -133,7 +133,7 @@ impl RunTx for Run<'_, '_> {
     }
 
     async fn version(&self, journey: &str, version: u32) -> Result<Option<Value>, StoreError> {
-        crate::journeys::version(self.0, journey, version)
+        self::version(self.0, journey, version)
     }
 
     async fn states(&self, keys: &[(String, String)]) -> Result<States, StoreError> {
@@ -748,4 +748,17 @@ pub fn journey_stats(conn: &Connection, journey: &str) -> Result<JourneyStats, S
     Ok(waymark_engine::stats::from_counters(
         rows.iter().map(|(n, c, v)| (n.as_str(), c.as_str(), *v)),
     ))
+}
+
+/// A published version's document (journey runs compile it; the API shows it).
+pub fn version(conn: &Connection, key: &str, version: u32) -> Result<Option<Value>, StoreError> {
+    let doc: Option<String> = conn
+        .prepare_cached("SELECT document FROM journey_versions WHERE key = ?1 AND version = ?2")
+        .and_then(|mut s| {
+            s.query_row(params![key, i64::from(version)], |r| r.get(0))
+                .optional()
+        })
+        .map_err(unavailable)?;
+    doc.map(|d| serde_json::from_str(&d).map_err(corrupt))
+        .transpose()
 }

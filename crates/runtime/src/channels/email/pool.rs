@@ -223,7 +223,7 @@ impl SmtpPool {
         let session = |step: &str, e: Error| {
             PoolError::Connect(format!(
                 "{step} with {at}: {}",
-                crate::dispatch::with_causes(&e)
+                crate::delivery::with_causes(&e)
             ))
         };
         let socket = self.socket(&at).await?;

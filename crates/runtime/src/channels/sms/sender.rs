@@ -8,12 +8,14 @@ use waymark_store::{Delivery, OutboxItem};
 
 use waymark_core::delivery::twilio_suppression;
 
-use crate::config::Sms;
-use crate::dispatch::{Bounce, Retry};
+use super::SmsConfig;
+use crate::channels::Channel;
+use crate::delivery::{Attempt, Bounce, Retry};
 
 /// The configured provider, checked and compiled at start.
 pub struct SmsSender {
-    config: Sms,
+    client: reqwest::Client,
+    config: SmsConfig,
     http: Option<HttpApi>,
 }
 
@@ -25,7 +27,7 @@ struct HttpApi {
 }
 
 impl SmsSender {
-    pub fn new(config: &Sms) -> Result<Self, String> {
+    pub fn new(config: &SmsConfig, client: reqwest::Client) -> Result<Self, String> {
         let http = match config.provider.as_str() {
             "twilio" => {
                 if config.account_sid.is_none() || config.auth_token.is_none() {
@@ -72,6 +74,7 @@ impl SmsSender {
             );
         }
         Ok(Self {
+            client,
             config: config.clone(),
             http,
         })
@@ -82,16 +85,8 @@ impl SmsSender {
 /// and connection failures are retried with backoff while `retry` allows; other 4xx (a bad
 /// number, a blocked recipient) fail at once with the provider's code and message, and
 /// the codes that say the number cannot receive put it on the suppression list.
-pub async fn send(
-    client: &reqwest::Client,
-    sender: Option<&SmsSender>,
-    item: &OutboxItem,
-    retry: Retry,
-) -> (Delivery, Option<Bounce>) {
-    let Some(sender) = sender else {
-        let reason = "sms is not configured ([sms] in the configuration)";
-        return (Delivery::Failed(reason.into()), None);
-    };
+async fn send(sender: &SmsSender, item: &OutboxItem, retry: Retry) -> (Delivery, Option<Bounce>) {
+    let client = &sender.client;
     let config = &sender.config;
     let e = &item.effect;
     let (Some(to), Some(body)) = (e["to"].as_str(), e["content"]["fields"]["text"].as_str()) else {
@@ -128,7 +123,7 @@ pub async fn send(
         .basic_auth(sid, Some(token))
         .timeout(std::time::Duration::from_secs(15))
         .form(&form);
-    let retry_or_fail = |error: String| crate::dispatch::retry_or_fail(item, retry, error);
+    let retry_or_fail = |error: String| crate::delivery::retry_or_fail(item, retry, error);
     match request.send().await {
         Ok(response) => {
             let status = response.status();
@@ -142,7 +137,7 @@ pub async fn send(
                 answer["code"],
                 answer["message"].as_str().unwrap_or_default()
             );
-            if crate::dispatch::provider_busy(status) {
+            if crate::delivery::provider_busy(status) {
                 // The provider's trouble, not the number's.
                 (retry_or_fail(reason), None)
             } else {
@@ -155,7 +150,7 @@ pub async fn send(
             }
         }
         Err(err) => {
-            let reason = format!("request failed: {}", crate::dispatch::with_causes(&err));
+            let reason = format!("request failed: {}", crate::delivery::with_causes(&err));
             (retry_or_fail(reason), None)
         }
     }
@@ -166,7 +161,7 @@ pub async fn send(
 /// and connection failures are retried; other answers fail with their status and body.
 async fn http_api(
     client: &reqwest::Client,
-    config: &Sms,
+    config: &SmsConfig,
     api: &HttpApi,
     item: &OutboxItem,
     to: &str,
@@ -192,7 +187,7 @@ async fn http_api(
             request = request.header(name.as_str(), v);
         }
     }
-    let retry_or_fail = |error: String| crate::dispatch::retry_or_fail(item, retry, error);
+    let retry_or_fail = |error: String| crate::delivery::retry_or_fail(item, retry, error);
     match request.send().await {
         Ok(response) => {
             let status = response.status();
@@ -211,7 +206,7 @@ async fn http_api(
                 return Delivery::Delivered(json!({"provider_id": id, "status": status.as_u16()}));
             }
             let reason = format!("HTTP {status}: {answer}");
-            if crate::dispatch::provider_busy(status) {
+            if crate::delivery::provider_busy(status) {
                 retry_or_fail(reason)
             } else {
                 Delivery::Failed(reason)
@@ -219,7 +214,15 @@ async fn http_api(
         }
         Err(err) => retry_or_fail(format!(
             "request failed: {}",
-            crate::dispatch::with_causes(&err)
+            crate::delivery::with_causes(&err)
         )),
+    }
+}
+
+#[async_trait::async_trait]
+impl Channel for SmsSender {
+    async fn send(&self, item: &OutboxItem, retry: Retry) -> Attempt {
+        let (delivery, bounce) = send(self, item, retry).await;
+        Attempt { delivery, bounce }
     }
 }

@@ -53,7 +53,7 @@ impl Key {
 /// Every key of `Config` that has an environment form. Lists of tables (`governance.caps`)
 /// and free-form values (`sms.body`) are for the file only.
 pub fn env_keys() -> Vec<Key> {
-    let schema = schemars::schema_for!(crate::config::Config);
+    let schema = schemars::schema_for!(super::Config);
     let root = schema.as_value();
     let defs = root
         .get("$defs")

@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 use waymark_store::{Delivery, OutboxItem, wall_clock_ms};
 
-use crate::config::DirectMail;
+use super::DirectMailConfig;
+use crate::channels::Channel;
+use crate::delivery::{Attempt, Retry};
 
 pub struct Extractor {
     folder: PathBuf,
@@ -48,7 +50,7 @@ impl Run {
 }
 
 impl Extractor {
-    pub fn new(config: &DirectMail) -> Result<Self, String> {
+    pub fn new(config: &DirectMailConfig) -> Result<Self, String> {
         std::fs::create_dir_all(&config.folder)
             .map_err(|e| format!("direct_mail.folder {}: {e}", config.folder.display()))?;
         let every_ms = waymark_core::journey::parse_duration_ms(&config.every)
@@ -186,5 +188,12 @@ pub async fn rotate_runs(extractor: std::sync::Arc<Extractor>) {
         if let Err(e) = extractor.rotate(wall_clock_ms()).await {
             tracing::warn!(error = %e, "could not complete a direct mail file");
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl Channel for Extractor {
+    async fn send(&self, item: &OutboxItem, _retry: Retry) -> Attempt {
+        self.append(item).await.into()
     }
 }

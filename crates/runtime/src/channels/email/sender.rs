@@ -11,8 +11,9 @@ use lettre::message::{Mailbox, MultiPart, SinglePart, header};
 use serde_json::{Value, json};
 use waymark_store::{Delivery, OutboxItem};
 
-use crate::config::Email;
-use crate::dispatch::{Bounce, Retry};
+use super::EmailConfig;
+use crate::channels::Channel;
+use crate::delivery::{Attempt, Bounce, Retry};
 
 /// A sending configuration: who an email is from and where replies go.
 struct Sender {
@@ -35,14 +36,14 @@ impl Sender {
 
 pub struct Mailer {
     /// Pooled lettre connections (see `smtp_pool`).
-    pool: crate::smtp_pool::SmtpPool,
+    pool: super::pool::SmtpPool,
     /// `[email]`'s From and Reply-To.
     sender: Sender,
     /// `[email.senders.<name>]`, for templates that name one.
     senders: std::collections::HashMap<String, Sender>,
     /// Public base URL and link secret, for unsubscribe links.
     unsubscribe: Option<(String, Vec<u8>)>,
-    tracking: Option<crate::tracking::Tracker>,
+    tracking: Option<super::tracking::Tracker>,
     /// Sends at once, no more than pooled connections: with hundreds of deliveries in
     /// flight, lettre's pool stalled (measured: ~40 emails/s, each batch freed only when
     /// its 120 s lease ran out), so callers queue here instead of inside the pool.
@@ -51,8 +52,8 @@ pub struct Mailer {
 
 impl Mailer {
     /// Checks the configuration at start, so a typo stops the server rather than every send.
-    pub fn new(config: &Email, link_secret: &[u8]) -> Result<Self, String> {
-        let pool = crate::smtp_pool::SmtpPool::for_url(
+    pub fn new(config: &EmailConfig, link_secret: &[u8]) -> Result<Self, String> {
+        let pool = super::pool::SmtpPool::for_url(
             &config.smtp_url,
             config.ca_file.as_deref(),
             config.pool_size as usize,
@@ -81,7 +82,7 @@ impl Mailer {
             .public_url
             .as_ref()
             .filter(|_| config.track_opens || config.track_clicks)
-            .map(|u| crate::tracking::Tracker {
+            .map(|u| super::tracking::Tracker {
                 base: u.trim_end_matches('/').to_owned(),
                 secret: link_secret.to_vec(),
                 opens: config.track_opens,
@@ -163,7 +164,7 @@ impl Mailer {
             )
         });
         let identity = format!("email:{}", to.email);
-        let sent = crate::tracking::Sent {
+        let sent = super::tracking::Sent {
             message: &item.key,
             journey: &item.journey,
             identity: &identity,
@@ -194,7 +195,7 @@ impl Mailer {
     /// and the address goes on the suppression list). A 4xx on the last attempt is a soft
     /// bounce, counted against the address; a connection failure says nothing about the
     /// address and is not counted.
-    pub async fn send(&self, item: &OutboxItem, retry: Retry) -> (Delivery, Option<Bounce>) {
+    async fn send_email(&self, item: &OutboxItem, retry: Retry) -> (Delivery, Option<Bounce>) {
         let e = &item.effect;
         let Some(to) = e["to"].as_str() else {
             return (
@@ -225,23 +226,23 @@ impl Mailer {
                 });
                 return (Delivery::Delivered(answer), None);
             }
-            Err(crate::smtp_pool::PoolError::Connect(reason)) => {
+            Err(super::pool::PoolError::Connect(reason)) => {
                 // Nothing is known about the address: retry, never a bounce.
                 let reason = format!("SMTP: {reason}");
-                return (crate::dispatch::retry_or_fail(item, retry, reason), None);
+                return (crate::delivery::retry_or_fail(item, retry, reason), None);
             }
-            Err(crate::smtp_pool::PoolError::Smtp(err)) => err,
+            Err(super::pool::PoolError::Smtp(err)) => err,
         };
         if err.is_permanent() {
-            let reason = format!("hard bounce: {}", crate::dispatch::with_causes(&err));
+            let reason = format!("hard bounce: {}", crate::delivery::with_causes(&err));
             let bounce = Bounce::Hard {
                 reason: waymark_core::governance::HARD_BOUNCE,
                 detail: reason.clone(),
             };
             return (Delivery::Failed(reason), Some(bounce));
         }
-        let reason = format!("SMTP: {}", crate::dispatch::with_causes(&err));
-        let delivery = crate::dispatch::retry_or_fail(item, retry, reason.clone());
+        let reason = format!("SMTP: {}", crate::delivery::with_causes(&err));
+        let delivery = crate::delivery::retry_or_fail(item, retry, reason.clone());
         let soft = (err.is_transient() && matches!(delivery, Delivery::Failed(_)))
             .then_some(Bounce::Soft(reason));
         (delivery, soft)
@@ -253,4 +254,12 @@ fn html_escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+#[async_trait::async_trait]
+impl Channel for Mailer {
+    async fn send(&self, item: &OutboxItem, retry: Retry) -> Attempt {
+        let (delivery, bounce) = self.send_email(item, retry).await;
+        Attempt { delivery, bounce }
+    }
 }

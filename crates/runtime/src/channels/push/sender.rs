@@ -13,11 +13,16 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use waymark_store::{Delivery, OutboxItem, Store};
 
-use crate::config::Push;
-use crate::dispatch::Retry;
+use super::PushConfig;
+use crate::channels::Channel;
+use crate::delivery::{Attempt, Retry};
 
 pub struct Pusher {
-    config: Push,
+    config: PushConfig,
+    /// FCM's client (HTTP/1.1, shared with the other channels).
+    client: reqwest::Client,
+    /// Dead tokens are detached from their profiles.
+    store: Arc<dyn Store>,
     fcm_account: Option<ServiceAccount>,
     /// HTTP/2 (APNs requires it; over cleartext, as a local stand-in speaks it, by prior
     /// knowledge).
@@ -49,7 +54,7 @@ fn jwt_signing_input(header: &Value, claims: &Value) -> String {
 }
 
 impl ApnsKey {
-    fn load(config: &Push) -> Result<Option<Self>, String> {
+    fn load(config: &PushConfig) -> Result<Option<Self>, String> {
         use rustls_pki_types::PrivatePkcs8KeyDer;
         use rustls_pki_types::pem::PemObject;
         let Some(path) = &config.apns_key_file else {
@@ -178,7 +183,7 @@ impl ServiceAccount {
             ])
             .send()
             .await
-            .map_err(|e| format!("token request: {}", crate::dispatch::with_causes(&e)))?;
+            .map_err(|e| format!("token request: {}", crate::delivery::with_causes(&e)))?;
         let status = response.status();
         let answer: Value = response.json().await.unwrap_or(Value::Null);
         let (Some(token), true) = (answer["access_token"].as_str(), status.is_success()) else {
@@ -200,7 +205,11 @@ enum Answer {
 }
 
 impl Pusher {
-    pub fn new(config: &Push) -> Result<Self, String> {
+    pub fn new(
+        config: &PushConfig,
+        client: reqwest::Client,
+        store: Arc<dyn Store>,
+    ) -> Result<Self, String> {
         let mut builder = crate::http::client_builder();
         if config.apns_url.starts_with("http://") {
             builder = builder.http2_prior_knowledge();
@@ -221,19 +230,16 @@ impl Pusher {
             fcm_account,
             apns_key: ApnsKey::load(config)?,
             config: config.clone(),
+            client,
+            store,
             apns_client,
         })
     }
 
     /// Sends to each of the message's devices. Sent if any device took it; retried if none
     /// did and one may later; failed otherwise. Dead tokens are detached from the profile.
-    pub async fn send(
-        &self,
-        client: &reqwest::Client,
-        store: &Arc<dyn Store>,
-        item: &OutboxItem,
-        retry: Retry,
-    ) -> Delivery {
+    async fn send_push(&self, item: &OutboxItem, retry: Retry) -> Delivery {
+        let (client, store) = (&self.client, &self.store);
         let e = &item.effect;
         let devices: Vec<(String, String)> =
             serde_json::from_value(e["devices"].clone()).unwrap_or_default();
@@ -269,7 +275,7 @@ impl Pusher {
             return Delivery::Delivered(json!({"devices": sent, "failed": failures}));
         }
         match retry_reason {
-            Some(reason) => crate::dispatch::retry_or_fail(item, retry, reason),
+            Some(reason) => crate::delivery::retry_or_fail(item, retry, reason),
             None => Delivery::Failed(failures.join("; ")),
         }
     }
@@ -340,7 +346,7 @@ impl Pusher {
                     Answer::Sent(json!({"provider_id": answer["name"]}))
                 } else if code == "UNREGISTERED" || status.as_u16() == 404 {
                     Answer::Dead(reason)
-                } else if crate::dispatch::provider_busy(status) {
+                } else if crate::delivery::provider_busy(status) {
                     Answer::Retry(reason)
                 } else {
                     Answer::Failed(reason)
@@ -348,7 +354,7 @@ impl Pusher {
             }
             Err(e) => Answer::Retry(format!(
                 "request failed: {}",
-                crate::dispatch::with_causes(&e)
+                crate::delivery::with_causes(&e)
             )),
         }
     }
@@ -388,7 +394,7 @@ impl Pusher {
             .await;
         match response {
             Ok(r) => {
-                let busy = crate::dispatch::provider_busy(r.status());
+                let busy = crate::delivery::provider_busy(r.status());
                 let status = r.status().as_u16();
                 let id = r
                     .headers()
@@ -408,8 +414,15 @@ impl Pusher {
             }
             Err(e) => Answer::Retry(format!(
                 "request failed: {}",
-                crate::dispatch::with_causes(&e)
+                crate::delivery::with_causes(&e)
             )),
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl Channel for Pusher {
+    async fn send(&self, item: &OutboxItem, retry: Retry) -> Attempt {
+        self.send_push(item, retry).await.into()
     }
 }
