@@ -259,24 +259,17 @@ fn simulate(
         if !person.effects.is_empty() {
             println!("  would have:");
             for e in &person.effects {
+                use waymark_engine::Effect;
                 let what = match &e.effect {
-                    waymark_engine::Effect::Message {
-                        channel, template, ..
-                    } => format!("sent {template} on {channel}"),
-                    waymark_engine::Effect::Webhook { method, url, .. } => {
-                        format!("called {method} {url}")
-                    }
-                    waymark_engine::Effect::UpdateProfile { set, unset, .. } => {
-                        format!(
-                            "updated the profile: set {}, unset {}",
-                            serde_json::Value::Object(set.clone()),
-                            serde_json::json!(unset)
-                        )
-                    }
-                    waymark_engine::Effect::Jump { journey, .. } => {
-                        format!("jumped to journey {journey}")
-                    }
-                    waymark_engine::Effect::Timer { .. } => continue,
+                    Effect::Message(m) => format!("sent {} on {}", m.template, m.channel),
+                    Effect::Webhook(call) => format!("called {} {}", call.method, call.url),
+                    Effect::UpdateProfile(update) => format!(
+                        "updated the profile: set {}, unset {}",
+                        serde_json::Value::Object(update.set.clone()),
+                        serde_json::json!(update.unset)
+                    ),
+                    Effect::Jump(to) => format!("jumped to journey {}", to.journey),
+                    Effect::Timer { .. } => continue,
                 };
                 println!("    {}  {what}", iso(e.at));
             }

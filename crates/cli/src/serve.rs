@@ -183,10 +183,8 @@ fn channels(
 ) -> Result<(Channels, Option<tokio::task::JoinHandle<()>>), String> {
     use waymark_runtime::channels::{direct_mail, email, push, sms, webhook};
     let http = webhook::client(&config.webhooks, false)?;
-    let mut channels = Channels::default().with(
-        waymark_runtime::channels::WEBHOOK,
-        Arc::new(webhook::WebhookSender::new(&config.webhooks, http.clone())?),
-    );
+    let mut channels = Channels::default()
+        .with_webhooks(webhook::WebhookSender::new(&config.webhooks, http.clone())?);
     if let Some(c) = &config.email {
         channels = channels.with("email", Arc::new(email::Mailer::new(c, link_secret)?));
     }

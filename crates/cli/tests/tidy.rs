@@ -274,7 +274,10 @@ fn modules_import_each_other_without_circles() {
 #[test]
 fn the_code_map_names_every_crate() {
     let map = std::fs::read_to_string(root().join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
-    for entry in std::fs::read_dir(root().join("crates")).expect("crates").flatten() {
+    for entry in std::fs::read_dir(root().join("crates"))
+        .expect("crates")
+        .flatten()
+    {
         let name = entry.file_name().to_string_lossy().into_owned();
         assert!(
             map.contains(&format!("\n  {name}/ ")),

@@ -165,14 +165,14 @@ impl std::fmt::Debug for CompiledContent {
 }
 
 /// What a template rendered to: its fields (`subject`, `html`, ...) and `data`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rendered {
     pub channel: String,
     pub fields: BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Value>,
     /// Email: the sending configuration named by the template.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender: Option<String>,
 }
 

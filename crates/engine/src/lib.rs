@@ -7,6 +7,7 @@
 //! the same function on a virtual clock.
 
 mod compile;
+mod effect;
 mod reads;
 pub mod run;
 pub mod simulate;
@@ -22,6 +23,10 @@ use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
 
 pub use compile::{CompiledJourney, ReentryRule, compile};
+pub use effect::{
+    DEFAULT_WEBHOOK_RETRIES, DEFAULT_WEBHOOK_TIMEOUT_MS, EFFECT_FORMAT, Effect, EffectKey, JumpTo,
+    Message, ProfileUpdate, WebhookCall,
+};
 
 /// Finished instances kept per person and journey (the newest); older ones are dropped so a
 /// journey people re-enter often does not grow its state without bound.
@@ -89,49 +94,6 @@ pub enum Waiting {
     Webhook {
         node: String,
     },
-}
-
-/// The idempotency key of an effect: which step of which instance planned it, written
-/// `journey:profile:instance:node:step` (`profile` is the one it was planned for; a later
-/// merge may fold that profile into another). The step is the index of the step the effect
-/// belongs to in the instance's history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct EffectKey<'a> {
-    pub journey: &'a str,
-    pub profile: &'a str,
-    pub instance: u32,
-    pub node: &'a str,
-    pub step: usize,
-}
-
-impl<'a> EffectKey<'a> {
-    /// Reads a key back; node ids may not hold `:` but the parse does not rely on it.
-    pub fn parse(key: &'a str) -> Option<Self> {
-        let (rest, step) = key.rsplit_once(':')?;
-        let (journey, rest) = rest.split_once(':')?;
-        let (profile, rest) = rest.split_once(':')?;
-        let (instance, node) = rest.split_once(':')?;
-        Some(EffectKey {
-            journey,
-            profile,
-            instance: instance.parse().ok()?,
-            node,
-            step: step.parse().ok()?,
-        })
-    }
-}
-
-impl std::fmt::Display for EffectKey<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let EffectKey {
-            journey,
-            profile,
-            instance,
-            node,
-            step,
-        } = self;
-        write!(f, "{journey}:{profile}:{instance}:{node}:{step}")
-    }
 }
 
 /// What a step records. Stored (and served) as its snake_case name.
@@ -246,71 +208,6 @@ pub struct Step {
 
 /// How long an `in_app` message stays in the inbox unless its node says otherwise.
 pub const INBOX_TTL_MS: Millis = 30 * 86_400_000;
-
-/// What the runtime must do after an input. Keys make each effect idempotent: the same
-/// step of the same instance always has the same key, so a retried dispatch is recognised.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "effect", rename_all = "snake_case")]
-pub enum Effect {
-    Message {
-        key: String,
-        instance: u32,
-        node: String,
-        channel: String,
-        template: String,
-        /// The pinned template rendered for this person (`{channel, fields, data}`), if the
-        /// journey version pins one; the outbox keeps exactly what is sent.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        content: Option<Value>,
-        /// Where it goes: the phone number for `sms`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        to: Option<String>,
-        /// Transactional messages skip frequency caps and quiet hours.
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        transactional: bool,
-        /// `in_app`: when the message leaves the inbox.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        expires_at: Option<Millis>,
-        /// The subscription list it belongs to.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        subscription: Option<String>,
-        /// `push`: the person's devices, as (`apns` or `fcm`, token).
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        devices: Vec<(String, String)>,
-    },
-    Webhook {
-        key: String,
-        instance: u32,
-        node: String,
-        method: String,
-        url: String,
-        headers: std::collections::BTreeMap<String, String>,
-        body: Option<Value>,
-        timeout_ms: i64,
-        retries: u32,
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        follow_redirects: bool,
-    },
-    UpdateProfile {
-        key: String,
-        set: Map<String, Value>,
-        unset: Vec<String>,
-    },
-    Timer {
-        instance: u32,
-        timer: u64,
-        due: Millis,
-    },
-    /// Enter the person into another journey (carried out through the outbox, so the
-    /// target's state is read and written in its own transaction).
-    Jump {
-        key: String,
-        journey: String,
-        /// The journey jumped from, and the entry context the target's instance starts with.
-        from: String,
-        entry: Value,
-    },
-}
 
 pub enum Input<'a> {
     Event(&'a Event),
@@ -910,7 +807,7 @@ impl Run<'_> {
                         Some(c) => match c.render(&json!({
                             "profile": self.profile_json(), "event": event, "journey": instance.context,
                         })) {
-                            Ok(rendered) => Some(serde_json::to_value(rendered).unwrap_or(Value::Null)),
+                            Ok(rendered) => Some(rendered),
                             Err(reason) => {
                                 // The message fails, with why; the instance carries on.
                                 let detail = json!({"reason": reason, "template": template});
@@ -921,7 +818,7 @@ impl Run<'_> {
                         },
                     };
                     let key = self.key(instance, &id);
-                    self.effects.push(Effect::Message {
+                    self.effects.push(Effect::Message(Message {
                         key,
                         instance: instance.number,
                         node: id.clone(),
@@ -935,7 +832,7 @@ impl Run<'_> {
                         }),
                         devices,
                         subscription: subscription.clone(),
-                    });
+                    }));
                     self.step(
                         instance,
                         &id,
@@ -979,7 +876,7 @@ impl Run<'_> {
                         }
                     };
                     let key = self.key(instance, &id);
-                    self.effects.push(Effect::Webhook {
+                    self.effects.push(Effect::Webhook(WebhookCall {
                         key,
                         instance: instance.number,
                         node: id.clone(),
@@ -987,10 +884,14 @@ impl Run<'_> {
                         url: url.clone(),
                         headers,
                         body,
-                        timeout_ms: j.durations.get(&idx).copied().unwrap_or(10_000),
-                        retries: retries.unwrap_or(3),
+                        timeout_ms: j
+                            .durations
+                            .get(&idx)
+                            .copied()
+                            .unwrap_or(effect::DEFAULT_WEBHOOK_TIMEOUT_MS),
+                        retries: retries.unwrap_or(effect::DEFAULT_WEBHOOK_RETRIES),
                         follow_redirects: *follow_redirects,
-                    });
+                    }));
                     self.step(
                         instance,
                         &id,
@@ -1011,11 +912,11 @@ impl Run<'_> {
                         self.overlay.insert(k.clone(), Value::Null);
                     }
                     self.cel_profile = OnceLock::new();
-                    self.effects.push(Effect::UpdateProfile {
+                    self.effects.push(Effect::UpdateProfile(ProfileUpdate {
                         key,
                         set: set.clone(),
                         unset: unset.clone(),
-                    });
+                    }));
                     self.step(
                         instance,
                         &id,
@@ -1049,7 +950,7 @@ impl Run<'_> {
                 }
                 NodeKind::Jump { journey } => {
                     let key = self.key(instance, &id);
-                    self.effects.push(Effect::Jump {
+                    self.effects.push(Effect::Jump(JumpTo {
                         key,
                         journey: journey.clone(),
                         from: j.doc.key.clone(),
@@ -1058,7 +959,7 @@ impl Run<'_> {
                             .get("entry")
                             .cloned()
                             .unwrap_or(Value::Null),
-                    });
+                    }));
                     self.end(
                         instance,
                         Status::Completed,

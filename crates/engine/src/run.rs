@@ -16,7 +16,7 @@ use waymark_core::{Event, ProfileState};
 use crate::stats::{
     Counts, Mark, count_change, count_marked_change, count_rate_limited, marks, unchanged,
 };
-use crate::{CompiledJourney, Ctx, Effect, Input, JourneyState, Status, StepKind, apply};
+use crate::{CompiledJourney, Ctx, Effect, Input, JourneyState, Message, Status, StepKind, apply};
 
 /// The journeys a store has, as the engine needs them.
 #[derive(Default)]
@@ -216,8 +216,8 @@ pub struct OutboxRow {
     pub key: String,
     pub profile_id: String,
     pub journey: String,
-    pub kind: String,
-    pub effect: Value,
+    /// What to carry out; its `kind()` is the row's kind.
+    pub effect: Effect,
     /// `pending` for the dispatcher, `done` when nothing remains to be delivered.
     pub status: String,
     /// Not to be delivered before this (a message held by quiet hours); now if absent.
@@ -374,25 +374,20 @@ impl<'a> Collector<'a> {
                             Gate::Record { due } => due,
                             Gate::Suppressed => continue,
                         };
-                    let (key_, kind, done) = match &other {
+                    let done = match &other {
                         // Nothing to deliver: `log` records, and an `in_app` message is in
                         // the inbox once committed (unless quiet hours hold it).
-                        Effect::Message { key, channel, .. } => (
-                            key.clone(),
-                            "message",
-                            channel == "log" || (channel == "in_app" && due.is_none()),
-                        ),
-                        Effect::Webhook { key, .. } => (key.clone(), "webhook", false),
-                        Effect::UpdateProfile { key, .. } => (key.clone(), "update_profile", false),
-                        Effect::Jump { key, .. } => (key.clone(), "jump", false),
+                        Effect::Message(m) => {
+                            m.channel == "log" || (m.channel == "in_app" && due.is_none())
+                        }
+                        Effect::Webhook(_) | Effect::UpdateProfile(_) | Effect::Jump(_) => false,
                         Effect::Timer { .. } => continue,
                     };
                     self.out.outbox.push(OutboxRow {
-                        key: key_,
+                        key: other.key().unwrap_or_default().to_owned(),
                         profile_id: profile.id.clone(),
                         journey: key.to_owned(),
-                        kind: kind.to_owned(),
-                        effect: serde_json::to_value(&other).unwrap_or(Value::Null),
+                        effect: other,
                         status: if done {
                             "done".into()
                         } else {
@@ -455,14 +450,14 @@ fn govern(
     effect: &Effect,
     now: Millis,
 ) -> Gate {
-    let Effect::Message {
+    let Effect::Message(Message {
         channel,
         transactional,
         instance,
         node,
         to,
         ..
-    } = effect
+    }) = effect
     else {
         return Gate::Record { due: None };
     };

@@ -160,15 +160,15 @@ impl<'a> Simulation<'a> {
                     )));
                     continue; // timers are bookkeeping, not something that "happened"
                 }
-                Effect::UpdateProfile { set, unset, .. } => {
-                    for (k, v) in set {
+                Effect::UpdateProfile(update) => {
+                    for (k, v) in &update.set {
                         person.profile.traits.insert(k.clone(), v.clone());
                     }
-                    for k in unset {
+                    for k in &update.unset {
                         person.profile.traits.remove(k);
                     }
                 }
-                Effect::Webhook { instance, node, .. } => {
+                Effect::Webhook(call) => {
                     let outcome = match self.webhooks {
                         Webhooks::Succeed => Ok(json!({})),
                         Webhooks::Fail => Err("simulated failure".to_owned()),
@@ -178,8 +178,8 @@ impl<'a> Simulation<'a> {
                         effect: effect.clone(),
                     });
                     let input = Input::WebhookResult {
-                        instance: *instance,
-                        node,
+                        instance: call.instance,
+                        node: &call.node,
                         outcome,
                     };
                     let more = apply(
@@ -194,7 +194,7 @@ impl<'a> Simulation<'a> {
                     queue.extend(more);
                     continue;
                 }
-                Effect::Message { .. } | Effect::Jump { .. } => {}
+                Effect::Message(_) | Effect::Jump(_) => {}
             }
             person.effects.push(TimedEffect { at: now, effect });
         }

@@ -61,10 +61,10 @@ fn pro_sign_up_takes_the_crm_path() {
         .effects
         .iter()
         .map(|e| match &e.effect {
-            Effect::Message { .. } => "message",
-            Effect::Webhook { .. } => "webhook",
-            Effect::UpdateProfile { .. } => "update",
-            Effect::Jump { .. } => "jump",
+            Effect::Message(_) => "message",
+            Effect::Webhook(_) => "webhook",
+            Effect::UpdateProfile(_) => "update",
+            Effect::Jump(_) => "jump",
             Effect::Timer { .. } => "timer",
         })
         .collect();
@@ -73,10 +73,8 @@ fn pro_sign_up_takes_the_crm_path() {
         .effects
         .iter()
         .filter_map(|e| match &e.effect {
-            Effect::Message { key, .. }
-            | Effect::Webhook { key, .. }
-            | Effect::UpdateProfile { key, .. } => Some(key.clone()),
-            _ => None,
+            Effect::Timer { .. } => None,
+            other => other.key().map(str::to_owned),
         })
         .collect();
     let mut unique = keys.clone();
@@ -151,7 +149,11 @@ fn waits_use_the_profile_time_zone_and_event_waits_resume_or_time_out() {
         kenji[kenji.len() - 2..],
         ["nudge".to_owned(), "done".to_owned()]
     );
-    let nudge_at = person("kenji").effects.iter().find(|e| matches!(&e.effect, Effect::Message { template, .. } if template == "activation-nudge")).map(|e| e.at);
+    let nudge_at = person("kenji")
+        .effects
+        .iter()
+        .find(|e| matches!(&e.effect, Effect::Message(m) if m.template == "activation-nudge"))
+        .map(|e| e.at);
     assert_eq!(
         nudge_at,
         Some(t("2026-11-05T00:00:00Z")),
@@ -192,7 +194,7 @@ fn exit_events_end_the_instance_and_later_timers_are_ignored() {
     let pings = report[0]
         .effects
         .iter()
-        .filter(|e| matches!(e.effect, Effect::Webhook { .. }))
+        .filter(|e| matches!(e.effect, Effect::Webhook(_)))
         .count();
     assert_eq!(pings, 1, "one ping at 02:00, none after the exit");
 }
@@ -213,7 +215,7 @@ fn instance_timeout_ends_a_journey_that_would_loop_forever() {
         report[0]
             .effects
             .iter()
-            .filter(|e| matches!(e.effect, Effect::Webhook { .. }))
+            .filter(|e| matches!(e.effect, Effect::Webhook(_)))
             .count(),
         2,
         "pings at 02:00 and 04:00"
@@ -362,7 +364,7 @@ nodes:
     let smalls = report[0]
         .effects
         .iter()
-        .filter(|e| matches!(&e.effect, Effect::Message { template, .. } if template == "small"))
+        .filter(|e| matches!(&e.effect, Effect::Message(m) if m.template == "small"))
         .count();
     assert_eq!(smalls, 11, "totals 0..=100 take the small path");
 }
@@ -479,11 +481,11 @@ nodes:
         Webhooks::Succeed,
     );
     let report = sim.report();
-    let Some(Effect::Webhook { headers, body, .. }) = report[0]
+    let Some(Effect::Webhook(crate::WebhookCall { headers, body, .. })) = report[0]
         .effects
         .iter()
         .map(|e| &e.effect)
-        .find(|e| matches!(e, Effect::Webhook { .. }))
+        .find(|e| matches!(e, Effect::Webhook(_)))
     else {
         panic!("no webhook effect: {:?}", report[0].effects);
     };
@@ -544,7 +546,7 @@ nodes:
         person("out")
             .effects
             .iter()
-            .all(|e| !matches!(e.effect, Effect::Message { .. }))
+            .all(|e| !matches!(e.effect, Effect::Message(_)))
     );
     let steps: Vec<&str> = person("out").instances[0]
         .steps
@@ -557,7 +559,7 @@ nodes:
         person("in")
             .effects
             .iter()
-            .any(|e| matches!(e.effect, Effect::Message { .. }))
+            .any(|e| matches!(e.effect, Effect::Message(_)))
     );
 }
 
@@ -606,10 +608,7 @@ nodes:
     );
     let mut state = crate::JourneyState::default();
     let effects = crate::apply(&hook, &mut state, crate::Input::Event(&event("Go")), &ctx);
-    assert!(
-        matches!(effects[..], [Effect::Webhook { .. }]),
-        "{effects:?}"
-    );
+    assert!(matches!(effects[..], [Effect::Webhook(_)]), "{effects:?}");
     assert!(state.instances[0].deadline_pending);
 
     let later = journey(

@@ -270,11 +270,14 @@ nodes:
     let jump = m
         .outbox
         .iter()
-        .find(|o| o.kind == "jump")
+        .find(|o| o.effect.kind() == "jump")
         .expect("the jump is an outbox row")
         .clone();
     assert_eq!(jump.status, "pending");
-    let entry = jump.effect["entry"].clone();
+    let crate::Effect::Jump(to) = &jump.effect else {
+        panic!("not a jump: {jump:?}");
+    };
+    let entry = to.entry.clone();
     let jump_in = || JumpIn {
         journey: "target",
         from: "source",
@@ -290,7 +293,7 @@ nodes:
     assert!(
         m.outbox
             .iter()
-            .any(|o| o.journey == "target" && o.kind == "message")
+            .any(|o| o.journey == "target" && o.effect.kind() == "message")
     );
     // A second jump while the person is in the target (or after, with reentry: never)
     // makes no second instance.
@@ -325,7 +328,7 @@ fn suppressed_addresses_get_nothing_even_transactional_and_the_reason_is_a_step(
     let sent: Vec<&str> = m
         .outbox
         .iter()
-        .filter(|o| o.kind == "message")
+        .filter(|o| o.effect.kind() == "message")
         .map(|o| o.profile_id.as_str())
         .collect();
     assert_eq!(sent, ["bob"]);

@@ -199,12 +199,9 @@ async fn deliver_claimed(
         Delivery::Deferred { .. } => "deferred",
         Delivery::Failed(_) => "failed",
     };
-    metrics::counter!("waymark_outbox_deliveries_total", "kind" => item.kind.clone(), "outcome" => outcome).increment(1);
-    if item.kind == "message" {
-        let channel = item.effect["channel"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+    metrics::counter!("waymark_outbox_deliveries_total", "kind" => item.effect.kind(), "outcome" => outcome).increment(1);
+    if let Some(message) = item.message() {
+        let channel = message.channel.clone();
         // Taken by the provider is `sent`; `delivered` is what it may report later.
         let outcome = if outcome == "delivered" {
             "sent"

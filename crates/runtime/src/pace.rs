@@ -61,10 +61,7 @@ pub(crate) async fn pace(
     throttles: &HashMap<String, Pace>,
     item: &OutboxItem,
 ) -> Option<i64> {
-    if item.kind != "message" {
-        return None;
-    }
-    let channel = item.effect["channel"].as_str()?;
+    let channel = item.message()?.channel.as_str();
     let pace = throttles.get(channel)?;
     let now = wall_clock_ms();
     let shared = store

@@ -80,11 +80,11 @@ async fn current(
     let live: Vec<OutboxEntry> = outbox
         .into_iter()
         .filter(|o| {
-            let e = &o.row.effect;
-            o.row.kind == "message"
-                && e["channel"] == "in_app"
-                && o.row.status == "done"
-                && e["expires_at"].as_i64().is_none_or(|at| at > now)
+            o.row.effect.message().is_some_and(|m| {
+                m.channel == "in_app"
+                    && o.row.status == "done"
+                    && m.expires_at.is_none_or(|at| at > now)
+            })
         })
         .collect();
     let keys: Vec<String> = live.iter().map(|o| o.row.key.clone()).collect();
@@ -99,16 +99,20 @@ async fn current(
 }
 
 fn view(o: &OutboxEntry, mark: InboxMark) -> InboxMessage {
-    let e = &o.row.effect;
-    let fields = &e["content"]["fields"];
+    // Only messages reach here (see `live`).
+    let message = o.row.effect.message();
+    let field = |name: &str| message.and_then(|m| m.field(name)).map(str::to_owned);
     InboxMessage {
         id: o.row.key.clone(),
         journey: o.row.journey.clone(),
-        title: fields["title"].as_str().map(str::to_owned),
-        body: fields["body"].as_str().map(str::to_owned),
-        data: e["content"]["data"].clone(),
+        title: field("title"),
+        body: field("body"),
+        data: message
+            .and_then(|m| m.data())
+            .cloned()
+            .unwrap_or(Value::Null),
         created_at: format_iso8601(o.created_at),
-        expires_at: e["expires_at"].as_i64().map(format_iso8601),
+        expires_at: message.and_then(|m| m.expires_at).map(format_iso8601),
         read: mark.read_at.is_some(),
         read_at: mark.read_at.map(format_iso8601),
     }

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use waymark_engine::{EffectKey, StepKind};
+use waymark_engine::{Effect, EffectKey, StepKind};
 
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -266,7 +266,7 @@ pub async fn get_journeys(
     // Keyed by the step that planned each (an effect key's profile may be merged away).
     let sent: HashMap<(&str, u32, &str, usize), i64> = effects
         .iter()
-        .filter(|o| o.row.kind == "message" && o.row.status == "done")
+        .filter(|o| o.row.effect.message().is_some() && o.row.status == "done")
         .filter_map(|o| {
             let k = EffectKey::parse(&o.row.key)?;
             Some((
@@ -315,7 +315,7 @@ pub async fn get_journeys(
     let effects = effects
         .into_iter()
         .map(|o| {
-            serde_json::json!({"key": o.row.key, "journey": o.row.journey, "kind": o.row.kind,
+            serde_json::json!({"key": o.row.key, "journey": o.row.journey, "kind": o.row.effect.kind(),
                 "status": o.row.status, "effect": o.row.effect, "attempts": o.attempts,
                 "last_error": o.last_error, "result": o.result,
                 "created_at": format_iso8601(o.created_at)})
@@ -420,10 +420,11 @@ pub async fn get_messages(
     let now = waymark_store::wall_clock_ms();
     let mut messages: Vec<(i64, MessageView)> = outbox
         .into_iter()
-        .filter(|o| o.row.kind == "message")
-        .map(|o| {
-            let e = &o.row.effect;
-            let channel = e["channel"].as_str().unwrap_or_default().to_owned();
+        .filter_map(|o| {
+            let Effect::Message(e) = &o.row.effect else {
+                return None;
+            };
+            let channel = e.channel.clone();
             let status = match (o.row.status.as_str(), channel.as_str()) {
                 ("done", "log") => "recorded",
                 ("done", _) => "sent",
@@ -467,10 +468,10 @@ pub async fn get_messages(
             let view = MessageView {
                 id: Some(o.row.key.clone()),
                 journey: o.row.journey.clone(),
-                node: e["node"].as_str().unwrap_or_default().to_owned(),
+                node: e.node.clone(),
                 channel,
-                template: e["template"].as_str().map(str::to_owned),
-                to: e["to"].as_str().map(str::to_owned),
+                template: Some(e.template.clone()),
+                to: e.to.clone(),
                 status: status.to_owned(),
                 reason: match o.events.last() {
                     // Why it did not arrive, or what the complaint said; a delivery needs none.
@@ -484,10 +485,13 @@ pub async fn get_messages(
                 attempts: o.attempts,
                 provider: o.result.clone().filter(|r| !r.is_null()),
                 decided_at: format_iso8601(o.created_at),
-                content: e.get("content").cloned(),
+                content: e
+                    .content
+                    .as_ref()
+                    .and_then(|c| serde_json::to_value(c).ok()),
                 history,
             };
-            (o.created_at, view)
+            Some((o.created_at, view))
         })
         .collect();
     // Messages decided but not sent are steps of their instance, not outbox rows.

@@ -50,7 +50,7 @@ async fn record(
             .increment(1);
         return Ok(None);
     };
-    let channel = item.effect["channel"].as_str().unwrap_or_default();
+    let channel = item.message().map_or("", |m| m.channel.as_str());
     metrics::counter!("waymark_message_reports_total", "channel" => channel.to_owned(), "status" => status.to_owned())
         .increment(1);
     let suppress = reason
@@ -197,7 +197,7 @@ pub async fn post_report(
     let (item, suppressed) = record(&state, &key, &body.status, detail, None)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no message {key:?}")))?;
-    let channel = item.effect["channel"].as_str().unwrap_or_default();
+    let channel = item.message().map_or("", |m| m.channel.as_str());
     Ok(axum::Json(ReportView {
         message: key,
         channel: channel.to_owned(),

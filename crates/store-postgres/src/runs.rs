@@ -11,9 +11,9 @@ use serde_json::Value;
 use waymark_core::governance::Sent;
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
-use waymark_engine::JourneyState;
 use waymark_engine::run::{EntryRate, OutboxRow, Planned, Runtime, States, TimerRow};
 use waymark_engine::stats::{Counts, JourneyStats};
+use waymark_engine::{Effect, JourneyState};
 use waymark_store::pipeline::{self, JourneyRow, RunTx};
 use waymark_store::{Delivery, MessageEvent, OutboxEntry, OutboxItem, StoreError};
 
@@ -368,7 +368,7 @@ impl<C: GenericClient> RunTx for Run<'_, C> {
                 .execute(
                     "INSERT INTO journey_outbox (key, profile_id, journey_key, kind, effect, status, created_at, next_attempt_at, finished_at)
                      VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7, $8, CASE WHEN $6::text = 'pending' THEN NULL ELSE $7::bigint END) ON CONFLICT (key) DO NOTHING",
-                    &[&o.key, &o.profile_id, &o.journey, &o.kind, &o.effect.to_string(), &o.status, &now, &o.due.unwrap_or(now)],
+                    &[&o.key, &o.profile_id, &o.journey, &o.effect.kind(), &o.effect.encode(), &o.status, &now, &o.due.unwrap_or(now)],
                 )
                 .await?;
         }
@@ -533,7 +533,7 @@ pub async fn profile_outbox(
     let limit = i64::from(limit.min(waymark_store::MAX_PROFILE_OUTBOX));
     let rows = client
         .query(
-            "SELECT key, journey_key, kind, effect::text, status, attempts, last_error, result::text, created_at, next_attempt_at, finished_at, seq
+            "SELECT key, journey_key, effect::text, status, attempts, last_error, result::text, created_at, next_attempt_at, finished_at, seq
              FROM (SELECT * FROM journey_outbox WHERE profile_id = $1 AND seq < $3 AND ($4::text IS NULL OR kind = $4)
                    ORDER BY seq DESC LIMIT $2) AS newest
              ORDER BY seq",
@@ -565,21 +565,20 @@ pub async fn profile_outbox(
                     key: r.get(0),
                     profile_id: profile_id.to_owned(),
                     journey: r.get(1),
-                    kind: r.get(2),
-                    effect: serde_json::from_str(&r.get::<_, String>(3)).map_err(corrupt)?,
-                    status: r.get(4),
+                    effect: Effect::decode(r.get(2)).map_err(corrupt)?,
+                    status: r.get(3),
                     due: None,
                 },
-                attempts: r.get::<_, i32>(5) as u32,
-                last_error: r.get(6),
+                attempts: r.get::<_, i32>(4) as u32,
+                last_error: r.get(5),
                 result: r
-                    .get::<_, Option<String>>(7)
+                    .get::<_, Option<String>>(6)
                     .map(|t| serde_json::from_str(&t).map_err(corrupt))
                     .transpose()?,
-                created_at: r.get(8),
-                next_attempt_at: r.get(9),
-                finished_at: r.get(10),
-                seq: r.get(11),
+                created_at: r.get(7),
+                next_attempt_at: r.get(8),
+                finished_at: r.get(9),
+                seq: r.get(10),
             })
         })
         .collect()
@@ -615,8 +614,7 @@ pub async fn record_message_event(
         key: key.to_owned(),
         profile_id: r.get(1),
         journey: r.get(2),
-        kind: "message".into(),
-        effect: serde_json::from_str(&r.get::<_, String>(3)).map_err(corrupt)?,
+        effect: Effect::decode(r.get(3)).map_err(corrupt)?,
         attempts: r.get::<_, i32>(4) as u32,
         created_at: r.get(5),
     }))
@@ -646,7 +644,7 @@ pub async fn claim(
                  SELECT seq FROM journey_outbox WHERE status = 'pending' AND next_attempt_at <= $1
                    AND (leased_until IS NULL OR leased_until <= $1)
                  ORDER BY next_attempt_at, seq LIMIT $2 FOR UPDATE SKIP LOCKED)
-             RETURNING seq, key, profile_id, journey_key, kind, effect::text, attempts, created_at",
+             RETURNING seq, key, profile_id, journey_key, effect::text, attempts, created_at",
             &[&now, &i64::from(limit), &(now + lease_ms), &owner],
         )
         .await?;
@@ -657,10 +655,9 @@ pub async fn claim(
             key: r.get(1),
             profile_id: r.get(2),
             journey: r.get(3),
-            kind: r.get(4),
-            effect: serde_json::from_str(&r.get::<_, String>(5)).map_err(corrupt)?,
-            attempts: r.get::<_, i32>(6) as u32,
-            created_at: r.get(7),
+            effect: Effect::decode(r.get(4)).map_err(corrupt)?,
+            attempts: r.get::<_, i32>(5) as u32,
+            created_at: r.get(6),
         });
     }
     out.sort_by_key(|i| i.seq);

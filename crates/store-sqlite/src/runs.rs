@@ -9,9 +9,9 @@ use serde_json::Value;
 use waymark_core::governance::Sent;
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
-use waymark_engine::JourneyState;
 use waymark_engine::run::{EntryRate, OutboxRow, Planned, Runtime, States, TimerRow};
 use waymark_engine::stats::{Counts, JourneyStats};
+use waymark_engine::{Effect, JourneyState};
 use waymark_store::pipeline::{self, JourneyRow, RunTx, run_now};
 use waymark_store::{Delivery, MessageEvent, OutboxEntry, OutboxItem, StoreError};
 
@@ -327,8 +327,8 @@ impl RunTx for Run<'_, '_> {
                     o.key,
                     o.profile_id,
                     o.journey,
-                    o.kind,
-                    o.effect.to_string(),
+                    o.effect.kind(),
+                    o.effect.encode(),
                     o.status,
                     now,
                     o.due.unwrap_or(now)
@@ -507,14 +507,13 @@ pub fn profile_outbox(
 ) -> Result<Vec<OutboxEntry>, StoreError> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT key, journey_key, kind, effect, status, attempts, last_error, result, created_at, next_attempt_at, finished_at, seq
+            "SELECT key, journey_key, effect, status, attempts, last_error, result, created_at, next_attempt_at, finished_at, seq
              FROM (SELECT * FROM journey_outbox WHERE profile_id = ?1 AND seq < ?3 AND (?4 IS NULL OR kind = ?4)
                    ORDER BY seq DESC LIMIT ?2)
              ORDER BY seq",
         )
         .map_err(unavailable)?;
     type Raw = (
-        String,
         String,
         String,
         String,
@@ -544,7 +543,6 @@ pub fn profile_outbox(
                     r.get(8)?,
                     r.get(9)?,
                     r.get(10)?,
-                    r.get(11)?,
                 ))
             },
         )
@@ -556,7 +554,6 @@ pub fn profile_outbox(
             |(
                 key,
                 journey,
-                kind,
                 effect,
                 status,
                 attempts,
@@ -574,8 +571,7 @@ pub fn profile_outbox(
                         key,
                         profile_id: profile_id.to_owned(),
                         journey,
-                        kind,
-                        effect: serde_json::from_str(&effect).map_err(corrupt)?,
+                        effect: Effect::decode(&effect).map_err(corrupt)?,
                         status,
                         due: None,
                     },
@@ -646,12 +642,12 @@ pub fn record_message_event(
 }
 
 /// The columns [`outbox_item`] reads, in its order.
-const OUTBOX_ITEM: &str = "seq, key, profile_id, journey_key, kind, effect, attempts, created_at";
+const OUTBOX_ITEM: &str = "seq, key, profile_id, journey_key, effect, attempts, created_at";
 
 /// An outbox row selected as [`OUTBOX_ITEM`]; its effect must be valid JSON.
 fn outbox_item(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<OutboxItem, StoreError>> {
-    let effect: String = r.get(5)?;
-    let effect = match serde_json::from_str(&effect) {
+    let effect: String = r.get(4)?;
+    let effect = match Effect::decode(&effect) {
         Ok(effect) => effect,
         Err(e) => return Ok(Err(corrupt(e))),
     };
@@ -660,10 +656,9 @@ fn outbox_item(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<OutboxItem, Sto
         key: r.get(1)?,
         profile_id: r.get(2)?,
         journey: r.get(3)?,
-        kind: r.get(4)?,
         effect,
-        attempts: r.get::<_, i64>(6)? as u32,
-        created_at: r.get(7)?,
+        attempts: r.get::<_, i64>(5)? as u32,
+        created_at: r.get(6)?,
     }))
 }
 

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use waymark_core::segment::{Receipt, parse_batch};
 use waymark_core::time::parse_iso8601;
 use waymark_core::{Event, Identity, partition_of};
+use waymark_engine::Effect;
 
 use crate::{
     Delivery, JourneyAction, JourneyRunStore, JourneyStatus, JourneyStore, MessageEvent,
@@ -755,7 +756,7 @@ pub async fn live_journeys_run_on_ingest_and_timers_fire(b: &impl Backend) {
         .expect("profile");
     assert_eq!(outbox.len(), 1);
     assert_eq!(
-        (outbox[0].row.kind.as_str(), outbox[0].row.status.as_str()),
+        (outbox[0].row.effect.kind(), outbox[0].row.status.as_str()),
         ("message", "done")
     );
 
@@ -794,7 +795,10 @@ pub async fn live_journeys_run_on_ingest_and_timers_fire(b: &impl Backend) {
         .expect("profile");
     let templates: Vec<&str> = outbox
         .iter()
-        .filter_map(|o| o.row.effect["template"].as_str())
+        .filter_map(|o| match &o.row.effect {
+            Effect::Message(m) => Some(m.template.as_str()),
+            _ => None,
+        })
         .collect();
     assert_eq!(templates, ["hello", "bye"]);
     assert_eq!(
@@ -896,7 +900,7 @@ pub async fn outbox_claims_leases_and_completes_effects(b: &impl Backend) {
 
     let claimed = s.claim_outbox(now, 10, 30_000).await.expect("claim");
     assert_eq!(
-        claimed.iter().map(|i| i.kind.as_str()).collect::<Vec<_>>(),
+        claimed.iter().map(|i| i.effect.kind()).collect::<Vec<_>>(),
         ["webhook"]
     );
     assert!(
@@ -933,7 +937,10 @@ pub async fn outbox_claims_leases_and_completes_effects(b: &impl Backend) {
         "released leases (as at start) make the row due again"
     );
     let hook = claimed[0].clone();
-    assert_eq!(hook.effect["url"], json!("http://127.0.0.1:9/hook"));
+    let Effect::Webhook(call) = &hook.effect else {
+        panic!("not a webhook: {hook:?}");
+    };
+    assert_eq!(call.url, "http://127.0.0.1:9/hook");
     s.complete_outbox(&hook, Delivery::Delivered(json!({"crm_id": 7})), now)
         .await
         .expect("complete");
@@ -955,7 +962,7 @@ pub async fn outbox_claims_leases_and_completes_effects(b: &impl Backend) {
 
     let update = s.claim_outbox(now, 10, 30_000).await.expect("claim");
     assert_eq!(
-        update.iter().map(|i| i.kind.as_str()).collect::<Vec<_>>(),
+        update.iter().map(|i| i.effect.kind()).collect::<Vec<_>>(),
         ["update_profile"]
     );
     s.complete_outbox(&update[0], Delivery::Delivered(Value::Null), now)
@@ -1127,7 +1134,9 @@ pub async fn outbox_claims_leases_and_completes_effects(b: &impl Backend) {
         .await
         .expect("claim");
     assert!(
-        again.iter().any(|i| i.kind == "webhook" && i.attempts == 1),
+        again
+            .iter()
+            .any(|i| i.effect.kind() == "webhook" && i.attempts == 1),
         "the retried row comes due again: {again:?}"
     );
     s.close().await;
@@ -1166,7 +1175,7 @@ pub async fn jumps_rate_limits_and_stats_counters(b: &impl Backend) {
     let now = crate::wall_clock_ms();
     let jumps = s.claim_outbox(now, 10, 30_000).await.expect("claim");
     assert_eq!(
-        jumps.iter().map(|i| i.kind.as_str()).collect::<Vec<_>>(),
+        jumps.iter().map(|i| i.effect.kind()).collect::<Vec<_>>(),
         ["jump", "jump"]
     );
     for jump in &jumps {
@@ -1583,7 +1592,11 @@ pub async fn provider_reports_are_kept_per_message_once_per_status(b: &impl Back
         .expect("record")
         .expect("the message");
     assert_eq!(
-        (row.seq, row.profile_id.as_str(), row.effect["to"].as_str()),
+        (
+            row.seq,
+            row.profile_id.as_str(),
+            row.message().and_then(|m| m.to.as_deref())
+        ),
         (item.seq, item.profile_id.as_str(), Some("+15550101300"))
     );
     // The provider repeats its callback: kept once, with the first time.

@@ -533,8 +533,7 @@ pub struct OutboxItem {
     pub key: String,
     pub profile_id: String,
     pub journey: String,
-    pub kind: String,
-    pub effect: Value,
+    pub effect: waymark_engine::Effect,
     /// Attempts made before this one.
     pub attempts: u32,
     /// When the effect was recorded (retry windows count from here).
@@ -545,10 +544,15 @@ impl OutboxItem {
     /// A message's channel and its address as the suppression list keys it, if it has one
     /// the list can hold.
     pub fn suppressible_address(&self) -> Option<(&str, String)> {
-        let channel = self.effect["channel"].as_str()?;
-        let to = self.effect["to"].as_str()?;
-        let address = waymark_core::governance::suppression_address(channel, to).ok()?;
-        Some((channel, address))
+        let message = self.message()?;
+        let to = message.to.as_deref()?;
+        let address = waymark_core::governance::suppression_address(&message.channel, to).ok()?;
+        Some((&message.channel, address))
+    }
+
+    /// The message, if the row is one.
+    pub fn message(&self) -> Option<&waymark_engine::Message> {
+        self.effect.message()
     }
 }
 

@@ -16,12 +16,12 @@ use waymark_core::governance::Sent;
 use waymark_core::journey::lifecycle::Status as JourneyStatus;
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
-use waymark_engine::JourneyState;
 use waymark_engine::run::{
     Catalog, EntryRate, JumpIn, Planned, Runtime, States, TimerRow, WebhookOutcome, addresses,
     plan_events, plan_jump, plan_timers, plan_webhook_results, state_keys, stop_all,
 };
 use waymark_engine::stats::{Counts, count_state_change, count_states};
+use waymark_engine::{Effect, JourneyState};
 
 use crate::{Delivery, OutboxItem, StoreError};
 
@@ -305,8 +305,11 @@ pub async fn fire_due<T: RunTx>(
 }
 
 /// Effects whose outcome changes journey state or the profile (a message's does not).
-fn acts_on_person(kind: &str) -> bool {
-    matches!(kind, "webhook" | "jump" | "update_profile")
+fn acts_on_person(effect: &Effect) -> bool {
+    matches!(
+        effect,
+        Effect::Webhook(_) | Effect::Jump(_) | Effect::UpdateProfile(_)
+    )
 }
 
 /// Records delivery outcomes, in order. Profile updates and jumps are applied as they come;
@@ -322,7 +325,7 @@ pub async fn complete<T: RunTx, D: Borrow<(OutboxItem, Delivery)>>(
     // The people first, as ingest and timers lock them, so one person's journey state
     // changes in one transaction at a time.
     let mut ids: Vec<&str> = done()
-        .filter(|(item, _)| acts_on_person(&item.kind))
+        .filter(|(item, _)| acts_on_person(&item.effect))
         .map(|(item, _)| item.profile_id.as_str())
         .collect();
     ids.sort_unstable();
@@ -349,41 +352,29 @@ pub async fn complete<T: RunTx, D: Borrow<(OutboxItem, Delivery)>>(
         if !tx.finish(item.seq, &outcome, now).await? {
             continue;
         }
-        match item.kind.as_str() {
-            "webhook" => webhooks.push((item, outcome)),
-            "jump" if outcome.is_ok() => {
+        match &item.effect {
+            Effect::Webhook(call) => webhooks.push((item, call, outcome)),
+            Effect::Jump(to) if outcome.is_ok() => {
                 let Some(profile) = profiles.get(&item.profile_id) else {
                     continue; // erased meanwhile
                 };
-                let (Some(target), Some(from)) = (
-                    item.effect["journey"].as_str(),
-                    item.effect["from"].as_str(),
-                ) else {
-                    return Err(corrupt("jump effect without journey or from").into());
-                };
-                let keys = [(item.profile_id.clone(), target.to_owned())];
+                let keys = [(item.profile_id.clone(), to.journey.clone())];
                 let (catalog, states) =
                     plan_inputs(tx, runtime, &keys, &[profile], true, now).await?;
                 let jump = JumpIn {
-                    journey: target,
-                    from,
-                    entry: &item.effect["entry"],
+                    journey: &to.journey,
+                    from: &to.from,
+                    entry: &to.entry,
                 };
                 let planned = plan_jump(&catalog, states, profile, jump, now);
                 tx.write(&planned, now).await?;
             }
-            "update_profile" if outcome.is_ok() => {
+            Effect::UpdateProfile(update) if outcome.is_ok() => {
                 let Some(profile) = profiles.get_mut(&item.profile_id) else {
                     continue;
                 };
-                let empty = serde_json::Map::new();
-                let set = item.effect["set"].as_object().unwrap_or(&empty);
-                let unset = item.effect["unset"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|v| v.as_str());
-                profile.update_traits(set, unset, now);
+                let unset = update.unset.iter().map(String::as_str);
+                profile.update_traits(&update.set, unset, now);
                 tx.save_profile(profile, now).await?;
             }
             _ => {}
@@ -391,17 +382,17 @@ pub async fn complete<T: RunTx, D: Borrow<(OutboxItem, Delivery)>>(
     }
     let webhooks: Vec<_> = webhooks
         .into_iter()
-        .filter(|(item, _)| profiles.contains_key(&item.profile_id))
+        .filter(|(item, _, _)| profiles.contains_key(&item.profile_id))
         .collect();
     if webhooks.is_empty() {
         return Ok(());
     }
     let keys: Vec<(String, String)> = webhooks
         .iter()
-        .map(|(item, _)| (item.profile_id.clone(), item.journey.clone()))
+        .map(|(item, _, _)| (item.profile_id.clone(), item.journey.clone()))
         .collect();
     let mut people: Vec<&ProfileState> = Vec::new();
-    for (item, _) in &webhooks {
+    for (item, _, _) in &webhooks {
         if let Some(p) = profiles.get(&item.profile_id)
             && !people.iter().any(|q| q.id == p.id)
         {
@@ -410,22 +401,16 @@ pub async fn complete<T: RunTx, D: Borrow<(OutboxItem, Delivery)>>(
     }
     let (catalog, states) = plan_inputs(tx, runtime, &keys, &people, false, now).await?;
     let mut results = Vec::with_capacity(webhooks.len());
-    for (item, outcome) in webhooks {
+    for (item, call, outcome) in webhooks {
         let Some(profile) = profiles.get(&item.profile_id) else {
             continue;
-        };
-        let (Some(instance), Some(node)) = (
-            item.effect["instance"].as_u64(),
-            item.effect["node"].as_str(),
-        ) else {
-            return Err(corrupt("webhook effect without instance or node").into());
         };
         results.push((
             profile,
             WebhookOutcome {
                 journey: &item.journey,
-                instance: instance as u32,
-                node,
+                instance: call.instance,
+                node: &call.node,
                 outcome,
             },
         ));

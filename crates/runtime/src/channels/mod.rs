@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::Value;
+use waymark_engine::{Effect, Message};
 use waymark_store::OutboxItem;
 
 use crate::delivery::{Attempt, Retry};
@@ -17,23 +18,22 @@ pub mod push;
 pub mod sms;
 pub mod webhook;
 
-/// Delivers one claimed outbox row: a message on its channel, or a webhook call.
+/// Sends messages on one channel.
 #[async_trait]
 pub trait Channel: Send + Sync {
-    /// One attempt. `retry` is how long a failed message may be retried (the
+    /// One attempt at `message`, the effect of the claimed row `item` (its key, attempts
+    /// and age). `retry` is how long a failed message may be retried (the
     /// `governance.retry_window`); a failure worth retrying answers with
     /// `delivery::retry_or_fail`, so the row comes due again after a backoff.
-    async fn send(&self, item: &OutboxItem, retry: Retry) -> Attempt;
+    async fn send(&self, item: &OutboxItem, message: &Message, retry: Retry) -> Attempt;
 }
 
-/// Webhook effects are delivered by the sender registered under this name.
-pub const WEBHOOK: &str = "webhook";
-
-/// The senders configured, by channel name (`email`, `sms`, `push`, `direct_mail`, and
-/// [`WEBHOOK`] for webhook calls).
+/// The senders configured: one per message channel (`email`, `sms`, `push`,
+/// `direct_mail`) and the webhook caller.
 #[derive(Default, Clone)]
 pub struct Channels {
     senders: HashMap<&'static str, Arc<dyn Channel>>,
+    webhooks: Option<Arc<webhook::WebhookSender>>,
 }
 
 impl Channels {
@@ -42,40 +42,45 @@ impl Channels {
         self
     }
 
-    /// Delivers one claimed row by its kind and channel.
+    pub fn with_webhooks(mut self, sender: webhook::WebhookSender) -> Self {
+        self.webhooks = Some(Arc::new(sender));
+        self
+    }
+
+    /// Delivers one claimed row by its effect.
     pub async fn deliver(&self, item: &OutboxItem, retry: Retry) -> Attempt {
-        match item.kind.as_str() {
-            "webhook" => self.send_on(WEBHOOK, item, retry).await,
-            "message" => match item.effect["channel"].as_str().unwrap_or_default() {
-                // Held by quiet hours until now; the inbox shows it once it is done.
-                "in_app" => Attempt::delivered(Value::Null),
-                channel => self.send_on(channel, item, retry).await,
+        match &item.effect {
+            Effect::Webhook(call) => match &self.webhooks {
+                Some(sender) => sender.call(item, call).await,
+                None => not_configured("webhook", "webhooks"),
             },
+            // Held by quiet hours until now; the inbox shows it once it is done.
+            Effect::Message(m) if m.channel == "in_app" => Attempt::delivered(Value::Null),
+            Effect::Message(m) => self.send_on(item, m, retry).await,
             // Applied by the store when it records the delivery (`update_profile`), or
             // carried out by it (`jump`: the person enters the target journey).
-            "update_profile" | "jump" => Attempt::delivered(Value::Null),
-            other => Attempt::failed(format!("{other} effects are not supported yet")),
+            Effect::UpdateProfile(_) | Effect::Jump(_) => Attempt::delivered(Value::Null),
+            Effect::Timer { .. } => Attempt::failed("timers are not outbox effects"),
         }
     }
 
-    async fn send_on(&self, channel: &str, item: &OutboxItem, retry: Retry) -> Attempt {
+    async fn send_on(&self, item: &OutboxItem, message: &Message, retry: Retry) -> Attempt {
+        let channel = message.channel.as_str();
         if let Some(sender) = self.senders.get(channel) {
-            return sender.send(item, retry).await;
+            return sender.send(item, message, retry).await;
         }
-        let label = match channel {
-            "email" | "sms" | "push" | WEBHOOK => channel,
-            "direct_mail" => "direct mail",
+        match channel {
+            "email" | "sms" | "push" => not_configured(channel, channel),
+            "direct_mail" => not_configured("direct mail", channel),
             // `log` messages are done when recorded; a channel without a sender cannot
             // deliver.
-            _ => return Attempt::failed(format!("channel {channel:?} cannot send")),
-        };
-        let section = if channel == WEBHOOK {
-            "webhooks"
-        } else {
-            channel
-        };
-        Attempt::failed(format!(
-            "{label} is not configured ([{section}] in the configuration)"
-        ))
+            _ => Attempt::failed(format!("channel {channel:?} cannot send")),
+        }
     }
+}
+
+fn not_configured(what: &str, section: &str) -> Attempt {
+    Attempt::failed(format!(
+        "{what} is not configured ([{section}] in the configuration)"
+    ))
 }

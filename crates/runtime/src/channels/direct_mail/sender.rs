@@ -11,6 +11,7 @@
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
+use waymark_engine::Message;
 use waymark_store::{Delivery, OutboxItem, wall_clock_ms};
 
 use super::DirectMailConfig;
@@ -93,14 +94,15 @@ impl Extractor {
     }
 
     /// Appends the message as a row of the current run's file and syncs it.
-    pub async fn append(&self, item: &OutboxItem) -> Delivery {
+    pub async fn append(&self, item: &OutboxItem, message: &Message) -> Delivery {
         let now = wall_clock_ms();
         let later = |error: String| Delivery::Retry {
             at: now + 5_000,
             error,
         };
-        let data = item.effect["content"]["data"]
-            .as_object()
+        let data = message
+            .data()
+            .and_then(Value::as_object)
             .cloned()
             .unwrap_or_default();
         let mut guard = self.run.lock().await;
@@ -193,7 +195,7 @@ pub async fn rotate_runs(extractor: std::sync::Arc<Extractor>) {
 
 #[async_trait::async_trait]
 impl Channel for Extractor {
-    async fn send(&self, item: &OutboxItem, _retry: Retry) -> Attempt {
-        self.append(item).await.into()
+    async fn send(&self, item: &OutboxItem, message: &Message, _retry: Retry) -> Attempt {
+        self.append(item, message).await.into()
     }
 }

@@ -8,7 +8,7 @@
 use lettre::Message;
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart, header};
-use serde_json::{Value, json};
+use serde_json::json;
 use waymark_store::{Delivery, OutboxItem};
 
 use super::EmailConfig;
@@ -124,12 +124,17 @@ impl Mailer {
         .map(String::from)
     }
 
-    fn build(&self, item: &OutboxItem, to: &str, content: &Value) -> Result<Message, String> {
-        let fields = &content["fields"];
+    fn build(
+        &self,
+        item: &OutboxItem,
+        to: &str,
+        message: &waymark_engine::Message,
+    ) -> Result<Message, String> {
+        let field = |name: &str| message.field(name);
         let to: Mailbox = to
             .parse()
             .map_err(|e| format!("recipient {to:?} is not an email address: {e}"))?;
-        let sender = match content["sender"].as_str() {
+        let sender = match message.content.as_ref().and_then(|c| c.sender.as_deref()) {
             None => &self.sender,
             Some(name) => self.senders.get(name).ok_or_else(|| {
                 format!("the template sends from {name:?}, which is not in [email.senders]")
@@ -140,12 +145,12 @@ impl Mailer {
         let mut builder = Message::builder()
             .from(sender.from.clone())
             .to(to.clone())
-            .subject(fields["subject"].as_str().unwrap_or_default())
+            .subject(field("subject").unwrap_or_default())
             .message_id(Some(message_id));
         if let Some(r) = &sender.reply_to {
             builder = builder.reply_to(r.clone());
         }
-        let subscription = item.effect["subscription"].as_str();
+        let subscription = message.subscription.as_deref();
         if let Some(link) = self.unsubscribe_link(to.email.as_ref(), subscription) {
             builder = builder
                 .raw_header(HeaderValue::new(
@@ -157,7 +162,7 @@ impl Mailer {
                     "List-Unsubscribe=One-Click".into(),
                 ));
         }
-        let preheader = fields["preheader"].as_str().map(|p| {
+        let preheader = field("preheader").map(|p| {
             format!(
                 "<div style=\"display:none;max-height:0;overflow:hidden\">{}</div>",
                 html_escape(p)
@@ -169,12 +174,12 @@ impl Mailer {
             journey: &item.journey,
             identity: &identity,
         };
-        let html = match (fields["html"].as_str(), &self.tracking) {
+        let html = match (field("html"), &self.tracking) {
             (Some(h), Some(tracker)) => Some(tracker.rewrite(h, &sent)?),
             (h, _) => h.map(str::to_owned),
         }
         .map(|h| format!("{}{h}", preheader.unwrap_or_default()));
-        let text = fields["text"].as_str().map(str::to_owned);
+        let text = field("text").map(str::to_owned);
         let part =
             |kind: header::ContentType, body: String| SinglePart::builder().header(kind).body(body);
         let message = match (text, html) {
@@ -195,15 +200,19 @@ impl Mailer {
     /// and the address goes on the suppression list). A 4xx on the last attempt is a soft
     /// bounce, counted against the address; a connection failure says nothing about the
     /// address and is not counted.
-    async fn send_email(&self, item: &OutboxItem, retry: Retry) -> (Delivery, Option<Bounce>) {
-        let e = &item.effect;
-        let Some(to) = e["to"].as_str() else {
+    async fn send_email(
+        &self,
+        item: &OutboxItem,
+        email: &waymark_engine::Message,
+        retry: Retry,
+    ) -> (Delivery, Option<Bounce>) {
+        let Some(to) = email.to.as_deref() else {
             return (
                 Delivery::Failed("the message has no recipient".into()),
                 None,
             );
         };
-        let message = match self.build(item, to, &e["content"]) {
+        let message = match self.build(item, to, email) {
             Ok(m) => m,
             Err(reason) => return (Delivery::Failed(reason), None),
         };
@@ -258,8 +267,13 @@ fn html_escape(s: &str) -> String {
 
 #[async_trait::async_trait]
 impl Channel for Mailer {
-    async fn send(&self, item: &OutboxItem, retry: Retry) -> Attempt {
-        let (delivery, bounce) = self.send_email(item, retry).await;
+    async fn send(
+        &self,
+        item: &OutboxItem,
+        message: &waymark_engine::Message,
+        retry: Retry,
+    ) -> Attempt {
+        let (delivery, bounce) = self.send_email(item, message, retry).await;
         Attempt { delivery, bounce }
     }
 }

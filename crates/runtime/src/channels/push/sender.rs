@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use waymark_engine::Message;
 use waymark_store::{Delivery, OutboxItem, Store};
 
 use super::PushConfig;
@@ -238,22 +239,18 @@ impl Pusher {
 
     /// Sends to each of the message's devices. Sent if any device took it; retried if none
     /// did and one may later; failed otherwise. Dead tokens are detached from the profile.
-    async fn send_push(&self, item: &OutboxItem, retry: Retry) -> Delivery {
+    async fn send_push(&self, item: &OutboxItem, message: &Message, retry: Retry) -> Delivery {
         let (client, store) = (&self.client, &self.store);
-        let e = &item.effect;
-        let devices: Vec<(String, String)> =
-            serde_json::from_value(e["devices"].clone()).unwrap_or_default();
+        let devices = &message.devices;
         if devices.is_empty() {
             return Delivery::Failed("the person has no push token".into());
         }
-        let fields = &e["content"]["fields"];
-        let data = &e["content"]["data"];
         let collapse = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(item.key.as_bytes()));
         let (mut sent, mut retry_reason, mut failures) = (Vec::new(), None, Vec::new());
-        for (platform, token) in &devices {
+        for (platform, token) in devices {
             let answer = match platform.as_str() {
-                "apns" => self.apns(token, fields, data, &collapse).await,
-                _ => self.fcm(client, token, fields, data, &collapse).await,
+                "apns" => self.apns(token, message, &collapse).await,
+                _ => self.fcm(client, token, message, &collapse).await,
             };
             match answer {
                 Answer::Sent(v) => sent.push(json!({"platform": platform, "answer": v})),
@@ -285,8 +282,7 @@ impl Pusher {
         &self,
         client: &reqwest::Client,
         token: &str,
-        fields: &Value,
-        data: &Value,
+        message: &Message,
         collapse: &str,
     ) -> Answer {
         let Some(project) = &self.config.fcm_project_id else {
@@ -302,8 +298,9 @@ impl Pusher {
             (None, None) => return Answer::Failed("FCM has no credentials".into()),
         };
         // FCM data values must be strings.
-        let data: serde_json::Map<String, Value> = data
-            .as_object()
+        let data: serde_json::Map<String, Value> = message
+            .data()
+            .and_then(Value::as_object)
             .into_iter()
             .flatten()
             .map(|(k, v)| {
@@ -313,7 +310,7 @@ impl Pusher {
             .collect();
         let body = json!({"message": {
             "token": token,
-            "notification": {"title": fields["title"], "body": fields["body"]},
+            "notification": {"title": message.field("title"), "body": message.field("body")},
             "data": data,
             "android": {"collapse_key": collapse},
             "apns": {"headers": {"apns-collapse-id": collapse}},
@@ -360,7 +357,7 @@ impl Pusher {
     }
 
     /// APNs: `POST {apns_url}/3/device/{token}` over HTTP/2 with a provider token.
-    async fn apns(&self, token: &str, fields: &Value, data: &Value, collapse: &str) -> Answer {
+    async fn apns(&self, token: &str, message: &Message, collapse: &str) -> Answer {
         let (Some(key), Some(topic)) = (&self.apns_key, &self.config.apns_topic) else {
             return Answer::Failed(
                 "APNs is not configured (push.apns_key_file, apns_topic)".into(),
@@ -370,9 +367,10 @@ impl Pusher {
             Ok(t) => t,
             Err(e) => return Answer::Failed(e),
         };
-        let mut body =
-            json!({"aps": {"alert": {"title": fields["title"], "body": fields["body"]}}});
-        for (k, v) in data.as_object().into_iter().flatten() {
+        let alert = json!({"title": message.field("title"), "body": message.field("body")});
+        let mut body = json!({"aps": {"alert": alert}});
+        let data = message.data().and_then(Value::as_object);
+        for (k, v) in data.into_iter().flatten() {
             if k != "aps" {
                 body[k] = v.clone();
             }
@@ -422,7 +420,7 @@ impl Pusher {
 
 #[async_trait::async_trait]
 impl Channel for Pusher {
-    async fn send(&self, item: &OutboxItem, retry: Retry) -> Attempt {
-        self.send_push(item, retry).await.into()
+    async fn send(&self, item: &OutboxItem, message: &Message, retry: Retry) -> Attempt {
+        self.send_push(item, message, retry).await.into()
     }
 }

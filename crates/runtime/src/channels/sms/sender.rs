@@ -4,6 +4,7 @@
 //! request written as a templated JSON body and headers (`provider = "http"`).
 
 use serde_json::{Value, json};
+use waymark_engine::Message;
 use waymark_store::{Delivery, OutboxItem};
 
 use waymark_core::delivery::twilio_suppression;
@@ -85,11 +86,15 @@ impl SmsSender {
 /// and connection failures are retried with backoff while `retry` allows; other 4xx (a bad
 /// number, a blocked recipient) fail at once with the provider's code and message, and
 /// the codes that say the number cannot receive put it on the suppression list.
-async fn send(sender: &SmsSender, item: &OutboxItem, retry: Retry) -> (Delivery, Option<Bounce>) {
+async fn send(
+    sender: &SmsSender,
+    item: &OutboxItem,
+    message: &Message,
+    retry: Retry,
+) -> (Delivery, Option<Bounce>) {
     let client = &sender.client;
     let config = &sender.config;
-    let e = &item.effect;
-    let (Some(to), Some(body)) = (e["to"].as_str(), e["content"]["fields"]["text"].as_str()) else {
+    let (Some(to), Some(body)) = (message.to.as_deref(), message.field("text")) else {
         let reason = "the message has no recipient or no rendered text";
         return (Delivery::Failed(reason.into()), None);
     };
@@ -221,8 +226,8 @@ async fn http_api(
 
 #[async_trait::async_trait]
 impl Channel for SmsSender {
-    async fn send(&self, item: &OutboxItem, retry: Retry) -> Attempt {
-        let (delivery, bounce) = send(self, item, retry).await;
+    async fn send(&self, item: &OutboxItem, message: &Message, retry: Retry) -> Attempt {
+        let (delivery, bounce) = send(self, item, message, retry).await;
         Attempt { delivery, bounce }
     }
 }

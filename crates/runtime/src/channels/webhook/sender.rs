@@ -5,12 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use serde_json::{Value, json};
+use waymark_engine::WebhookCall;
 use waymark_store::{Delivery, OutboxItem, wall_clock_ms};
 
 use super::WebhookConfig;
-use crate::channels::Channel;
 use crate::delivery::{Attempt, Retry, provider_busy, read_capped, retry_or_fail, with_causes};
 
 /// The HTTP client webhooks (and SMS and push providers) are called with: HTTP/1.1 and
@@ -142,11 +141,10 @@ impl WebhookSender {
     }
 }
 
-#[async_trait]
-impl Channel for WebhookSender {
-    /// Retried as the node says (`retries`), not by the messages' window.
-    async fn send(&self, item: &OutboxItem, _retry: Retry) -> Attempt {
-        call(&self.client, self.key.as_deref(), &self.policy, item)
+impl WebhookSender {
+    /// One call. Retried as the node says (`retries`), not by the messages' window.
+    pub async fn call(&self, item: &OutboxItem, call: &WebhookCall) -> Attempt {
+        self::call(&self.client, self.key.as_deref(), &self.policy, item, call)
             .await
             .into()
     }
@@ -157,27 +155,26 @@ async fn call(
     key: Option<&[u8]>,
     policy: &WebhookPolicy,
     item: &OutboxItem,
+    call: &WebhookCall,
 ) -> Delivery {
-    let e = &item.effect;
-    let retries = e["retries"].as_u64().unwrap_or(3) as u32;
+    let retries = call.retries;
     // Clamped for journeys published before the limit was checked.
     let timeout = Duration::from_millis(
-        e["timeout_ms"]
-            .as_u64()
-            .unwrap_or(10_000)
+        u64::try_from(call.timeout_ms)
+            .unwrap_or(waymark_engine::DEFAULT_WEBHOOK_TIMEOUT_MS as u64)
             .min(waymark_core::journey::MAX_WEBHOOK_TIMEOUT_MS as u64),
     );
-    let method = reqwest::Method::from_bytes(e["method"].as_str().unwrap_or("POST").as_bytes())
-        .unwrap_or(reqwest::Method::POST);
-    let url = match reqwest::Url::parse(e["url"].as_str().unwrap_or_default()) {
+    let method =
+        reqwest::Method::from_bytes(call.method.as_bytes()).unwrap_or(reqwest::Method::POST);
+    let url = match reqwest::Url::parse(&call.url) {
         Ok(url) => url,
         Err(err) => return Delivery::Failed(format!("invalid URL: {err}")),
     };
     if let Some(why) = policy.refuses(&url) {
         return Delivery::Failed(format!("not called: {why}"));
     }
-    let client = match (&policy.following, e["follow_redirects"].as_bool()) {
-        (Some(following), Some(true)) => following,
+    let client = match &policy.following {
+        Some(following) if call.follow_redirects => following,
         _ => client,
     };
     let mut request = client
@@ -185,16 +182,15 @@ async fn call(
         .timeout(timeout)
         .header("idempotency-key", &item.key)
         .header("webhook-id", &item.key);
-    for (name, value) in e["headers"].as_object().into_iter().flatten() {
-        if let Some(v) = value.as_str() {
-            request = request.header(name.as_str(), v);
-        }
+    for (name, value) in &call.headers {
+        request = request.header(name.as_str(), value.as_str());
     }
-    let body = if e["body"].is_null() {
-        Vec::new()
-    } else {
-        request = request.header(reqwest::header::CONTENT_TYPE, "application/json");
-        serde_json::to_vec(&e["body"]).unwrap_or_default()
+    let body = match &call.body {
+        None | Some(Value::Null) => Vec::new(),
+        Some(body) => {
+            request = request.header(reqwest::header::CONTENT_TYPE, "application/json");
+            serde_json::to_vec(body).unwrap_or_default()
+        }
     };
     if let Some(key) = key {
         // Signed over the exact bytes sent; the timestamp lets receivers refuse replays.
