@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use crate::expression::{Expression, FieldReads};
 use waymark_core::journey::{Journey, NodeKind, Reentry, parse_duration_ms, validate};
 use waymark_core::template::{JsonTemplate, Templates};
 use waymark_core::time::{Millis, parse_iso8601};
@@ -30,10 +31,10 @@ pub struct CompiledJourney {
     pub version: u32,
     pub(crate) start: usize,
     pub(crate) index: HashMap<String, usize>,
-    pub(crate) entry_when: Option<cel::Program>,
-    pub(crate) exit_when: Option<cel::Program>,
-    pub(crate) branches: HashMap<(usize, usize), cel::Program>,
-    pub(crate) wait_when: HashMap<usize, cel::Program>,
+    pub(crate) entry_when: Option<Expression>,
+    pub(crate) exit_when: Option<Expression>,
+    pub(crate) branches: HashMap<(usize, usize), Expression>,
+    pub(crate) wait_when: HashMap<usize, Expression>,
     /// Wait durations, event-wait timeouts, webhook timeouts and in-app message lifetimes,
     /// by node index.
     pub(crate) durations: HashMap<usize, Millis>,
@@ -42,8 +43,6 @@ pub struct CompiledJourney {
     pub(crate) start_at: Option<Millis>,
     pub(crate) end_at: Option<Millis>,
     zone: Zone,
-    /// The CEL standard library, built once: expressions evaluate in an inner scope of it.
-    pub(crate) cel_root: cel::Context<'static, 'static>,
     pub(crate) templates: Templates,
     /// Webhook headers (as an object) and body, by node index.
     pub(crate) webhooks: HashMap<usize, (JsonTemplate, Option<JsonTemplate>)>,
@@ -53,7 +52,7 @@ pub struct CompiledJourney {
     /// the people's suppression list entries.
     pub(crate) addressed: bool,
     /// What the expressions read of `event`, `profile` and `journey`.
-    pub(crate) reads: crate::reads::VarReads,
+    pub(crate) reads: FieldReads,
 }
 
 impl CompiledJourney {
@@ -77,9 +76,8 @@ pub(crate) fn person_zone(profile: &ProfileState) -> jiff::tz::TimeZone {
         .unwrap_or(jiff::tz::TimeZone::UTC)
 }
 
-fn program(source: &str) -> Result<cel::Program, FieldError> {
-    cel::Program::compile(source)
-        .map_err(|e| FieldError::new("invalid_expression", "", e.to_string()))
+fn program(source: &str) -> Result<Expression, FieldError> {
+    Expression::compile(source).map_err(|e| FieldError::new("invalid_expression", "", e))
 }
 
 fn ms(text: &str) -> Millis {
@@ -199,7 +197,7 @@ pub fn compile(doc: Journey, version: u32) -> Result<CompiledJourney, Vec<FieldE
         matches!(&n.kind, NodeKind::Message { channel, .. }
             if waymark_core::governance::SUPPRESSIBLE.iter().any(|(c, _)| c == channel))
     });
-    let reads = crate::reads::VarReads::of(
+    let reads = FieldReads::of(
         entry_when
             .iter()
             .chain(&exit_when)
@@ -223,7 +221,6 @@ pub fn compile(doc: Journey, version: u32) -> Result<CompiledJourney, Vec<FieldE
         branches,
         wait_when,
         durations,
-        cel_root: cel::Context::default(),
         templates,
         webhooks,
         contents,

@@ -8,14 +8,12 @@
 
 mod compile;
 mod effect;
-mod reads;
+pub mod expression;
+mod nodes;
 pub mod run;
 pub mod simulate;
 pub mod stats;
 
-use std::sync::OnceLock;
-
-use cel::common::value::{CowVal, Val};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use waymark_core::journey::NodeKind;
@@ -27,6 +25,7 @@ pub use effect::{
     DEFAULT_WEBHOOK_RETRIES, DEFAULT_WEBHOOK_TIMEOUT_MS, EFFECT_FORMAT, Effect, EffectKey, JumpTo,
     Message, ProfileUpdate, WebhookCall,
 };
+use expression::{Expression, Lazy, Prepared, Variables, prepare};
 
 /// Finished instances kept per person and journey (the newest); older ones are dropped so a
 /// journey people re-enter often does not grow its state without bound.
@@ -246,9 +245,9 @@ pub fn apply(
         ctx,
         effects: Vec::new(),
         overlay: Map::new(),
-        cel_event: OnceLock::new(),
-        cel_profile: OnceLock::new(),
-        cel_journey: OnceLock::new(),
+        cel_event: Lazy::default(),
+        cel_profile: Lazy::default(),
+        cel_journey: Lazy::default(),
     };
     let may_enter = run.may_enter(state);
     let active = state
@@ -308,49 +307,35 @@ struct Run<'a> {
     overlay: Map<String, Value>,
     /// CEL values of `event`, `profile` and `journey`, built when an expression of this
     /// input first reads them (see [`Run::eval`]).
-    cel_event: OnceLock<CelVar>,
-    cel_profile: OnceLock<CelVar>,
-    cel_journey: OnceLock<CelVar>,
+    cel_event: Lazy,
+    cel_profile: Lazy,
+    cel_journey: Lazy,
 }
 
-/// A variable converted for CEL, or why it could not be.
-type CelVar = Result<Box<dyn Val>, String>;
-
-fn cel_var(v: &impl Serialize) -> CelVar {
-    let value = cel::to_value(v).map_err(|e| e.to_string())?;
-    Box::<dyn Val>::try_from(value).map_err(|e| e.to_string())
-}
-
-/// Hands an expression the variables it reads, converting each on first use: converting
-/// the event and the profile is most of an evaluation's cost, and most expressions read
-/// one of them, or only part of the data.
+/// Hands an expression the variables it reads, each prepared on first use and pruned to
+/// what the journey's expressions read: most read one of them, or only part of the data.
 struct CelVars<'r, 'a> {
     run: &'r Run<'a>,
     event: Option<&'r Value>,
     journey: &'r Map<String, Value>,
-    now: Box<dyn Val>,
 }
 
-impl cel::context::VariableResolver for CelVars<'_, '_> {
-    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+impl Variables for CelVars<'_, '_> {
+    fn variable(&self, name: &str) -> Option<&Prepared> {
         let run = self.run;
         let reads = &run.j.reads;
-        let var = match variable {
+        Some(match name {
             "event" => run
                 .cel_event
-                .get_or_init(|| cel_var(&reads.event.prune(self.event.unwrap_or(&Value::Null)))),
+                .get(|| prepare(&reads.of_var(name).prune(self.event.unwrap_or(&Value::Null)))),
             "profile" => run
                 .cel_profile
-                .get_or_init(|| cel_var(&reads.profile.prune(&run.profile_json()))),
+                .get(|| prepare(&reads.of_var(name).prune(&run.profile_json()))),
             "journey" => run
                 .cel_journey
-                .get_or_init(|| cel_var(&reads.journey.prune_object(self.journey))),
-            "now" => return Some(CowVal::Borrowed(self.now.as_ref())),
+                .get(|| prepare(&reads.of_var(name).prune_object(self.journey))),
             _ => return None,
-        };
-        // A value that could not be converted reads as undeclared: the expression errs,
-        // and the error is recorded like any other runtime error.
-        var.as_ref().ok().map(|v| CowVal::Borrowed(v.as_ref()))
+        })
     }
 }
 
@@ -412,25 +397,16 @@ impl Run<'_> {
     /// reused by every expression of this input; `overlay` and context changes clear them.
     fn eval(
         &self,
-        program: &cel::Program,
+        expression: &Expression,
         event: Option<&Value>,
         journey: &Map<String, Value>,
     ) -> Result<bool, String> {
-        let now =
-            Box::<dyn Val>::try_from(cel::Value::Int(self.ctx.now)).map_err(|e| e.to_string())?;
         let vars = CelVars {
             run: self,
             event,
             journey,
-            now,
         };
-        let mut c = self.j.cel_root.new_inner_scope();
-        c.set_variable_resolver(&vars);
-        match program.execute(&c) {
-            Ok(cel::Value::Bool(b)) => Ok(b),
-            Ok(other) => Err(format!("expression gave {other:?}, not a boolean")),
-            Err(e) => Err(e.to_string()),
-        }
+        expression.test(&vars, self.ctx.now)
     }
 
     /// The journey's dates and re-entry rule allow a new instance now.
@@ -494,7 +470,7 @@ impl Run<'_> {
             deadline_pending: true,
         };
         let start = j.doc.nodes[j.start].id.clone();
-        self.cel_journey = OnceLock::new(); // the entry filter saw an empty context; the instance has one now
+        self.cel_journey.clear(); // the entry filter saw an empty context; the instance has one now
         self.advance(&mut instance, start, event_json);
         instance
     }
@@ -538,7 +514,7 @@ impl Run<'_> {
         instance
             .context
             .insert(format!("{node}_event"), event_json.clone());
-        self.cel_journey = OnceLock::new();
+        self.cel_journey.clear();
         self.step(
             instance,
             &node,
@@ -592,7 +568,7 @@ impl Run<'_> {
         match outcome {
             Ok(response) => {
                 instance.context.insert(node.clone(), response);
-                self.cel_journey = OnceLock::new();
+                self.cel_journey.clear();
                 self.step(instance, &node, StepKind::Called, None);
                 self.advance(instance, next.clone(), None);
             }
@@ -662,324 +638,6 @@ impl Run<'_> {
             due,
         });
         instance.last_timer
-    }
-
-    /// Moves through instant nodes until the instance waits or ends.
-    fn advance(&mut self, instance: &mut Instance, mut id: String, event: Option<&Value>) {
-        let j = self.j;
-        let now = self.ctx.now;
-        for _ in 0..MAX_STEPS_PER_INPUT {
-            if let Some(exit) = &j.exit_when
-                && self.eval(exit, event, &instance.context).unwrap_or(false)
-            {
-                self.end(
-                    instance,
-                    Status::Exited,
-                    StepKind::Exited,
-                    Some(json!({"rule": "exit.when"})),
-                );
-                return;
-            }
-            let idx = j.index[&id];
-            instance.node = Some(id.clone());
-            self.step(instance, &id, StepKind::Entered, None);
-            match &j.doc.nodes[idx].kind {
-                NodeKind::Condition {
-                    branches,
-                    otherwise,
-                } => {
-                    let mut chosen = None;
-                    let mut errors = Vec::new();
-                    for (b, branch) in branches.iter().enumerate() {
-                        match self.eval(&j.branches[&(idx, b)], event, &instance.context) {
-                            Ok(true) => {
-                                chosen = Some((b, branch.next.clone()));
-                                break;
-                            }
-                            Ok(false) => {}
-                            Err(e) => errors.push(json!({"branch": b, "error": e})),
-                        }
-                    }
-                    let detail = match &chosen {
-                        Some((b, _)) => json!({"branch": b, "errors": errors}),
-                        None => json!({"branch": "else", "errors": errors}),
-                    };
-                    if !errors.is_empty() {
-                        self.step(
-                            instance,
-                            &id,
-                            StepKind::Error,
-                            Some(json!({"errors": errors})),
-                        );
-                    }
-                    self.step(instance, &id, StepKind::Branch, Some(detail));
-                    id = chosen.map_or_else(|| otherwise.clone(), |(_, next)| next);
-                }
-                NodeKind::Wait {
-                    event: wait_event,
-                    until,
-                    ..
-                } => {
-                    let (waiting, due) = if let Some(e) = wait_event {
-                        let due = now + j.durations[&idx];
-                        let timer = self.schedule(instance, due);
-                        (
-                            Waiting::Event {
-                                node: id.clone(),
-                                name: e.name.clone(),
-                                due,
-                                timer,
-                            },
-                            due,
-                        )
-                    } else {
-                        let due = match until {
-                            Some(hhmm) => next_local_time(hhmm, now, &j.zone(self.ctx.profile)),
-                            None => now + j.durations[&idx],
-                        };
-                        let timer = self.schedule(instance, due);
-                        (
-                            Waiting::Timer {
-                                node: id.clone(),
-                                due,
-                                timer,
-                            },
-                            due,
-                        )
-                    };
-                    self.step(
-                        instance,
-                        &id,
-                        StepKind::Waiting,
-                        Some(json!({"until": waymark_core::time::format_iso8601(due)})),
-                    );
-                    instance.waiting = Some(waiting);
-                    return;
-                }
-                NodeKind::Message {
-                    channel,
-                    template,
-                    category,
-                    subscription,
-                    next,
-                    ..
-                } => {
-                    // Consent first: a person who unsubscribed from this channel (a signed
-                    // link, an SMS STOP, or an identify setting the trait) gets nothing on it.
-                    let said_no = |trait_name: &str| {
-                        self.overlay
-                            .get(trait_name)
-                            .or_else(|| self.ctx.profile.traits.get(trait_name))
-                            == Some(&Value::Bool(true))
-                    };
-                    let refused = if said_no(&format!("unsubscribed_{channel}")) {
-                        Some("unsubscribed".to_owned())
-                    } else {
-                        subscription
-                            .as_ref()
-                            .filter(|list| said_no(&format!("unsubscribed_list_{list}")))
-                            .map(|list| format!("unsubscribed from {list}"))
-                    };
-                    if let Some(reason) = refused {
-                        let detail = json!({"reason": reason, "channel": channel});
-                        self.step(instance, &id, StepKind::Suppressed, Some(detail));
-                        id = next.clone();
-                        continue;
-                    }
-                    let devices = devices_of(channel, self.ctx.profile);
-                    if channel == "push" && devices.is_empty() {
-                        let detail = json!({"reason": "the person has no push token (apns_token or fcm_token identity)", "channel": channel});
-                        self.step(instance, &id, StepKind::Error, Some(detail));
-                        id = next.clone();
-                        continue;
-                    }
-                    let to = match recipient(channel, self.ctx.profile, &self.overlay) {
-                        Ok(to) => to,
-                        Err(reason) => {
-                            let detail = json!({"reason": reason, "channel": channel});
-                            self.step(instance, &id, StepKind::Error, Some(detail));
-                            id = next.clone();
-                            continue;
-                        }
-                    };
-                    let content = match j.contents.get(template) {
-                        None => None,
-                        Some(c) => match c.render(&json!({
-                            "profile": self.profile_json(), "event": event, "journey": instance.context,
-                        })) {
-                            Ok(rendered) => Some(rendered),
-                            Err(reason) => {
-                                // The message fails, with why; the instance carries on.
-                                let detail = json!({"reason": reason, "template": template});
-                                self.step(instance, &id, StepKind::Error, Some(detail));
-                                id = next.clone();
-                                continue;
-                            }
-                        },
-                    };
-                    let key = self.key(instance, &id);
-                    self.effects.push(Effect::Message(Message {
-                        key,
-                        instance: instance.number,
-                        node: id.clone(),
-                        channel: channel.clone(),
-                        template: template.clone(),
-                        content,
-                        to,
-                        transactional: *category == waymark_core::journey::Category::Transactional,
-                        expires_at: (channel == "in_app").then(|| {
-                            self.ctx.now + j.durations.get(&idx).copied().unwrap_or(INBOX_TTL_MS)
-                        }),
-                        devices,
-                        subscription: subscription.clone(),
-                    }));
-                    self.step(
-                        instance,
-                        &id,
-                        StepKind::Sent,
-                        Some(json!({"channel": channel, "template": template})),
-                    );
-                    id = next.clone();
-                }
-                NodeKind::Webhook {
-                    method,
-                    url,
-                    retries,
-                    on_error,
-                    follow_redirects,
-                    ..
-                } => {
-                    let rendered = self.render_webhook(idx, event, &instance.context);
-                    let (headers, body) = match rendered {
-                        Ok(request) => request,
-                        Err(reason) => {
-                            // A template that fails to render is the call failing: the error
-                            // path, or the instance fails; the worker carries on.
-                            let detail = json!({"reason": reason, "took": on_error});
-                            self.step(instance, &id, StepKind::Error, Some(detail));
-                            match on_error {
-                                Some(path) => {
-                                    id = path.clone();
-                                    continue;
-                                }
-                                None => {
-                                    let detail = json!({"node": id, "reason": reason});
-                                    self.end(
-                                        instance,
-                                        Status::Failed,
-                                        StepKind::Failed,
-                                        Some(detail),
-                                    );
-                                    return;
-                                }
-                            }
-                        }
-                    };
-                    let key = self.key(instance, &id);
-                    self.effects.push(Effect::Webhook(WebhookCall {
-                        key,
-                        instance: instance.number,
-                        node: id.clone(),
-                        method: method.clone(),
-                        url: url.clone(),
-                        headers,
-                        body,
-                        timeout_ms: j
-                            .durations
-                            .get(&idx)
-                            .copied()
-                            .unwrap_or(effect::DEFAULT_WEBHOOK_TIMEOUT_MS),
-                        retries: retries.unwrap_or(effect::DEFAULT_WEBHOOK_RETRIES),
-                        follow_redirects: *follow_redirects,
-                    }));
-                    self.step(
-                        instance,
-                        &id,
-                        StepKind::Waiting,
-                        Some(json!({"for": "webhook", "url": url})),
-                    );
-                    instance.waiting = Some(Waiting::Webhook { node: id.clone() });
-                    return;
-                }
-                NodeKind::UpdateProfile { set, unset, next } => {
-                    let key = self.key(instance, &id);
-                    let set: Map<String, Value> =
-                        set.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                    for (k, v) in &set {
-                        self.overlay.insert(k.clone(), v.clone());
-                    }
-                    for k in unset {
-                        self.overlay.insert(k.clone(), Value::Null);
-                    }
-                    self.cel_profile = OnceLock::new();
-                    self.effects.push(Effect::UpdateProfile(ProfileUpdate {
-                        key,
-                        set: set.clone(),
-                        unset: unset.clone(),
-                    }));
-                    self.step(
-                        instance,
-                        &id,
-                        StepKind::Updated,
-                        Some(json!({"set": set, "unset": unset})),
-                    );
-                    id = next.clone();
-                }
-                NodeKind::RandomSplit { paths } => {
-                    let seed = format!(
-                        "{}:{}:{}:{}",
-                        j.doc.key, self.ctx.profile.id, instance.number, id
-                    );
-                    let bucket = (xxhash_rust::xxh3::xxh3_64(seed.as_bytes()) % 100) as u32;
-                    let mut upto = 0;
-                    let mut chosen = paths.last().map(|p| p.next.clone()).unwrap_or_default();
-                    for (p, path) in paths.iter().enumerate() {
-                        upto += path.percent;
-                        if bucket < upto {
-                            chosen = path.next.clone();
-                            self.step(
-                                instance,
-                                &id,
-                                StepKind::Split,
-                                Some(json!({"path": p, "bucket": bucket})),
-                            );
-                            break;
-                        }
-                    }
-                    id = chosen;
-                }
-                NodeKind::Jump { journey } => {
-                    let key = self.key(instance, &id);
-                    self.effects.push(Effect::Jump(JumpTo {
-                        key,
-                        journey: journey.clone(),
-                        from: j.doc.key.clone(),
-                        entry: instance
-                            .context
-                            .get("entry")
-                            .cloned()
-                            .unwrap_or(Value::Null),
-                    }));
-                    self.end(
-                        instance,
-                        Status::Completed,
-                        StepKind::Jumped,
-                        Some(json!({"journey": journey})),
-                    );
-                    return;
-                }
-                NodeKind::End {} => {
-                    self.end(instance, Status::Completed, StepKind::Completed, None);
-                    return;
-                }
-            }
-        }
-        self.end(
-            instance,
-            Status::Failed,
-            StepKind::Failed,
-            Some(json!({"reason": "too many steps without a wait"})),
-        );
     }
 }
 

@@ -1,5 +1,5 @@
-//! Which parts of `event`, `profile` and `journey` a journey's expressions can read, so an
-//! input converts only those parts for CEL: converting the whole event (or profile) was
+//! Which parts of their variables (a journey's `event`, `profile` and `journey`) expressions
+//! can read, so an input converts only those parts for CEL: converting the whole event (or profile) was
 //! most of an evaluation's cost, while a condition typically reads one or two fields.
 //!
 //! Reads are found in the compiled expressions as field chains (`event.properties.currency`,
@@ -95,26 +95,23 @@ fn prune_fields(map: &Map<String, Value>, paths: &[&[String]]) -> Map<String, Va
     out
 }
 
-/// The reads of the three journey variables by a set of expressions.
+/// What a set of expressions reads of each variable.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct VarReads {
-    pub event: Reads,
-    pub profile: Reads,
-    pub journey: Reads,
-}
+pub struct FieldReads(HashMap<String, Reads>);
 
-impl VarReads {
-    pub fn of<'p>(programs: impl IntoIterator<Item = &'p cel::Program>) -> Self {
+impl FieldReads {
+    pub fn of<'e>(expressions: impl IntoIterator<Item = &'e super::Expression>) -> Self {
         let mut found: HashMap<String, Reads> = HashMap::new();
-        for program in programs {
-            walk(program.expression(), &mut found);
+        for expression in expressions {
+            walk(expression.program().expression(), &mut found);
         }
-        let mut take = |name: &str| found.remove(name).unwrap_or_default();
-        VarReads {
-            event: take("event"),
-            profile: take("profile"),
-            journey: take("journey"),
-        }
+        FieldReads(found)
+    }
+
+    /// The reads of one variable (nothing, if no expression names it).
+    pub fn of_var(&self, name: &str) -> &Reads {
+        const NOTHING: &Reads = &Reads::Nothing;
+        self.0.get(name).unwrap_or(NOTHING)
     }
 }
 
@@ -197,12 +194,12 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn reads(sources: &[&str]) -> VarReads {
-        let programs: Vec<cel::Program> = sources
+    fn reads(sources: &[&str]) -> FieldReads {
+        let expressions: Vec<super::super::Expression> = sources
             .iter()
-            .map(|s| cel::Program::compile(s).expect("compiles"))
+            .map(|s| super::super::Expression::compile(s).expect("compiles"))
             .collect();
-        VarReads::of(&programs)
+        FieldReads::of(&expressions)
     }
 
     fn paths(p: &[&[&str]]) -> Reads {
@@ -220,19 +217,19 @@ mod tests {
             "profile.traits.plan in ['pro'] || journey.call.status == 200",
         ]);
         assert_eq!(
-            r.event,
+            *r.of_var("event"),
             paths(&[&["properties", "currency"], &["properties", "price"]])
         );
-        assert_eq!(r.profile, paths(&[&["traits", "plan"]]));
-        assert_eq!(r.journey, paths(&[&["call", "status"]]));
+        assert_eq!(*r.of_var("profile"), paths(&[&["traits", "plan"]]));
+        assert_eq!(*r.of_var("journey"), paths(&[&["call", "status"]]));
 
         let r = reads(&[
             "size(event) > 2",
             "event.properties.items.exists(i, i.sku == profile.traits.sku)",
         ]);
-        assert_eq!(r.event, Reads::Whole);
-        assert_eq!(r.profile, paths(&[&["traits", "sku"]]));
-        assert_eq!(r.journey, Reads::Nothing);
+        assert_eq!(*r.of_var("event"), Reads::Whole);
+        assert_eq!(*r.of_var("profile"), paths(&[&["traits", "sku"]]));
+        assert_eq!(*r.of_var("journey"), Reads::Nothing);
     }
 
     /// Every expression gives the same answer on the pruned value as on the whole one,
@@ -261,13 +258,13 @@ mod tests {
         ];
         for source in sources {
             let program = cel::Program::compile(source).expect(source);
-            let r = VarReads::of([&program]);
+            let r = FieldReads::of([&super::super::Expression::compile(source).expect(source)]);
             let run = |value: &Value| {
                 let mut ctx = cel::Context::default();
                 ctx.add_variable("event", value.clone()).expect("variable");
                 program.execute(&ctx).map_err(|e| e.to_string())
             };
-            let pruned = r.event.prune(&event);
+            let pruned = r.of_var("event").prune(&event);
             assert_ne!(*pruned, event, "{source}: nothing was pruned");
             assert_eq!(run(&pruned), run(&event), "{source}");
         }
