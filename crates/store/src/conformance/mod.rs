@@ -1,0 +1,106 @@
+//! The conformance suite: the behaviour every storage backend must show, written once.
+//!
+//! A backend's test file calls [`conformance_suite!`](crate::conformance_suite) with an
+//! expression that yields a fresh [`Backend`] (an empty database) for each test.
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use waymark_core::segment::{Receipt, parse_batch};
+use waymark_core::time::parse_iso8601;
+use waymark_core::{Event, Identity, partition_of};
+use waymark_engine::Effect;
+
+mod governance;
+mod journeys;
+mod outbox;
+mod profiles;
+
+pub use governance::*;
+pub use journeys::*;
+pub use outbox::*;
+pub use profiles::*;
+
+use crate::{
+    Delivery, JourneyAction, JourneyRunStore, JourneyStatus, JourneyStore, MessageEvent,
+    OutboxStore, PageRequest, ProfileStore, Store, StoreOptions, SuppressionStore, TemplateStore,
+    Transition,
+};
+
+/// A place a store can be opened, and opened again (to prove durability).
+#[async_trait]
+pub trait Backend: Send + Sync {
+    type Store: Store;
+    async fn open(&self, options: StoreOptions) -> Self::Store;
+}
+
+#[macro_export]
+macro_rules! conformance_suite {
+    ($backend:expr) => {
+        $crate::conformance_suite!(@cases $backend;
+            profile_round_trip,
+            every_identity_finds_the_profile,
+            replayed_batch_changes_nothing,
+            identify_merges_anonymous_history,
+            known_people_sharing_a_device_stay_apart,
+            events_page_newest_first,
+            erase_removes_profile_identities_and_events,
+            count_retention_keeps_newest,
+            age_retention_prunes_old_events,
+            data_survives_reopen,
+            concurrent_ingest_loses_nothing,
+            partition_is_hash_of_profile_id,
+            journey_drafts_versions_and_lifecycle,
+            journeys_are_listed_by_key,
+            live_journeys_run_on_ingest_and_timers_fire,
+            outbox_claims_leases_and_completes_effects,
+            jumps_rate_limits_and_stats_counters,
+            templates_keep_every_changed_version,
+            governance_caps_across_journeys_and_quiet_hours_hold,
+            suppression_list_counts_bounces_and_binds_every_message,
+            dead_push_tokens_are_forgotten,
+            provider_reports_are_kept_per_message_once_per_status,
+            a_long_history_is_read_newest_first_and_bounded,
+            finished_messages_are_pruned_after_retention,
+        );
+    };
+    (@cases $backend:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let backend = $backend.await;
+                $crate::conformance::$case(&backend).await;
+            }
+        )*
+    };
+}
+
+/// Parses a Segment batch the way the server does, received at a fixed instant.
+pub fn events(batch: Value) -> Vec<Event> {
+    let body = serde_json::to_vec(&json!({ "batch": batch })).expect("json");
+    let mut n = 0u64;
+    let mut gen_id = || {
+        n += 1;
+        format!("generated-{n}-{}", std::process::id())
+    };
+    let received = parse_iso8601("2026-11-29T12:00:00Z").expect("time");
+    parse_batch(
+        &body,
+        &mut Receipt {
+            received_at: received,
+            new_message_id: &mut gen_id,
+        },
+    )
+    .expect("valid batch")
+    .events
+}
+
+fn id(ns: &str, value: &str) -> Identity {
+    Identity::parse(ns, value).expect("identity")
+}
+
+fn page(limit: u32) -> PageRequest {
+    PageRequest {
+        before: None,
+        limit,
+    }
+}
