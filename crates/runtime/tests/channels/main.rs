@@ -10,12 +10,14 @@ use base64::Engine;
 use serde_json::{Value, json};
 use waymark_engine::{Effect, WebhookCall};
 use waymark_runtime::channels::Channels;
+use waymark_runtime::channels::direct_mail::{DirectMailConfig, Extractor};
+use waymark_runtime::channels::push::{PushConfig, Pusher};
 use waymark_runtime::channels::sms::{SmsConfig, SmsSender};
 use waymark_runtime::channels::webhook::{self, WebhookConfig, WebhookSender};
 use waymark_runtime::delivery::{Bounce, Retry};
 use waymark_store::Delivery;
 
-use support::{Provider, claimed, sms};
+use support::{Provider, claimed, message, sms};
 
 fn call(url: &str) -> Effect {
     Effect::Webhook(WebhookCall {
@@ -196,4 +198,109 @@ async fn a_channel_without_a_sender_says_how_to_configure_it() {
         attempt.delivery,
         Delivery::Failed("sms is not configured ([sms] in the configuration)".into())
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_mail_rows_are_appended_to_the_runs_file_in_the_configured_columns() {
+    let folder = tempfile::tempdir().expect("tempdir");
+    let config = DirectMailConfig {
+        folder: folder.path().to_owned(),
+        every: "1h".into(),
+        columns: Some(vec!["name".into(), "city".into()]),
+    };
+    let extractor = Extractor::new(&config).expect("extractor");
+    let channels = Channels::default().with("direct_mail", Arc::new(extractor));
+    for (n, (name, city)) in [("Ann", "Lyon"), ("Bo, Jr.", "Oslo")]
+        .into_iter()
+        .enumerate()
+    {
+        let content = json!({"channel": "direct_mail", "fields": {},
+            "data": {"name": name, "city": city, "ignored": 1}});
+        let key = format!("postcard:p{n}:1:send:2");
+        let attempt = channels
+            .deliver(
+                &claimed(message(&key, "direct_mail", None, content)),
+                WINDOW,
+            )
+            .await;
+        assert!(
+            matches!(&attempt.delivery, Delivery::Delivered(v) if v["row"] == n + 1),
+            "{attempt:?}"
+        );
+    }
+    let files: Vec<_> = std::fs::read_dir(folder.path())
+        .expect("folder")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let text = std::fs::read_to_string(&files[0]).expect("file");
+    assert_eq!(
+        text,
+        "message_id,journey,name,city\n\
+         postcard:p0:1:send:2,welcome,Ann,Lyon\n\
+         postcard:p1:1:send:2,welcome,\"Bo, Jr.\",Oslo\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_goes_to_fcm_per_device_and_a_dead_token_fails_alone() {
+    let provider = Provider::start(Arc::new(|r| {
+        let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        match body["message"]["token"].as_str() {
+            Some("live-token") => (200, json!({"name": "projects/bench/messages/42"})),
+            _ => (
+                404,
+                json!({"error": {"status": "NOT_FOUND", "details": [{"errorCode": "UNREGISTERED"}]}}),
+            ),
+        }
+    }))
+    .await;
+    let config: PushConfig = serde_json::from_value(json!({
+        "fcm_url": provider.url, "fcm_project_id": "bench", "fcm_access_token": "fcm-token"
+    }))
+    .expect("config");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store =
+        waymark_store_sqlite::SqliteStore::open(dir.path(), Default::default()).expect("store");
+    let client = webhook::client(&WebhookConfig::default(), false).expect("client");
+    let pusher = Pusher::new(&config, client, Arc::new(store)).expect("pusher");
+    let channels = Channels::default().with("push", Arc::new(pusher));
+    let mut effect = message(
+        "welcome:p1:1:push:2",
+        "push",
+        None,
+        json!({"channel": "push", "fields": {"title": "Hi", "body": "Welcome"}, "data": {"n": 1}}),
+    );
+    if let Effect::Message(m) = &mut effect {
+        m.devices = vec![
+            ("fcm".into(), "live-token".into()),
+            ("fcm".into(), "dead-token".into()),
+        ];
+    }
+    let attempt = channels.deliver(&claimed(effect), WINDOW).await;
+    let Delivery::Delivered(answer) = &attempt.delivery else {
+        panic!("not delivered: {attempt:?}");
+    };
+    assert_eq!(
+        answer["devices"],
+        json!([{"platform": "fcm", "answer": {"provider_id": "projects/bench/messages/42"}}])
+    );
+    let failed = answer["failed"][0].as_str().expect("one failure");
+    assert!(
+        failed.contains("UNREGISTERED") && failed.contains("token removed"),
+        "{failed}"
+    );
+    let requests = provider.requests();
+    assert_eq!(requests.len(), 2);
+    let live = &requests[0];
+    assert_eq!(live.path, "/v1/projects/bench/messages:send");
+    assert_eq!(live.headers["authorization"], "Bearer fcm-token");
+    let body: Value = serde_json::from_slice(&live.body).expect("json");
+    assert_eq!(
+        body["message"]["notification"],
+        json!({"title": "Hi", "body": "Welcome"})
+    );
+    // FCM data values are strings.
+    assert_eq!(body["message"]["data"], json!({"n": "1"}));
 }

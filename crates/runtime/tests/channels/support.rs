@@ -70,23 +70,25 @@ pub fn claimed(effect: Effect) -> OutboxItem {
     }
 }
 
-/// An SMS with rendered text, to `to`.
-pub fn sms(to: &str, text: &str) -> Effect {
-    let content = serde_json::from_value(serde_json::json!({
-        "channel": "sms", "fields": {"text": text}
-    }))
-    .expect("rendered content");
+/// A message on `channel` with its rendered content (`{channel, fields, data}`).
+pub fn message(key: &str, channel: &str, to: Option<&str>, content: Value) -> Effect {
     Effect::Message(Message {
-        key: "welcome:p1:1:text:2".into(),
+        key: key.into(),
         instance: 1,
-        node: "text".into(),
-        channel: "sms".into(),
+        node: "send".into(),
+        channel: channel.into(),
         template: "hello".into(),
-        content: Some(content),
-        to: Some(to.into()),
+        content: Some(serde_json::from_value(content).expect("rendered content")),
+        to: to.map(str::to_owned),
         transactional: false,
         expires_at: None,
         subscription: None,
         devices: vec![],
     })
+}
+
+/// An SMS with rendered text, to `to`.
+pub fn sms(to: &str, text: &str) -> Effect {
+    let content = serde_json::json!({"channel": "sms", "fields": {"text": text}});
+    message("welcome:p1:1:text:2", "sms", Some(to), content)
 }
