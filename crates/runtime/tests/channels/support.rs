@@ -1,61 +1,11 @@
-//! Loopback stand-ins for providers, shared by the channel tests: a real HTTP server on
-//! 127.0.0.1 that records every request and answers as the test tells it to.
+//! What the channel tests hand the channels: claimed outbox rows and their messages. The
+//! provider stand-ins are `waymark_test_support`'s, shared with the binary's live tests.
 
-use std::sync::{Arc, Mutex};
-
-use axum::body::Bytes;
-use axum::http::{HeaderMap, StatusCode, Uri};
 use serde_json::Value;
 use waymark_engine::{Effect, Message};
 use waymark_store::OutboxItem;
 
-/// One request as the provider received it.
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub path: String,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-/// How the stand-in answers a request: a status and a JSON body.
-pub type Answer = Arc<dyn Fn(&Received) -> (u16, Value) + Send + Sync>;
-
-pub struct Provider {
-    pub url: String,
-    pub received: Arc<Mutex<Vec<Received>>>,
-}
-
-impl Provider {
-    /// Listens on a free loopback port until the test ends.
-    pub async fn start(answer: Answer) -> Provider {
-        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let log = received.clone();
-        let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: Bytes| {
-            let (log, answer) = (log.clone(), answer.clone());
-            async move {
-                let request = Received {
-                    path: uri.path().to_owned(),
-                    headers,
-                    body,
-                };
-                let (status, json) = answer(&request);
-                log.lock().expect("lock").push(request);
-                let status = StatusCode::from_u16(status).expect("status");
-                (status, axum::Json(json))
-            }
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Provider { url, received }
-    }
-
-    pub fn requests(&self) -> Vec<Received> {
-        self.received.lock().expect("lock").clone()
-    }
-}
+pub use waymark_test_support::http::Provider;
 
 /// A claimed outbox row holding `effect`, first attempt, recorded now.
 pub fn claimed(effect: Effect) -> OutboxItem {
