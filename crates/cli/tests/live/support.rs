@@ -181,17 +181,7 @@ pub async fn kill_9_during_webhook_dispatch(store: Option<&str>) {
     });
     let c = client();
     let (url, calls) = sink(false).await;
-    c.put(format!("{}/v1/journeys/greet", server.base))
-        .bearer_auth(ADMIN)
-        .json(&hook_journey("greet", &url))
-        .send()
-        .await
-        .expect("put");
-    c.post(format!("{}/v1/journeys/greet/publish", server.base))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .expect("publish");
+    put_and_publish(&c, &server.base, &hook_journey("greet", &url)).await;
     enter(&c, &server.base, users).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     server.kill9();

@@ -56,17 +56,7 @@ async fn webhooks_reach_a_real_sink_once_per_step_and_failures_take_the_error_pa
 
     // A sink that answers 500: one retry, then the error path.
     let (bad_url, bad_calls) = sink(true).await;
-    c.put(format!("{}/v1/journeys/greet", server.base))
-        .bearer_auth(ADMIN)
-        .json(&hook_journey("greet", &bad_url))
-        .send()
-        .await
-        .expect("put");
-    c.post(format!("{}/v1/journeys/greet/publish", server.base))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .expect("publish");
+    put_and_publish(&c, &server.base, &hook_journey("greet", &bad_url)).await;
     let batch: Vec<Value> = (0..5).map(|u| json!({"type": "track", "messageId": format!("bad-{u}"), "userId": format!("b{u}"), "event": "Go"})).collect();
     send_batch(&c, &server.base, WRITE_KEY, &Value::Array(batch))
         .await
