@@ -8,60 +8,10 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_reaches_fcm_and_apns_with_their_payloads_and_dead_tokens_are_removed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // An APNs signing key as Apple issues them (PKCS#8 P-256), and its public half.
-    let key_file = dir.path().join("AuthKey_KEY123.p8");
-    let status = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-        ])
-        .arg(&key_file)
-        .status()
-        .expect("openssl");
-    assert!(status.success());
-    let spki = std::process::Command::new("openssl")
-        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
-        .arg(&key_file)
-        .output()
-        .expect("openssl")
-        .stdout;
-    let public_point = spki[spki.len() - 65..].to_vec();
-    // A Firebase service account key (RSA), as the JSON file Google hands out.
-    let rsa_key = dir.path().join("sa.pem");
-    let status = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&rsa_key)
-        .status()
-        .expect("openssl");
-    assert!(status.success());
-    let rsa_public = std::process::Command::new("openssl")
-        .args(["rsa", "-RSAPublicKey_out", "-outform", "DER", "-in"])
-        .arg(&rsa_key)
-        .output()
-        .expect("openssl")
-        .stdout;
+    let (key_file, public_point) = apns_signing_key(dir.path(), "KEY123");
+    let (rsa_key, rsa_public) = service_account_key(dir.path());
     let (providers, log) = push_providers(rsa_public).await;
-    let account = dir.path().join("service-account.json");
-    std::fs::write(
-        &account,
-        json!({"type": "service_account", "project_id": "proj",
-            "client_email": "fcm@proj.iam.gserviceaccount.com",
-            "private_key": std::fs::read_to_string(&rsa_key).expect("key"),
-            "token_uri": format!("{providers}/token")})
-        .to_string(),
-    )
-    .expect("account");
+    let account = service_account_file(dir.path(), &rsa_key, &providers);
     let server = Server::start_with_env(
         Launch {
             data_dir: &dir.path().join("data"),
@@ -157,29 +107,11 @@ async fn push_reaches_fcm_and_apns_with_their_payloads_and_dead_tokens_are_remov
         json!({"title": "Order o-7", "body": "On its way, Ann"})
     );
     assert_eq!(body["url"], "app://orders/o-7");
-    let jwt = headers["authorization"]
-        .as_str()
-        .expect("auth")
-        .strip_prefix("bearer ")
-        .expect("bearer");
-    let parts: Vec<&str> = jwt.split('.').collect();
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let header: Value = serde_json::from_slice(&b64.decode(parts[0]).expect("b64")).expect("json");
-    let claims: Value = serde_json::from_slice(&b64.decode(parts[1]).expect("b64")).expect("json");
+    let (header, claims) = verified_apns_token(&headers["authorization"], &public_point);
     assert_eq!(
         (&header["alg"], &header["kid"], &claims["iss"]),
         (&json!("ES256"), &json!("KEY123"), &json!("TEAM42"))
     );
-    ring::signature::UnparsedPublicKey::new(
-        &ring::signature::ECDSA_P256_SHA256_FIXED,
-        &public_point,
-    )
-    .verify(
-        format!("{}.{}", parts[0], parts[1]).as_bytes(),
-        &b64.decode(parts[2]).expect("b64"),
-    )
-    .expect("the provider token verifies with the key");
     // Ann's record keeps what each provider answered.
     let (_, ann) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/ann/messages").await;
     assert_eq!(ann["messages"][0]["status"], "sent", "{ann}");

@@ -1,13 +1,20 @@
-//! Shared by the live tests: loopback stand-ins for providers (an HTTP sink, HTTPS with a
-//! test CA, Twilio, SMTP sinks, FCM and APNs) and helpers to publish journeys and read
-//! what became of people.
+//! Shared by the live tests: helpers to start servers wired to providers, publish journeys
+//! and read what became of people. The provider stand-ins themselves are
+//! `waymark_test_support`'s, shared with the channels' library tests.
 #![allow(dead_code)]
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-pub use waymark_test_support::smtp::{SmtpSink, smtp_sink, smtp_sink_configured, smtp_sink_with};
+pub use waymark_test_support::http::crm_sink;
+pub use waymark_test_support::push::{
+    apns_signing_key, push_providers, service_account_file, service_account_key,
+    verified_apns_token,
+};
+pub use waymark_test_support::smtp::{SmtpSink, smtp_sink, smtp_sink_configured};
+pub use waymark_test_support::tls::{https_sink, test_ca, tls_smtp_sink};
+pub use waymark_test_support::twilio::{TwilioSent, timed_twilio, twilio};
 
 use crate::common::{ADMIN, Launch, Server, WRITE_KEY, client, get, send_batch};
 
@@ -109,59 +116,6 @@ pub async fn kill_9_while_waiting(store: Option<&str>) {
     }
 }
 
-/// A real HTTP server on loopback standing in for a CRM: counts calls per Idempotency-Key
-/// and answers 200 with a JSON body, or 500 when told to fail.
-pub async fn sink(
-    fail: bool,
-) -> (
-    String,
-    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
-) {
-    use axum::http::HeaderMap;
-    let calls = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
-        String,
-        u32,
-    >::new()));
-    let seen = calls.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
-            let seen = seen.clone();
-            async move {
-                let key = headers
-                    .get("idempotency-key")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("missing")
-                    .to_owned();
-                let n = {
-                    let mut map = seen.lock().expect("lock");
-                    let n = map.entry(key).or_default();
-                    *n += 1;
-                    map.len()
-                };
-                let user: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                if fail {
-                    (
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                        axum::Json(json!({"error": "down"})),
-                    )
-                } else {
-                    (
-                        axum::http::StatusCode::OK,
-                        axum::Json(json!({"crm_id": n, "echo": user})),
-                    )
-                }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind sink");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await.expect("sink") });
-    (format!("http://{addr}/hook"), calls)
-}
-
 pub fn hook_journey(key: &str, url: &str) -> Value {
     json!({"key": key, "entry": {"event": "Go"}, "nodes": [
         {"id": "hook", "type": "webhook", "url": url, "body": {"plan": "pro"}, "timeout": "2s", "retries": 1, "next": "mark", "on_error": "sorry"},
@@ -180,7 +134,7 @@ pub async fn kill_9_during_webhook_dispatch(store: Option<&str>) {
         configured_keys: true,
     });
     let c = client();
-    let (url, calls) = sink(false).await;
+    let (url, calls) = crm_sink(false).await;
     put_and_publish(&c, &server.base, &hook_journey("greet", &url)).await;
     enter(&c, &server.base, users).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -259,147 +213,6 @@ pub async fn put_and_publish(c: &reqwest::Client, base: &str, doc: &Value) {
     assert!(r.status().is_success(), "{:?}", r.text().await);
 }
 
-/// A CA and a certificate it signed for 127.0.0.1, made with the openssl command line.
-pub fn test_ca(
-    dir: &std::path::Path,
-) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    run(&[
-        &["req", "-x509"][..],
-        &ec,
-        &[
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-subj",
-            "/CN=waymark test CA",
-            "-days",
-            "2",
-        ],
-    ]
-    .concat());
-    run(&[
-        &["req"][..],
-        &ec,
-        &[
-            "-keyout",
-            "leaf.key",
-            "-out",
-            "leaf.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    ]
-    .concat());
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("ext");
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "leaf.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "leaf.ext",
-    ]);
-    (
-        dir.join("ca.pem"),
-        dir.join("leaf.pem"),
-        dir.join("leaf.key"),
-    )
-}
-
-/// A real HTTPS server (Python's http.server behind its ssl module) that answers every POST
-/// with `{"tls": true, "calls": n}`; killed when dropped.
-pub struct HttpsSink {
-    pub child: std::process::Child,
-    pub url: String,
-}
-
-impl Drop for HttpsSink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub fn https_sink(cert: &std::path::Path, key: &std::path::Path) -> HttpsSink {
-    use std::io::BufRead;
-    const SCRIPT: &str = r#"
-import http.server, json, ssl, sys
-calls = 0
-class Hook(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        global calls
-        calls += 1
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        body = json.dumps({"tls": True, "calls": calls}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-context.load_cert_chain(sys.argv[1], sys.argv[2])
-server.socket = context.wrap_socket(server.socket, server_side=True)
-print(server.server_address[1], flush=True)
-server.serve_forever()
-"#;
-    let mut child = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(SCRIPT)
-        .arg(cert)
-        .arg(key)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("port");
-    let port: u16 = line
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("no port: {line:?}"));
-    HttpsSink {
-        child,
-        url: format!("https://127.0.0.1:{port}/hook"),
-    }
-}
-
 pub async fn put_template(c: &reqwest::Client, base: &str, key: &str, doc: &Value) {
     let r = c
         .put(format!("{base}/v1/templates/{key}"))
@@ -443,54 +256,6 @@ pub async fn settled_messages(c: &reqwest::Client, base: &str, users: &[&str]) -
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
-
-/// A stand-in for Twilio's Messages API that checks the request the way Twilio documents it
-/// (path with the account SID, Basic auth, form-encoded To/From/Body) and keeps what it got.
-/// Numbers ending in 0 are refused as Twilio refuses invalid numbers (400, code 21211).
-/// Keeps (To, Body, StatusCallback) of each message taken.
-pub async fn twilio() -> (String, TwilioSent) {
-    use axum::http::{HeaderMap, StatusCode};
-    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = got.clone();
-    let app = axum::Router::new().route(
-        "/2010-04-01/Accounts/{sid}/Messages.json",
-        axum::routing::post(
-            move |axum::extract::Path(sid): axum::extract::Path<String>,
-                  headers: HeaderMap,
-                  axum::extract::Form(form): axum::extract::Form<std::collections::HashMap<String, String>>| {
-                let seen = seen.clone();
-                async move {
-                    use base64::Engine;
-                    let expected = format!(
-                        "Basic {}",
-                        base64::engine::general_purpose::STANDARD.encode("ACtest:secret-token")
-                    );
-                    if sid != "ACtest" || headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&expected) {
-                        return (StatusCode::UNAUTHORIZED, axum::Json(json!({"code": 20003, "message": "Authenticate"})));
-                    }
-                    if form.get("From").map(String::as_str) != Some("+15550000000") {
-                        return (StatusCode::BAD_REQUEST, axum::Json(json!({"code": 21212, "message": "bad From"})));
-                    }
-                    let to = form.get("To").cloned().unwrap_or_default();
-                    if to.ends_with('0') {
-                        return (StatusCode::BAD_REQUEST, axum::Json(json!({"code": 21211, "message": format!("The 'To' number {to} is not a valid phone number.")})));
-                    }
-                    let body = form.get("Body").cloned().unwrap_or_default();
-                    seen.lock().expect("lock").push((to, body, form.get("StatusCallback").cloned()));
-                    (StatusCode::CREATED, axum::Json(json!({"sid": "SM123", "status": "queued"})))
-                }
-            },
-        ),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await.expect("twilio") });
-    (format!("http://{addr}"), got)
-}
-
-pub type TwilioSent = std::sync::Arc<std::sync::Mutex<Vec<(String, String, Option<String>)>>>;
 
 /// A server sending SMS to the Twilio fake as account `ACtest`, with one more setting.
 pub async fn twilio_server(dir: &std::path::Path, setting: (&str, &str)) -> (Server, TwilioSent) {
@@ -543,18 +308,6 @@ pub fn url_pairs(query: &str) -> Vec<(String, String)> {
 pub async fn get_text(c: &reqwest::Client, url: &str) -> (u16, String) {
     let r = c.get(url).bearer_auth(ADMIN).send().await.expect("get");
     (r.status().as_u16(), r.text().await.unwrap_or_default())
-}
-
-/// An aiosmtpd sink with TLS (from the first byte if `implicit`, else STARTTLS required)
-/// and AUTH required as `bot` / `s3cret`, and the CA its certificate chains to.
-pub fn tls_smtp_sink(dir: &std::path::Path, implicit: bool) -> (SmtpSink, std::path::PathBuf) {
-    let (ca, cert, key) = test_ca(dir);
-    let (cert, key) = (cert.to_str().expect("utf-8"), key.to_str().expect("utf-8"));
-    let mut args = vec![cert, key, "bot", "s3cret"];
-    if implicit {
-        args.push("implicit");
-    }
-    (smtp_sink_with(&args), ca)
 }
 
 /// A server sending email to `url`, trusting `ca`.
@@ -629,43 +382,6 @@ pub fn email_server(dir: &std::path::Path, settings: &[(&str, &str)]) -> (SmtpSi
         &env,
     );
     (smtp, server)
-}
-
-/// A Twilio stand-in that notes when each send arrives, and is down (503) for numbers
-/// ending in 9.
-pub async fn timed_twilio() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Instant>>>) {
-    use axum::http::StatusCode;
-    let arrivals = std::sync::Arc::new(std::sync::Mutex::new(Vec::<std::time::Instant>::new()));
-    let seen = arrivals.clone();
-    let app = axum::Router::new().route(
-        "/2010-04-01/Accounts/{sid}/Messages.json",
-        axum::routing::post(
-            move |axum::extract::Form(form): axum::extract::Form<
-                std::collections::HashMap<String, String>,
-            >| {
-                let seen = seen.clone();
-                async move {
-                    if form.get("To").is_some_and(|t| t.ends_with('9')) {
-                        return (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            axum::Json(json!({"code": 20500})),
-                        );
-                    }
-                    seen.lock().expect("lock").push(std::time::Instant::now());
-                    (
-                        StatusCode::CREATED,
-                        axum::Json(json!({"sid": "SM1", "status": "queued"})),
-                    )
-                }
-            },
-        ),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let provider = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await.expect("provider") });
-    (provider, arrivals)
 }
 
 /// `count` sends at 20 per second with bursts of 20: no second sees more than 20 + 20, and
@@ -746,103 +462,6 @@ pub async fn wait_for_arrivals(arrivals: &std::sync::Mutex<Vec<Instant>>, count:
         assert!(Instant::now() < deadline, "not all sends arrived");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// What the push stand-in received: (platform, token, HTTP version, headers, body).
-pub type PushLog = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String, Value, Value)>>>;
-
-/// FCM HTTP v1 and APNs stand-ins on one loopback server (HTTP/1.1 and HTTP/2 cleartext).
-/// Tokens starting with "dead" are answered as the providers answer unregistered ones.
-pub async fn push_providers(service_account_public_key: Vec<u8>) -> (String, PushLog) {
-    use axum::http::StatusCode;
-    let log: PushLog = Default::default();
-    let (fcm_log, apns_log, token_log) = (log.clone(), log.clone(), log.clone());
-    let headers_json = |h: &axum::http::HeaderMap| -> Value {
-        h.iter()
-            .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or_default())))
-            .collect::<serde_json::Map<_, _>>()
-            .into()
-    };
-    let app = axum::Router::new()
-        // Google's OAuth 2 token endpoint: a JWT bearer assertion signed RS256 by the
-        // service account's key buys an access token.
-        .route(
-            "/token",
-            axum::routing::post(
-                move |axum::extract::Form(form): axum::extract::Form<std::collections::HashMap<String, String>>| {
-                    let (log, public) = (token_log.clone(), service_account_public_key.clone());
-                    async move {
-                        use base64::Engine;
-                        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-                        let assertion = form.get("assertion").cloned().unwrap_or_default();
-                        let parts: Vec<&str> = assertion.split('.').collect();
-                        let claims: Value = parts.get(1).and_then(|p| b64.decode(p).ok())
-                            .and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-                        let signed = parts.len() == 3
-                            && ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PKCS1_2048_8192_SHA256, &public)
-                                .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &b64.decode(parts[2]).unwrap_or_default())
-                                .is_ok();
-                        log.lock().expect("lock").push(("token".into(), String::new(), String::new(), json!(form), claims.clone()));
-                        let grant = form.get("grant_type").map(String::as_str) == Some("urn:ietf:params:oauth:grant-type:jwt-bearer");
-                        if !signed || !grant || claims["iss"] != "fcm@proj.iam.gserviceaccount.com"
-                            || claims["scope"] != "https://www.googleapis.com/auth/firebase.messaging" {
-                            return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "invalid_grant"})));
-                        }
-                        (StatusCode::OK, axum::Json(json!({"access_token": "sa-access", "expires_in": 3599, "token_type": "Bearer"})))
-                    }
-                },
-            ),
-        )
-        .route(
-            "/v1/projects/{project}/messages:send",
-            axum::routing::post(
-                move |axum::extract::Path(project): axum::extract::Path<String>,
-                      req: axum::extract::Request| {
-                    let log = fcm_log.clone();
-                    async move {
-                        let version = format!("{:?}", req.version());
-                        let headers = headers_json(req.headers());
-                        let bytes = axum::body::to_bytes(req.into_body(), 1 << 20).await.expect("body");
-                        let body: Value = serde_json::from_slice(&bytes).unwrap_or_default();
-                        let token = body["message"]["token"].as_str().unwrap_or_default().to_owned();
-                        log.lock().expect("lock").push(("fcm".into(), token.clone(), version, headers.clone(), body));
-                        if project != "proj" || headers["authorization"] != "Bearer sa-access" {
-                            return (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": {"status": "UNAUTHENTICATED"}})));
-                        }
-                        if token.starts_with("dead") {
-                            return (StatusCode::NOT_FOUND, axum::Json(json!({"error": {"code": 404, "status": "NOT_FOUND",
-                                "details": [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": "UNREGISTERED"}]}})));
-                        }
-                        (StatusCode::OK, axum::Json(json!({"name": format!("projects/proj/messages/{token}-1")})))
-                    }
-                },
-            ),
-        )
-        .route(
-            "/3/device/{token}",
-            axum::routing::post(
-                move |axum::extract::Path(token): axum::extract::Path<String>, req: axum::extract::Request| {
-                    let log = apns_log.clone();
-                    async move {
-                        let version = format!("{:?}", req.version());
-                        let headers = headers_json(req.headers());
-                        let bytes = axum::body::to_bytes(req.into_body(), 1 << 20).await.expect("body");
-                        let body: Value = serde_json::from_slice(&bytes).unwrap_or_default();
-                        log.lock().expect("lock").push(("apns".into(), token.clone(), version, headers, body));
-                        if token.starts_with("dead") {
-                            return (StatusCode::GONE, [("apns-id", "x")], axum::Json(json!({"reason": "Unregistered"})));
-                        }
-                        (StatusCode::OK, [("apns-id", "APNS-ID-1")], axum::Json(json!({})))
-                    }
-                },
-            ),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await.expect("push providers") });
-    (base, log)
 }
 
 /// The webhook's effect row for `user`, once it is no longer pending.

@@ -16,7 +16,7 @@ async fn webhooks_reach_a_real_sink_once_per_step_and_failures_take_the_error_pa
         configured_keys: true,
     });
     let c = client();
-    let (ok_url, ok_calls) = sink(false).await;
+    let (ok_url, ok_calls) = crm_sink(false).await;
     let r = c
         .put(format!("{}/v1/journeys/greet", server.base))
         .bearer_auth(ADMIN)
@@ -55,7 +55,7 @@ async fn webhooks_reach_a_real_sink_once_per_step_and_failures_take_the_error_pa
     assert_eq!(hook_response["body"]["echo"], json!({"plan": "pro"}));
 
     // A sink that answers 500: one retry, then the error path.
-    let (bad_url, bad_calls) = sink(true).await;
+    let (bad_url, bad_calls) = crm_sink(true).await;
     put_and_publish(&c, &server.base, &hook_journey("greet", &bad_url)).await;
     let batch: Vec<Value> = (0..5).map(|u| json!({"type": "track", "messageId": format!("bad-{u}"), "userId": format!("b{u}"), "event": "Go"})).collect();
     send_batch(&c, &server.base, WRITE_KEY, &Value::Array(batch))
@@ -101,7 +101,7 @@ async fn a_jump_hands_the_person_to_another_journey_that_calls_the_sink() {
         configured_keys: true,
     });
     let c = client();
-    let (url, calls) = sink(false).await;
+    let (url, calls) = crm_sink(false).await;
     let mut crm = hook_journey("crm", &url);
     crm["entry"]["event"] = json!("Only By Jump");
     put_and_publish(&c, &server.base, &crm).await;

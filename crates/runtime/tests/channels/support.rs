@@ -3,9 +3,13 @@
 
 use serde_json::Value;
 use waymark_engine::{Effect, Message};
+use waymark_runtime::delivery::Retry;
 use waymark_store::OutboxItem;
 
 pub use waymark_test_support::http::Provider;
+
+/// A message's retry window: a minute after it was recorded.
+pub const WINDOW: Retry = Retry::Window(60_000);
 
 /// A claimed outbox row holding `effect`, first attempt, recorded now.
 pub fn claimed(effect: Effect) -> OutboxItem {
