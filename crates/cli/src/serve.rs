@@ -137,7 +137,8 @@ pub async fn run(config: Config) -> Result<(), String> {
     println!("Waymark listening on http://{addr}");
     let mut state = AppState::new(store.clone(), keys.keys)
         .with_link_secret(link_secret)
-        .with_identity_secret(crate::config::identity_secret(&config)?);
+        .with_identity_secret(crate::config::identity_secret(&config)?)
+        .with_event_retention(config.store_options().max_event_age_ms);
     if let Some(sms) = &config.sms
         && let Some(url) = &sms.inbound_url
     {

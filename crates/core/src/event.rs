@@ -103,6 +103,42 @@ impl Event {
     }
 }
 
+/// The stored `(kind, name)` pairs an event display name stands for, as a query asks for
+/// them: track events by name, and the other calls by kind (`Identify`, `Page Viewed`...).
+/// A track event named like a call (`Page Viewed`) counts too, as journeys see it.
+pub fn stored_names(display_names: &[String]) -> (Vec<String>, Vec<&'static str>) {
+    let mut track = Vec::new();
+    let mut kinds = Vec::new();
+    for name in display_names {
+        let kind = match name.as_str() {
+            "Identify" => Some(EventKind::Identify),
+            "Page Viewed" => Some(EventKind::Page),
+            "Screen Viewed" => Some(EventKind::Screen),
+            "Group" => Some(EventKind::Group),
+            "Alias" => Some(EventKind::Alias),
+            _ => None,
+        };
+        if let Some(k) = kind {
+            kinds.push(k.as_str());
+        }
+        track.push(name.clone());
+    }
+    (track, kinds)
+}
+
+/// The display name of a stored event, from its kind and name columns.
+pub fn display_name(kind: &str, name: Option<&str>) -> String {
+    match (EventKind::parse(kind), name) {
+        (Some(EventKind::Track), Some(name)) => name.to_owned(),
+        (Some(EventKind::Identify), _) => "Identify".into(),
+        (Some(EventKind::Page), _) => "Page Viewed".into(),
+        (Some(EventKind::Screen), _) => "Screen Viewed".into(),
+        (Some(EventKind::Group), _) => "Group".into(),
+        (Some(EventKind::Alias), _) => "Alias".into(),
+        _ => String::new(),
+    }
+}
+
 /// Serialises straight from the event's fields (no intermediate `Value`), because every
 /// stored event goes through here on the write path.
 impl Serialize for Event {

@@ -4,6 +4,7 @@
 //! files or SQL; time and identifiers are passed in. Everything here is testable as plain
 //! functions, and every storage backend runs the same rules by calling into it.
 
+pub mod audience;
 pub mod channel;
 pub mod content;
 pub mod delivery;

@@ -6,6 +6,7 @@
 //! same path. The runtime stores the state and effects in one transaction; simulation runs
 //! the same function on a virtual clock.
 
+pub mod audience;
 mod compile;
 mod effect;
 pub mod expression;

@@ -131,13 +131,19 @@ impl Catalog {
 pub struct Runtime {
     compiled: Mutex<HashMap<(String, u32), Arc<CompiledJourney>>>,
     governance: Arc<Policy>,
+    /// The audience catalog compiled for the newest versions it was built from.
+    audiences: Mutex<Option<AudienceVersions>>,
 }
+
+/// (key, version) of every audience, and the catalog compiled from them.
+type AudienceVersions = (Vec<(String, u32)>, Arc<crate::audience::AudienceCatalog>);
 
 impl Runtime {
     pub fn new(governance: Policy) -> Self {
         Self {
             compiled: Mutex::default(),
             governance: Arc::new(governance),
+            audiences: Mutex::default(),
         }
     }
 
@@ -180,6 +186,33 @@ impl Runtime {
             }
         }
         missing
+    }
+
+    /// The audience catalog, if it was built from exactly these versions.
+    pub fn audience_catalog(
+        &self,
+        versions: &[(String, u32)],
+    ) -> Option<Arc<crate::audience::AudienceCatalog>> {
+        let cached = self
+            .audiences
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cached
+            .as_ref()
+            .filter(|(built_from, _)| built_from.as_slice() == versions)
+            .map(|(_, catalog)| catalog.clone())
+    }
+
+    /// Keeps the catalog built from `versions` for the next runs.
+    pub fn keep_audience_catalog(
+        &self,
+        versions: Vec<(String, u32)>,
+        catalog: Arc<crate::audience::AudienceCatalog>,
+    ) {
+        *self
+            .audiences
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((versions, catalog));
     }
 
     /// Compiles a stored version document into the cache and `catalog`.

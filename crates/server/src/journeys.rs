@@ -3,18 +3,17 @@
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use axum::http::header::CONTENT_TYPE;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 use waymark_core::FieldError;
-use waymark_core::journey::{Format, Journey, parse, validate};
+use waymark_core::journey::{Journey, validate};
 use waymark_core::time::format_iso8601;
 use waymark_store::{JourneyAction, JourneyRecord, Transition, wall_clock_ms};
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
-use crate::versions::{VersionQuery, VersionView, one_or_version};
+use crate::versions::{VersionQuery, VersionView, key_mismatch, one_or_version, read_document};
 
 /// Largest journey document accepted.
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
@@ -55,14 +54,7 @@ impl From<JourneyRecord> for JourneyView {
             key: r.key,
             status: r.status.as_str().to_owned(),
             live_version: r.live_version,
-            versions: r
-                .versions
-                .into_iter()
-                .map(|v| VersionView {
-                    version: v.version,
-                    published_at: format_iso8601(v.published_at),
-                })
-                .collect(),
+            versions: VersionView::list(r.versions),
             draft: r.draft,
             draft_updated_at: format_iso8601(r.draft_updated_at),
             created_at: format_iso8601(r.created_at),
@@ -74,13 +66,6 @@ impl From<JourneyRecord> for JourneyView {
 
 fn no_journey(key: &str) -> ApiError {
     ApiError::not_found(format!("no journey has the key {key:?}"))
-}
-
-fn is_yaml(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.contains("yaml"))
 }
 
 /// Creates the journey or replaces its draft. The document (JSON, or YAML with a YAML
@@ -98,41 +83,10 @@ pub async fn put_journey(
     body: Body,
 ) -> Result<axum::Json<JourneyView>, ApiError> {
     state.keys.require_admin(&headers)?;
-    let bytes = crate::error::read_limited(body, MAX_DOCUMENT_BYTES, || {
-        ApiError::bad_request(
-            "document_too_large",
-            format!(
-                "a journey document may be at most {} KB",
-                MAX_DOCUMENT_BYTES / 1024
-            ),
-        )
-    })
-    .await?;
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|_| ApiError::bad_request("invalid_document", "the document is not UTF-8"))?;
-    let format = if is_yaml(&headers) {
-        Format::Yaml
-    } else {
-        Format::Json
-    };
-    let journey: Journey = parse(text, format).map_err(|e| {
-        let mut err = ApiError::bad_request("invalid_document", e.message);
-        err.body.field = (!e.field.is_empty()).then_some(e.field);
-        err
-    })?;
+    let journey: Journey = read_document(&headers, body, "a journey", MAX_DOCUMENT_BYTES).await?;
     let mut problems = validate(&journey);
-    if journey.key != key {
-        problems.insert(
-            0,
-            FieldError::new(
-                "invalid_value",
-                "key",
-                format!(
-                    "the document's key {:?} differs from the URL's {key:?}",
-                    journey.key
-                ),
-            ),
-        );
+    if let Some(mismatch) = key_mismatch(&journey.key, &key) {
+        problems.insert(0, mismatch);
     }
     if !problems.is_empty() {
         return Err(ApiError::unprocessable("invalid_journey", problems));

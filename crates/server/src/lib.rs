@@ -4,6 +4,7 @@
 //! authenticate, call the store through its traits, and map results to responses; the rules
 //! themselves live in `waymark-core`, the persistence behind `waymark-store`.
 
+pub mod audiences;
 pub mod auth;
 pub mod error;
 pub mod inbox;
@@ -42,6 +43,9 @@ pub struct AppState {
     /// The email sending configurations' names (`[email.senders]`), when email is set up:
     /// a template naming another is refused.
     pub email_senders: Option<Arc<std::collections::BTreeSet<String>>>,
+    /// How long events are kept (`retention.max_event_age_days`): an audience window longer
+    /// than it could never be filled, so it is refused.
+    pub event_retention_ms: Option<i64>,
 }
 
 impl AppState {
@@ -54,6 +58,7 @@ impl AppState {
             sms_inbound: None,
             sms_status: None,
             email_senders: None,
+            event_retention_ms: None,
         }
     }
 
@@ -69,6 +74,11 @@ impl AppState {
 
     pub fn with_email_senders(mut self, names: std::collections::BTreeSet<String>) -> Self {
         self.email_senders = Some(Arc::new(names));
+        self
+    }
+
+    pub fn with_event_retention(mut self, ms: Option<i64>) -> Self {
+        self.event_retention_ms = ms;
         self
     }
 
@@ -131,6 +141,23 @@ pub fn app(state: AppState) -> Router {
             get(suppressions::get_one)
                 .put(suppressions::put)
                 .delete(suppressions::delete),
+        )
+        .route("/v1/audiences", get(audiences::list_audiences))
+        .route(
+            "/v1/audiences/{key}",
+            get(audiences::get_audience).put(audiences::put_audience),
+        )
+        .route(
+            "/v1/audiences/{key}/members",
+            get(audiences::audience_members),
+        )
+        .route(
+            "/v1/profiles/{namespace}/{value}/audiences",
+            get(audiences::profile_audiences),
+        )
+        .route(
+            "/v1/profiles/{namespace}/{value}/audiences/{key}/explain",
+            get(audiences::explain),
         )
         .route("/v1/templates", get(templates::list_templates))
         .route(

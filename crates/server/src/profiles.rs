@@ -137,6 +137,20 @@ fn no_profile(namespace: &str, value: &str) -> ApiError {
     ApiError::not_found(format!("no profile has the identity {namespace}:{value}"))
 }
 
+/// The profile an identity in a path names, or 400 (a malformed identity) or 404.
+pub(crate) async fn find(
+    state: &AppState,
+    namespace: &str,
+    value: &str,
+) -> Result<waymark_core::ProfileState, ApiError> {
+    let id = identity(namespace, value)?;
+    state
+        .store
+        .profile(&id)
+        .await?
+        .ok_or_else(|| no_profile(namespace, value))
+}
+
 /// A profile: identities, traits and computed fields.
 #[utoipa::path(get, path = "/v1/profiles/{namespace}/{value}", tag = "profiles",
     params(("namespace" = String, Path, description = "user_id, anonymous_id, email, phone or a custom namespace"),

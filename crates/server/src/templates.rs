@@ -47,14 +47,7 @@ impl From<TemplateRecord> for TemplateView {
             channel: r.channel,
             version: r.version,
             document: r.document,
-            versions: r
-                .versions
-                .into_iter()
-                .map(|v| VersionView {
-                    version: v.version,
-                    published_at: format_iso8601(v.published_at),
-                })
-                .collect(),
+            versions: VersionView::list(r.versions),
             created_at: format_iso8601(r.created_at),
             updated_at: format_iso8601(r.updated_at),
             created: None,

@@ -157,6 +157,10 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     enc.finish().expect("gzip")
 }
 
+#[path = "api/audiences.rs"]
+mod audiences;
+use audiences::audiences_through_the_api;
+
 macro_rules! api_tests {
     ($backend:ident: $($case:ident),* $(,)?) => {
         mod $backend {
@@ -192,6 +196,7 @@ macro_rules! all_api_tests {
             client_keys_change_a_signed_in_persons_addresses_only_with_their_user_hash,
             profile_limits_are_refused_naming_the_field_and_fail_alone,
             a_persons_messages_are_paged,
+            audiences_through_the_api,
         );
     };
 }

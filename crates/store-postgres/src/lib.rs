@@ -9,12 +9,14 @@
 //! few races left (two transactions inserting the same message id) end in a unique
 //! violation, which is retried the same way.
 
+mod audiences;
 mod inbox;
 mod journeys;
 mod runs;
 mod schema;
 mod suppressions;
 mod templates;
+mod versioned;
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -30,10 +32,11 @@ use waymark_core::ingest::{Outcome, WorkingSet, lookups, plan};
 use waymark_core::time::Millis;
 use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
-    Delivery, Erasure, EventPage, InboxMark, InboxStore, IngestReceipt, JourneyAction,
-    JourneyRecord, JourneyRunStore, JourneyState, JourneyStats, JourneyStore, OutboxItem,
-    OutboxStore, PageRequest, ProfileStore, Store, StoreError, StoreOptions, StoredEvent,
-    Suppression, SuppressionStore, TemplateRecord, TemplateStore, Transition, decode_cursor,
+    AudienceMember, AudienceRecord, AudienceStatus, AudienceStore, Delivery, Erasure, EventPage,
+    InboxMark, InboxStore, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore,
+    JourneyState, JourneyStats, JourneyStore, OutboxItem, OutboxStore, PageRequest, ProfileStore,
+    Store, StoreError, StoreOptions, StoredEvent, Suppression, SuppressionStore, TemplateRecord,
+    TemplateStore, Transition, decode_cursor,
 };
 
 const MAX_ATTEMPTS: u32 = 20;
@@ -839,6 +842,61 @@ impl TemplateStore for PostgresStore {
     async fn templates(&self) -> Result<Vec<TemplateRecord>, StoreError> {
         let client = self.client().await?;
         templates::list(&client).await
+    }
+}
+
+#[async_trait]
+impl AudienceStore for PostgresStore {
+    async fn put_audience(
+        &self,
+        key: &str,
+        document: &serde_json::Value,
+        now: Millis,
+    ) -> Result<(AudienceRecord, bool), StoreError> {
+        let mut client = self.client().await?;
+        audiences::put(&mut client, key, document, now).await
+    }
+
+    async fn audience(&self, key: &str) -> Result<Option<AudienceRecord>, StoreError> {
+        let client = self.client().await?;
+        audiences::read(&client, key).await
+    }
+
+    async fn audiences(&self) -> Result<Vec<AudienceRecord>, StoreError> {
+        let client = self.client().await?;
+        audiences::list(&client).await
+    }
+
+    async fn audience_status(&self, key: &str) -> Result<AudienceStatus, StoreError> {
+        let client = self.client().await?;
+        audiences::status(&client, key).await
+    }
+
+    async fn audience_members(
+        &self,
+        key: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AudienceMember>, StoreError> {
+        let client = self.client().await?;
+        audiences::members(&client, key, after, limit).await
+    }
+
+    async fn profile_audiences(
+        &self,
+        profile_id: &str,
+    ) -> Result<Vec<(String, Millis)>, StoreError> {
+        let client = self.client().await?;
+        audiences::profile_audiences(&client, profile_id).await
+    }
+
+    async fn profile_history(
+        &self,
+        profile_id: &str,
+        names: &[String],
+    ) -> Result<Vec<waymark_engine::audience::HistoryEvent>, StoreError> {
+        let client = self.client().await?;
+        audiences::profile_history(&client, profile_id, names).await
     }
 }
 

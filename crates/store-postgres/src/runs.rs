@@ -11,13 +11,14 @@ use serde_json::Value;
 use waymark_core::governance::Sent;
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
+use waymark_engine::audience::AudiencePlan;
 use waymark_engine::run::{EntryRate, OutboxRow, Planned, Runtime, States, TimerRow};
 use waymark_engine::stats::{Counts, JourneyStats};
 use waymark_engine::{Effect, JourneyState};
-use waymark_store::pipeline::{self, JourneyRow, RunTx};
+use waymark_store::pipeline::{self, HistoryRow, JourneyRow, RunTx};
 use waymark_store::{Delivery, MessageEvent, OutboxEntry, OutboxItem, StoreError};
 
-use crate::{Abort, db_error, decode_profile};
+use crate::{Abort, audiences, db_error, decode_profile};
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("journey run: {e}"))
@@ -501,6 +502,52 @@ impl<C: GenericClient> RunTx for Run<'_, C> {
             )
             .await?;
         Ok(())
+    }
+
+    async fn audience_versions(&self) -> Result<Vec<(String, u32)>, Abort> {
+        audiences::newest_versions(self.0).await
+    }
+
+    async fn audience_document(&self, key: &str, version: u32) -> Result<Option<Value>, Abort> {
+        audiences::version(self.0, key, version).await
+    }
+
+    async fn history(
+        &self,
+        profile_ids: &[&str],
+        track_names: &[String],
+        kinds: &[&'static str],
+    ) -> Result<Vec<HistoryRow>, Abort> {
+        audiences::history(self.0, profile_ids, track_names, kinds).await
+    }
+
+    async fn memberships(
+        &self,
+        profile_ids: &[&str],
+    ) -> Result<Vec<(String, String, Millis)>, Abort> {
+        audiences::memberships(self.0, profile_ids).await
+    }
+
+    async fn write_audiences(
+        &self,
+        plan: &AudiencePlan,
+        events: &[(&str, &Event)],
+        now: Millis,
+    ) -> Result<(), Abort> {
+        audiences::write(self.0, plan, events, now).await
+    }
+
+    async fn due_audience_checks(&self, now: Millis, limit: u32) -> Result<Vec<String>, Abort> {
+        audiences::due_checks(self.0, now, limit).await
+    }
+
+    async fn forget_audiences(
+        &self,
+        profile_id: &str,
+        recheck: Option<&str>,
+        now: Millis,
+    ) -> Result<(), Abort> {
+        audiences::forget(self.0, profile_id, recheck, now).await
     }
 }
 

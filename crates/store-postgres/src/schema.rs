@@ -188,6 +188,35 @@ const MIGRATIONS: &[(i32, &str)] = &[
          CREATE INDEX journey_outbox_finished ON journey_outbox (finished_at) WHERE finished_at IS NOT NULL;
          CREATE INDEX merges_at ON merges (at);",
     ),
+    // Audiences: documents by version, members (with a size counter per audience), and
+    // when each person's audiences must next be decided (time flips a rule, a backfill).
+    (
+        14,
+        "CREATE TABLE audiences (
+             key TEXT NOT NULL,
+             version INTEGER NOT NULL,
+             document JSONB NOT NULL,
+             created_at BIGINT NOT NULL,
+             PRIMARY KEY (key, version)
+         );
+         CREATE TABLE audience_members (
+             audience_key TEXT NOT NULL,
+             profile_id TEXT NOT NULL,
+             since BIGINT NOT NULL,
+             PRIMARY KEY (audience_key, profile_id)
+         );
+         CREATE INDEX audience_members_by_profile ON audience_members (profile_id);
+         CREATE TABLE audience_sizes (
+             audience_key TEXT PRIMARY KEY,
+             members BIGINT NOT NULL,
+             last_change BIGINT
+         );
+         CREATE TABLE audience_checks (
+             profile_id TEXT PRIMARY KEY,
+             due_at BIGINT NOT NULL
+         );
+         CREATE INDEX audience_checks_due ON audience_checks (due_at);",
+    ),
 ];
 
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {

@@ -5,6 +5,7 @@
 //! one fsync, and each is answered only after that commit. Reads use a small pool of
 //! read-only connections, which WAL lets run beside the writer.
 
+mod audiences;
 mod checkpointer;
 mod inbox;
 mod journeys;
@@ -12,6 +13,7 @@ mod runs;
 mod schema;
 mod suppressions;
 mod templates;
+mod versioned;
 mod writer;
 
 use std::collections::HashMap;
@@ -26,10 +28,11 @@ use tokio::sync::{mpsc, oneshot};
 use waymark_core::time::Millis;
 use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
-    Delivery, Erasure, EventPage, InboxMark, InboxStore, IngestReceipt, JourneyAction,
-    JourneyRecord, JourneyRunStore, JourneyState, JourneyStats, JourneyStore, OutboxItem,
-    OutboxStore, PageRequest, ProfileStore, Store, StoreError, StoreOptions, StoredEvent,
-    Suppression, SuppressionStore, TemplateRecord, TemplateStore, Transition, decode_cursor,
+    AudienceMember, AudienceRecord, AudienceStatus, AudienceStore, Delivery, Erasure, EventPage,
+    InboxMark, InboxStore, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore,
+    JourneyState, JourneyStats, JourneyStore, OutboxItem, OutboxStore, PageRequest, ProfileStore,
+    Store, StoreError, StoreOptions, StoredEvent, Suppression, SuppressionStore, TemplateRecord,
+    TemplateStore, Transition, decode_cursor,
 };
 
 use writer::Command;
@@ -440,6 +443,64 @@ impl TemplateStore for SqliteStore {
 
     async fn templates(&self) -> Result<Vec<TemplateRecord>, StoreError> {
         self.read(templates::list).await
+    }
+}
+
+#[async_trait]
+impl AudienceStore for SqliteStore {
+    async fn put_audience(
+        &self,
+        key: &str,
+        document: &serde_json::Value,
+        now: Millis,
+    ) -> Result<(AudienceRecord, bool), StoreError> {
+        let (key, document) = (key.to_owned(), document.clone());
+        self.write(move |tx| audiences::put(tx, &key, &document, now))
+            .await
+    }
+
+    async fn audience(&self, key: &str) -> Result<Option<AudienceRecord>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |conn| audiences::read(conn, &key)).await
+    }
+
+    async fn audiences(&self) -> Result<Vec<AudienceRecord>, StoreError> {
+        self.read(audiences::list).await
+    }
+
+    async fn audience_status(&self, key: &str) -> Result<AudienceStatus, StoreError> {
+        let key = key.to_owned();
+        self.read(move |conn| audiences::status(conn, &key)).await
+    }
+
+    async fn audience_members(
+        &self,
+        key: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AudienceMember>, StoreError> {
+        let (key, after) = (key.to_owned(), after.map(str::to_owned));
+        self.read(move |conn| audiences::members(conn, &key, after.as_deref(), limit))
+            .await
+    }
+
+    async fn profile_audiences(
+        &self,
+        profile_id: &str,
+    ) -> Result<Vec<(String, Millis)>, StoreError> {
+        let id = profile_id.to_owned();
+        self.read(move |conn| audiences::profile_audiences(conn, &id))
+            .await
+    }
+
+    async fn profile_history(
+        &self,
+        profile_id: &str,
+        names: &[String],
+    ) -> Result<Vec<waymark_engine::audience::HistoryEvent>, StoreError> {
+        let (id, names) = (profile_id.to_owned(), names.to_vec());
+        self.read(move |conn| audiences::profile_history(conn, &id, &names))
+            .await
     }
 }
 

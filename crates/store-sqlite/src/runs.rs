@@ -9,13 +9,14 @@ use serde_json::Value;
 use waymark_core::governance::Sent;
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
+use waymark_engine::audience::AudiencePlan;
 use waymark_engine::run::{EntryRate, OutboxRow, Planned, Runtime, States, TimerRow};
 use waymark_engine::stats::{Counts, JourneyStats};
 use waymark_engine::{Effect, JourneyState};
-use waymark_store::pipeline::{self, JourneyRow, RunTx, run_now};
+use waymark_store::pipeline::{self, HistoryRow, JourneyRow, RunTx, run_now};
 use waymark_store::{Delivery, MessageEvent, OutboxEntry, OutboxItem, StoreError};
 
-use crate::{decode_profile, unavailable};
+use crate::{audiences, decode_profile, unavailable};
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("journey run: {e}"))
@@ -478,6 +479,61 @@ impl RunTx for Run<'_, '_> {
             )
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn audience_versions(&self) -> Result<Vec<(String, u32)>, StoreError> {
+        audiences::newest_versions(self.0)
+    }
+
+    async fn audience_document(
+        &self,
+        key: &str,
+        version: u32,
+    ) -> Result<Option<Value>, StoreError> {
+        audiences::version(self.0, key, version)
+    }
+
+    async fn history(
+        &self,
+        profile_ids: &[&str],
+        track_names: &[String],
+        kinds: &[&'static str],
+    ) -> Result<Vec<HistoryRow>, StoreError> {
+        audiences::history(self.0, profile_ids, track_names, kinds)
+    }
+
+    async fn memberships(
+        &self,
+        profile_ids: &[&str],
+    ) -> Result<Vec<(String, String, Millis)>, StoreError> {
+        audiences::memberships(self.0, profile_ids)
+    }
+
+    async fn write_audiences(
+        &self,
+        plan: &AudiencePlan,
+        events: &[(&str, &Event)],
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        audiences::write(self.0, plan, events, now)
+    }
+
+    async fn due_audience_checks(
+        &self,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        // One writer: nothing to lock.
+        audiences::due_checks(self.0, now, limit)
+    }
+
+    async fn forget_audiences(
+        &self,
+        profile_id: &str,
+        recheck: Option<&str>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        audiences::forget(self.0, profile_id, recheck, now)
     }
 }
 

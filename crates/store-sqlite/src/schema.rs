@@ -189,6 +189,35 @@ const MIGRATIONS: &[(i64, &str)] = &[
          CREATE INDEX journey_outbox_finished ON journey_outbox (finished_at) WHERE finished_at IS NOT NULL;
          CREATE INDEX merges_at ON merges (at);",
     ),
+    // Audiences: documents by version, members (with a size counter per audience), and
+    // when each person's audiences must next be decided (time flips a rule, a backfill).
+    (
+        13,
+        "CREATE TABLE audiences (
+             key TEXT NOT NULL,
+             version INTEGER NOT NULL,
+             document TEXT NOT NULL,
+             created_at INTEGER NOT NULL,
+             PRIMARY KEY (key, version)
+         ) WITHOUT ROWID;
+         CREATE TABLE audience_members (
+             audience_key TEXT NOT NULL,
+             profile_id TEXT NOT NULL,
+             since INTEGER NOT NULL,
+             PRIMARY KEY (audience_key, profile_id)
+         ) WITHOUT ROWID;
+         CREATE INDEX audience_members_by_profile ON audience_members (profile_id);
+         CREATE TABLE audience_sizes (
+             audience_key TEXT PRIMARY KEY,
+             members INTEGER NOT NULL,
+             last_change INTEGER
+         ) WITHOUT ROWID;
+         CREATE TABLE audience_checks (
+             profile_id TEXT PRIMARY KEY,
+             due_at INTEGER NOT NULL
+         ) WITHOUT ROWID;
+         CREATE INDEX audience_checks_due ON audience_checks (due_at);",
+    ),
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -354,6 +354,80 @@ pub trait TemplateStore: Send + Sync {
     async fn templates(&self) -> Result<Vec<TemplateRecord>, StoreError>;
 }
 
+/// An audience (`waymark_core::audience::AudienceDoc`) with its versions: every changed
+/// document is a new version, live at once.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AudienceRecord {
+    pub key: String,
+    pub version: u32,
+    pub document: Value,
+    pub versions: Vec<JourneyVersion>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// How an audience stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AudienceStatus {
+    pub members: u64,
+    /// When someone last entered or left.
+    pub last_change: Option<Millis>,
+    /// People whose audiences are still to be decided since the newest version was saved
+    /// (a backfill in progress); 0 once the audience is current.
+    pub pending: u64,
+}
+
+/// A member of an audience, since when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AudienceMember {
+    pub profile_id: String,
+    pub since: Millis,
+}
+
+/// Audience documents and membership. Membership itself is written only by journey and
+/// audience runs (`pipeline`), in the transaction of what changed it.
+#[async_trait]
+pub trait AudienceStore: Send + Sync {
+    /// Stores the document as a new version if it differs from the newest one, and then
+    /// schedules every person's audiences to be decided again (the backfill: stored events
+    /// count from day one, and after an edit nobody stays a member who no longer matches).
+    async fn put_audience(
+        &self,
+        key: &str,
+        document: &Value,
+        now: Millis,
+    ) -> Result<(AudienceRecord, bool), StoreError>;
+
+    async fn audience(&self, key: &str) -> Result<Option<AudienceRecord>, StoreError>;
+
+    /// Every audience (newest versions), by key.
+    async fn audiences(&self) -> Result<Vec<AudienceRecord>, StoreError>;
+
+    async fn audience_status(&self, key: &str) -> Result<AudienceStatus, StoreError>;
+
+    /// Members in profile id order, after `after` when given, at most `limit`.
+    async fn audience_members(
+        &self,
+        key: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AudienceMember>, StoreError>;
+
+    /// The audiences a profile is a member of, with since when.
+    async fn profile_audiences(
+        &self,
+        profile_id: &str,
+    ) -> Result<Vec<(String, Millis)>, StoreError>;
+
+    /// A profile's kept events of these names (display names: `Order Completed`,
+    /// `Identify`, `Page Viewed`...), oldest first.
+    async fn profile_history(
+        &self,
+        profile_id: &str,
+        names: &[String],
+    ) -> Result<Vec<waymark_engine::audience::HistoryEvent>, StoreError>;
+}
+
 /// One address on the suppression list (or on its way there: soft bounces are counted
 /// until `soft_bounce_limit`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -666,6 +740,7 @@ pub trait Store:
     + TemplateStore
     + SuppressionStore
     + InboxStore
+    + AudienceStore
     + 'static
 {
     fn backend(&self) -> &'static str;

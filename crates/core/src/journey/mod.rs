@@ -313,8 +313,17 @@ impl Format {
     }
 }
 
-/// Parses a document. Syntax and shape errors carry the line and column where known.
+/// Parses a journey document. Syntax and shape errors carry the line and column where known.
 pub fn parse(text: &str, format: Format) -> Result<Journey, FieldError> {
+    parse_document(text, format)
+}
+
+/// Parses any document kind (journeys, audiences) from YAML or JSON, with the path, line
+/// and column of the first problem.
+pub fn parse_document<T: serde::de::DeserializeOwned>(
+    text: &str,
+    format: Format,
+) -> Result<T, FieldError> {
     match format {
         Format::Json => {
             let de = &mut serde_json::Deserializer::from_str(text);

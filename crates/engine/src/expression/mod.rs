@@ -16,34 +16,46 @@ pub use reads::{FieldReads, Reads};
 /// A compiled CEL expression.
 #[derive(Debug)]
 pub struct Expression {
-    program: cel::Program,
+    ast: cel::IdedExpr,
 }
 
 impl Expression {
     /// Compiles once; the error is CEL's, for the caller to place.
     pub fn compile(source: &str) -> Result<Self, String> {
         cel::Program::compile(source)
-            .map(|program| Expression { program })
+            .map(|program| Expression {
+                ast: program.expression().clone(),
+            })
             .map_err(|e| e.to_string())
+    }
+
+    /// An expression already parsed (and rewritten, as audience rules are: their
+    /// behaviour calls become variables).
+    pub fn from_ast(ast: cel::IdedExpr) -> Self {
+        Expression { ast }
     }
 
     /// Whether the expression is `true` for these variables (and `now`, in milliseconds).
     /// Any other value, and any evaluation error (such as a missing field), is returned as
     /// why not, so it can be recorded.
     pub fn test(&self, variables: &dyn Variables, now: Millis) -> Result<bool, String> {
+        match self.value(variables, now)? {
+            cel::Value::Bool(b) => Ok(b),
+            other => Err(format!("expression gave {other:?}, not a boolean")),
+        }
+    }
+
+    /// The expression's value for these variables (and `now`).
+    pub fn value(&self, variables: &dyn Variables, now: Millis) -> Result<cel::Value, String> {
         let now = Box::<dyn Val>::try_from(cel::Value::Int(now)).map_err(|e| e.to_string())?;
         let resolver = Resolver { variables, now };
         let mut scope = root().new_inner_scope();
         scope.set_variable_resolver(&resolver);
-        match self.program.execute(&scope) {
-            Ok(cel::Value::Bool(b)) => Ok(b),
-            Ok(other) => Err(format!("expression gave {other:?}, not a boolean")),
-            Err(e) => Err(e.to_string()),
-        }
+        cel::Value::resolve(&self.ast, &scope).map_err(|e| e.to_string())
     }
 
-    fn program(&self) -> &cel::Program {
-        &self.program
+    fn ast(&self) -> &cel::IdedExpr {
+        &self.ast
     }
 }
 

@@ -103,7 +103,7 @@ impl FieldReads {
     pub fn of<'e>(expressions: impl IntoIterator<Item = &'e super::Expression>) -> Self {
         let mut found: HashMap<String, Reads> = HashMap::new();
         for expression in expressions {
-            walk(expression.program().expression(), &mut found);
+            walk(expression.ast(), &mut found);
         }
         FieldReads(found)
     }

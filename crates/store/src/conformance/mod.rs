@@ -10,11 +10,13 @@ use waymark_core::time::parse_iso8601;
 use waymark_core::{Event, Identity, partition_of};
 use waymark_engine::Effect;
 
+mod audiences;
 mod governance;
 mod journeys;
 mod outbox;
 mod profiles;
 
+pub use audiences::*;
 pub use governance::*;
 pub use journeys::*;
 pub use outbox::*;
@@ -61,6 +63,8 @@ macro_rules! conformance_suite {
             provider_reports_are_kept_per_message_once_per_status,
             a_long_history_is_read_newest_first_and_bounded,
             finished_messages_are_pruned_after_retention,
+            audiences_stay_current_on_ingest_and_as_time_passes,
+            a_new_or_edited_audience_is_backfilled_from_stored_events,
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {

@@ -23,7 +23,11 @@ use waymark_engine::run::{
 use waymark_engine::stats::{Counts, count_state_change, count_states};
 use waymark_engine::{Effect, JourneyState};
 
+use waymark_engine::audience::AudiencePlan;
+
 use crate::{Delivery, OutboxItem, StoreError};
+
+mod audiences;
 
 /// A journey row as the catalog reads it.
 #[derive(Debug, Clone)]
@@ -135,7 +139,56 @@ pub trait RunTx {
         journey: &str,
         limit: Option<u32>,
     ) -> Result<(), Self::Error>;
+
+    /// The newest version of every audience, by key.
+    async fn audience_versions(&self) -> Result<Vec<(String, u32)>, Self::Error>;
+    /// One audience version's document.
+    async fn audience_document(
+        &self,
+        key: &str,
+        version: u32,
+    ) -> Result<Option<Value>, Self::Error>;
+    /// These people's kept events that are track events named one of `track_names` or
+    /// calls of one of `kinds`, as (profile id, kind, name, event time, body).
+    async fn history(
+        &self,
+        profile_ids: &[&str],
+        track_names: &[String],
+        kinds: &[&'static str],
+    ) -> Result<Vec<HistoryRow>, Self::Error>;
+    /// These people's memberships, as (profile id, audience, since).
+    async fn memberships(
+        &self,
+        profile_ids: &[&str],
+    ) -> Result<Vec<(String, String, Millis)>, Self::Error>;
+    /// Writes a membership plan: entries and exits (with the audiences' sizes and last
+    /// change), the events they record (owned by the person named beside each, ignored if
+    /// already recorded), and the people's next checks.
+    async fn write_audiences(
+        &self,
+        plan: &AudiencePlan,
+        events: &[(&str, &Event)],
+        now: Millis,
+    ) -> Result<(), Self::Error>;
+    /// Up to `limit` people whose audience check is due at `now`, soonest first, locked
+    /// (and skipped where another transaction holds them).
+    async fn due_audience_checks(
+        &self,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Vec<String>, Self::Error>;
+    /// Drops a person's memberships and check (merged away or erased); with `recheck`, that
+    /// person's audiences are decided again now (the profile that took over the history).
+    async fn forget_audiences(
+        &self,
+        profile_id: &str,
+        recheck: Option<&str>,
+        now: Millis,
+    ) -> Result<(), Self::Error>;
 }
+
+/// A stored event as audience runs read it: (profile id, kind, name, event time, body).
+pub type HistoryRow = (String, String, Option<String>, Millis, Value);
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("journey run: {e}"))
@@ -248,9 +301,29 @@ async fn plan_inputs<T: RunTx>(
     Ok((catalog, states))
 }
 
-/// Runs every live journey on the accepted events of an ingest, inside its transaction
-/// (the people are locked by then).
+/// Decides the audiences the accepted events of an ingest can change, then runs every
+/// live journey on the events and on the entries and exits they caused, inside the
+/// ingest's transaction (the people are locked by then).
 pub async fn on_events<T: RunTx>(
+    tx: &T,
+    runtime: &Runtime,
+    events: &[(&Event, &ProfileState)],
+    now: Millis,
+) -> Result<(), T::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let caused = audiences::on_events(tx, runtime, events, now).await?;
+    if caused.is_empty() {
+        return run_journeys(tx, runtime, events, now).await;
+    }
+    let mut all = events.to_vec();
+    all.extend(caused.iter().map(|(e, p)| (e, *p)));
+    run_journeys(tx, runtime, &all, now).await
+}
+
+/// Runs every live journey on events, in the caller's transaction.
+async fn run_journeys<T: RunTx>(
     tx: &T,
     runtime: &Runtime,
     events: &[(&Event, &ProfileState)],
@@ -272,8 +345,21 @@ pub async fn on_events<T: RunTx>(
     tx.write(&planned, now).await
 }
 
-/// Fires up to `limit` due timers, in due order; returns how many.
+/// Fires up to `limit` due journey timers, in due order, then up to `limit` due audience
+/// checks (people whose audiences time alone may have changed, or who are being backfilled);
+/// returns how many of each were done.
 pub async fn fire_due<T: RunTx>(
+    tx: &T,
+    runtime: &Runtime,
+    now: Millis,
+    limit: u32,
+) -> Result<usize, T::Error> {
+    let timers = fire_due_timers(tx, runtime, now, limit).await?;
+    let checks = audiences::fire_checks(tx, runtime, now, limit).await?;
+    Ok(timers + checks)
+}
+
+async fn fire_due_timers<T: RunTx>(
     tx: &T,
     runtime: &Runtime,
     now: Millis,
@@ -423,6 +509,9 @@ pub async fn complete<T: RunTx, D: Borrow<(OutboxItem, Delivery)>>(
 /// had a state in the same journey, the surviving profile's is kept (the other leaves the
 /// counters).
 pub async fn merge<T: RunTx>(tx: &T, from: &str, into: &str) -> Result<(), T::Error> {
+    // The merged history is decided again, as the surviving person's.
+    tx.forget_audiences(from, Some(into), crate::wall_clock_ms())
+        .await?;
     let mut counts = Counts::new();
     for (journey, state) in tx.shared_states(from, into).await? {
         count_state_change(&mut counts, &journey, Some(&state), None);
@@ -433,6 +522,8 @@ pub async fn merge<T: RunTx>(tx: &T, from: &str, into: &str) -> Result<(), T::Er
 
 /// Forgets a person's journeys (erasure); their states leave the counters.
 pub async fn erase<T: RunTx>(tx: &T, profile_id: &str) -> Result<(), T::Error> {
+    tx.forget_audiences(profile_id, None, crate::wall_clock_ms())
+        .await?;
     let mut counts = Counts::new();
     for (journey, state) in tx.profile_states(profile_id).await? {
         count_state_change(&mut counts, &journey, Some(&state), None);

@@ -1,0 +1,322 @@
+//! Audience membership: a rule decided for one person at one instant, the values that
+//! decided it, and the next instant time alone can change the answer.
+//!
+//! Behaviour calls (`events.count("Order Completed", "30d")`) are computed here, natively,
+//! from the person's kept events, and handed to CEL as scalars; CEL then decides the rule.
+//! A windowed call's value changes with time only when a matching event leaves its window
+//! (or a future-dated one enters it), so the earliest such instant over a rule's calls is
+//! when the rule must be decided again: no sweeps, exact to the millisecond.
+
+pub mod plan;
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+use serde_json::Value;
+use waymark_core::audience::{AudienceDoc, BehaviourCall, Function, Rule};
+use waymark_core::time::Millis;
+use waymark_core::{FieldError, ProfileState};
+
+pub use plan::{
+    AudienceCatalog, AudiencePlan, Change, Check, ENTERED, EXITED, PersonInput, Trigger, plan,
+};
+
+use crate::expression::{Expression, FieldReads, Lazy, Prepared, Variables, prepare};
+
+/// An audience compiled for evaluation.
+#[derive(Debug)]
+pub struct CompiledAudience {
+    pub key: String,
+    pub version: u32,
+    pub rule: Rule,
+    expression: Expression,
+    /// Each call's event filter, compiled.
+    filters: Vec<Option<Expression>>,
+    /// What the rule and its filters read of `profile` and of each filter's event.
+    reads: FieldReads,
+    /// The event names the rule's calls read.
+    pub event_names: BTreeSet<String>,
+}
+
+/// One of the person's kept events, as a behaviour call sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEvent {
+    pub name: String,
+    /// Event time.
+    pub at: Millis,
+    /// The event in Segment's JSON shape (`properties`, `timestamp`, ...).
+    pub body: Value,
+}
+
+/// What one behaviour call came to for a person.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CallValue {
+    /// The call as written in the rule.
+    pub call: String,
+    pub value: Value,
+    /// How many kept events matched (name, window and filter).
+    pub matched: u64,
+    /// Event times of the oldest and newest of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest: Option<Millis>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub newest: Option<Millis>,
+}
+
+/// A rule decided for one person.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Evaluation {
+    pub member: bool,
+    /// Why the rule could not be decided (a missing field in arithmetic, say): the person
+    /// is then not a member, and the error is counted per audience.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub values: Vec<CallValue>,
+    /// `in_audience` references and what they were for this person.
+    pub audiences: Vec<(String, bool)>,
+    /// The next instant time alone can change the answer, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_change: Option<Millis>,
+}
+
+/// What the rule is decided over: the person, their kept events (of the names the rule
+/// reads, any order), and their membership of the audiences the rule reads.
+pub struct Person<'a> {
+    pub profile: &'a ProfileState,
+    pub events: &'a [HistoryEvent],
+    pub member_of: &'a dyn Fn(&str) -> bool,
+}
+
+impl CompiledAudience {
+    /// Compiles a document whose references were checked when it was saved.
+    pub fn compile(doc: &AudienceDoc, version: u32) -> Result<Self, Vec<FieldError>> {
+        let rule = Rule::parse(&doc.rule).map_err(|errors| {
+            errors
+                .into_iter()
+                .map(|e| {
+                    let mut p = FieldError::new("invalid_rule", "rule", e.message);
+                    p.line = Some(e.line);
+                    p.column = Some(e.column);
+                    p
+                })
+                .collect::<Vec<_>>()
+        })?;
+        Ok(Self::from_rule(doc.key.clone(), version, rule))
+    }
+
+    pub fn from_rule(key: String, version: u32, rule: Rule) -> Self {
+        let expression = Expression::from_ast(rule.expression.clone());
+        let filters: Vec<Option<Expression>> = rule
+            .calls
+            .iter()
+            .map(|c| {
+                c.filter
+                    .as_ref()
+                    .map(|f| Expression::from_ast(f.expression.clone()))
+            })
+            .collect();
+        let reads = FieldReads::of(std::iter::once(&expression).chain(filters.iter().flatten()));
+        let event_names = rule.calls.iter().map(|c| c.event.clone()).collect();
+        CompiledAudience {
+            key,
+            version,
+            rule,
+            expression,
+            filters,
+            reads,
+            event_names,
+        }
+    }
+
+    /// Decides the rule for `person` at `now`.
+    pub fn evaluate(&self, person: &Person<'_>, now: Millis) -> Evaluation {
+        let profile = Lazy::default();
+        let profile_of = || {
+            prepare(
+                &self
+                    .reads
+                    .of_var("profile")
+                    .prune(&person.profile.context_json(&person.profile.traits)),
+            )
+        };
+        let mut values = Vec::with_capacity(self.rule.calls.len());
+        let mut next_change: Option<Millis> = None;
+        let mut bound = Vec::with_capacity(self.rule.calls.len());
+        for (call, filter) in self.rule.calls.iter().zip(&self.filters) {
+            let (value, change) =
+                self.compute(call, filter.as_ref(), person, &profile, &profile_of, now);
+            if let Some(at) = change {
+                next_change = Some(next_change.map_or(at, |n| n.min(at)));
+            }
+            bound.push(prepare(&value.value));
+            values.push(value);
+        }
+        let audiences: Vec<(String, bool)> = self
+            .rule
+            .audiences
+            .iter()
+            .map(|key| (key.clone(), (person.member_of)(key)))
+            .collect();
+        let audience_values: Vec<Prepared> = audiences
+            .iter()
+            .map(|(_, member)| prepare(member))
+            .collect();
+        let variables = RuleVars {
+            profile: &profile,
+            profile_of: &profile_of,
+            calls: &bound,
+            audiences: &audience_values,
+        };
+        let (member, error) = match self.expression.test(&variables, now) {
+            Ok(member) => (member, None),
+            Err(e) => (false, Some(e)),
+        };
+        Evaluation {
+            member,
+            error,
+            values,
+            audiences,
+            next_change,
+        }
+    }
+
+    /// One call's value over the person's events, and when time alone next changes it.
+    fn compute(
+        &self,
+        call: &BehaviourCall,
+        filter: Option<&Expression>,
+        person: &Person<'_>,
+        profile: &Lazy,
+        profile_of: &(dyn Fn() -> Prepared + Sync),
+        now: Millis,
+    ) -> (CallValue, Option<Millis>) {
+        let since = call.window_ms.map(|w| now.saturating_sub(w));
+        let mut matched = 0u64;
+        let mut sum = 0.0f64;
+        let mut oldest: Option<&HistoryEvent> = None;
+        let mut newest: Option<&HistoryEvent> = None;
+        // The first future-dated matching event: it enters the window when its time comes.
+        let mut future: Option<Millis> = None;
+        for event in person.events.iter().filter(|e| e.name == call.event) {
+            if since.is_some_and(|s| event.at <= s) {
+                continue;
+            }
+            if let Some(filter) = filter
+                && !self.filter_matches(call, filter, event, profile, profile_of, now)
+            {
+                continue;
+            }
+            if event.at > now {
+                future = Some(future.map_or(event.at, |f| f.min(event.at)));
+                continue;
+            }
+            matched += 1;
+            if let Some(path) = &call.property {
+                sum += number_at(&event.body, path);
+            }
+            if oldest.is_none_or(|o| event.at < o.at) {
+                oldest = Some(event);
+            }
+            if newest.is_none_or(|n| event.at >= n.at) {
+                newest = Some(event);
+            }
+        }
+        let value = match call.function {
+            Function::Count => Value::from(matched),
+            Function::Any => Value::Bool(matched > 0),
+            Function::Sum => serde_json::Number::from_f64(sum).map_or(Value::Null, Value::Number),
+            Function::Last => newest.map_or(Value::Null, |e| e.body.clone()),
+            Function::First => oldest.map_or(Value::Null, |e| e.body.clone()),
+        };
+        let leaves = match (call.window_ms, oldest) {
+            (Some(window), Some(o)) => Some(o.at.saturating_add(window)),
+            _ => None,
+        };
+        let change = match (leaves, future) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let value = CallValue {
+            call: call.text.clone(),
+            value,
+            matched,
+            oldest: oldest.map(|e| e.at),
+            newest: newest.map(|e| e.at),
+        };
+        (value, change)
+    }
+
+    /// Whether an event passes a call's filter; an error (a missing property) is a no.
+    fn filter_matches(
+        &self,
+        call: &BehaviourCall,
+        filter: &Expression,
+        event: &HistoryEvent,
+        profile: &Lazy,
+        profile_of: &(dyn Fn() -> Prepared + Sync),
+        now: Millis,
+    ) -> bool {
+        let Some(spec) = &call.filter else {
+            return true;
+        };
+        let prepared = prepare(&self.reads.of_var(&spec.variable).prune(&event.body));
+        let variables = FilterVars {
+            name: &spec.variable,
+            event: &prepared,
+            profile,
+            profile_of,
+        };
+        filter.test(&variables, now).unwrap_or(false)
+    }
+}
+
+/// A number under `properties` at `path`; anything else counts 0.
+fn number_at(body: &Value, path: &[String]) -> f64 {
+    let mut at = &body["properties"];
+    for field in path {
+        at = &at[field.as_str()];
+    }
+    at.as_f64().unwrap_or(0.0)
+}
+
+struct RuleVars<'a> {
+    profile: &'a Lazy,
+    profile_of: &'a (dyn Fn() -> Prepared + Sync),
+    calls: &'a [Prepared],
+    audiences: &'a [Prepared],
+}
+
+impl Variables for RuleVars<'_> {
+    fn variable(&self, name: &str) -> Option<&Prepared> {
+        if name == "profile" {
+            return Some(self.profile.get(self.profile_of));
+        }
+        let index = |prefix: &str| name.strip_prefix(prefix)?.parse::<usize>().ok();
+        if let Some(i) = index("@b") {
+            return self.calls.get(i);
+        }
+        self.audiences.get(index("@a")?)
+    }
+}
+
+struct FilterVars<'a> {
+    name: &'a str,
+    event: &'a Prepared,
+    profile: &'a Lazy,
+    profile_of: &'a (dyn Fn() -> Prepared + Sync),
+}
+
+impl Variables for FilterVars<'_> {
+    fn variable(&self, name: &str) -> Option<&Prepared> {
+        if name == self.name {
+            Some(self.event)
+        } else if name == "profile" {
+            Some(self.profile.get(self.profile_of))
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

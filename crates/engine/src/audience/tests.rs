@@ -1,0 +1,171 @@
+use serde_json::json;
+use waymark_core::ProfileState;
+use waymark_core::audience::AudienceDoc;
+
+use super::*;
+
+const DAY: Millis = 86_400_000;
+const T0: Millis = 1_750_000_000_000;
+
+fn audience(rule: &str) -> CompiledAudience {
+    let doc = AudienceDoc {
+        key: "a".into(),
+        name: None,
+        description: None,
+        rule: rule.into(),
+    };
+    CompiledAudience::compile(&doc, 1).expect("compiles")
+}
+
+fn person() -> ProfileState {
+    let mut p = ProfileState::new("p1".into(), 0, T0);
+    p.traits.insert("plan".into(), json!("pro"));
+    p.traits.insert("age".into(), json!(31));
+    p
+}
+
+fn event(name: &str, at: Millis, properties: serde_json::Value) -> HistoryEvent {
+    HistoryEvent {
+        name: name.into(),
+        at,
+        body: json!({"event": name, "properties": properties}),
+    }
+}
+
+fn orders(times: &[Millis]) -> Vec<HistoryEvent> {
+    times
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            event(
+                "Order Completed",
+                *t,
+                json!({"total": 100 + i, "category": "shoes"}),
+            )
+        })
+        .collect()
+}
+
+fn decide(rule: &CompiledAudience, events: &[HistoryEvent], now: Millis) -> Evaluation {
+    let profile = person();
+    let member_of = |key: &str| key == "vip";
+    rule.evaluate(
+        &Person {
+            profile: &profile,
+            events,
+            member_of: &member_of,
+        },
+        now,
+    )
+}
+
+#[test]
+fn three_orders_in_thirty_days_holds_until_the_oldest_ages_out() {
+    let rule = audience(r#"events.count("Order Completed", "30d") >= 3"#);
+    let events = orders(&[T0, T0 + 5 * DAY, T0 + 10 * DAY]);
+    let now = T0 + 12 * DAY;
+    let e = decide(&rule, &events, now);
+    assert!(e.member, "{e:?}");
+    assert_eq!(e.values[0].value, json!(3));
+    assert_eq!(e.values[0].matched, 3);
+    // The first order leaves the window exactly 30 days after it was placed.
+    assert_eq!(e.next_change, Some(T0 + 30 * DAY));
+    let just_before = decide(&rule, &events, T0 + 30 * DAY - 1);
+    assert!(just_before.member);
+    let at_the_instant = decide(&rule, &events, T0 + 30 * DAY);
+    assert!(!at_the_instant.member, "{at_the_instant:?}");
+    assert_eq!(at_the_instant.values[0].value, json!(2));
+    assert_eq!(at_the_instant.next_change, Some(T0 + 35 * DAY));
+}
+
+#[test]
+fn lapsed_buyers_enter_when_their_last_order_leaves_the_window() {
+    let rule =
+        audience(r#"events.any("Order Completed") && !events.any("Order Completed", "30d")"#);
+    let events = orders(&[T0, T0 + 3 * DAY]);
+    let e = decide(&rule, &events, T0 + 4 * DAY);
+    assert!(!e.member);
+    assert_eq!(
+        e.next_change,
+        Some(T0 + 30 * DAY),
+        "the older order ages out first"
+    );
+    let e = decide(&rule, &events, T0 + 30 * DAY);
+    assert!(!e.member, "one order still in the window");
+    assert_eq!(e.next_change, Some(T0 + 33 * DAY));
+    let e = decide(&rule, &events, T0 + 33 * DAY);
+    assert!(e.member, "{e:?}");
+    assert_eq!(e.next_change, None, "nothing left to age out");
+}
+
+#[test]
+fn sums_filters_last_and_traits_decide_together() {
+    let rule = audience(
+        r#"events.sum("Order Completed", "total", "90d") > 200.0
+           && events.count("Cart Viewed", "24h", e, e.properties.value > 50) > 0
+           && events.last("Order Completed").properties.category == "shoes"
+           && profile.traits.plan == "pro""#,
+    );
+    let mut events = orders(&[T0, T0 + DAY]);
+    events.push(event("Cart Viewed", T0 + DAY, json!({"value": 20})));
+    events.push(event("Cart Viewed", T0 + DAY + 1000, json!({"value": 80})));
+    events.push(event("Cart Viewed", T0 + DAY + 2000, json!({})));
+    let now = T0 + DAY + 3000;
+    let e = decide(&rule, &events, now);
+    assert!(e.member, "{e:?}");
+    assert_eq!(e.values[0].value, json!(201.0));
+    assert_eq!(
+        e.values[1].value,
+        json!(1),
+        "one cart over 50; a missing value is no match"
+    );
+    assert_eq!(e.values[2].value["properties"]["total"], json!(101));
+    // The cart view leaves its 24h window before either order leaves 90 days.
+    assert_eq!(e.next_change, Some(T0 + DAY + 1000 + DAY));
+}
+
+#[test]
+fn audiences_read_other_audiences() {
+    let rule = audience(r#"in_audience("vip") && !in_audience("churned")"#);
+    let e = decide(&rule, &[], T0);
+    assert!(e.member);
+    assert_eq!(
+        e.audiences,
+        [("vip".to_owned(), true), ("churned".to_owned(), false)]
+    );
+}
+
+#[test]
+fn a_rule_that_fails_for_one_person_makes_them_not_a_member_and_says_why() {
+    let rule = audience(r#"profile.traits.missing + 1 > 2"#);
+    let e = decide(&rule, &[], T0);
+    assert!(!e.member);
+    assert!(
+        e.error.as_deref().is_some_and(|m| m.contains("missing")),
+        "{e:?}"
+    );
+    let rule = audience(r#"events.last("Order Completed").properties.category == "shoes""#);
+    let e = decide(&rule, &[], T0);
+    assert!(!e.member, "no order: last is null");
+    assert!(e.error.is_some());
+}
+
+#[test]
+fn future_dated_events_count_from_their_time() {
+    let rule = audience(r#"events.count("Order Completed", "1d") > 0"#);
+    let events = orders(&[T0 + 1000]);
+    let e = decide(&rule, &events, T0);
+    assert!(!e.member);
+    assert_eq!(e.next_change, Some(T0 + 1000));
+    let e = decide(&rule, &events, T0 + 1000);
+    assert!(e.member);
+    assert_eq!(e.next_change, Some(T0 + 1000 + DAY));
+}
+
+#[test]
+fn only_named_events_are_read_and_profile_fields_are_pruned() {
+    let rule = audience(r#"events.count("A", "1d") > 0 && profile.traits.plan == "pro""#);
+    assert_eq!(rule.event_names, BTreeSet::from(["A".to_owned()]));
+    let e = decide(&rule, &[event("B", T0, json!({}))], T0);
+    assert_eq!(e.values[0].value, json!(0));
+}

@@ -1,0 +1,178 @@
+//! Audiences through the API: documents (JSON and YAML) and their mistakes, membership
+//! kept current by ingest, members, a person's audiences and why they are in or out.
+
+use super::*;
+
+async fn put(api: &Api, key: &str, doc: Value) -> Reply {
+    api.call(
+        "PUT",
+        &format!("/v1/audiences/{key}"),
+        Auth::Admin(ADMIN),
+        serde_json::to_vec(&doc).expect("json"),
+        None,
+    )
+    .await
+}
+
+pub async fn audiences_through_the_api(api: &Api) {
+    // Mistakes are refused with every problem, each with its line and column.
+    let r = api.put_yaml(
+        "/v1/audiences/buyers",
+        "key: buyers\nrule: |\n  events.count(\"Order Completed\", \"30 dayz\") >= 2\n  && evnt.x\n",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    let errors = r.body["errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), 2, "{}", r.text);
+    assert_eq!(
+        (&errors[0]["line"], &errors[0]["column"]),
+        (&json!(1), &json!(33))
+    );
+    assert_eq!(errors[1]["line"], 2, "{}", r.text);
+    let r = put(
+        api,
+        "vip",
+        json!({"key": "vip", "rule": "in_audience(\"buyers\")"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert_eq!(
+        r.body["errors"][0]["code"], "unknown_audience",
+        "{}",
+        r.text
+    );
+    let r = put(api, "x", json!({"key": "y", "rule": "true"})).await;
+    assert_eq!(r.body["errors"][0]["field"], "key", "{}", r.text);
+    let r = put(api, "x", json!({"key": "x", "rule": "true", "rulez": 1})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert!(r.text.contains("rulez"), "{}", r.text);
+    let r = api
+        .call(
+            "PUT",
+            "/v1/audiences/x",
+            Auth::Write(WRITE_KEY),
+            b"{}".to_vec(),
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNAUTHORIZED,
+        "the write key does not manage audiences"
+    );
+
+    // A good one, in YAML; then one reading it.
+    let r = api.put_yaml(
+        "/v1/audiences/buyers",
+        "key: buyers\nname: Repeat buyers\nrule: events.count(\"Order Completed\", \"30d\") >= 2\n",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        (&r.body["version"], &r.body["created"]),
+        (&json!(1), &json!(true))
+    );
+    let r = put(
+        api,
+        "vip",
+        json!({"key": "vip", "rule": "in_audience(\"buyers\") && events.sum(\"Order Completed\", \"total\", \"90d\") > 100.0"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    // A loop is refused.
+    let r = put(
+        api,
+        "buyers",
+        json!({"key": "buyers", "rule": "in_audience(\"vip\")"}),
+    )
+    .await;
+    assert_eq!(r.body["errors"][0]["code"], "audience_cycle", "{}", r.text);
+
+    let batch = json!({"batch": [
+        {"type": "track", "userId": "ann", "event": "Order Completed", "properties": {"total": 80}},
+        {"type": "track", "userId": "ann", "event": "Order Completed", "properties": {"total": 40.5}},
+        {"type": "track", "userId": "bob", "event": "Order Completed", "properties": {"total": 10}},
+    ]});
+    assert_eq!(api.post("/v1/batch", batch).await.status, StatusCode::OK);
+    let r = api.get("/v1/profiles/user_id/ann/audiences").await;
+    let keys: Vec<&str> = r.body["audiences"]
+        .as_array()
+        .expect("audiences")
+        .iter()
+        .filter_map(|a| a["audience"].as_str())
+        .collect();
+    assert_eq!(keys, ["buyers", "vip"], "{}", r.text);
+    let r = api.get("/v1/audiences/buyers").await;
+    assert_eq!(
+        (&r.body["size"], &r.body["state"]),
+        (&json!(1), &json!("current")),
+        "{}",
+        r.text
+    );
+    assert_eq!(r.body["document"]["name"], "Repeat buyers");
+    let r = api.get("/v1/audiences/buyers/members?limit=10").await;
+    assert_eq!(
+        r.body["members"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        r.text
+    );
+    assert!(r.body.get("next").is_none());
+    let r = api.get("/v1/audiences/buyers/members?offset=10").await;
+    assert_eq!(
+        r.status,
+        StatusCode::BAD_REQUEST,
+        "unknown parameters are refused: {}",
+        r.text
+    );
+    let r = api.get("/v1/audiences").await;
+    assert_eq!(r.body["audiences"].as_array().map(Vec::len), Some(2));
+
+    // Why bob is out: one order, 10 spent; when time will next change it.
+    let r = api
+        .get("/v1/profiles/user_id/bob/audiences/vip/explain")
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        (&r.body["member"], &r.body["stored_member"]),
+        (&json!(false), &json!(false))
+    );
+    assert_eq!(r.body["audiences"], json!({"buyers": false}));
+    assert_eq!(r.body["values"][0]["value"], json!(10.0), "{}", r.text);
+    assert_eq!(
+        r.body["values"][0]["call"],
+        "events.sum(\"Order Completed\", \"total\", \"90d\")"
+    );
+    assert!(
+        r.body["next_change"].is_string(),
+        "the order ages out: {}",
+        r.text
+    );
+    let r = api
+        .get("/v1/profiles/user_id/ann/audiences/vip/explain")
+        .await;
+    assert_eq!(
+        (&r.body["member"], &r.body["stored_member"]),
+        (&json!(true), &json!(true)),
+        "{}",
+        r.text
+    );
+    assert_eq!(r.body["values"][0]["matched"], 2);
+    let r = api
+        .get("/v1/profiles/user_id/nobody/audiences/vip/explain")
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = api
+        .get("/v1/profiles/user_id/ann/audiences/nope/explain")
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // Ann's history says when she entered.
+    let r = api.get("/v1/profiles/user_id/ann/events").await;
+    let entered: Vec<&Value> = r.body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["event"] == "Audience Entered")
+        .collect();
+    assert_eq!(entered.len(), 2, "{}", r.text);
+}

@@ -1,0 +1,340 @@
+//! Audiences on PostgreSQL: documents (every changed one a new version), memberships with a
+//! size counter per audience, and one check row per person (when their audiences must be
+//! decided again). Decisions are `waymark_store::pipeline`'s; this is their SQL. A put
+//! holds an advisory lock on the key, so concurrent puts number versions without gaps.
+
+use deadpool_postgres::GenericClient;
+use serde_json::Value;
+use waymark_core::Event;
+use waymark_core::time::Millis;
+use waymark_engine::audience::{AudiencePlan, HistoryEvent};
+use waymark_store::pipeline::HistoryRow;
+use waymark_store::{AudienceMember, AudienceRecord, AudienceStatus, StoreError};
+
+use crate::versioned::{self, Kind, Versions};
+use crate::{Abort, db_error};
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("audience: {e}"))
+}
+
+fn record(key: &str, v: Versions) -> AudienceRecord {
+    AudienceRecord {
+        key: key.to_owned(),
+        version: v.version,
+        document: v.document,
+        versions: v.versions,
+        created_at: v.created_at,
+        updated_at: v.updated_at,
+    }
+}
+
+pub async fn read(
+    client: &impl GenericClient,
+    key: &str,
+) -> Result<Option<AudienceRecord>, StoreError> {
+    Ok(versioned::read(client, Kind::Audience, key)
+        .await?
+        .map(|v| record(key, v)))
+}
+
+pub async fn list(client: &impl GenericClient) -> Result<Vec<AudienceRecord>, StoreError> {
+    let mut out = Vec::new();
+    for key in versioned::keys(client, Kind::Audience).await? {
+        out.extend(read(client, &key).await?);
+    }
+    Ok(out)
+}
+
+/// Stores a changed document as a new version and schedules everyone's audiences to be
+/// decided again now (the backfill).
+pub async fn put(
+    client: &mut deadpool_postgres::Client,
+    key: &str,
+    document: &Value,
+    now: Millis,
+) -> Result<(AudienceRecord, bool), StoreError> {
+    let tx = client.transaction().await.map_err(db_error)?;
+    let (versions, created) = versioned::put(&tx, Kind::Audience, key, document, now).await?;
+    if created {
+        tx.execute(
+            "INSERT INTO audience_checks (profile_id, due_at) SELECT id, $1 FROM profiles
+             ON CONFLICT (profile_id) DO UPDATE SET due_at = least(audience_checks.due_at, excluded.due_at)",
+            &[&now],
+        )
+        .await
+        .map_err(db_error)?;
+    }
+    tx.commit().await.map_err(db_error)?;
+    Ok((record(key, versions), created))
+}
+
+pub async fn status(client: &impl GenericClient, key: &str) -> Result<AudienceStatus, StoreError> {
+    let size = client
+        .query_opt(
+            "SELECT members, last_change FROM audience_sizes WHERE audience_key = $1",
+            &[&key],
+        )
+        .await
+        .map_err(db_error)?;
+    let (members, last_change) = size.map_or((0, None), |r| (r.get::<_, i64>(0), r.get(1)));
+    let pending: i64 = client
+        .query_one(
+            "SELECT count(*) FROM audience_checks
+             WHERE due_at <= (SELECT max(created_at) FROM audiences WHERE key = $1)",
+            &[&key],
+        )
+        .await
+        .map_err(db_error)?
+        .get(0);
+    Ok(AudienceStatus {
+        members: members.max(0) as u64,
+        last_change,
+        pending: pending as u64,
+    })
+}
+
+pub async fn members(
+    client: &impl GenericClient,
+    key: &str,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<AudienceMember>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT profile_id, since FROM audience_members WHERE audience_key = $1 AND profile_id > $2
+             ORDER BY profile_id LIMIT $3",
+            &[&key, &after.unwrap_or(""), &i64::from(limit)],
+        )
+        .await
+        .map_err(db_error)?;
+    Ok(rows
+        .iter()
+        .map(|r| AudienceMember {
+            profile_id: r.get(0),
+            since: r.get(1),
+        })
+        .collect())
+}
+
+pub async fn profile_audiences(
+    client: &impl GenericClient,
+    profile_id: &str,
+) -> Result<Vec<(String, Millis)>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT audience_key, since FROM audience_members WHERE profile_id = $1 ORDER BY audience_key",
+            &[&profile_id],
+        )
+        .await
+        .map_err(db_error)?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+pub async fn profile_history(
+    client: &impl GenericClient,
+    profile_id: &str,
+    names: &[String],
+) -> Result<Vec<HistoryEvent>, StoreError> {
+    let (track, kinds) = waymark_core::event::stored_names(names);
+    let rows = history(client, &[profile_id], &track, &kinds)
+        .await
+        .map_err(|e| match e {
+            Abort::Fail(e) => e,
+            Abort::Retry(why) => StoreError::Unavailable(why.into()),
+        })?;
+    Ok(rows
+        .into_iter()
+        .map(|(_, kind, name, at, body)| HistoryEvent {
+            name: waymark_core::event::display_name(&kind, name.as_deref()),
+            at,
+            body,
+        })
+        .collect())
+}
+
+pub async fn version(
+    client: &impl GenericClient,
+    key: &str,
+    version: u32,
+) -> Result<Option<Value>, Abort> {
+    Ok(versioned::version(client, Kind::Audience, key, version).await?)
+}
+
+pub async fn newest_versions(client: &impl GenericClient) -> Result<Vec<(String, u32)>, Abort> {
+    Ok(versioned::newest(client, Kind::Audience).await?)
+}
+
+pub async fn history(
+    client: &impl GenericClient,
+    profile_ids: &[&str],
+    track_names: &[String],
+    kinds: &[&'static str],
+) -> Result<Vec<HistoryRow>, Abort> {
+    let kinds: Vec<&str> = kinds.to_vec();
+    let rows = client
+        .query(
+            "SELECT profile_id, kind, name, timestamp, body::text FROM events
+             WHERE profile_id = ANY($1)
+               AND ((kind = 'track' AND name = ANY($2)) OR kind = ANY($3))
+             ORDER BY profile_id, timestamp, seq",
+            &[&profile_ids, &track_names, &kinds],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let body: Value = serde_json::from_str(&r.get::<_, String>(4)).map_err(corrupt)?;
+        out.push((r.get(0), r.get(1), r.get(2), r.get(3), body));
+    }
+    Ok(out)
+}
+
+pub async fn memberships(
+    client: &impl GenericClient,
+    profile_ids: &[&str],
+) -> Result<Vec<(String, String, Millis)>, Abort> {
+    let rows = client
+        .query(
+            "SELECT profile_id, audience_key, since FROM audience_members WHERE profile_id = ANY($1)",
+            &[&profile_ids],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+pub async fn write(
+    client: &impl GenericClient,
+    plan: &AudiencePlan,
+    events: &[(&str, &Event)],
+    now: Millis,
+) -> Result<(), Abort> {
+    for change in &plan.changes {
+        let changed = if change.entered {
+            client
+                .execute(
+                    "INSERT INTO audience_members (audience_key, profile_id, since) VALUES ($1, $2, $3)
+                     ON CONFLICT DO NOTHING",
+                    &[&change.audience, &change.profile_id, &change.at],
+                )
+                .await?
+        } else {
+            client
+                .execute(
+                    "DELETE FROM audience_members WHERE audience_key = $1 AND profile_id = $2",
+                    &[&change.audience, &change.profile_id],
+                )
+                .await?
+        };
+        if changed > 0 {
+            let delta: i64 = if change.entered { 1 } else { -1 };
+            client
+                .execute(
+                    "INSERT INTO audience_sizes (audience_key, members, last_change) VALUES ($1, $2, $3)
+                     ON CONFLICT (audience_key) DO UPDATE SET members = audience_sizes.members + excluded.members,
+                         last_change = excluded.last_change",
+                    &[&change.audience, &delta, &change.at],
+                )
+                .await?;
+        }
+    }
+    for (profile_id, e) in events {
+        client
+            .execute(
+                "INSERT INTO events (message_id, profile_id, kind, name, timestamp, received_at, body)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb) ON CONFLICT (message_id) DO NOTHING",
+                &[
+                    &e.message_id,
+                    profile_id,
+                    &e.kind.as_str(),
+                    &e.name,
+                    &e.timestamp,
+                    &now,
+                    &e.to_json().to_string(),
+                ],
+            )
+            .await?;
+    }
+    for check in &plan.checks {
+        match (check.due, check.exact) {
+            (Some(due), true) => {
+                client
+                    .execute(
+                        "INSERT INTO audience_checks (profile_id, due_at) VALUES ($1, $2)
+                         ON CONFLICT (profile_id) DO UPDATE SET due_at = excluded.due_at",
+                        &[&check.profile_id, &due],
+                    )
+                    .await?
+            }
+            (Some(due), false) => {
+                client
+                    .execute(
+                        "INSERT INTO audience_checks (profile_id, due_at) VALUES ($1, $2)
+                         ON CONFLICT (profile_id) DO UPDATE SET due_at = least(audience_checks.due_at, excluded.due_at)",
+                        &[&check.profile_id, &due],
+                    )
+                    .await?
+            }
+            (None, true) => {
+                client
+                    .execute(
+                        "DELETE FROM audience_checks WHERE profile_id = $1",
+                        &[&check.profile_id],
+                    )
+                    .await?
+            }
+            (None, false) => 0,
+        };
+    }
+    Ok(())
+}
+
+pub async fn due_checks(
+    client: &impl GenericClient,
+    now: Millis,
+    limit: u32,
+) -> Result<Vec<String>, Abort> {
+    let rows = client
+        .query(
+            "SELECT profile_id FROM audience_checks WHERE due_at <= $1
+             ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+            &[&now, &i64::from(limit)],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+pub async fn forget(
+    client: &impl GenericClient,
+    profile_id: &str,
+    recheck: Option<&str>,
+    now: Millis,
+) -> Result<(), Abort> {
+    client
+        .execute(
+            "WITH gone AS (DELETE FROM audience_members WHERE profile_id = $1 RETURNING audience_key)
+             UPDATE audience_sizes s SET members = s.members - g.n, last_change = $2
+             FROM (SELECT audience_key, count(*) AS n FROM gone GROUP BY audience_key) g
+             WHERE s.audience_key = g.audience_key",
+            &[&profile_id, &now],
+        )
+        .await?;
+    client
+        .execute(
+            "DELETE FROM audience_checks WHERE profile_id = $1",
+            &[&profile_id],
+        )
+        .await?;
+    if let Some(into) = recheck {
+        client
+            .execute(
+                "INSERT INTO audience_checks (profile_id, due_at) VALUES ($1, $2)
+                 ON CONFLICT (profile_id) DO UPDATE SET due_at = least(audience_checks.due_at, excluded.due_at)",
+                &[&into, &now],
+            )
+            .await?;
+    }
+    Ok(())
+}

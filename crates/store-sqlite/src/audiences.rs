@@ -1,0 +1,339 @@
+//! Audiences on SQLite: documents (every changed one a new version), memberships with a
+//! size counter per audience, and one check row per person (when their audiences must be
+//! decided again). Decisions are `waymark_store::pipeline`'s; this is their SQL.
+
+use rusqlite::{Connection, Transaction, params};
+use serde_json::Value;
+use waymark_core::Event;
+use waymark_core::time::Millis;
+use waymark_engine::audience::{AudiencePlan, HistoryEvent};
+use waymark_store::pipeline::HistoryRow;
+use waymark_store::{AudienceMember, AudienceRecord, AudienceStatus, StoreError};
+
+use crate::unavailable;
+use crate::versioned::{self, Kind, Versions};
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("audience: {e}"))
+}
+
+fn record(key: &str, v: Versions) -> AudienceRecord {
+    AudienceRecord {
+        key: key.to_owned(),
+        version: v.version,
+        document: v.document,
+        versions: v.versions,
+        created_at: v.created_at,
+        updated_at: v.updated_at,
+    }
+}
+
+pub fn read(conn: &Connection, key: &str) -> Result<Option<AudienceRecord>, StoreError> {
+    Ok(versioned::read(conn, Kind::Audience, key)?.map(|v| record(key, v)))
+}
+
+pub fn list(conn: &Connection) -> Result<Vec<AudienceRecord>, StoreError> {
+    let mut out = Vec::new();
+    for key in versioned::keys(conn, Kind::Audience)? {
+        out.extend(read(conn, &key)?);
+    }
+    Ok(out)
+}
+
+/// Stores a changed document as a new version and schedules everyone's audiences to be
+/// decided again now (the backfill).
+pub fn put(
+    tx: &Transaction<'_>,
+    key: &str,
+    document: &Value,
+    now: Millis,
+) -> Result<(AudienceRecord, bool), StoreError> {
+    let (versions, created) = versioned::put(tx, Kind::Audience, key, document, now)?;
+    if created {
+        tx.execute(
+            "INSERT INTO audience_checks (profile_id, due_at) SELECT id, ?1 FROM profiles WHERE true
+             ON CONFLICT (profile_id) DO UPDATE SET due_at = min(due_at, excluded.due_at)",
+            [now],
+        )
+        .map_err(unavailable)?;
+    }
+    Ok((record(key, versions), created))
+}
+
+pub fn status(conn: &Connection, key: &str) -> Result<AudienceStatus, StoreError> {
+    let (members, last_change): (i64, Option<i64>) = conn
+        .prepare_cached("SELECT members, last_change FROM audience_sizes WHERE audience_key = ?1")
+        .and_then(|mut s| {
+            let mut rows = s.query([key])?;
+            match rows.next()? {
+                Some(r) => Ok((r.get(0)?, r.get(1)?)),
+                None => Ok((0, None)),
+            }
+        })
+        .map_err(unavailable)?;
+    let saved: Option<i64> = conn
+        .prepare_cached("SELECT max(created_at) FROM audiences WHERE key = ?1")
+        .and_then(|mut s| s.query_row([key], |r| r.get(0)))
+        .map_err(unavailable)?;
+    let pending: i64 = match saved {
+        Some(saved) => conn
+            .prepare_cached("SELECT count(*) FROM audience_checks WHERE due_at <= ?1")
+            .and_then(|mut s| s.query_row([saved], |r| r.get(0)))
+            .map_err(unavailable)?,
+        None => 0,
+    };
+    Ok(AudienceStatus {
+        members: members.max(0) as u64,
+        last_change,
+        pending: pending as u64,
+    })
+}
+
+pub fn members(
+    conn: &Connection,
+    key: &str,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<AudienceMember>, StoreError> {
+    conn.prepare_cached(
+        "SELECT profile_id, since FROM audience_members WHERE audience_key = ?1 AND profile_id > ?2
+         ORDER BY profile_id LIMIT ?3",
+    )
+    .and_then(|mut s| {
+        s.query_map(params![key, after.unwrap_or(""), i64::from(limit)], |r| {
+            Ok(AudienceMember {
+                profile_id: r.get(0)?,
+                since: r.get(1)?,
+            })
+        })?
+        .collect()
+    })
+    .map_err(unavailable)
+}
+
+pub fn profile_audiences(
+    conn: &Connection,
+    profile_id: &str,
+) -> Result<Vec<(String, Millis)>, StoreError> {
+    conn.prepare_cached(
+        "SELECT audience_key, since FROM audience_members WHERE profile_id = ?1 ORDER BY audience_key",
+    )
+    .and_then(|mut s| {
+        s.query_map([profile_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect()
+    })
+    .map_err(unavailable)
+}
+
+/// One profile's kept events of these display names, oldest first.
+pub fn profile_history(
+    conn: &Connection,
+    profile_id: &str,
+    names: &[String],
+) -> Result<Vec<HistoryEvent>, StoreError> {
+    let (track, kinds) = waymark_core::event::stored_names(names);
+    Ok(history(conn, &[profile_id], &track, &kinds)?
+        .into_iter()
+        .map(|(_, kind, name, at, body)| HistoryEvent {
+            name: waymark_core::event::display_name(&kind, name.as_deref()),
+            at,
+            body,
+        })
+        .collect())
+}
+
+pub fn version(conn: &Connection, key: &str, version: u32) -> Result<Option<Value>, StoreError> {
+    versioned::version(conn, Kind::Audience, key, version)
+}
+
+pub fn newest_versions(conn: &Connection) -> Result<Vec<(String, u32)>, StoreError> {
+    versioned::newest(conn, Kind::Audience)
+}
+
+pub fn history(
+    conn: &Connection,
+    profile_ids: &[&str],
+    track_names: &[String],
+    kinds: &[&'static str],
+) -> Result<Vec<HistoryRow>, StoreError> {
+    let track = serde_json::to_string(track_names).map_err(corrupt)?;
+    let kinds = serde_json::to_string(kinds).map_err(corrupt)?;
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT profile_id, kind, name, timestamp, body FROM events
+             WHERE profile_id = ?1
+               AND ((kind = 'track' AND name IN (SELECT value FROM json_each(?2)))
+                    OR kind IN (SELECT value FROM json_each(?3)))
+             ORDER BY timestamp, seq",
+        )
+        .map_err(unavailable)?;
+    let mut out = Vec::new();
+    for id in profile_ids {
+        let rows = stmt
+            .query_map(params![id, track, kinds], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            })
+            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+            .map_err(unavailable)?;
+        for (profile, kind, name, at, body) in rows {
+            let body = serde_json::from_str(&body).map_err(corrupt)?;
+            out.push((profile, kind, name, at, body));
+        }
+    }
+    Ok(out)
+}
+
+pub fn memberships(
+    conn: &Connection,
+    profile_ids: &[&str],
+) -> Result<Vec<(String, String, Millis)>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT audience_key, since FROM audience_members WHERE profile_id = ?1")
+        .map_err(unavailable)?;
+    let mut out = Vec::new();
+    for id in profile_ids {
+        let rows: Vec<(String, Millis)> = stmt
+            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(Iterator::collect)
+            .map_err(unavailable)?;
+        out.extend(rows.into_iter().map(|(a, s)| ((*id).to_owned(), a, s)));
+    }
+    Ok(out)
+}
+
+pub fn write(
+    tx: &Transaction<'_>,
+    plan: &AudiencePlan,
+    events: &[(&str, &Event)],
+    now: Millis,
+) -> Result<(), StoreError> {
+    {
+        let mut enter = tx
+            .prepare_cached(
+                "INSERT INTO audience_members (audience_key, profile_id, since) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO NOTHING",
+            )
+            .map_err(unavailable)?;
+        let mut leave = tx
+            .prepare_cached(
+                "DELETE FROM audience_members WHERE audience_key = ?1 AND profile_id = ?2",
+            )
+            .map_err(unavailable)?;
+        let mut size = tx
+            .prepare_cached(
+                "INSERT INTO audience_sizes (audience_key, members, last_change) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (audience_key) DO UPDATE SET members = members + excluded.members,
+                     last_change = excluded.last_change",
+            )
+            .map_err(unavailable)?;
+        for change in &plan.changes {
+            let changed = if change.entered {
+                enter.execute(params![change.audience, change.profile_id, change.at])
+            } else {
+                leave.execute(params![change.audience, change.profile_id])
+            }
+            .map_err(unavailable)?;
+            if changed > 0 {
+                let delta: i64 = if change.entered { 1 } else { -1 };
+                size.execute(params![change.audience, delta, change.at])
+                    .map_err(unavailable)?;
+            }
+        }
+    }
+    {
+        let mut record = tx
+            .prepare_cached(
+                "INSERT INTO events (message_id, profile_id, kind, name, timestamp, received_at, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (message_id) DO NOTHING",
+            )
+            .map_err(unavailable)?;
+        for (profile_id, e) in events {
+            record
+                .execute(params![
+                    e.message_id,
+                    profile_id,
+                    e.kind.as_str(),
+                    e.name,
+                    e.timestamp,
+                    now,
+                    e.to_json().to_string()
+                ])
+                .map_err(unavailable)?;
+        }
+    }
+    let mut replace = tx
+        .prepare_cached(
+            "INSERT INTO audience_checks (profile_id, due_at) VALUES (?1, ?2)
+             ON CONFLICT (profile_id) DO UPDATE SET due_at = excluded.due_at",
+        )
+        .map_err(unavailable)?;
+    let mut sooner = tx
+        .prepare_cached(
+            "INSERT INTO audience_checks (profile_id, due_at) VALUES (?1, ?2)
+             ON CONFLICT (profile_id) DO UPDATE SET due_at = min(due_at, excluded.due_at)",
+        )
+        .map_err(unavailable)?;
+    let mut clear = tx
+        .prepare_cached("DELETE FROM audience_checks WHERE profile_id = ?1")
+        .map_err(unavailable)?;
+    for check in &plan.checks {
+        match (check.due, check.exact) {
+            (Some(due), true) => replace.execute(params![check.profile_id, due]),
+            (Some(due), false) => sooner.execute(params![check.profile_id, due]),
+            (None, true) => clear.execute([&check.profile_id]),
+            (None, false) => Ok(0),
+        }
+        .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+pub fn due_checks(conn: &Connection, now: Millis, limit: u32) -> Result<Vec<String>, StoreError> {
+    conn.prepare_cached(
+        "SELECT profile_id FROM audience_checks WHERE due_at <= ?1 ORDER BY due_at LIMIT ?2",
+    )
+    .and_then(|mut s| {
+        s.query_map(params![now, i64::from(limit)], |r| r.get(0))?
+            .collect()
+    })
+    .map_err(unavailable)
+}
+
+pub fn forget(
+    tx: &Transaction<'_>,
+    profile_id: &str,
+    recheck: Option<&str>,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let left: Vec<String> = tx
+        .prepare_cached("DELETE FROM audience_members WHERE profile_id = ?1 RETURNING audience_key")
+        .and_then(|mut s| s.query_map([profile_id], |r| r.get(0))?.collect())
+        .map_err(unavailable)?;
+    for audience in left {
+        tx.execute(
+            "UPDATE audience_sizes SET members = members - 1, last_change = ?2 WHERE audience_key = ?1",
+            params![audience, now],
+        )
+        .map_err(unavailable)?;
+    }
+    tx.execute(
+        "DELETE FROM audience_checks WHERE profile_id = ?1",
+        [profile_id],
+    )
+    .map_err(unavailable)?;
+    if let Some(into) = recheck {
+        tx.execute(
+            "INSERT INTO audience_checks (profile_id, due_at) VALUES (?1, ?2)
+             ON CONFLICT (profile_id) DO UPDATE SET due_at = min(due_at, excluded.due_at)",
+            params![into, now],
+        )
+        .map_err(unavailable)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! Audiences: versions, membership kept on ingest, time-driven exits, backfill and edits,
+//! journeys started by entries, erasure.
+
+use super::*;
+use crate::AudienceStore;
+
+const DAY: i64 = 86_400_000;
+
+async fn profile_id(s: &impl Store, user: &str) -> String {
+    s.profile(&id("user_id", user))
+        .await
+        .expect("read")
+        .expect("profile")
+        .id
+}
+
+async fn audiences_of(s: &impl Store, user: &str) -> Vec<String> {
+    let pid = profile_id(s, user).await;
+    s.profile_audiences(&pid)
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect()
+}
+
+/// (audience, entered?) of each audience event in the person's history, oldest first.
+async fn audience_events(s: &impl Store, user: &str) -> Vec<(String, bool)> {
+    let pid = profile_id(s, user).await;
+    let names = ["Audience Entered".to_owned(), "Audience Exited".to_owned()];
+    s.profile_history(&pid, &names)
+        .await
+        .expect("history")
+        .into_iter()
+        .map(|e| {
+            (
+                e.body["properties"]["audience"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                e.name == "Audience Entered",
+            )
+        })
+        .collect()
+}
+
+pub async fn audiences_stay_current_on_ingest_and_as_time_passes(b: &impl Backend) {
+    let s = b.open(StoreOptions::default()).await;
+    let buyers = json!({"key": "buyers", "rule": r#"events.count("Order Completed", "30d") >= 2"#});
+    let vip =
+        json!({"key": "vip", "rule": r#"in_audience("buyers") && profile.traits.plan == "pro""#});
+    let (record, created) = s.put_audience("buyers", &buyers, 1).await.expect("put");
+    assert!(created);
+    assert_eq!(record.version, 1);
+    s.put_audience("vip", &vip, 2).await.expect("put");
+    let (again, created) = s.put_audience("vip", &vip, 3).await.expect("put");
+    assert!(!created, "the same document is not a new version");
+    assert_eq!(again.version, 1);
+    // A journey that starts when someone enters vip.
+    let welcome = json!({"key": "welcome-vip",
+        "entry": {"event": "Audience Entered", "when": "event.properties.audience == 'vip'"},
+        "nodes": [
+            {"id": "hello", "type": "message", "channel": "log", "template": "hi", "next": "done"},
+            {"id": "done", "type": "end"}]});
+    s.put_journey_draft("welcome-vip", &welcome, 1)
+        .await
+        .expect("put");
+    s.publish_journey("welcome-vip", 1).await.expect("publish");
+
+    // Events are received on 2026-11-29 (see `events`).
+    let placed = parse_iso8601("2026-11-29T12:00:00Z").expect("time");
+    s.ingest(events(json!([
+        {"type": "identify", "messageId": "a0", "userId": "ann", "traits": {"plan": "pro"}},
+        {"type": "track", "messageId": "a1", "userId": "ann", "event": "Order Completed"},
+        {"type": "track", "messageId": "b1", "userId": "bob", "event": "Order Completed"},
+    ])))
+    .await
+    .expect("ingest");
+    assert!(
+        audiences_of(&s, "ann").await.is_empty(),
+        "one order is not two"
+    );
+    s.ingest(events(json!([
+        {"type": "track", "messageId": "a2", "userId": "ann", "event": "Order Completed"},
+        {"type": "track", "messageId": "b2", "userId": "bob", "event": "Order Completed"},
+    ])))
+    .await
+    .expect("ingest");
+    // In the same transaction as the second order: both audiences, dependency first.
+    assert_eq!(audiences_of(&s, "ann").await, ["buyers", "vip"]);
+    assert_eq!(audiences_of(&s, "bob").await, ["buyers"], "bob is not pro");
+    assert_eq!(
+        audience_events(&s, "ann").await,
+        [("buyers".to_owned(), true), ("vip".to_owned(), true)]
+    );
+    let status = s.audience_status("buyers").await.expect("status");
+    assert_eq!((status.members, status.pending), (2, 0));
+    let members = s.audience_members("buyers", None, 1).await.expect("page");
+    let rest = s
+        .audience_members("buyers", Some(&members[0].profile_id), 10)
+        .await
+        .expect("page");
+    assert_eq!(
+        members.len() + rest.len(),
+        2,
+        "keyset pages cover everyone once"
+    );
+    // Entering vip started the journey, in the same transaction.
+    let journeys = s
+        .profile_journeys(&id("user_id", "ann"))
+        .await
+        .expect("read")
+        .expect("profile");
+    assert_eq!(journeys.len(), 1, "{journeys:?}");
+    assert_eq!(journeys[0].0, "welcome-vip");
+    let bob_journeys = s
+        .profile_journeys(&id("user_id", "bob"))
+        .await
+        .expect("read")
+        .expect("profile");
+    assert!(bob_journeys.is_empty(), "{bob_journeys:?}");
+
+    // Nothing changes before the first order is 30 days old...
+    let before = placed + 30 * DAY - 1;
+    s.fire_due_timers(before, 100).await.expect("fire");
+    assert_eq!(audiences_of(&s, "ann").await, ["buyers", "vip"]);
+    // ...and at that instant both leave: time alone flipped the rule.
+    let fired = s
+        .fire_due_timers(placed + 30 * DAY, 100)
+        .await
+        .expect("fire");
+    assert_eq!(fired, 2, "one check per person");
+    assert!(audiences_of(&s, "ann").await.is_empty());
+    assert!(audiences_of(&s, "bob").await.is_empty());
+    assert_eq!(
+        audience_events(&s, "ann").await,
+        [
+            ("buyers".to_owned(), true),
+            ("vip".to_owned(), true),
+            ("buyers".to_owned(), false),
+            ("vip".to_owned(), false)
+        ]
+    );
+    let status = s.audience_status("buyers").await.expect("status");
+    assert_eq!(status.members, 0);
+    assert!(status.last_change.is_some());
+    assert_eq!(
+        s.fire_due_timers(placed + 400 * DAY, 100)
+            .await
+            .expect("fire"),
+        0,
+        "nothing left to age out: no check stays behind"
+    );
+}
+
+pub async fn a_new_or_edited_audience_is_backfilled_from_stored_events(b: &impl Backend) {
+    let s = b.open(StoreOptions::default()).await;
+    s.ingest(events(json!([
+        {"type": "track", "messageId": "c1", "userId": "cy", "event": "Page Viewed"},
+        {"type": "page", "messageId": "c2", "userId": "cy", "name": "Pricing"},
+        {"type": "page", "messageId": "c3", "userId": "cy", "name": "Home"},
+        {"type": "page", "messageId": "d1", "userId": "di", "name": "Home"},
+    ])))
+    .await
+    .expect("ingest");
+    let browsers = json!({"key": "browsers", "rule": r#"events.count("Page Viewed") >= 2"#});
+    s.put_audience("browsers", &browsers, 10)
+        .await
+        .expect("put");
+    let status = s.audience_status("browsers").await.expect("status");
+    assert_eq!(
+        (status.members, status.pending),
+        (0, 2),
+        "building: two people to decide"
+    );
+    let now = crate::wall_clock_ms();
+    assert_eq!(s.fire_due_timers(now, 100).await.expect("fire"), 2);
+    assert_eq!(
+        audiences_of(&s, "cy").await,
+        ["browsers"],
+        "page calls count as Page Viewed, and so does a track event of that name"
+    );
+    assert!(audiences_of(&s, "di").await.is_empty());
+    let status = s.audience_status("browsers").await.expect("status");
+    assert_eq!((status.members, status.pending), (1, 0));
+    // After an edit, nobody stays a member who no longer matches.
+    let stricter = json!({"key": "browsers", "rule": r#"events.count("Page Viewed") >= 4"#});
+    let (record, created) = s
+        .put_audience("browsers", &stricter, now + 1)
+        .await
+        .expect("put");
+    assert!(created);
+    assert_eq!(record.version, 2);
+    s.fire_due_timers(now + 1, 100).await.expect("fire");
+    assert!(audiences_of(&s, "cy").await.is_empty());
+    assert_eq!(
+        s.audience_status("browsers").await.expect("status").members,
+        0
+    );
+    // Erasure takes the person out of every audience.
+    s.put_audience("browsers", &browsers, now + 2)
+        .await
+        .expect("put");
+    s.fire_due_timers(now + 2, 100).await.expect("fire");
+    assert_eq!(
+        s.audience_status("browsers").await.expect("status").members,
+        1
+    );
+    s.erase(&id("user_id", "cy")).await.expect("erase");
+    assert_eq!(
+        s.audience_status("browsers").await.expect("status").members,
+        0
+    );
+    assert_eq!(s.fire_due_timers(now + 3, 100).await.expect("fire"), 0);
+}

@@ -1,0 +1,188 @@
+//! Audience membership against a store, written once above the backends: what a decision
+//! reads (the audience catalog, the people's kept events of the names rules read, their
+//! memberships), the engine's plan, and what it writes (entries and exits, the events that
+//! record them, each person's next check), in the transaction of what changed it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use waymark_core::time::Millis;
+use waymark_core::{Event, ProfileState};
+use waymark_engine::audience::{
+    AudienceCatalog, CompiledAudience, HistoryEvent, PersonInput, Trigger, plan,
+};
+use waymark_engine::run::Runtime;
+
+use super::{RunTx, run_journeys};
+
+/// The audiences as compiled for the newest versions, built once per change of versions.
+async fn catalog<T: RunTx>(tx: &T, runtime: &Runtime) -> Result<Arc<AudienceCatalog>, T::Error> {
+    let versions = tx.audience_versions().await?;
+    if let Some(catalog) = runtime.audience_catalog(&versions) {
+        return Ok(catalog);
+    }
+    let mut compiled = Vec::with_capacity(versions.len());
+    for (key, version) in &versions {
+        let Some(document) = tx.audience_document(key, *version).await? else {
+            continue;
+        };
+        let doc = match serde_json::from_value(document) {
+            Ok(doc) => doc,
+            Err(e) => {
+                tracing::error!(audience = %key, version, error = %e, "stored audience does not parse; skipped");
+                continue;
+            }
+        };
+        match CompiledAudience::compile(&doc, *version) {
+            Ok(audience) => compiled.push(Arc::new(audience)),
+            Err(problems) => {
+                tracing::error!(audience = %key, version, ?problems, "stored audience does not compile; skipped");
+            }
+        }
+    }
+    let catalog = Arc::new(AudienceCatalog::new(compiled));
+    runtime.keep_audience_catalog(versions, catalog.clone());
+    Ok(catalog)
+}
+
+/// The people's kept events of the names the catalog reads, and their memberships.
+async fn people_inputs<'p, T: RunTx>(
+    tx: &T,
+    catalog: &AudienceCatalog,
+    people: Vec<(&'p ProfileState, Trigger)>,
+) -> Result<Vec<PersonInput<'p>>, T::Error> {
+    let ids: Vec<&str> = people.iter().map(|(p, _)| p.id.as_str()).collect();
+    let names: Vec<String> = catalog.event_names().into_iter().collect();
+    let mut events: HashMap<String, Vec<HistoryEvent>> = HashMap::new();
+    if !names.is_empty() {
+        let (track, kinds) = waymark_core::event::stored_names(&names);
+        for (profile, kind, name, at, body) in tx.history(&ids, &track, &kinds).await? {
+            let name = waymark_core::event::display_name(&kind, name.as_deref());
+            events
+                .entry(profile)
+                .or_default()
+                .push(HistoryEvent { name, at, body });
+        }
+    }
+    let mut members: HashMap<String, BTreeMap<String, Millis>> = HashMap::new();
+    for (profile, audience, since) in tx.memberships(&ids).await? {
+        members.entry(profile).or_default().insert(audience, since);
+    }
+    Ok(people
+        .into_iter()
+        .map(|(profile, trigger)| PersonInput {
+            events: events.remove(&profile.id).unwrap_or_default(),
+            members: members.remove(&profile.id).unwrap_or_default(),
+            profile,
+            trigger,
+        })
+        .collect())
+}
+
+/// Decides, for each person, the audiences their new events can change; writes the result
+/// and returns the `Audience Entered` / `Audience Exited` events it recorded, for journeys.
+pub(super) async fn on_events<'p, T: RunTx>(
+    tx: &T,
+    runtime: &Runtime,
+    events: &[(&Event, &'p ProfileState)],
+    now: Millis,
+) -> Result<Vec<(Event, &'p ProfileState)>, T::Error> {
+    let catalog = catalog(tx, runtime).await?;
+    if catalog.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One input per person, with the names of the events they sent that can matter.
+    let mut people: Vec<(&'p ProfileState, Trigger)> = Vec::new();
+    for (event, profile) in events {
+        let name = event.display_name();
+        if !catalog.affected_by(name) {
+            continue;
+        }
+        match people.iter_mut().find(|(p, _)| p.id == profile.id) {
+            Some((p, Trigger::Events(names))) => {
+                // The profile as it stands after all of this person's events.
+                *p = profile;
+                if !names.iter().any(|n| n == name) {
+                    names.push(name.to_owned());
+                }
+            }
+            Some(_) => {}
+            None => people.push((profile, Trigger::Events(vec![name.to_owned()]))),
+        }
+    }
+    if people.is_empty() {
+        return Ok(Vec::new());
+    }
+    decide(tx, &catalog, people, now).await
+}
+
+/// Decides and writes; returns the events recorded with their people.
+async fn decide<'p, T: RunTx>(
+    tx: &T,
+    catalog: &AudienceCatalog,
+    people: Vec<(&'p ProfileState, Trigger)>,
+    now: Millis,
+) -> Result<Vec<(Event, &'p ProfileState)>, T::Error> {
+    let profiles: HashMap<&str, &'p ProfileState> =
+        people.iter().map(|(p, _)| (p.id.as_str(), *p)).collect();
+    let inputs = people_inputs(tx, catalog, people).await?;
+    let planned = plan(catalog, &inputs, now);
+    for (audience, profile, error) in &planned.errors {
+        metrics::counter!("waymark_audience_errors_total", "audience" => audience.clone())
+            .increment(1);
+        tracing::debug!(%audience, %profile, %error, "audience rule failed for a person");
+    }
+    metrics::counter!("waymark_audience_evaluations_total").increment(planned.evaluated);
+    let recorded: Vec<(Event, &'p ProfileState)> = planned
+        .changes
+        .iter()
+        .filter_map(|c| Some((c.event(), *profiles.get(c.profile_id.as_str())?)))
+        .collect();
+    let owned: Vec<(&str, &Event)> = recorded.iter().map(|(e, p)| (p.id.as_str(), e)).collect();
+    tx.write_audiences(&planned, &owned, now).await?;
+    Ok(recorded)
+}
+
+/// Decides every audience for up to `limit` people whose check is due, then runs journeys
+/// on the entries and exits; returns how many people were decided.
+pub(super) async fn fire_checks<T: RunTx>(
+    tx: &T,
+    runtime: &Runtime,
+    now: Millis,
+    limit: u32,
+) -> Result<usize, T::Error> {
+    let due = tx.due_audience_checks(now, limit).await?;
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let mut ids: Vec<&str> = due.iter().map(String::as_str).collect();
+    ids.sort_unstable();
+    let profiles = tx.lock_profiles(&ids).await?;
+    let catalog = catalog(tx, runtime).await?;
+    let people: Vec<(&ProfileState, Trigger)> = ids
+        .iter()
+        .filter_map(|id| profiles.get(*id))
+        .map(|p| (p, Trigger::Everything))
+        .collect();
+    // People erased meanwhile still have their check taken off.
+    let gone: Vec<waymark_engine::audience::Check> = ids
+        .iter()
+        .filter(|id| !profiles.contains_key(**id))
+        .map(|id| waymark_engine::audience::Check {
+            profile_id: (*id).to_owned(),
+            due: None,
+            exact: true,
+        })
+        .collect();
+    if !gone.is_empty() {
+        let cleared = waymark_engine::audience::AudiencePlan {
+            checks: gone,
+            ..Default::default()
+        };
+        tx.write_audiences(&cleared, &[], now).await?;
+    }
+    let recorded = decide(tx, &catalog, people, now).await?;
+    let inputs: Vec<(&Event, &ProfileState)> = recorded.iter().map(|(e, p)| (e, *p)).collect();
+    run_journeys(tx, runtime, &inputs, now).await?;
+    Ok(due.len())
+}
