@@ -5,6 +5,7 @@
 mod common;
 mod support;
 
+mod audiences;
 mod direct_mail;
 mod email;
 mod governance;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::{self, ADMIN, Launch, Server, WRITE_KEY, client, get, send_batch};
+use crate::common::{ADMIN, Launch, Server, WRITE_KEY, client, get, send_batch};
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,7 +431,7 @@ async fn sms_status_callbacks_mark_messages_delivered_and_suppress_dead_numbers(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_sharing_postgres_share_the_throttle() {
     let (provider, arrivals) = timed_twilio().await;
-    let url = common::fresh_postgres_url().await;
+    let url = crate::common::fresh_postgres_url().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let start =
         |name: &str| throttled_sms_server(&dir.path().join(name), &provider, Some(&url), "1h");

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::common::{self, ADMIN, Launch, Server, client, get};
+use crate::common::{ADMIN, Launch, Server, client, get};
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,6 +68,6 @@ async fn overdue_timers_fire_once_after_kill_9() {
 #[cfg(feature = "backend-tests")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overdue_timers_fire_once_after_kill_9_on_postgres() {
-    let url = common::fresh_postgres_url().await;
+    let url = crate::common::fresh_postgres_url().await;
     kill_9_while_waiting(Some(&url)).await;
 }

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{self, ADMIN, Launch, Server, WRITE_KEY, client, get, send_batch};
+use crate::common::{ADMIN, Launch, Server, WRITE_KEY, client, get, send_batch};
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,7 +88,7 @@ async fn kill_9_during_webhook_dispatch_loses_no_step() {
 #[cfg(feature = "backend-tests")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_webhook_dispatch_loses_no_step_on_postgres() {
-    let url = common::fresh_postgres_url().await;
+    let url = crate::common::fresh_postgres_url().await;
     kill_9_during_webhook_dispatch(Some(&url)).await;
 }
 

@@ -1,0 +1,158 @@
+//! Audiences in a running server: a new audience is backfilled from stored events in the
+//! background, and a rule that time alone flips ends membership at that instant, which a
+//! journey acts on (a webhook to a CRM on loopback), on both stores; across a kill -9 too.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::{ADMIN, Launch, Server, WRITE_KEY, client, get, send_batch};
+use crate::support::*;
+
+async fn put_audience(c: &reqwest::Client, base: &str, doc: &Value) -> Value {
+    let key = doc["key"].as_str().expect("key");
+    let r = c
+        .put(format!("{base}/v1/audiences/{key}"))
+        .bearer_auth(ADMIN)
+        .json(doc)
+        .send()
+        .await
+        .expect("put");
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    r.json().await.expect("json")
+}
+
+/// Waits until `check` holds for the audience's GET answer.
+async fn wait_for_audience(
+    c: &reqwest::Client,
+    base: &str,
+    key: &str,
+    within: Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let started = Instant::now();
+    loop {
+        let (_, body) = get(c, base, ADMIN, &format!("/v1/audiences/{key}")).await;
+        if check(&body) {
+            return body;
+        }
+        assert!(
+            started.elapsed() < within,
+            "audience {key} never got there: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn backfill_then_time_driven_exit(store: Option<&str>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut server = Server::start(Launch {
+        data_dir: &data,
+        store,
+        configured_keys: true,
+    });
+    let c = client();
+    let (url, calls) = crm_sink(false).await;
+    // When someone stops being an active pinger, the CRM hears of it.
+    put_and_publish(
+        &c,
+        &server.base,
+        &json!({"key": "lapsed", "entry": {"event": "Audience Exited", "when": "event.properties.audience == 'pingers'"},
+            "nodes": [
+                {"id": "tell", "type": "webhook", "url": url, "body": {"lapsed": "{{profile.id}}"}, "next": "done"},
+                {"id": "done", "type": "end"}]}),
+    )
+    .await;
+    // History first: 30 people ping twice, 10 once.
+    let mut batch = Vec::new();
+    for n in 0..40 {
+        batch.push(json!({"type": "track", "userId": format!("p{n}"), "event": "Ping"}));
+        if n < 30 {
+            batch.push(json!({"type": "track", "userId": format!("p{n}"), "event": "Ping"}));
+        }
+    }
+    send_batch(&c, &server.base, WRITE_KEY, &Value::Array(batch))
+        .await
+        .expect("ingest");
+    // Then the audience: everyone already stored is decided in the background.
+    let put = put_audience(
+        &c,
+        &server.base,
+        &json!({"key": "pingers", "rule": "events.count(\"Ping\", \"4s\") >= 2"}),
+    )
+    .await;
+    assert_eq!(put["version"], 1, "{put}");
+    let built = wait_for_audience(&c, &server.base, "pingers", Duration::from_secs(3), |a| {
+        a["state"] == "current"
+    })
+    .await;
+    let entered_by = Instant::now();
+    assert_eq!(built["size"], 30, "{built}");
+    // Kill -9 while every membership waits to age out: the checks are durable.
+    server.kill9();
+    let server = Server::start(Launch {
+        data_dir: &data,
+        store,
+        configured_keys: true,
+    });
+    // About 4 s after the pings, everyone leaves at once (time alone flips the rule), and
+    // the journey tells the CRM about each, once.
+    let emptied = wait_for_audience(&c, &server.base, "pingers", Duration::from_secs(15), |a| {
+        a["size"] == 0
+    })
+    .await;
+    assert!(emptied["last_change"].is_string(), "{emptied}");
+    assert!(
+        entered_by.elapsed() < Duration::from_secs(8),
+        "exits came {:?} after the backfill",
+        entered_by.elapsed()
+    );
+    let started = Instant::now();
+    while calls.lock().expect("lock").len() < 30 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "not every exit reached the CRM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let calls = calls.lock().expect("lock").clone();
+    assert_eq!(calls.len(), 30);
+    assert!(
+        calls.values().all(|n| *n == 1),
+        "each exit called once: {calls:?}"
+    );
+    // p35 pinged once: never a member, no exit.
+    let (_, explain) = get(
+        &c,
+        &server.base,
+        ADMIN,
+        "/v1/profiles/user_id/p35/audiences/pingers/explain",
+    )
+    .await;
+    assert_eq!(explain["member"], false, "{explain}");
+    let (_, events) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/p0/events").await;
+    let names: Vec<&str> = events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["Audience Exited", "Audience Entered", "Ping", "Ping"],
+        "{events}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audiences_are_backfilled_and_left_when_time_flips_the_rule() {
+    backfill_then_time_driven_exit(None).await;
+}
+
+#[cfg(feature = "backend-tests")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audiences_are_backfilled_and_left_when_time_flips_the_rule_on_postgres() {
+    let url = crate::common::fresh_postgres_url().await;
+    backfill_then_time_driven_exit(Some(&url)).await;
+}
