@@ -169,3 +169,50 @@ fn only_named_events_are_read_and_profile_fields_are_pruned() {
     let e = decide(&rule, &[event("B", T0, json!({}))], T0);
     assert_eq!(e.values[0].value, json!(0));
 }
+
+/// The cookbook in docs/audiences.md: every rule is valid against the others, and a few
+/// decide as the page says for a person who did those things.
+#[test]
+fn the_cookbook_rules_are_valid_and_decide_as_documented() {
+    let page = include_str!("../../../../docs/audiences.md");
+    let cookbook = page.split("## Cookbook").nth(1).expect("cookbook section");
+    let yaml = cookbook
+        .split("```yaml")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a yaml block");
+    let docs: Vec<AudienceDoc> = serde_norway::from_str(yaml).expect("cookbook parses");
+    assert!(docs.len() >= 20, "{} rules", docs.len());
+    let catalog: waymark_core::audience::Catalog = docs
+        .iter()
+        .map(|d| {
+            let rule = waymark_core::audience::Rule::parse(&d.rule).expect("parses");
+            (d.key.clone(), rule.audiences)
+        })
+        .collect();
+    let year = 365 * DAY;
+    for doc in &docs {
+        let mut others = catalog.clone();
+        others.remove(&doc.key);
+        if let Err(problems) = waymark_core::audience::validate(doc, &others, Some(year)) {
+            panic!("{}: {problems:?}", doc.key);
+        }
+    }
+    let rule = |key: &str| {
+        let doc = docs.iter().find(|d| d.key == key).expect("in the cookbook");
+        CompiledAudience::compile(doc, 1).expect("compiles")
+    };
+    let now = T0 + 1000;
+    let events = vec![
+        event("Cart Viewed", T0, json!({"value": 80.5})),
+        event("Order Completed", T0, json!({"total": 1200, "category": "shoes"})),
+    ];
+    for key in ["big-carts", "big-spenders-once", "shoe-buyers"] {
+        let e = decide(&rule(key), &events, now);
+        assert!(e.member && e.error.is_none(), "{key}: {e:?}");
+    }
+    let e = decide(&rule("lapsed-buyers"), &events, T0 + 60 * DAY);
+    assert!(e.member, "{e:?}");
+    let e = decide(&rule("nordics"), &[], now);
+    assert!(!e.member, "no country trait: not a member");
+}
