@@ -103,6 +103,11 @@ impl Event {
     }
 }
 
+/// The event a person's history records when they enter an audience.
+pub const AUDIENCE_ENTERED: &str = "Audience Entered";
+/// ... and when they leave one.
+pub const AUDIENCE_EXITED: &str = "Audience Exited";
+
 /// The stored `(kind, name)` pairs an event display name stands for, as a query asks for
 /// them: track events by name, and the other calls by kind (`Identify`, `Page Viewed`...).
 /// A track event named like a call (`Page Viewed`) counts too, as journeys see it.

@@ -48,3 +48,51 @@ fn entry_through_three_nodes(bencher: Bencher) {
         state
     });
 }
+
+/// One person's audience decision: a rule mixing a trait and a 30-day count, over the
+/// person's 20 kept events (what a backfill or a streaming update costs in the engine).
+#[divan::bench(args = [false, true])]
+fn audience_rule_over_twenty_events(bencher: Bencher, with_condition: bool) {
+    use waymark_core::audience::AudienceDoc;
+    use waymark_engine::audience::{CompiledAudience, HistoryEvent, Person};
+    let rule = if with_condition {
+        r#"profile.traits.plan == "pro" && events.count("Order Completed", "30d", e, e.properties.total > 12) >= 3"#
+    } else {
+        r#"profile.traits.plan == "pro" && events.count("Order Completed", "30d") >= 3"#
+    };
+    let doc = AudienceDoc {
+        key: "a".into(),
+        name: None,
+        description: None,
+        rule: rule.into(),
+    };
+    let audience = CompiledAudience::compile(&doc, 1).expect("compiles");
+    let now = 1_800_000_000_000i64;
+    let day = 86_400_000i64;
+    let events: Vec<HistoryEvent> = (0..20)
+        .map(|i| {
+            let name = if i % 2 == 0 { "Order Completed" } else { "Page Viewed" };
+            HistoryEvent {
+                name: name.into(),
+                at: now - i * 3 * day,
+                body: json!({"event": name, "properties": {"total": 10 + i, "sku": "SKU-1", "category": "shoes"}}),
+            }
+        })
+        .collect();
+    let mut profile = ProfileState::new("p1".into(), 0, 0);
+    profile.traits.insert("plan".into(), json!("pro"));
+    profile.traits.insert("name".into(), json!("Ada"));
+    let member_of = |_: &str| false;
+    bencher.bench(|| {
+        let e = audience.evaluate(
+            &Person {
+                profile: divan::black_box(&profile),
+                events: &events,
+                member_of: &member_of,
+            },
+            now,
+        );
+        assert!(e.member);
+        e
+    });
+}

@@ -426,7 +426,7 @@ impl Run<'_> {
     }
 
     fn try_enter(&mut self, state: &JourneyState, event: &Event) -> Option<Instance> {
-        if event.display_name() != self.j.doc.entry.event || !self.may_enter(state) {
+        if !self.j.doc.entry.accepts(event) || !self.may_enter(state) {
             return None;
         }
         let event_json = event.to_json();

@@ -672,3 +672,41 @@ fn effect_keys_read_back() {
     assert_eq!(crate::EffectKey::parse(&text), Some(key));
     assert_eq!(crate::EffectKey::parse("welcome:p:x:send:7"), None);
 }
+
+#[test]
+fn an_audience_entry_starts_on_that_audience_only() {
+    let enter = journey(
+        "key: vip-welcome\nentry: {audience: vip}\nnodes:\n  - {id: hi, type: message, channel: log, template: hi, next: done}\n  - {id: done, type: end}\n",
+    );
+    let leave = journey(
+        "key: vip-bye\nentry: {audience: vip, on: exit}\nnodes:\n  - {id: bye, type: message, channel: log, template: bye, next: done}\n  - {id: done, type: end}\n",
+    );
+    let events = json!([
+        {"type": "track", "userId": "a", "event": "Audience Entered", "properties": {"audience": "other"}},
+        {"type": "track", "userId": "b", "event": "Audience Entered", "properties": {"audience": "vip"}},
+        {"type": "track", "userId": "c", "event": "Audience Exited", "properties": {"audience": "vip"}},
+    ]);
+    let entered: Vec<usize> = [&enter, &leave]
+        .iter()
+        .map(|j| run(j, events.clone(), Webhooks::Succeed).report().len())
+        .collect();
+    // The simulation runs one person at a time: one instance each for b and c.
+    assert_eq!(entered, [1, 1]);
+    let problems = waymark_core::journey::validate(
+        &parse(
+            "key: x\nentry: {event: Go, audience: vip, on: exit}\nnodes: [{id: done, type: end}]\n",
+            Format::Yaml,
+        )
+        .expect("parses"),
+    );
+    assert_eq!(problems[0].field, "entry.audience", "{problems:?}");
+    let problems = waymark_core::journey::validate(
+        &parse(
+            "key: x\nentry: {on: exit}\nnodes: [{id: done, type: end}]\n",
+            Format::Yaml,
+        )
+        .expect("parses"),
+    );
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["entry.event", "entry.on"], "{problems:?}");
+}

@@ -88,6 +88,15 @@ pub async fn put_journey(
     if let Some(mismatch) = key_mismatch(&journey.key, &key) {
         problems.insert(0, mismatch);
     }
+    if let Some(audience) = &journey.entry.audience
+        && state.store.audience(audience).await?.is_none()
+    {
+        problems.push(FieldError::new(
+            "unknown_audience",
+            "entry.audience",
+            format!("there is no audience {audience:?}"),
+        ));
+    }
     if !problems.is_empty() {
         return Err(ApiError::unprocessable("invalid_journey", problems));
     }

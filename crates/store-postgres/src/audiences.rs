@@ -137,7 +137,7 @@ pub async fn profile_history(
     names: &[String],
 ) -> Result<Vec<HistoryEvent>, StoreError> {
     let (track, kinds) = waymark_core::event::stored_names(names);
-    let rows = history(client, &[profile_id], &track, &kinds)
+    let rows = history(client, &[profile_id], &track, &kinds, true)
         .await
         .map_err(|e| match e {
             Abort::Fail(e) => e,
@@ -170,20 +170,24 @@ pub async fn history(
     profile_ids: &[&str],
     track_names: &[String],
     kinds: &[&'static str],
+    with_bodies: bool,
 ) -> Result<Vec<HistoryRow>, Abort> {
     let kinds: Vec<&str> = kinds.to_vec();
     let rows = client
         .query(
-            "SELECT profile_id, kind, name, timestamp, body::text FROM events
+            "SELECT profile_id, kind, name, timestamp, CASE WHEN $4 THEN body::text END FROM events
              WHERE profile_id = ANY($1)
                AND ((kind = 'track' AND name = ANY($2)) OR kind = ANY($3))
              ORDER BY profile_id, timestamp, seq",
-            &[&profile_ids, &track_names, &kinds],
+            &[&profile_ids, &track_names, &kinds, &with_bodies],
         )
         .await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        let body: Value = serde_json::from_str(&r.get::<_, String>(4)).map_err(corrupt)?;
+        let body: Value = match r.get::<_, Option<String>>(4) {
+            Some(body) => serde_json::from_str(&body).map_err(corrupt)?,
+            None => Value::Null,
+        };
         out.push((r.get(0), r.get(1), r.get(2), r.get(3), body));
     }
     Ok(out)
@@ -205,88 +209,127 @@ pub async fn memberships(
         .collect())
 }
 
+/// Writes a membership plan with a statement per kind of row (arrays through `unnest`), so
+/// a batch of a thousand people costs a handful of round trips, not thousands.
 pub async fn write(
     client: &impl GenericClient,
     plan: &AudiencePlan,
     events: &[(&str, &Event)],
     now: Millis,
 ) -> Result<(), Abort> {
-    for change in &plan.changes {
-        let changed = if change.entered {
-            client
-                .execute(
-                    "INSERT INTO audience_members (audience_key, profile_id, since) VALUES ($1, $2, $3)
-                     ON CONFLICT DO NOTHING",
-                    &[&change.audience, &change.profile_id, &change.at],
-                )
-                .await?
-        } else {
-            client
-                .execute(
-                    "DELETE FROM audience_members WHERE audience_key = $1 AND profile_id = $2",
-                    &[&change.audience, &change.profile_id],
-                )
-                .await?
-        };
-        if changed > 0 {
-            let delta: i64 = if change.entered { 1 } else { -1 };
-            client
-                .execute(
-                    "INSERT INTO audience_sizes (audience_key, members, last_change) VALUES ($1, $2, $3)
-                     ON CONFLICT (audience_key) DO UPDATE SET members = audience_sizes.members + excluded.members,
-                         last_change = excluded.last_change",
-                    &[&change.audience, &delta, &change.at],
-                )
-                .await?;
+    // Size changes per audience: +1 for each row really inserted, -1 for each really deleted.
+    let mut sizes: std::collections::BTreeMap<String, (i64, Millis)> = Default::default();
+    let (entered, exited): (Vec<_>, Vec<_>) = plan.changes.iter().partition(|c| c.entered);
+    if !entered.is_empty() {
+        let audiences: Vec<&str> = entered.iter().map(|c| c.audience.as_str()).collect();
+        let people: Vec<&str> = entered.iter().map(|c| c.profile_id.as_str()).collect();
+        let since: Vec<i64> = entered.iter().map(|c| c.at).collect();
+        let rows = client
+            .query(
+                "INSERT INTO audience_members (audience_key, profile_id, since)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+                 ON CONFLICT DO NOTHING RETURNING audience_key, since",
+                &[&audiences, &people, &since],
+            )
+            .await?;
+        for r in rows {
+            let entry = sizes.entry(r.get(0)).or_insert((0, 0));
+            entry.0 += 1;
+            entry.1 = entry.1.max(r.get(1));
         }
     }
-    for (profile_id, e) in events {
+    if !exited.is_empty() {
+        let audiences: Vec<&str> = exited.iter().map(|c| c.audience.as_str()).collect();
+        let people: Vec<&str> = exited.iter().map(|c| c.profile_id.as_str()).collect();
+        let rows = client
+            .query(
+                "DELETE FROM audience_members m USING unnest($1::text[], $2::text[]) AS gone (a, p)
+                 WHERE m.audience_key = gone.a AND m.profile_id = gone.p RETURNING m.audience_key",
+                &[&audiences, &people],
+            )
+            .await?;
+        for r in rows {
+            let entry = sizes.entry(r.get(0)).or_insert((0, 0));
+            entry.0 -= 1;
+            entry.1 = entry.1.max(now);
+        }
+    }
+    for (audience, (delta, at)) in &sizes {
         client
             .execute(
-                "INSERT INTO events (message_id, profile_id, kind, name, timestamp, received_at, body)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb) ON CONFLICT (message_id) DO NOTHING",
-                &[
-                    &e.message_id,
-                    profile_id,
-                    &e.kind.as_str(),
-                    &e.name,
-                    &e.timestamp,
-                    &now,
-                    &e.to_json().to_string(),
-                ],
+                "INSERT INTO audience_sizes (audience_key, members, last_change) VALUES ($1, $2, $3)
+                 ON CONFLICT (audience_key) DO UPDATE SET members = audience_sizes.members + excluded.members,
+                     last_change = greatest(audience_sizes.last_change, excluded.last_change)",
+                &[audience, delta, at],
             )
             .await?;
     }
+    if !events.is_empty() {
+        let ids: Vec<&str> = events.iter().map(|(_, e)| e.message_id.as_str()).collect();
+        let owners: Vec<&str> = events.iter().map(|(p, _)| *p).collect();
+        let kinds: Vec<&str> = events.iter().map(|(_, e)| e.kind.as_str()).collect();
+        let names: Vec<Option<&str>> = events.iter().map(|(_, e)| e.name.as_deref()).collect();
+        let times: Vec<i64> = events.iter().map(|(_, e)| e.timestamp).collect();
+        let bodies: Vec<String> = events
+            .iter()
+            .map(|(_, e)| e.to_json().to_string())
+            .collect();
+        client
+            .execute(
+                "INSERT INTO events (message_id, profile_id, kind, name, timestamp, received_at, body)
+                 SELECT m, p, k, n, t, $6, b::jsonb
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $7::text[])
+                   WITH ORDINALITY AS u(m, p, k, n, t, b, o)
+                 ORDER BY o
+                 ON CONFLICT (message_id) DO NOTHING",
+                &[&ids, &owners, &kinds, &names, &times, &now, &bodies],
+            )
+            .await?;
+    }
+    let mut replace: (Vec<&str>, Vec<i64>) = Default::default();
+    let mut sooner: (Vec<&str>, Vec<i64>) = Default::default();
+    let mut clear: Vec<&str> = Vec::new();
     for check in &plan.checks {
         match (check.due, check.exact) {
             (Some(due), true) => {
-                client
-                    .execute(
-                        "INSERT INTO audience_checks (profile_id, due_at) VALUES ($1, $2)
-                         ON CONFLICT (profile_id) DO UPDATE SET due_at = excluded.due_at",
-                        &[&check.profile_id, &due],
-                    )
-                    .await?
+                replace.0.push(&check.profile_id);
+                replace.1.push(due);
             }
             (Some(due), false) => {
-                client
-                    .execute(
-                        "INSERT INTO audience_checks (profile_id, due_at) VALUES ($1, $2)
-                         ON CONFLICT (profile_id) DO UPDATE SET due_at = least(audience_checks.due_at, excluded.due_at)",
-                        &[&check.profile_id, &due],
-                    )
-                    .await?
+                sooner.0.push(&check.profile_id);
+                sooner.1.push(due);
             }
-            (None, true) => {
-                client
-                    .execute(
-                        "DELETE FROM audience_checks WHERE profile_id = $1",
-                        &[&check.profile_id],
-                    )
-                    .await?
-            }
-            (None, false) => 0,
-        };
+            (None, true) => clear.push(&check.profile_id),
+            (None, false) => {}
+        }
+    }
+    if !replace.0.is_empty() {
+        client
+            .execute(
+                "INSERT INTO audience_checks (profile_id, due_at)
+                 SELECT * FROM unnest($1::text[], $2::bigint[])
+                 ON CONFLICT (profile_id) DO UPDATE SET due_at = excluded.due_at",
+                &[&replace.0, &replace.1],
+            )
+            .await?;
+    }
+    if !sooner.0.is_empty() {
+        client
+            .execute(
+                "INSERT INTO audience_checks (profile_id, due_at)
+                 SELECT * FROM unnest($1::text[], $2::bigint[])
+                 ON CONFLICT (profile_id) DO UPDATE SET due_at = least(audience_checks.due_at, excluded.due_at)",
+                &[&sooner.0, &sooner.1],
+            )
+            .await?;
+    }
+    if !clear.is_empty() {
+        client
+            .execute(
+                "DELETE FROM audience_checks WHERE profile_id = ANY($1)",
+                &[&clear],
+            )
+            .await?;
     }
     Ok(())
 }

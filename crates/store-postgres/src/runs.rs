@@ -517,8 +517,9 @@ impl<C: GenericClient> RunTx for Run<'_, C> {
         profile_ids: &[&str],
         track_names: &[String],
         kinds: &[&'static str],
+        with_bodies: bool,
     ) -> Result<Vec<HistoryRow>, Abort> {
-        audiences::history(self.0, profile_ids, track_names, kinds).await
+        audiences::history(self.0, profile_ids, track_names, kinds, with_bodies).await
     }
 
     async fn memberships(

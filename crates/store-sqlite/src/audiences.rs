@@ -132,7 +132,7 @@ pub fn profile_history(
     names: &[String],
 ) -> Result<Vec<HistoryEvent>, StoreError> {
     let (track, kinds) = waymark_core::event::stored_names(names);
-    Ok(history(conn, &[profile_id], &track, &kinds)?
+    Ok(history(conn, &[profile_id], &track, &kinds, true)?
         .into_iter()
         .map(|(_, kind, name, at, body)| HistoryEvent {
             name: waymark_core::event::display_name(&kind, name.as_deref()),
@@ -155,12 +155,13 @@ pub fn history(
     profile_ids: &[&str],
     track_names: &[String],
     kinds: &[&'static str],
+    with_bodies: bool,
 ) -> Result<Vec<HistoryRow>, StoreError> {
     let track = serde_json::to_string(track_names).map_err(corrupt)?;
     let kinds = serde_json::to_string(kinds).map_err(corrupt)?;
     let mut stmt = conn
         .prepare_cached(
-            "SELECT profile_id, kind, name, timestamp, body FROM events
+            "SELECT profile_id, kind, name, timestamp, CASE WHEN ?4 THEN body END FROM events
              WHERE profile_id = ?1
                AND ((kind = 'track' AND name IN (SELECT value FROM json_each(?2)))
                     OR kind IN (SELECT value FROM json_each(?3)))
@@ -170,19 +171,22 @@ pub fn history(
     let mut out = Vec::new();
     for id in profile_ids {
         let rows = stmt
-            .query_map(params![id, track, kinds], |r| {
+            .query_map(params![id, track, kinds, with_bodies], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, Option<String>>(2)?,
                     r.get::<_, i64>(3)?,
-                    r.get::<_, String>(4)?,
+                    r.get::<_, Option<String>>(4)?,
                 ))
             })
             .and_then(Iterator::collect::<Result<Vec<_>, _>>)
             .map_err(unavailable)?;
         for (profile, kind, name, at, body) in rows {
-            let body = serde_json::from_str(&body).map_err(corrupt)?;
+            let body = match body {
+                Some(body) => serde_json::from_str(&body).map_err(corrupt)?,
+                None => Value::Null,
+            };
             out.push((profile, kind, name, at, body));
         }
     }
@@ -225,13 +229,9 @@ pub fn write(
                 "DELETE FROM audience_members WHERE audience_key = ?1 AND profile_id = ?2",
             )
             .map_err(unavailable)?;
-        let mut size = tx
-            .prepare_cached(
-                "INSERT INTO audience_sizes (audience_key, members, last_change) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (audience_key) DO UPDATE SET members = members + excluded.members,
-                     last_change = excluded.last_change",
-            )
-            .map_err(unavailable)?;
+        // Size changes per audience: +1 for each row really inserted, -1 for each really
+        // deleted, written once per audience.
+        let mut sizes: std::collections::BTreeMap<&str, (i64, Millis)> = Default::default();
         for change in &plan.changes {
             let changed = if change.entered {
                 enter.execute(params![change.audience, change.profile_id, change.at])
@@ -240,10 +240,21 @@ pub fn write(
             }
             .map_err(unavailable)?;
             if changed > 0 {
-                let delta: i64 = if change.entered { 1 } else { -1 };
-                size.execute(params![change.audience, delta, change.at])
-                    .map_err(unavailable)?;
+                let entry = sizes.entry(&change.audience).or_insert((0, change.at));
+                entry.0 += if change.entered { 1 } else { -1 };
+                entry.1 = entry.1.max(change.at);
             }
+        }
+        let mut size = tx
+            .prepare_cached(
+                "INSERT INTO audience_sizes (audience_key, members, last_change) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (audience_key) DO UPDATE SET members = members + excluded.members,
+                     last_change = max(last_change, excluded.last_change)",
+            )
+            .map_err(unavailable)?;
+        for (audience, (delta, at)) in sizes {
+            size.execute(params![audience, delta, at])
+                .map_err(unavailable)?;
         }
     }
     {

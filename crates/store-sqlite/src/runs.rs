@@ -498,8 +498,9 @@ impl RunTx for Run<'_, '_> {
         profile_ids: &[&str],
         track_names: &[String],
         kinds: &[&'static str],
+        with_bodies: bool,
     ) -> Result<Vec<HistoryRow>, StoreError> {
-        audiences::history(self.0, profile_ids, track_names, kinds)
+        audiences::history(self.0, profile_ids, track_names, kinds, with_bodies)
     }
 
     async fn memberships(

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 pub use rule::{BehaviourCall, EventFilter, Function, Rule, RuleError};
 
+pub use crate::event::{AUDIENCE_ENTERED as ENTERED, AUDIENCE_EXITED as EXITED};
+
 use crate::FieldError;
 use crate::journey::Format;
 

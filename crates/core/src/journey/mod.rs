@@ -62,15 +62,56 @@ pub struct PinnedTemplate {
     pub document: crate::content::ContentDoc,
 }
 
-/// What starts a person's journey.
+/// What starts a person's journey: an event, or entering (or leaving) an audience.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Entry {
     /// Segment event name (`Signed Up`), or `Identify`, `Page Viewed`, `Screen Viewed`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub event: String,
+    /// Or an audience's key: the journey starts when a person enters it (or, with
+    /// `on: exit`, leaves it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// With `audience`: `enter` (default) or `exit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<AudienceSide>,
     /// Optional CEL filter over `event` and `profile`.
     #[serde(default)]
     pub when: Option<String>,
+}
+
+/// Which audience change starts a journey.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AudienceSide {
+    #[default]
+    Enter,
+    Exit,
+}
+
+impl Entry {
+    /// The name of the events that can start the journey: the entry event, or for an
+    /// audience entry `Audience Entered` / `Audience Exited`.
+    pub fn event_name(&self) -> &str {
+        match (&self.audience, self.on.unwrap_or_default()) {
+            (None, _) => &self.event,
+            (Some(_), AudienceSide::Enter) => crate::event::AUDIENCE_ENTERED,
+            (Some(_), AudienceSide::Exit) => crate::event::AUDIENCE_EXITED,
+        }
+    }
+
+    /// Whether an event of the entry's name starts the journey (for an audience entry, it
+    /// must be about that audience).
+    pub fn accepts(&self, event: &crate::Event) -> bool {
+        if event.display_name() != self.event_name() {
+            return false;
+        }
+        match &self.audience {
+            None => true,
+            Some(key) => event.properties.get("audience").and_then(|a| a.as_str()) == Some(key),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

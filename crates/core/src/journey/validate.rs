@@ -79,11 +79,32 @@ pub fn validate(journey: &Journey) -> Vec<FieldError> {
             ),
         );
     }
-    if journey.entry.event.trim().is_empty() {
-        r.add(
+    match (
+        &journey.entry.audience,
+        journey.entry.event.trim().is_empty(),
+    ) {
+        (None, true) => r.add(
             "missing_field",
             "entry.event",
-            "entry.event names the event that starts the journey",
+            "entry.event names the event that starts the journey (or entry.audience an audience)",
+        ),
+        (Some(_), false) => r.add(
+            "invalid_value",
+            "entry.audience",
+            "a journey starts on an event or on an audience, not both",
+        ),
+        (Some(key), true) if !valid_key(key) => r.add(
+            "invalid_key",
+            "entry.audience",
+            format!("{key:?} is not an audience key (a-z, 0-9, - and _)"),
+        ),
+        _ => {}
+    }
+    if journey.entry.on.is_some() && journey.entry.audience.is_none() {
+        r.add(
+            "invalid_value",
+            "entry.on",
+            "entry.on goes with entry.audience",
         );
     }
     if let Some(when) = &journey.entry.when {

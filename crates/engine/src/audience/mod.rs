@@ -36,6 +36,9 @@ pub struct CompiledAudience {
     reads: FieldReads,
     /// The event names the rule's calls read.
     pub event_names: BTreeSet<String>,
+    /// Whether a call reads inside events (a sum, a condition, the event `last`/`first`
+    /// return); counts need only names and times, so their bodies are not read.
+    pub reads_bodies: bool,
 }
 
 /// One of the person's kept events, as a behaviour call sees it.
@@ -117,6 +120,10 @@ impl CompiledAudience {
             .collect();
         let reads = FieldReads::of(std::iter::once(&expression).chain(filters.iter().flatten()));
         let event_names = rule.calls.iter().map(|c| c.event.clone()).collect();
+        let reads_bodies = rule.calls.iter().any(|c| {
+            c.filter.is_some()
+                || matches!(c.function, Function::Sum | Function::Last | Function::First)
+        });
         CompiledAudience {
             key,
             version,
@@ -125,6 +132,7 @@ impl CompiledAudience {
             filters,
             reads,
             event_names,
+            reads_bodies,
         }
     }
 

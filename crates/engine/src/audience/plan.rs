@@ -13,10 +13,7 @@ use waymark_core::{Event, EventKind, ProfileState};
 
 use super::{CompiledAudience, HistoryEvent, Person};
 
-/// The event a person's history records when they enter an audience.
-pub const ENTERED: &str = "Audience Entered";
-/// ... and when they leave one.
-pub const EXITED: &str = "Audience Exited";
+pub use waymark_core::audience::{ENTERED, EXITED};
 
 /// Every audience, compiled, with indexes from what changes to the audiences that read it.
 #[derive(Debug, Default)]
@@ -67,6 +64,11 @@ impl AudienceCatalog {
 
     pub fn audiences(&self) -> &[Arc<CompiledAudience>] {
         &self.audiences
+    }
+
+    /// Whether some audience reads inside events (else the store reads names and times only).
+    pub fn reads_bodies(&self) -> bool {
+        self.audiences.iter().any(|a| a.reads_bodies)
     }
 
     /// Every event name some audience reads.

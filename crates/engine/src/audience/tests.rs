@@ -205,7 +205,11 @@ fn the_cookbook_rules_are_valid_and_decide_as_documented() {
     let now = T0 + 1000;
     let events = vec![
         event("Cart Viewed", T0, json!({"value": 80.5})),
-        event("Order Completed", T0, json!({"total": 1200, "category": "shoes"})),
+        event(
+            "Order Completed",
+            T0,
+            json!({"total": 1200, "category": "shoes"}),
+        ),
     ];
     for key in ["big-carts", "big-spenders-once", "shoe-buyers"] {
         let e = decide(&rule(key), &events, now);

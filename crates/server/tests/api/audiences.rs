@@ -88,6 +88,24 @@ pub async fn audiences_through_the_api(api: &Api) {
     .await;
     assert_eq!(r.body["errors"][0]["code"], "audience_cycle", "{}", r.text);
 
+    // Journeys start on entering an audience that exists.
+    let welcome = |audience: &str| {
+        format!(
+            "key: vip-welcome\nentry: {{audience: {audience}}}\nnodes:\n  - {{id: hi, type: message, channel: log, template: hi, next: done}}\n  - {{id: done, type: end}}\n"
+        )
+    };
+    let r = api
+        .put_yaml("/v1/journeys/vip-welcome", &welcome("vipp"))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert_eq!(r.body["errors"][0]["field"], "entry.audience", "{}", r.text);
+    let r = api
+        .put_yaml("/v1/journeys/vip-welcome", &welcome("vip"))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = api.admin_post("/v1/journeys/vip-welcome/publish").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+
     let batch = json!({"batch": [
         {"type": "track", "userId": "ann", "event": "Order Completed", "properties": {"total": 80}},
         {"type": "track", "userId": "ann", "event": "Order Completed", "properties": {"total": 40.5}},
@@ -166,6 +184,15 @@ pub async fn audiences_through_the_api(api: &Api) {
         .get("/v1/profiles/user_id/ann/audiences/nope/explain")
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // Entering vip started the journey, in the ingest transaction.
+    let r = api.get("/v1/profiles/user_id/ann/journeys").await;
+    assert_eq!(
+        r.body["journeys"][0]["journey"], "vip-welcome",
+        "{}",
+        r.text
+    );
+    let r = api.get("/v1/profiles/user_id/bob/journeys").await;
+    assert_eq!(r.body["journeys"], json!([]), "{}", r.text);
     // Ann's history says when she entered.
     let r = api.get("/v1/profiles/user_id/ann/events").await;
     let entered: Vec<&Value> = r.body["events"]

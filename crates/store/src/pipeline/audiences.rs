@@ -56,7 +56,10 @@ async fn people_inputs<'p, T: RunTx>(
     let mut events: HashMap<String, Vec<HistoryEvent>> = HashMap::new();
     if !names.is_empty() {
         let (track, kinds) = waymark_core::event::stored_names(&names);
-        for (profile, kind, name, at, body) in tx.history(&ids, &track, &kinds).await? {
+        let rows = tx
+            .history(&ids, &track, &kinds, catalog.reads_bodies())
+            .await?;
+        for (profile, kind, name, at, body) in rows {
             let name = waymark_core::event::display_name(&kind, name.as_deref());
             events
                 .entry(profile)

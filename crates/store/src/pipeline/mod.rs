@@ -149,12 +149,14 @@ pub trait RunTx {
         version: u32,
     ) -> Result<Option<Value>, Self::Error>;
     /// These people's kept events that are track events named one of `track_names` or
-    /// calls of one of `kinds`, as (profile id, kind, name, event time, body).
+    /// calls of one of `kinds`, as (profile id, kind, name, event time, body); the body is
+    /// null unless `with_bodies`.
     async fn history(
         &self,
         profile_ids: &[&str],
         track_names: &[String],
         kinds: &[&'static str],
+        with_bodies: bool,
     ) -> Result<Vec<HistoryRow>, Self::Error>;
     /// These people's memberships, as (profile id, audience, since).
     async fn memberships(

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Audiences measured through the real server:
+#   benches/scripts/audiences.sh BINARY [ROUNDS]
+# backfill: PROFILES people with 20 events each are ingested, then an audience mixing a
+#   trait and a 30-day count is created; the rate is people decided per second from the PUT
+#   until the audience says "current". With AUD_POSTGRES=postgres://postgres@127.0.0.1:5432
+#   the server runs on PostgreSQL, and the same rule is then run as one SQL query over the
+#   same tables (with the index a DBA would add), side by side.
+# streaming: ingest of 300,000 events over 100,000 people with and without 20 live audiences
+#   of mixed rules, alternating.
+set -euo pipefail
+bin=$1 rounds=${2:-3}
+profiles=${PROFILES:-50000}
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+port=18084 url=http://127.0.0.1:18084
+
+serve() { # dir
+  local store=()
+  if [ -n "${AUD_POSTGRES:-}" ]; then
+    db="aud_$(basename "$1" | tr -c 'a-z0-9_\n' '_')"
+    psql "$AUD_POSTGRES/postgres" -qc "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
+    store=(--store "$AUD_POSTGRES/$db")
+  fi
+  WAYMARK_WRITE_KEY=wk WAYMARK_ADMIN_TOKEN=adm "$bin" serve --listen 127.0.0.1:$port --data-dir "$1" \
+    "${store[@]}" >/dev/null 2>"$1.log" &
+  pid=$!
+  for _ in $(seq 1 100); do curl -sf $url/healthz >/dev/null && return; sleep 0.1; done
+  echo "server did not start" >&2; exit 1
+}
+stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; }
+put_audience() { # key rule
+  curl -sf -X PUT -H "Authorization: Bearer adm" -H 'content-type: application/json' \
+    --data "{\"key\": \"$1\", \"rule\": $(printf '%s' "$2" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))')}" \
+    $url/v1/audiences/$1 >/dev/null
+}
+field() { grep -o "\"$1\":[^,}]*" | head -1 | cut -d: -f2 | tr -d '"'; }
+ingest() { # events profiles [more bench ingest arguments]
+  "$bin" bench ingest --url $url --write-key wk --batch-size 100 --events "$1" --connections 16 \
+    --profiles "$2" "${@:3}" 2>/dev/null | tr -d "\n "
+}
+
+RULE='profile.traits.plan == "pro" && events.count("Product Viewed", "30d") >= 10'
+backfill() {
+  local dir="$work/backfill-$RANDOM"
+  serve "$dir"
+  ingest $((profiles * 20)) "$profiles" --identify-every 7 >/dev/null
+  local start end body
+  start=$(date +%s.%N)
+  put_audience pro-viewers "$RULE"
+  while :; do
+    body=$(curl -s -H "Authorization: Bearer adm" $url/v1/audiences/pro-viewers)
+    [ "$(echo "$body" | field state)" = current ] && break
+    sleep 0.05
+  done
+  end=$(date +%s.%N)
+  echo "backfill waymark: $(python3 -c "print(round($profiles / ($end - $start)))") people/s, $profiles people, size $(echo "$body" | field size), $(python3 -c "print(round($end - $start, 2))") s"
+  if [ -n "${AUD_POSTGRES:-}" ]; then
+    local dsn="$AUD_POSTGRES/$db"
+    psql "$dsn" -qc "CREATE INDEX IF NOT EXISTS events_by_name ON events (profile_id, name, timestamp)" -c "ANALYZE" >/dev/null
+    local sql="SELECT count(*) FROM profiles p WHERE p.state::jsonb->'traits'->>'plan' = 'pro'
+      AND (SELECT count(*) FROM events e WHERE e.profile_id = p.id AND e.kind = 'track'
+           AND e.name = 'Product Viewed'
+           AND e.timestamp > (extract(epoch from now()) * 1000)::bigint - 30::bigint * 86400000) >= 10"
+    psql "$dsn" -qAtc "$sql" >/dev/null # warm
+    start=$(date +%s.%N)
+    local size
+    size=$(psql "$dsn" -qAtc "$sql")
+    end=$(date +%s.%N)
+    echo "backfill postgres-sql: $(python3 -c "print(round($profiles / ($end - $start)))") people/s, size $size, $(python3 -c "print(round($end - $start, 2))") s"
+  fi
+  stop
+}
+
+streaming() { # with|without
+  local dir="$work/stream-$1-$RANDOM"
+  serve "$dir"
+  if [ "$1" = with ]; then
+    for i in $(seq 0 4); do
+      put_audience "viewers-$i" "events.count(\"Product Viewed\", \"$((i + 1))h\") >= $((i + 2))"
+      put_audience "spend-$i" "events.sum(\"Product Viewed\", \"price\", \"$((i + 1))d\") > $((i * 50 + 50)).0"
+      put_audience "plan-$i" "profile.traits.plan == \"pro\" && profile.event_count > $((i + 1))"
+      put_audience "signup-$i" "events.any(\"Signed Up\", \"$((i + 1))d\")"
+    done
+  fi
+  local out
+  out=$(ingest 300000 100000)
+  echo "streaming $1 20 audiences: $(echo "$out" | field events_per_second) events/s, errors $(echo "$out" | field errors), p99 $(echo "$out" | field p99) ms"
+  stop
+}
+
+for r in $(seq 1 "$rounds"); do
+  case "${AUD_ONLY:-all}" in
+    backfill) backfill ;;
+    streaming) streaming without; streaming with ;;
+    *) backfill; streaming without; streaming with ;;
+  esac
+done
