@@ -308,7 +308,8 @@ pub async fn write(
             .execute(
                 "INSERT INTO audience_checks (profile_id, due_at)
                  SELECT * FROM unnest($1::text[], $2::bigint[])
-                 ON CONFLICT (profile_id) DO UPDATE SET due_at = excluded.due_at",
+                 ON CONFLICT (profile_id) DO UPDATE SET due_at = excluded.due_at
+                 WHERE excluded.due_at != audience_checks.due_at",
                 &[&replace.0, &replace.1],
             )
             .await?;
@@ -318,7 +319,8 @@ pub async fn write(
             .execute(
                 "INSERT INTO audience_checks (profile_id, due_at)
                  SELECT * FROM unnest($1::text[], $2::bigint[])
-                 ON CONFLICT (profile_id) DO UPDATE SET due_at = least(audience_checks.due_at, excluded.due_at)",
+                 ON CONFLICT (profile_id) DO UPDATE SET due_at = excluded.due_at
+                 WHERE excluded.due_at < audience_checks.due_at",
                 &[&sooner.0, &sooner.1],
             )
             .await?;

@@ -159,36 +159,36 @@ pub fn history(
 ) -> Result<Vec<HistoryRow>, StoreError> {
     let track = serde_json::to_string(track_names).map_err(corrupt)?;
     let kinds = serde_json::to_string(kinds).map_err(corrupt)?;
+    // One statement for all the people (their ids as a JSON array), not one per person.
+    let ids = serde_json::to_string(profile_ids).map_err(corrupt)?;
     let mut stmt = conn
         .prepare_cached(
             "SELECT profile_id, kind, name, timestamp, CASE WHEN ?4 THEN body END FROM events
-             WHERE profile_id = ?1
+             WHERE profile_id IN (SELECT value FROM json_each(?1))
                AND ((kind = 'track' AND name IN (SELECT value FROM json_each(?2)))
                     OR kind IN (SELECT value FROM json_each(?3)))
-             ORDER BY timestamp, seq",
+             ORDER BY profile_id, timestamp, seq",
         )
         .map_err(unavailable)?;
-    let mut out = Vec::new();
-    for id in profile_ids {
-        let rows = stmt
-            .query_map(params![id, track, kinds, with_bodies], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                ))
-            })
-            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-            .map_err(unavailable)?;
-        for (profile, kind, name, at, body) in rows {
-            let body = match body {
-                Some(body) => serde_json::from_str(&body).map_err(corrupt)?,
-                None => Value::Null,
-            };
-            out.push((profile, kind, name, at, body));
-        }
+    let rows = stmt
+        .query_map(params![ids, track, kinds, with_bodies], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, Option<String>>(4)?,
+            ))
+        })
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(unavailable)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (profile, kind, name, at, body) in rows {
+        let body = match body {
+            Some(body) => serde_json::from_str(&body).map_err(corrupt)?,
+            None => Value::Null,
+        };
+        out.push((profile, kind, name, at, body));
     }
     Ok(out)
 }
@@ -197,18 +197,16 @@ pub fn memberships(
     conn: &Connection,
     profile_ids: &[&str],
 ) -> Result<Vec<(String, String, Millis)>, StoreError> {
-    let mut stmt = conn
-        .prepare_cached("SELECT audience_key, since FROM audience_members WHERE profile_id = ?1")
-        .map_err(unavailable)?;
-    let mut out = Vec::new();
-    for id in profile_ids {
-        let rows: Vec<(String, Millis)> = stmt
-            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .and_then(Iterator::collect)
-            .map_err(unavailable)?;
-        out.extend(rows.into_iter().map(|(a, s)| ((*id).to_owned(), a, s)));
-    }
-    Ok(out)
+    let ids = serde_json::to_string(profile_ids).map_err(corrupt)?;
+    conn.prepare_cached(
+        "SELECT profile_id, audience_key, since FROM audience_members
+         WHERE profile_id IN (SELECT value FROM json_each(?1))",
+    )
+    .and_then(|mut s| {
+        s.query_map([ids], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect()
+    })
+    .map_err(unavailable)
 }
 
 pub fn write(
@@ -278,16 +276,19 @@ pub fn write(
                 .map_err(unavailable)?;
         }
     }
+    // A check that would not change is not rewritten (most events leave it where it was).
     let mut replace = tx
         .prepare_cached(
             "INSERT INTO audience_checks (profile_id, due_at) VALUES (?1, ?2)
-             ON CONFLICT (profile_id) DO UPDATE SET due_at = excluded.due_at",
+             ON CONFLICT (profile_id) DO UPDATE SET due_at = excluded.due_at
+             WHERE excluded.due_at != audience_checks.due_at",
         )
         .map_err(unavailable)?;
     let mut sooner = tx
         .prepare_cached(
             "INSERT INTO audience_checks (profile_id, due_at) VALUES (?1, ?2)
-             ON CONFLICT (profile_id) DO UPDATE SET due_at = min(due_at, excluded.due_at)",
+             ON CONFLICT (profile_id) DO UPDATE SET due_at = excluded.due_at
+             WHERE excluded.due_at < audience_checks.due_at",
         )
         .map_err(unavailable)?;
     let mut clear = tx

@@ -96,21 +96,27 @@ pub(super) async fn on_events<'p, T: RunTx>(
     }
     // One input per person, with the names of the events they sent that can matter.
     let mut people: Vec<(&'p ProfileState, Trigger)> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
     for (event, profile) in events {
         let name = event.display_name();
         if !catalog.affected_by(name) {
             continue;
         }
-        match people.iter_mut().find(|(p, _)| p.id == profile.id) {
-            Some((p, Trigger::Events(names))) => {
+        match index.get(profile.id.as_str()) {
+            Some(&i) => {
+                let (p, trigger) = &mut people[i];
                 // The profile as it stands after all of this person's events.
                 *p = profile;
-                if !names.iter().any(|n| n == name) {
+                if let Trigger::Events(names) = trigger
+                    && !names.iter().any(|n| n == name)
+                {
                     names.push(name.to_owned());
                 }
             }
-            Some(_) => {}
-            None => people.push((profile, Trigger::Events(vec![name.to_owned()]))),
+            None => {
+                index.insert(profile.id.as_str(), people.len());
+                people.push((profile, Trigger::Events(vec![name.to_owned()])));
+            }
         }
     }
     if people.is_empty() {
