@@ -7,6 +7,7 @@
 //! (or a future-dated one enters it), so the earliest such instant over a rule's calls is
 //! when the rule must be decided again: no sweeps, exact to the millisecond.
 
+mod native;
 pub mod plan;
 
 use std::collections::BTreeSet;
@@ -30,6 +31,8 @@ pub struct CompiledAudience {
     pub version: u32,
     pub rule: Rule,
     expression: Expression,
+    /// The rule decided without CEL, when it has the common shape (see `native`).
+    native: Option<native::Native>,
     /// Each call's event filter, compiled.
     filters: Vec<Option<Expression>>,
     /// What the rule and its filters read of `profile` and of each filter's event.
@@ -109,6 +112,7 @@ impl CompiledAudience {
 
     pub fn from_rule(key: String, version: u32, rule: Rule) -> Self {
         let expression = Expression::from_ast(rule.expression.clone());
+        let native = native::Native::compile(&rule.expression);
         let filters: Vec<Option<Expression>> = rule
             .calls
             .iter()
@@ -129,6 +133,7 @@ impl CompiledAudience {
             version,
             rule,
             expression,
+            native,
             filters,
             reads,
             event_names,
@@ -149,14 +154,12 @@ impl CompiledAudience {
         };
         let mut values = Vec::with_capacity(self.rule.calls.len());
         let mut next_change: Option<Millis> = None;
-        let mut bound = Vec::with_capacity(self.rule.calls.len());
         for (call, filter) in self.rule.calls.iter().zip(&self.filters) {
             let (value, change) =
                 self.compute(call, filter.as_ref(), person, &profile, &profile_of, now);
             if let Some(at) = change {
                 next_change = Some(next_change.map_or(at, |n| n.min(at)));
             }
-            bound.push(prepare(&value.value));
             values.push(value);
         }
         let audiences: Vec<(String, bool)> = self
@@ -165,19 +168,18 @@ impl CompiledAudience {
             .iter()
             .map(|key| (key.clone(), (person.member_of)(key)))
             .collect();
-        let audience_values: Vec<Prepared> = audiences
-            .iter()
-            .map(|(_, member)| prepare(member))
-            .collect();
-        let variables = RuleVars {
-            profile: &profile,
-            profile_of: &profile_of,
-            calls: &bound,
-            audiences: &audience_values,
-        };
-        let (member, error) = match self.expression.test(&variables, now) {
-            Ok(member) => (member, None),
-            Err(e) => (false, Some(e)),
+        let memberships: Vec<bool> = audiences.iter().map(|(_, m)| *m).collect();
+        let native = self.native.as_ref().and_then(|rule| {
+            rule.decide(&native::Inputs {
+                calls: &values,
+                audiences: &memberships,
+                profile: person.profile,
+            })
+            .ok()
+        });
+        let (member, error) = match native {
+            Some(member) => (member, None),
+            None => self.decide_with_cel(&values, &memberships, &profile, &profile_of, now),
         };
         Evaluation {
             member,
@@ -186,6 +188,34 @@ impl CompiledAudience {
             audiences,
             next_change,
         }
+    }
+
+    /// The rule decided by CEL, with the calls' values and memberships as its variables.
+    fn decide_with_cel(
+        &self,
+        values: &[CallValue],
+        memberships: &[bool],
+        profile: &Lazy,
+        profile_of: &(dyn Fn() -> Prepared + Sync),
+        now: Millis,
+    ) -> (bool, Option<String>) {
+        let bound: Vec<Prepared> = values.iter().map(|v| prepare(&v.value)).collect();
+        let audience_values: Vec<Prepared> = memberships.iter().map(prepare).collect();
+        let variables = RuleVars {
+            profile,
+            profile_of,
+            calls: &bound,
+            audiences: &audience_values,
+        };
+        match self.expression.test(&variables, now) {
+            Ok(member) => (member, None),
+            Err(e) => (false, Some(e)),
+        }
+    }
+
+    /// Whether the rule has the shape decided without CEL.
+    pub fn decided_natively(&self) -> bool {
+        self.native.is_some()
     }
 
     /// One call's value over the person's events, and when time alone next changes it.

@@ -1,0 +1,259 @@
+//! Rules of the common shape decided without CEL: comparisons of behaviour calls, audience
+//! memberships and profile fields with literals, joined by `&&`, `||` and `!`.
+//!
+//! CEL costs a few microseconds per rule (a scope, a resolver, the profile converted to CEL
+//! values) where these shapes need nanoseconds, and every event decides every audience that
+//! reads it. Why not a second expression language: this only ever decides when CEL would
+//! decide the same way. Anything it does not handle exactly (another operator, a missing
+//! field, mixed types in `==`, an error on either side of `&&`) is left to CEL, for the whole
+//! rule; a differential test holds the two together.
+
+use cel::common::ast::{Expr, IdedExpr, LiteralValue};
+use serde_json::Value;
+use waymark_core::ProfileState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Op {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Operand {
+    /// `@b<i>`: a behaviour call's value.
+    Call(usize),
+    /// `@a<i>`: membership of a referenced audience.
+    Audience(usize),
+    /// `profile.<path>`.
+    Profile(Vec<String>),
+    Literal(Scalar),
+}
+
+/// A value as CEL types it: literals are `int`; JSON numbers that are whole and not
+/// negative arrive in CEL as `uint` (that is how serde hands them over), others as `int` or
+/// `double`.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Scalar {
+    Int(i64),
+    UInt(u64),
+    Double(f64),
+    Str(String),
+    Bool(bool),
+}
+
+impl Scalar {
+    /// An integer or double, exactly enough to order against another.
+    fn number(&self) -> Option<Number> {
+        match self {
+            Scalar::Int(i) => Some(Number::Whole(i128::from(*i))),
+            Scalar::UInt(u) => Some(Number::Whole(i128::from(*u))),
+            Scalar::Double(d) => Some(Number::Double(*d)),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Number {
+    Whole(i128),
+    Double(f64),
+}
+
+impl Number {
+    fn partial_cmp(self, other: Number) -> Option<std::cmp::Ordering> {
+        match (self, other) {
+            (Number::Whole(a), Number::Whole(b)) => Some(a.cmp(&b)),
+            (Number::Whole(a), Number::Double(b)) => (a as f64).partial_cmp(&b),
+            (Number::Double(a), Number::Whole(b)) => a.partial_cmp(&(b as f64)),
+            (Number::Double(a), Number::Double(b)) => a.partial_cmp(&b),
+        }
+    }
+}
+
+/// A rule in the shape decided natively.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Native {
+    And(Box<Native>, Box<Native>),
+    Or(Box<Native>, Box<Native>),
+    Not(Box<Native>),
+    Compare(Op, Operand, Operand),
+    /// A boolean operand on its own (`@a0`, `events.any(...)`, `profile.traits.vip`).
+    Truth(Operand),
+}
+
+/// What the rule reads, for one decision.
+pub(super) struct Inputs<'a> {
+    pub calls: &'a [super::CallValue],
+    pub audiences: &'a [bool],
+    pub profile: &'a ProfileState,
+}
+
+/// Not decided here: ask CEL.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct AskCel;
+
+impl Native {
+    /// The native form of a rewritten rule, if it has the shape.
+    pub(super) fn compile(expr: &IdedExpr) -> Option<Native> {
+        match &expr.expr {
+            Expr::Call(call) if call.target.is_none() => {
+                let args = &call.args;
+                Some(match (call.func_name.as_str(), args.as_slice()) {
+                    ("_&&_", [a, b]) => {
+                        Native::And(Box::new(Self::compile(a)?), Box::new(Self::compile(b)?))
+                    }
+                    ("_||_", [a, b]) => {
+                        Native::Or(Box::new(Self::compile(a)?), Box::new(Self::compile(b)?))
+                    }
+                    ("!_", [a]) => Native::Not(Box::new(Self::compile(a)?)),
+                    (name, [a, b]) => {
+                        let op = match name {
+                            "_==_" => Op::Eq,
+                            "_!=_" => Op::Ne,
+                            "_<_" => Op::Lt,
+                            "_<=_" => Op::Le,
+                            "_>_" => Op::Gt,
+                            "_>=_" => Op::Ge,
+                            _ => return None,
+                        };
+                        Native::Compare(op, operand(a)?, operand(b)?)
+                    }
+                    _ => return None,
+                })
+            }
+            _ => Some(Native::Truth(operand(expr)?)),
+        }
+    }
+
+    /// The decision, where it is certainly CEL's.
+    pub(super) fn decide(&self, inputs: &Inputs<'_>) -> Result<bool, AskCel> {
+        match self {
+            Native::And(a, b) => Ok(a.decide(inputs)? && b.decide(inputs)?),
+            Native::Or(a, b) => Ok(a.decide(inputs)? || b.decide(inputs)?),
+            Native::Not(a) => Ok(!a.decide(inputs)?),
+            Native::Truth(o) => match resolve(o, inputs)? {
+                Scalar::Bool(b) => Ok(b),
+                _ => Err(AskCel),
+            },
+            Native::Compare(op, a, b) => compare(*op, &resolve(a, inputs)?, &resolve(b, inputs)?),
+        }
+    }
+}
+
+fn operand(expr: &IdedExpr) -> Option<Operand> {
+    match &expr.expr {
+        Expr::Ident(name) => {
+            let index = |prefix: &str| name.strip_prefix(prefix)?.parse::<usize>().ok();
+            if let Some(i) = index("@b") {
+                Some(Operand::Call(i))
+            } else {
+                index("@a").map(Operand::Audience)
+            }
+        }
+        Expr::Select(_) => {
+            let mut path = Vec::new();
+            let mut at = expr;
+            loop {
+                match &at.expr {
+                    Expr::Select(s) if !s.test => {
+                        path.push(s.field.clone());
+                        at = &s.operand;
+                    }
+                    Expr::Ident(root) if root == "profile" => break,
+                    _ => return None,
+                }
+            }
+            path.reverse();
+            Some(Operand::Profile(path))
+        }
+        Expr::Literal(literal) => Some(Operand::Literal(match literal {
+            LiteralValue::Int(i) => Scalar::Int(*i.inner()),
+            LiteralValue::Double(d) => Scalar::Double(*d.inner()),
+            LiteralValue::String(s) => Scalar::Str(s.inner().to_owned()),
+            LiteralValue::Boolean(b) => Scalar::Bool(*b.inner()),
+            _ => return None,
+        })),
+        _ => None,
+    }
+}
+
+fn scalar(value: &Value) -> Result<Scalar, AskCel> {
+    match value {
+        Value::Bool(b) => Ok(Scalar::Bool(*b)),
+        Value::String(s) => Ok(Scalar::Str(s.clone())),
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                Ok(Scalar::UInt(u))
+            } else if let Some(i) = n.as_i64() {
+                Ok(Scalar::Int(i))
+            } else {
+                n.as_f64().map(Scalar::Double).ok_or(AskCel)
+            }
+        }
+        _ => Err(AskCel),
+    }
+}
+
+fn resolve(operand: &Operand, inputs: &Inputs<'_>) -> Result<Scalar, AskCel> {
+    match operand {
+        Operand::Literal(s) => Ok(s.clone()),
+        Operand::Audience(i) => inputs
+            .audiences
+            .get(*i)
+            .map(|m| Scalar::Bool(*m))
+            .ok_or(AskCel),
+        Operand::Call(i) => scalar(&inputs.calls.get(*i).ok_or(AskCel)?.value),
+        Operand::Profile(path) => {
+            let p = inputs.profile;
+            let (first, rest) = path.split_first().ok_or(AskCel)?;
+            let mut at: &Value = match (first.as_str(), rest) {
+                ("traits", [key, ..]) => p.traits.get(key).ok_or(AskCel)?,
+                ("event_count", []) => return Ok(Scalar::UInt(p.event_count)),
+                ("first_seen", []) => return scalar(&Value::from(p.first_seen)),
+                ("last_seen", []) => return scalar(&Value::from(p.last_seen)),
+                ("id", []) => return Ok(Scalar::Str(p.id.clone())),
+                _ => return Err(AskCel),
+            };
+            for field in rest.iter().skip(1) {
+                at = at.as_object().and_then(|o| o.get(field)).ok_or(AskCel)?;
+            }
+            scalar(at)
+        }
+    }
+}
+
+fn compare(op: Op, a: &Scalar, b: &Scalar) -> Result<bool, AskCel> {
+    use std::cmp::Ordering;
+    let equality = matches!(op, Op::Eq | Op::Ne);
+    let ordering: Option<Ordering> = match (a, b) {
+        (Scalar::Int(x), Scalar::Int(y)) => Some(x.cmp(y)),
+        (Scalar::UInt(x), Scalar::UInt(y)) => Some(x.cmp(y)),
+        (Scalar::Double(x), Scalar::Double(y)) => x.partial_cmp(y),
+        (Scalar::Str(x), Scalar::Str(y)) => Some(x.cmp(y)),
+        (Scalar::Bool(x), Scalar::Bool(y)) if equality => Some(x.cmp(y)),
+        // Numbers of different types order as numbers in CEL; whether they are equal is
+        // left to CEL.
+        _ if !equality => match (a.number(), b.number()) {
+            (Some(x), Some(y)) => x.partial_cmp(y),
+            _ => return Err(AskCel),
+        },
+        _ => return Err(AskCel),
+    };
+    // NaN: left to CEL.
+    let ordering = ordering.ok_or(AskCel)?;
+    Ok(match op {
+        Op::Eq => ordering == Ordering::Equal,
+        Op::Ne => ordering != Ordering::Equal,
+        Op::Lt => ordering == Ordering::Less,
+        Op::Le => ordering != Ordering::Greater,
+        Op::Gt => ordering == Ordering::Greater,
+        Op::Ge => ordering != Ordering::Less,
+    })
+}
+
+#[cfg(test)]
+mod tests;

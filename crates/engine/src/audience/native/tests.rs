@@ -1,0 +1,147 @@
+//! The native decision against CEL's, on rules and people drawn at random: wherever the
+//! native form decides, CEL decides the same (and without an error).
+
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use waymark_core::ProfileState;
+use waymark_core::audience::AudienceDoc;
+
+use crate::audience::{CompiledAudience, HistoryEvent, Person};
+
+fn operand() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(r#"events.count("A", "1d")"#.to_owned()),
+        Just(r#"events.sum("A", "v", "1d")"#.to_owned()),
+        Just(r#"events.any("B")"#.to_owned()),
+        Just(r#"events.last("A")"#.to_owned()),
+        Just("profile.traits.n".to_owned()),
+        Just("profile.traits.s".to_owned()),
+        Just("profile.traits.b".to_owned()),
+        Just("profile.traits.missing".to_owned()),
+        Just("profile.traits.nested.x".to_owned()),
+        Just("profile.event_count".to_owned()),
+        Just("in_audience(\"vip\")".to_owned()),
+        (-3i64..4).prop_map(|i| i.to_string()),
+        (-3i64..4).prop_map(|i| format!("{i}.5")),
+        Just("2.0".to_owned()),
+        Just("\"x\"".to_owned()),
+        Just("true".to_owned()),
+    ]
+}
+
+fn rule() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        (
+            operand(),
+            prop_oneof!["==", "!=", "<", "<=", ">", ">="],
+            operand()
+        )
+            .prop_map(|(a, op, b)| format!("{a} {op} {b}")),
+        operand(),
+    ];
+    leaf.prop_recursive(3, 12, 2, |inner| {
+        prop_oneof![
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a}) && ({b})")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a}) || ({b})")),
+            inner.prop_map(|a| format!("!({a})")),
+        ]
+    })
+}
+
+fn trait_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        (-3i64..4).prop_map(|i| json!(i)),
+        (-3i64..4).prop_map(|i| json!(i as f64 + 0.5)),
+        Just(json!(2.0)),
+        Just(json!("x")),
+        Just(json!("y")),
+        Just(json!(true)),
+        Just(json!(null)),
+        Just(json!({"x": 1})),
+        Just(json!([1])),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+    #[test]
+    fn the_native_decision_is_cels(
+        rule in rule(),
+        n in trait_value(), s in trait_value(), b in trait_value(), nested in trait_value(),
+        orders in 0usize..4, values in prop::collection::vec(-2i64..3, 4),
+        any_b in any::<bool>(), vip in any::<bool>(),
+    ) {
+        let doc = AudienceDoc { key: "r".into(), name: None, description: None, rule: rule.clone() };
+        let Ok(audience) = CompiledAudience::compile(&doc, 1) else {
+            return Ok(());
+        };
+        let mut profile = ProfileState::new("p".into(), 0, 5);
+        for (k, v) in [("n", n), ("s", s), ("b", b), ("nested", json!({"x": nested}))] {
+            profile.traits.insert(k.into(), v);
+        }
+        profile.event_count = orders as u64;
+        let now = 1_000_000;
+        let mut events: Vec<HistoryEvent> = (0..orders)
+            .map(|i| HistoryEvent {
+                name: "A".into(),
+                at: now - 10 - i as i64,
+                body: json!({"properties": {"v": values[i]}}),
+            })
+            .collect();
+        if any_b {
+            events.push(HistoryEvent { name: "B".into(), at: now - 1, body: json!({}) });
+        }
+        let member_of = |k: &str| k == "vip" && vip;
+        let person = Person { profile: &profile, events: &events, member_of: &member_of };
+        let decided = audience.evaluate(&person, now);
+        // The same rule with the native form taken away: CEL alone.
+        let cel_only = CompiledAudience { native: None, ..CompiledAudience::compile(&doc, 1).expect("compiles") };
+        let by_cel = cel_only.evaluate(&person, now);
+        prop_assert_eq!(
+            (decided.member, decided.error.is_some()),
+            (by_cel.member, by_cel.error.is_some()),
+            "{}", rule
+        );
+    }
+}
+
+#[test]
+fn common_rules_take_the_native_path() {
+    for rule in [
+        r#"events.count("Order Completed", "30d") >= 3"#,
+        r#"profile.traits.plan == "pro" && events.sum("Order Completed", "total", "90d") > 500.0"#,
+        r#"in_audience("a") && !in_audience("b") || events.any("X", "1d")"#,
+        r#"profile.event_count > 10"#,
+    ] {
+        let doc = AudienceDoc {
+            key: "r".into(),
+            name: None,
+            description: None,
+            rule: rule.into(),
+        };
+        assert!(
+            CompiledAudience::compile(&doc, 1)
+                .expect("compiles")
+                .decided_natively(),
+            "{rule}"
+        );
+    }
+    for rule in [
+        r#"events.last("A").properties.c == "x""#,
+        r#"profile.traits.tags.exists(t, t == "vip")"#,
+        r#"profile.traits.n + 1 > 2"#,
+    ] {
+        let doc = AudienceDoc {
+            key: "r".into(),
+            name: None,
+            description: None,
+            rule: rule.into(),
+        };
+        assert!(
+            !CompiledAudience::compile(&doc, 1)
+                .expect("compiles")
+                .decided_natively(),
+            "{rule}"
+        );
+    }
+}
