@@ -178,7 +178,8 @@ impl CompiledAudience {
             .ok()
         });
         let (member, error) = match native {
-            Some(member) => (member, None),
+            Some(native::Outcome::Bool(member)) => (member, None),
+            Some(native::Outcome::Error(e)) => (false, Some(e)),
             None => self.decide_with_cel(&values, &memberships, &profile, &profile_of, now),
         };
         Evaluation {

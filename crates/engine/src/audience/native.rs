@@ -96,6 +96,15 @@ pub(super) struct Inputs<'a> {
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct AskCel;
 
+/// What CEL would answer: a boolean, or an error (the person is then not a member). Errors
+/// combine as CEL's do: `false && error` is false, `true || error` is true, anything else
+/// with an error is the error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Outcome {
+    Bool(bool),
+    Error(String),
+}
+
 impl Native {
     /// The native form of a rewritten rule, if it has the shape.
     pub(super) fn compile(expr: &IdedExpr) -> Option<Native> {
@@ -130,17 +139,42 @@ impl Native {
     }
 
     /// The decision, where it is certainly CEL's.
-    pub(super) fn decide(&self, inputs: &Inputs<'_>) -> Result<bool, AskCel> {
-        match self {
-            Native::And(a, b) => Ok(a.decide(inputs)? && b.decide(inputs)?),
-            Native::Or(a, b) => Ok(a.decide(inputs)? || b.decide(inputs)?),
-            Native::Not(a) => Ok(!a.decide(inputs)?),
-            Native::Truth(o) => match resolve(o, inputs)? {
-                Scalar::Bool(b) => Ok(b),
-                _ => Err(AskCel),
+    pub(super) fn decide(&self, inputs: &Inputs<'_>) -> Result<Outcome, AskCel> {
+        use Outcome::{Bool, Error};
+        Ok(match self {
+            // As CEL evaluates them: the left side, then (unless it settles it) the right.
+            Native::And(a, b) => match a.decide(inputs)? {
+                Bool(false) => Bool(false),
+                left => match (left, b.decide(inputs)?) {
+                    (Bool(true), right) => right,
+                    (Error(_), Bool(false)) => Bool(false),
+                    (Error(e), _) => Error(e),
+                    (Bool(false), _) => Bool(false),
+                },
             },
-            Native::Compare(op, a, b) => compare(*op, &resolve(a, inputs)?, &resolve(b, inputs)?),
-        }
+            Native::Or(a, b) => match a.decide(inputs)? {
+                Bool(true) => Bool(true),
+                left => match (left, b.decide(inputs)?) {
+                    (Bool(false), right) => right,
+                    (Error(_), Bool(true)) => Bool(true),
+                    (Error(e), _) => Error(e),
+                    (Bool(true), _) => Bool(true),
+                },
+            },
+            Native::Not(a) => match a.decide(inputs)? {
+                Bool(b) => Bool(!b),
+                error => error,
+            },
+            Native::Truth(o) => match resolve(o, inputs)? {
+                Ok(Scalar::Bool(b)) => Bool(b),
+                Ok(_) => return Err(AskCel),
+                Err(missing) => Error(missing),
+            },
+            Native::Compare(op, a, b) => match (resolve(a, inputs)?, resolve(b, inputs)?) {
+                (Ok(a), Ok(b)) => Bool(compare(*op, &a, &b)?),
+                (Err(missing), _) | (_, Err(missing)) => Error(missing),
+            },
+        })
     }
 }
 
@@ -198,30 +232,40 @@ fn scalar(value: &Value) -> Result<Scalar, AskCel> {
     }
 }
 
-fn resolve(operand: &Operand, inputs: &Inputs<'_>) -> Result<Scalar, AskCel> {
+/// An operand's value, or the error CEL gives for a field that is not there.
+fn resolve(operand: &Operand, inputs: &Inputs<'_>) -> Result<Result<Scalar, String>, AskCel> {
+    let missing = |key: &str| Ok(Err(format!("No such key: {key}")));
     match operand {
-        Operand::Literal(s) => Ok(s.clone()),
+        Operand::Literal(s) => Ok(Ok(s.clone())),
         Operand::Audience(i) => inputs
             .audiences
             .get(*i)
-            .map(|m| Scalar::Bool(*m))
+            .map(|m| Ok(Scalar::Bool(*m)))
             .ok_or(AskCel),
-        Operand::Call(i) => scalar(&inputs.calls.get(*i).ok_or(AskCel)?.value),
+        Operand::Call(i) => scalar(&inputs.calls.get(*i).ok_or(AskCel)?.value).map(Ok),
         Operand::Profile(path) => {
             let p = inputs.profile;
             let (first, rest) = path.split_first().ok_or(AskCel)?;
             let mut at: &Value = match (first.as_str(), rest) {
-                ("traits", [key, ..]) => p.traits.get(key).ok_or(AskCel)?,
-                ("event_count", []) => return Ok(Scalar::UInt(p.event_count)),
-                ("first_seen", []) => return scalar(&Value::from(p.first_seen)),
-                ("last_seen", []) => return scalar(&Value::from(p.last_seen)),
-                ("id", []) => return Ok(Scalar::Str(p.id.clone())),
+                ("traits", [key, ..]) => match p.traits.get(key) {
+                    Some(v) => v,
+                    None => return missing(key),
+                },
+                ("event_count", []) => return Ok(Ok(Scalar::UInt(p.event_count))),
+                ("first_seen", []) => return scalar(&Value::from(p.first_seen)).map(Ok),
+                ("last_seen", []) => return scalar(&Value::from(p.last_seen)).map(Ok),
+                ("id", []) => return Ok(Ok(Scalar::Str(p.id.clone()))),
                 _ => return Err(AskCel),
             };
             for field in rest.iter().skip(1) {
-                at = at.as_object().and_then(|o| o.get(field)).ok_or(AskCel)?;
+                // A field of something that is not an object is CEL's to report.
+                let object = at.as_object().ok_or(AskCel)?;
+                match object.get(field) {
+                    Some(v) => at = v,
+                    None => return missing(field),
+                }
             }
-            scalar(at)
+            scalar(at).map(Ok)
         }
     }
 }

@@ -136,10 +136,16 @@ async fn decide<'p, T: RunTx>(
         people.iter().map(|(p, _)| (p.id.as_str(), *p)).collect();
     let inputs = people_inputs(tx, catalog, people).await?;
     let planned = plan(catalog, &inputs, now);
+    // Counted once per audience per transaction: a rule that fails for everyone (a trait few
+    // people have) must not cost a metric update per person.
+    let mut errors: HashMap<&str, u64> = HashMap::new();
     for (audience, profile, error) in &planned.errors {
-        metrics::counter!("waymark_audience_errors_total", "audience" => audience.clone())
-            .increment(1);
-        tracing::debug!(%audience, %profile, %error, "audience rule failed for a person");
+        *errors.entry(audience.as_str()).or_default() += 1;
+        tracing::trace!(%audience, %profile, %error, "audience rule failed for a person");
+    }
+    for (audience, n) in errors {
+        metrics::counter!("waymark_audience_errors_total", "audience" => audience.to_owned())
+            .increment(n);
     }
     metrics::counter!("waymark_audience_evaluations_total").increment(planned.evaluated);
     let recorded: Vec<(Event, &'p ProfileState)> = planned

@@ -102,6 +102,12 @@ proptest! {
             (by_cel.member, by_cel.error.is_some()),
             "{}", rule
         );
+        // A missing field is reported as CEL reports it.
+        if let (Some(native), Some(cel)) = (&decided.error, &by_cel.error)
+            && native.starts_with("No such key")
+        {
+            prop_assert_eq!(native, cel, "{}", rule);
+        }
     }
 }
 
@@ -128,6 +134,7 @@ fn common_rules_take_the_native_path() {
     }
     for rule in [
         r#"events.last("A").properties.c == "x""#,
+        r#"has(profile.traits.plan)"#,
         r#"profile.traits.tags.exists(t, t == "vip")"#,
         r#"profile.traits.n + 1 > 2"#,
     ] {
