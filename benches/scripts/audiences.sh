@@ -94,9 +94,47 @@ streaming() { # without|quiet|busy
   stop
 }
 
+# flip: FLIP people (default 1,000,000) each send one `Tick`, all with the same event time,
+#   while the audience `events.any("Tick", W)` is live; W is chosen so the window ends 60 s
+#   after the ingest starts. Reported: how long after that instant the audience is empty
+#   (every exit decided, written and recorded), and whether ingest stalled meanwhile.
+flip() {
+  local dir="$work/flip-$RANDOM" n=${FLIP:-1000000}
+  serve "$dir"
+  local start_ms at window_s flip_ms
+  start_ms=$(date +%s%3N)
+  at=$((start_ms - 600000))        # the events happened 10 minutes ago...
+  window_s=$((600 + 60 + n / 20000)) # ...and leave the window after the ingest is done
+  flip_ms=$((at + window_s * 1000))
+  put_audience ticked "events.any(\"Tick\", \"${window_s}s\")"
+  python3 "$(dirname "$0")/flip_ingest.py" $url wk "$n" "$at" >/dev/null
+  local ingested size
+  ingested=$(date +%s%3N)
+  size=$(curl -s -H "Authorization: Bearer adm" $url/v1/audiences/ticked | field size)
+  echo "flip: $n people ingested in $(( (ingested - start_ms) / 1000 )) s ($(( n * 1000 / (ingested - start_ms) )) events/s, audience decided in the same transactions), size $size; all flip at +$(( (flip_ms - start_ms) / 1000 )) s"
+  while [ "$(date +%s%3N)" -lt "$flip_ms" ]; do sleep 0.2; done
+  # Ingest goes on while they flip: one request every 100 ms, its latency kept.
+  local worst=0 t0 t1 body
+  while :; do
+    t0=$(date +%s%3N)
+    curl -sf -u wk: -H 'content-type: application/json' $url/v1/track \
+      -d '{"userId": "probe", "event": "Probe"}' >/dev/null
+    t1=$(date +%s%3N)
+    [ $((t1 - t0)) -gt "$worst" ] && worst=$((t1 - t0))
+    body=$(curl -s -H "Authorization: Bearer adm" $url/v1/audiences/ticked)
+    [ "$(echo "$body" | field size)" = 0 ] && break
+    sleep 0.1
+  done
+  local done_ms
+  done_ms=$(date +%s%3N)
+  echo "flip: audience empty $(( (done_ms - flip_ms) / 1000 )).$(( (done_ms - flip_ms) % 1000 / 100 )) s after the instant ($(( n * 1000 / (done_ms - flip_ms + 1) )) exits/s); slowest ingest request meanwhile $worst ms"
+  stop
+}
+
 for r in $(seq 1 "$rounds"); do
   case "${AUD_ONLY:-all}" in
     backfill) backfill ;;
+    flip) flip ;;
     streaming) streaming without; streaming quiet; streaming busy ;;
     *) backfill; streaming without; streaming quiet; streaming busy ;;
   esac
