@@ -54,7 +54,21 @@ enum WebhookOutcome {
     Fail,
 }
 
-fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
+/// Every document file at `paths` (see [`collect`]); none is an error naming `what`.
+pub fn document_files(paths: &[PathBuf], what: &str) -> Result<Vec<PathBuf>, String> {
+    let mut files = Vec::new();
+    for p in paths {
+        collect(p, &mut files)?;
+    }
+    if files.is_empty() {
+        return Err(format!("no {what} files found (*.yaml, *.yml, *.json)"));
+    }
+    Ok(files)
+}
+
+/// The document files at `path`: the file itself, or every *.yaml, *.yml and *.json below
+/// a directory, in name order.
+pub fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
     if path.is_dir() {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
             .map_err(|e| format!("{}: {e}", path.display()))?
@@ -278,7 +292,10 @@ fn simulate(
     Ok(())
 }
 
-async fn call(request: reqwest::RequestBuilder, what: &str) -> Result<serde_json::Value, String> {
+pub async fn call(
+    request: reqwest::RequestBuilder,
+    what: &str,
+) -> Result<serde_json::Value, String> {
     let response = request.send().await.map_err(|e| format!("{what}: {e}"))?;
     let status = response.status();
     let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
@@ -301,13 +318,7 @@ async fn call(request: reqwest::RequestBuilder, what: &str) -> Result<serde_json
 
 #[allow(clippy::print_stdout, reason = "the command's report is its output")]
 async fn apply(paths: &[PathBuf], url: &str, token: &str, draft_only: bool) -> Result<(), String> {
-    let mut files = Vec::new();
-    for p in paths {
-        collect(p, &mut files)?;
-    }
-    if files.is_empty() {
-        return Err("no journey files found (*.yaml, *.yml, *.json)".into());
-    }
+    let files = document_files(paths, "journey")?;
     let mut journeys = Vec::new();
     let mut problems = Vec::new();
     for file in &files {

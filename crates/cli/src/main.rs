@@ -1,5 +1,6 @@
 //! The `waymark` binary.
 
+mod audiences;
 mod bench;
 mod config;
 mod journeys;
@@ -32,6 +33,8 @@ enum Command {
     Serve(ServeArgs),
     /// Journeys as code: validate documents, print their schema.
     Journeys(journeys::JourneysArgs),
+    /// Audiences as code: validate documents offline, apply them to a server.
+    Audiences(audiences::AudiencesArgs),
     /// Load generators for Waymark's own benchmarks (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Journeys(args) => journeys::run(args, &runtime),
+        Command::Audiences(args) => audiences::run(args, &runtime),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
     };
     match result {

@@ -147,3 +147,36 @@ fn simulate_reports_bad_event_lines_with_file_and_line() {
     assert_eq!(code, 1);
     assert!(stderr.contains("events.jsonl:3: userId"), "{stderr}");
 }
+
+#[test]
+fn audience_files_are_validated_offline_with_their_references() {
+    let (code, stdout, stderr) =
+        waymark(&["audiences", "validate", &example("examples/audiences")]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("vip.yaml: ok (vip, 0 behaviour calls, reads 2 audiences)"),
+        "{stdout}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Lines and columns are the rule's own (YAML takes the block's indentation away).
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "key: bad\nrule: |\n  events.count(\"Order\", \"30d\") >= 1\n  && evnt.x\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("lonely.json"),
+        r#"{"key": "lonely", "rule": "in_audience(\"nobody\")"}"#,
+    )
+    .expect("write");
+    let (code, _, stderr) = waymark(&["audiences", "validate", dir.path().to_str().expect("utf8")]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("bad.yaml: rule line 2 column 4") && stderr.contains("`evnt`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("lonely.json: rule") && stderr.contains("unknown_audience"),
+        "{stderr}"
+    );
+}

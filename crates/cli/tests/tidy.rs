@@ -124,7 +124,8 @@ fn only_the_runtime_talks_to_providers() {
             "crates/{krate} makes HTTP calls; outgoing calls are crates/runtime's"
         );
     }
-    // The binary calls a Waymark server only (`journeys apply`, the bench tools).
+    // The binary calls a Waymark server only (`journeys apply`, `audiences apply`, the
+    // bench tools).
     let mut files = Vec::new();
     rust_files(&root().join("crates/cli/src"), &mut files);
     for file in files {
@@ -135,7 +136,7 @@ fn only_the_runtime_talks_to_providers() {
             .unwrap_or_default();
         if text.contains("reqwest::") {
             assert!(
-                ["bench.rs", "journeys.rs"].contains(&name),
+                ["bench.rs", "journeys.rs", "audiences.rs"].contains(&name),
                 "{} makes HTTP calls; calls to providers and webhooks belong in crates/runtime",
                 file.display()
             );

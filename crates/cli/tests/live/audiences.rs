@@ -156,3 +156,61 @@ async fn audiences_are_backfilled_and_left_when_time_flips_the_rule_on_postgres(
     let url = crate::common::fresh_postgres_url().await;
     backfill_then_time_driven_exit(Some(&url)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audiences_are_applied_as_code_and_the_backfill_is_followed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(Launch {
+        data_dir: &dir.path().join("data"),
+        store: None,
+        configured_keys: true,
+    });
+    let c = client();
+    // Ann: three big orders; Bob: three small ones; Cy: one.
+    let mut batch = Vec::new();
+    for (user, orders, total) in [("ann", 3, 300), ("bob", 3, 10), ("cy", 1, 900)] {
+        for _ in 0..orders {
+            batch.push(json!({"type": "track", "userId": user, "event": "Order Completed", "properties": {"total": total}}));
+        }
+    }
+    send_batch(&c, &server.base, WRITE_KEY, &Value::Array(batch))
+        .await
+        .expect("ingest");
+    let examples = format!("{}/../../examples/audiences", env!("CARGO_MANIFEST_DIR"));
+    let base = server.base.clone();
+    let apply = move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_waymark"))
+            .args(["audiences", "apply", &examples, "--url", &base, "--wait"])
+            .env("WAYMARK_ADMIN_TOKEN", ADMIN)
+            .output()
+            .expect("run waymark")
+    };
+    let out = tokio::task::spawn_blocking(apply.clone())
+        .await
+        .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Dependencies first, then each backfill followed to the end.
+    let stored: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("stored"))
+        .map(|l| l.split(':').next().unwrap_or_default())
+        .collect();
+    assert_eq!(stored, ["high-value", "repeat-buyers", "vip"], "{stdout}");
+    assert!(
+        stdout.contains("repeat-buyers: current, 2 members"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("high-value: current, 2 members"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("vip: current, 1 members"), "{stdout}");
+    let again = tokio::task::spawn_blocking(apply).await.expect("join");
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert_eq!(stdout.matches("unchanged").count(), 3, "{stdout}");
+}
