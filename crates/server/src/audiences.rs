@@ -281,6 +281,9 @@ pub struct CallView {
     pub oldest: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub newest: Option<String>,
+    /// The events it counted, newest first (at most 20): when, and their message ids.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<Value>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -334,14 +337,14 @@ pub async fn explain(
     let events = state.store.profile_history(&profile.id, &names).await?;
     let stored = state.store.profile_audiences(&profile.id).await?;
     let member_of = |k: &str| stored.iter().any(|(a, _)| a == k);
-    let evaluation = audience.evaluate(
-        &Person {
-            profile: &profile,
-            events: &events,
-            member_of: &member_of,
-        },
-        wall_clock_ms(),
-    );
+    let person = Person {
+        profile: &profile,
+        events: &events,
+        member_of: &member_of,
+    };
+    let now = wall_clock_ms();
+    let evaluation = audience.evaluate(&person, now);
+    let mut counted = audience.matching_events(&person, now, 20).into_iter();
     let since = stored.iter().find(|(a, _)| *a == key).map(|(_, s)| *s);
     Ok(axum::Json(Explanation {
         audience: key,
@@ -360,6 +363,14 @@ pub async fn explain(
                 matched: v.matched,
                 oldest: v.oldest.map(format_iso8601),
                 newest: v.newest.map(format_iso8601),
+                events: counted
+                    .next()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|e| {
+                        serde_json::json!({"at": format_iso8601(e.at), "messageId": e.body["messageId"]})
+                    })
+                    .collect(),
             })
             .collect(),
         audiences: evaluation

@@ -236,13 +236,8 @@ impl CompiledAudience {
         let mut newest: Option<&HistoryEvent> = None;
         // The first future-dated matching event: it enters the window when its time comes.
         let mut future: Option<Millis> = None;
-        for event in person.events.iter().filter(|e| e.name == call.event) {
-            if since.is_some_and(|s| event.at <= s) {
-                continue;
-            }
-            if let Some(filter) = filter
-                && !self.filter_matches(call, filter, event, profile, profile_of, now)
-            {
+        for event in person.events.iter() {
+            if !self.counts(call, filter, event, since, profile, profile_of, now) {
                 continue;
             }
             if event.at > now {
@@ -283,6 +278,65 @@ impl CompiledAudience {
             newest: newest.map(|e| e.at),
         };
         (value, change)
+    }
+
+    /// Whether an event is one a call looks at: its name, inside its window (or still to
+    /// come), and passing its condition.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call's evaluation state, passed down"
+    )]
+    fn counts(
+        &self,
+        call: &BehaviourCall,
+        filter: Option<&Expression>,
+        event: &HistoryEvent,
+        since: Option<Millis>,
+        profile: &Lazy,
+        profile_of: &(dyn Fn() -> Prepared + Sync),
+        now: Millis,
+    ) -> bool {
+        event.name == call.event
+            && since.is_none_or(|s| event.at > s)
+            && filter.is_none_or(|f| self.filter_matches(call, f, event, profile, profile_of, now))
+    }
+
+    /// The kept events each behaviour call counts at `now` (newest first, at most `limit`
+    /// per call), for explaining a decision.
+    pub fn matching_events<'e>(
+        &self,
+        person: &Person<'e>,
+        now: Millis,
+        limit: usize,
+    ) -> Vec<Vec<&'e HistoryEvent>> {
+        let profile = Lazy::default();
+        let profile_of = || {
+            prepare(
+                &self
+                    .reads
+                    .of_var("profile")
+                    .prune(&person.profile.context_json(&person.profile.traits)),
+            )
+        };
+        self.rule
+            .calls
+            .iter()
+            .zip(&self.filters)
+            .map(|(call, filter)| {
+                let since = call.window_ms.map(|w| now.saturating_sub(w));
+                let mut found: Vec<&'e HistoryEvent> = person
+                    .events
+                    .iter()
+                    .filter(|e| e.at <= now)
+                    .filter(|e| {
+                        self.counts(call, filter.as_ref(), e, since, &profile, &profile_of, now)
+                    })
+                    .collect();
+                found.sort_by_key(|e| std::cmp::Reverse(e.at));
+                found.truncate(limit);
+                found
+            })
+            .collect()
     }
 
     /// Whether an event passes a call's filter; an error (a missing property) is a no.

@@ -220,3 +220,27 @@ fn the_cookbook_rules_are_valid_and_decide_as_documented() {
     let e = decide(&rule("nordics"), &[], now);
     assert!(!e.member, "no country trait: not a member");
 }
+
+#[test]
+fn explain_lists_the_events_each_call_counted_newest_first() {
+    let rule = audience(
+        r#"events.count("Order Completed", "30d") >= 1 && events.count("Cart Viewed", "1d", e, e.properties.value > 50) >= 0"#,
+    );
+    let mut events = orders(&[T0, T0 + 5 * DAY, T0 + 40 * DAY]);
+    events.push(event("Cart Viewed", T0 + 40 * DAY, json!({"value": 80})));
+    events.push(event("Cart Viewed", T0 + 40 * DAY, json!({"value": 20})));
+    let profile = person();
+    let member_of = |_: &str| false;
+    let person = Person {
+        profile: &profile,
+        events: &events,
+        member_of: &member_of,
+    };
+    let now = T0 + 40 * DAY + 1000;
+    let counted = rule.matching_events(&person, now, 10);
+    let times: Vec<Millis> = counted[0].iter().map(|e| e.at).collect();
+    assert_eq!(times, [T0 + 40 * DAY], "only the order inside 30 days");
+    assert_eq!(counted[1].len(), 1, "the cart over 50 only");
+    let limited = rule.matching_events(&person, T0 + 6 * DAY, 1);
+    assert_eq!(limited[0][0].at, T0 + 5 * DAY, "newest first, limited");
+}

@@ -176,6 +176,16 @@ pub async fn audiences_through_the_api(api: &Api) {
         r.text
     );
     assert_eq!(r.body["values"][0]["matched"], 2);
+    // The events that made the value, newest first, by message id.
+    let counted = r.body["values"][0]["events"].as_array().expect("events");
+    assert_eq!(counted.len(), 2, "{}", r.text);
+    assert!(
+        counted
+            .iter()
+            .all(|e| e["messageId"].is_string() && e["at"].is_string()),
+        "{}",
+        r.text
+    );
     let r = api
         .get("/v1/profiles/user_id/nobody/audiences/vip/explain")
         .await;
