@@ -41,6 +41,20 @@ impl EventKind {
     pub fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.as_str() == text)
     }
+
+    /// The name journeys, counters and audiences know an event of this kind by: a track
+    /// event's own name, or Segment's conventional names for the other calls.
+    pub fn display_name(self, name: Option<&str>) -> &str {
+        match (self, name) {
+            (EventKind::Track, Some(name)) => name,
+            (EventKind::Track, None) => "",
+            (EventKind::Identify, _) => "Identify",
+            (EventKind::Page, _) => "Page Viewed",
+            (EventKind::Screen, _) => "Screen Viewed",
+            (EventKind::Group, _) => "Group",
+            (EventKind::Alias, _) => "Alias",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -86,15 +100,7 @@ impl Event {
     /// The name journeys and counters know this event by: the track event's name, or
     /// Segment's conventional names for the other calls.
     pub fn display_name(&self) -> &str {
-        match (self.kind, self.name.as_deref()) {
-            (EventKind::Track, Some(name)) => name,
-            (EventKind::Identify, _) => "Identify",
-            (EventKind::Page, _) => "Page Viewed",
-            (EventKind::Screen, _) => "Screen Viewed",
-            (EventKind::Group, _) => "Group",
-            (EventKind::Alias, _) => "Alias",
-            (EventKind::Track, None) => "",
-        }
+        self.kind.display_name(self.name.as_deref())
     }
 
     /// The event in Segment's own JSON shape, as stored and as served back by the API.
@@ -115,15 +121,10 @@ pub fn stored_names(display_names: &[String]) -> (Vec<String>, Vec<&'static str>
     let mut track = Vec::new();
     let mut kinds = Vec::new();
     for name in display_names {
-        let kind = match name.as_str() {
-            "Identify" => Some(EventKind::Identify),
-            "Page Viewed" => Some(EventKind::Page),
-            "Screen Viewed" => Some(EventKind::Screen),
-            "Group" => Some(EventKind::Group),
-            "Alias" => Some(EventKind::Alias),
-            _ => None,
-        };
-        if let Some(k) = kind {
+        let call = EventKind::ALL
+            .into_iter()
+            .find(|k| *k != EventKind::Track && k.display_name(None) == name);
+        if let Some(k) = call {
             kinds.push(k.as_str());
         }
         track.push(name.clone());
@@ -133,15 +134,9 @@ pub fn stored_names(display_names: &[String]) -> (Vec<String>, Vec<&'static str>
 
 /// The display name of a stored event, from its kind and name columns.
 pub fn display_name(kind: &str, name: Option<&str>) -> String {
-    match (EventKind::parse(kind), name) {
-        (Some(EventKind::Track), Some(name)) => name.to_owned(),
-        (Some(EventKind::Identify), _) => "Identify".into(),
-        (Some(EventKind::Page), _) => "Page Viewed".into(),
-        (Some(EventKind::Screen), _) => "Screen Viewed".into(),
-        (Some(EventKind::Group), _) => "Group".into(),
-        (Some(EventKind::Alias), _) => "Alias".into(),
-        _ => String::new(),
-    }
+    EventKind::parse(kind)
+        .map_or("", |k| k.display_name(name))
+        .to_owned()
 }
 
 /// Serialises straight from the event's fields (no intermediate `Value`), because every

@@ -8,25 +8,14 @@ use serde_json::Value;
 use waymark_core::Event;
 use waymark_core::time::Millis;
 use waymark_engine::audience::{AudiencePlan, HistoryEvent};
-use waymark_store::pipeline::HistoryRow;
+use waymark_store::pipeline::{HistoryRow, history_event};
 use waymark_store::{AudienceMember, AudienceRecord, AudienceStatus, StoreError};
 
-use crate::versioned::{self, Kind, Versions};
+use crate::versioned::{self, Kind};
 use crate::{Abort, db_error};
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("audience: {e}"))
-}
-
-fn record(key: &str, v: Versions) -> AudienceRecord {
-    AudienceRecord {
-        key: key.to_owned(),
-        version: v.version,
-        document: v.document,
-        versions: v.versions,
-        created_at: v.created_at,
-        updated_at: v.updated_at,
-    }
 }
 
 pub async fn read(
@@ -35,7 +24,7 @@ pub async fn read(
 ) -> Result<Option<AudienceRecord>, StoreError> {
     Ok(versioned::read(client, Kind::Audience, key)
         .await?
-        .map(|v| record(key, v)))
+        .map(|v| v.into_audience(key)))
 }
 
 pub async fn list(client: &impl GenericClient) -> Result<Vec<AudienceRecord>, StoreError> {
@@ -66,7 +55,7 @@ pub async fn put(
         .map_err(db_error)?;
     }
     tx.commit().await.map_err(db_error)?;
-    Ok((record(key, versions), created))
+    Ok((versions.into_audience(key), created))
 }
 
 pub async fn status(client: &impl GenericClient, key: &str) -> Result<AudienceStatus, StoreError> {
@@ -143,14 +132,7 @@ pub async fn profile_history(
             Abort::Fail(e) => e,
             Abort::Retry(why) => StoreError::Unavailable(why.into()),
         })?;
-    Ok(rows
-        .into_iter()
-        .map(|(_, kind, name, at, body)| HistoryEvent {
-            name: waymark_core::event::display_name(&kind, name.as_deref()),
-            at,
-            body,
-        })
-        .collect())
+    Ok(rows.into_iter().map(|row| history_event(row).1).collect())
 }
 
 pub async fn version(

@@ -6,22 +6,7 @@ use waymark_core::time::Millis;
 use waymark_store::{StoreError, TemplateRecord};
 
 use crate::db_error;
-use crate::versioned::{self, Kind, Versions};
-
-fn record(key: &str, v: Versions) -> TemplateRecord {
-    TemplateRecord {
-        key: key.to_owned(),
-        channel: v.document["channel"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-        version: v.version,
-        document: v.document,
-        versions: v.versions,
-        created_at: v.created_at,
-        updated_at: v.updated_at,
-    }
-}
+use crate::versioned::{self, Kind};
 
 pub async fn read(
     client: &impl GenericClient,
@@ -29,7 +14,7 @@ pub async fn read(
 ) -> Result<Option<TemplateRecord>, StoreError> {
     Ok(versioned::read(client, Kind::Template, key)
         .await?
-        .map(|v| record(key, v)))
+        .map(|v| v.into_template(key)))
 }
 
 pub async fn list(client: &impl GenericClient) -> Result<Vec<TemplateRecord>, StoreError> {
@@ -57,5 +42,5 @@ pub async fn put(
     let tx = client.transaction().await.map_err(db_error)?;
     let (versions, created) = versioned::put(&tx, Kind::Template, key, document, now).await?;
     tx.commit().await.map_err(db_error)?;
-    Ok((record(key, versions), created))
+    Ok((versions.into_template(key), created))
 }

@@ -7,29 +7,18 @@ use serde_json::Value;
 use waymark_core::Event;
 use waymark_core::time::Millis;
 use waymark_engine::audience::{AudiencePlan, HistoryEvent};
-use waymark_store::pipeline::HistoryRow;
+use waymark_store::pipeline::{HistoryRow, history_event};
 use waymark_store::{AudienceMember, AudienceRecord, AudienceStatus, StoreError};
 
 use crate::unavailable;
-use crate::versioned::{self, Kind, Versions};
+use crate::versioned::{self, Kind};
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("audience: {e}"))
 }
 
-fn record(key: &str, v: Versions) -> AudienceRecord {
-    AudienceRecord {
-        key: key.to_owned(),
-        version: v.version,
-        document: v.document,
-        versions: v.versions,
-        created_at: v.created_at,
-        updated_at: v.updated_at,
-    }
-}
-
 pub fn read(conn: &Connection, key: &str) -> Result<Option<AudienceRecord>, StoreError> {
-    Ok(versioned::read(conn, Kind::Audience, key)?.map(|v| record(key, v)))
+    Ok(versioned::read(conn, Kind::Audience, key)?.map(|v| v.into_audience(key)))
 }
 
 pub fn list(conn: &Connection) -> Result<Vec<AudienceRecord>, StoreError> {
@@ -57,7 +46,7 @@ pub fn put(
         )
         .map_err(unavailable)?;
     }
-    Ok((record(key, versions), created))
+    Ok((versions.into_audience(key), created))
 }
 
 pub fn status(conn: &Connection, key: &str) -> Result<AudienceStatus, StoreError> {
@@ -134,11 +123,7 @@ pub fn profile_history(
     let (track, kinds) = waymark_core::event::stored_names(names);
     Ok(history(conn, &[profile_id], &track, &kinds, true)?
         .into_iter()
-        .map(|(_, kind, name, at, body)| HistoryEvent {
-            name: waymark_core::event::display_name(&kind, name.as_deref()),
-            at,
-            body,
-        })
+        .map(|row| history_event(row).1)
         .collect())
 }
 

@@ -5,25 +5,10 @@ use serde_json::Value;
 use waymark_core::time::Millis;
 use waymark_store::{StoreError, TemplateRecord};
 
-use crate::versioned::{self, Kind, Versions};
-
-fn record(key: &str, v: Versions) -> TemplateRecord {
-    TemplateRecord {
-        key: key.to_owned(),
-        channel: v.document["channel"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-        version: v.version,
-        document: v.document,
-        versions: v.versions,
-        created_at: v.created_at,
-        updated_at: v.updated_at,
-    }
-}
+use crate::versioned::{self, Kind};
 
 pub fn read(conn: &Connection, key: &str) -> Result<Option<TemplateRecord>, StoreError> {
-    Ok(versioned::read(conn, Kind::Template, key)?.map(|v| record(key, v)))
+    Ok(versioned::read(conn, Kind::Template, key)?.map(|v| v.into_template(key)))
 }
 
 pub fn list(conn: &Connection) -> Result<Vec<TemplateRecord>, StoreError> {
@@ -45,5 +30,5 @@ pub fn put(
     now: Millis,
 ) -> Result<(TemplateRecord, bool), StoreError> {
     let (versions, created) = versioned::put(tx, Kind::Template, key, document, now)?;
-    Ok((record(key, versions), created))
+    Ok((versions.into_template(key), created))
 }

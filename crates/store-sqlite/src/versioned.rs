@@ -4,7 +4,7 @@
 use rusqlite::{Connection, Transaction, params};
 use serde_json::Value;
 use waymark_core::time::Millis;
-use waymark_store::{JourneyVersion, StoreError};
+use waymark_store::{JourneyVersion, StoreError, Versions};
 
 use crate::unavailable;
 
@@ -27,16 +27,6 @@ impl Kind {
     fn corrupt(self, e: impl std::fmt::Display) -> StoreError {
         StoreError::Corrupt(format!("{}: {e}", self.table()))
     }
-}
-
-/// A document's newest version and the list of all of them.
-#[derive(Debug)]
-pub struct Versions {
-    pub version: u32,
-    pub document: Value,
-    pub versions: Vec<JourneyVersion>,
-    pub created_at: Millis,
-    pub updated_at: Millis,
 }
 
 pub fn read(conn: &Connection, kind: Kind, key: &str) -> Result<Option<Versions>, StoreError> {

@@ -354,6 +354,45 @@ pub trait TemplateStore: Send + Sync {
     async fn templates(&self) -> Result<Vec<TemplateRecord>, StoreError>;
 }
 
+/// A document kept as immutable versions (templates, audiences), as a backend reads it:
+/// the newest version and the list of all of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versions {
+    pub version: u32,
+    pub document: Value,
+    pub versions: Vec<JourneyVersion>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+impl Versions {
+    pub fn into_template(self, key: &str) -> TemplateRecord {
+        TemplateRecord {
+            key: key.to_owned(),
+            channel: self.document["channel"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            version: self.version,
+            document: self.document,
+            versions: self.versions,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+
+    pub fn into_audience(self, key: &str) -> AudienceRecord {
+        AudienceRecord {
+            key: key.to_owned(),
+            version: self.version,
+            document: self.document,
+            versions: self.versions,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
 /// An audience (`waymark_core::audience::AudienceDoc`) with its versions: every changed
 /// document is a new version, live at once.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -11,15 +11,7 @@ use crate::support::*;
 
 async fn put_audience(c: &reqwest::Client, base: &str, doc: &Value) -> Value {
     let key = doc["key"].as_str().expect("key");
-    let r = c
-        .put(format!("{base}/v1/audiences/{key}"))
-        .bearer_auth(ADMIN)
-        .json(doc)
-        .send()
-        .await
-        .expect("put");
-    assert!(r.status().is_success(), "{:?}", r.text().await);
-    r.json().await.expect("json")
+    put_document(c, base, &format!("/v1/audiences/{key}"), doc).await
 }
 
 /// Waits until `check` holds for the audience's GET answer.

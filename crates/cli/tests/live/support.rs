@@ -188,17 +188,25 @@ pub async fn kill_9_during_webhook_dispatch(store: Option<&str>) {
     );
 }
 
-/// Stores `doc` as its journey's draft; returns the key.
-pub async fn put_draft<'d>(c: &reqwest::Client, base: &str, doc: &'d Value) -> &'d str {
-    let key = doc["key"].as_str().expect("key");
+/// PUTs a document with the admin token, expects success; returns the answer.
+pub async fn put_document(c: &reqwest::Client, base: &str, path: &str, doc: &Value) -> Value {
     let r = c
-        .put(format!("{base}/v1/journeys/{key}"))
+        .put(format!("{base}{path}"))
         .bearer_auth(ADMIN)
         .json(doc)
         .send()
         .await
         .expect("put");
-    assert!(r.status().is_success(), "{:?}", r.text().await);
+    let status = r.status();
+    let text = r.text().await.unwrap_or_default();
+    assert!(status.is_success(), "PUT {path}: {status} {text}");
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+/// Stores `doc` as its journey's draft; returns the key.
+pub async fn put_draft<'d>(c: &reqwest::Client, base: &str, doc: &'d Value) -> &'d str {
+    let key = doc["key"].as_str().expect("key");
+    put_document(c, base, &format!("/v1/journeys/{key}"), doc).await;
     key
 }
 
@@ -214,14 +222,7 @@ pub async fn put_and_publish(c: &reqwest::Client, base: &str, doc: &Value) {
 }
 
 pub async fn put_template(c: &reqwest::Client, base: &str, key: &str, doc: &Value) {
-    let r = c
-        .put(format!("{base}/v1/templates/{key}"))
-        .bearer_auth(ADMIN)
-        .json(doc)
-        .send()
-        .await
-        .expect("put template");
-    assert!(r.status().is_success(), "{:?}", r.text().await);
+    put_document(c, base, &format!("/v1/templates/{key}"), doc).await;
 }
 
 /// Waits until each user's first message is no longer pending; returns their

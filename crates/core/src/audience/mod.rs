@@ -59,12 +59,7 @@ pub fn validate(
     let rule = match Rule::parse(&doc.rule) {
         Ok(rule) => rule,
         Err(errors) => {
-            problems.extend(errors.into_iter().map(|e| {
-                let mut p = FieldError::new("invalid_rule", "rule", e.message);
-                p.line = Some(e.line);
-                p.column = Some(e.column);
-                p
-            }));
+            problems.extend(errors.into_iter().map(FieldError::from));
             return Err(problems);
         }
     };

@@ -119,6 +119,16 @@ pub struct RuleError {
     pub column: usize,
 }
 
+impl From<RuleError> for crate::FieldError {
+    /// A problem in the `rule` field of an audience document, placed in the rule's text.
+    fn from(e: RuleError) -> Self {
+        let mut p = crate::FieldError::new("invalid_rule", "rule", e.message);
+        p.line = Some(e.line);
+        p.column = Some(e.column);
+        p
+    }
+}
+
 /// The variable a behaviour call is bound to.
 pub fn call_variable(index: usize) -> String {
     format!("@b{index}")

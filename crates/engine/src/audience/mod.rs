@@ -96,17 +96,8 @@ pub struct Person<'a> {
 impl CompiledAudience {
     /// Compiles a document whose references were checked when it was saved.
     pub fn compile(doc: &AudienceDoc, version: u32) -> Result<Self, Vec<FieldError>> {
-        let rule = Rule::parse(&doc.rule).map_err(|errors| {
-            errors
-                .into_iter()
-                .map(|e| {
-                    let mut p = FieldError::new("invalid_rule", "rule", e.message);
-                    p.line = Some(e.line);
-                    p.column = Some(e.column);
-                    p
-                })
-                .collect::<Vec<_>>()
-        })?;
+        let rule = Rule::parse(&doc.rule)
+            .map_err(|errors| errors.into_iter().map(FieldError::from).collect::<Vec<_>>())?;
         Ok(Self::from_rule(doc.key.clone(), version, rule))
     }
 
@@ -144,14 +135,7 @@ impl CompiledAudience {
     /// Decides the rule for `person` at `now`.
     pub fn evaluate(&self, person: &Person<'_>, now: Millis) -> Evaluation {
         let profile = Lazy::default();
-        let profile_of = || {
-            prepare(
-                &self
-                    .reads
-                    .of_var("profile")
-                    .prune(&person.profile.context_json(&person.profile.traits)),
-            )
-        };
+        let profile_of = || self.prepared_profile(person.profile);
         let mut values = Vec::with_capacity(self.rule.calls.len());
         let mut next_change: Option<Millis> = None;
         for (call, filter) in self.rule.calls.iter().zip(&self.filters) {
@@ -189,6 +173,16 @@ impl CompiledAudience {
             audiences,
             next_change,
         }
+    }
+
+    /// The person as the rule and its conditions read them, pruned to what they read.
+    fn prepared_profile(&self, profile: &ProfileState) -> Prepared {
+        prepare(
+            &self
+                .reads
+                .of_var("profile")
+                .prune(&profile.context_json(&profile.traits)),
+        )
     }
 
     /// The rule decided by CEL, with the calls' values and memberships as its variables.
@@ -310,14 +304,7 @@ impl CompiledAudience {
         limit: usize,
     ) -> Vec<Vec<&'e HistoryEvent>> {
         let profile = Lazy::default();
-        let profile_of = || {
-            prepare(
-                &self
-                    .reads
-                    .of_var("profile")
-                    .prune(&person.profile.context_json(&person.profile.traits)),
-            )
-        };
+        let profile_of = || self.prepared_profile(person.profile);
         self.rule
             .calls
             .iter()

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
 use waymark_engine::audience::{
-    AudienceCatalog, CompiledAudience, HistoryEvent, PersonInput, Trigger, plan,
+    AudienceCatalog, Check, CompiledAudience, HistoryEvent, PersonInput, Trigger, plan,
 };
 use waymark_engine::run::Runtime;
 
@@ -59,12 +59,8 @@ async fn people_inputs<'p, T: RunTx>(
         let rows = tx
             .history(&ids, &track, &kinds, catalog.reads_bodies())
             .await?;
-        for (profile, kind, name, at, body) in rows {
-            let name = waymark_core::event::display_name(&kind, name.as_deref());
-            events
-                .entry(profile)
-                .or_default()
-                .push(HistoryEvent { name, at, body });
+        for (profile, event) in rows.into_iter().map(super::history_event) {
+            events.entry(profile).or_default().push(event);
         }
     }
     let mut members: HashMap<String, BTreeMap<String, Millis>> = HashMap::new();
@@ -122,20 +118,24 @@ pub(super) async fn on_events<'p, T: RunTx>(
     if people.is_empty() {
         return Ok(Vec::new());
     }
-    decide(tx, &catalog, people, now).await
+    decide(tx, &catalog, people, Vec::new(), now).await
 }
 
 /// Decides and writes; returns the events recorded with their people.
+/// `cleared`: people whose check goes without a decision (erased meanwhile), written in
+/// the same statement as the plan's checks.
 async fn decide<'p, T: RunTx>(
     tx: &T,
     catalog: &AudienceCatalog,
     people: Vec<(&'p ProfileState, Trigger)>,
+    cleared: Vec<Check>,
     now: Millis,
 ) -> Result<Vec<(Event, &'p ProfileState)>, T::Error> {
     let profiles: HashMap<&str, &'p ProfileState> =
         people.iter().map(|(p, _)| (p.id.as_str(), *p)).collect();
     let inputs = people_inputs(tx, catalog, people).await?;
-    let planned = plan(catalog, &inputs, now);
+    let mut planned = plan(catalog, &inputs, now);
+    planned.checks.extend(cleared);
     // Counted once per audience per transaction: a rule that fails for everyone (a trait few
     // people have) must not cost a metric update per person.
     let mut errors: HashMap<&str, u64> = HashMap::new();
@@ -180,23 +180,16 @@ pub(super) async fn fire_checks<T: RunTx>(
         .map(|p| (p, Trigger::Everything))
         .collect();
     // People erased meanwhile still have their check taken off.
-    let gone: Vec<waymark_engine::audience::Check> = ids
+    let gone: Vec<Check> = ids
         .iter()
         .filter(|id| !profiles.contains_key(**id))
-        .map(|id| waymark_engine::audience::Check {
+        .map(|id| Check {
             profile_id: (*id).to_owned(),
             due: None,
             exact: true,
         })
         .collect();
-    if !gone.is_empty() {
-        let cleared = waymark_engine::audience::AudiencePlan {
-            checks: gone,
-            ..Default::default()
-        };
-        tx.write_audiences(&cleared, &[], now).await?;
-    }
-    let recorded = decide(tx, &catalog, people, now).await?;
+    let recorded = decide(tx, &catalog, people, gone, now).await?;
     let inputs: Vec<(&Event, &ProfileState)> = recorded.iter().map(|(e, p)| (e, *p)).collect();
     run_journeys(tx, runtime, &inputs, now).await?;
     Ok(due.len())

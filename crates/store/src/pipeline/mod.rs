@@ -192,6 +192,17 @@ pub trait RunTx {
 /// A stored event as audience runs read it: (profile id, kind, name, event time, body).
 pub type HistoryRow = (String, String, Option<String>, Millis, Value);
 
+/// A stored event as behaviour calls see it (by its display name), with its owner.
+pub fn history_event(
+    (profile, kind, name, at, body): HistoryRow,
+) -> (String, waymark_engine::audience::HistoryEvent) {
+    let name = waymark_core::event::display_name(&kind, name.as_deref());
+    (
+        profile,
+        waymark_engine::audience::HistoryEvent { name, at, body },
+    )
+}
+
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("journey run: {e}"))
 }
