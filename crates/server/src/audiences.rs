@@ -35,6 +35,9 @@ pub struct AudienceView {
     pub size: u64,
     /// People still to decide for the newest version.
     pub pending: u64,
+    /// The backfill of the newest version, while it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<BackfillView>,
     /// When someone last entered or left.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_change: Option<String>,
@@ -43,8 +46,18 @@ pub struct AudienceView {
     pub created: Option<bool>,
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BackfillView {
+    pub started_at: String,
+    /// People decided so far.
+    pub decided: u64,
+    /// People decided per second since it started.
+    pub per_second: f64,
+}
+
 impl AudienceView {
     fn new(r: AudienceRecord, status: AudienceStatus) -> Self {
+        let now = wall_clock_ms();
         Self {
             key: r.key,
             version: r.version,
@@ -52,13 +65,19 @@ impl AudienceView {
             versions: VersionView::list(r.versions),
             created_at: format_iso8601(r.created_at),
             updated_at: format_iso8601(r.updated_at),
-            state: if status.pending > 0 {
+            state: if status.pending > 0 || status.backfill.is_some() {
                 "building"
             } else {
                 "current"
             },
             size: status.members,
             pending: status.pending,
+            backfill: status.backfill.map(|b| BackfillView {
+                started_at: format_iso8601(b.started_at),
+                decided: b.decided,
+                per_second: (b.decided as f64 * 1000.0 / (now - b.started_at).max(1) as f64)
+                    .round(),
+            }),
             last_change: status.last_change.map(format_iso8601),
             created: None,
         }
@@ -169,6 +188,62 @@ pub async fn list_audiences(
         audiences.push(AudienceView::new(record, status));
     }
     Ok(axum::Json(AudienceList { audiences }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SizesQuery {
+    /// The last this many hours (default 168, at most 8784).
+    pub hours: Option<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SizePoint {
+    /// The hour's start.
+    pub hour: String,
+    /// Size at the end of the hour.
+    pub members: u64,
+    pub entered: u64,
+    pub exited: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SizeHistory {
+    /// Hours in which someone entered or left, oldest first; the size holds between them.
+    pub hours: Vec<SizePoint>,
+}
+
+/// An audience's size over time, by the hour.
+#[utoipa::path(get, path = "/v1/audiences/{key}/sizes", tag = "audiences",
+    params(("key" = String, Path), SizesQuery),
+    responses((status = 200, body = SizeHistory), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn audience_sizes(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    Query(query): Query<SizesQuery>,
+) -> Result<axum::Json<SizeHistory>, ApiError> {
+    state.keys.require_admin(&headers)?;
+    state
+        .store
+        .audience(&key)
+        .await?
+        .ok_or_else(|| no_audience(&key))?;
+    let hours = query.hours.unwrap_or(168).clamp(1, 8784);
+    let since = wall_clock_ms() - i64::from(hours) * 3_600_000;
+    let points = state.store.audience_size_history(&key, since).await?;
+    Ok(axum::Json(SizeHistory {
+        hours: points
+            .into_iter()
+            .map(|p| SizePoint {
+                hour: format_iso8601(p.hour),
+                members: p.members,
+                entered: p.entered,
+                exited: p.exited,
+            })
+            .collect(),
+    }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -148,6 +148,10 @@ pub fn app(state: AppState) -> Router {
             get(audiences::get_audience).put(audiences::put_audience),
         )
         .route(
+            "/v1/audiences/{key}/sizes",
+            get(audiences::audience_sizes),
+        )
+        .route(
             "/v1/audiences/{key}/members",
             get(audiences::audience_members),
         )

@@ -8,8 +8,10 @@ use serde_json::Value;
 use waymark_core::Event;
 use waymark_core::time::Millis;
 use waymark_engine::audience::{AudiencePlan, HistoryEvent};
-use waymark_store::pipeline::{HistoryRow, history_event};
-use waymark_store::{AudienceMember, AudienceRecord, AudienceStatus, StoreError};
+use waymark_store::pipeline::{HistoryRow, SizeChange, history_event};
+use waymark_store::{
+    AudienceMember, AudienceRecord, AudienceStatus, BackfillProgress, SizeAt, StoreError,
+};
 
 use crate::versioned::{self, Kind};
 use crate::{Abort, db_error};
@@ -35,8 +37,9 @@ pub async fn list(client: &impl GenericClient) -> Result<Vec<AudienceRecord>, St
     Ok(out)
 }
 
-/// Stores a changed document as a new version and schedules everyone's audiences to be
-/// decided again now (the backfill).
+/// Stores a changed document as a new version and starts (or starts again) its backfill:
+/// everyone decided for it, in profile id order (when there is anyone: people who come
+/// later are decided as their events arrive).
 pub async fn put(
     client: &mut deadpool_postgres::Client,
     key: &str,
@@ -47,9 +50,10 @@ pub async fn put(
     let (versions, created) = versioned::put(&tx, Kind::Audience, key, document, now).await?;
     if created {
         tx.execute(
-            "INSERT INTO audience_checks (profile_id, due_at) SELECT id, $1 FROM profiles
-             ON CONFLICT (profile_id) DO UPDATE SET due_at = least(audience_checks.due_at, excluded.due_at)",
-            &[&now],
+            "INSERT INTO audience_backfills (audience_key, after_profile, started_at, decided)
+             SELECT $1, '', $2, 0 WHERE EXISTS (SELECT 1 FROM profiles)
+             ON CONFLICT (audience_key) DO UPDATE SET after_profile = '', started_at = $2, decided = 0",
+            &[&key, &now],
         )
         .await
         .map_err(db_error)?;
@@ -67,7 +71,8 @@ pub async fn status(client: &impl GenericClient, key: &str) -> Result<AudienceSt
         .await
         .map_err(db_error)?;
     let (members, last_change) = size.map_or((0, None), |r| (r.get::<_, i64>(0), r.get(1)));
-    let pending: i64 = client
+    // Checks due since before the newest version are people still to decide as well.
+    let overdue: i64 = client
         .query_one(
             "SELECT count(*) FROM audience_checks
              WHERE due_at <= (SELECT max(created_at) FROM audiences WHERE key = $1)",
@@ -76,10 +81,29 @@ pub async fn status(client: &impl GenericClient, key: &str) -> Result<AudienceSt
         .await
         .map_err(db_error)?
         .get(0);
+    let backfill = client
+        .query_opt(
+            "SELECT b.started_at, b.decided, (SELECT count(*) FROM profiles WHERE id > b.after_profile)
+             FROM audience_backfills b WHERE audience_key = $1",
+            &[&key],
+        )
+        .await
+        .map_err(db_error)?;
+    let (remaining, backfill) = match backfill {
+        Some(r) => {
+            let progress = BackfillProgress {
+                started_at: r.get(0),
+                decided: r.get::<_, i64>(1).max(0) as u64,
+            };
+            (r.get::<_, i64>(2), Some(progress))
+        }
+        None => (0, None),
+    };
     Ok(AudienceStatus {
         members: members.max(0) as u64,
         last_change,
-        pending: pending as u64,
+        pending: (overdue + remaining).max(0) as u64,
+        backfill,
     })
 }
 
@@ -160,7 +184,7 @@ pub async fn history(
             "SELECT profile_id, kind, name, timestamp, CASE WHEN $4 THEN body::text END FROM events
              WHERE profile_id = ANY($1)
                AND ((kind = 'track' AND name = ANY($2)) OR kind = ANY($3))
-             ORDER BY profile_id, timestamp, seq",
+             ORDER BY profile_id, kind, name, timestamp, seq",
             &[&profile_ids, &track_names, &kinds, &with_bodies],
         )
         .await?;
@@ -199,8 +223,8 @@ pub async fn write(
     events: &[(&str, &Event)],
     now: Millis,
 ) -> Result<(), Abort> {
-    // Size changes per audience: +1 for each row really inserted, -1 for each really deleted.
-    let mut sizes: std::collections::BTreeMap<String, (i64, Millis)> = Default::default();
+    // Entries and exits really made (a row inserted or deleted) per audience.
+    let mut sizes: std::collections::BTreeMap<String, SizeChange> = Default::default();
     let (entered, exited): (Vec<_>, Vec<_>) = plan.changes.iter().partition(|c| c.entered);
     if !entered.is_empty() {
         let audiences: Vec<&str> = entered.iter().map(|c| c.audience.as_str()).collect();
@@ -215,9 +239,7 @@ pub async fn write(
             )
             .await?;
         for r in rows {
-            let entry = sizes.entry(r.get(0)).or_insert((0, 0));
-            entry.0 += 1;
-            entry.1 = entry.1.max(r.get(1));
+            sizes.entry(r.get(0)).or_default().add(true, r.get(1));
         }
     }
     if !exited.is_empty() {
@@ -231,20 +253,11 @@ pub async fn write(
             )
             .await?;
         for r in rows {
-            let entry = sizes.entry(r.get(0)).or_insert((0, 0));
-            entry.0 -= 1;
-            entry.1 = entry.1.max(now);
+            sizes.entry(r.get(0)).or_default().add(false, now);
         }
     }
-    for (audience, (delta, at)) in &sizes {
-        client
-            .execute(
-                "INSERT INTO audience_sizes (audience_key, members, last_change) VALUES ($1, $2, $3)
-                 ON CONFLICT (audience_key) DO UPDATE SET members = audience_sizes.members + excluded.members,
-                     last_change = greatest(audience_sizes.last_change, excluded.last_change)",
-                &[audience, delta, at],
-            )
-            .await?;
+    for (audience, change) in &sizes {
+        record_size(client, audience, change).await?;
     }
     if !events.is_empty() {
         let ids: Vec<&str> = events.iter().map(|(_, e)| e.message_id.as_str()).collect();
@@ -339,15 +352,17 @@ pub async fn forget(
     recheck: Option<&str>,
     now: Millis,
 ) -> Result<(), Abort> {
-    client
-        .execute(
-            "WITH gone AS (DELETE FROM audience_members WHERE profile_id = $1 RETURNING audience_key)
-             UPDATE audience_sizes s SET members = s.members - g.n, last_change = $2
-             FROM (SELECT audience_key, count(*) AS n FROM gone GROUP BY audience_key) g
-             WHERE s.audience_key = g.audience_key",
-            &[&profile_id, &now],
+    let left = client
+        .query(
+            "DELETE FROM audience_members WHERE profile_id = $1 RETURNING audience_key",
+            &[&profile_id],
         )
         .await?;
+    for row in left {
+        let mut change = SizeChange::default();
+        change.add(false, now);
+        record_size(client, row.get(0), &change).await?;
+    }
     client
         .execute(
             "DELETE FROM audience_checks WHERE profile_id = $1",
@@ -364,4 +379,115 @@ pub async fn forget(
             .await?;
     }
     Ok(())
+}
+
+/// Adds entries and exits to an audience's size and to its hour of size history.
+async fn record_size(
+    client: &impl GenericClient,
+    audience: &str,
+    change: &SizeChange,
+) -> Result<(), Abort> {
+    client
+        .execute(
+            "WITH size AS (
+                 INSERT INTO audience_sizes (audience_key, members, last_change) VALUES ($1, $2, $3)
+                 ON CONFLICT (audience_key) DO UPDATE SET members = audience_sizes.members + excluded.members,
+                     last_change = greatest(audience_sizes.last_change, excluded.last_change)
+                 RETURNING members)
+             INSERT INTO audience_size_history (audience_key, hour, members, entered, exited)
+             SELECT $1, $4, members, $5, $6 FROM size
+             ON CONFLICT (audience_key, hour) DO UPDATE SET members = excluded.members,
+                 entered = audience_size_history.entered + excluded.entered,
+                 exited = audience_size_history.exited + excluded.exited",
+            &[
+                &audience,
+                &change.delta(),
+                &change.at,
+                &change.hour(),
+                &(change.entered as i64),
+                &(change.exited as i64),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The backfills in progress, furthest behind first (in the order `profiles_after`
+/// reads), locked: a step and a new version of the same audience (which starts its
+/// backfill again) take turns.
+pub async fn backfills(client: &impl GenericClient) -> Result<Vec<(String, String)>, Abort> {
+    let rows = client
+        .query(
+            "SELECT audience_key, after_profile FROM audience_backfills ORDER BY after_profile, audience_key FOR UPDATE",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+pub async fn profiles_after(
+    client: &impl GenericClient,
+    after: &str,
+    limit: u32,
+) -> Result<Vec<String>, Abort> {
+    let rows = client
+        .query(
+            "SELECT id FROM profiles WHERE id > $1 ORDER BY id LIMIT $2",
+            &[&after, &i64::from(limit)],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+pub async fn advance_backfills(
+    client: &impl GenericClient,
+    keys: &[String],
+    to: Option<&str>,
+    decided: u64,
+) -> Result<(), Abort> {
+    match to {
+        Some(to) => {
+            client
+                .execute(
+                    "UPDATE audience_backfills SET after_profile = greatest(after_profile, $2),
+                         decided = decided + $3 WHERE audience_key = ANY($1)",
+                    &[&keys, &to, &(decided as i64)],
+                )
+                .await?
+        }
+        None => {
+            client
+                .execute(
+                    "DELETE FROM audience_backfills WHERE audience_key = ANY($1)",
+                    &[&keys],
+                )
+                .await?
+        }
+    };
+    Ok(())
+}
+
+/// Size by the hour, oldest first, for the hours since `since` in which it changed.
+pub async fn size_history(
+    client: &impl GenericClient,
+    key: &str,
+    since: Millis,
+) -> Result<Vec<SizeAt>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT hour, members, entered, exited FROM audience_size_history
+             WHERE audience_key = $1 AND hour >= $2 ORDER BY hour",
+            &[&key, &since],
+        )
+        .await
+        .map_err(db_error)?;
+    Ok(rows
+        .iter()
+        .map(|r| SizeAt {
+            hour: r.get(0),
+            members: r.get::<_, i64>(1).max(0) as u64,
+            entered: r.get::<_, i64>(2).max(0) as u64,
+            exited: r.get::<_, i64>(3).max(0) as u64,
+        })
+        .collect())
 }

@@ -32,7 +32,7 @@ use waymark_core::ingest::{Outcome, WorkingSet, lookups, plan};
 use waymark_core::time::Millis;
 use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
-    AudienceMember, AudienceRecord, AudienceStatus, AudienceStore, Delivery, Erasure, EventPage,
+    AudienceMember, AudienceRecord, AudienceStatus, AudienceStore, SizeAt, Delivery, Erasure, EventPage,
     InboxMark, InboxStore, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore,
     JourneyState, JourneyStats, JourneyStore, OutboxItem, OutboxStore, PageRequest, ProfileStore,
     Store, StoreError, StoreOptions, StoredEvent, Suppression, SuppressionStore, TemplateRecord,
@@ -870,6 +870,15 @@ impl AudienceStore for PostgresStore {
     async fn audience_status(&self, key: &str) -> Result<AudienceStatus, StoreError> {
         let client = self.client().await?;
         audiences::status(&client, key).await
+    }
+
+    async fn audience_size_history(
+        &self,
+        key: &str,
+        since: Millis,
+    ) -> Result<Vec<SizeAt>, StoreError> {
+        let client = self.client().await?;
+        audiences::size_history(&client, key, since).await
     }
 
     async fn audience_members(

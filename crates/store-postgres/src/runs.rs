@@ -550,6 +550,23 @@ impl<C: GenericClient> RunTx for Run<'_, C> {
     ) -> Result<(), Abort> {
         audiences::forget(self.0, profile_id, recheck, now).await
     }
+
+    async fn audience_backfills(&self) -> Result<Vec<(String, String)>, Abort> {
+        audiences::backfills(self.0).await
+    }
+
+    async fn profiles_after(&self, after: &str, limit: u32) -> Result<Vec<String>, Abort> {
+        audiences::profiles_after(self.0, after, limit).await
+    }
+
+    async fn advance_backfills(
+        &self,
+        keys: &[String],
+        to: Option<&str>,
+        decided: u64,
+    ) -> Result<(), Abort> {
+        audiences::advance_backfills(self.0, keys, to, decided).await
+    }
 }
 
 pub async fn profile_journeys(

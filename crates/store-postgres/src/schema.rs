@@ -217,6 +217,28 @@ const MIGRATIONS: &[(i32, &str)] = &[
          );
          CREATE INDEX audience_checks_due ON audience_checks (due_at);",
     ),
+    // Audience decisions read a person's events of some names without their bodies: an
+    // index that answers that alone. Backfills as a pass over profile ids that commits
+    // where it stands (checks a backfill scheduled before are still fired as checks);
+    // sizes by the hour.
+    (
+        15,
+        "CREATE INDEX events_by_name ON events (profile_id, kind, name, timestamp, seq);
+         CREATE TABLE audience_backfills (
+             audience_key TEXT PRIMARY KEY,
+             after_profile TEXT NOT NULL,
+             started_at BIGINT NOT NULL,
+             decided BIGINT NOT NULL
+         );
+         CREATE TABLE audience_size_history (
+             audience_key TEXT NOT NULL,
+             hour BIGINT NOT NULL,
+             members BIGINT NOT NULL,
+             entered BIGINT NOT NULL,
+             exited BIGINT NOT NULL,
+             PRIMARY KEY (audience_key, hour)
+         );",
+    ),
 ];
 
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {

@@ -2,13 +2,15 @@
 //! size counter per audience, and one check row per person (when their audiences must be
 //! decided again). Decisions are `waymark_store::pipeline`'s; this is their SQL.
 
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde_json::Value;
 use waymark_core::Event;
 use waymark_core::time::Millis;
 use waymark_engine::audience::{AudiencePlan, HistoryEvent};
-use waymark_store::pipeline::{HistoryRow, history_event};
-use waymark_store::{AudienceMember, AudienceRecord, AudienceStatus, StoreError};
+use waymark_store::pipeline::{HistoryRow, SizeChange, history_event};
+use waymark_store::{
+    AudienceMember, AudienceRecord, AudienceStatus, BackfillProgress, SizeAt, StoreError,
+};
 
 use crate::unavailable;
 use crate::versioned::{self, Kind};
@@ -29,8 +31,9 @@ pub fn list(conn: &Connection) -> Result<Vec<AudienceRecord>, StoreError> {
     Ok(out)
 }
 
-/// Stores a changed document as a new version and schedules everyone's audiences to be
-/// decided again now (the backfill).
+/// Stores a changed document as a new version and starts (or starts again) its backfill:
+/// everyone decided for it, in profile id order (when there is anyone: people who come
+/// later are decided as their events arrive).
 pub fn put(
     tx: &Transaction<'_>,
     key: &str,
@@ -40,9 +43,10 @@ pub fn put(
     let (versions, created) = versioned::put(tx, Kind::Audience, key, document, now)?;
     if created {
         tx.execute(
-            "INSERT INTO audience_checks (profile_id, due_at) SELECT id, ?1 FROM profiles WHERE true
-             ON CONFLICT (profile_id) DO UPDATE SET due_at = min(due_at, excluded.due_at)",
-            [now],
+            "INSERT INTO audience_backfills (audience_key, after_profile, started_at, decided)
+             SELECT ?1, '', ?2, 0 WHERE EXISTS (SELECT 1 FROM profiles)
+             ON CONFLICT (audience_key) DO UPDATE SET after_profile = '', started_at = ?2, decided = 0",
+            params![key, now],
         )
         .map_err(unavailable)?;
     }
@@ -64,17 +68,42 @@ pub fn status(conn: &Connection, key: &str) -> Result<AudienceStatus, StoreError
         .prepare_cached("SELECT max(created_at) FROM audiences WHERE key = ?1")
         .and_then(|mut s| s.query_row([key], |r| r.get(0)))
         .map_err(unavailable)?;
-    let pending: i64 = match saved {
+    // Checks due since before the newest version are people still to decide as well.
+    let overdue: i64 = match saved {
         Some(saved) => conn
             .prepare_cached("SELECT count(*) FROM audience_checks WHERE due_at <= ?1")
             .and_then(|mut s| s.query_row([saved], |r| r.get(0)))
             .map_err(unavailable)?,
         None => 0,
     };
+    let backfill = conn
+        .prepare_cached(
+            "SELECT after_profile, started_at, decided FROM audience_backfills WHERE audience_key = ?1",
+        )
+        .and_then(|mut s| {
+            s.query_row([key], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
+                .optional()
+        })
+        .map_err(unavailable)?;
+    let (remaining, backfill) = match backfill {
+        Some((after, started_at, decided)) => {
+            let remaining: i64 = conn
+                .prepare_cached("SELECT count(*) FROM profiles WHERE id > ?1")
+                .and_then(|mut s| s.query_row([after], |r| r.get(0)))
+                .map_err(unavailable)?;
+            let progress = BackfillProgress {
+                started_at,
+                decided: decided.max(0) as u64,
+            };
+            (remaining, Some(progress))
+        }
+        None => (0, None),
+    };
     Ok(AudienceStatus {
         members: members.max(0) as u64,
         last_change,
-        pending: pending as u64,
+        pending: (overdue + remaining).max(0) as u64,
+        backfill,
     })
 }
 
@@ -152,7 +181,7 @@ pub fn history(
              WHERE profile_id IN (SELECT value FROM json_each(?1))
                AND ((kind = 'track' AND name IN (SELECT value FROM json_each(?2)))
                     OR kind IN (SELECT value FROM json_each(?3)))
-             ORDER BY profile_id, timestamp, seq",
+             ORDER BY profile_id, kind, name, timestamp, seq",
         )
         .map_err(unavailable)?;
     let rows = stmt
@@ -212,9 +241,9 @@ pub fn write(
                 "DELETE FROM audience_members WHERE audience_key = ?1 AND profile_id = ?2",
             )
             .map_err(unavailable)?;
-        // Size changes per audience: +1 for each row really inserted, -1 for each really
-        // deleted, written once per audience.
-        let mut sizes: std::collections::BTreeMap<&str, (i64, Millis)> = Default::default();
+        // Entries and exits really made (a row inserted or deleted) per audience, written
+        // once per audience with its size and its hour of size history.
+        let mut sizes: std::collections::BTreeMap<&str, SizeChange> = Default::default();
         for change in &plan.changes {
             let changed = if change.entered {
                 enter.execute(params![change.audience, change.profile_id, change.at])
@@ -223,21 +252,14 @@ pub fn write(
             }
             .map_err(unavailable)?;
             if changed > 0 {
-                let entry = sizes.entry(&change.audience).or_insert((0, change.at));
-                entry.0 += if change.entered { 1 } else { -1 };
-                entry.1 = entry.1.max(change.at);
+                sizes
+                    .entry(&change.audience)
+                    .or_default()
+                    .add(change.entered, change.at);
             }
         }
-        let mut size = tx
-            .prepare_cached(
-                "INSERT INTO audience_sizes (audience_key, members, last_change) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (audience_key) DO UPDATE SET members = members + excluded.members,
-                     last_change = max(last_change, excluded.last_change)",
-            )
-            .map_err(unavailable)?;
-        for (audience, (delta, at)) in sizes {
-            size.execute(params![audience, delta, at])
-                .map_err(unavailable)?;
+        for (audience, change) in sizes {
+            record_size(tx, audience, &change)?;
         }
     }
     {
@@ -313,11 +335,9 @@ pub fn forget(
         .and_then(|mut s| s.query_map([profile_id], |r| r.get(0))?.collect())
         .map_err(unavailable)?;
     for audience in left {
-        tx.execute(
-            "UPDATE audience_sizes SET members = members - 1, last_change = ?2 WHERE audience_key = ?1",
-            params![audience, now],
-        )
-        .map_err(unavailable)?;
+        let mut change = SizeChange::default();
+        change.add(false, now);
+        record_size(tx, &audience, &change)?;
     }
     tx.execute(
         "DELETE FROM audience_checks WHERE profile_id = ?1",
@@ -332,5 +352,107 @@ pub fn forget(
         )
         .map_err(unavailable)?;
     }
+    Ok(())
+}
+
+pub fn backfills(conn: &Connection) -> Result<Vec<(String, String)>, StoreError> {
+    conn.prepare_cached(
+        "SELECT audience_key, after_profile FROM audience_backfills ORDER BY after_profile, audience_key",
+    )
+        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .map_err(unavailable)
+}
+
+pub fn profiles_after(
+    conn: &Connection,
+    after: &str,
+    limit: u32,
+) -> Result<Vec<String>, StoreError> {
+    conn.prepare_cached("SELECT id FROM profiles WHERE id > ?1 ORDER BY id LIMIT ?2")
+        .and_then(|mut s| {
+            s.query_map(params![after, i64::from(limit)], |r| r.get(0))?
+                .collect()
+        })
+        .map_err(unavailable)
+}
+
+pub fn advance_backfills(
+    tx: &Connection,
+    keys: &[String],
+    to: Option<&str>,
+    decided: u64,
+) -> Result<(), StoreError> {
+    let mut advance = tx
+        .prepare_cached(
+            "UPDATE audience_backfills SET after_profile = max(after_profile, ?2),
+                 decided = decided + ?3 WHERE audience_key = ?1",
+        )
+        .map_err(unavailable)?;
+    let mut end = tx
+        .prepare_cached("DELETE FROM audience_backfills WHERE audience_key = ?1")
+        .map_err(unavailable)?;
+    for key in keys {
+        match to {
+            Some(to) => advance.execute(params![key, to, decided as i64]),
+            None => end.execute([key]),
+        }
+        .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+/// Size by the hour, oldest first, for the hours since `since` in which it changed.
+pub fn size_history(
+    conn: &Connection,
+    key: &str,
+    since: Millis,
+) -> Result<Vec<SizeAt>, StoreError> {
+    conn.prepare_cached(
+        "SELECT hour, members, entered, exited FROM audience_size_history
+         WHERE audience_key = ?1 AND hour >= ?2 ORDER BY hour",
+    )
+    .and_then(|mut s| {
+        s.query_map(params![key, since], |r| {
+            Ok(SizeAt {
+                hour: r.get(0)?,
+                members: r.get::<_, i64>(1)?.max(0) as u64,
+                entered: r.get::<_, i64>(2)?.max(0) as u64,
+                exited: r.get::<_, i64>(3)?.max(0) as u64,
+            })
+        })?
+        .collect()
+    })
+    .map_err(unavailable)
+}
+
+/// Adds entries and exits to an audience's size and to its hour of size history.
+fn record_size(tx: &Connection, audience: &str, change: &SizeChange) -> Result<(), StoreError> {
+    let members: i64 = tx
+        .prepare_cached(
+            "INSERT INTO audience_sizes (audience_key, members, last_change) VALUES (?1, ?2, ?3)
+             ON CONFLICT (audience_key) DO UPDATE SET members = members + excluded.members,
+                 last_change = max(last_change, excluded.last_change)
+             RETURNING members",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![audience, change.delta(), change.at], |r| r.get(0))
+        })
+        .map_err(unavailable)?;
+    tx.prepare_cached(
+        "INSERT INTO audience_size_history (audience_key, hour, members, entered, exited)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (audience_key, hour) DO UPDATE SET members = excluded.members,
+             entered = entered + excluded.entered, exited = exited + excluded.exited",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            audience,
+            change.hour(),
+            members,
+            change.entered as i64,
+            change.exited as i64
+        ])
+    })
+    .map_err(unavailable)?;
     Ok(())
 }

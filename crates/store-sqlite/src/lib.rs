@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use waymark_core::time::Millis;
 use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
-    AudienceMember, AudienceRecord, AudienceStatus, AudienceStore, Delivery, Erasure, EventPage,
+    AudienceMember, AudienceRecord, AudienceStatus, AudienceStore, SizeAt, Delivery, Erasure, EventPage,
     InboxMark, InboxStore, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore,
     JourneyState, JourneyStats, JourneyStore, OutboxItem, OutboxStore, PageRequest, ProfileStore,
     Store, StoreError, StoreOptions, StoredEvent, Suppression, SuppressionStore, TemplateRecord,
@@ -480,6 +480,16 @@ impl AudienceStore for SqliteStore {
     async fn audience_status(&self, key: &str) -> Result<AudienceStatus, StoreError> {
         let key = key.to_owned();
         self.read(move |conn| audiences::status(conn, &key)).await
+    }
+
+    async fn audience_size_history(
+        &self,
+        key: &str,
+        since: Millis,
+    ) -> Result<Vec<SizeAt>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |conn| audiences::size_history(conn, &key, since))
+            .await
     }
 
     async fn audience_members(

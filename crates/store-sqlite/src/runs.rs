@@ -536,6 +536,24 @@ impl RunTx for Run<'_, '_> {
     ) -> Result<(), StoreError> {
         audiences::forget(self.0, profile_id, recheck, now)
     }
+
+    async fn audience_backfills(&self) -> Result<Vec<(String, String)>, StoreError> {
+        // One writer: nothing to lock.
+        audiences::backfills(self.0)
+    }
+
+    async fn profiles_after(&self, after: &str, limit: u32) -> Result<Vec<String>, StoreError> {
+        audiences::profiles_after(self.0, after, limit)
+    }
+
+    async fn advance_backfills(
+        &self,
+        keys: &[String],
+        to: Option<&str>,
+        decided: u64,
+    ) -> Result<(), StoreError> {
+        audiences::advance_backfills(self.0, keys, to, decided)
+    }
 }
 
 pub fn profile_journeys(

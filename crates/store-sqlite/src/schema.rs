@@ -218,6 +218,28 @@ const MIGRATIONS: &[(i64, &str)] = &[
          ) WITHOUT ROWID;
          CREATE INDEX audience_checks_due ON audience_checks (due_at);",
     ),
+    // Audience decisions read a person's events of some names without their bodies: an
+    // index that answers that alone. Backfills as a pass over profile ids that commits
+    // where it stands (checks a backfill scheduled before are still fired as checks);
+    // sizes by the hour.
+    (
+        14,
+        "CREATE INDEX events_by_name ON events (profile_id, kind, name, timestamp, seq);
+         CREATE TABLE audience_backfills (
+             audience_key TEXT PRIMARY KEY,
+             after_profile TEXT NOT NULL,
+             started_at INTEGER NOT NULL,
+             decided INTEGER NOT NULL
+         ) WITHOUT ROWID;
+         CREATE TABLE audience_size_history (
+             audience_key TEXT NOT NULL,
+             hour INTEGER NOT NULL,
+             members INTEGER NOT NULL,
+             entered INTEGER NOT NULL,
+             exited INTEGER NOT NULL,
+             PRIMARY KEY (audience_key, hour)
+         ) WITHOUT ROWID;",
+    ),
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -414,6 +414,27 @@ pub struct AudienceStatus {
     /// People whose audiences are still to be decided since the newest version was saved
     /// (a backfill in progress); 0 once the audience is current.
     pub pending: u64,
+    /// The backfill of the newest version, while it runs.
+    pub backfill: Option<BackfillProgress>,
+}
+
+/// How far a backfill has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BackfillProgress {
+    pub started_at: Millis,
+    /// People decided so far.
+    pub decided: u64,
+}
+
+/// An audience's size at the end of an hour in which it changed, and the entries and
+/// exits of that hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SizeAt {
+    /// The hour's start.
+    pub hour: Millis,
+    pub members: u64,
+    pub entered: u64,
+    pub exited: u64,
 }
 
 /// A member of an audience, since when.
@@ -443,6 +464,13 @@ pub trait AudienceStore: Send + Sync {
     async fn audiences(&self) -> Result<Vec<AudienceRecord>, StoreError>;
 
     async fn audience_status(&self, key: &str) -> Result<AudienceStatus, StoreError>;
+
+    /// Size by the hour since `since`, oldest first (hours without change are left out).
+    async fn audience_size_history(
+        &self,
+        key: &str,
+        since: Millis,
+    ) -> Result<Vec<SizeAt>, StoreError>;
 
     /// Members in profile id order, after `after` when given, at most `limit`.
     async fn audience_members(

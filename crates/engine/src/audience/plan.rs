@@ -76,6 +76,27 @@ impl AudienceCatalog {
         self.by_event.keys().cloned().collect()
     }
 
+    /// The event names, and whether bodies, that deciding these audiences can read: theirs
+    /// and those of every audience that reads them (decided again when they change).
+    pub fn reads_of(&self, keys: &BTreeSet<String>) -> (BTreeSet<String>, bool) {
+        let mut due: Vec<usize> = (0..self.audiences.len())
+            .filter(|i| keys.contains(&self.audiences[*i].key))
+            .collect();
+        let mut seen: BTreeSet<usize> = due.iter().copied().collect();
+        let (mut names, mut bodies) = (BTreeSet::new(), false);
+        while let Some(i) = due.pop() {
+            let audience = &self.audiences[i];
+            names.extend(audience.event_names.iter().cloned());
+            bodies |= audience.reads_bodies;
+            for r in self.readers.get(&audience.key).into_iter().flatten() {
+                if seen.insert(*r) {
+                    due.push(*r);
+                }
+            }
+        }
+        (names, bodies)
+    }
+
     /// Whether an event of this name can change some audience (it does if any rule reads
     /// `profile`, which every event changes).
     pub fn affected_by(&self, name: &str) -> bool {
@@ -88,8 +109,11 @@ impl AudienceCatalog {
 pub enum Trigger {
     /// Events of these names arrived (and the profile changed with them).
     Events(Vec<String>),
-    /// Everything: a due check (time may have flipped a rule), a backfill or a merge.
+    /// Everything: a due check (time may have flipped a rule) or a merge.
     Everything,
+    /// These audiences (and those that read them): a backfill of new versions. A key not in
+    /// the catalog ends its memberships.
+    Audiences(BTreeSet<String>),
 }
 
 /// One person as the plan sees them.
@@ -192,6 +216,11 @@ fn decide_person(
     let everything = person.trigger == Trigger::Everything;
     match &person.trigger {
         Trigger::Everything => due.iter_mut().for_each(|d| *d = true),
+        Trigger::Audiences(keys) => {
+            for (i, audience) in catalog.audiences.iter().enumerate() {
+                due[i] = keys.contains(&audience.key);
+            }
+        }
         Trigger::Events(names) => {
             for i in &catalog.by_profile {
                 due[*i] = true;
@@ -245,9 +274,15 @@ fn decide_person(
             }
         }
     }
-    // Memberships of audiences that no longer exist end with a full decision.
-    if everything {
-        for key in person.members.keys() {
+    // Memberships of audiences that no longer exist end with a full decision, or with the
+    // backfill of that audience.
+    let gone = |key: &String| match &person.trigger {
+        Trigger::Everything => true,
+        Trigger::Audiences(keys) => keys.contains(key),
+        Trigger::Events(_) => false,
+    };
+    if everything || matches!(person.trigger, Trigger::Audiences(_)) {
+        for key in person.members.keys().filter(|k| gone(k)) {
             if !catalog.audiences.iter().any(|a| a.key == *key) {
                 out.changes.push(Change {
                     audience: key.clone(),

@@ -213,3 +213,66 @@ pub async fn a_new_or_edited_audience_is_backfilled_from_stored_events(b: &impl 
     );
     assert_eq!(s.fire_due_timers(now + 3, 100).await.expect("fire"), 0);
 }
+
+/// Everyone's decisions for a new version commit in steps with where the backfill stands;
+/// an edit part way starts it again from the first person; sizes are kept by the hour.
+pub async fn a_backfill_goes_in_steps_and_starts_again_after_an_edit(b: &impl Backend) {
+    let s = b.open(StoreOptions::default()).await;
+    let mut batch = Vec::new();
+    for n in 0..5 {
+        let orders = if n < 3 { 2 } else { 1 };
+        for o in 0..orders {
+            batch.push(json!({"type": "track", "messageId": format!("o{n}-{o}"),
+                "userId": format!("u{n}"), "event": "Order Completed"}));
+        }
+    }
+    s.ingest(events(Value::Array(batch))).await.expect("ingest");
+    let now = crate::wall_clock_ms();
+    let rule = |n: u32| json!({"key": "buyers", "rule": format!(r#"events.count("Order Completed") >= {n}"#)});
+    s.put_audience("buyers", &rule(2), now).await.expect("put");
+    assert_eq!(s.fire_due_timers(now, 2).await.expect("fire"), 2);
+    let status = s.audience_status("buyers").await.expect("status");
+    let progress = status.backfill.expect("still building");
+    assert_eq!((progress.decided, status.pending), (2, 3), "{status:?}");
+    // An edit part way: everyone is decided again, for the new version.
+    s.put_audience("buyers", &rule(1), now + 1)
+        .await
+        .expect("put");
+    let status = s.audience_status("buyers").await.expect("status");
+    assert_eq!(
+        (status.backfill.map(|b| b.decided), status.pending),
+        (Some(0), 5)
+    );
+    let mut fired = Vec::new();
+    for _ in 0..4 {
+        fired.push(s.fire_due_timers(now + 1, 2).await.expect("fire"));
+    }
+    assert_eq!(fired, [2, 2, 1, 0], "then done");
+    let status = s.audience_status("buyers").await.expect("status");
+    assert_eq!((status.members, status.pending), (5, 0));
+    assert!(status.backfill.is_none(), "{status:?}");
+    // Back to two orders: two leave.
+    s.put_audience("buyers", &rule(2), now + 2)
+        .await
+        .expect("put");
+    while s.fire_due_timers(now + 2, 2).await.expect("fire") > 0 {}
+    assert_eq!(s.audience_status("buyers").await.expect("status").members, 3);
+    let hours = s
+        .audience_size_history("buyers", now - 3_600_000)
+        .await
+        .expect("sizes");
+    let (members, entered, exited) = hours
+        .iter()
+        .fold((0, 0, 0), |(_, e, x), h| (h.members, e + h.entered, x + h.exited));
+    assert_eq!(
+        (members, entered, exited),
+        (3, 5, 2),
+        "the last hour's size, and every entry and exit: {hours:?}"
+    );
+    assert!(
+        s.audience_size_history("buyers", now + 3_600_000)
+            .await
+            .expect("sizes")
+            .is_empty()
+    );
+}

@@ -65,6 +65,7 @@ macro_rules! conformance_suite {
             finished_messages_are_pruned_after_retention,
             audiences_stay_current_on_ingest_and_as_time_passes,
             a_new_or_edited_audience_is_backfilled_from_stored_events,
+            a_backfill_goes_in_steps_and_starts_again_after_an_edit,
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {

@@ -3,7 +3,7 @@
 //! memberships), the engine's plan, and what it writes (entries and exits, the events that
 //! record them, each person's next check), in the transaction of what changed it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use waymark_core::time::Millis;
@@ -45,20 +45,25 @@ async fn catalog<T: RunTx>(tx: &T, runtime: &Runtime) -> Result<Arc<AudienceCata
     Ok(catalog)
 }
 
-/// The people's kept events of the names the catalog reads, and their memberships.
+/// The event names (and whether bodies) the decisions of a call can read.
+type Reads = (BTreeSet<String>, bool);
+
+fn everything_read(catalog: &AudienceCatalog) -> Reads {
+    (catalog.event_names(), catalog.reads_bodies())
+}
+
+/// The people's kept events of the names the decisions can read, and their memberships.
 async fn people_inputs<'p, T: RunTx>(
     tx: &T,
-    catalog: &AudienceCatalog,
+    (names, bodies): Reads,
     people: Vec<(&'p ProfileState, Trigger)>,
 ) -> Result<Vec<PersonInput<'p>>, T::Error> {
     let ids: Vec<&str> = people.iter().map(|(p, _)| p.id.as_str()).collect();
-    let names: Vec<String> = catalog.event_names().into_iter().collect();
+    let names: Vec<String> = names.into_iter().collect();
     let mut events: HashMap<String, Vec<HistoryEvent>> = HashMap::new();
     if !names.is_empty() {
         let (track, kinds) = waymark_core::event::stored_names(&names);
-        let rows = tx
-            .history(&ids, &track, &kinds, catalog.reads_bodies())
-            .await?;
+        let rows = tx.history(&ids, &track, &kinds, bodies).await?;
         for (profile, event) in rows.into_iter().map(super::history_event) {
             events.entry(profile).or_default().push(event);
         }
@@ -118,7 +123,8 @@ pub(super) async fn on_events<'p, T: RunTx>(
     if people.is_empty() {
         return Ok(Vec::new());
     }
-    decide(tx, &catalog, people, Vec::new(), now).await
+    let reads = everything_read(&catalog);
+    decide(tx, &catalog, reads, people, Vec::new(), now).await
 }
 
 /// Decides and writes; returns the events recorded with their people.
@@ -127,13 +133,14 @@ pub(super) async fn on_events<'p, T: RunTx>(
 async fn decide<'p, T: RunTx>(
     tx: &T,
     catalog: &AudienceCatalog,
+    reads: Reads,
     people: Vec<(&'p ProfileState, Trigger)>,
     cleared: Vec<Check>,
     now: Millis,
 ) -> Result<Vec<(Event, &'p ProfileState)>, T::Error> {
     let profiles: HashMap<&str, &'p ProfileState> =
         people.iter().map(|(p, _)| (p.id.as_str(), *p)).collect();
-    let inputs = people_inputs(tx, catalog, people).await?;
+    let inputs = people_inputs(tx, reads, people).await?;
     let mut planned = plan(catalog, &inputs, now);
     planned.checks.extend(cleared);
     // Counted once per audience per transaction: a rule that fails for everyone (a trait few
@@ -189,8 +196,51 @@ pub(super) async fn fire_checks<T: RunTx>(
             exact: true,
         })
         .collect();
-    let recorded = decide(tx, &catalog, people, gone, now).await?;
+    let reads = everything_read(&catalog);
+    let recorded = decide(tx, &catalog, reads, people, gone, now).await?;
     let inputs: Vec<(&Event, &ProfileState)> = recorded.iter().map(|(e, p)| (e, *p)).collect();
     run_journeys(tx, runtime, &inputs, now).await?;
     Ok(due.len())
+}
+
+/// Decides the next `limit` people (in profile id order) for every audience being
+/// backfilled, then runs journeys on the entries and exits; returns how many people were
+/// decided. Each backfill's progress commits with its decisions, so a restart resumes it.
+/// Backfills that started at different times share the same pass: the one furthest behind
+/// sets where the pass goes on, and deciding an audience again for people its own backfill
+/// already passed changes nothing.
+pub(super) async fn backfill<T: RunTx>(
+    tx: &T,
+    runtime: &Runtime,
+    now: Millis,
+    limit: u32,
+) -> Result<usize, T::Error> {
+    let backfills = tx.audience_backfills().await?;
+    let Some(after) = backfills.first().map(|(_, cursor)| cursor.as_str()) else {
+        return Ok(0);
+    };
+    let keys: Vec<String> = backfills.iter().map(|(key, _)| key.clone()).collect();
+    let ids = tx.profiles_after(after, limit).await?;
+    let Some(last) = ids.last() else {
+        tx.advance_backfills(&keys, None, 0).await?;
+        return Ok(0);
+    };
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let profiles = tx.lock_profiles(&ids).await?;
+    let catalog = catalog(tx, runtime).await?;
+    let backfilled: BTreeSet<String> = keys.iter().cloned().collect();
+    let reads = catalog.reads_of(&backfilled);
+    let trigger = Trigger::Audiences(backfilled);
+    let people: Vec<(&ProfileState, Trigger)> = ids
+        .iter()
+        .filter_map(|id| profiles.get(*id))
+        .map(|p| (p, trigger.clone()))
+        .collect();
+    let recorded = decide(tx, &catalog, reads, people, Vec::new(), now).await?;
+    let inputs: Vec<(&Event, &ProfileState)> = recorded.iter().map(|(e, p)| (e, *p)).collect();
+    run_journeys(tx, runtime, &inputs, now).await?;
+    let decided = ids.len() as u64;
+    let to = (ids.len() as u32 >= limit).then_some(last.as_str());
+    tx.advance_backfills(&keys, to, decided).await?;
+    Ok(ids.len())
 }

@@ -179,6 +179,19 @@ pub trait RunTx {
         now: Millis,
         limit: u32,
     ) -> Result<Vec<String>, Self::Error>;
+    /// The backfills in progress, as (audience key, the last profile id decided), furthest
+    /// behind first in the order `profiles_after` reads, locked.
+    async fn audience_backfills(&self) -> Result<Vec<(String, String)>, Self::Error>;
+    /// Up to `limit` profile ids after `after`, in id order.
+    async fn profiles_after(&self, after: &str, limit: u32) -> Result<Vec<String>, Self::Error>;
+    /// Moves these backfills on to `to` (those already past it stay) and counts `decided`
+    /// people for each; `to: None` ends them.
+    async fn advance_backfills(
+        &self,
+        keys: &[String],
+        to: Option<&str>,
+        decided: u64,
+    ) -> Result<(), Self::Error>;
     /// Drops a person's memberships and check (merged away or erased); with `recheck`, that
     /// person's audiences are decided again now (the profile that took over the history).
     async fn forget_audiences(
@@ -188,6 +201,38 @@ pub trait RunTx {
         now: Millis,
     ) -> Result<(), Self::Error>;
 }
+
+/// Entries and exits of one audience in one transaction, as its size and size history
+/// record them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SizeChange {
+    pub entered: u64,
+    pub exited: u64,
+    /// The latest of them.
+    pub at: Millis,
+}
+
+impl SizeChange {
+    pub fn add(&mut self, entered: bool, at: Millis) {
+        if entered {
+            self.entered += 1;
+        } else {
+            self.exited += 1;
+        }
+        self.at = self.at.max(at);
+    }
+
+    pub fn delta(&self) -> i64 {
+        self.entered as i64 - self.exited as i64
+    }
+
+    /// The start of the hour of size history it belongs to.
+    pub fn hour(&self) -> Millis {
+        self.at - self.at.rem_euclid(HOUR_MS)
+    }
+}
+
+const HOUR_MS: Millis = 3_600_000;
 
 /// A stored event as audience runs read it: (profile id, kind, name, event time, body).
 pub type HistoryRow = (String, String, Option<String>, Millis, Value);
@@ -359,8 +404,8 @@ async fn run_journeys<T: RunTx>(
 }
 
 /// Fires up to `limit` due journey timers, in due order, then up to `limit` due audience
-/// checks (people whose audiences time alone may have changed, or who are being backfilled);
-/// returns how many of each were done.
+/// checks (people whose audiences time alone may have changed), then decides the next
+/// `limit` people of the audience backfills in progress; returns how much was done.
 pub async fn fire_due<T: RunTx>(
     tx: &T,
     runtime: &Runtime,
@@ -369,7 +414,8 @@ pub async fn fire_due<T: RunTx>(
 ) -> Result<usize, T::Error> {
     let timers = fire_due_timers(tx, runtime, now, limit).await?;
     let checks = audiences::fire_checks(tx, runtime, now, limit).await?;
-    Ok(timers + checks)
+    let backfilled = audiences::backfill(tx, runtime, now, limit).await?;
+    Ok(timers + checks + backfilled)
 }
 
 async fn fire_due_timers<T: RunTx>(

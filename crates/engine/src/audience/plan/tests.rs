@@ -146,3 +146,45 @@ fn nothing_changes_for_a_member_who_still_matches() {
     assert!(plan.changes.is_empty());
     assert!(plan.checks.is_empty(), "no time-driven change to wait for");
 }
+
+#[test]
+fn a_backfill_decides_its_audiences_and_their_readers_only() {
+    let catalog = catalog(&[
+        (
+            "loyal",
+            r#"in_audience("buyers") && profile.traits.plan == "pro""#,
+        ),
+        ("buyers", r#"events.count("Order Completed", "30d") >= 2"#),
+        ("pros", r#"profile.traits.plan == "pro""#),
+    ]);
+    let mut profile = ProfileState::new("p1".into(), 0, T0);
+    profile.traits.insert("plan".into(), json!("pro"));
+    let keys = ["buyers".to_owned(), "deleted".to_owned()].into();
+    let person = input(
+        &profile,
+        orders(&[T0, T0 + DAY]),
+        &["deleted", "also-deleted"],
+        Trigger::Audiences(keys),
+    );
+    let plan = plan(&catalog, &[person], T0 + DAY);
+    let changes: Vec<(&str, bool)> = plan
+        .changes
+        .iter()
+        .map(|c| (c.audience.as_str(), c.entered))
+        .collect();
+    assert_eq!(
+        changes,
+        [("buyers", true), ("loyal", true), ("deleted", false)],
+        "pros is not being backfilled; also-deleted is not this backfill's"
+    );
+    assert_eq!(plan.evaluated, 2);
+    assert_eq!(
+        plan.checks,
+        [Check {
+            profile_id: "p1".into(),
+            due: Some(T0 + 30 * DAY),
+            exact: false
+        }],
+        "a partial decision only brings a check forward"
+    );
+}
