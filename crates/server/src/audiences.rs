@@ -110,6 +110,92 @@ async fn catalog_without(state: &AppState, key: &str) -> Result<Catalog, ApiErro
     Ok(catalog)
 }
 
+/// The audience document in the body, checked as a save checks it (every problem at once).
+async fn read_valid_document(
+    state: &AppState,
+    headers: &HeaderMap,
+    key: &str,
+    body: Body,
+) -> Result<AudienceDoc, ApiError> {
+    let doc: AudienceDoc = read_document(headers, body, "an audience", MAX_DOCUMENT_BYTES).await?;
+    let others = catalog_without(state, key).await?;
+    let mut problems = match validate(&doc, &others, state.event_retention_ms) {
+        Ok(_) => Vec::new(),
+        Err(problems) => problems,
+    };
+    if let Some(mismatch) = key_mismatch(&doc.key, key) {
+        problems.insert(0, mismatch);
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::unprocessable("invalid_audience", problems));
+    }
+    Ok(doc)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewQuery {
+    /// Members to list (default 20, at most 1000).
+    pub sample: Option<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AudiencePreview {
+    /// How many people would be members now.
+    pub size: u64,
+    /// People decided (everyone stored).
+    pub decided: u64,
+    /// People for whom the rule failed (they would not be members), and one of the errors.
+    pub errors: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+    /// The first members in profile id order.
+    pub sample: Vec<String>,
+    pub seconds: f64,
+    /// People decided per second.
+    pub per_second: f64,
+}
+
+/// Decides a rule for everyone stored, without saving it: the size it would have now and
+/// a sample of its members. Memberships of the audiences it reads are the stored ones.
+#[utoipa::path(post, path = "/v1/audiences/{key}/preview", tag = "audiences",
+    params(("key" = String, Path, description = "The audience's key; must match `key` in the document"), PreviewQuery),
+    request_body(content = Object, description = "The audience document, as for PUT"),
+    responses((status = 200, body = AudiencePreview), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 422, description = "The rule cannot be decided", body = ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn preview_audience(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    Query(query): Query<PreviewQuery>,
+    body: Body,
+) -> Result<axum::Json<AudiencePreview>, ApiError> {
+    state.keys.require_admin(&headers)?;
+    let doc = read_valid_document(&state, &headers, &key, body).await?;
+    let audience = CompiledAudience::compile(&doc, 0)
+        .map_err(|problems| ApiError::unprocessable("invalid_audience", problems))?;
+    let sample = query.sample.unwrap_or(20).min(1000) as usize;
+    let ranges = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
+    let outcome = waymark_store::batch::evaluate_everyone(
+        state.store.as_ref(),
+        &audience,
+        wall_clock_ms(),
+        sample,
+        ranges,
+    )
+    .await?;
+    Ok(axum::Json(AudiencePreview {
+        size: outcome.members,
+        decided: outcome.decided,
+        errors: outcome.errors,
+        first_error: outcome.first_error,
+        sample: outcome.sample,
+        per_second: (outcome.decided as f64 / outcome.seconds.max(1e-9)).round(),
+        seconds: outcome.seconds,
+    }))
+}
+
 /// Creates the audience or adds a version, if the document changed. The rule is checked
 /// first (every problem with its line and column); then everyone is decided again from
 /// their stored events, in the background (`state: building` until done).
@@ -126,18 +212,7 @@ pub async fn put_audience(
     body: Body,
 ) -> Result<axum::Json<AudienceView>, ApiError> {
     state.keys.require_admin(&headers)?;
-    let doc: AudienceDoc = read_document(&headers, body, "an audience", MAX_DOCUMENT_BYTES).await?;
-    let others = catalog_without(&state, &key).await?;
-    let mut problems = match validate(&doc, &others, state.event_retention_ms) {
-        Ok(_) => Vec::new(),
-        Err(problems) => problems,
-    };
-    if let Some(mismatch) = key_mismatch(&doc.key, &key) {
-        problems.insert(0, mismatch);
-    }
-    if !problems.is_empty() {
-        return Err(ApiError::unprocessable("invalid_audience", problems));
-    }
+    let doc = read_valid_document(&state, &headers, &key, body).await?;
     let document = serde_json::to_value(&doc)
         .map_err(|e| ApiError::bad_request("invalid_document", e.to_string()))?;
     let (record, created) = state
@@ -455,4 +530,165 @@ pub async fn explain(
             .collect(),
         next_change: evaluation.next_change.map(format_iso8601),
     }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    /// `csv` (default) or `jsonl`.
+    pub format: Option<String>,
+    /// Trait names to add as columns, comma-separated (at most 100).
+    pub traits: Option<String>,
+    /// Identity namespaces to add as columns (every value, space-separated), comma-separated.
+    pub identities: Option<String>,
+}
+
+/// Members exported per page read from the store.
+const EXPORT_PAGE: u32 = 1_000;
+/// Columns a request may ask for, and the longest name.
+const MAX_EXPORT_COLUMNS: usize = 100;
+const MAX_COLUMN_NAME: usize = 200;
+
+fn export_columns(list: Option<&str>, field: &str) -> Result<Vec<String>, ApiError> {
+    let names: Vec<String> = list
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if names.len() > MAX_EXPORT_COLUMNS || names.iter().any(|n| n.len() > MAX_COLUMN_NAME) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("{field}: at most {MAX_EXPORT_COLUMNS} names of at most {MAX_COLUMN_NAME} bytes"),
+        ));
+    }
+    Ok(names)
+}
+
+/// A trait as one cell: text as itself, anything else as JSON, absent as empty.
+fn trait_cell(value: Option<&Value>) -> String {
+    match value {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Every member with the traits and identities asked for, as CSV (a header row first) or
+/// JSON lines, streamed page by page in profile id order (memory stays that of one page,
+/// whatever the audience's size).
+#[utoipa::path(get, path = "/v1/audiences/{key}/export", tag = "audiences",
+    params(("key" = String, Path), ExportQuery),
+    responses((status = 200, description = "text/csv or application/x-ndjson"), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn export_members(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    Query(query): Query<ExportQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    state.keys.require_admin(&headers)?;
+    state
+        .store
+        .audience(&key)
+        .await?
+        .ok_or_else(|| no_audience(&key))?;
+    let csv = match query.format.as_deref().unwrap_or("csv") {
+        "csv" => true,
+        "jsonl" => false,
+        other => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("format: {other:?} is not csv or jsonl"),
+            ));
+        }
+    };
+    let traits = export_columns(query.traits.as_deref(), "traits")?;
+    let identities = export_columns(query.identities.as_deref(), "identities")?;
+    // Header cells name what they hold: `identity:email`, `trait:plan`.
+    let header = if csv {
+        let mut cells = vec!["profile_id".to_owned(), "since".to_owned()];
+        cells.extend(identities.iter().map(|n| format!("identity:{n}")));
+        cells.extend(traits.iter().map(|n| format!("trait:{n}")));
+        csv_line(&cells)
+    } else {
+        Vec::new()
+    };
+    let row = move |member: &waymark_store::AudienceMember,
+                    profile: &waymark_core::ProfileState|
+          -> Vec<u8> {
+        let ids = |ns: &String| {
+            profile
+                .identities
+                .get(ns)
+                .map(|v| v.join(" "))
+                .unwrap_or_default()
+        };
+        if csv {
+            let mut cells = vec![member.profile_id.clone(), format_iso8601(member.since)];
+            cells.extend(identities.iter().map(ids));
+            cells.extend(traits.iter().map(|t| trait_cell(profile.traits.get(t))));
+            csv_line(&cells)
+        } else {
+            let picked = |names: &[String], value: &dyn Fn(&String) -> Value| {
+                names
+                    .iter()
+                    .map(|n| (n.clone(), value(n)))
+                    .collect::<serde_json::Map<_, _>>()
+            };
+            let line = serde_json::json!({
+                "profile_id": member.profile_id,
+                "since": format_iso8601(member.since),
+                "identities": picked(&identities, &|ns| {
+                    Value::from(profile.identities.get(ns).cloned().unwrap_or_default())
+                }),
+                "traits": picked(&traits, &|t| profile.traits.get(t).cloned().unwrap_or(Value::Null)),
+            });
+            let mut bytes = line.to_string().into_bytes();
+            bytes.push(b'\n');
+            bytes
+        }
+    };
+    let store = state.store.clone();
+    // (the last id written, done): each step reads one page.
+    let pages = futures::stream::try_unfold((String::new(), false), move |(after, done)| {
+        let (store, key, row) = (store.clone(), key.clone(), row.clone());
+        async move {
+            if done {
+                return Ok::<_, waymark_store::StoreError>(None);
+            }
+            let page = store
+                .audience_member_profiles(&key, &after, EXPORT_PAGE)
+                .await?;
+            let done = page.len() < EXPORT_PAGE as usize;
+            let after = page
+                .last()
+                .map_or(after, |(m, _)| m.profile_id.clone());
+            let bytes: Vec<u8> = page.iter().flat_map(|(m, p)| row(m, p)).collect();
+            Ok(Some((bytes, (after, done))))
+        }
+    });
+    let body = futures::StreamExt::chain(
+        futures::stream::iter([Ok::<_, waymark_store::StoreError>(header)]),
+        pages,
+    );
+    let content_type = if csv {
+        "text/csv; charset=utf-8"
+    } else {
+        "application/x-ndjson"
+    };
+    Ok(axum::response::Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, content_type)
+        .body(Body::from_stream(body))
+        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?)
+}
+
+/// One CSV record (quoted as RFC 4180 requires), with its line end.
+fn csv_line(cells: &[String]) -> Vec<u8> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    // Writing to memory cannot fail.
+    let _ = writer.write_record(cells);
+    writer.into_inner().unwrap_or_default()
 }

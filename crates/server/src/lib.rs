@@ -148,6 +148,14 @@ pub fn app(state: AppState) -> Router {
             get(audiences::get_audience).put(audiences::put_audience),
         )
         .route(
+            "/v1/audiences/{key}/export",
+            get(audiences::export_members),
+        )
+        .route(
+            "/v1/audiences/{key}/preview",
+            post(audiences::preview_audience),
+        )
+        .route(
             "/v1/audiences/{key}/sizes",
             get(audiences::audience_sizes),
         )

@@ -159,7 +159,7 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 #[path = "api/audiences.rs"]
 mod audiences;
-use audiences::audiences_through_the_api;
+use audiences::{audience_preview_export_and_sizes, audiences_through_the_api};
 
 macro_rules! api_tests {
     ($backend:ident: $($case:ident),* $(,)?) => {
@@ -197,6 +197,7 @@ macro_rules! all_api_tests {
             profile_limits_are_refused_naming_the_field_and_fail_alone,
             a_persons_messages_are_paged,
             audiences_through_the_api,
+            audience_preview_export_and_sizes,
         );
     };
 }

@@ -5,12 +5,13 @@
 
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
-use waymark_core::Event;
+use waymark_core::{Event, ProfileState};
 use waymark_core::time::Millis;
 use waymark_engine::audience::{AudiencePlan, HistoryEvent};
-use waymark_store::pipeline::{HistoryRow, SizeChange, history_event};
+use waymark_store::pipeline::{HistoryRow, SizeChange, attach_to_scanned, history_event};
 use waymark_store::{
-    AudienceMember, AudienceRecord, AudienceStatus, BackfillProgress, SizeAt, StoreError,
+    AudienceMember, AudienceRecord, AudienceStatus, BackfillProgress, ScanReads, ScannedPerson,
+    SizeAt, StoreError,
 };
 
 use crate::versioned::{self, Kind};
@@ -490,4 +491,132 @@ pub async fn size_history(
             exited: r.get::<_, i64>(3).max(0) as u64,
         })
         .collect())
+}
+
+/// People in (after, until] for batch evaluation, read in one snapshot.
+pub async fn scan_people(
+    client: &mut deadpool_postgres::Client,
+    after: &str,
+    until: Option<&str>,
+    limit: u32,
+    reads: &ScanReads,
+) -> Result<Vec<ScannedPerson>, StoreError> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(db_error)?;
+    let rows = tx
+        .query(
+            "SELECT id, CASE WHEN $4 THEN state::text END FROM profiles
+             WHERE id > $1 AND ($2::text IS NULL OR id <= $2) ORDER BY id LIMIT $3",
+            &[&after, &until, &i64::from(limit), &reads.profiles],
+        )
+        .await
+        .map_err(db_error)?;
+    let mut people = Vec::with_capacity(rows.len());
+    // The last in the database's order bounds the reads below.
+    let mut last: Option<String> = None;
+    for r in rows {
+        let profile = match r.get::<_, Option<&str>>(1) {
+            Some(state) => crate::decode_profile(state)?,
+            None => ProfileState::new(r.get(0), 0, 0),
+        };
+        last = Some(profile.id.clone());
+        people.push(ScannedPerson {
+            profile,
+            events: Vec::new(),
+            members: Default::default(),
+        });
+    }
+    let Some(last) = last else {
+        return Ok(people);
+    };
+    let events = if reads.track_names.is_empty() && reads.kinds.is_empty() {
+        Vec::new()
+    } else {
+        let kinds: Vec<&str> = reads.kinds.to_vec();
+        let rows = tx
+            .query(
+                "SELECT profile_id, kind, name, timestamp, CASE WHEN $5 THEN body::text END FROM events
+                 WHERE profile_id > $1 AND profile_id <= $2
+                   AND ((kind = 'track' AND name = ANY($3)) OR kind = ANY($4))",
+                &[&after, &last, &reads.track_names, &kinds, &reads.bodies],
+            )
+            .await
+            .map_err(db_error)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let body: Value = match r.get::<_, Option<String>>(4) {
+                Some(body) => serde_json::from_str(&body).map_err(corrupt)?,
+                None => Value::Null,
+            };
+            out.push((r.get(0), r.get(1), r.get(2), r.get(3), body));
+        }
+        out
+    };
+    let memberships = if reads.memberships {
+        tx.query(
+            "SELECT profile_id, audience_key, since FROM audience_members
+             WHERE profile_id > $1 AND profile_id <= $2",
+            &[&after, &last],
+        )
+        .await
+        .map_err(db_error)?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+    } else {
+        Vec::new()
+    };
+    tx.commit().await.map_err(db_error)?;
+    attach_to_scanned(&mut people, events, memberships);
+    Ok(people)
+}
+
+pub async fn profile_splits(
+    client: &impl GenericClient,
+    parts: u32,
+) -> Result<Vec<String>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT DISTINCT percentile_disc(f) WITHIN GROUP (ORDER BY id)
+             FROM profiles, unnest($1::float8[]) AS f GROUP BY f ORDER BY 1",
+            &[&(1..parts.max(1))
+                .map(|p| f64::from(p) / f64::from(parts))
+                .collect::<Vec<f64>>()],
+        )
+        .await
+        .map_err(db_error)?;
+    Ok(rows.iter().filter_map(|r| r.get(0)).collect())
+}
+
+pub async fn member_profiles(
+    client: &impl GenericClient,
+    key: &str,
+    after: &str,
+    limit: u32,
+) -> Result<Vec<(AudienceMember, ProfileState)>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT m.profile_id, m.since, p.state::text FROM audience_members m
+             JOIN profiles p ON p.id = m.profile_id
+             WHERE m.audience_key = $1 AND m.profile_id > $2 ORDER BY m.profile_id LIMIT $3",
+            &[&key, &after, &i64::from(limit)],
+        )
+        .await
+        .map_err(db_error)?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                AudienceMember {
+                    profile_id: r.get(0),
+                    since: r.get(1),
+                },
+                crate::decode_profile(r.get(2))?,
+            ))
+        })
+        .collect()
 }

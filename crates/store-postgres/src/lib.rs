@@ -32,7 +32,7 @@ use waymark_core::ingest::{Outcome, WorkingSet, lookups, plan};
 use waymark_core::time::Millis;
 use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
-    AudienceMember, AudienceRecord, AudienceStatus, AudienceStore, SizeAt, Delivery, Erasure, EventPage,
+    AudienceMember, AudienceRecord, AudienceStatus, AudienceStore, ScanReads, ScannedPerson, SizeAt, Delivery, Erasure, EventPage,
     InboxMark, InboxStore, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore,
     JourneyState, JourneyStats, JourneyStore, OutboxItem, OutboxStore, PageRequest, ProfileStore,
     Store, StoreError, StoreOptions, StoredEvent, Suppression, SuppressionStore, TemplateRecord,
@@ -175,7 +175,7 @@ fn retryable(e: &tokio_postgres::Error) -> bool {
     )
 }
 
-fn decode_profile(json: &str) -> Result<ProfileState, StoreError> {
+pub(crate) fn decode_profile(json: &str) -> Result<ProfileState, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("profile state: {e}")))
 }
 
@@ -879,6 +879,32 @@ impl AudienceStore for PostgresStore {
     ) -> Result<Vec<SizeAt>, StoreError> {
         let client = self.client().await?;
         audiences::size_history(&client, key, since).await
+    }
+
+    async fn scan_people(
+        &self,
+        after: &str,
+        until: Option<&str>,
+        limit: u32,
+        reads: &ScanReads,
+    ) -> Result<Vec<ScannedPerson>, StoreError> {
+        let mut client = self.client().await?;
+        audiences::scan_people(&mut client, after, until, limit, reads).await
+    }
+
+    async fn profile_splits(&self, parts: u32) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        audiences::profile_splits(&client, parts).await
+    }
+
+    async fn audience_member_profiles(
+        &self,
+        key: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<(AudienceMember, ProfileState)>, StoreError> {
+        let client = self.client().await?;
+        audiences::member_profiles(&client, key, after, limit).await
     }
 
     async fn audience_members(

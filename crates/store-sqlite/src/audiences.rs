@@ -4,12 +4,13 @@
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde_json::Value;
-use waymark_core::Event;
+use waymark_core::{Event, ProfileState};
 use waymark_core::time::Millis;
 use waymark_engine::audience::{AudiencePlan, HistoryEvent};
-use waymark_store::pipeline::{HistoryRow, SizeChange, history_event};
+use waymark_store::pipeline::{HistoryRow, SizeChange, attach_to_scanned, history_event};
 use waymark_store::{
-    AudienceMember, AudienceRecord, AudienceStatus, BackfillProgress, SizeAt, StoreError,
+    AudienceMember, AudienceRecord, AudienceStatus, BackfillProgress, ScanReads, ScannedPerson,
+    SizeAt, StoreError,
 };
 
 use crate::unavailable;
@@ -455,4 +456,173 @@ fn record_size(tx: &Connection, audience: &str, change: &SizeChange) -> Result<(
     })
     .map_err(unavailable)?;
     Ok(())
+}
+
+/// People in (after, until] for batch evaluation, read in one snapshot.
+pub fn scan_people(
+    conn: &Connection,
+    after: &str,
+    until: Option<&str>,
+    limit: u32,
+    reads: &ScanReads,
+) -> Result<Vec<ScannedPerson>, StoreError> {
+    conn.execute_batch("BEGIN").map_err(unavailable)?;
+    let scanned = scan_in_snapshot(conn, after, until, limit, reads);
+    conn.execute_batch("COMMIT").map_err(unavailable)?;
+    scanned
+}
+
+fn scan_in_snapshot(
+    conn: &Connection,
+    after: &str,
+    until: Option<&str>,
+    limit: u32,
+    reads: &ScanReads,
+) -> Result<Vec<ScannedPerson>, StoreError> {
+    let mut people: Vec<ScannedPerson> = conn
+        .prepare_cached(
+            "SELECT id, CASE WHEN ?4 THEN state END FROM profiles
+             WHERE id > ?1 AND (?2 IS NULL OR id <= ?2) ORDER BY id LIMIT ?3",
+        )
+        .and_then(|mut s| {
+            s.query_map(
+                params![after, until, i64::from(limit), reads.profiles],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)),
+            )?
+            .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(unavailable)?
+        .into_iter()
+        .map(|(id, state)| {
+            Ok(ScannedPerson {
+                profile: match state {
+                    Some(state) => crate::decode_profile(&state)?,
+                    None => ProfileState::new(id, 0, 0),
+                },
+                events: Vec::new(),
+                members: Default::default(),
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    let Some(last) = people.last().map(|p| p.profile.id.clone()) else {
+        return Ok(people);
+    };
+    if !(reads.track_names.is_empty() && reads.kinds.is_empty()) {
+        attach_events_in_order(conn, &mut people, after, &last, reads)?;
+    }
+    let memberships = if reads.memberships {
+        conn.prepare_cached(
+            "SELECT profile_id, audience_key, since FROM audience_members
+             WHERE profile_id > ?1 AND profile_id <= ?2",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![after, last], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+        .map_err(unavailable)?
+    } else {
+        Vec::new()
+    };
+    attach_to_scanned(&mut people, Vec::new(), memberships);
+    Ok(people)
+}
+
+/// Gives `people` (in id order, the last `last`) their events of the names asked, in one
+/// pass over rows in the same order (SQLite compares text as bytes, as Rust does), without
+/// an allocation per row beyond the event's own name.
+fn attach_events_in_order(
+    conn: &Connection,
+    people: &mut [ScannedPerson],
+    after: &str,
+    last: &str,
+    reads: &ScanReads,
+) -> Result<(), StoreError> {
+    let track = serde_json::to_string(&reads.track_names).map_err(corrupt)?;
+    let kinds = serde_json::to_string(&reads.kinds).map_err(corrupt)?;
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT profile_id, kind, name, timestamp, CASE WHEN ?5 THEN body END FROM events
+             WHERE profile_id > ?1 AND profile_id <= ?2
+               AND ((kind = 'track' AND name IN (SELECT value FROM json_each(?3)))
+                    OR kind IN (SELECT value FROM json_each(?4)))
+             ORDER BY profile_id, kind, name, timestamp, seq",
+        )
+        .map_err(unavailable)?;
+    let mut rows = stmt
+        .query(params![after, last, track, kinds, reads.bodies])
+        .map_err(unavailable)?;
+    let mut i = 0;
+    while let Some(row) = rows.next().map_err(unavailable)? {
+        let text = |n: usize| -> Result<Option<&str>, StoreError> {
+            match row.get_ref(n).map_err(unavailable)? {
+                rusqlite::types::ValueRef::Null => Ok(None),
+                value => value.as_str().map(Some).map_err(corrupt),
+            }
+        };
+        let profile = text(0)?.unwrap_or_default();
+        while i < people.len() && people[i].profile.id.as_str() < profile {
+            i += 1;
+        }
+        let Some(person) = people.get_mut(i).filter(|p| p.profile.id == profile) else {
+            continue;
+        };
+        let kind = waymark_core::EventKind::parse(text(1)?.unwrap_or_default());
+        let stored_name = text(2)?;
+        let name = kind.map_or("", |k| k.display_name(stored_name));
+        let body = match text(4)? {
+            Some(body) => serde_json::from_str(body).map_err(corrupt)?,
+            None => Value::Null,
+        };
+        person.events.push(HistoryEvent {
+            name: name.to_owned(),
+            at: row.get(3).map_err(unavailable)?,
+            body,
+        });
+    }
+    Ok(())
+}
+
+pub fn profile_splits(conn: &Connection, parts: u32) -> Result<Vec<String>, StoreError> {
+    let count: i64 = conn
+        .query_row("SELECT count(*) FROM profiles", [], |r| r.get(0))
+        .map_err(unavailable)?;
+    let mut out = Vec::new();
+    for part in 1..i64::from(parts.max(1)) {
+        let offset = count * part / i64::from(parts);
+        let id: Option<String> = conn
+            .prepare_cached("SELECT id FROM profiles ORDER BY id LIMIT 1 OFFSET ?1")
+            .and_then(|mut s| s.query_row([offset], |r| r.get(0)).optional())
+            .map_err(unavailable)?;
+        out.extend(id.filter(|id| out.last() != Some(id)));
+    }
+    Ok(out)
+}
+
+pub fn member_profiles(
+    conn: &Connection,
+    key: &str,
+    after: &str,
+    limit: u32,
+) -> Result<Vec<(AudienceMember, ProfileState)>, StoreError> {
+    let rows: Vec<(String, i64, String)> = conn
+        .prepare_cached(
+            "SELECT m.profile_id, m.since, p.state FROM audience_members m
+             JOIN profiles p ON p.id = m.profile_id
+             WHERE m.audience_key = ?1 AND m.profile_id > ?2 ORDER BY m.profile_id LIMIT ?3",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![key, after, i64::from(limit)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect()
+        })
+        .map_err(unavailable)?;
+    rows.into_iter()
+        .map(|(profile_id, since, state)| {
+            Ok((
+                AudienceMember { profile_id, since },
+                crate::decode_profile(&state)?,
+            ))
+        })
+        .collect()
 }

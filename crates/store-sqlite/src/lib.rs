@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use waymark_core::time::Millis;
 use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
-    AudienceMember, AudienceRecord, AudienceStatus, AudienceStore, SizeAt, Delivery, Erasure, EventPage,
+    AudienceMember, AudienceRecord, AudienceStatus, AudienceStore, ScanReads, ScannedPerson, SizeAt, Delivery, Erasure, EventPage,
     InboxMark, InboxStore, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore,
     JourneyState, JourneyStats, JourneyStore, OutboxItem, OutboxStore, PageRequest, ProfileStore,
     Store, StoreError, StoreOptions, StoredEvent, Suppression, SuppressionStore, TemplateRecord,
@@ -489,6 +489,36 @@ impl AudienceStore for SqliteStore {
     ) -> Result<Vec<SizeAt>, StoreError> {
         let key = key.to_owned();
         self.read(move |conn| audiences::size_history(conn, &key, since))
+            .await
+    }
+
+    async fn scan_people(
+        &self,
+        after: &str,
+        until: Option<&str>,
+        limit: u32,
+        reads: &ScanReads,
+    ) -> Result<Vec<ScannedPerson>, StoreError> {
+        let (after, until, reads) = (after.to_owned(), until.map(str::to_owned), reads.clone());
+        self.read(move |conn| {
+            audiences::scan_people(conn, &after, until.as_deref(), limit, &reads)
+        })
+        .await
+    }
+
+    async fn profile_splits(&self, parts: u32) -> Result<Vec<String>, StoreError> {
+        self.read(move |conn| audiences::profile_splits(conn, parts))
+            .await
+    }
+
+    async fn audience_member_profiles(
+        &self,
+        key: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<(AudienceMember, ProfileState)>, StoreError> {
+        let (key, after) = (key.to_owned(), after.to_owned());
+        self.read(move |conn| audiences::member_profiles(conn, &key, &after, limit))
             .await
     }
 

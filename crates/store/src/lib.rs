@@ -11,6 +11,7 @@ use serde_json::Value;
 use waymark_core::time::Millis;
 use waymark_core::{Event, Identity, ProfileState};
 
+pub mod batch;
 pub mod conformance;
 pub mod pipeline;
 
@@ -437,6 +438,30 @@ pub struct SizeAt {
     pub exited: u64,
 }
 
+/// What a batch evaluation reads of each person besides the profile.
+#[derive(Debug, Clone, Default)]
+pub struct ScanReads {
+    /// Kept track events of these names, and calls of these kinds (see
+    /// `waymark_core::event::stored_names`).
+    pub track_names: Vec<String>,
+    pub kinds: Vec<&'static str>,
+    /// Event bodies (else null: names and times only).
+    pub bodies: bool,
+    /// Their audience memberships.
+    pub memberships: bool,
+    /// Their whole profile (else only the id).
+    pub profiles: bool,
+}
+
+/// One person as a batch evaluation reads them.
+#[derive(Debug)]
+pub struct ScannedPerson {
+    pub profile: ProfileState,
+    pub events: Vec<waymark_engine::audience::HistoryEvent>,
+    /// Audiences they are a member of, with since when.
+    pub members: std::collections::BTreeMap<String, Millis>,
+}
+
 /// A member of an audience, since when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AudienceMember {
@@ -449,8 +474,8 @@ pub struct AudienceMember {
 #[async_trait]
 pub trait AudienceStore: Send + Sync {
     /// Stores the document as a new version if it differs from the newest one, and then
-    /// schedules every person's audiences to be decided again (the backfill: stored events
-    /// count from day one, and after an edit nobody stays a member who no longer matches).
+    /// starts its backfill: every person decided for it again (stored events count from
+    /// day one, and after an edit nobody stays a member who no longer matches).
     async fn put_audience(
         &self,
         key: &str,
@@ -471,6 +496,28 @@ pub trait AudienceStore: Send + Sync {
         key: &str,
         since: Millis,
     ) -> Result<Vec<SizeAt>, StoreError>;
+
+    /// People for batch evaluation, read without locks: ids after `after` and up to
+    /// `until` (when given), in id order, at most `limit`, each with what `reads` asks for.
+    async fn scan_people(
+        &self,
+        after: &str,
+        until: Option<&str>,
+        limit: u32,
+        reads: &ScanReads,
+    ) -> Result<Vec<ScannedPerson>, StoreError>;
+
+    /// Profile ids that cut everyone into `parts` ranges of about the same size, in id
+    /// order (fewer when there are fewer people).
+    async fn profile_splits(&self, parts: u32) -> Result<Vec<String>, StoreError>;
+
+    /// Members with their profiles, in profile id order, after `after`, at most `limit`.
+    async fn audience_member_profiles(
+        &self,
+        key: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<(AudienceMember, ProfileState)>, StoreError>;
 
     /// Members in profile id order, after `after` when given, at most `limit`.
     async fn audience_members(

@@ -213,3 +213,139 @@ pub async fn audiences_through_the_api(api: &Api) {
         .collect();
     assert_eq!(entered.len(), 2, "{}", r.text);
 }
+
+async fn preview(api: &Api, query: &str, doc: Value) -> Reply {
+    let key = doc["key"].as_str().expect("key").to_owned();
+    api.call(
+        "POST",
+        &format!("/v1/audiences/{key}/preview{query}"),
+        Auth::Admin(ADMIN),
+        serde_json::to_vec(&doc).expect("json"),
+        None,
+    )
+    .await
+}
+
+/// A rule's size and members before it is saved; members exported with traits and
+/// identities as CSV and JSON lines; size by the hour.
+pub async fn audience_preview_export_and_sizes(api: &Api) {
+    let buyers = json!({"key": "buyers", "rule": r#"events.count("Order Completed") >= 2"#});
+    assert_eq!(put(api, "buyers", buyers).await.status, StatusCode::OK);
+    let mut batch = Vec::new();
+    for n in 0..5 {
+        let name = if n == 0 {
+            "Ann, \"the\" buyer".to_owned()
+        } else {
+            format!("user {n}")
+        };
+        let plan = if n % 2 == 0 { "pro" } else { "free" };
+        batch.push(json!({"type": "identify", "userId": format!("u{n}"),
+            "traits": {"email": format!("u{n}@example.com"), "name": name, "plan": plan}}));
+        for _ in 0..(if n < 3 { 2 } else { 1 }) {
+            batch.push(json!({"type": "track", "userId": format!("u{n}"), "event": "Order Completed"}));
+        }
+    }
+    let r = api.post("/v1/batch", json!({ "batch": batch })).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+
+    // Preview: decided for everyone stored, nothing saved.
+    let r = preview(
+        api,
+        "",
+        json!({"key": "any-buyer", "rule": r#"events.count("Order Completed") >= 1"#}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!((&r.body["size"], &r.body["decided"]), (&json!(5), &json!(5)), "{}", r.text);
+    let sample: Vec<&str> = r.body["sample"]
+        .as_array()
+        .expect("sample")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let mut sorted = sample.clone();
+    sorted.sort_unstable();
+    assert_eq!((sample.len(), &sample), (5, &sorted), "in profile id order");
+    assert_eq!(
+        api.get("/v1/audiences/any-buyer").await.status,
+        StatusCode::NOT_FOUND,
+        "a preview saves nothing"
+    );
+    let r = preview(
+        api,
+        "?sample=1",
+        json!({"key": "pro-buyers", "rule": r#"in_audience("buyers") && profile.traits.plan == "pro""#}),
+    )
+    .await;
+    assert_eq!(
+        (&r.body["size"], r.body["sample"].as_array().map(Vec::len)),
+        (&json!(2), Some(1)),
+        "u0 and u2 are pro buyers: {}",
+        r.text
+    );
+    let r = preview(
+        api,
+        "",
+        json!({"key": "old", "rule": "profile.traits.age > 30"}),
+    )
+    .await;
+    assert_eq!(
+        (&r.body["size"], &r.body["errors"]),
+        (&json!(0), &json!(5)),
+        "{}",
+        r.text
+    );
+    assert!(r.body["first_error"].is_string(), "{}", r.text);
+    let r = preview(api, "", json!({"key": "bad", "rule": "events.count(\"X\", \"3 parsecs\") > 1"})).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+
+    // Export: a header, then each member, values quoted where CSV needs it.
+    let r = api
+        .get("/v1/audiences/buyers/export?traits=name,plan&identities=email")
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let mut reader = csv::Reader::from_reader(r.text.as_bytes());
+    let header: Vec<String> = reader
+        .headers()
+        .expect("header")
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        header,
+        ["profile_id", "since", "identity:email", "trait:name", "trait:plan"]
+    );
+    let records: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("record")).collect();
+    assert_eq!(records.len(), 3, "{}", r.text);
+    let ann = records
+        .iter()
+        .find(|r| &r[2] == "u0@example.com")
+        .expect("u0 exported");
+    assert_eq!((&ann[3], &ann[4]), ("Ann, \"the\" buyer", "pro"));
+    let r = api
+        .get("/v1/audiences/buyers/export?format=jsonl&traits=plan")
+        .await;
+    let lines: Vec<Value> = r
+        .text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{}", r.text);
+    assert!(lines.iter().all(|l| l["traits"]["plan"].is_string() && l["since"].is_string()));
+    let r = api.get("/v1/audiences/buyers/export?format=xml").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    let many = vec!["t"; 101].join(",");
+    let r = api
+        .get(&format!("/v1/audiences/buyers/export?traits={many}"))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+
+    // Size by the hour: three entered this hour.
+    let r = api.get("/v1/audiences/buyers/sizes").await;
+    let hours = r.body["hours"].as_array().expect("hours");
+    assert_eq!(hours.len(), 1, "{}", r.text);
+    assert_eq!(
+        (&hours[0]["members"], &hours[0]["entered"], &hours[0]["exited"]),
+        (&json!(3), &json!(3), &json!(0))
+    );
+}

@@ -248,6 +248,29 @@ pub fn history_event(
     )
 }
 
+/// Gives scanned people their stored events and memberships (rows of any order).
+pub fn attach_to_scanned(
+    people: &mut [crate::ScannedPerson],
+    events: Vec<HistoryRow>,
+    memberships: Vec<(String, String, Millis)>,
+) {
+    let index: HashMap<String, usize> = people
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.profile.id.clone(), i))
+        .collect();
+    for (profile, event) in events.into_iter().map(history_event) {
+        if let Some(i) = index.get(&profile) {
+            people[*i].events.push(event);
+        }
+    }
+    for (profile, audience, since) in memberships {
+        if let Some(i) = index.get(&profile) {
+            people[*i].members.insert(audience, since);
+        }
+    }
+}
+
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("journey run: {e}"))
 }

@@ -1,0 +1,118 @@
+//! Batch evaluation: one audience rule decided for every stored person, read in profile id
+//! order in chunks, the id space cut in as many ranges as there are cores, each range read
+//! and decided on its own. Nothing is written: this answers "how many, and who" before a
+//! rule is saved.
+
+use std::time::Instant;
+
+use waymark_core::time::Millis;
+use waymark_engine::audience::{CompiledAudience, Person};
+
+use crate::{AudienceStore, ScanReads, StoreError};
+
+/// People read per chunk: large enough that a chunk's fixed costs (a query, a snapshot)
+/// are small beside its rows, small enough to bound memory (a chunk is freed once decided).
+const CHUNK: u32 = 2_000;
+
+/// What a rule came to over everyone.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchOutcome {
+    /// People decided.
+    pub decided: u64,
+    /// Of them, members.
+    pub members: u64,
+    /// People for whom the rule failed (not members), and one of the errors.
+    pub errors: u64,
+    pub first_error: Option<String>,
+    /// The first members in profile id order, at most as many as asked.
+    pub sample: Vec<String>,
+    pub seconds: f64,
+}
+
+/// Decides `audience` for every stored person at `now`, with `ranges` ranges at once.
+pub async fn evaluate_everyone<S: AudienceStore + ?Sized>(
+    store: &S,
+    audience: &CompiledAudience,
+    now: Millis,
+    sample: usize,
+    ranges: u32,
+) -> Result<BatchOutcome, StoreError> {
+    let started = Instant::now();
+    let names: Vec<String> = audience.event_names.iter().cloned().collect();
+    let (track_names, kinds) = waymark_core::event::stored_names(&names);
+    let reads = ScanReads {
+        track_names,
+        kinds,
+        bodies: audience.reads_bodies,
+        memberships: !audience.rule.audiences.is_empty(),
+        profiles: audience.rule.reads_profile,
+    };
+    let splits = store.profile_splits(ranges.max(1)).await?;
+    // (after, until): "" starts before every id; None runs to the end.
+    let mut bounds: Vec<(String, Option<String>)> = Vec::new();
+    let mut after = String::new();
+    for split in splits {
+        bounds.push((std::mem::replace(&mut after, split.clone()), Some(split)));
+    }
+    bounds.push((after, None));
+    let parts = bounds.iter().map(|(after, until)| {
+        evaluate_range(store, audience, &reads, after, until.as_deref(), now, sample)
+    });
+    let mut total = BatchOutcome::default();
+    // Ranges come back in id order, so their samples concatenate in id order.
+    for part in futures::future::try_join_all(parts).await? {
+        total.decided += part.decided;
+        total.members += part.members;
+        total.errors += part.errors;
+        total.first_error = total.first_error.or(part.first_error);
+        let room = sample.saturating_sub(total.sample.len());
+        total.sample.extend(part.sample.into_iter().take(room));
+    }
+    total.seconds = started.elapsed().as_secs_f64();
+    Ok(total)
+}
+
+async fn evaluate_range<S: AudienceStore + ?Sized>(
+    store: &S,
+    audience: &CompiledAudience,
+    reads: &ScanReads,
+    after: &str,
+    until: Option<&str>,
+    now: Millis,
+    sample: usize,
+) -> Result<BatchOutcome, StoreError> {
+    let mut out = BatchOutcome::default();
+    let mut after = after.to_owned();
+    loop {
+        let people = store.scan_people(&after, until, CHUNK, reads).await?;
+        let Some(last) = people.last() else {
+            return Ok(out);
+        };
+        after = last.profile.id.clone();
+        for person in &people {
+            let member_of = |key: &str| person.members.contains_key(key);
+            let evaluation = audience.evaluate(
+                &Person {
+                    profile: &person.profile,
+                    events: &person.events,
+                    member_of: &member_of,
+                },
+                now,
+            );
+            out.decided += 1;
+            if let Some(error) = evaluation.error {
+                out.errors += 1;
+                out.first_error.get_or_insert(error);
+            }
+            if evaluation.member {
+                out.members += 1;
+                if out.sample.len() < sample {
+                    out.sample.push(person.profile.id.clone());
+                }
+            }
+        }
+        if people.len() < CHUNK as usize {
+            return Ok(out);
+        }
+    }
+}
