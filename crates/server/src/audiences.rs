@@ -560,7 +560,9 @@ fn export_columns(list: Option<&str>, field: &str) -> Result<Vec<String>, ApiErr
     if names.len() > MAX_EXPORT_COLUMNS || names.iter().any(|n| n.len() > MAX_COLUMN_NAME) {
         return Err(ApiError::bad_request(
             "invalid_query",
-            format!("{field}: at most {MAX_EXPORT_COLUMNS} names of at most {MAX_COLUMN_NAME} bytes"),
+            format!(
+                "{field}: at most {MAX_EXPORT_COLUMNS} names of at most {MAX_COLUMN_NAME} bytes"
+            ),
         ));
     }
     Ok(names)
@@ -663,9 +665,7 @@ pub async fn export_members(
                 .audience_member_profiles(&key, &after, EXPORT_PAGE)
                 .await?;
             let done = page.len() < EXPORT_PAGE as usize;
-            let after = page
-                .last()
-                .map_or(after, |(m, _)| m.profile_id.clone());
+            let after = page.last().map_or(after, |(m, _)| m.profile_id.clone());
             let bytes: Vec<u8> = page.iter().flat_map(|(m, p)| row(m, p)).collect();
             Ok(Some((bytes, (after, done))))
         }
@@ -679,10 +679,10 @@ pub async fn export_members(
     } else {
         "application/x-ndjson"
     };
-    Ok(axum::response::Response::builder()
-        .header(axum::http::header::CONTENT_TYPE, content_type)
-        .body(Body::from_stream(body))
-        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?)
+    Ok(axum::response::IntoResponse::into_response((
+        [(axum::http::header::CONTENT_TYPE, content_type)],
+        Body::from_stream(body),
+    )))
 }
 
 /// One CSV record (quoted as RFC 4180 requires), with its line end.

@@ -147,18 +147,12 @@ pub fn app(state: AppState) -> Router {
             "/v1/audiences/{key}",
             get(audiences::get_audience).put(audiences::put_audience),
         )
-        .route(
-            "/v1/audiences/{key}/export",
-            get(audiences::export_members),
-        )
+        .route("/v1/audiences/{key}/export", get(audiences::export_members))
         .route(
             "/v1/audiences/{key}/preview",
             post(audiences::preview_audience),
         )
-        .route(
-            "/v1/audiences/{key}/sizes",
-            get(audiences::audience_sizes),
-        )
+        .route("/v1/audiences/{key}/sizes", get(audiences::audience_sizes))
         .route(
             "/v1/audiences/{key}/members",
             get(audiences::audience_members),

@@ -5,8 +5,8 @@
 
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
-use waymark_core::{Event, ProfileState};
 use waymark_core::time::Millis;
+use waymark_core::{Event, ProfileState};
 use waymark_engine::audience::{AudiencePlan, HistoryEvent};
 use waymark_store::pipeline::{HistoryRow, SizeChange, attach_to_scanned, history_event};
 use waymark_store::{

@@ -32,11 +32,11 @@ use waymark_core::ingest::{Outcome, WorkingSet, lookups, plan};
 use waymark_core::time::Millis;
 use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
-    AudienceMember, AudienceRecord, AudienceStatus, AudienceStore, ScanReads, ScannedPerson, SizeAt, Delivery, Erasure, EventPage,
+    AudienceMember, AudienceRecord, AudienceStatus, AudienceStore, Delivery, Erasure, EventPage,
     InboxMark, InboxStore, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore,
     JourneyState, JourneyStats, JourneyStore, OutboxItem, OutboxStore, PageRequest, ProfileStore,
-    Store, StoreError, StoreOptions, StoredEvent, Suppression, SuppressionStore, TemplateRecord,
-    TemplateStore, Transition, decode_cursor,
+    ScanReads, ScannedPerson, SizeAt, Store, StoreError, StoreOptions, StoredEvent, Suppression,
+    SuppressionStore, TemplateRecord, TemplateStore, Transition, decode_cursor,
 };
 
 const MAX_ATTEMPTS: u32 = 20;

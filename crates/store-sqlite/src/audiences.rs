@@ -4,8 +4,8 @@
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde_json::Value;
-use waymark_core::{Event, ProfileState};
 use waymark_core::time::Millis;
+use waymark_core::{Event, ProfileState};
 use waymark_engine::audience::{AudiencePlan, HistoryEvent};
 use waymark_store::pipeline::{HistoryRow, SizeChange, attach_to_scanned, history_event};
 use waymark_store::{
@@ -435,9 +435,7 @@ fn record_size(tx: &Connection, audience: &str, change: &SizeChange) -> Result<(
                  last_change = max(last_change, excluded.last_change)
              RETURNING members",
         )
-        .and_then(|mut s| {
-            s.query_row(params![audience, change.delta(), change.at], |r| r.get(0))
-        })
+        .and_then(|mut s| s.query_row(params![audience, change.delta(), change.at], |r| r.get(0)))
         .map_err(unavailable)?;
     tx.prepare_cached(
         "INSERT INTO audience_size_history (audience_key, hour, members, entered, exited)
@@ -516,8 +514,10 @@ fn scan_in_snapshot(
              WHERE profile_id > ?1 AND profile_id <= ?2",
         )
         .and_then(|mut s| {
-            s.query_map(params![after, last], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect()
+            s.query_map(params![after, last], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect()
         })
         .map_err(unavailable)?
     } else {

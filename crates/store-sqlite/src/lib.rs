@@ -28,11 +28,11 @@ use tokio::sync::{mpsc, oneshot};
 use waymark_core::time::Millis;
 use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
-    AudienceMember, AudienceRecord, AudienceStatus, AudienceStore, ScanReads, ScannedPerson, SizeAt, Delivery, Erasure, EventPage,
+    AudienceMember, AudienceRecord, AudienceStatus, AudienceStore, Delivery, Erasure, EventPage,
     InboxMark, InboxStore, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore,
     JourneyState, JourneyStats, JourneyStore, OutboxItem, OutboxStore, PageRequest, ProfileStore,
-    Store, StoreError, StoreOptions, StoredEvent, Suppression, SuppressionStore, TemplateRecord,
-    TemplateStore, Transition, decode_cursor,
+    ScanReads, ScannedPerson, SizeAt, Store, StoreError, StoreOptions, StoredEvent, Suppression,
+    SuppressionStore, TemplateRecord, TemplateStore, Transition, decode_cursor,
 };
 
 use writer::Command;
@@ -500,10 +500,8 @@ impl AudienceStore for SqliteStore {
         reads: &ScanReads,
     ) -> Result<Vec<ScannedPerson>, StoreError> {
         let (after, until, reads) = (after.to_owned(), until.map(str::to_owned), reads.clone());
-        self.read(move |conn| {
-            audiences::scan_people(conn, &after, until.as_deref(), limit, &reads)
-        })
-        .await
+        self.read(move |conn| audiences::scan_people(conn, &after, until.as_deref(), limit, &reads))
+            .await
     }
 
     async fn profile_splits(&self, parts: u32) -> Result<Vec<String>, StoreError> {

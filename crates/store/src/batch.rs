@@ -56,7 +56,15 @@ pub async fn evaluate_everyone<S: AudienceStore + ?Sized>(
     }
     bounds.push((after, None));
     let parts = bounds.iter().map(|(after, until)| {
-        evaluate_range(store, audience, &reads, after, until.as_deref(), now, sample)
+        evaluate_range(
+            store,
+            audience,
+            &reads,
+            after,
+            until.as_deref(),
+            now,
+            sample,
+        )
     });
     let mut total = BatchOutcome::default();
     // Ranges come back in id order, so their samples concatenate in id order.

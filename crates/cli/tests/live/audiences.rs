@@ -170,9 +170,14 @@ async fn backfill_killed_part_way(store: Option<&str>) {
         }
         batch.push(json!({"type": "identify", "userId": format!("p{n}")}));
         if batch.len() >= 400 {
-            send_batch(&c, &server.base, WRITE_KEY, &Value::Array(std::mem::take(&mut batch)))
-                .await
-                .expect("ingest");
+            send_batch(
+                &c,
+                &server.base,
+                WRITE_KEY,
+                &Value::Array(std::mem::take(&mut batch)),
+            )
+            .await
+            .expect("ingest");
         }
     }
     send_batch(&c, &server.base, WRITE_KEY, &Value::Array(batch))
@@ -209,7 +214,10 @@ async fn backfill_killed_part_way(store: Option<&str>) {
         .expect("json");
     assert_eq!(clean["size"], done["size"], "{clean}");
     let export = c
-        .get(format!("{}/v1/audiences/pingers/export?identities=user_id", server.base))
+        .get(format!(
+            "{}/v1/audiences/pingers/export?identities=user_id",
+            server.base
+        ))
         .bearer_auth(ADMIN)
         .send()
         .await
@@ -224,7 +232,10 @@ async fn backfill_killed_part_way(store: Option<&str>) {
         .collect();
     users.sort_unstable();
     let expected: Vec<usize> = (0..PEOPLE).filter(|n| n % 3 == 2).collect();
-    assert!(users == expected, "members are exactly those who pinged twice");
+    assert!(
+        users == expected,
+        "members are exactly those who pinged twice"
+    );
     let (_, events) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/p2/events").await;
     let entered = events["events"]
         .as_array()

@@ -242,7 +242,9 @@ pub async fn audience_preview_export_and_sizes(api: &Api) {
         batch.push(json!({"type": "identify", "userId": format!("u{n}"),
             "traits": {"email": format!("u{n}@example.com"), "name": name, "plan": plan}}));
         for _ in 0..(if n < 3 { 2 } else { 1 }) {
-            batch.push(json!({"type": "track", "userId": format!("u{n}"), "event": "Order Completed"}));
+            batch.push(
+                json!({"type": "track", "userId": format!("u{n}"), "event": "Order Completed"}),
+            );
         }
     }
     let r = api.post("/v1/batch", json!({ "batch": batch })).await;
@@ -256,7 +258,12 @@ pub async fn audience_preview_export_and_sizes(api: &Api) {
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    assert_eq!((&r.body["size"], &r.body["decided"]), (&json!(5), &json!(5)), "{}", r.text);
+    assert_eq!(
+        (&r.body["size"], &r.body["decided"]),
+        (&json!(5), &json!(5)),
+        "{}",
+        r.text
+    );
     let sample: Vec<&str> = r.body["sample"]
         .as_array()
         .expect("sample")
@@ -296,7 +303,12 @@ pub async fn audience_preview_export_and_sizes(api: &Api) {
         r.text
     );
     assert!(r.body["first_error"].is_string(), "{}", r.text);
-    let r = preview(api, "", json!({"key": "bad", "rule": "events.count(\"X\", \"3 parsecs\") > 1"})).await;
+    let r = preview(
+        api,
+        "",
+        json!({"key": "bad", "rule": "events.count(\"X\", \"3 parsecs\") > 1"}),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
 
     // Export: a header, then each member, values quoted where CSV needs it.
@@ -313,7 +325,13 @@ pub async fn audience_preview_export_and_sizes(api: &Api) {
         .collect();
     assert_eq!(
         header,
-        ["profile_id", "since", "identity:email", "trait:name", "trait:plan"]
+        [
+            "profile_id",
+            "since",
+            "identity:email",
+            "trait:name",
+            "trait:plan"
+        ]
     );
     let records: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("record")).collect();
     assert_eq!(records.len(), 3, "{}", r.text);
@@ -331,7 +349,11 @@ pub async fn audience_preview_export_and_sizes(api: &Api) {
         .map(|l| serde_json::from_str(l).expect("json line"))
         .collect();
     assert_eq!(lines.len(), 3, "{}", r.text);
-    assert!(lines.iter().all(|l| l["traits"]["plan"].is_string() && l["since"].is_string()));
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["traits"]["plan"].is_string() && l["since"].is_string())
+    );
     let r = api.get("/v1/audiences/buyers/export?format=xml").await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
     let many = vec!["t"; 101].join(",");
@@ -345,7 +367,11 @@ pub async fn audience_preview_export_and_sizes(api: &Api) {
     let hours = r.body["hours"].as_array().expect("hours");
     assert_eq!(hours.len(), 1, "{}", r.text);
     assert_eq!(
-        (&hours[0]["members"], &hours[0]["entered"], &hours[0]["exited"]),
+        (
+            &hours[0]["members"],
+            &hours[0]["entered"],
+            &hours[0]["exited"]
+        ),
         (&json!(3), &json!(3), &json!(0))
     );
 }

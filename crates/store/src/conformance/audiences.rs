@@ -256,14 +256,17 @@ pub async fn a_backfill_goes_in_steps_and_starts_again_after_an_edit(b: &impl Ba
         .await
         .expect("put");
     while s.fire_due_timers(now + 2, 2).await.expect("fire") > 0 {}
-    assert_eq!(s.audience_status("buyers").await.expect("status").members, 3);
+    assert_eq!(
+        s.audience_status("buyers").await.expect("status").members,
+        3
+    );
     let hours = s
         .audience_size_history("buyers", now - 3_600_000)
         .await
         .expect("sizes");
-    let (members, entered, exited) = hours
-        .iter()
-        .fold((0, 0, 0), |(_, e, x), h| (h.members, e + h.entered, x + h.exited));
+    let (members, entered, exited) = hours.iter().fold((0, 0, 0), |(_, e, x), h| {
+        (h.members, e + h.entered, x + h.exited)
+    });
     assert_eq!(
         (members, entered, exited),
         (3, 5, 2),
