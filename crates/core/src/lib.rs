@@ -17,6 +17,7 @@ pub mod journey;
 pub mod links;
 pub mod partition;
 pub mod profile;
+pub mod schedule;
 pub mod segment;
 pub mod template;
 pub mod time;

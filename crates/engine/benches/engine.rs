@@ -65,6 +65,7 @@ fn audience_rule_over_twenty_events(bencher: Bencher, with_condition: bool) {
         name: None,
         description: None,
         rule: rule.into(),
+        ..Default::default()
     };
     let audience = CompiledAudience::compile(&doc, 1).expect("compiles");
     let now = 1_800_000_000_000i64;

@@ -7,7 +7,7 @@ use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
-use waymark_core::audience::{AudienceDoc, Catalog, validate};
+use waymark_core::audience::{AudienceDoc, Catalog, Refresh, validate};
 use waymark_core::time::format_iso8601;
 use waymark_engine::audience::{CompiledAudience, Person};
 use waymark_store::{AudienceRecord, AudienceStatus, wall_clock_ms};
@@ -41,6 +41,9 @@ pub struct AudienceView {
     /// When someone last entered or left.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_change: Option<String>,
+    /// When a scheduled snapshot runs next.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_run: Option<String>,
     /// Set by PUT: whether this put created a new version.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created: Option<bool>,
@@ -79,8 +82,18 @@ impl AudienceView {
                     .round(),
             }),
             last_change: status.last_change.map(format_iso8601),
+            next_run: None,
             created: None,
         }
+    }
+
+    /// The view of a stored audience, read from the store.
+    async fn read(state: &AppState, record: AudienceRecord) -> Result<Self, ApiError> {
+        let status = state.store.audience_status(&record.key).await?;
+        let next_run = state.store.audience_next_run(&record.key).await?;
+        let mut view = AudienceView::new(record, status);
+        view.next_run = next_run.map(format_iso8601);
+        Ok(view)
     }
 }
 
@@ -222,8 +235,7 @@ pub async fn put_audience(
     if created {
         tracing::info!(audience = %key, version = record.version, "audience version stored; deciding everyone again");
     }
-    let status = state.store.audience_status(&key).await?;
-    let mut view = AudienceView::new(record, status);
+    let mut view = AudienceView::read(&state, record).await?;
     view.created = Some(created);
     Ok(axum::Json(view))
 }
@@ -244,8 +256,60 @@ pub async fn get_audience(
         .audience(&key)
         .await?
         .ok_or_else(|| no_audience(&key))?;
-    let status = state.store.audience_status(&key).await?;
-    Ok(axum::Json(AudienceView::new(record, status)))
+    Ok(axum::Json(AudienceView::read(&state, record).await?))
+}
+
+/// A stored audience and how its membership is kept.
+async fn stored_with_refresh(
+    state: &AppState,
+    key: &str,
+) -> Result<(AudienceRecord, Refresh), ApiError> {
+    let record = state
+        .store
+        .audience(key)
+        .await?
+        .ok_or_else(|| no_audience(key))?;
+    let refresh = serde_json::from_value::<AudienceDoc>(record.document.clone())
+        .map(|d| d.refresh)
+        .unwrap_or_default();
+    Ok((record, refresh))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunStarted {
+    /// The audience, its backfill started (`state: building` until everyone is decided).
+    pub audience: AudienceView,
+}
+
+/// Decides the audience for everyone again now: a snapshot's run on demand (any rule
+/// audience may be run; an uploaded list may not).
+#[utoipa::path(post, path = "/v1/audiences/{key}/run", tag = "audiences",
+    params(("key" = String, Path)),
+    responses((status = 202, body = RunStarted), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "An uploaded list has no rule to run", body = ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn run_audience(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<(axum::http::StatusCode, axum::Json<RunStarted>), ApiError> {
+    state.keys.require_admin(&headers)?;
+    let (record, refresh) = stored_with_refresh(&state, &key).await?;
+    if refresh == Refresh::Upload {
+        return Err(ApiError::conflict(
+            "uploaded_list",
+            format!("{key} has its members from uploads; it has no rule to run"),
+        ));
+    }
+    if !state.store.run_audience(&key, wall_clock_ms()).await? {
+        return Err(no_audience(&key));
+    }
+    tracing::info!(audience = %key, "audience run started on demand");
+    let audience = AudienceView::read(&state, record).await?;
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        axum::Json(RunStarted { audience }),
+    ))
 }
 
 /// Every audience, by key.
@@ -259,8 +323,7 @@ pub async fn list_audiences(
     state.keys.require_admin(&headers)?;
     let mut audiences = Vec::new();
     for record in state.store.audiences().await? {
-        let status = state.store.audience_status(&record.key).await?;
-        audiences.push(AudienceView::new(record, status));
+        audiences.push(AudienceView::read(&state, record).await?);
     }
     Ok(axum::Json(AudienceList { audiences }))
 }
@@ -691,4 +754,188 @@ fn csv_line(cells: &[String]) -> Vec<u8> {
     // Writing to memory cannot fail.
     let _ = writer.write_record(cells);
     writer.into_inner().unwrap_or_default()
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    /// `add` (default): these people join; `remove`: they leave; `replace`: the list
+    /// becomes exactly these people.
+    pub mode: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct UploadOutcome {
+    /// Rows read (the header not counted).
+    pub rows: u64,
+    /// Rows whose identity belongs to a stored person.
+    pub matched: u64,
+    /// Rows whose identity nobody has (nobody is created), and the first of their row
+    /// numbers (the header is row 1).
+    pub unmatched: u64,
+    pub unmatched_rows: Vec<u64>,
+    pub entered: u64,
+    pub exited: u64,
+}
+
+/// Largest list upload: about a million rows of typical identities.
+const MAX_UPLOAD_BYTES: usize = 64 * 1024 * 1024;
+/// People written per transaction.
+const UPLOAD_CHUNK: usize = 1_000;
+
+/// Sets the members of an uploaded list (`refresh: upload`) from CSV: a header row of
+/// identity namespaces (`user_id`, `email`, `phone`, `anonymous_id`, ...), then a row per
+/// person; each row is matched by its first non-empty column. Entries and exits are
+/// recorded as events and start journeys, as for any audience.
+#[utoipa::path(post, path = "/v1/audiences/{key}/members", tag = "audiences",
+    params(("key" = String, Path), UploadQuery),
+    request_body(content = String, content_type = "text/csv"),
+    responses((status = 200, body = UploadOutcome), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "The audience is not an uploaded list", body = ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn upload_members(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    Query(query): Query<UploadQuery>,
+    body: Body,
+) -> Result<axum::Json<UploadOutcome>, ApiError> {
+    state.keys.require_admin(&headers)?;
+    let (_, refresh) = stored_with_refresh(&state, &key).await?;
+    if refresh != Refresh::Upload {
+        return Err(ApiError::conflict(
+            "not_an_uploaded_list",
+            format!("{key} is decided by its rule; only a refresh: upload audience takes uploads"),
+        ));
+    }
+    let (enter, replace) = match query.mode.as_deref().unwrap_or("add") {
+        "add" => (true, false),
+        "remove" => (false, false),
+        "replace" => (true, true),
+        other => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("mode: {other:?} is not add, remove or replace"),
+            ));
+        }
+    };
+    let bytes = axum::body::to_bytes(body, MAX_UPLOAD_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::bad_request(
+                "body_too_large",
+                format!("an upload is at most {} MB", MAX_UPLOAD_BYTES / 1024 / 1024),
+            )
+        })?;
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(false)
+        .from_reader(bytes.as_ref());
+    let namespaces: Vec<String> = reader
+        .headers()
+        .map_err(|e| ApiError::field("invalid_csv", "header", e.to_string()))?
+        .iter()
+        .map(|h| h.trim().to_owned())
+        .collect();
+    for (i, name) in namespaces.iter().enumerate() {
+        if waymark_core::identity::Namespace::parse(name).is_err() {
+            return Err(ApiError::field(
+                "invalid_csv",
+                &format!("header[{i}]"),
+                format!("{name:?} is not an identity namespace"),
+            ));
+        }
+    }
+    // Every row is read before anything changes: a malformed file changes nothing.
+    let mut identities: Vec<Option<waymark_core::Identity>> = Vec::new();
+    for (n, row) in reader.records().enumerate() {
+        let row = row.map_err(|e| {
+            ApiError::field("invalid_csv", &format!("row {}", n + 2), e.to_string())
+        })?;
+        identities.push(
+            namespaces
+                .iter()
+                .zip(row.iter())
+                .find(|(_, value)| !value.trim().is_empty())
+                .and_then(|(ns, value)| waymark_core::Identity::parse(ns, value.trim()).ok()),
+        );
+    }
+    drop(reader);
+    let mut out = UploadOutcome::default();
+    let mut listed: std::collections::BTreeSet<String> = Default::default();
+    let mut chunk: Vec<String> = Vec::with_capacity(UPLOAD_CHUNK);
+    let now = wall_clock_ms();
+    for (n, identity) in identities.into_iter().enumerate() {
+        let row_number = n as u64 + 2;
+        out.rows += 1;
+        let profile = match identity {
+            Some(identity) => state.store.profile(&identity).await?,
+            None => None,
+        };
+        match profile {
+            Some(profile) => {
+                out.matched += 1;
+                if replace {
+                    listed.insert(profile.id.clone());
+                }
+                chunk.push(profile.id);
+            }
+            None => {
+                out.unmatched += 1;
+                if out.unmatched_rows.len() < 10 {
+                    out.unmatched_rows.push(row_number);
+                }
+            }
+        }
+        if chunk.len() >= UPLOAD_CHUNK {
+            let changed = state
+                .store
+                .change_list_members(&key, std::mem::take(&mut chunk), enter, now)
+                .await?;
+            *if enter {
+                &mut out.entered
+            } else {
+                &mut out.exited
+            } += changed;
+        }
+    }
+    if !chunk.is_empty() {
+        let changed = state
+            .store
+            .change_list_members(&key, chunk, enter, now)
+            .await?;
+        *if enter {
+            &mut out.entered
+        } else {
+            &mut out.exited
+        } += changed;
+    }
+    if replace {
+        // Everyone on the list who was not in this upload leaves it.
+        let mut after: Option<String> = None;
+        loop {
+            let page = state
+                .store
+                .audience_members(&key, after.as_deref(), UPLOAD_CHUNK as u32)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.profile_id.clone());
+            let gone: Vec<String> = page
+                .iter()
+                .filter(|m| !listed.contains(&m.profile_id))
+                .map(|m| m.profile_id.clone())
+                .collect();
+            let full = page.len() == UPLOAD_CHUNK;
+            if !gone.is_empty() {
+                out.exited += state
+                    .store
+                    .change_list_members(&key, gone, false, now)
+                    .await?;
+            }
+            if !full {
+                break;
+            }
+        }
+    }
+    tracing::info!(audience = %key, rows = out.rows, entered = out.entered, exited = out.exited, "list uploaded");
+    Ok(axum::Json(out))
 }

@@ -147,6 +147,7 @@ pub fn app(state: AppState) -> Router {
             "/v1/audiences/{key}",
             get(audiences::get_audience).put(audiences::put_audience),
         )
+        .route("/v1/audiences/{key}/run", post(audiences::run_audience))
         .route("/v1/audiences/{key}/export", get(audiences::export_members))
         .route(
             "/v1/audiences/{key}/preview",
@@ -155,7 +156,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/audiences/{key}/sizes", get(audiences::audience_sizes))
         .route(
             "/v1/audiences/{key}/members",
-            get(audiences::audience_members),
+            get(audiences::audience_members).post(audiences::upload_members),
         )
         .route(
             "/v1/profiles/{namespace}/{value}/audiences",

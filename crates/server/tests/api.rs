@@ -159,7 +159,10 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 #[path = "api/audiences.rs"]
 mod audiences;
-use audiences::{audience_preview_export_and_sizes, audiences_through_the_api};
+use audiences::{
+    audience_preview_export_and_sizes, audiences_through_the_api,
+    uploaded_lists_and_runs_through_the_api,
+};
 
 macro_rules! api_tests {
     ($backend:ident: $($case:ident),* $(,)?) => {
@@ -198,6 +201,7 @@ macro_rules! all_api_tests {
             a_persons_messages_are_paged,
             audiences_through_the_api,
             audience_preview_export_and_sizes,
+            uploaded_lists_and_runs_through_the_api,
         );
     };
 }

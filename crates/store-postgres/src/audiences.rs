@@ -10,8 +10,8 @@ use waymark_core::{Event, ProfileState};
 use waymark_engine::audience::{AudiencePlan, HistoryEvent};
 use waymark_store::pipeline::{HistoryRow, SizeChange, attach_to_scanned, history_event};
 use waymark_store::{
-    AudienceMember, AudienceRecord, AudienceStatus, BackfillProgress, ScanReads, ScannedPerson,
-    SizeAt, StoreError,
+    AudienceMember, AudienceRecord, AudienceSave, AudienceStatus, BackfillProgress, ScanReads,
+    ScannedPerson, SizeAt, StoreError,
 };
 
 use crate::versioned::{self, Kind};
@@ -38,29 +38,99 @@ pub async fn list(client: &impl GenericClient) -> Result<Vec<AudienceRecord>, St
     Ok(out)
 }
 
-/// Stores a changed document as a new version and starts (or starts again) its backfill:
-/// everyone decided for it, in profile id order (when there is anyone: people who come
-/// later are decided as their events arrive).
+/// Stores a changed document as a new version and, as `save` says, starts (or starts
+/// again) its backfill and sets its next scheduled run.
 pub async fn put(
     client: &mut deadpool_postgres::Client,
     key: &str,
     document: &Value,
+    save: &AudienceSave,
     now: Millis,
 ) -> Result<(AudienceRecord, bool), StoreError> {
     let tx = client.transaction().await.map_err(db_error)?;
     let (versions, created) = versioned::put(&tx, Kind::Audience, key, document, now).await?;
     if created {
-        tx.execute(
+        if save.backfill {
+            start_backfill(&tx, key, now).await?;
+        }
+        set_next_run(&tx, key, save.next_run).await?;
+    }
+    tx.commit().await.map_err(db_error)?;
+    Ok((versions.into_audience(key), created))
+}
+
+/// Everyone decided for the audience, in profile id order, from the first person (when
+/// there is anyone: people who come later are decided as their events arrive).
+pub async fn start_backfill(
+    client: &impl GenericClient,
+    key: &str,
+    now: Millis,
+) -> Result<(), Abort> {
+    client
+        .execute(
             "INSERT INTO audience_backfills (audience_key, after_profile, started_at, decided)
              SELECT $1, '', $2, 0 WHERE EXISTS (SELECT 1 FROM profiles)
              ON CONFLICT (audience_key) DO UPDATE SET after_profile = '', started_at = $2, decided = 0",
             &[&key, &now],
         )
+        .await?;
+    Ok(())
+}
+
+pub async fn set_next_run(
+    client: &impl GenericClient,
+    key: &str,
+    next: Option<Millis>,
+) -> Result<(), Abort> {
+    match next {
+        Some(at) => {
+            client
+                .execute(
+                    "INSERT INTO audience_schedules (audience_key, next_run) VALUES ($1, $2)
+                     ON CONFLICT (audience_key) DO UPDATE SET next_run = $2",
+                    &[&key, &at],
+                )
+                .await?
+        }
+        None => {
+            client
+                .execute(
+                    "DELETE FROM audience_schedules WHERE audience_key = $1",
+                    &[&key],
+                )
+                .await?
+        }
+    };
+    Ok(())
+}
+
+pub async fn next_run(
+    client: &impl GenericClient,
+    key: &str,
+) -> Result<Option<Millis>, StoreError> {
+    Ok(client
+        .query_opt(
+            "SELECT next_run FROM audience_schedules WHERE audience_key = $1",
+            &[&key],
+        )
         .await
-        .map_err(db_error)?;
-    }
-    tx.commit().await.map_err(db_error)?;
-    Ok((versions.into_audience(key), created))
+        .map_err(db_error)?
+        .map(|r| r.get(0)))
+}
+
+pub async fn due_runs(
+    client: &impl GenericClient,
+    now: Millis,
+    limit: u32,
+) -> Result<Vec<String>, Abort> {
+    let rows = client
+        .query(
+            "SELECT audience_key FROM audience_schedules WHERE next_run <= $1
+             ORDER BY next_run LIMIT $2 FOR UPDATE SKIP LOCKED",
+            &[&now, &i64::from(limit)],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 pub async fn status(client: &impl GenericClient, key: &str) -> Result<AudienceStatus, StoreError> {

@@ -32,8 +32,8 @@ use waymark_core::ingest::{Outcome, WorkingSet, lookups, plan};
 use waymark_core::time::Millis;
 use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
-    AudienceMember, AudienceRecord, AudienceStatus, AudienceStore, Delivery, Erasure, EventPage,
-    InboxMark, InboxStore, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore,
+    AudienceMember, AudienceRecord, AudienceSave, AudienceStatus, AudienceStore, Delivery, Erasure,
+    EventPage, InboxMark, InboxStore, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore,
     JourneyState, JourneyStats, JourneyStore, OutboxItem, OutboxStore, PageRequest, ProfileStore,
     ScanReads, ScannedPerson, SizeAt, Store, StoreError, StoreOptions, StoredEvent, Suppression,
     SuppressionStore, TemplateRecord, TemplateStore, Transition, decode_cursor,
@@ -847,14 +847,56 @@ impl TemplateStore for PostgresStore {
 
 #[async_trait]
 impl AudienceStore for PostgresStore {
-    async fn put_audience(
+    async fn save_audience(
         &self,
         key: &str,
         document: &serde_json::Value,
+        save: &AudienceSave,
         now: Millis,
     ) -> Result<(AudienceRecord, bool), StoreError> {
         let mut client = self.client().await?;
-        audiences::put(&mut client, key, document, now).await
+        audiences::put(&mut client, key, document, save, now).await
+    }
+
+    async fn run_audience(&self, key: &str, now: Millis) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        if audiences::read(&client, key).await?.is_none() {
+            return Ok(false);
+        }
+        audiences::start_backfill(&client, key, now).await?;
+        Ok(true)
+    }
+
+    async fn change_list_members(
+        &self,
+        key: &str,
+        profile_ids: Vec<String>,
+        enter: bool,
+        now: Millis,
+    ) -> Result<u64, StoreError> {
+        for attempt in 1..=MAX_ATTEMPTS {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(db_error)?;
+            let run = runs::change_list_members(&tx, &self.cache, key, &profile_ids, enter, now);
+            match run.await {
+                Ok(n) => match tx.commit().await {
+                    Ok(()) => return Ok(n),
+                    Err(e) if retryable(&e) => {}
+                    Err(e) => return Err(db_error(e)),
+                },
+                Err(Abort::Retry(_)) => {}
+                Err(Abort::Fail(e)) => return Err(e),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempt.min(10)))).await;
+        }
+        Err(StoreError::Unavailable(
+            "list members kept conflicting".into(),
+        ))
+    }
+
+    async fn audience_next_run(&self, key: &str) -> Result<Option<Millis>, StoreError> {
+        let client = self.client().await?;
+        audiences::next_run(&client, key).await
     }
 
     async fn audience(&self, key: &str) -> Result<Option<AudienceRecord>, StoreError> {

@@ -45,6 +45,17 @@ pub async fn fire_due(
     pipeline::fire_due(&Run(client), runtime, now, limit).await
 }
 
+pub async fn change_list_members(
+    client: &impl GenericClient,
+    runtime: &Runtime,
+    key: &str,
+    profile_ids: &[String],
+    enter: bool,
+    now: Millis,
+) -> Result<u64, Abort> {
+    pipeline::change_list_members(&Run(client), runtime, key, profile_ids, enter, now).await
+}
+
 /// One person's outcomes, in order.
 pub async fn complete(
     client: &impl GenericClient,
@@ -549,6 +560,20 @@ impl<C: GenericClient> RunTx for Run<'_, C> {
         now: Millis,
     ) -> Result<(), Abort> {
         audiences::forget(self.0, profile_id, recheck, now).await
+    }
+
+    async fn due_audience_runs(&self, now: Millis, limit: u32) -> Result<Vec<String>, Abort> {
+        audiences::due_runs(self.0, now, limit).await
+    }
+
+    async fn start_audience_run(
+        &self,
+        key: &str,
+        next_run: Option<Millis>,
+        now: Millis,
+    ) -> Result<(), Abort> {
+        audiences::start_backfill(self.0, key, now).await?;
+        audiences::set_next_run(self.0, key, next_run).await
     }
 
     async fn audience_backfills(&self) -> Result<Vec<(String, String)>, Abort> {

@@ -239,6 +239,15 @@ const MIGRATIONS: &[(i32, &str)] = &[
              PRIMARY KEY (audience_key, hour)
          );",
     ),
+    // When each scheduled snapshot audience runs next.
+    (
+        16,
+        "CREATE TABLE audience_schedules (
+             audience_key TEXT PRIMARY KEY,
+             next_run BIGINT NOT NULL
+         );
+         CREATE INDEX audience_schedules_due ON audience_schedules (next_run);",
+    ),
 ];
 
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {

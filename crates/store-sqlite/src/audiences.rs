@@ -9,8 +9,8 @@ use waymark_core::{Event, ProfileState};
 use waymark_engine::audience::{AudiencePlan, HistoryEvent};
 use waymark_store::pipeline::{HistoryRow, SizeChange, attach_to_scanned, history_event};
 use waymark_store::{
-    AudienceMember, AudienceRecord, AudienceStatus, BackfillProgress, ScanReads, ScannedPerson,
-    SizeAt, StoreError,
+    AudienceMember, AudienceRecord, AudienceSave, AudienceStatus, BackfillProgress, ScanReads,
+    ScannedPerson, SizeAt, StoreError,
 };
 
 use crate::unavailable;
@@ -32,26 +32,69 @@ pub fn list(conn: &Connection) -> Result<Vec<AudienceRecord>, StoreError> {
     Ok(out)
 }
 
-/// Stores a changed document as a new version and starts (or starts again) its backfill:
-/// everyone decided for it, in profile id order (when there is anyone: people who come
-/// later are decided as their events arrive).
+/// Stores a changed document as a new version and, as `save` says, starts (or starts
+/// again) its backfill and sets its next scheduled run.
 pub fn put(
     tx: &Transaction<'_>,
     key: &str,
     document: &Value,
+    save: &AudienceSave,
     now: Millis,
 ) -> Result<(AudienceRecord, bool), StoreError> {
     let (versions, created) = versioned::put(tx, Kind::Audience, key, document, now)?;
     if created {
-        tx.execute(
-            "INSERT INTO audience_backfills (audience_key, after_profile, started_at, decided)
-             SELECT ?1, '', ?2, 0 WHERE EXISTS (SELECT 1 FROM profiles)
-             ON CONFLICT (audience_key) DO UPDATE SET after_profile = '', started_at = ?2, decided = 0",
-            params![key, now],
-        )
-        .map_err(unavailable)?;
+        if save.backfill {
+            start_backfill(tx, key, now)?;
+        }
+        set_next_run(tx, key, save.next_run)?;
     }
     Ok((versions.into_audience(key), created))
+}
+
+/// Everyone decided for the audience, in profile id order, from the first person (when
+/// there is anyone: people who come later are decided as their events arrive).
+pub fn start_backfill(tx: &Connection, key: &str, now: Millis) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO audience_backfills (audience_key, after_profile, started_at, decided)
+         SELECT ?1, '', ?2, 0 WHERE EXISTS (SELECT 1 FROM profiles)
+         ON CONFLICT (audience_key) DO UPDATE SET after_profile = '', started_at = ?2, decided = 0",
+    )
+    .and_then(|mut s| s.execute(params![key, now]))
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+pub fn set_next_run(tx: &Connection, key: &str, next: Option<Millis>) -> Result<(), StoreError> {
+    match next {
+        Some(at) => tx
+            .prepare_cached(
+                "INSERT INTO audience_schedules (audience_key, next_run) VALUES (?1, ?2)
+                 ON CONFLICT (audience_key) DO UPDATE SET next_run = ?2",
+            )
+            .and_then(|mut s| s.execute(params![key, at])),
+        None => tx
+            .prepare_cached("DELETE FROM audience_schedules WHERE audience_key = ?1")
+            .and_then(|mut s| s.execute([key])),
+    }
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+pub fn next_run(conn: &Connection, key: &str) -> Result<Option<Millis>, StoreError> {
+    conn.prepare_cached("SELECT next_run FROM audience_schedules WHERE audience_key = ?1")
+        .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
+        .map_err(unavailable)
+}
+
+pub fn due_runs(conn: &Connection, now: Millis, limit: u32) -> Result<Vec<String>, StoreError> {
+    conn.prepare_cached(
+        "SELECT audience_key FROM audience_schedules WHERE next_run <= ?1 ORDER BY next_run LIMIT ?2",
+    )
+    .and_then(|mut s| {
+        s.query_map(params![now, i64::from(limit)], |r| r.get(0))?
+            .collect()
+    })
+    .map_err(unavailable)
 }
 
 pub fn status(conn: &Connection, key: &str) -> Result<AudienceStatus, StoreError> {

@@ -28,8 +28,8 @@ use tokio::sync::{mpsc, oneshot};
 use waymark_core::time::Millis;
 use waymark_core::{Event, Identity, ProfileState};
 use waymark_store::{
-    AudienceMember, AudienceRecord, AudienceStatus, AudienceStore, Delivery, Erasure, EventPage,
-    InboxMark, InboxStore, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore,
+    AudienceMember, AudienceRecord, AudienceSave, AudienceStatus, AudienceStore, Delivery, Erasure,
+    EventPage, InboxMark, InboxStore, IngestReceipt, JourneyAction, JourneyRecord, JourneyRunStore,
     JourneyState, JourneyStats, JourneyStore, OutboxItem, OutboxStore, PageRequest, ProfileStore,
     ScanReads, ScannedPerson, SizeAt, Store, StoreError, StoreOptions, StoredEvent, Suppression,
     SuppressionStore, TemplateRecord, TemplateStore, Transition, decode_cursor,
@@ -457,14 +457,15 @@ impl TemplateStore for SqliteStore {
 
 #[async_trait]
 impl AudienceStore for SqliteStore {
-    async fn put_audience(
+    async fn save_audience(
         &self,
         key: &str,
         document: &serde_json::Value,
+        save: &AudienceSave,
         now: Millis,
     ) -> Result<(AudienceRecord, bool), StoreError> {
-        let (key, document) = (key.to_owned(), document.clone());
-        self.write(move |tx| audiences::put(tx, &key, &document, now))
+        let (key, document, save) = (key.to_owned(), document.clone(), *save);
+        self.write(move |tx| audiences::put(tx, &key, &document, &save, now))
             .await
     }
 
@@ -480,6 +481,35 @@ impl AudienceStore for SqliteStore {
     async fn audience_status(&self, key: &str) -> Result<AudienceStatus, StoreError> {
         let key = key.to_owned();
         self.read(move |conn| audiences::status(conn, &key)).await
+    }
+
+    async fn run_audience(&self, key: &str, now: Millis) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        self.write(move |tx| {
+            if audiences::read(tx, &key)?.is_none() {
+                return Ok(false);
+            }
+            audiences::start_backfill(tx, &key, now)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn change_list_members(
+        &self,
+        key: &str,
+        profile_ids: Vec<String>,
+        enter: bool,
+        now: Millis,
+    ) -> Result<u64, StoreError> {
+        let (cache, key) = (self.cache.clone(), key.to_owned());
+        self.write(move |tx| runs::change_list_members(tx, &cache, &key, &profile_ids, enter, now))
+            .await
+    }
+
+    async fn audience_next_run(&self, key: &str) -> Result<Option<Millis>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |conn| audiences::next_run(conn, &key)).await
     }
 
     async fn audience_size_history(

@@ -45,6 +45,24 @@ pub fn fire_due(
     run_now(pipeline::fire_due(&Run(tx), runtime, now, limit))
 }
 
+pub fn change_list_members(
+    tx: &Transaction<'_>,
+    runtime: &Runtime,
+    key: &str,
+    profile_ids: &[String],
+    enter: bool,
+    now: Millis,
+) -> Result<u64, StoreError> {
+    run_now(pipeline::change_list_members(
+        &Run(tx),
+        runtime,
+        key,
+        profile_ids,
+        enter,
+        now,
+    ))
+}
+
 pub fn complete_many(
     tx: &Transaction<'_>,
     runtime: &Runtime,
@@ -535,6 +553,21 @@ impl RunTx for Run<'_, '_> {
         now: Millis,
     ) -> Result<(), StoreError> {
         audiences::forget(self.0, profile_id, recheck, now)
+    }
+
+    async fn due_audience_runs(&self, now: Millis, limit: u32) -> Result<Vec<String>, StoreError> {
+        // One writer: nothing to lock.
+        audiences::due_runs(self.0, now, limit)
+    }
+
+    async fn start_audience_run(
+        &self,
+        key: &str,
+        next_run: Option<Millis>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        audiences::start_backfill(self.0, key, now)?;
+        audiences::set_next_run(self.0, key, next_run)
     }
 
     async fn audience_backfills(&self) -> Result<Vec<(String, String)>, StoreError> {

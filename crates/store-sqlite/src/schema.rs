@@ -240,6 +240,15 @@ const MIGRATIONS: &[(i64, &str)] = &[
              PRIMARY KEY (audience_key, hour)
          ) WITHOUT ROWID;",
     ),
+    // When each scheduled snapshot audience runs next.
+    (
+        15,
+        "CREATE TABLE audience_schedules (
+             audience_key TEXT PRIMARY KEY,
+             next_run INTEGER NOT NULL
+         ) WITHOUT ROWID;
+         CREATE INDEX audience_schedules_due ON audience_schedules (next_run);",
+    ),
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

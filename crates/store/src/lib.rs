@@ -419,6 +419,34 @@ pub struct AudienceStatus {
     pub backfill: Option<BackfillProgress>,
 }
 
+/// What saving a new audience version starts, by its document: the backfill of its rule
+/// (not for an uploaded list) and its next scheduled run (a scheduled snapshot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AudienceSave {
+    pub backfill: bool,
+    pub next_run: Option<Millis>,
+}
+
+impl AudienceSave {
+    pub fn of(document: &Value, now: Millis) -> Self {
+        use waymark_core::audience::{AudienceDoc, Refresh};
+        match serde_json::from_value::<AudienceDoc>(document.clone()) {
+            Ok(doc) => AudienceSave {
+                backfill: doc.refresh != Refresh::Upload,
+                next_run: doc
+                    .schedule
+                    .filter(|_| doc.refresh == Refresh::Snapshot)
+                    .and_then(|s| waymark_core::schedule::next_run(&s, now).ok()),
+            },
+            // Checked before it is stored; a document that does not parse decides nothing.
+            Err(_) => AudienceSave {
+                backfill: false,
+                next_run: None,
+            },
+        }
+    }
+}
+
 /// How far a backfill has come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct BackfillProgress {
@@ -481,7 +509,37 @@ pub trait AudienceStore: Send + Sync {
         key: &str,
         document: &Value,
         now: Millis,
+    ) -> Result<(AudienceRecord, bool), StoreError> {
+        let save = AudienceSave::of(document, now);
+        self.save_audience(key, document, &save, now).await
+    }
+
+    /// Stores the document as a new version if it differs from the newest one; for a new
+    /// version, starts its backfill when `save` says so and sets its next scheduled run.
+    async fn save_audience(
+        &self,
+        key: &str,
+        document: &Value,
+        save: &AudienceSave,
+        now: Millis,
     ) -> Result<(AudienceRecord, bool), StoreError>;
+
+    /// Decides a rule audience for everyone again now (a backfill); false if there is no
+    /// such audience.
+    async fn run_audience(&self, key: &str, now: Millis) -> Result<bool, StoreError>;
+
+    /// Adds these people to an uploaded list (or, `enter: false`, takes them off), in one
+    /// transaction with what it causes; returns how many entered or left.
+    async fn change_list_members(
+        &self,
+        key: &str,
+        profile_ids: Vec<String>,
+        enter: bool,
+        now: Millis,
+    ) -> Result<u64, StoreError>;
+
+    /// When a scheduled audience runs next.
+    async fn audience_next_run(&self, key: &str) -> Result<Option<Millis>, StoreError>;
 
     async fn audience(&self, key: &str) -> Result<Option<AudienceRecord>, StoreError>;
 

@@ -13,11 +13,13 @@ pub use rule::{BehaviourCall, EventFilter, Function, Rule, RuleError};
 
 pub use crate::event::{AUDIENCE_ENTERED as ENTERED, AUDIENCE_EXITED as EXITED};
 
+pub use crate::schedule::Schedule;
+
 use crate::FieldError;
 use crate::journey::Format;
 
 /// An audience document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AudienceDoc {
     /// Stable identifier: lowercase letters, digits, `-` and `_`.
@@ -27,8 +29,45 @@ pub struct AudienceDoc {
     #[serde(default)]
     pub description: Option<String>,
     /// CEL over `profile` and `now`, with `events.count/any/sum/last/first(…)` over the
-    /// person's events and `in_audience("key")`.
+    /// person's events and `in_audience("key")`. None for `refresh: upload`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub rule: String,
+    /// How membership is kept (default `streaming`).
+    #[serde(default, skip_serializing_if = "Refresh::is_streaming")]
+    pub refresh: Refresh,
+    /// When a `snapshot` audience is decided again for everyone, besides when it is saved
+    /// and when asked (`POST /v1/audiences/{key}/run`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+}
+
+/// How an audience's membership is kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Refresh {
+    /// Decided on every event that can change it and at the instant time flips it.
+    #[default]
+    Streaming,
+    /// Decided for everyone at once (when saved, on demand, on its schedule); members stay
+    /// as decided until the next run.
+    Snapshot,
+    /// Members only from uploaded lists of identities; no rule.
+    Upload,
+}
+
+impl Refresh {
+    pub fn is_streaming(&self) -> bool {
+        *self == Refresh::Streaming
+    }
+}
+
+/// The rule a document is decided by: its own, or `false` for an uploaded list (never
+/// decided by a rule).
+pub fn rule_text(doc: &AudienceDoc) -> &str {
+    match doc.refresh {
+        Refresh::Upload => "false",
+        _ => &doc.rule,
+    }
 }
 
 /// Parses a document (YAML or JSON). Syntax and shape errors carry the line and column.
@@ -56,7 +95,36 @@ pub fn validate(
             "a key is 1 to 64 of a-z, 0-9, - and _",
         ));
     }
-    let rule = match Rule::parse(&doc.rule) {
+    match (doc.refresh, doc.rule.trim().is_empty()) {
+        (Refresh::Upload, false) => problems.push(FieldError::new(
+            "rule_not_allowed",
+            "rule",
+            "an audience with refresh: upload has its members from uploads, not a rule",
+        )),
+        (Refresh::Streaming | Refresh::Snapshot, true) => problems.push(FieldError::new(
+            "missing_field",
+            "rule",
+            "a rule is required (or refresh: upload for a list of members)",
+        )),
+        _ => {}
+    }
+    if let Some(schedule) = &doc.schedule {
+        if doc.refresh != Refresh::Snapshot {
+            problems.push(FieldError::new(
+                "schedule_not_allowed",
+                "schedule",
+                "only a refresh: snapshot audience runs on a schedule",
+            ));
+        }
+        if let Err(e) = crate::schedule::next_run(schedule, 0) {
+            problems.push(e);
+        }
+    }
+    let missing_rule = doc.refresh != Refresh::Upload && doc.rule.trim().is_empty();
+    if missing_rule {
+        return Err(problems);
+    }
+    let rule = match Rule::parse(rule_text(doc)) {
         Ok(rule) => rule,
         Err(errors) => {
             problems.extend(errors.into_iter().map(FieldError::from));

@@ -6,6 +6,7 @@ fn doc(key: &str, rule: &str) -> AudienceDoc {
         name: None,
         description: None,
         rule: rule.into(),
+        ..Default::default()
     }
 }
 
@@ -103,4 +104,60 @@ fn dependencies_are_evaluated_first() {
         ("loop2", &["loop1"]),
     ]));
     assert_eq!(order, ["active", "vip", "big"]);
+}
+
+#[test]
+fn refresh_and_schedule_are_checked_together_with_the_rule() {
+    let others = Catalog::new();
+    let yaml = "key: weekly\nrule: '!events.any(\"Order Completed\", \"60d\")'\nrefresh: snapshot\n\
+                schedule: {cron: '0 6 * * MON', timezone: Europe/Paris}\n";
+    let weekly = parse(yaml, Format::Yaml).expect("parses");
+    assert_eq!(weekly.refresh, Refresh::Snapshot);
+    assert!(validate(&weekly, &others, None).is_ok());
+    let list = parse("key: leads\nrefresh: upload\n", Format::Yaml).expect("parses");
+    assert!(
+        validate(&list, &others, None).is_ok(),
+        "an uploaded list has no rule"
+    );
+    assert_eq!(rule_text(&list), "false");
+
+    let codes = |d: &AudienceDoc| -> Vec<(String, String)> {
+        validate(d, &others, None)
+            .expect_err("refused")
+            .into_iter()
+            .map(|e| (e.code.to_owned(), e.field))
+            .collect()
+    };
+    let mut with_rule = list.clone();
+    with_rule.rule = "true".into();
+    assert_eq!(
+        codes(&with_rule),
+        [("rule_not_allowed".into(), "rule".into())]
+    );
+    let mut no_rule = weekly.clone();
+    no_rule.rule = String::new();
+    assert_eq!(codes(&no_rule), [("missing_field".into(), "rule".into())]);
+    let mut streaming = weekly.clone();
+    streaming.refresh = Refresh::Streaming;
+    assert_eq!(
+        codes(&streaming),
+        [("schedule_not_allowed".into(), "schedule".into())]
+    );
+    let mut bad = weekly.clone();
+    bad.schedule = Some(Schedule {
+        cron: "0 25 * * *".into(),
+        timezone: Some("Nowhere/Land".into()),
+    });
+    assert_eq!(
+        codes(&bad),
+        [("invalid_schedule".into(), "schedule.cron".into())],
+        "the cron first; the zone once the cron reads"
+    );
+    // A streaming document is stored as before: no new fields appear.
+    let plain = doc("vip", "true");
+    let json = serde_json::to_value(&plain).expect("json");
+    assert!(
+        json.get("refresh").is_none() && json.get("schedule").is_none(),
+        "{json}"
+    );
 }

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 use serde_json::Value;
-use waymark_core::audience::{AudienceDoc, BehaviourCall, Function, Rule};
+use waymark_core::audience::{AudienceDoc, BehaviourCall, Function, Refresh, Rule};
 use waymark_core::time::Millis;
 use waymark_core::{FieldError, ProfileState};
 
@@ -29,6 +29,8 @@ use crate::expression::{Expression, FieldReads, Lazy, Prepared, Variables, prepa
 pub struct CompiledAudience {
     pub key: String,
     pub version: u32,
+    /// How membership is kept: only `streaming` audiences are decided on events and time.
+    pub refresh: Refresh,
     pub rule: Rule,
     expression: Expression,
     /// The rule decided without CEL, when it has the common shape (see `native`).
@@ -96,9 +98,11 @@ pub struct Person<'a> {
 impl CompiledAudience {
     /// Compiles a document whose references were checked when it was saved.
     pub fn compile(doc: &AudienceDoc, version: u32) -> Result<Self, Vec<FieldError>> {
-        let rule = Rule::parse(&doc.rule)
+        let rule = Rule::parse(waymark_core::audience::rule_text(doc))
             .map_err(|errors| errors.into_iter().map(FieldError::from).collect::<Vec<_>>())?;
-        Ok(Self::from_rule(doc.key.clone(), version, rule))
+        let mut audience = Self::from_rule(doc.key.clone(), version, rule);
+        audience.refresh = doc.refresh;
+        Ok(audience)
     }
 
     pub fn from_rule(key: String, version: u32, rule: Rule) -> Self {
@@ -122,6 +126,7 @@ impl CompiledAudience {
         CompiledAudience {
             key,
             version,
+            refresh: Refresh::Streaming,
             rule,
             expression,
             native,

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use serde_json::{Map, json};
+use waymark_core::audience::Refresh;
 use waymark_core::time::Millis;
 use waymark_core::{Event, EventKind, ProfileState};
 
@@ -44,7 +45,12 @@ impl AudienceCatalog {
             audiences,
             ..AudienceCatalog::default()
         };
+        // Only streaming audiences are decided on events and when what they read changes;
+        // snapshots and uploads keep their members until their next run or upload.
         for (i, a) in catalog.audiences.iter().enumerate() {
+            if !a.refresh.is_streaming() {
+                continue;
+            }
             for name in &a.event_names {
                 catalog.by_event.entry(name.clone()).or_default().push(i);
             }
@@ -69,6 +75,16 @@ impl AudienceCatalog {
     /// Whether some audience reads inside events (else the store reads names and times only).
     pub fn reads_bodies(&self) -> bool {
         self.audiences.iter().any(|a| a.reads_bodies)
+    }
+
+    /// The streaming audiences that read this one with `in_audience`.
+    pub fn readers_of(&self, key: &str) -> BTreeSet<String> {
+        self.readers
+            .get(key)
+            .into_iter()
+            .flatten()
+            .map(|i| self.audiences[*i].key.clone())
+            .collect()
     }
 
     /// Every event name some audience reads.
@@ -215,10 +231,14 @@ fn decide_person(
     let mut due = vec![false; n];
     let everything = person.trigger == Trigger::Everything;
     match &person.trigger {
-        Trigger::Everything => due.iter_mut().for_each(|d| *d = true),
+        Trigger::Everything => {
+            for (i, audience) in catalog.audiences.iter().enumerate() {
+                due[i] = audience.refresh.is_streaming();
+            }
+        }
         Trigger::Audiences(keys) => {
             for (i, audience) in catalog.audiences.iter().enumerate() {
-                due[i] = keys.contains(&audience.key);
+                due[i] = keys.contains(&audience.key) && audience.refresh != Refresh::Upload;
             }
         }
         Trigger::Events(names) => {
@@ -254,7 +274,9 @@ fn decide_person(
             out.errors
                 .push((audience.key.clone(), profile_id.clone(), error));
         }
-        if let Some(at) = evaluation.next_change {
+        if let Some(at) = evaluation.next_change
+            && audience.refresh.is_streaming()
+        {
             next_check = Some(next_check.map_or(at, |c| c.min(at)));
         }
         let was = person.members.contains_key(&audience.key);

@@ -13,6 +13,7 @@ fn audience(rule: &str) -> CompiledAudience {
         name: None,
         description: None,
         rule: rule.into(),
+        ..Default::default()
     };
     CompiledAudience::compile(&doc, 1).expect("compiles")
 }

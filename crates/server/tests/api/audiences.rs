@@ -375,3 +375,123 @@ pub async fn audience_preview_export_and_sizes(api: &Api) {
         (&json!(3), &json!(3), &json!(0))
     );
 }
+
+async fn upload(api: &Api, key: &str, mode: &str, csv: &str) -> Reply {
+    api.call(
+        "POST",
+        &format!("/v1/audiences/{key}/members?mode={mode}"),
+        Auth::Admin(ADMIN),
+        csv.as_bytes().to_vec(),
+        None,
+    )
+    .await
+}
+
+async fn member_count(api: &Api, key: &str) -> usize {
+    let r = api.get(&format!("/v1/audiences/{key}/members")).await;
+    r.body["members"].as_array().map_or(0, Vec::len)
+}
+
+/// An uploaded list: members from CSV by any identity, added, replaced and removed, the
+/// audiences that read it following; runs on demand; a schedule shown.
+pub async fn uploaded_lists_and_runs_through_the_api(api: &Api) {
+    let leads = json!({"key": "leads", "refresh": "upload"});
+    assert_eq!(put(api, "leads", leads).await.status, StatusCode::OK);
+    let hot =
+        json!({"key": "hot", "rule": r#"in_audience("leads") && profile.traits.plan == "pro""#});
+    assert_eq!(put(api, "hot", hot).await.status, StatusCode::OK);
+    let weekly = json!({"key": "weekly", "rule": "profile.traits.plan == \"pro\"",
+        "refresh": "snapshot", "schedule": {"cron": "0 6 * * MON", "timezone": "Europe/Paris"}});
+    let r = put(api, "weekly", weekly).await;
+    assert!(r.body["next_run"].is_string(), "{}", r.text);
+    let batch: Vec<Value> = (0..4)
+        .map(|n| json!({"type": "identify", "userId": format!("u{n}"),
+            "traits": {"email": format!("u{n}@example.com"), "plan": if n < 2 { "pro" } else { "free" }}}))
+        .collect();
+    assert_eq!(
+        api.post("/v1/batch", json!({ "batch": batch }))
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    let r = upload(
+        api,
+        "leads",
+        "add",
+        "email,user_id\nU0@Example.com,\n,u1\n,u2\nnobody@example.com,\n",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        (&r.body["rows"], &r.body["matched"], &r.body["entered"]),
+        (&json!(4), &json!(3), &json!(3)),
+        "{}",
+        r.text
+    );
+    assert_eq!(r.body["unmatched_rows"], json!([5]), "{}", r.text);
+    assert_eq!(member_count(api, "hot").await, 2, "u0 and u1 are pro leads");
+    let r = api.get("/v1/profiles/user_id/u2/events").await;
+    assert!(
+        r.body["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .any(|e| e["event"] == "Audience Entered" && e["properties"]["audience"] == "leads"),
+        "{}",
+        r.text
+    );
+    let r = upload(api, "leads", "replace", "user_id\nu1\n").await;
+    assert_eq!(
+        (&r.body["entered"], &r.body["exited"]),
+        (&json!(0), &json!(2)),
+        "{}",
+        r.text
+    );
+    assert_eq!(member_count(api, "leads").await, 1);
+    assert_eq!(member_count(api, "hot").await, 1);
+    let r = upload(api, "leads", "remove", "user_id\nu1\n").await;
+    assert_eq!(r.body["exited"], json!(1), "{}", r.text);
+    assert_eq!(member_count(api, "hot").await, 0);
+
+    let r = upload(api, "leads", "add", "E-Mail\nred\n").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert!(r.text.contains("header[0]"), "{}", r.text);
+    let r = upload(api, "leads", "add", "user_id\nu1,extra\n").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert!(r.text.contains("row 2"), "{}", r.text);
+    let r = upload(api, "leads", "merge", "user_id\nu1\n").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    let r = upload(api, "hot", "add", "user_id\nu1\n").await;
+    assert_eq!(
+        r.status,
+        StatusCode::CONFLICT,
+        "a rule decides hot: {}",
+        r.text
+    );
+
+    // Runs on demand: a rule audience starts its backfill; an uploaded list has no rule.
+    let r = api.admin_post("/v1/audiences/weekly/run").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert_eq!(r.body["audience"]["state"], "building", "{}", r.text);
+    let r = api.admin_post("/v1/audiences/leads/run").await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    let r = api.admin_post("/v1/audiences/nope/run").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    // Refresh and schedule mistakes are refused like any other.
+    let r = put(
+        api,
+        "bad",
+        json!({"key": "bad", "refresh": "upload", "rule": "true"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    let r = put(
+        api,
+        "bad",
+        json!({"key": "bad", "rule": "true", "refresh": "snapshot",
+        "schedule": {"cron": "every day"}}),
+    )
+    .await;
+    assert_eq!(r.body["errors"][0]["field"], "schedule.cron", "{}", r.text);
+}

@@ -279,3 +279,56 @@ pub async fn a_backfill_goes_in_steps_and_starts_again_after_an_edit(b: &impl Ba
             .is_empty()
     );
 }
+
+async fn buyers_size(s: &impl Store) -> u64 {
+    s.audience_status("buyers").await.expect("status").members
+}
+
+/// A snapshot keeps its members between runs: events do not change it; a run on demand
+/// or on its schedule decides everyone again, and the next run moves on by the schedule.
+/// An uploaded list starts no backfill.
+pub async fn snapshot_audiences_change_only_when_they_run(b: &impl Backend) {
+    let s = b.open(StoreOptions::default()).await;
+    let order = |n: u32| {
+        events(json!([{"type": "track", "messageId": format!("o{n}"),
+            "userId": format!("u{n}"), "event": "Order Completed"}]))
+    };
+    s.ingest(order(0)).await.expect("ingest");
+    let now = crate::wall_clock_ms();
+    let hourly = json!({"key": "buyers", "rule": r#"events.any("Order Completed")"#,
+        "refresh": "snapshot", "schedule": {"cron": "0 * * * *"}});
+    s.put_audience("buyers", &hourly, now).await.expect("put");
+    let next = s
+        .audience_next_run("buyers")
+        .await
+        .expect("read")
+        .expect("scheduled");
+    assert!(
+        next > now && next <= now + 3_600_000 && next % 3_600_000 == 0,
+        "{next}"
+    );
+    while s.fire_due_timers(now, 100).await.expect("fire") > 0 {}
+    assert_eq!(buyers_size(&s).await, 1, "decided when saved");
+    s.ingest(order(1)).await.expect("ingest");
+    while s.fire_due_timers(now + 1, 100).await.expect("fire") > 0 {}
+    assert_eq!(buyers_size(&s).await, 1, "events do not change a snapshot");
+    assert!(s.run_audience("buyers", now + 2).await.expect("run"));
+    while s.fire_due_timers(now + 2, 100).await.expect("fire") > 0 {}
+    assert_eq!(buyers_size(&s).await, 2, "run on demand");
+    s.ingest(order(2)).await.expect("ingest");
+    while s.fire_due_timers(next - 1, 100).await.expect("fire") > 0 {}
+    assert_eq!(buyers_size(&s).await, 2, "not before its time");
+    while s.fire_due_timers(next, 100).await.expect("fire") > 0 {}
+    assert_eq!(buyers_size(&s).await, 3, "run on its schedule");
+    assert_eq!(
+        s.audience_next_run("buyers").await.expect("read"),
+        Some(next + 3_600_000)
+    );
+    assert!(!s.run_audience("nobody", now).await.expect("run"));
+    // An uploaded list has nothing to decide.
+    let leads = json!({"key": "leads", "refresh": "upload"});
+    s.put_audience("leads", &leads, now).await.expect("put");
+    let status = s.audience_status("leads").await.expect("status");
+    assert_eq!((status.pending, status.backfill), (0, None));
+    assert_eq!(s.audience_next_run("leads").await.expect("read"), None);
+}

@@ -66,6 +66,7 @@ macro_rules! conformance_suite {
             audiences_stay_current_on_ingest_and_as_time_passes,
             a_new_or_edited_audience_is_backfilled_from_stored_events,
             a_backfill_goes_in_steps_and_starts_again_after_an_edit,
+            snapshot_audiences_change_only_when_they_run,
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {

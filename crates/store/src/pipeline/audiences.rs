@@ -6,10 +6,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use waymark_core::audience::{AudienceDoc, Refresh};
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
 use waymark_engine::audience::{
-    AudienceCatalog, Check, CompiledAudience, HistoryEvent, PersonInput, Trigger, plan,
+    AudienceCatalog, AudiencePlan, Change, Check, CompiledAudience, HistoryEvent, PersonInput,
+    Trigger, plan,
 };
 use waymark_engine::run::Runtime;
 
@@ -243,4 +245,104 @@ pub(super) async fn backfill<T: RunTx>(
     let to = (ids.len() as u32 >= limit).then_some(last.as_str());
     tx.advance_backfills(&keys, to, decided).await?;
     Ok(ids.len())
+}
+
+/// Starts the runs of scheduled snapshot audiences that are due (each a backfill from the
+/// first person) and sets each one's next run; returns how many were started.
+pub(super) async fn start_scheduled_runs<T: RunTx>(
+    tx: &T,
+    now: Millis,
+    limit: u32,
+) -> Result<usize, T::Error> {
+    let due = tx.due_audience_runs(now, limit).await?;
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let versions: HashMap<String, u32> = tx.audience_versions().await?.into_iter().collect();
+    for key in &due {
+        let schedule = match versions.get(key) {
+            Some(version) => tx
+                .audience_document(key, *version)
+                .await?
+                .and_then(|d| serde_json::from_value::<AudienceDoc>(d).ok())
+                .filter(|d| d.refresh == Refresh::Snapshot)
+                .and_then(|d| d.schedule),
+            None => None,
+        };
+        // After now, so a run that took long does not start again at once.
+        let next = schedule.and_then(|s| waymark_core::schedule::next_run(&s, now).ok());
+        tx.start_audience_run(key, next, now).await?;
+        tracing::info!(audience = %key, next_run = ?next, "scheduled audience run started");
+    }
+    Ok(due.len())
+}
+
+/// Adds people to (or takes them off) an uploaded list, in one transaction: each entry or
+/// exit recorded as an event, the audiences that read the list decided again for them,
+/// and journeys run on all of it. People who do not exist (erased meanwhile) are skipped.
+/// Returns how many entered or left the list.
+pub async fn change_list_members<T: RunTx>(
+    tx: &T,
+    runtime: &Runtime,
+    key: &str,
+    profile_ids: &[String],
+    enter: bool,
+    now: Millis,
+) -> Result<u64, T::Error> {
+    let mut ids: Vec<&str> = profile_ids.iter().map(String::as_str).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let profiles = tx.lock_profiles(&ids).await?;
+    let catalog = catalog(tx, runtime).await?;
+    let version = catalog
+        .audiences()
+        .iter()
+        .find(|a| a.key == key)
+        .map_or(0, |a| a.version);
+    let members: BTreeSet<String> = tx
+        .memberships(&ids)
+        .await?
+        .into_iter()
+        .filter(|(_, audience, _)| audience == key)
+        .map(|(profile, _, _)| profile)
+        .collect();
+    let changes: Vec<Change> = ids
+        .iter()
+        .filter(|id| profiles.contains_key(**id) && members.contains(**id) != enter)
+        .map(|id| Change {
+            audience: key.to_owned(),
+            version,
+            profile_id: (*id).to_owned(),
+            entered: enter,
+            at: now,
+        })
+        .collect();
+    if changes.is_empty() {
+        return Ok(0);
+    }
+    let mut recorded: Vec<(Event, &ProfileState)> = changes
+        .iter()
+        .filter_map(|c| Some((c.event(), profiles.get(&c.profile_id)?)))
+        .collect();
+    let owned: Vec<(&str, &Event)> = recorded.iter().map(|(e, p)| (p.id.as_str(), e)).collect();
+    let listed = AudiencePlan {
+        changes,
+        ..AudiencePlan::default()
+    };
+    tx.write_audiences(&listed, &owned, now).await?;
+    let readers = catalog.readers_of(key);
+    if !readers.is_empty() {
+        let reads = catalog.reads_of(&readers);
+        let trigger = Trigger::Audiences(readers);
+        let people: Vec<(&ProfileState, Trigger)> = listed
+            .changes
+            .iter()
+            .filter_map(|c| profiles.get(&c.profile_id))
+            .map(|p| (p, trigger.clone()))
+            .collect();
+        recorded.extend(decide(tx, &catalog, reads, people, Vec::new(), now).await?);
+    }
+    let inputs: Vec<(&Event, &ProfileState)> = recorded.iter().map(|(e, p)| (e, *p)).collect();
+    run_journeys(tx, runtime, &inputs, now).await?;
+    Ok(listed.changes.len() as u64)
 }

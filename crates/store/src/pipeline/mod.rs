@@ -29,6 +29,8 @@ use crate::{Delivery, OutboxItem, StoreError};
 
 mod audiences;
 
+pub use audiences::change_list_members;
+
 /// A journey row as the catalog reads it.
 #[derive(Debug, Clone)]
 pub struct JourneyRow {
@@ -179,6 +181,16 @@ pub trait RunTx {
         now: Millis,
         limit: u32,
     ) -> Result<Vec<String>, Self::Error>;
+    /// Up to `limit` scheduled audiences whose run is due at `now`, locked.
+    async fn due_audience_runs(&self, now: Millis, limit: u32) -> Result<Vec<String>, Self::Error>;
+    /// Starts an audience's run (its backfill, from the first person) and sets when it
+    /// runs next (none: no more scheduled runs).
+    async fn start_audience_run(
+        &self,
+        key: &str,
+        next_run: Option<Millis>,
+        now: Millis,
+    ) -> Result<(), Self::Error>;
     /// The backfills in progress, as (audience key, the last profile id decided), furthest
     /// behind first in the order `profiles_after` reads, locked.
     async fn audience_backfills(&self) -> Result<Vec<(String, String)>, Self::Error>;
@@ -427,8 +439,9 @@ async fn run_journeys<T: RunTx>(
 }
 
 /// Fires up to `limit` due journey timers, in due order, then up to `limit` due audience
-/// checks (people whose audiences time alone may have changed), then decides the next
-/// `limit` people of the audience backfills in progress; returns how much was done.
+/// checks (people whose audiences time alone may have changed), then starts the scheduled
+/// audience runs that are due, then decides the next `limit` people of the audience
+/// backfills in progress; returns how much was done.
 pub async fn fire_due<T: RunTx>(
     tx: &T,
     runtime: &Runtime,
@@ -437,8 +450,9 @@ pub async fn fire_due<T: RunTx>(
 ) -> Result<usize, T::Error> {
     let timers = fire_due_timers(tx, runtime, now, limit).await?;
     let checks = audiences::fire_checks(tx, runtime, now, limit).await?;
+    let runs = audiences::start_scheduled_runs(tx, now, limit).await?;
     let backfilled = audiences::backfill(tx, runtime, now, limit).await?;
-    Ok(timers + checks + backfilled)
+    Ok(timers + checks + runs + backfilled)
 }
 
 async fn fire_due_timers<T: RunTx>(

@@ -71,7 +71,7 @@ proptest! {
         orders in 0usize..4, values in prop::collection::vec(-2i64..3, 4),
         any_b in any::<bool>(), vip in any::<bool>(),
     ) {
-        let doc = AudienceDoc { key: "r".into(), name: None, description: None, rule: rule.clone() };
+        let doc = AudienceDoc { key: "r".into(), name: None, description: None, rule: rule.clone(), ..Default::default() };
         let Ok(audience) = CompiledAudience::compile(&doc, 1) else {
             return Ok(());
         };
@@ -124,6 +124,7 @@ fn common_rules_take_the_native_path() {
             name: None,
             description: None,
             rule: rule.into(),
+            ..Default::default()
         };
         assert!(
             CompiledAudience::compile(&doc, 1)
@@ -143,6 +144,7 @@ fn common_rules_take_the_native_path() {
             name: None,
             description: None,
             rule: rule.into(),
+            ..Default::default()
         };
         assert!(
             !CompiledAudience::compile(&doc, 1)

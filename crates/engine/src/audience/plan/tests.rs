@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 use waymark_core::ProfileState;
-use waymark_core::audience::AudienceDoc;
+use waymark_core::audience::{AudienceDoc, Refresh};
 use waymark_core::time::Millis;
 
 use super::*;
@@ -22,6 +22,7 @@ fn catalog(rules: &[(&str, &str)]) -> AudienceCatalog {
                     name: None,
                     description: None,
                     rule: (*rule).into(),
+                    ..Default::default()
                 };
                 Arc::new(CompiledAudience::compile(&doc, 2).expect("compiles"))
             })
@@ -186,5 +187,63 @@ fn a_backfill_decides_its_audiences_and_their_readers_only() {
             exact: false
         }],
         "a partial decision only brings a check forward"
+    );
+}
+
+#[test]
+fn snapshots_and_uploaded_lists_are_not_decided_on_events_or_time() {
+    let compiled = |key: &str, rule: &str, refresh: Refresh| {
+        let doc = AudienceDoc {
+            key: key.into(),
+            rule: rule.into(),
+            refresh,
+            ..Default::default()
+        };
+        Arc::new(CompiledAudience::compile(&doc, 1).expect("compiles"))
+    };
+    let catalog = AudienceCatalog::new(vec![
+        compiled(
+            "recent-buyers",
+            r#"events.any("Order Completed", "30d")"#,
+            Refresh::Snapshot,
+        ),
+        compiled("leads", "", Refresh::Upload),
+        compiled(
+            "hot-leads",
+            r#"in_audience("leads") && in_audience("recent-buyers")"#,
+            Refresh::Streaming,
+        ),
+    ]);
+    assert!(
+        !catalog.affected_by("Order Completed"),
+        "only the snapshot reads orders"
+    );
+    let profile = ProfileState::new("p1".into(), 0, T0);
+    let decide = |members: &[&str], trigger: Trigger| {
+        plan(
+            &catalog,
+            &[input(&profile, orders(&[T0]), members, trigger)],
+            T0 + DAY,
+        )
+    };
+    // A due check: the snapshot keeps its stale answer, the uploaded list its member.
+    let checked = decide(&["leads"], Trigger::Everything);
+    assert!(checked.changes.is_empty(), "{:?}", checked.changes);
+    assert_eq!(checked.evaluated, 1, "hot-leads only");
+    // The snapshot's run decides it, and what reads it follows.
+    let run = decide(
+        &["leads"],
+        Trigger::Audiences(["recent-buyers".to_owned(), "leads".to_owned()].into()),
+    );
+    let changes: Vec<(&str, bool)> = run
+        .changes
+        .iter()
+        .map(|c| (c.audience.as_str(), c.entered))
+        .collect();
+    assert_eq!(changes, [("recent-buyers", true), ("hot-leads", true)]);
+    assert!(
+        run.checks.is_empty(),
+        "a snapshot's window does not schedule a check: {:?}",
+        run.checks
     );
 }
