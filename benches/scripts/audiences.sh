@@ -8,6 +8,7 @@
 #   same tables (with the index a DBA would add), side by side.
 # streaming: ingest of 300,000 events over 100,000 people without audiences and with 20
 #   live audiences of mixed rules (quiet and busy, below), alternating.
+# flip, latency, many and memory (AUD_ONLY=flip|latency|many|memory): below.
 set -euo pipefail
 bin=$1 rounds=${2:-3}
 profiles=${PROFILES:-50000}
@@ -86,18 +87,19 @@ backfill() {
 # thresholds few people reach, so membership rarely changes (the cost of deciding); "busy":
 # thresholds the generated data crosses, so most events move people in and out of several
 # audiences (each change also writes a member row and an event in the person's history).
+mixed_audiences() { # quiet|busy
+  local k=$([ "$1" = quiet ] && echo 10 || echo 0) m=$([ "$1" = quiet ] && echo 20 || echo 1)
+  for i in $(seq 0 4); do
+    put_audience "viewers-$i" "events.count(\"Product Viewed\", \"$((i + 1))h\") >= $((i + 2 + k))"
+    put_audience "spend-$i" "events.sum(\"Product Viewed\", \"price\", \"$((i + 1))d\") > $(((i * 50 + 50) * m)).0"
+    put_audience "plan-$i" "profile.traits.plan == \"pro\" && profile.event_count > $((i + 1 + k))"
+    put_audience "both-$i" "in_audience(\"viewers-$i\") && in_audience(\"spend-$i\")"
+  done
+}
 streaming() { # without|quiet|busy
   local dir="$work/stream-$1-$RANDOM"
   serve "$dir"
-  if [ "$1" != without ]; then
-    local k=$([ "$1" = quiet ] && echo 10 || echo 0) m=$([ "$1" = quiet ] && echo 20 || echo 1)
-    for i in $(seq 0 4); do
-      put_audience "viewers-$i" "events.count(\"Product Viewed\", \"$((i + 1))h\") >= $((i + 2 + k))"
-      put_audience "spend-$i" "events.sum(\"Product Viewed\", \"price\", \"$((i + 1))d\") > $(((i * 50 + 50) * m)).0"
-      put_audience "plan-$i" "profile.traits.plan == \"pro\" && profile.event_count > $((i + 1 + k))"
-      put_audience "both-$i" "in_audience(\"viewers-$i\") && in_audience(\"spend-$i\")"
-    done
-  fi
+  [ "$1" != without ] && mixed_audiences "$1"
   local out
   out=$(ingest 300000 100000)
   echo "streaming, audiences $1: $(echo "$out" | field events_per_second) events/s, errors $(echo "$out" | field errors), p99 $(echo "$out" | field p99) ms"
@@ -141,10 +143,61 @@ flip() {
   stop
 }
 
+# many: 500 live audiences, each on an event name of its own (none of which the ingest
+#   sends) plus one on `Product Viewed`; ingest cost should follow the one an event can
+#   affect, not the 500.
+many() {
+  local dir="$work/many-$RANDOM"
+  serve "$dir"
+  for i in $(seq 0 499); do
+    put_audience "other-$i" "events.count(\"Event $i\", \"1h\") >= 2"
+  done
+  put_audience viewers "events.count(\"Product Viewed\", \"1h\") >= 5"
+  local out
+  out=$(ingest 300000 100000)
+  echo "streaming, 501 audiences (one affected): $(echo "$out" | field events_per_second) events/s, errors $(echo "$out" | field errors), p99 $(echo "$out" | field p99) ms"
+  stop
+}
+
+# memory: PROFILES people (default 50,000) with 20 events each in the 20 busy audiences:
+#   what membership costs on disk per member (rows and indexes, SQLite's dbstat) and the
+#   server's peak resident memory, which does not grow with people (state is in the store).
+memory() {
+  local dir="$work/memory-$RANDOM"
+  serve "$dir"
+  mixed_audiences busy
+  ingest $((profiles * 20)) "$profiles" >/dev/null
+  local rss
+  rss=$(awk '/VmHWM/ {print $2}' /proc/$pid/status)
+  stop
+  sqlite3 "$dir/waymark.db" "SELECT 'memberships: ' || (SELECT count(*) FROM audience_members)
+      || ', checks: ' || (SELECT count(*) FROM audience_checks)
+      || ', bytes per membership (row + index): '
+      || ((SELECT sum(pgsize) FROM dbstat WHERE name IN ('audience_members', 'audience_members_by_profile'))
+         / max(1, (SELECT count(*) FROM audience_members)))
+      || ', bytes per person checked (row + index): '
+      || ((SELECT sum(pgsize) FROM dbstat WHERE name IN ('audience_checks', 'audience_checks_due'))
+         / max(1, (SELECT count(*) FROM audience_checks)))"
+  echo "memory: server peak RSS $((rss / 1024)) MB with $profiles people in 20 audiences"
+}
+
+# latency: `Audience Entered` -> the first action of a journey that starts on it (a webhook
+#   to a recorder on loopback), while RATE events/s (default 2,000) arrive for DURATION s
+#   (default 30), a tenth of them making someone enter (entry_latency.py).
+latency() {
+  local dir="$work/latency-$RANDOM"
+  serve "$dir"
+  echo "entry latency: $(python3 "$(dirname "$0")/entry_latency.py" $url wk adm "${RATE:-2000}" "${DURATION:-30}")"
+  stop
+}
+
 for r in $(seq 1 "$rounds"); do
   case "${AUD_ONLY:-all}" in
     backfill) backfill ;;
     flip) flip ;;
+    latency) latency ;;
+    many) streaming without; many ;;
+    memory) memory ;;
     streaming) streaming without; streaming quiet; streaming busy ;;
     *) backfill; streaming without; streaming quiet; streaming busy ;;
   esac

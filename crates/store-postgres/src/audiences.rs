@@ -582,7 +582,7 @@ pub async fn scan_people(
         .query(
             "SELECT id, CASE WHEN $4 THEN state::text END FROM profiles
              WHERE id > $1 AND ($2::text IS NULL OR id <= $2) ORDER BY id LIMIT $3",
-            &[&after, &until, &i64::from(limit), &reads.profiles],
+            &[&after, &until, &i64::from(limit), &reads.profile.read()],
         )
         .await
         .map_err(db_error)?;
@@ -590,10 +590,7 @@ pub async fn scan_people(
     // The last in the database's order bounds the reads below.
     let mut last: Option<String> = None;
     for r in rows {
-        let profile = match r.get::<_, Option<&str>>(1) {
-            Some(state) => crate::decode_profile(state)?,
-            None => ProfileState::new(r.get(0), 0, 0),
-        };
+        let profile = reads.profile.decode(r.get(0), r.get(1))?;
         last = Some(profile.id.clone());
         people.push(ScannedPerson {
             profile,

@@ -527,7 +527,7 @@ fn scan_in_snapshot(
         )
         .and_then(|mut s| {
             s.query_map(
-                params![after, until, i64::from(limit), reads.profiles],
+                params![after, until, i64::from(limit), reads.profile.read()],
                 |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)),
             )?
             .collect::<Result<Vec<_>, _>>()
@@ -536,10 +536,7 @@ fn scan_in_snapshot(
         .into_iter()
         .map(|(id, state)| {
             Ok(ScannedPerson {
-                profile: match state {
-                    Some(state) => crate::decode_profile(&state)?,
-                    None => ProfileState::new(id, 0, 0),
-                },
+                profile: reads.profile.decode(id, state.as_deref())?,
                 events: Vec::new(),
                 members: Default::default(),
             })

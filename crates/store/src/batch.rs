@@ -8,7 +8,7 @@ use std::time::Instant;
 use waymark_core::time::Millis;
 use waymark_engine::audience::{CompiledAudience, Person};
 
-use crate::{AudienceStore, ScanReads, StoreError};
+use crate::{AudienceStore, ProfilePart, ScanReads, StoreError};
 
 /// People read per chunk: large enough that a chunk's fixed costs (a query, a snapshot)
 /// are small beside its rows, small enough to bound memory (a chunk is freed once decided).
@@ -45,7 +45,13 @@ pub async fn evaluate_everyone<S: AudienceStore + ?Sized>(
         kinds,
         bodies: audience.reads_bodies,
         memberships: !audience.rule.audiences.is_empty(),
-        profiles: audience.rule.reads_profile,
+        profile: if !audience.rule.reads_profile {
+            ProfilePart::Id
+        } else if audience.reads_traits_only() {
+            ProfilePart::Traits
+        } else {
+            ProfilePart::Whole
+        },
     };
     let splits = store.profile_splits(ranges.max(1)).await?;
     // (after, until): "" starts before every id; None runs to the end.

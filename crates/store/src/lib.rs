@@ -477,8 +477,47 @@ pub struct ScanReads {
     pub bodies: bool,
     /// Their audience memberships.
     pub memberships: bool,
-    /// Their whole profile (else only the id).
-    pub profiles: bool,
+    /// How much of their profile.
+    pub profile: ProfilePart,
+}
+
+/// How much of a profile a batch evaluation decodes: what the rule reads, no more (the
+/// whole profile's JSON costs as much to decode as twenty events).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ProfilePart {
+    /// The id alone: the rule does not read `profile`.
+    #[default]
+    Id,
+    /// The id and traits: the rule reads `profile.traits...` only.
+    Traits,
+    Whole,
+}
+
+impl ProfilePart {
+    /// Whether the stored profile must be read at all.
+    pub fn read(self) -> bool {
+        self != ProfilePart::Id
+    }
+
+    /// A scanned person's profile from its id and stored JSON (read when `read()`).
+    pub fn decode(self, id: String, state: Option<&str>) -> Result<ProfileState, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct TraitsOnly {
+            #[serde(default)]
+            traits: serde_json::Map<String, Value>,
+        }
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("profile state: {e}"));
+        match (self, state) {
+            (ProfilePart::Whole, Some(state)) => serde_json::from_str(state).map_err(corrupt),
+            (ProfilePart::Traits, Some(state)) => {
+                let part: TraitsOnly = serde_json::from_str(state).map_err(corrupt)?;
+                let mut profile = ProfileState::new(id, 0, 0);
+                profile.traits = part.traits;
+                Ok(profile)
+            }
+            _ => Ok(ProfileState::new(id, 0, 0)),
+        }
+    }
 }
 
 /// One person as a batch evaluation reads them.

@@ -137,6 +137,17 @@ impl CompiledAudience {
         }
     }
 
+    /// Whether the rule and its conditions read nothing of `profile` but its traits.
+    pub fn reads_traits_only(&self) -> bool {
+        match self.reads.of_var("profile") {
+            crate::expression::Reads::Nothing => true,
+            crate::expression::Reads::Paths(paths) => paths
+                .iter()
+                .all(|p| p.first().is_some_and(|f| f == "traits")),
+            crate::expression::Reads::Whole => false,
+        }
+    }
+
     /// Decides the rule for `person` at `now`.
     pub fn evaluate(&self, person: &Person<'_>, now: Millis) -> Evaluation {
         let profile = Lazy::default();

@@ -290,6 +290,14 @@ pub async fn audience_preview_export_and_sizes(api: &Api) {
         "u0 and u2 are pro buyers: {}",
         r.text
     );
+    // A rule reading beyond traits gets the whole profile: an identify and two orders.
+    let r = preview(
+        api,
+        "",
+        json!({"key": "busy", "rule": "profile.event_count >= 3 && profile.traits.plan != \"x\""}),
+    )
+    .await;
+    assert_eq!(r.body["size"], json!(3), "{}", r.text);
     let r = preview(
         api,
         "",
