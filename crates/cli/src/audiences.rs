@@ -35,6 +35,87 @@ enum AudiencesCommand {
         #[arg(long)]
         wait: bool,
     },
+    /// Decide an audience file's rule for everyone on the server without saving it: the
+    /// size it would have now and a sample of its members.
+    Preview {
+        path: PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Members to list.
+        #[arg(long, default_value_t = 10)]
+        sample: u32,
+    },
+    /// Decide a stored rule audience for everyone again now (a snapshot's run on demand);
+    /// with --wait, follow it until the audience is current.
+    Run {
+        key: String,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Write every member, with the traits and identities asked for, as CSV or JSON lines
+    /// (to --output, written whole or not at all, or to standard output).
+    Export {
+        key: String,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long, value_parser = ["csv", "jsonl"], default_value = "csv")]
+        format: String,
+        /// Trait names, comma-separated.
+        #[arg(long)]
+        traits: Option<String>,
+        /// Identity namespaces, comma-separated.
+        #[arg(long)]
+        identities: Option<String>,
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Set the members of an uploaded list (`refresh: upload`) from a CSV file: a header of
+    /// identity namespaces, a row per person.
+    Upload {
+        key: String,
+        file: PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long, value_parser = ["add", "remove", "replace"], default_value = "add")]
+        mode: String,
+    },
+}
+
+/// Where the server is and the admin token.
+#[derive(clap::Args)]
+struct ServerArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    #[arg(long, env = "WAYMARK_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: String,
+}
+
+impl ServerArgs {
+    fn base(&self) -> &str {
+        self.url.trim_end_matches('/')
+    }
+
+    /// `path` on the server with these query parameters, encoded.
+    fn at(&self, path: &str, query: &[(&str, &str)]) -> Result<reqwest::Url, String> {
+        let mut url = reqwest::Url::parse(&format!("{}{path}", self.base()))
+            .map_err(|e| format!("--url {}: {e}", self.url))?;
+        if !query.is_empty() {
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in query {
+                pairs.append_pair(k, v);
+            }
+        }
+        Ok(url)
+    }
+}
+
+fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
+    waymark_runtime::http::client_builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 pub fn run(args: AudiencesArgs, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
@@ -50,7 +131,171 @@ pub fn run(args: AudiencesArgs, runtime: &tokio::runtime::Runtime) -> Result<(),
             admin_token,
             wait,
         } => runtime.block_on(apply(&paths, &url, &admin_token, wait)),
+        AudiencesCommand::Preview {
+            path,
+            server,
+            sample,
+        } => runtime.block_on(preview(&path, &server, sample)),
+        AudiencesCommand::Run { key, server, wait } => {
+            runtime.block_on(run_now(&key, &server, wait))
+        }
+        AudiencesCommand::Export {
+            key,
+            server,
+            format,
+            traits,
+            identities,
+            output,
+        } => runtime.block_on(export(
+            &key,
+            &server,
+            &format,
+            [("traits", traits), ("identities", identities)],
+            output.as_deref(),
+        )),
+        AudiencesCommand::Upload {
+            key,
+            file,
+            server,
+            mode,
+        } => runtime.block_on(upload(&key, &file, &server, &mode)),
     }
+}
+
+#[allow(clippy::print_stdout, reason = "the command's report is its output")]
+async fn preview(path: &std::path::Path, server: &ServerArgs, sample: u32) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // Checked by the server, which knows the audiences the rule may read.
+    let doc = parse(&text, Format::from_path(&path.to_string_lossy()))
+        .map_err(|e| format!("{}: {} {}", path.display(), e.field, e.message))?;
+    let client = http_client(Duration::from_secs(600))?;
+    let answer = call(
+        client
+            .post(server.at(
+                &format!("/v1/audiences/{}/preview", doc.key),
+                &[("sample", &sample.to_string())],
+            )?)
+            .bearer_auth(&server.admin_token)
+            .json(&doc),
+        &format!("{}: preview", path.display()),
+    )
+    .await?;
+    let n = |k: &str| answer[k].as_u64().unwrap_or(0);
+    println!(
+        "{}: {} of {} people would be members ({} errors) — decided in {:.2} s",
+        doc.key,
+        n("size"),
+        n("decided"),
+        n("errors"),
+        answer["seconds"].as_f64().unwrap_or(0.0)
+    );
+    if let Some(error) = answer["first_error"].as_str() {
+        println!("  e.g. {error}");
+    }
+    for id in answer["sample"].as_array().into_iter().flatten() {
+        println!("  {}", id.as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
+#[allow(clippy::print_stdout, reason = "the command's report is its output")]
+async fn run_now(key: &str, server: &ServerArgs, wait: bool) -> Result<(), String> {
+    let client = http_client(Duration::from_secs(30))?;
+    call(
+        client
+            .post(server.at(&format!("/v1/audiences/{key}/run"), &[])?)
+            .bearer_auth(&server.admin_token),
+        &format!("{key}: run"),
+    )
+    .await?;
+    println!("{key}: run started");
+    if wait {
+        follow_backfill(&client, server.base(), &server.admin_token, key).await?;
+    }
+    Ok(())
+}
+
+/// Streams the export to the output as it arrives (a file is written beside its final
+/// name and renamed once complete, so a failed export leaves no partial file).
+async fn export(
+    key: &str,
+    server: &ServerArgs,
+    format: &str,
+    columns: [(&str, Option<String>); 2],
+    output: Option<&std::path::Path>,
+) -> Result<(), String> {
+    use std::io::Write;
+    let client = http_client(Duration::from_secs(3600))?;
+    let mut query = vec![("format", format.to_owned())];
+    query.extend(columns.into_iter().filter_map(|(k, v)| Some((k, v?))));
+    let query: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut response = client
+        .get(server.at(&format!("/v1/audiences/{key}/export"), &query)?)
+        .bearer_auth(&server.admin_token)
+        .send()
+        .await
+        .map_err(|e| format!("{key}: export: {e}"))?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        return Err(format!(
+            "{key}: export: HTTP {status}: {}",
+            body["message"].as_str().unwrap_or("no message")
+        ));
+    }
+    let partial = output.map(|p| p.with_extension("partial"));
+    let mut sink: Box<dyn Write> = match &partial {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("{key}: export: {e}"))?
+    {
+        sink.write_all(&chunk).map_err(|e| e.to_string())?;
+    }
+    sink.flush().map_err(|e| e.to_string())?;
+    drop(sink);
+    if let (Some(partial), Some(output)) = (partial, output) {
+        std::fs::rename(&partial, output).map_err(|e| format!("{}: {e}", output.display()))?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::print_stdout, reason = "the command's report is its output")]
+async fn upload(
+    key: &str,
+    file: &std::path::Path,
+    server: &ServerArgs,
+    mode: &str,
+) -> Result<(), String> {
+    let body = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let client = http_client(Duration::from_secs(3600))?;
+    let answer = call(
+        client
+            .post(server.at(&format!("/v1/audiences/{key}/members"), &[("mode", mode)])?)
+            .bearer_auth(&server.admin_token)
+            .header("content-type", "text/csv")
+            .body(body),
+        &format!("{}: upload", file.display()),
+    )
+    .await?;
+    let n = |k: &str| answer[k].as_u64().unwrap_or(0);
+    println!(
+        "{key}: {} rows, {} matched, {} unmatched; {} entered, {} left",
+        n("rows"),
+        n("matched"),
+        n("unmatched"),
+        n("entered"),
+        n("exited")
+    );
+    if n("unmatched") > 0 {
+        println!("  unmatched rows: {}", answer["unmatched_rows"]);
+    }
+    Ok(())
 }
 
 #[allow(clippy::print_stdout, reason = "the command's report is its output")]

@@ -315,3 +315,126 @@ async fn audiences_are_applied_as_code_and_the_backfill_is_followed() {
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert_eq!(stdout.matches("unchanged").count(), 3, "{stdout}");
 }
+
+/// Runs `waymark audiences ARGS...` against the server; (success, stdout, stderr).
+async fn audiences_cli(base: &str, args: &[&str]) -> (bool, String, String) {
+    let mut all: Vec<String> = vec!["audiences".into()];
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    all.extend(["--url".into(), base.to_owned()]);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_waymark"))
+            .args(&all)
+            .env("WAYMARK_ADMIN_TOKEN", ADMIN)
+            .output()
+            .expect("run waymark")
+    })
+    .await
+    .expect("join");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audiences_are_previewed_exported_uploaded_and_run_from_the_cli() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(Launch {
+        data_dir: &dir.path().join("data"),
+        store: None,
+        configured_keys: true,
+    });
+    let c = client();
+    let mut batch = Vec::new();
+    for (user, orders, total) in [("ann", 3, 300), ("bob", 3, 10), ("cy", 1, 900)] {
+        for _ in 0..orders {
+            batch.push(json!({"type": "track", "userId": user, "event": "Order Completed", "properties": {"total": total}}));
+        }
+    }
+    send_batch(&c, &server.base, WRITE_KEY, &Value::Array(batch))
+        .await
+        .expect("ingest");
+    let base = server.base.as_str();
+
+    let draft = dir.path().join("big-spenders.yaml");
+    std::fs::write(
+        &draft,
+        "key: big-spenders\nrule: events.sum(\"Order Completed\", \"total\") > 500\n",
+    )
+    .expect("write");
+    let (ok, stdout, stderr) = audiences_cli(
+        base,
+        &["preview", &draft.to_string_lossy(), "--sample", "5"],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("big-spenders: 2 of 3 people would be members (0 errors)"),
+        "ann (900) and cy (900), not bob (30): {stdout}"
+    );
+    assert_eq!(
+        stdout.lines().count(),
+        3,
+        "the two members listed: {stdout}"
+    );
+
+    let buyers = dir.path().join("buyers.yaml");
+    std::fs::write(
+        &buyers,
+        "key: buyers\nrule: events.count(\"Order Completed\") >= 3\n",
+    )
+    .expect("write");
+    let (ok, _, stderr) =
+        audiences_cli(base, &["apply", &buyers.to_string_lossy(), "--wait"]).await;
+    assert!(ok, "{stderr}");
+    let out = dir.path().join("buyers.csv");
+    let (ok, _, stderr) = audiences_cli(
+        base,
+        &[
+            "export",
+            "buyers",
+            "--identities",
+            "user_id",
+            "--output",
+            &out.to_string_lossy(),
+        ],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    let csv = std::fs::read_to_string(&out).expect("exported");
+    let mut users: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.rsplit(',').next())
+        .collect();
+    users.sort_unstable();
+    assert_eq!(users, ["ann", "bob"], "{csv}");
+    assert!(
+        csv.starts_with("profile_id,since,identity:user_id\n"),
+        "{csv}"
+    );
+    assert!(!out.with_extension("partial").exists());
+
+    put_audience(&c, base, &json!({"key": "leads", "refresh": "upload"})).await;
+    let list = dir.path().join("leads.csv");
+    std::fs::write(&list, "user_id\nann\nzed\n").expect("write");
+    let (ok, stdout, stderr) =
+        audiences_cli(base, &["upload", "leads", &list.to_string_lossy()]).await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("leads: 2 rows, 1 matched, 1 unmatched; 1 entered, 0 left"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("unmatched rows: [3]"), "{stdout}");
+
+    let (ok, stdout, stderr) = audiences_cli(base, &["run", "buyers", "--wait"]).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("buyers: current, 2 members"), "{stdout}");
+    let (ok, _, stderr) = audiences_cli(base, &["run", "leads"]).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("409"),
+        "an uploaded list has no rule: {stderr}"
+    );
+}
