@@ -580,9 +580,10 @@ pub async fn scan_people(
         .map_err(db_error)?;
     let rows = tx
         .query(
-            "SELECT id, CASE WHEN $4 THEN state::text END FROM profiles
-             WHERE id > $1 AND ($2::text IS NULL OR id <= $2) ORDER BY id LIMIT $3",
-            &[&after, &until, &i64::from(limit), &reads.profile.read()],
+            "SELECT id, CASE $4::bigint WHEN 2 THEN state::text
+                 WHEN 1 THEN jsonb_build_object('traits', coalesce(state->'traits', '{}'::jsonb))::text END
+             FROM profiles WHERE id > $1 AND ($2::text IS NULL OR id <= $2) ORDER BY id LIMIT $3",
+            &[&after, &until, &i64::from(limit), &reads.profile.code()],
         )
         .await
         .map_err(db_error)?;

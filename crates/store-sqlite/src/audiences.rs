@@ -522,12 +522,13 @@ fn scan_in_snapshot(
 ) -> Result<Vec<ScannedPerson>, StoreError> {
     let mut people: Vec<ScannedPerson> = conn
         .prepare_cached(
-            "SELECT id, CASE WHEN ?4 THEN state END FROM profiles
-             WHERE id > ?1 AND (?2 IS NULL OR id <= ?2) ORDER BY id LIMIT ?3",
+            "SELECT id, CASE ?4 WHEN 2 THEN state
+                 WHEN 1 THEN '{\"traits\":' || coalesce(json_extract(state, '$.traits'), '{}') || '}' END
+             FROM profiles WHERE id > ?1 AND (?2 IS NULL OR id <= ?2) ORDER BY id LIMIT ?3",
         )
         .and_then(|mut s| {
             s.query_map(
-                params![after, until, i64::from(limit), reads.profile.read()],
+                params![after, until, i64::from(limit), reads.profile.code()],
                 |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)),
             )?
             .collect::<Result<Vec<_>, _>>()

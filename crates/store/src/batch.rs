@@ -105,14 +105,12 @@ async fn evaluate_range<S: AudienceStore + ?Sized>(
         after = last.profile.id.clone();
         for person in &people {
             let member_of = |key: &str| person.members.contains_key(key);
-            let evaluation = audience.evaluate(
-                &Person {
-                    profile: &person.profile,
-                    events: &person.events,
-                    member_of: &member_of,
-                },
-                now,
-            );
+            let who = Person {
+                profile: &person.profile,
+                events: &person.events,
+                member_of: &member_of,
+            };
+            let evaluation = audience.evaluate(&who, now);
             out.decided += 1;
             if let Some(error) = evaluation.error {
                 out.errors += 1;

@@ -494,12 +494,17 @@ pub enum ProfilePart {
 }
 
 impl ProfilePart {
-    /// Whether the stored profile must be read at all.
-    pub fn read(self) -> bool {
-        self != ProfilePart::Id
+    /// What a store reads of the stored profile: 0 nothing, 1 `{"traits": ...}` alone
+    /// (extracted by the database), 2 all of it.
+    pub fn code(self) -> i64 {
+        match self {
+            ProfilePart::Id => 0,
+            ProfilePart::Traits => 1,
+            ProfilePart::Whole => 2,
+        }
     }
 
-    /// A scanned person's profile from its id and stored JSON (read when `read()`).
+    /// A scanned person's profile from its id and what was read of it (see `code`).
     pub fn decode(self, id: String, state: Option<&str>) -> Result<ProfileState, StoreError> {
         #[derive(serde::Deserialize)]
         struct TraitsOnly {

@@ -56,6 +56,23 @@ pub struct HistoryEvent {
     pub body: Value,
 }
 
+/// When time alone next changes a call's value: its oldest counted event leaves the window,
+/// or its first future-dated one arrives, whichever is first.
+fn change_of(
+    window_ms: Option<i64>,
+    oldest: Option<Millis>,
+    future: Option<Millis>,
+) -> Option<Millis> {
+    let leaves = match (window_ms, oldest) {
+        (Some(window), Some(o)) => Some(o.saturating_add(window)),
+        _ => None,
+    };
+    match (leaves, future) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// What one behaviour call came to for a person.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CallValue {
@@ -162,6 +179,19 @@ impl CompiledAudience {
             }
             values.push(value);
         }
+        self.decide(values, next_change, person, &profile, &profile_of, now)
+    }
+
+    /// The rule decided over the calls' values and the memberships it reads.
+    fn decide(
+        &self,
+        values: Vec<CallValue>,
+        next_change: Option<Millis>,
+        person: &Person<'_>,
+        profile: &Lazy,
+        profile_of: &(dyn Fn() -> Prepared + Sync),
+        now: Millis,
+    ) -> Evaluation {
         let audiences: Vec<(String, bool)> = self
             .rule
             .audiences
@@ -180,7 +210,7 @@ impl CompiledAudience {
         let (member, error) = match native {
             Some(native::Outcome::Bool(member)) => (member, None),
             Some(native::Outcome::Error(e)) => (false, Some(e)),
-            None => self.decide_with_cel(&values, &memberships, &profile, &profile_of, now),
+            None => self.decide_with_cel(&values, &memberships, profile, profile_of, now),
         };
         Evaluation {
             member,
@@ -272,14 +302,7 @@ impl CompiledAudience {
             Function::Last => newest.map_or(Value::Null, |e| e.body.clone()),
             Function::First => oldest.map_or(Value::Null, |e| e.body.clone()),
         };
-        let leaves = match (call.window_ms, oldest) {
-            (Some(window), Some(o)) => Some(o.at.saturating_add(window)),
-            _ => None,
-        };
-        let change = match (leaves, future) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let change = change_of(call.window_ms, oldest.map(|o| o.at), future);
         let value = CallValue {
             call: call.text.clone(),
             value,

@@ -67,6 +67,7 @@ macro_rules! conformance_suite {
             a_new_or_edited_audience_is_backfilled_from_stored_events,
             a_backfill_goes_in_steps_and_starts_again_after_an_edit,
             snapshot_audiences_change_only_when_they_run,
+            batch_evaluation_agrees_with_the_backfill,
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {
