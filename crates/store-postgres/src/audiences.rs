@@ -7,11 +7,11 @@ use deadpool_postgres::GenericClient;
 use serde_json::Value;
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
-use waymark_engine::audience::{AudiencePlan, HistoryEvent};
+use waymark_engine::audience::{AudiencePlan, BodyPart, HistoryEvent};
 use waymark_store::pipeline::{HistoryRow, SizeChange, attach_to_scanned, history_event};
 use waymark_store::{
     AudienceMember, AudienceRecord, AudienceSave, AudienceStatus, BackfillProgress, ScanReads,
-    ScannedPerson, SizeAt, StoreError,
+    ScannedPerson, SizeAt, StoreError, body_code,
 };
 
 use crate::versioned::{self, Kind};
@@ -221,7 +221,7 @@ pub async fn profile_history(
     names: &[String],
 ) -> Result<Vec<HistoryEvent>, StoreError> {
     let (track, kinds) = waymark_core::event::stored_names(names);
-    let rows = history(client, &[profile_id], &track, &kinds, true)
+    let rows = history(client, &[profile_id], &track, &kinds, BodyPart::Whole)
         .await
         .map_err(|e| match e {
             Abort::Fail(e) => e,
@@ -247,16 +247,17 @@ pub async fn history(
     profile_ids: &[&str],
     track_names: &[String],
     kinds: &[&'static str],
-    with_bodies: bool,
+    bodies: BodyPart,
 ) -> Result<Vec<HistoryRow>, Abort> {
     let kinds: Vec<&str> = kinds.to_vec();
     let rows = client
         .query(
-            "SELECT profile_id, kind, name, timestamp, CASE WHEN $4 THEN body::text END FROM events
+            "SELECT profile_id, kind, name, timestamp, CASE $4::bigint WHEN 2 THEN body::text
+                 WHEN 1 THEN jsonb_build_object('properties', coalesce(body->'properties', '{}'::jsonb))::text END FROM events
              WHERE profile_id = ANY($1)
                AND ((kind = 'track' AND name = ANY($2)) OR kind = ANY($3))
              ORDER BY profile_id, kind, name, timestamp, seq",
-            &[&profile_ids, &track_names, &kinds, &with_bodies],
+            &[&profile_ids, &track_names, &kinds, &body_code(bodies)],
         )
         .await?;
     let mut out = Vec::with_capacity(rows.len());
@@ -608,10 +609,11 @@ pub async fn scan_people(
         let kinds: Vec<&str> = reads.kinds.to_vec();
         let rows = tx
             .query(
-                "SELECT profile_id, kind, name, timestamp, CASE WHEN $5 THEN body::text END FROM events
+                "SELECT profile_id, kind, name, timestamp, CASE $5::bigint WHEN 2 THEN body::text
+                 WHEN 1 THEN jsonb_build_object('properties', coalesce(body->'properties', '{}'::jsonb))::text END FROM events
                  WHERE profile_id > $1 AND profile_id <= $2
                    AND ((kind = 'track' AND name = ANY($3)) OR kind = ANY($4))",
-                &[&after, &last, &reads.track_names, &kinds, &reads.bodies],
+                &[&after, &last, &reads.track_names, &kinds, &body_code(reads.bodies)],
             )
             .await
             .map_err(db_error)?;

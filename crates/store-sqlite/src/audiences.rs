@@ -6,11 +6,11 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde_json::Value;
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
-use waymark_engine::audience::{AudiencePlan, HistoryEvent};
+use waymark_engine::audience::{AudiencePlan, BodyPart, HistoryEvent};
 use waymark_store::pipeline::{HistoryRow, SizeChange, attach_to_scanned, history_event};
 use waymark_store::{
     AudienceMember, AudienceRecord, AudienceSave, AudienceStatus, BackfillProgress, ScanReads,
-    ScannedPerson, SizeAt, StoreError,
+    ScannedPerson, SizeAt, StoreError, body_code,
 };
 
 use crate::unavailable;
@@ -194,10 +194,12 @@ pub fn profile_history(
     names: &[String],
 ) -> Result<Vec<HistoryEvent>, StoreError> {
     let (track, kinds) = waymark_core::event::stored_names(names);
-    Ok(history(conn, &[profile_id], &track, &kinds, true)?
-        .into_iter()
-        .map(|row| history_event(row).1)
-        .collect())
+    Ok(
+        history(conn, &[profile_id], &track, &kinds, BodyPart::Whole)?
+            .into_iter()
+            .map(|row| history_event(row).1)
+            .collect(),
+    )
 }
 
 pub fn version(conn: &Connection, key: &str, version: u32) -> Result<Option<Value>, StoreError> {
@@ -213,7 +215,7 @@ pub fn history(
     profile_ids: &[&str],
     track_names: &[String],
     kinds: &[&'static str],
-    with_bodies: bool,
+    bodies: BodyPart,
 ) -> Result<Vec<HistoryRow>, StoreError> {
     let track = serde_json::to_string(track_names).map_err(corrupt)?;
     let kinds = serde_json::to_string(kinds).map_err(corrupt)?;
@@ -221,7 +223,8 @@ pub fn history(
     let ids = serde_json::to_string(profile_ids).map_err(corrupt)?;
     let mut stmt = conn
         .prepare_cached(
-            "SELECT profile_id, kind, name, timestamp, CASE WHEN ?4 THEN body END FROM events
+            "SELECT profile_id, kind, name, timestamp, CASE ?4 WHEN 2 THEN body
+                 WHEN 1 THEN '{\"properties\":' || coalesce(json_extract(body, '$.properties'), '{}') || '}' END FROM events
              WHERE profile_id IN (SELECT value FROM json_each(?1))
                AND ((kind = 'track' AND name IN (SELECT value FROM json_each(?2)))
                     OR kind IN (SELECT value FROM json_each(?3)))
@@ -229,7 +232,7 @@ pub fn history(
         )
         .map_err(unavailable)?;
     let rows = stmt
-        .query_map(params![ids, track, kinds, with_bodies], |r| {
+        .query_map(params![ids, track, kinds, body_code(bodies)], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
@@ -582,7 +585,8 @@ fn attach_events_in_order(
     let kinds = serde_json::to_string(&reads.kinds).map_err(corrupt)?;
     let mut stmt = conn
         .prepare_cached(
-            "SELECT profile_id, kind, name, timestamp, CASE WHEN ?5 THEN body END FROM events
+            "SELECT profile_id, kind, name, timestamp, CASE ?5 WHEN 2 THEN body
+                 WHEN 1 THEN '{\"properties\":' || coalesce(json_extract(body, '$.properties'), '{}') || '}' END FROM events
              WHERE profile_id > ?1 AND profile_id <= ?2
                AND ((kind = 'track' AND name IN (SELECT value FROM json_each(?3)))
                     OR kind IN (SELECT value FROM json_each(?4)))
@@ -590,7 +594,7 @@ fn attach_events_in_order(
         )
         .map_err(unavailable)?;
     let mut rows = stmt
-        .query(params![after, last, track, kinds, reads.bodies])
+        .query(params![after, last, track, kinds, body_code(reads.bodies)])
         .map_err(unavailable)?;
     let mut i = 0;
     while let Some(row) = rows.next().map_err(unavailable)? {

@@ -9,7 +9,7 @@ use serde_json::Value;
 use waymark_core::governance::Sent;
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
-use waymark_engine::audience::AudiencePlan;
+use waymark_engine::audience::{AudiencePlan, BodyPart};
 use waymark_engine::run::{EntryRate, OutboxRow, Planned, Runtime, States, TimerRow};
 use waymark_engine::stats::{Counts, JourneyStats};
 use waymark_engine::{Effect, JourneyState};
@@ -516,9 +516,9 @@ impl RunTx for Run<'_, '_> {
         profile_ids: &[&str],
         track_names: &[String],
         kinds: &[&'static str],
-        with_bodies: bool,
+        bodies: BodyPart,
     ) -> Result<Vec<HistoryRow>, StoreError> {
-        audiences::history(self.0, profile_ids, track_names, kinds, with_bodies)
+        audiences::history(self.0, profile_ids, track_names, kinds, bodies)
     }
 
     async fn memberships(

@@ -43,7 +43,7 @@ pub async fn evaluate_everyone<S: AudienceStore + ?Sized>(
     let reads = ScanReads {
         track_names,
         kinds,
-        bodies: audience.reads_bodies,
+        bodies: audience.bodies,
         memberships: !audience.rule.audiences.is_empty(),
         profile: if !audience.rule.reads_profile {
             ProfilePart::Id

@@ -473,8 +473,8 @@ pub struct ScanReads {
     /// `waymark_core::event::stored_names`).
     pub track_names: Vec<String>,
     pub kinds: Vec<&'static str>,
-    /// Event bodies (else null: names and times only).
-    pub bodies: bool,
+    /// How much of event bodies (nothing: null, names and times only).
+    pub bodies: waymark_engine::audience::BodyPart,
     /// Their audience memberships.
     pub memberships: bool,
     /// How much of their profile.
@@ -522,6 +522,17 @@ impl ProfilePart {
             }
             _ => Ok(ProfileState::new(id, 0, 0)),
         }
+    }
+}
+
+/// How a backend's query is told how much of event bodies to read: 0 nothing, 1
+/// `{"properties": ...}` alone (extracted by the database), 2 all.
+pub fn body_code(bodies: waymark_engine::audience::BodyPart) -> i64 {
+    use waymark_engine::audience::BodyPart;
+    match bodies {
+        BodyPart::Nothing => 0,
+        BodyPart::Properties => 1,
+        BodyPart::Whole => 2,
     }
 }
 

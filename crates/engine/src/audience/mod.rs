@@ -41,9 +41,9 @@ pub struct CompiledAudience {
     reads: FieldReads,
     /// The event names the rule's calls read.
     pub event_names: BTreeSet<String>,
-    /// Whether a call reads inside events (a sum, a condition, the event `last`/`first`
-    /// return); counts need only names and times, so their bodies are not read.
-    pub reads_bodies: bool,
+    /// How much of each event the calls read: nothing for counts (names and times only),
+    /// `properties` for sums and conditions on properties, the whole event otherwise.
+    pub bodies: BodyPart,
 }
 
 /// One of the person's kept events, as a behaviour call sees it.
@@ -54,6 +54,28 @@ pub struct HistoryEvent {
     pub at: Millis,
     /// The event in Segment's JSON shape (`properties`, `timestamp`, ...).
     pub body: Value,
+}
+
+/// How much of each kept event a decision reads (ordered: more reads more).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum BodyPart {
+    /// Names and times only.
+    #[default]
+    Nothing,
+    /// `{"properties": ...}` alone.
+    Properties,
+    Whole,
+}
+
+/// Whether these reads reach nothing outside the field `top` of the variable.
+fn reads_only_under(reads: &crate::expression::Reads, top: &str) -> bool {
+    match reads {
+        crate::expression::Reads::Nothing => true,
+        crate::expression::Reads::Paths(paths) => {
+            paths.iter().all(|p| p.first().is_some_and(|f| f == top))
+        }
+        crate::expression::Reads::Whole => false,
+    }
 }
 
 /// When time alone next changes a call's value: its oldest counted event leaves the window,
@@ -136,10 +158,24 @@ impl CompiledAudience {
             .collect();
         let reads = FieldReads::of(std::iter::once(&expression).chain(filters.iter().flatten()));
         let event_names = rule.calls.iter().map(|c| c.event.clone()).collect();
-        let reads_bodies = rule.calls.iter().any(|c| {
-            c.filter.is_some()
-                || matches!(c.function, Function::Sum | Function::Last | Function::First)
-        });
+        let bodies = rule
+            .calls
+            .iter()
+            .map(|c| {
+                let whole = matches!(c.function, Function::Last | Function::First)
+                    || c.filter.as_ref().is_some_and(|f| {
+                        !reads_only_under(reads.of_var(&f.variable), "properties")
+                    });
+                if whole {
+                    BodyPart::Whole
+                } else if c.filter.is_some() || c.function == Function::Sum {
+                    BodyPart::Properties
+                } else {
+                    BodyPart::Nothing
+                }
+            })
+            .max()
+            .unwrap_or(BodyPart::Nothing);
         CompiledAudience {
             key,
             version,
@@ -150,19 +186,13 @@ impl CompiledAudience {
             filters,
             reads,
             event_names,
-            reads_bodies,
+            bodies,
         }
     }
 
     /// Whether the rule and its conditions read nothing of `profile` but its traits.
     pub fn reads_traits_only(&self) -> bool {
-        match self.reads.of_var("profile") {
-            crate::expression::Reads::Nothing => true,
-            crate::expression::Reads::Paths(paths) => paths
-                .iter()
-                .all(|p| p.first().is_some_and(|f| f == "traits")),
-            crate::expression::Reads::Whole => false,
-        }
+        reads_only_under(self.reads.of_var("profile"), "traits")
     }
 
     /// Decides the rule for `person` at `now`.

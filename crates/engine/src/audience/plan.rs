@@ -12,7 +12,7 @@ use waymark_core::audience::Refresh;
 use waymark_core::time::Millis;
 use waymark_core::{Event, EventKind, ProfileState};
 
-use super::{CompiledAudience, HistoryEvent, Person};
+use super::{BodyPart, CompiledAudience, HistoryEvent, Person};
 
 pub use waymark_core::audience::{ENTERED, EXITED};
 
@@ -72,9 +72,14 @@ impl AudienceCatalog {
         &self.audiences
     }
 
-    /// Whether some audience reads inside events (else the store reads names and times only).
-    pub fn reads_bodies(&self) -> bool {
-        self.audiences.iter().any(|a| a.reads_bodies)
+    /// How much of each event some audience reads (nothing: the store reads names and
+    /// times only).
+    pub fn bodies(&self) -> BodyPart {
+        self.audiences
+            .iter()
+            .map(|a| a.bodies)
+            .max()
+            .unwrap_or_default()
     }
 
     /// The streaming audiences that read this one with `in_audience`.
@@ -94,16 +99,16 @@ impl AudienceCatalog {
 
     /// The event names, and whether bodies, that deciding these audiences can read: theirs
     /// and those of every audience that reads them (decided again when they change).
-    pub fn reads_of(&self, keys: &BTreeSet<String>) -> (BTreeSet<String>, bool) {
+    pub fn reads_of(&self, keys: &BTreeSet<String>) -> (BTreeSet<String>, BodyPart) {
         let mut due: Vec<usize> = (0..self.audiences.len())
             .filter(|i| keys.contains(&self.audiences[*i].key))
             .collect();
         let mut seen: BTreeSet<usize> = due.iter().copied().collect();
-        let (mut names, mut bodies) = (BTreeSet::new(), false);
+        let (mut names, mut bodies) = (BTreeSet::new(), BodyPart::Nothing);
         while let Some(i) = due.pop() {
             let audience = &self.audiences[i];
             names.extend(audience.event_names.iter().cloned());
-            bodies |= audience.reads_bodies;
+            bodies = bodies.max(audience.bodies);
             for r in self.readers.get(&audience.key).into_iter().flatten() {
                 if seen.insert(*r) {
                     due.push(*r);

@@ -245,3 +245,28 @@ fn explain_lists_the_events_each_call_counted_newest_first() {
     let limited = rule.matching_events(&person, T0 + 6 * DAY, 1);
     assert_eq!(limited[0][0].at, T0 + 5 * DAY, "newest first, limited");
 }
+
+#[test]
+fn events_are_read_only_as_far_as_the_calls_need() {
+    let bodies = |rule: &str| audience(rule).bodies;
+    assert_eq!(
+        bodies(r#"events.count("Order Completed", "30d") > 1"#),
+        BodyPart::Nothing
+    );
+    assert_eq!(
+        bodies(r#"events.sum("Order Completed", "total") > 1"#),
+        BodyPart::Properties
+    );
+    assert_eq!(
+        bodies(r#"events.any("Cart Viewed", "1d", e, e.properties.value > 50)"#),
+        BodyPart::Properties
+    );
+    assert_eq!(
+        bodies(r#"events.any("Page Viewed", e, e.context.page.path == "/")"#),
+        BodyPart::Whole
+    );
+    assert_eq!(
+        bodies(r#"events.last("Order Completed").properties.category == "shoes""#),
+        BodyPart::Whole
+    );
+}

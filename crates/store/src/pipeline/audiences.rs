@@ -10,8 +10,8 @@ use waymark_core::audience::{AudienceDoc, Refresh};
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
 use waymark_engine::audience::{
-    AudienceCatalog, AudiencePlan, Change, Check, CompiledAudience, HistoryEvent, PersonInput,
-    Trigger, plan,
+    AudienceCatalog, AudiencePlan, BodyPart, Change, Check, CompiledAudience, HistoryEvent,
+    PersonInput, Trigger, plan,
 };
 use waymark_engine::run::Runtime;
 
@@ -47,11 +47,11 @@ async fn catalog<T: RunTx>(tx: &T, runtime: &Runtime) -> Result<Arc<AudienceCata
     Ok(catalog)
 }
 
-/// The event names (and whether bodies) the decisions of a call can read.
-type Reads = (BTreeSet<String>, bool);
+/// The event names (and how much of their bodies) the decisions of a call can read.
+type Reads = (BTreeSet<String>, BodyPart);
 
 fn everything_read(catalog: &AudienceCatalog) -> Reads {
-    (catalog.event_names(), catalog.reads_bodies())
+    (catalog.event_names(), catalog.bodies())
 }
 
 /// The people's kept events of the names the decisions can read, and their memberships.

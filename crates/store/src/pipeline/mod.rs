@@ -23,7 +23,7 @@ use waymark_engine::run::{
 use waymark_engine::stats::{Counts, count_state_change, count_states};
 use waymark_engine::{Effect, JourneyState};
 
-use waymark_engine::audience::AudiencePlan;
+use waymark_engine::audience::{AudiencePlan, BodyPart};
 
 use crate::{Delivery, OutboxItem, StoreError};
 
@@ -151,14 +151,14 @@ pub trait RunTx {
         version: u32,
     ) -> Result<Option<Value>, Self::Error>;
     /// These people's kept events that are track events named one of `track_names` or
-    /// calls of one of `kinds`, as (profile id, kind, name, event time, body); the body is
-    /// null unless `with_bodies`.
+    /// calls of one of `kinds`, as (profile id, kind, name, event time, body); the body as
+    /// much as `bodies` says (null for nothing, `{"properties": ...}` for properties).
     async fn history(
         &self,
         profile_ids: &[&str],
         track_names: &[String],
         kinds: &[&'static str],
-        with_bodies: bool,
+        bodies: BodyPart,
     ) -> Result<Vec<HistoryRow>, Self::Error>;
     /// These people's memberships, as (profile id, audience, since).
     async fn memberships(
