@@ -864,25 +864,30 @@ pub async fn upload_members(
     let mut listed: std::collections::BTreeSet<String> = Default::default();
     let mut chunk: Vec<String> = Vec::with_capacity(UPLOAD_CHUNK);
     let now = wall_clock_ms();
-    for (n, identity) in identities.into_iter().enumerate() {
-        let row_number = n as u64 + 2;
-        out.rows += 1;
-        let profile = match identity {
-            Some(identity) => state.store.profile(&identity).await?,
-            None => None,
-        };
-        match profile {
-            Some(profile) => {
-                out.matched += 1;
-                if replace {
-                    listed.insert(profile.id.clone());
+    // Rows resolved and applied a thousand at a time: one lookup, one transaction.
+    for (c, rows) in identities.chunks(UPLOAD_CHUNK).enumerate() {
+        let asked: Vec<waymark_core::Identity> = rows.iter().flatten().cloned().collect();
+        let mut found = state.store.profile_ids_of(&asked).await?.into_iter();
+        for (n, identity) in rows.iter().enumerate() {
+            let row_number = (c * UPLOAD_CHUNK + n) as u64 + 2;
+            out.rows += 1;
+            let profile_id = match identity {
+                Some(_) => found.next().flatten(),
+                None => None,
+            };
+            match profile_id {
+                Some(id) => {
+                    out.matched += 1;
+                    if replace {
+                        listed.insert(id.clone());
+                    }
+                    chunk.push(id);
                 }
-                chunk.push(profile.id);
-            }
-            None => {
-                out.unmatched += 1;
-                if out.unmatched_rows.len() < 10 {
-                    out.unmatched_rows.push(row_number);
+                None => {
+                    out.unmatched += 1;
+                    if out.unmatched_rows.len() < 10 {
+                        out.unmatched_rows.push(row_number);
+                    }
                 }
             }
         }

@@ -663,6 +663,31 @@ pub async fn profile_splits(
     Ok(rows.iter().filter_map(|r| r.get(0)).collect())
 }
 
+pub async fn profile_ids_of(
+    client: &impl GenericClient,
+    identities: &[waymark_core::Identity],
+) -> Result<Vec<Option<String>>, StoreError> {
+    let namespaces: Vec<&str> = identities.iter().map(|i| i.namespace.as_str()).collect();
+    let values: Vec<&str> = identities.iter().map(|i| i.value.as_str()).collect();
+    let rows = client
+        .query(
+            "SELECT i.namespace, i.value, i.profile_id FROM identities i
+             JOIN unnest($1::text[], $2::text[]) AS q (ns, v) ON i.namespace = q.ns AND i.value = q.v",
+            &[&namespaces, &values],
+        )
+        .await
+        .map_err(db_error)?;
+    let found: std::collections::HashMap<(String, String), String> = rows
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect();
+    Ok(namespaces
+        .iter()
+        .zip(&values)
+        .map(|(ns, v)| found.get(&((*ns).to_owned(), (*v).to_owned())).cloned())
+        .collect())
+}
+
 pub async fn member_profiles(
     client: &impl GenericClient,
     key: &str,

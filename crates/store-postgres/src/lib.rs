@@ -939,6 +939,14 @@ impl AudienceStore for PostgresStore {
         audiences::profile_splits(&client, parts).await
     }
 
+    async fn profile_ids_of(
+        &self,
+        identities: &[Identity],
+    ) -> Result<Vec<Option<String>>, StoreError> {
+        let client = self.client().await?;
+        audiences::profile_ids_of(&client, identities).await
+    }
+
     async fn audience_member_profiles(
         &self,
         key: &str,

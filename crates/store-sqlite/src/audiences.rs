@@ -643,6 +643,32 @@ pub fn profile_splits(conn: &Connection, parts: u32) -> Result<Vec<String>, Stor
     Ok(out)
 }
 
+pub fn profile_ids_of(
+    conn: &Connection,
+    identities: &[waymark_core::Identity],
+) -> Result<Vec<Option<String>>, StoreError> {
+    let pairs: Vec<(&str, &str)> = identities
+        .iter()
+        .map(|i| (i.namespace.as_str(), i.value.as_str()))
+        .collect();
+    let asked = serde_json::to_string(&pairs).map_err(corrupt)?;
+    let found: std::collections::HashMap<(String, String), String> = conn
+        .prepare_cached(
+            "SELECT i.namespace, i.value, i.profile_id FROM identities i
+             JOIN (SELECT json_extract(value, '$[0]') AS ns, json_extract(value, '$[1]') AS v
+                   FROM json_each(?1)) q ON i.namespace = q.ns AND i.value = q.v",
+        )
+        .and_then(|mut s| {
+            s.query_map([asked], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?
+                .collect()
+        })
+        .map_err(unavailable)?;
+    Ok(pairs
+        .iter()
+        .map(|(ns, v)| found.get(&((*ns).to_owned(), (*v).to_owned())).cloned())
+        .collect())
+}
+
 pub fn member_profiles(
     conn: &Connection,
     key: &str,

@@ -539,6 +539,15 @@ impl AudienceStore for SqliteStore {
             .await
     }
 
+    async fn profile_ids_of(
+        &self,
+        identities: &[Identity],
+    ) -> Result<Vec<Option<String>>, StoreError> {
+        let identities = identities.to_vec();
+        self.read(move |conn| audiences::profile_ids_of(conn, &identities))
+            .await
+    }
+
     async fn audience_member_profiles(
         &self,
         key: &str,

@@ -624,6 +624,12 @@ pub trait AudienceStore: Send + Sync {
     /// order (fewer when there are fewer people).
     async fn profile_splits(&self, parts: u32) -> Result<Vec<String>, StoreError>;
 
+    /// The profile id of each identity, in order (none for an identity nobody has).
+    async fn profile_ids_of(
+        &self,
+        identities: &[Identity],
+    ) -> Result<Vec<Option<String>>, StoreError>;
+
     /// Members with their profiles, in profile id order, after `after`, at most `limit`.
     async fn audience_member_profiles(
         &self,
