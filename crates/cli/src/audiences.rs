@@ -28,10 +28,8 @@ enum AudiencesCommand {
     Apply {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        url: String,
-        #[arg(long, env = "WAYMARK_ADMIN_TOKEN", hide_env_values = true)]
-        admin_token: String,
+        #[command(flatten)]
+        server: ServerArgs,
         #[arg(long)]
         wait: bool,
     },
@@ -127,10 +125,9 @@ pub fn run(args: AudiencesArgs, runtime: &tokio::runtime::Runtime) -> Result<(),
         }
         AudiencesCommand::Apply {
             paths,
-            url,
-            admin_token,
+            server,
             wait,
-        } => runtime.block_on(apply(&paths, &url, &admin_token, wait)),
+        } => runtime.block_on(apply(&paths, &server, wait)),
         AudiencesCommand::Preview {
             path,
             server,
@@ -369,17 +366,14 @@ fn load_all(paths: &[PathBuf]) -> Result<Vec<(PathBuf, AudienceDoc, Rule)>, Stri
 }
 
 #[allow(clippy::print_stdout, reason = "the command's report is its output")]
-async fn apply(paths: &[PathBuf], url: &str, token: &str, wait: bool) -> Result<(), String> {
+async fn apply(paths: &[PathBuf], server: &ServerArgs, wait: bool) -> Result<(), String> {
     let docs = load_all(paths).map_err(|p| format!("nothing applied; fix these first:\n{p}"))?;
     let catalog: Catalog = docs
         .iter()
         .map(|(_, d, r)| (d.key.clone(), r.audiences.clone()))
         .collect();
-    let client = waymark_runtime::http::client_builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| e.to_string())?;
-    let base = url.trim_end_matches('/');
+    let client = http_client(Duration::from_secs(30))?;
+    let (base, token) = (server.base(), server.admin_token.as_str());
     let mut created = Vec::new();
     for key in evaluation_order(&catalog) {
         let Some((file, doc, _)) = docs.iter().find(|(_, d, _)| d.key == key) else {

@@ -106,6 +106,15 @@ fn no_audience(key: &str) -> ApiError {
     ApiError::not_found(format!("no audience has the key {key:?}"))
 }
 
+/// The stored audience, or 404.
+async fn stored_audience(state: &AppState, key: &str) -> Result<AudienceRecord, ApiError> {
+    state
+        .store
+        .audience(key)
+        .await?
+        .ok_or_else(|| no_audience(key))
+}
+
 /// Every other audience's key and the audiences its rule reads, for reference checks.
 async fn catalog_without(state: &AppState, key: &str) -> Result<Catalog, ApiError> {
     let mut catalog = Catalog::new();
@@ -251,11 +260,7 @@ pub async fn get_audience(
     Path(key): Path<String>,
 ) -> Result<axum::Json<AudienceView>, ApiError> {
     state.keys.require_admin(&headers)?;
-    let record = state
-        .store
-        .audience(&key)
-        .await?
-        .ok_or_else(|| no_audience(&key))?;
+    let record = stored_audience(&state, &key).await?;
     Ok(axum::Json(AudienceView::read(&state, record).await?))
 }
 
@@ -264,11 +269,7 @@ async fn stored_with_refresh(
     state: &AppState,
     key: &str,
 ) -> Result<(AudienceRecord, Refresh), ApiError> {
-    let record = state
-        .store
-        .audience(key)
-        .await?
-        .ok_or_else(|| no_audience(key))?;
+    let record = stored_audience(state, key).await?;
     let refresh = serde_json::from_value::<AudienceDoc>(record.document.clone())
         .map(|d| d.refresh)
         .unwrap_or_default();
@@ -363,11 +364,7 @@ pub async fn audience_sizes(
     Query(query): Query<SizesQuery>,
 ) -> Result<axum::Json<SizeHistory>, ApiError> {
     state.keys.require_admin(&headers)?;
-    state
-        .store
-        .audience(&key)
-        .await?
-        .ok_or_else(|| no_audience(&key))?;
+    stored_audience(&state, &key).await?;
     let hours = query.hours.unwrap_or(168).clamp(1, 8784);
     let since = wall_clock_ms() - i64::from(hours) * 3_600_000;
     let points = state.store.audience_size_history(&key, since).await?;
@@ -420,9 +417,7 @@ pub async fn audience_members(
     Query(q): Query<MembersQuery>,
 ) -> Result<axum::Json<MembersPage>, ApiError> {
     state.keys.require_admin(&headers)?;
-    if state.store.audience(&key).await?.is_none() {
-        return Err(no_audience(&key));
-    }
+    stored_audience(&state, &key).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let mut members = state
         .store
@@ -536,11 +531,7 @@ pub async fn explain(
 ) -> Result<axum::Json<Explanation>, ApiError> {
     state.keys.require_admin(&headers)?;
     let profile = crate::profiles::find(&state, &namespace, &value).await?;
-    let record = state
-        .store
-        .audience(&key)
-        .await?
-        .ok_or_else(|| no_audience(&key))?;
+    let record = stored_audience(&state, &key).await?;
     let doc: AudienceDoc = serde_json::from_value(record.document).map_err(|e| {
         ApiError::unavailable(format!("stored audience {key:?} is unreadable: {e}"))
     })?;
@@ -655,11 +646,7 @@ pub async fn export_members(
     Query(query): Query<ExportQuery>,
 ) -> Result<axum::response::Response, ApiError> {
     state.keys.require_admin(&headers)?;
-    state
-        .store
-        .audience(&key)
-        .await?
-        .ok_or_else(|| no_audience(&key))?;
+    stored_audience(&state, &key).await?;
     let csv = match query.format.as_deref().unwrap_or("csv") {
         "csv" => true,
         "jsonl" => false,
@@ -862,12 +849,12 @@ pub async fn upload_members(
     drop(reader);
     let mut out = UploadOutcome::default();
     let mut listed: std::collections::BTreeSet<String> = Default::default();
-    let mut chunk: Vec<String> = Vec::with_capacity(UPLOAD_CHUNK);
     let now = wall_clock_ms();
     // Rows resolved and applied a thousand at a time: one lookup, one transaction.
     for (c, rows) in identities.chunks(UPLOAD_CHUNK).enumerate() {
         let asked: Vec<waymark_core::Identity> = rows.iter().flatten().cloned().collect();
         let mut found = state.store.profile_ids_of(&asked).await?.into_iter();
+        let mut chunk: Vec<String> = Vec::with_capacity(rows.len());
         for (n, identity) in rows.iter().enumerate() {
             let row_number = (c * UPLOAD_CHUNK + n) as u64 + 2;
             out.rows += 1;
@@ -891,10 +878,10 @@ pub async fn upload_members(
                 }
             }
         }
-        if chunk.len() >= UPLOAD_CHUNK {
+        if !chunk.is_empty() {
             let changed = state
                 .store
-                .change_list_members(&key, std::mem::take(&mut chunk), enter, now)
+                .change_list_members(&key, chunk, enter, now)
                 .await?;
             *if enter {
                 &mut out.entered
@@ -902,17 +889,6 @@ pub async fn upload_members(
                 &mut out.exited
             } += changed;
         }
-    }
-    if !chunk.is_empty() {
-        let changed = state
-            .store
-            .change_list_members(&key, chunk, enter, now)
-            .await?;
-        *if enter {
-            &mut out.entered
-        } else {
-            &mut out.exited
-        } += changed;
     }
     if replace {
         // Everyone on the list who was not in this upload leaves it.

@@ -14,6 +14,19 @@ async fn put_audience(c: &reqwest::Client, base: &str, doc: &Value) -> Value {
     put_document(c, base, &format!("/v1/audiences/{key}"), doc).await
 }
 
+/// Ann: three orders of 300; Bob: three of 10; Cy: one of 900.
+async fn ingest_orders(c: &reqwest::Client, base: &str) {
+    let mut batch = Vec::new();
+    for (user, orders, total) in [("ann", 3, 300), ("bob", 3, 10), ("cy", 1, 900)] {
+        for _ in 0..orders {
+            batch.push(json!({"type": "track", "userId": user, "event": "Order Completed", "properties": {"total": total}}));
+        }
+    }
+    send_batch(c, base, WRITE_KEY, &Value::Array(batch))
+        .await
+        .expect("ingest");
+}
+
 /// Waits until `check` holds for the audience's GET answer.
 async fn wait_for_audience(
     c: &reqwest::Client,
@@ -267,16 +280,7 @@ async fn audiences_are_applied_as_code_and_the_backfill_is_followed() {
         configured_keys: true,
     });
     let c = client();
-    // Ann: three big orders; Bob: three small ones; Cy: one.
-    let mut batch = Vec::new();
-    for (user, orders, total) in [("ann", 3, 300), ("bob", 3, 10), ("cy", 1, 900)] {
-        for _ in 0..orders {
-            batch.push(json!({"type": "track", "userId": user, "event": "Order Completed", "properties": {"total": total}}));
-        }
-    }
-    send_batch(&c, &server.base, WRITE_KEY, &Value::Array(batch))
-        .await
-        .expect("ingest");
+    ingest_orders(&c, &server.base).await;
     let examples = format!("{}/../../examples/audiences", env!("CARGO_MANIFEST_DIR"));
     let base = server.base.clone();
     let apply = move || {
@@ -346,15 +350,7 @@ async fn audiences_are_previewed_exported_uploaded_and_run_from_the_cli() {
         configured_keys: true,
     });
     let c = client();
-    let mut batch = Vec::new();
-    for (user, orders, total) in [("ann", 3, 300), ("bob", 3, 10), ("cy", 1, 900)] {
-        for _ in 0..orders {
-            batch.push(json!({"type": "track", "userId": user, "event": "Order Completed", "properties": {"total": total}}));
-        }
-    }
-    send_batch(&c, &server.base, WRITE_KEY, &Value::Array(batch))
-        .await
-        .expect("ingest");
+    ingest_orders(&c, &server.base).await;
     let base = server.base.as_str();
 
     let draft = dir.path().join("big-spenders.yaml");
