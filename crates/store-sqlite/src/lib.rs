@@ -46,6 +46,8 @@ pub struct SqliteStore {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Stops the checkpoint thread (dropping the sender), and its handle.
     checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
+    /// When the WAL is rewound (see `checkpointer`).
+    rewind: Arc<checkpointer::Rewind>,
     readers: r2d2::Pool<SqliteConnectionManager>,
     cache: std::sync::Arc<waymark_engine::run::Runtime>,
     /// Outbox rows claimed and not yet recorded, with when each claim runs out. In memory:
@@ -79,7 +81,7 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 /// use (the parser showed in profiles), so the cache holds them all.
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.execute_batch(
         "PRAGMA page_size = 8192;
          PRAGMA journal_mode = WAL;
@@ -89,6 +91,9 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
          PRAGMA cache_size = -32768;",
     )
 }
+
+/// How long a connection waits for a lock another holds.
+pub(crate) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 256;
@@ -134,7 +139,9 @@ impl SqliteStore {
         ));
         let activity = Arc::new(tokio::sync::Notify::new());
         let health = Arc::new(waymark_store::CommitHealth::default());
+        let rewind = Arc::new(checkpointer::Rewind::default());
         let config = writer::Config {
+            rewind: rewind.clone(),
             health: health.clone(),
             activity: activity.clone(),
             cache: cache.clone(),
@@ -147,9 +154,10 @@ impl SqliteStore {
             .map_err(unavailable)?;
         let (stop, stopped) = std::sync::mpsc::channel();
         let checkpoint_path = path.clone();
+        let wanted = rewind.clone();
         let checkpointer = std::thread::Builder::new()
             .name("waymark-sqlite-checkpoint".into())
-            .spawn(move || checkpointer::run(&checkpoint_path, stopped))
+            .spawn(move || checkpointer::run(&checkpoint_path, stopped, wanted))
             .map_err(unavailable)?;
         Ok(Self {
             path,
@@ -157,6 +165,7 @@ impl SqliteStore {
             commands: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
             checkpointer: Mutex::new(Some((stop, checkpointer))),
+            rewind,
             readers,
             cache,
             leases: Default::default(),
@@ -167,6 +176,13 @@ impl SqliteStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Sets the WAL size past which it is rewound (256 MB unless set).
+    pub fn set_wal_limit(&self, bytes: u64) {
+        self.rewind
+            .limit_bytes
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The writer's queue, unless the store is closed.

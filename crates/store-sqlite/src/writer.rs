@@ -1,5 +1,6 @@
 //! The single writer thread and its group commit.
 
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 use waymark_store::wall_clock_ms as now_ms;
 
@@ -126,6 +127,8 @@ pub struct Config {
     /// Told after every commit (see `OutboxStore::outbox_activity`).
     pub activity: std::sync::Arc<tokio::sync::Notify>,
     pub health: std::sync::Arc<waymark_store::CommitHealth>,
+    /// Set by the checkpointer when the WAL is past its limit (see `checkpointer`).
+    pub rewind: std::sync::Arc<crate::checkpointer::Rewind>,
 }
 
 pub fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, config: Config) {
@@ -171,6 +174,15 @@ pub fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>, config: Config
                 for answer in answers {
                     answer.send(Err(&err));
                 }
+            }
+        }
+        if config.rewind.wanted.swap(false, Ordering::Relaxed) {
+            let started = Instant::now();
+            match crate::checkpointer::rewind(&conn, crate::BUSY_TIMEOUT) {
+                Ok(true) => metrics::histogram!("waymark_store_wal_rewind_seconds")
+                    .record(started.elapsed().as_secs_f64()),
+                Ok(false) => tracing::debug!("WAL not rewound: a reader held on; asked again"),
+                Err(e) => tracing::warn!(error = %e, "WAL rewind failed; asked again"),
             }
         }
     }
