@@ -508,7 +508,7 @@ pub struct Explanation {
     /// Why the rule could not be decided (the person then is not a member).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Each behaviour call's value for this person.
+    /// Each behaviour call's value for this person, then each calendar reading's.
     pub values: Vec<CallView>,
     /// Each audience the rule reads, and whether the person is in it.
     #[schema(value_type = Object)]

@@ -646,6 +646,42 @@ pub async fn scan_people(
     Ok(people)
 }
 
+/// Kept events of these people (in id order), read in one statement.
+pub async fn people_events(
+    client: &impl GenericClient,
+    ids: &[String],
+    reads: &ScanReads,
+) -> Result<Vec<Vec<HistoryEvent>>, StoreError> {
+    let kinds: Vec<&str> = reads.kinds.to_vec();
+    let rows = client
+        .query(
+            "SELECT profile_id, kind, name, timestamp, CASE $4::bigint WHEN 2 THEN body::text
+                 WHEN 1 THEN jsonb_build_object('properties', coalesce(body->'properties', '{}'::jsonb))::text END FROM events
+             WHERE profile_id = ANY($1)
+               AND ((kind = 'track' AND name = ANY($2)) OR kind = ANY($3))",
+            &[&ids, &reads.track_names, &kinds, &body_code(reads.bodies)],
+        )
+        .await
+        .map_err(db_error)?;
+    let index: std::collections::HashMap<&str, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    let mut out: Vec<Vec<HistoryEvent>> = vec![Vec::new(); ids.len()];
+    for r in rows {
+        let body: Value = match r.get::<_, Option<String>>(4) {
+            Some(body) => serde_json::from_str(&body).map_err(corrupt)?,
+            None => Value::Null,
+        };
+        let (profile, event) = history_event((r.get(0), r.get(1), r.get(2), r.get(3), body));
+        if let Some(&i) = index.get(profile.as_str()) {
+            out[i].push(event);
+        }
+    }
+    Ok(out)
+}
+
 pub async fn profile_splits(
     client: &impl GenericClient,
     parts: u32,

@@ -934,6 +934,15 @@ impl AudienceStore for PostgresStore {
         audiences::scan_people(&mut client, after, until, limit, reads).await
     }
 
+    async fn people_events(
+        &self,
+        ids: Vec<String>,
+        reads: &ScanReads,
+    ) -> Result<Vec<Vec<waymark_engine::audience::HistoryEvent>>, StoreError> {
+        let client = self.client().await?;
+        audiences::people_events(&client, &ids, reads).await
+    }
+
     async fn profile_splits(&self, parts: u32) -> Result<Vec<String>, StoreError> {
         let client = self.client().await?;
         audiences::profile_splits(&client, parts).await

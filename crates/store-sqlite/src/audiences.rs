@@ -217,20 +217,20 @@ pub fn history(
     kinds: &[&'static str],
     bodies: BodyPart,
 ) -> Result<Vec<HistoryRow>, StoreError> {
+    let filter = names_and_kinds(!track_names.is_empty(), !kinds.is_empty(), "?2", "?3");
     let track = serde_json::to_string(track_names).map_err(corrupt)?;
     let kinds = serde_json::to_string(kinds).map_err(corrupt)?;
     // One statement for all the people (their ids as a JSON array), not one per person.
     let ids = serde_json::to_string(profile_ids).map_err(corrupt)?;
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT profile_id, kind, name, timestamp, CASE ?4 WHEN 2 THEN body
-                 WHEN 1 THEN '{\"properties\":' || coalesce(json_extract(body, '$.properties'), '{}') || '}' END FROM events
-             WHERE profile_id IN (SELECT value FROM json_each(?1))
-               AND ((kind = 'track' AND name IN (SELECT value FROM json_each(?2)))
-                    OR kind IN (SELECT value FROM json_each(?3)))
-             ORDER BY profile_id, kind, name, timestamp, seq",
-        )
-        .map_err(unavailable)?;
+    let sql = [
+        "SELECT profile_id, kind, name, timestamp, CASE ?4 WHEN 2 THEN body
+             WHEN 1 THEN '{\"properties\":' || coalesce(json_extract(body, '$.properties'), '{}') || '}' END
+         FROM events WHERE profile_id IN (SELECT value FROM json_each(?1)) AND ",
+        &filter,
+        " ORDER BY profile_id, kind, name, timestamp, seq",
+    ]
+    .concat();
+    let mut stmt = conn.prepare_cached(&sql).map_err(unavailable)?;
     let rows = stmt
         .query_map(params![ids, track, kinds, body_code(bodies)], |r| {
             Ok((
@@ -252,6 +252,21 @@ pub fn history(
         out.push((profile, kind, name, at, body));
     }
     Ok(out)
+}
+
+/// The condition on events of the track names in the JSON array `names` and of the kinds
+/// in `kinds`, for whichever are asked. Written apart because the planner cannot seek
+/// (profile, kind, name) in `events_by_name` through an `OR`: with both, it reads every
+/// event of each person (2.5 times the rows for a rule on one name).
+fn names_and_kinds(track_names: bool, kinds: bool, names: &str, kinds_param: &str) -> String {
+    let by_name = format!("kind = 'track' AND name IN (SELECT value FROM json_each({names}))");
+    let by_kind = format!("kind IN (SELECT value FROM json_each({kinds_param}))");
+    match (track_names, kinds) {
+        (true, true) => format!("(({by_name}) OR {by_kind})"),
+        (true, false) => by_name,
+        (false, true) => by_kind,
+        (false, false) => "0".to_owned(),
+    }
 }
 
 pub fn memberships(
@@ -550,7 +565,11 @@ fn scan_in_snapshot(
         return Ok(people);
     };
     if !(reads.track_names.is_empty() && reads.kinds.is_empty()) {
-        attach_events_in_order(conn, &mut people, after, &last, reads)?;
+        let ids: Vec<&str> = people.iter().map(|p| p.profile.id.as_str()).collect();
+        let events = events_in_order(conn, &ids, Whose::Range { after, last: &last }, reads)?;
+        for (person, events) in people.iter_mut().zip(events) {
+            person.events = events;
+        }
     }
     let memberships = if reads.memberships {
         conn.prepare_cached(
@@ -571,31 +590,65 @@ fn scan_in_snapshot(
     Ok(people)
 }
 
-/// Gives `people` (in id order, the last `last`) their events of the names asked, in one
-/// pass over rows in the same order (SQLite compares text as bytes, as Rust does), without
-/// an allocation per row beyond the event's own name.
-fn attach_events_in_order(
+/// Kept events of these people (in id order), read in one snapshot.
+pub fn people_events(
     conn: &Connection,
-    people: &mut [ScannedPerson],
-    after: &str,
-    last: &str,
+    ids: &[String],
     reads: &ScanReads,
-) -> Result<(), StoreError> {
+) -> Result<Vec<Vec<HistoryEvent>>, StoreError> {
+    conn.execute_batch("BEGIN").map_err(unavailable)?;
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let json = serde_json::to_string(&ids).map_err(corrupt)?;
+    let events = events_in_order(conn, &ids, Whose::Listed(&json), reads);
+    conn.execute_batch("COMMIT").map_err(unavailable)?;
+    events
+}
+
+/// Whose events a read takes.
+enum Whose<'a> {
+    /// Ids in (after, last].
+    Range { after: &'a str, last: &'a str },
+    /// The ids of a JSON array.
+    Listed(&'a str),
+}
+
+/// The events of the names asked of each of `ids` (in id order: SQLite compares text as
+/// bytes, as Rust does), read in one pass over rows in the same order, without an
+/// allocation per row beyond the event's own name.
+fn events_in_order(
+    conn: &Connection,
+    ids: &[&str],
+    whose: Whose<'_>,
+    reads: &ScanReads,
+) -> Result<Vec<Vec<HistoryEvent>>, StoreError> {
     let track = serde_json::to_string(&reads.track_names).map_err(corrupt)?;
     let kinds = serde_json::to_string(&reads.kinds).map_err(corrupt)?;
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT profile_id, kind, name, timestamp, CASE ?5 WHEN 2 THEN body
-                 WHEN 1 THEN '{\"properties\":' || coalesce(json_extract(body, '$.properties'), '{}') || '}' END FROM events
-             WHERE profile_id > ?1 AND profile_id <= ?2
-               AND ((kind = 'track' AND name IN (SELECT value FROM json_each(?3)))
-                    OR kind IN (SELECT value FROM json_each(?4)))
-             ORDER BY profile_id, kind, name, timestamp, seq",
-        )
-        .map_err(unavailable)?;
+    // ?2 goes unused for a list (SQLite binds by index up to the largest one written).
+    let (people, first, second) = match whose {
+        Whose::Range { after, last } => ("profile_id > ?1 AND profile_id <= ?2", after, last),
+        Whose::Listed(json) => ("profile_id IN (SELECT value FROM json_each(?1))", json, ""),
+    };
+    let sql = [
+        "SELECT profile_id, kind, name, timestamp, CASE ?5 WHEN 2 THEN body
+             WHEN 1 THEN '{\"properties\":' || coalesce(json_extract(body, '$.properties'), '{}') || '}' END
+         FROM events WHERE ",
+        people,
+        " AND ",
+        &names_and_kinds(!reads.track_names.is_empty(), !reads.kinds.is_empty(), "?3", "?4"),
+        " ORDER BY profile_id, kind, name, timestamp, seq",
+    ]
+    .concat();
+    let mut stmt = conn.prepare_cached(&sql).map_err(unavailable)?;
     let mut rows = stmt
-        .query(params![after, last, track, kinds, body_code(reads.bodies)])
+        .query(params![
+            first,
+            second,
+            track,
+            kinds,
+            body_code(reads.bodies)
+        ])
         .map_err(unavailable)?;
+    let mut out: Vec<Vec<HistoryEvent>> = vec![Vec::new(); ids.len()];
     let mut i = 0;
     while let Some(row) = rows.next().map_err(unavailable)? {
         let text = |n: usize| -> Result<Option<&str>, StoreError> {
@@ -605,12 +658,12 @@ fn attach_events_in_order(
             }
         };
         let profile = text(0)?.unwrap_or_default();
-        while i < people.len() && people[i].profile.id.as_str() < profile {
+        while i < ids.len() && ids[i] < profile {
             i += 1;
         }
-        let Some(person) = people.get_mut(i).filter(|p| p.profile.id == profile) else {
+        if ids.get(i) != Some(&profile) {
             continue;
-        };
+        }
         let kind = waymark_core::EventKind::parse(text(1)?.unwrap_or_default());
         let stored_name = text(2)?;
         let name = kind.map_or("", |k| k.display_name(stored_name));
@@ -618,13 +671,13 @@ fn attach_events_in_order(
             Some(body) => serde_json::from_str(body).map_err(corrupt)?,
             None => Value::Null,
         };
-        person.events.push(HistoryEvent {
+        out[i].push(HistoryEvent {
             name: name.to_owned(),
             at: row.get(3).map_err(unavailable)?,
             body,
         });
     }
-    Ok(())
+    Ok(out)
 }
 
 pub fn profile_splits(conn: &Connection, parts: u32) -> Result<Vec<String>, StoreError> {

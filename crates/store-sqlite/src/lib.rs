@@ -550,6 +550,16 @@ impl AudienceStore for SqliteStore {
             .await
     }
 
+    async fn people_events(
+        &self,
+        ids: Vec<String>,
+        reads: &ScanReads,
+    ) -> Result<Vec<Vec<waymark_engine::audience::HistoryEvent>>, StoreError> {
+        let reads = reads.clone();
+        self.read(move |conn| audiences::people_events(conn, &ids, &reads))
+            .await
+    }
+
     async fn profile_splits(&self, parts: u32) -> Result<Vec<String>, StoreError> {
         self.read(move |conn| audiences::profile_splits(conn, parts))
             .await

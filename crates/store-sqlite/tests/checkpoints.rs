@@ -108,6 +108,5 @@ async fn wal_is_rewound_under_sustained_writing() {
         largest_wal < database / 3,
         "WAL reached {largest_wal} bytes beside a {database}-byte database under a 2 MB limit"
     );
-    eprintln!("wal {largest_wal} db {database}"
-    );
+    eprintln!("wal {largest_wal} db {database}");
 }

@@ -2,6 +2,12 @@
 //! order in chunks, the id space cut in as many ranges as there are cores, each range read
 //! and decided on its own. Nothing is written: this answers "how many, and who" before a
 //! rule is saved.
+//!
+//! Where the profile alone can settle the rule (`profile.traits.plan == "pro" && ...` for
+//! someone on another plan), a chunk's profiles are read first and events only for the
+//! people the profile leaves undecided: reading events is most of the cost. Those are then
+//! read in a later snapshot than the profiles, which matters no more than chunks being
+//! read at different moments: a batch evaluation under ingest is of a moving population.
 
 use std::time::Instant;
 
@@ -53,6 +59,7 @@ pub async fn evaluate_everyone<S: AudienceStore + ?Sized>(
             ProfilePart::Whole
         },
     };
+    let events_later = audience.may_decide_without_events();
     let splits = store.profile_splits(ranges.max(1)).await?;
     // (after, until): "" starts before every id; None runs to the end.
     let mut bounds: Vec<(String, Option<String>)> = Vec::new();
@@ -66,6 +73,7 @@ pub async fn evaluate_everyone<S: AudienceStore + ?Sized>(
             store,
             audience,
             &reads,
+            events_later,
             after,
             until.as_deref(),
             now,
@@ -86,37 +94,84 @@ pub async fn evaluate_everyone<S: AudienceStore + ?Sized>(
     Ok(total)
 }
 
+/// Decides everyone in (after, until]; with `events_later`, reads events only for the
+/// people their profile leaves undecided.
+#[allow(clippy::too_many_arguments, reason = "one range of one evaluation")]
 async fn evaluate_range<S: AudienceStore + ?Sized>(
     store: &S,
     audience: &CompiledAudience,
     reads: &ScanReads,
+    events_later: bool,
     after: &str,
     until: Option<&str>,
     now: Millis,
     sample: usize,
 ) -> Result<BatchOutcome, StoreError> {
+    let profile_reads = ScanReads {
+        track_names: Vec::new(),
+        kinds: Vec::new(),
+        ..reads.clone()
+    };
     let mut out = BatchOutcome::default();
     let mut after = after.to_owned();
     loop {
-        let people = store.scan_people(&after, until, CHUNK, reads).await?;
+        let mut people = store
+            .scan_people(
+                &after,
+                until,
+                CHUNK,
+                if events_later { &profile_reads } else { reads },
+            )
+            .await?;
         let Some(last) = people.last() else {
             return Ok(out);
         };
         after = last.profile.id.clone();
-        for person in &people {
-            let member_of = |key: &str| person.members.contains_key(key);
-            let who = Person {
-                profile: &person.profile,
-                events: &person.events,
-                member_of: &member_of,
+        // Each person's (member, error), where the profile settled it.
+        let mut decided: Vec<Option<(bool, Option<String>)>> = if events_later {
+            people
+                .iter()
+                .map(|p| {
+                    let member_of = |key: &str| p.members.contains_key(key);
+                    audience.decide_without_events(&p.profile, &member_of)
+                })
+                .collect()
+        } else {
+            vec![None; people.len()]
+        };
+        if events_later {
+            let undecided: Vec<usize> = (0..people.len())
+                .filter(|&i| decided[i].is_none())
+                .collect();
+            let ids = undecided
+                .iter()
+                .map(|&i| people[i].profile.id.clone())
+                .collect();
+            let events = store.people_events(ids, reads).await?;
+            for (i, events) in undecided.into_iter().zip(events) {
+                people[i].events = events;
+            }
+        }
+        for (person, settled) in people.iter().zip(decided.iter_mut()) {
+            let (member, error) = match settled.take() {
+                Some(settled) => settled,
+                None => {
+                    let member_of = |key: &str| person.members.contains_key(key);
+                    let who = Person {
+                        profile: &person.profile,
+                        events: &person.events,
+                        member_of: &member_of,
+                    };
+                    let evaluation = audience.evaluate(&who, now);
+                    (evaluation.member, evaluation.error)
+                }
             };
-            let evaluation = audience.evaluate(&who, now);
             out.decided += 1;
-            if let Some(error) = evaluation.error {
+            if let Some(error) = error {
                 out.errors += 1;
                 out.first_error.get_or_insert(error);
             }
-            if evaluation.member {
+            if member {
                 out.members += 1;
                 if out.sample.len() < sample {
                     out.sample.push(person.profile.id.clone());

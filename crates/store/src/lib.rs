@@ -620,6 +620,14 @@ pub trait AudienceStore: Send + Sync {
         reads: &ScanReads,
     ) -> Result<Vec<ScannedPerson>, StoreError>;
 
+    /// The kept events `reads` asks for of these people (ids in ascending order), read
+    /// without locks in one snapshot: each one's events, in the order of `ids`.
+    async fn people_events(
+        &self,
+        ids: Vec<String>,
+        reads: &ScanReads,
+    ) -> Result<Vec<Vec<waymark_engine::audience::HistoryEvent>>, StoreError>;
+
     /// Profile ids that cut everyone into `parts` ranges of about the same size, in id
     /// order (fewer when there are fewer people).
     async fn profile_splits(&self, parts: u32) -> Result<Vec<String>, StoreError>;

@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use rule::{BehaviourCall, EventFilter, Function, Rule, RuleError};
+pub use rule::{
+    BehaviourCall, CalendarCall, CalendarField, EventFilter, Function, Rule, RuleError,
+};
 
 pub use crate::event::{AUDIENCE_ENTERED as ENTERED, AUDIENCE_EXITED as EXITED};
 

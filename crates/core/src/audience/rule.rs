@@ -1,6 +1,7 @@
 //! An audience rule: CEL over `profile` and `now`, plus behaviour functions over the
-//! person's event history (`events.count("Order Completed", "30d") >= 3`) and other
-//! audiences (`in_audience("vip")`).
+//! person's event history (`events.count("Order Completed", "30d") >= 3`), other
+//! audiences (`in_audience("vip")`) and the calendar in the person's time zone
+//! (`calendar.month(profile.traits.birthday) == calendar.month()`).
 //!
 //! The behaviour calls are found in the parsed rule and replaced by plain variables
 //! (`@b0`, `@a0`), so CEL only ever sees scalars: the engine computes each call natively
@@ -75,6 +76,44 @@ impl Function {
     }
 }
 
+/// A field of a date in the person's time zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CalendarField {
+    /// 1 to 12.
+    Month,
+    /// Day of the month, 1 to 31.
+    Day,
+    /// 1 (Monday) to 7 (Sunday).
+    Weekday,
+    /// 0 to 23.
+    Hour,
+}
+
+impl CalendarField {
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "month" => CalendarField::Month,
+            "day" => CalendarField::Day,
+            "weekday" => CalendarField::Weekday,
+            "hour" => CalendarField::Hour,
+            _ => return None,
+        })
+    }
+}
+
+/// A calendar reading, computed natively and bound as a variable: a field of the current
+/// time, or of a date the profile holds, in the person's time zone. Time alone changes the
+/// current one at the next boundary of its field (the next month, day or hour there), and
+/// the audience is decided again at that instant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CalendarCall {
+    pub field: CalendarField,
+    /// The path under `profile` of the date read (`traits.birthday`); `None` reads now.
+    pub of: Option<Vec<String>>,
+    /// The call as written, for explanations.
+    pub text: String,
+}
+
 /// A filter on the events a call looks at: a CEL expression over one event, named by the
 /// rule (`e`).
 #[derive(Debug, Clone, PartialEq)]
@@ -107,6 +146,8 @@ pub struct Rule {
     pub calls: Vec<BehaviourCall>,
     /// Audience keys, bound as `@a<i>` (true while the person is a member).
     pub audiences: Vec<String>,
+    /// Calendar readings, bound as `@c<i>`.
+    pub calendar: Vec<CalendarCall>,
     /// Whether the rule reads `profile` (so profile changes can change it).
     pub reads_profile: bool,
 }
@@ -132,6 +173,11 @@ impl From<RuleError> for crate::FieldError {
 /// The variable a behaviour call is bound to.
 pub fn call_variable(index: usize) -> String {
     format!("@b{index}")
+}
+
+/// The variable a calendar reading is bound to.
+pub fn calendar_variable(index: usize) -> String {
+    format!("@c{index}")
 }
 
 /// The variable an audience reference is bound to.
@@ -171,7 +217,8 @@ impl Rule {
             })?;
         let mut walk = Walk::new(source, &info, Vec::new());
         walk.visit(&mut expression);
-        if walk.rule.calls.len() + walk.rule.audiences.len() > MAX_CALLS {
+        if walk.rule.calls.len() + walk.rule.audiences.len() + walk.rule.calendar.len() > MAX_CALLS
+        {
             walk.error(
                 expression.id,
                 format!(
@@ -205,6 +252,7 @@ impl<'s> Walk<'s> {
                 expression: IdedExpr::default(),
                 calls: Vec::new(),
                 audiences: Vec::new(),
+                calendar: Vec::new(),
                 reads_profile: false,
             },
             errors: Vec::new(),
@@ -257,6 +305,12 @@ impl<'s> Walk<'s> {
                         return;
                     };
                     self.behaviour(id, call, text).map(Expr::Ident)
+                } else if is_calendar_call(call) {
+                    let text = self.text(node);
+                    let Expr::Call(call) = &node.expr else {
+                        return;
+                    };
+                    self.calendar(id, call, text).map(Expr::Ident)
                 } else if call.func_name == "in_audience" && call.target.is_none() {
                     self.audience(id, call).map(Expr::Ident)
                 } else {
@@ -278,12 +332,16 @@ impl<'s> Walk<'s> {
                             id,
                             "`events` is read through its functions: count, any, sum, last, first",
                         ),
+                        "calendar" => self.error(
+                            id,
+                            "`calendar` is read through its functions: month, day, weekday, hour",
+                        ),
                         other => {
                             let other = other.to_owned();
                             self.error(
                                 id,
                                 format!(
-                                    "unknown variable `{other}`; a rule reads `profile`, `now`, `events.…(…)` and `in_audience(…)`"
+                                    "unknown variable `{other}`; a rule reads `profile`, `now`, `events.…(…)`, `calendar.…(…)` and `in_audience(…)`"
                                 ),
                             );
                         }
@@ -446,6 +504,42 @@ impl<'s> Walk<'s> {
         Some(call_variable(index))
     }
 
+    fn calendar(&mut self, id: u64, call: &CallExpr, text: String) -> Option<String> {
+        let usage = "calendar.month(), or calendar.month(profile.traits.birthday); also day, weekday and hour";
+        let Some(field) = CalendarField::parse(&call.func_name) else {
+            self.error(
+                id,
+                format!(
+                    "calendar has no function `{}`; it has month, day, weekday and hour",
+                    call.func_name
+                ),
+            );
+            return None;
+        };
+        let of = match call.args.as_slice() {
+            [] => None,
+            [arg] => match profile_path(arg) {
+                Some(path) if !path.is_empty() => Some(path),
+                _ => {
+                    self.error(
+                        arg.id,
+                        format!("a calendar function reads a date the profile holds: {usage}"),
+                    );
+                    return None;
+                }
+            },
+            [_, extra, ..] => {
+                self.error(extra.id, format!("too many arguments: {usage}"));
+                return None;
+            }
+        };
+        // The person's time zone is a trait, and so may be the date.
+        self.rule.reads_profile = true;
+        let index = self.rule.calendar.len();
+        self.rule.calendar.push(CalendarCall { field, of, text });
+        Some(calendar_variable(index))
+    }
+
     fn audience(&mut self, id: u64, call: &CallExpr) -> Option<String> {
         let key = match call.args.as_slice() {
             [arg] => string_literal(arg),
@@ -471,6 +565,28 @@ impl<'s> Walk<'s> {
 
 fn is_events_call(call: &CallExpr) -> bool {
     matches!(call.target.as_deref(), Some(IdedExpr { expr: Expr::Ident(name), .. }) if name == "events")
+}
+
+fn is_calendar_call(call: &CallExpr) -> bool {
+    matches!(call.target.as_deref(), Some(IdedExpr { expr: Expr::Ident(name), .. }) if name == "calendar")
+}
+
+/// `profile.a.b` as `["a", "b"]`.
+fn profile_path(node: &IdedExpr) -> Option<Vec<String>> {
+    let mut path = Vec::new();
+    let mut at = node;
+    loop {
+        match &at.expr {
+            Expr::Select(s) if !s.test => {
+                path.push(s.field.clone());
+                at = &s.operand;
+            }
+            Expr::Ident(root) if root == "profile" => break,
+            _ => return None,
+        }
+    }
+    path.reverse();
+    Some(path)
 }
 
 fn string_literal(node: &IdedExpr) -> Option<String> {

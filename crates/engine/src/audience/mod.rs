@@ -7,6 +7,7 @@
 //! (or a future-dated one enters it), so the earliest such instant over a rule's calls is
 //! when the rule must be decided again: no sweeps, exact to the millisecond.
 
+mod calendar;
 mod native;
 pub mod plan;
 
@@ -146,7 +147,7 @@ impl CompiledAudience {
 
     pub fn from_rule(key: String, version: u32, rule: Rule) -> Self {
         let expression = Expression::from_ast(rule.expression.clone());
-        let native = native::Native::compile(&rule.expression);
+        let native = native::Native::compile(&rule.expression, rule.calls.len());
         let filters: Vec<Option<Expression>> = rule
             .calls
             .iter()
@@ -209,6 +210,16 @@ impl CompiledAudience {
             }
             values.push(value);
         }
+        if !self.rule.calendar.is_empty() {
+            let zone = crate::compile::person_zone(person.profile);
+            for reading in &self.rule.calendar {
+                let (value, change) = calendar::read(reading, person.profile, now, &zone);
+                if let Some(at) = change {
+                    next_change = Some(next_change.map_or(at, |n| n.min(at)));
+                }
+                values.push(value);
+            }
+        }
         self.decide(values, next_change, person, &profile, &profile_of, now)
     }
 
@@ -231,7 +242,7 @@ impl CompiledAudience {
         let memberships: Vec<bool> = audiences.iter().map(|(_, m)| *m).collect();
         let native = self.native.as_ref().and_then(|rule| {
             rule.decide(&native::Inputs {
-                calls: &values,
+                calls: Some(&values),
                 audiences: &memberships,
                 profile: person.profile,
             })
@@ -240,7 +251,9 @@ impl CompiledAudience {
         let (member, error) = match native {
             Some(native::Outcome::Bool(member)) => (member, None),
             Some(native::Outcome::Error(e)) => (false, Some(e)),
-            None => self.decide_with_cel(&values, &memberships, profile, profile_of, now),
+            Some(native::Outcome::Unknown) | None => {
+                self.decide_with_cel(&values, &memberships, profile, profile_of, now)
+            }
         };
         Evaluation {
             member,
@@ -276,12 +289,48 @@ impl CompiledAudience {
             profile,
             profile_of,
             calls: &bound,
+            behaviour_calls: self.rule.calls.len(),
             audiences: &audience_values,
         };
         match self.expression.test(&variables, now) {
             Ok(member) => (member, None),
             Err(e) => (false, Some(e)),
         }
+    }
+
+    /// Membership (and the error, if the rule failed) when the profile and memberships
+    /// alone settle it, as [`Self::evaluate`] would decide it whatever the person's events
+    /// (`profile.traits.plan == "pro" && events.count(...) >= 3` for someone on another
+    /// plan); `None` when it depends on them. Batch evaluation reads events only then.
+    pub fn decide_without_events(
+        &self,
+        profile: &ProfileState,
+        member_of: &dyn Fn(&str) -> bool,
+    ) -> Option<(bool, Option<String>)> {
+        let memberships: Vec<bool> = self.rule.audiences.iter().map(|k| member_of(k)).collect();
+        let outcome = self
+            .native
+            .as_ref()?
+            .decide(&native::Inputs {
+                calls: None,
+                audiences: &memberships,
+                profile,
+            })
+            .ok()?;
+        match outcome {
+            native::Outcome::Bool(member) => Some((member, None)),
+            native::Outcome::Error(e) => Some((false, Some(e))),
+            native::Outcome::Unknown => None,
+        }
+    }
+
+    /// Whether some people can be decided without reading their events (see
+    /// [`Self::decide_without_events`]): the rule is in the native shape and reads more
+    /// than its calls.
+    pub fn may_decide_without_events(&self) -> bool {
+        self.native.is_some()
+            && !self.rule.calls.is_empty()
+            && (self.rule.reads_profile || !self.rule.audiences.is_empty())
     }
 
     /// Whether the rule has the shape decided without CEL.
@@ -431,7 +480,9 @@ fn number_at(body: &Value, path: &[String]) -> f64 {
 struct RuleVars<'a> {
     profile: &'a Lazy,
     profile_of: &'a (dyn Fn() -> Prepared + Sync),
+    /// The behaviour calls' values, then the calendar readings'.
     calls: &'a [Prepared],
+    behaviour_calls: usize,
     audiences: &'a [Prepared],
 }
 
@@ -443,6 +494,9 @@ impl Variables for RuleVars<'_> {
         let index = |prefix: &str| name.strip_prefix(prefix)?.parse::<usize>().ok();
         if let Some(i) = index("@b") {
             return self.calls.get(i);
+        }
+        if let Some(i) = index("@c") {
+            return self.calls.get(self.behaviour_calls + i);
         }
         self.audiences.get(index("@a")?)
     }

@@ -24,7 +24,7 @@ pub(super) enum Op {
 
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Operand {
-    /// `@b<i>`: a behaviour call's value.
+    /// `@b<i>`: a behaviour call's value; `@c<i>`, a calendar reading's, after them.
     Call(usize),
     /// `@a<i>`: membership of a referenced audience.
     Audience(usize),
@@ -33,9 +33,8 @@ pub(super) enum Operand {
     Literal(Scalar),
 }
 
-/// A value as CEL types it: literals are `int`; JSON numbers that are whole and not
-/// negative arrive in CEL as `uint` (that is how serde hands them over), others as `int` or
-/// `double`.
+/// A value as CEL types it: literals and whole JSON numbers are `int` (`uint` past
+/// `i64::MAX`, see `expression::prepare`), other numbers `double`.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Scalar {
     Int(i64),
@@ -87,7 +86,9 @@ pub(super) enum Native {
 
 /// What the rule reads, for one decision.
 pub(super) struct Inputs<'a> {
-    pub calls: &'a [super::CallValue],
+    /// The calls' values; `None` before the person's events are read (see
+    /// [`Outcome::Unknown`]).
+    pub calls: Option<&'a [super::CallValue]>,
     pub audiences: &'a [bool],
     pub profile: &'a ProfileState,
 }
@@ -99,26 +100,42 @@ pub(super) struct AskCel;
 /// What CEL would answer: a boolean, or an error (the person is then not a member). Errors
 /// combine as CEL's do: `false && error` is false, `true || error` is true, anything else
 /// with an error is the error.
+///
+/// Before the calls' values are known, `Unknown` stands for any of these: the rule then
+/// depends on the person's events. Whatever is decided without them (`false && unknown`)
+/// is what would be decided with them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Outcome {
     Bool(bool),
     Error(String),
+    Unknown,
+}
+
+/// An operand's value, or the error CEL gives for a field that is not there, or nothing
+/// yet (a call before the events are read).
+enum Resolved {
+    Value(Scalar),
+    Missing(String),
+    Unknown,
 }
 
 impl Native {
-    /// The native form of a rewritten rule, if it has the shape.
-    pub(super) fn compile(expr: &IdedExpr) -> Option<Native> {
+    /// The native form of a rewritten rule with `calls` behaviour calls, if it has the
+    /// shape.
+    pub(super) fn compile(expr: &IdedExpr, calls: usize) -> Option<Native> {
         match &expr.expr {
             Expr::Call(call) if call.target.is_none() => {
                 let args = &call.args;
                 Some(match (call.func_name.as_str(), args.as_slice()) {
-                    ("_&&_", [a, b]) => {
-                        Native::And(Box::new(Self::compile(a)?), Box::new(Self::compile(b)?))
-                    }
-                    ("_||_", [a, b]) => {
-                        Native::Or(Box::new(Self::compile(a)?), Box::new(Self::compile(b)?))
-                    }
-                    ("!_", [a]) => Native::Not(Box::new(Self::compile(a)?)),
+                    ("_&&_", [a, b]) => Native::And(
+                        Box::new(Self::compile(a, calls)?),
+                        Box::new(Self::compile(b, calls)?),
+                    ),
+                    ("_||_", [a, b]) => Native::Or(
+                        Box::new(Self::compile(a, calls)?),
+                        Box::new(Self::compile(b, calls)?),
+                    ),
+                    ("!_", [a]) => Native::Not(Box::new(Self::compile(a, calls)?)),
                     (name, [a, b]) => {
                         let op = match name {
                             "_==_" => Op::Eq,
@@ -129,25 +146,27 @@ impl Native {
                             "_>=_" => Op::Ge,
                             _ => return None,
                         };
-                        Native::Compare(op, operand(a)?, operand(b)?)
+                        Native::Compare(op, operand(a, calls)?, operand(b, calls)?)
                     }
                     _ => return None,
                 })
             }
-            _ => Some(Native::Truth(operand(expr)?)),
+            _ => Some(Native::Truth(operand(expr, calls)?)),
         }
     }
 
     /// The decision, where it is certainly CEL's.
     pub(super) fn decide(&self, inputs: &Inputs<'_>) -> Result<Outcome, AskCel> {
-        use Outcome::{Bool, Error};
+        use Outcome::{Bool, Error, Unknown};
         Ok(match self {
-            // As CEL evaluates them: the left side, then (unless it settles it) the right.
+            // As CEL evaluates them: the left side, then (unless it settles it) the right;
+            // either side false (true for `||`) settles it whatever the other is.
             Native::And(a, b) => match a.decide(inputs)? {
                 Bool(false) => Bool(false),
                 left => match (left, b.decide(inputs)?) {
                     (Bool(true), right) => right,
-                    (Error(_), Bool(false)) => Bool(false),
+                    (_, Bool(false)) => Bool(false),
+                    (Unknown, _) | (_, Unknown) => Unknown,
                     (Error(e), _) => Error(e),
                     (Bool(false), _) => Bool(false),
                 },
@@ -156,34 +175,39 @@ impl Native {
                 Bool(true) => Bool(true),
                 left => match (left, b.decide(inputs)?) {
                     (Bool(false), right) => right,
-                    (Error(_), Bool(true)) => Bool(true),
+                    (_, Bool(true)) => Bool(true),
+                    (Unknown, _) | (_, Unknown) => Unknown,
                     (Error(e), _) => Error(e),
                     (Bool(true), _) => Bool(true),
                 },
             },
             Native::Not(a) => match a.decide(inputs)? {
                 Bool(b) => Bool(!b),
-                error => error,
+                other => other,
             },
             Native::Truth(o) => match resolve(o, inputs)? {
-                Ok(Scalar::Bool(b)) => Bool(b),
-                Ok(_) => return Err(AskCel),
-                Err(missing) => Error(missing),
+                Resolved::Value(Scalar::Bool(b)) => Bool(b),
+                Resolved::Value(_) => return Err(AskCel),
+                Resolved::Missing(missing) => Error(missing),
+                Resolved::Unknown => Unknown,
             },
             Native::Compare(op, a, b) => match (resolve(a, inputs)?, resolve(b, inputs)?) {
-                (Ok(a), Ok(b)) => Bool(compare(*op, &a, &b)?),
-                (Err(missing), _) | (_, Err(missing)) => Error(missing),
+                (Resolved::Unknown, _) | (_, Resolved::Unknown) => Unknown,
+                (Resolved::Value(a), Resolved::Value(b)) => Bool(compare(*op, &a, &b)?),
+                (Resolved::Missing(missing), _) | (_, Resolved::Missing(missing)) => Error(missing),
             },
         })
     }
 }
 
-fn operand(expr: &IdedExpr) -> Option<Operand> {
+fn operand(expr: &IdedExpr, calls: usize) -> Option<Operand> {
     match &expr.expr {
         Expr::Ident(name) => {
             let index = |prefix: &str| name.strip_prefix(prefix)?.parse::<usize>().ok();
             if let Some(i) = index("@b") {
                 Some(Operand::Call(i))
+            } else if let Some(i) = index("@c") {
+                Some(Operand::Call(calls + i))
             } else {
                 index("@a").map(Operand::Audience)
             }
@@ -220,10 +244,10 @@ fn scalar(value: &Value) -> Result<Scalar, AskCel> {
         Value::Bool(b) => Ok(Scalar::Bool(*b)),
         Value::String(s) => Ok(Scalar::Str(s.clone())),
         Value::Number(n) => {
-            if let Some(u) = n.as_u64() {
-                Ok(Scalar::UInt(u))
-            } else if let Some(i) = n.as_i64() {
+            if let Some(i) = n.as_i64() {
                 Ok(Scalar::Int(i))
+            } else if let Some(u) = n.as_u64() {
+                Ok(Scalar::UInt(u))
             } else {
                 n.as_f64().map(Scalar::Double).ok_or(AskCel)
             }
@@ -232,17 +256,17 @@ fn scalar(value: &Value) -> Result<Scalar, AskCel> {
     }
 }
 
-/// An operand's value, or the error CEL gives for a field that is not there.
-fn resolve(operand: &Operand, inputs: &Inputs<'_>) -> Result<Result<Scalar, String>, AskCel> {
-    let missing = |key: &str| Ok(Err(format!("No such key: {key}")));
+/// An operand's value, where it is certainly CEL's.
+fn resolve(operand: &Operand, inputs: &Inputs<'_>) -> Result<Resolved, AskCel> {
+    let missing = |key: &str| Ok(Resolved::Missing(format!("No such key: {key}")));
+    let value = |scalar: Scalar| Ok(Resolved::Value(scalar));
     match operand {
-        Operand::Literal(s) => Ok(Ok(s.clone())),
-        Operand::Audience(i) => inputs
-            .audiences
-            .get(*i)
-            .map(|m| Ok(Scalar::Bool(*m)))
-            .ok_or(AskCel),
-        Operand::Call(i) => scalar(&inputs.calls.get(*i).ok_or(AskCel)?.value).map(Ok),
+        Operand::Literal(s) => value(s.clone()),
+        Operand::Audience(i) => value(Scalar::Bool(*inputs.audiences.get(*i).ok_or(AskCel)?)),
+        Operand::Call(i) => match inputs.calls {
+            Some(calls) => value(scalar(&calls.get(*i).ok_or(AskCel)?.value)?),
+            None => Ok(Resolved::Unknown),
+        },
         Operand::Profile(path) => {
             let p = inputs.profile;
             let (first, rest) = path.split_first().ok_or(AskCel)?;
@@ -251,10 +275,10 @@ fn resolve(operand: &Operand, inputs: &Inputs<'_>) -> Result<Result<Scalar, Stri
                     Some(v) => v,
                     None => return missing(key),
                 },
-                ("event_count", []) => return Ok(Ok(Scalar::UInt(p.event_count))),
-                ("first_seen", []) => return scalar(&Value::from(p.first_seen)).map(Ok),
-                ("last_seen", []) => return scalar(&Value::from(p.last_seen)).map(Ok),
-                ("id", []) => return Ok(Ok(Scalar::Str(p.id.clone()))),
+                ("event_count", []) => return value(scalar(&Value::from(p.event_count))?),
+                ("first_seen", []) => return value(scalar(&Value::from(p.first_seen))?),
+                ("last_seen", []) => return value(scalar(&Value::from(p.last_seen))?),
+                ("id", []) => return value(Scalar::Str(p.id.clone())),
                 _ => return Err(AskCel),
             };
             for field in rest.iter().skip(1) {
@@ -265,7 +289,7 @@ fn resolve(operand: &Operand, inputs: &Inputs<'_>) -> Result<Result<Scalar, Stri
                     None => return missing(field),
                 }
             }
-            scalar(at).map(Ok)
+            value(scalar(at)?)
         }
     }
 }

@@ -220,6 +220,29 @@ fn the_cookbook_rules_are_valid_and_decide_as_documented() {
     assert!(e.member, "{e:?}");
     let e = decide(&rule("nordics"), &[], now);
     assert!(!e.member, "no country trait: not a member");
+    // person() has no birthday: null is no month. With one, on the day:
+    let e = decide(&rule("birthday-today"), &[], now);
+    assert!(!e.member && e.error.is_none(), "{e:?}");
+    let mut born = person();
+    let today = jiff::Timestamp::from_millisecond(now)
+        .expect("time")
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC);
+    born.traits.insert(
+        "birthday".into(),
+        json!(format!("1990-{:02}-{:02}", today.month(), today.day())),
+    );
+    let member_of = |_: &str| false;
+    for key in ["birthday-today", "birthday-this-month"] {
+        let e = rule(key).evaluate(
+            &Person {
+                profile: &born,
+                events: &[],
+                member_of: &member_of,
+            },
+            now,
+        );
+        assert!(e.member && e.error.is_none(), "{key}: {e:?}");
+    }
 }
 
 #[test]
@@ -269,4 +292,81 @@ fn events_are_read_only_as_far_as_the_calls_need() {
         bodies(r#"events.last("Order Completed").properties.category == "shoes""#),
         BodyPart::Whole
     );
+}
+
+#[test]
+fn birthday_this_month_flips_at_the_persons_first_of_the_month() {
+    let at = |text: &str| {
+        text.parse::<jiff::Timestamp>()
+            .expect("time")
+            .as_millisecond()
+    };
+    let rule = audience(
+        "calendar.month(profile.traits.birthday) == calendar.month() && events.any(\"Order Completed\")",
+    );
+    assert!(rule.rule.reads_profile);
+    let mut profile = person();
+    profile
+        .traits
+        .insert("birthday".into(), json!("1990-05-17"));
+    profile
+        .traits
+        .insert("timezone".into(), json!("Pacific/Auckland"));
+    let bought = orders(&[at("2027-01-10T00:00:00Z")]);
+    let member_of = |_: &str| false;
+    let decide_at = |now: Millis| {
+        rule.evaluate(
+            &Person {
+                profile: &profile,
+                events: &bought,
+                member_of: &member_of,
+            },
+            now,
+        )
+    };
+    // 30 April 13:00 UTC is already 1 May in Auckland (UTC+12).
+    let april = decide_at(at("2027-04-30T11:00:00Z"));
+    assert!(!april.member);
+    assert_eq!(april.next_change, Some(at("2027-04-30T12:00:00Z")));
+    let may = decide_at(at("2027-04-30T12:00:00Z"));
+    assert!(may.member, "{may:?}");
+    assert_eq!(may.next_change, Some(at("2027-05-31T12:00:00Z")));
+    assert_eq!(
+        may.values
+            .last()
+            .map(|v| (v.call.as_str(), v.value.clone())),
+        Some(("calendar.month()", json!(5)))
+    );
+    // Without a birthday the reading is null, and null is no month.
+    let mut nobody = profile.clone();
+    nobody.traits.remove("birthday");
+    let unknown = rule.evaluate(
+        &Person {
+            profile: &nobody,
+            events: &bought,
+            member_of: &member_of,
+        },
+        at("2027-05-02T00:00:00Z"),
+    );
+    assert!(!unknown.member);
+}
+
+#[test]
+fn calendar_readings_compare_with_int_literals_through_cel_too() {
+    // Saturday 2 January 2027, noon UTC.
+    let now = "2027-01-02T12:00:00Z"
+        .parse::<jiff::Timestamp>()
+        .expect("time")
+        .as_millisecond();
+    for (rule, member) in [
+        ("calendar.weekday() == 6", true),
+        ("calendar.weekday() >= 6 && calendar.hour() < 13", true),
+        ("calendar.day() == 2 && profile.traits.age + 1 == 32", true),
+        ("[6, 7].exists(d, d == calendar.weekday())", true),
+        ("calendar.weekday() in [1, 2, 3, 4, 5]", false),
+    ] {
+        let compiled = audience(rule);
+        let decided = decide(&compiled, &[], now);
+        assert_eq!((decided.member, decided.error), (member, None), "{rule}");
+    }
 }

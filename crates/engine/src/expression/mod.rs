@@ -77,9 +77,34 @@ pub struct Prepared(Result<Box<dyn Val>, String>);
 /// evaluation's cost: prune it to the [`FieldReads`] first.
 pub fn prepare(value: &impl Serialize) -> Prepared {
     let converted = cel::to_value(value)
+        .map(signed)
         .map_err(|e| e.to_string())
         .and_then(|v| Box::<dyn Val>::try_from(v).map_err(|e| e.to_string()));
     Prepared(converted)
+}
+
+/// Whole numbers as `int`, as the expression's own literals are: serde hands JSON's
+/// non-negative whole numbers over as `uint`, and CEL has no `uint + int`, so
+/// `profile.traits.age + 1` failed for everyone. Numbers past `i64::MAX` stay `uint`.
+/// (Containers fresh from `to_value` are not shared, so they are changed in place. The
+/// depth is that of parsed JSON, which serde_json bounds.)
+fn signed(value: cel::Value) -> cel::Value {
+    match value {
+        cel::Value::UInt(u) => i64::try_from(u).map_or(cel::Value::UInt(u), cel::Value::Int),
+        cel::Value::List(mut list) => {
+            for item in std::sync::Arc::make_mut(&mut list).iter_mut() {
+                *item = signed(std::mem::replace(item, cel::Value::Null));
+            }
+            cel::Value::List(list)
+        }
+        cel::Value::Map(mut map) => {
+            for item in std::sync::Arc::make_mut(&mut map.map).values_mut() {
+                *item = signed(std::mem::replace(item, cel::Value::Null));
+            }
+            cel::Value::Map(map)
+        }
+        other => other,
+    }
 }
 
 /// A variable prepared when an expression first reads it and kept for the next ones.
@@ -145,6 +170,9 @@ mod tests {
         );
         assert_eq!(test("profile.traits.plan == 'free'"), Ok(false));
         assert_eq!(test("now == 5000"), Ok(true));
+        // Whole JSON numbers are ints, like literals: arithmetic mixes them.
+        assert_eq!(test("profile.traits.seats + 1 == 13"), Ok(true));
+        assert_eq!(test("[profile.traits.seats][0] * 2 == 24"), Ok(true));
         let missing = test("profile.traits.absent == 1").expect_err("a missing field errs");
         assert!(missing.contains("absent"), "{missing}");
         let not_bool = test("profile.traits.seats").expect_err("not a boolean");

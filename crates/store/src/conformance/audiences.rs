@@ -334,7 +334,8 @@ pub async fn snapshot_audiences_change_only_when_they_run(b: &impl Backend) {
 }
 
 /// Batch evaluation (ranges read side by side, without locks) agrees with the membership
-/// the backfill decided, for windows, all-time counts, page calls and future-dated events.
+/// the backfill decided, for windows, all-time counts, page calls and future-dated events,
+/// and where traits settle the rule before the events are read (a missing trait included).
 pub async fn batch_evaluation_agrees_with_the_backfill(b: &impl Backend) {
     let s = b.open(StoreOptions::default()).await;
     let received = parse_iso8601("2026-11-29T12:00:00Z").expect("time");
@@ -351,6 +352,10 @@ pub async fn batch_evaluation_agrees_with_the_backfill(b: &impl Backend) {
         if n % 4 == 0 {
             batch.push(json!({"type": "page", "userId": user, "name": "Home", "timestamp": day_at(-(n % 20))}));
         }
+        if n % 3 != 2 {
+            let plan = if n % 3 == 0 { "pro" } else { "free" };
+            batch.push(json!({"type": "identify", "userId": user, "traits": {"plan": plan}}));
+        }
         if n % 5 == 0 {
             batch.push(
                 json!({"type": "track", "userId": user, "event": "Order Completed",
@@ -365,6 +370,15 @@ pub async fn batch_evaluation_agrees_with_the_backfill(b: &impl Backend) {
         (
             "pages",
             r#"events.any("Page Viewed", "14d") || events.count("Order Completed") >= 4"#,
+        ),
+        ("paged", r#"events.count("Page Viewed") >= 1"#),
+        (
+            "pro",
+            r#"profile.traits.plan == "pro" && events.count("Order Completed", "30d") >= 2"#,
+        ),
+        (
+            "free",
+            r#"profile.traits.plan == "free" || events.count("Order Completed", "30d") >= 3"#,
         ),
     ] {
         let doc = json!({"key": key, "rule": rule});
@@ -393,4 +407,66 @@ pub async fn batch_evaluation_agrees_with_the_backfill(b: &impl Backend) {
             "{key}: a real split"
         );
     }
+}
+
+/// A calendar rule ("birthday this month") is decided again at the first instant of the
+/// next month in each person's own time zone, on the timer service: no sweep.
+pub async fn calendar_rules_flip_at_the_persons_midnight(b: &impl Backend) {
+    let s = b.open(StoreOptions::default()).await;
+    s.ingest(events(json!([
+        {"type": "identify", "userId": "kiwi",
+         "traits": {"birthday": "1990-12-17", "timezone": "Pacific/Auckland"}},
+        {"type": "identify", "userId": "london",
+         "traits": {"birthday": "1985-12-02", "timezone": "Europe/London"}},
+        {"type": "identify", "userId": "june", "traits": {"birthday": "1990-06-01"}},
+    ])))
+    .await
+    .expect("ingest");
+    let at = |text: &str| parse_iso8601(text).expect("time");
+    let doc = json!({"key": "birthday-month",
+        "rule": "calendar.month(profile.traits.birthday) == calendar.month()"});
+    // 23:00 on 30 November in Auckland (UTC+13).
+    s.put_audience("birthday-month", &doc, at("2026-11-30T10:00:00Z"))
+        .await
+        .expect("put");
+    while s
+        .fire_due_timers(at("2026-11-30T10:00:00Z"), 10)
+        .await
+        .expect("fire")
+        > 0
+    {}
+    assert!(audiences_of(&s, "kiwi").await.is_empty());
+    s.fire_due_timers(at("2026-11-30T10:59:59Z"), 10)
+        .await
+        .expect("fire");
+    assert!(
+        audiences_of(&s, "kiwi").await.is_empty(),
+        "not before midnight"
+    );
+    s.fire_due_timers(at("2026-11-30T11:00:00Z"), 10)
+        .await
+        .expect("fire");
+    assert_eq!(audiences_of(&s, "kiwi").await, ["birthday-month"]);
+    assert!(
+        audiences_of(&s, "london").await.is_empty(),
+        "still November in London"
+    );
+    s.fire_due_timers(at("2026-12-01T00:00:00Z"), 10)
+        .await
+        .expect("fire");
+    assert_eq!(audiences_of(&s, "london").await, ["birthday-month"]);
+    assert!(audiences_of(&s, "june").await.is_empty());
+    // New Year in Auckland comes 13 hours before London's.
+    s.fire_due_timers(at("2026-12-31T11:00:00Z"), 10)
+        .await
+        .expect("fire");
+    assert!(audiences_of(&s, "kiwi").await.is_empty());
+    assert_eq!(audiences_of(&s, "london").await, ["birthday-month"]);
+    assert_eq!(
+        audience_events(&s, "kiwi").await,
+        [
+            ("birthday-month".to_owned(), true),
+            ("birthday-month".to_owned(), false)
+        ]
+    );
 }

@@ -68,6 +68,7 @@ macro_rules! conformance_suite {
             a_backfill_goes_in_steps_and_starts_again_after_an_edit,
             snapshot_audiences_change_only_when_they_run,
             batch_evaluation_agrees_with_the_backfill,
+            calendar_rules_flip_at_the_persons_midnight,
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {

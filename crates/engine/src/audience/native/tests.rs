@@ -1,5 +1,6 @@
 //! The native decision against CEL's, on rules and people drawn at random: wherever the
-//! native form decides, CEL decides the same (and without an error).
+//! native form decides, CEL decides the same (and without an error); and wherever it
+//! decides before the events are read, CEL decides the same with them.
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -21,6 +22,8 @@ fn operand() -> impl Strategy<Value = String> {
         Just("profile.traits.nested.x".to_owned()),
         Just("profile.event_count".to_owned()),
         Just("in_audience(\"vip\")".to_owned()),
+        Just("calendar.day()".to_owned()),
+        Just("calendar.month(profile.traits.s)".to_owned()),
         (-3i64..4).prop_map(|i| i.to_string()),
         (-3i64..4).prop_map(|i| format!("{i}.5")),
         Just("2.0".to_owned()),
@@ -108,7 +111,58 @@ proptest! {
         {
             prop_assert_eq!(native, cel, "{}", rule);
         }
+        if let Some((member, error)) = audience.decide_without_events(&profile, &member_of) {
+            prop_assert_eq!(
+                (member, error.is_some()),
+                (by_cel.member, by_cel.error.is_some()),
+                "decided before the events: {}", rule
+            );
+        }
     }
+}
+
+#[test]
+fn a_trait_that_settles_the_rule_is_decided_before_the_events() {
+    let doc = AudienceDoc {
+        key: "r".into(),
+        rule: r#"profile.traits.plan == "pro" && events.count("Viewed", "30d") >= 2"#.into(),
+        ..Default::default()
+    };
+    let audience = CompiledAudience::compile(&doc, 1).expect("compiles");
+    assert!(audience.may_decide_without_events());
+    let mut profile = ProfileState::new("p".into(), 0, 5);
+    let nobody = |_: &str| false;
+    profile.traits.insert("plan".into(), json!("free"));
+    assert_eq!(
+        audience.decide_without_events(&profile, &nobody),
+        Some((false, None))
+    );
+    profile.traits.insert("plan".into(), json!("pro"));
+    assert_eq!(audience.decide_without_events(&profile, &nobody), None);
+    // Without the trait the comparison fails, and CEL's `error && false` is false: the
+    // events still decide whether this is an error or not a member.
+    profile.traits.clear();
+    assert_eq!(audience.decide_without_events(&profile, &nobody), None);
+    let settled = AudienceDoc {
+        key: "s".into(),
+        rule: r#"profile.traits.plan == "pro" || events.count("Viewed", "30d") >= 2"#.into(),
+        ..Default::default()
+    };
+    let settled = CompiledAudience::compile(&settled, 1).expect("compiles");
+    profile.traits.insert("plan".into(), json!("pro"));
+    assert_eq!(
+        settled.decide_without_events(&profile, &nobody),
+        Some((true, None))
+    );
+    // A rule of calls alone always needs the events.
+    let calls_only = AudienceDoc {
+        key: "c".into(),
+        rule: r#"events.count("Viewed", "30d") >= 2"#.into(),
+        ..Default::default()
+    };
+    let calls_only = CompiledAudience::compile(&calls_only, 1).expect("compiles");
+    assert!(!calls_only.may_decide_without_events());
+    assert_eq!(calls_only.decide_without_events(&profile, &nobody), None);
 }
 
 #[test]
