@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub use rule::{
     BehaviourCall, CalendarCall, CalendarField, EventFilter, Function, Rule, RuleError,
+    profile_path,
 };
 
 pub use crate::event::{AUDIENCE_ENTERED as ENTERED, AUDIENCE_EXITED as EXITED};

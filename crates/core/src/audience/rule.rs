@@ -571,8 +571,9 @@ fn is_calendar_call(call: &CallExpr) -> bool {
     matches!(call.target.as_deref(), Some(IdedExpr { expr: Expr::Ident(name), .. }) if name == "calendar")
 }
 
-/// `profile.a.b` as `["a", "b"]`.
-fn profile_path(node: &IdedExpr) -> Option<Vec<String>> {
+/// `profile.a.b` as `["a", "b"]` (`profile` alone as no fields); `None` for anything
+/// else.
+pub fn profile_path(node: &IdedExpr) -> Option<Vec<String>> {
     let mut path = Vec::new();
     let mut at = node;
     loop {

@@ -212,22 +212,7 @@ fn operand(expr: &IdedExpr, calls: usize) -> Option<Operand> {
                 index("@a").map(Operand::Audience)
             }
         }
-        Expr::Select(_) => {
-            let mut path = Vec::new();
-            let mut at = expr;
-            loop {
-                match &at.expr {
-                    Expr::Select(s) if !s.test => {
-                        path.push(s.field.clone());
-                        at = &s.operand;
-                    }
-                    Expr::Ident(root) if root == "profile" => break,
-                    _ => return None,
-                }
-            }
-            path.reverse();
-            Some(Operand::Profile(path))
-        }
+        Expr::Select(_) => waymark_core::audience::profile_path(expr).map(Operand::Profile),
         Expr::Literal(literal) => Some(Operand::Literal(match literal {
             LiteralValue::Int(i) => Scalar::Int(*i.inner()),
             LiteralValue::Double(d) => Scalar::Double(*d.inner()),
