@@ -270,7 +270,7 @@ async fn stored_with_refresh(
     key: &str,
 ) -> Result<(AudienceRecord, Refresh), ApiError> {
     let record = stored_audience(state, key).await?;
-    let refresh = serde_json::from_value::<AudienceDoc>(record.document.clone())
+    let refresh = AudienceDoc::deserialize(&record.document)
         .map(|d| d.refresh)
         .unwrap_or_default();
     Ok((record, refresh))

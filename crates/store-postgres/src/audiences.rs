@@ -8,7 +8,7 @@ use serde_json::Value;
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
 use waymark_engine::audience::{AudiencePlan, BodyPart, HistoryEvent};
-use waymark_store::pipeline::{HistoryRow, SizeChange, attach_to_scanned, history_event};
+use waymark_store::pipeline::{HistoryRow, SizeChange, attach_memberships, group_events};
 use waymark_store::{
     AudienceMember, AudienceRecord, AudienceSave, AudienceStatus, BackfillProgress, ScanReads,
     ScannedPerson, SizeAt, StoreError, body_code,
@@ -221,13 +221,12 @@ pub async fn profile_history(
     names: &[String],
 ) -> Result<Vec<HistoryEvent>, StoreError> {
     let (track, kinds) = waymark_core::event::stored_names(names);
-    let rows = history(client, &[profile_id], &track, &kinds, BodyPart::Whole)
-        .await
-        .map_err(|e| match e {
-            Abort::Fail(e) => e,
-            Abort::Retry(why) => StoreError::Unavailable(why.into()),
-        })?;
-    Ok(rows.into_iter().map(|row| history_event(row).1).collect())
+    let mut events = history(client, &[profile_id], &track, &kinds, BodyPart::Whole)
+        .await?
+        .pop()
+        .unwrap_or_default();
+    events.sort_by_key(|e| e.at);
+    Ok(events)
 }
 
 pub async fn version(
@@ -248,18 +247,56 @@ pub async fn history(
     track_names: &[String],
     kinds: &[&'static str],
     bodies: BodyPart,
+) -> Result<Vec<Vec<HistoryEvent>>, Abort> {
+    let rows = event_rows(
+        client,
+        Whose::Listed(profile_ids),
+        track_names,
+        kinds,
+        bodies,
+    )
+    .await?;
+    Ok(group_events(profile_ids, rows))
+}
+
+/// Whose events a read takes.
+enum Whose<'a> {
+    Listed(&'a [&'a str]),
+    /// Ids in (after, last].
+    Range {
+        after: &'a str,
+        last: &'a str,
+    },
+}
+
+/// Kept events of these track names and kinds, as rows.
+async fn event_rows(
+    client: &impl GenericClient,
+    whose: Whose<'_>,
+    track_names: &[String],
+    kinds: &[&'static str],
+    bodies: BodyPart,
 ) -> Result<Vec<HistoryRow>, Abort> {
     let kinds: Vec<&str> = kinds.to_vec();
-    let rows = client
-        .query(
-            "SELECT profile_id, kind, name, timestamp, CASE $4::bigint WHEN 2 THEN body::text
-                 WHEN 1 THEN jsonb_build_object('properties', coalesce(body->'properties', '{}'::jsonb))::text END FROM events
-             WHERE profile_id = ANY($1)
-               AND ((kind = 'track' AND name = ANY($2)) OR kind = ANY($3))
-             ORDER BY profile_id, kind, name, timestamp, seq",
-            &[&profile_ids, &track_names, &kinds, &body_code(bodies)],
-        )
-        .await?;
+    let code = body_code(bodies);
+    let columns = "SELECT profile_id, kind, name, timestamp, CASE $1::bigint WHEN 2 THEN body::text
+             WHEN 1 THEN jsonb_build_object('properties', coalesce(body->'properties', '{}'::jsonb))::text END
+         FROM events WHERE ((kind = 'track' AND name = ANY($2)) OR kind = ANY($3)) AND ";
+    let order = " ORDER BY profile_id, kind, name, timestamp, seq";
+    let rows = match whose {
+        Whose::Listed(ids) => {
+            let sql = [columns, "profile_id = ANY($4)", order].concat();
+            client
+                .query(&sql, &[&code, &track_names, &kinds, &ids])
+                .await?
+        }
+        Whose::Range { after, last } => {
+            let sql = [columns, "profile_id > $4 AND profile_id <= $5", order].concat();
+            client
+                .query(&sql, &[&code, &track_names, &kinds, &after, &last])
+                .await?
+        }
+    };
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let body: Value = match r.get::<_, Option<String>>(4) {
@@ -603,30 +640,21 @@ pub async fn scan_people(
     let Some(last) = last else {
         return Ok(people);
     };
-    let events = if reads.track_names.is_empty() && reads.kinds.is_empty() {
-        Vec::new()
-    } else {
-        let kinds: Vec<&str> = reads.kinds.to_vec();
-        let rows = tx
-            .query(
-                "SELECT profile_id, kind, name, timestamp, CASE $5::bigint WHEN 2 THEN body::text
-                 WHEN 1 THEN jsonb_build_object('properties', coalesce(body->'properties', '{}'::jsonb))::text END FROM events
-                 WHERE profile_id > $1 AND profile_id <= $2
-                   AND ((kind = 'track' AND name = ANY($3)) OR kind = ANY($4))",
-                &[&after, &last, &reads.track_names, &kinds, &body_code(reads.bodies)],
-            )
-            .await
-            .map_err(db_error)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let body: Value = match r.get::<_, Option<String>>(4) {
-                Some(body) => serde_json::from_str(&body).map_err(corrupt)?,
-                None => Value::Null,
-            };
-            out.push((r.get(0), r.get(1), r.get(2), r.get(3), body));
+    if !(reads.track_names.is_empty() && reads.kinds.is_empty()) {
+        let rows = event_rows(
+            &tx,
+            Whose::Range { after, last: &last },
+            &reads.track_names,
+            &reads.kinds,
+            reads.bodies,
+        )
+        .await?;
+        let ids: Vec<&str> = people.iter().map(|p| p.profile.id.as_str()).collect();
+        let events = group_events(&ids, rows);
+        for (person, events) in people.iter_mut().zip(events) {
+            person.events = events;
         }
-        out
-    };
+    }
     let memberships = if reads.memberships {
         tx.query(
             "SELECT profile_id, audience_key, since FROM audience_members
@@ -642,44 +670,18 @@ pub async fn scan_people(
         Vec::new()
     };
     tx.commit().await.map_err(db_error)?;
-    attach_to_scanned(&mut people, events, memberships);
+    attach_memberships(&mut people, memberships);
     Ok(people)
 }
 
-/// Kept events of these people (in id order), read in one statement.
+/// Kept events of these people (one statement: one snapshot).
 pub async fn people_events(
     client: &impl GenericClient,
     ids: &[String],
     reads: &ScanReads,
 ) -> Result<Vec<Vec<HistoryEvent>>, StoreError> {
-    let kinds: Vec<&str> = reads.kinds.to_vec();
-    let rows = client
-        .query(
-            "SELECT profile_id, kind, name, timestamp, CASE $4::bigint WHEN 2 THEN body::text
-                 WHEN 1 THEN jsonb_build_object('properties', coalesce(body->'properties', '{}'::jsonb))::text END FROM events
-             WHERE profile_id = ANY($1)
-               AND ((kind = 'track' AND name = ANY($2)) OR kind = ANY($3))",
-            &[&ids, &reads.track_names, &kinds, &body_code(reads.bodies)],
-        )
-        .await
-        .map_err(db_error)?;
-    let index: std::collections::HashMap<&str, usize> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| (id.as_str(), i))
-        .collect();
-    let mut out: Vec<Vec<HistoryEvent>> = vec![Vec::new(); ids.len()];
-    for r in rows {
-        let body: Value = match r.get::<_, Option<String>>(4) {
-            Some(body) => serde_json::from_str(&body).map_err(corrupt)?,
-            None => Value::Null,
-        };
-        let (profile, event) = history_event((r.get(0), r.get(1), r.get(2), r.get(3), body));
-        if let Some(&i) = index.get(profile.as_str()) {
-            out[i].push(event);
-        }
-    }
-    Ok(out)
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    Ok(history(client, &ids, &reads.track_names, &reads.kinds, reads.bodies).await?)
 }
 
 pub async fn profile_splits(

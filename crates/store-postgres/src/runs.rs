@@ -11,11 +11,11 @@ use serde_json::Value;
 use waymark_core::governance::Sent;
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
-use waymark_engine::audience::{AudiencePlan, BodyPart};
+use waymark_engine::audience::{AudiencePlan, BodyPart, HistoryEvent};
 use waymark_engine::run::{EntryRate, OutboxRow, Planned, Runtime, States, TimerRow};
 use waymark_engine::stats::{Counts, JourneyStats};
 use waymark_engine::{Effect, JourneyState};
-use waymark_store::pipeline::{self, HistoryRow, JourneyRow, RunTx};
+use waymark_store::pipeline::{self, JourneyRow, RunTx};
 use waymark_store::{Delivery, MessageEvent, OutboxEntry, OutboxItem, StoreError};
 
 use crate::{Abort, audiences, db_error, decode_profile};
@@ -529,7 +529,7 @@ impl<C: GenericClient> RunTx for Run<'_, C> {
         track_names: &[String],
         kinds: &[&'static str],
         bodies: BodyPart,
-    ) -> Result<Vec<HistoryRow>, Abort> {
+    ) -> Result<Vec<Vec<HistoryEvent>>, Abort> {
         audiences::history(self.0, profile_ids, track_names, kinds, bodies).await
     }
 

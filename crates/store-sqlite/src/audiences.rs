@@ -7,7 +7,7 @@ use serde_json::Value;
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
 use waymark_engine::audience::{AudiencePlan, BodyPart, HistoryEvent};
-use waymark_store::pipeline::{HistoryRow, SizeChange, attach_to_scanned, history_event};
+use waymark_store::pipeline::{SizeChange, attach_memberships};
 use waymark_store::{
     AudienceMember, AudienceRecord, AudienceSave, AudienceStatus, BackfillProgress, ScanReads,
     ScannedPerson, SizeAt, StoreError, body_code,
@@ -194,12 +194,11 @@ pub fn profile_history(
     names: &[String],
 ) -> Result<Vec<HistoryEvent>, StoreError> {
     let (track, kinds) = waymark_core::event::stored_names(names);
-    Ok(
-        history(conn, &[profile_id], &track, &kinds, BodyPart::Whole)?
-            .into_iter()
-            .map(|row| history_event(row).1)
-            .collect(),
-    )
+    let mut events = history(conn, &[profile_id], &track, &kinds, BodyPart::Whole)?
+        .pop()
+        .unwrap_or_default();
+    events.sort_by_key(|e| e.at);
+    Ok(events)
 }
 
 pub fn version(conn: &Connection, key: &str, version: u32) -> Result<Option<Value>, StoreError> {
@@ -216,40 +215,24 @@ pub fn history(
     track_names: &[String],
     kinds: &[&'static str],
     bodies: BodyPart,
-) -> Result<Vec<HistoryRow>, StoreError> {
-    let filter = names_and_kinds(!track_names.is_empty(), !kinds.is_empty(), "?2", "?3");
-    let track = serde_json::to_string(track_names).map_err(corrupt)?;
-    let kinds = serde_json::to_string(kinds).map_err(corrupt)?;
-    // One statement for all the people (their ids as a JSON array), not one per person.
-    let ids = serde_json::to_string(profile_ids).map_err(corrupt)?;
-    let sql = [
-        "SELECT profile_id, kind, name, timestamp, CASE ?4 WHEN 2 THEN body
-             WHEN 1 THEN '{\"properties\":' || coalesce(json_extract(body, '$.properties'), '{}') || '}' END
-         FROM events WHERE profile_id IN (SELECT value FROM json_each(?1)) AND ",
-        &filter,
-        " ORDER BY profile_id, kind, name, timestamp, seq",
-    ]
-    .concat();
-    let mut stmt = conn.prepare_cached(&sql).map_err(unavailable)?;
-    let rows = stmt
-        .query_map(params![ids, track, kinds, body_code(bodies)], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<String>>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, Option<String>>(4)?,
-            ))
-        })
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(unavailable)?;
-    let mut out = Vec::with_capacity(rows.len());
-    for (profile, kind, name, at, body) in rows {
-        let body = match body {
-            Some(body) => serde_json::from_str(&body).map_err(corrupt)?,
-            None => Value::Null,
-        };
-        out.push((profile, kind, name, at, body));
+) -> Result<Vec<Vec<HistoryEvent>>, StoreError> {
+    // Read in id order (one statement for all of them, their ids as a JSON array), then
+    // handed back in the order asked.
+    let mut order: Vec<usize> = (0..profile_ids.len()).collect();
+    order.sort_by_key(|&i| profile_ids[i]);
+    let sorted: Vec<&str> = order.iter().map(|&i| profile_ids[i]).collect();
+    let json = serde_json::to_string(&sorted).map_err(corrupt)?;
+    let read = events_in_order(
+        conn,
+        &sorted,
+        Whose::Listed(&json),
+        track_names,
+        kinds,
+        bodies,
+    )?;
+    let mut out: Vec<Vec<HistoryEvent>> = vec![Vec::new(); profile_ids.len()];
+    for (i, events) in order.into_iter().zip(read) {
+        out[i] = events;
     }
     Ok(out)
 }
@@ -566,7 +549,14 @@ fn scan_in_snapshot(
     };
     if !(reads.track_names.is_empty() && reads.kinds.is_empty()) {
         let ids: Vec<&str> = people.iter().map(|p| p.profile.id.as_str()).collect();
-        let events = events_in_order(conn, &ids, Whose::Range { after, last: &last }, reads)?;
+        let events = events_in_order(
+            conn,
+            &ids,
+            Whose::Range { after, last: &last },
+            &reads.track_names,
+            &reads.kinds,
+            reads.bodies,
+        )?;
         for (person, events) in people.iter_mut().zip(events) {
             person.events = events;
         }
@@ -586,22 +576,18 @@ fn scan_in_snapshot(
     } else {
         Vec::new()
     };
-    attach_to_scanned(&mut people, Vec::new(), memberships);
+    attach_memberships(&mut people, memberships);
     Ok(people)
 }
 
-/// Kept events of these people (in id order), read in one snapshot.
+/// Kept events of these people (one statement: one snapshot).
 pub fn people_events(
     conn: &Connection,
     ids: &[String],
     reads: &ScanReads,
 ) -> Result<Vec<Vec<HistoryEvent>>, StoreError> {
-    conn.execute_batch("BEGIN").map_err(unavailable)?;
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let json = serde_json::to_string(&ids).map_err(corrupt)?;
-    let events = events_in_order(conn, &ids, Whose::Listed(&json), reads);
-    conn.execute_batch("COMMIT").map_err(unavailable)?;
-    events
+    history(conn, &ids, &reads.track_names, &reads.kinds, reads.bodies)
 }
 
 /// Whose events a read takes.
@@ -612,17 +598,20 @@ enum Whose<'a> {
     Listed(&'a str),
 }
 
-/// The events of the names asked of each of `ids` (in id order: SQLite compares text as
-/// bytes, as Rust does), read in one pass over rows in the same order, without an
-/// allocation per row beyond the event's own name.
+/// The events of these track names and kinds of each of `ids` (in id order: SQLite
+/// compares text as bytes, as Rust does), read in one pass over rows in the same order,
+/// without an allocation per row beyond the event's own name.
 fn events_in_order(
     conn: &Connection,
     ids: &[&str],
     whose: Whose<'_>,
-    reads: &ScanReads,
+    track_names: &[String],
+    kinds: &[&'static str],
+    bodies: BodyPart,
 ) -> Result<Vec<Vec<HistoryEvent>>, StoreError> {
-    let track = serde_json::to_string(&reads.track_names).map_err(corrupt)?;
-    let kinds = serde_json::to_string(&reads.kinds).map_err(corrupt)?;
+    let filter = names_and_kinds(!track_names.is_empty(), !kinds.is_empty(), "?3", "?4");
+    let track = serde_json::to_string(track_names).map_err(corrupt)?;
+    let kinds = serde_json::to_string(kinds).map_err(corrupt)?;
     // ?2 goes unused for a list (SQLite binds by index up to the largest one written).
     let (people, first, second) = match whose {
         Whose::Range { after, last } => ("profile_id > ?1 AND profile_id <= ?2", after, last),
@@ -634,19 +623,13 @@ fn events_in_order(
          FROM events WHERE ",
         people,
         " AND ",
-        &names_and_kinds(!reads.track_names.is_empty(), !reads.kinds.is_empty(), "?3", "?4"),
+        &filter,
         " ORDER BY profile_id, kind, name, timestamp, seq",
     ]
     .concat();
     let mut stmt = conn.prepare_cached(&sql).map_err(unavailable)?;
     let mut rows = stmt
-        .query(params![
-            first,
-            second,
-            track,
-            kinds,
-            body_code(reads.bodies)
-        ])
+        .query(params![first, second, track, kinds, body_code(bodies)])
         .map_err(unavailable)?;
     let mut out: Vec<Vec<HistoryEvent>> = vec![Vec::new(); ids.len()];
     let mut i = 0;

@@ -9,11 +9,11 @@ use serde_json::Value;
 use waymark_core::governance::Sent;
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
-use waymark_engine::audience::{AudiencePlan, BodyPart};
+use waymark_engine::audience::{AudiencePlan, BodyPart, HistoryEvent};
 use waymark_engine::run::{EntryRate, OutboxRow, Planned, Runtime, States, TimerRow};
 use waymark_engine::stats::{Counts, JourneyStats};
 use waymark_engine::{Effect, JourneyState};
-use waymark_store::pipeline::{self, HistoryRow, JourneyRow, RunTx, run_now};
+use waymark_store::pipeline::{self, JourneyRow, RunTx, run_now};
 use waymark_store::{Delivery, MessageEvent, OutboxEntry, OutboxItem, StoreError};
 
 use crate::{audiences, decode_profile, unavailable};
@@ -517,7 +517,7 @@ impl RunTx for Run<'_, '_> {
         track_names: &[String],
         kinds: &[&'static str],
         bodies: BodyPart,
-    ) -> Result<Vec<HistoryRow>, StoreError> {
+    ) -> Result<Vec<Vec<HistoryEvent>>, StoreError> {
         audiences::history(self.0, profile_ids, track_names, kinds, bodies)
     }
 

@@ -429,8 +429,9 @@ pub struct AudienceSave {
 
 impl AudienceSave {
     pub fn of(document: &Value, now: Millis) -> Self {
+        use serde::Deserialize;
         use waymark_core::audience::{AudienceDoc, Refresh};
-        match serde_json::from_value::<AudienceDoc>(document.clone()) {
+        match AudienceDoc::deserialize(document) {
             Ok(doc) => AudienceSave {
                 backfill: doc.refresh != Refresh::Upload,
                 next_run: doc

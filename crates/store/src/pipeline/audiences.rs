@@ -6,7 +6,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use waymark_core::audience::{AudienceDoc, Refresh};
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
 use waymark_engine::audience::{
@@ -62,22 +61,21 @@ async fn people_inputs<'p, T: RunTx>(
 ) -> Result<Vec<PersonInput<'p>>, T::Error> {
     let ids: Vec<&str> = people.iter().map(|(p, _)| p.id.as_str()).collect();
     let names: Vec<String> = names.into_iter().collect();
-    let mut events: HashMap<String, Vec<HistoryEvent>> = HashMap::new();
-    if !names.is_empty() {
+    let events: Vec<Vec<HistoryEvent>> = if names.is_empty() {
+        vec![Vec::new(); ids.len()]
+    } else {
         let (track, kinds) = waymark_core::event::stored_names(&names);
-        let rows = tx.history(&ids, &track, &kinds, bodies).await?;
-        for (profile, event) in rows.into_iter().map(super::history_event) {
-            events.entry(profile).or_default().push(event);
-        }
-    }
+        tx.history(&ids, &track, &kinds, bodies).await?
+    };
     let mut members: HashMap<String, BTreeMap<String, Millis>> = HashMap::new();
     for (profile, audience, since) in tx.memberships(&ids).await? {
         members.entry(profile).or_default().insert(audience, since);
     }
     Ok(people
         .into_iter()
-        .map(|(profile, trigger)| PersonInput {
-            events: events.remove(&profile.id).unwrap_or_default(),
+        .zip(events)
+        .map(|((profile, trigger), events)| PersonInput {
+            events,
             members: members.remove(&profile.id).unwrap_or_default(),
             profile,
             trigger,
@@ -260,17 +258,12 @@ pub(super) async fn start_scheduled_runs<T: RunTx>(
     }
     let versions: HashMap<String, u32> = tx.audience_versions().await?.into_iter().collect();
     for key in &due {
-        let schedule = match versions.get(key) {
-            Some(version) => tx
-                .audience_document(key, *version)
-                .await?
-                .and_then(|d| serde_json::from_value::<AudienceDoc>(d).ok())
-                .filter(|d| d.refresh == Refresh::Snapshot)
-                .and_then(|d| d.schedule),
+        let document = match versions.get(key) {
+            Some(version) => tx.audience_document(key, *version).await?,
             None => None,
         };
         // After now, so a run that took long does not start again at once.
-        let next = schedule.and_then(|s| waymark_core::schedule::next_run(&s, now).ok());
+        let next = document.and_then(|d| crate::AudienceSave::of(&d, now).next_run);
         tx.start_audience_run(key, next, now).await?;
         tracing::info!(audience = %key, next_run = ?next, "scheduled audience run started");
     }

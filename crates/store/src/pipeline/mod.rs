@@ -23,7 +23,7 @@ use waymark_engine::run::{
 use waymark_engine::stats::{Counts, count_state_change, count_states};
 use waymark_engine::{Effect, JourneyState};
 
-use waymark_engine::audience::{AudiencePlan, BodyPart};
+use waymark_engine::audience::{AudiencePlan, BodyPart, HistoryEvent};
 
 use crate::{Delivery, OutboxItem, StoreError};
 
@@ -151,15 +151,16 @@ pub trait RunTx {
         version: u32,
     ) -> Result<Option<Value>, Self::Error>;
     /// These people's kept events that are track events named one of `track_names` or
-    /// calls of one of `kinds`, as (profile id, kind, name, event time, body); the body as
-    /// much as `bodies` says (null for nothing, `{"properties": ...}` for properties).
+    /// calls of one of `kinds`: each person's, in the order of `profile_ids` (distinct);
+    /// the body as much as `bodies` says (null for nothing, `{"properties": ...}` for
+    /// properties).
     async fn history(
         &self,
         profile_ids: &[&str],
         track_names: &[String],
         kinds: &[&'static str],
         bodies: BodyPart,
-    ) -> Result<Vec<HistoryRow>, Self::Error>;
+    ) -> Result<Vec<Vec<HistoryEvent>>, Self::Error>;
     /// These people's memberships, as (profile id, audience, since).
     async fn memberships(
         &self,
@@ -249,21 +250,26 @@ const HOUR_MS: Millis = 3_600_000;
 /// A stored event as audience runs read it: (profile id, kind, name, event time, body).
 pub type HistoryRow = (String, String, Option<String>, Millis, Value);
 
-/// A stored event as behaviour calls see it (by its display name), with its owner.
-pub fn history_event(
-    (profile, kind, name, at, body): HistoryRow,
-) -> (String, waymark_engine::audience::HistoryEvent) {
-    let name = waymark_core::event::display_name(&kind, name.as_deref());
-    (
-        profile,
-        waymark_engine::audience::HistoryEvent { name, at, body },
-    )
+/// Stored events (rows of any order) as behaviour calls see them (by display name), each
+/// person's in the order of `ids`; rows of anyone else are left out.
+pub fn group_events(ids: &[&str], rows: Vec<HistoryRow>) -> Vec<Vec<HistoryEvent>> {
+    let mut index: HashMap<&str, usize> = HashMap::with_capacity(ids.len());
+    for (i, id) in ids.iter().enumerate() {
+        index.entry(id).or_insert(i);
+    }
+    let mut out: Vec<Vec<HistoryEvent>> = vec![Vec::new(); ids.len()];
+    for (profile, kind, name, at, body) in rows {
+        if let Some(&i) = index.get(profile.as_str()) {
+            let name = waymark_core::event::display_name(&kind, name.as_deref());
+            out[i].push(HistoryEvent { name, at, body });
+        }
+    }
+    out
 }
 
-/// Gives scanned people their stored events and memberships (rows of any order).
-pub fn attach_to_scanned(
+/// Gives scanned people their memberships, as (profile id, audience, since) of any order.
+pub fn attach_memberships(
     people: &mut [crate::ScannedPerson],
-    events: Vec<HistoryRow>,
     memberships: Vec<(String, String, Millis)>,
 ) {
     let index: HashMap<String, usize> = people
@@ -271,11 +277,6 @@ pub fn attach_to_scanned(
         .enumerate()
         .map(|(i, p)| (p.profile.id.clone(), i))
         .collect();
-    for (profile, event) in events.into_iter().map(history_event) {
-        if let Some(i) = index.get(&profile) {
-            people[*i].events.push(event);
-        }
-    }
     for (profile, audience, since) in memberships {
         if let Some(i) = index.get(&profile) {
             people[*i].members.insert(audience, since);
