@@ -629,7 +629,7 @@ pub async fn scan_people(
     // The last in the database's order bounds the reads below.
     let mut last: Option<String> = None;
     for r in rows {
-        let profile = reads.profile.decode(r.get(0), r.get(1))?;
+        let profile = reads.decode_profile(r.get(0), r.get(1))?;
         last = Some(profile.id.clone());
         people.push(ScannedPerson {
             profile,

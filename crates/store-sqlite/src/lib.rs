@@ -95,6 +95,13 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 /// How long a connection waits for a lock another holds.
 pub(crate) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Readers map the database file instead of copying each page they read into their own
+/// cache (a batch evaluation reads the whole file: page copies from the OS cache were 6% of
+/// it). The map is address space, not memory; pages written since the last checkpoint are
+/// still read from the WAL.
+const READER_PRAGMAS: &str =
+    "PRAGMA cache_size = -16384; PRAGMA query_only = ON; PRAGMA mmap_size = 68719476736;";
+
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 256;
 
@@ -125,7 +132,7 @@ impl SqliteStore {
             .with_init(|c| {
                 c.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
                 c.busy_timeout(std::time::Duration::from_secs(10))?;
-                c.execute_batch("PRAGMA cache_size = -16384; PRAGMA query_only = ON;")
+                c.execute_batch(READER_PRAGMAS)
             });
         let readers = r2d2::Pool::builder()
             .max_size(8)

@@ -58,6 +58,7 @@ pub async fn evaluate_everyone<S: AudienceStore + ?Sized>(
         } else {
             ProfilePart::Whole
         },
+        trait_keys: audience.trait_keys_read(),
     };
     let events_later = audience.may_decide_without_events();
     let splits = store.profile_splits(ranges.max(1)).await?;

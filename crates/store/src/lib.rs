@@ -14,6 +14,7 @@ use waymark_core::{Event, Identity, ProfileState};
 pub mod batch;
 pub mod conformance;
 pub mod pipeline;
+mod traits_only;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -480,6 +481,20 @@ pub struct ScanReads {
     pub memberships: bool,
     /// How much of their profile.
     pub profile: ProfilePart,
+    /// With `ProfilePart::Traits`, the traits kept (`None`: all of them).
+    pub trait_keys: Option<Vec<String>>,
+}
+
+impl ScanReads {
+    /// A scanned person's profile from its id and what was read of it (see
+    /// `ProfilePart::code`).
+    pub fn decode_profile(
+        &self,
+        id: String,
+        state: Option<&str>,
+    ) -> Result<ProfileState, StoreError> {
+        self.profile.decode(id, state, self.trait_keys.as_deref())
+    }
 }
 
 /// How much of a profile a batch evaluation decodes: what the rule reads, no more (the
@@ -495,8 +510,9 @@ pub enum ProfilePart {
 }
 
 impl ProfilePart {
-    /// What a store reads of the stored profile: 0 nothing, 1 `{"traits": ...}` alone
-    /// (extracted by the database), 2 all of it.
+    /// What a store reads of the stored profile: 0 nothing, 1 the traits (as
+    /// `{"traits": ...}` extracted by the database, or the whole state, whose other fields
+    /// `decode` then skips), 2 all of it.
     pub fn code(self) -> i64 {
         match self {
             ProfilePart::Id => 0,
@@ -505,20 +521,20 @@ impl ProfilePart {
         }
     }
 
-    /// A scanned person's profile from its id and what was read of it (see `code`).
-    pub fn decode(self, id: String, state: Option<&str>) -> Result<ProfileState, StoreError> {
-        #[derive(serde::Deserialize)]
-        struct TraitsOnly {
-            #[serde(default)]
-            traits: serde_json::Map<String, Value>,
-        }
+    /// A scanned person's profile from its id and what was read of it (see `code`); of
+    /// the traits, only `trait_keys` when given.
+    pub fn decode(
+        self,
+        id: String,
+        state: Option<&str>,
+        trait_keys: Option<&[String]>,
+    ) -> Result<ProfileState, StoreError> {
         let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("profile state: {e}"));
         match (self, state) {
             (ProfilePart::Whole, Some(state)) => serde_json::from_str(state).map_err(corrupt),
             (ProfilePart::Traits, Some(state)) => {
-                let part: TraitsOnly = serde_json::from_str(state).map_err(corrupt)?;
                 let mut profile = ProfileState::new(id, 0, 0);
-                profile.traits = part.traits;
+                profile.traits = traits_only::decode(state, trait_keys).map_err(corrupt)?;
                 Ok(profile)
             }
             _ => Ok(ProfileState::new(id, 0, 0)),

@@ -50,7 +50,8 @@ pub struct CompiledAudience {
 /// One of the person's kept events, as a behaviour call sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistoryEvent {
-    pub name: String,
+    /// Its display name, shared by the events of a read that bear it.
+    pub name: std::sync::Arc<str>,
     /// Event time.
     pub at: Millis,
     /// The event in Segment's JSON shape (`properties`, `timestamp`, ...).
@@ -191,9 +192,37 @@ impl CompiledAudience {
         }
     }
 
-    /// Whether the rule and its conditions read nothing of `profile` but its traits.
+    /// Whether the rule and its conditions read nothing of `profile` but its traits
+    /// (calendar readings read the `timezone` trait, and may read a date elsewhere).
     pub fn reads_traits_only(&self) -> bool {
         reads_only_under(self.reads.of_var("profile"), "traits")
+            && self.rule.calendar.iter().all(|c| {
+                c.of.as_ref()
+                    .is_none_or(|of| of.first().is_some_and(|f| f == "traits"))
+            })
+    }
+
+    /// The traits the rule reads, when it reads nothing of `profile` but some of its
+    /// traits: the first key of each path under `profile.traits`, and for calendar
+    /// readings `timezone` and the trait holding their date. `None` when it reads all the
+    /// traits or more than traits.
+    pub fn trait_keys_read(&self) -> Option<Vec<String>> {
+        if !self.reads_traits_only() {
+            return None;
+        }
+        let mut keys: BTreeSet<String> = BTreeSet::new();
+        if let crate::expression::Reads::Paths(paths) = self.reads.of_var("profile") {
+            for path in paths {
+                keys.insert(path.get(1)?.clone());
+            }
+        }
+        for reading in &self.rule.calendar {
+            keys.insert("timezone".to_owned());
+            if let Some(of) = &reading.of {
+                keys.insert(of.get(1)?.clone());
+            }
+        }
+        Some(keys.into_iter().collect())
     }
 
     /// Decides the rule for `person` at `now`.
@@ -408,7 +437,7 @@ impl CompiledAudience {
         profile_of: &(dyn Fn() -> Prepared + Sync),
         now: Millis,
     ) -> bool {
-        event.name == call.event
+        *event.name == *call.event
             && since.is_none_or(|s| event.at > s)
             && filter.is_none_or(|f| self.filter_matches(call, f, event, profile, profile_of, now))
     }

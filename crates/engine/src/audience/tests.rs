@@ -370,3 +370,28 @@ fn calendar_readings_compare_with_int_literals_through_cel_too() {
         assert_eq!((decided.member, decided.error), (member, None), "{rule}");
     }
 }
+
+/// Batch evaluation decodes only what `trait_keys_read` names when `reads_traits_only`
+/// holds: a date read outside the traits, or the zone calendar readings are in, left out
+/// would decide everyone on a default.
+#[test]
+fn the_traits_a_rule_reads_include_those_its_calendar_readings_need() {
+    let keys = |rule: &str| audience(rule).trait_keys_read();
+    assert_eq!(
+        keys(r#"profile.traits.plan == "pro" && events.count("Order Completed", "30d") >= 3"#),
+        Some(vec!["plan".to_owned()])
+    );
+    assert_eq!(
+        keys("calendar.month(profile.traits.birthday) == calendar.month() && profile.traits.vip"),
+        Some(vec![
+            "birthday".to_owned(),
+            "timezone".to_owned(),
+            "vip".to_owned()
+        ])
+    );
+    assert_eq!(keys("size(profile.traits) > 2"), None, "all of the traits");
+    assert_eq!(keys(r#"profile.id != """#), None, "more than traits");
+    let outside = audience("calendar.month(profile.first_seen) == 12");
+    assert!(!outside.reads_traits_only(), "first_seen is not a trait");
+    assert_eq!(outside.trait_keys_read(), None);
+}

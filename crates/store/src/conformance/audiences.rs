@@ -38,7 +38,7 @@ async fn audience_events(s: &impl Store, user: &str) -> Vec<(String, bool)> {
                     .as_str()
                     .unwrap_or_default()
                     .to_owned(),
-                e.name == "Audience Entered",
+                &*e.name == "Audience Entered",
             )
         })
         .collect()

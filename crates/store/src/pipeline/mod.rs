@@ -261,7 +261,11 @@ pub fn group_events(ids: &[&str], rows: Vec<HistoryRow>) -> Vec<Vec<HistoryEvent
     for (profile, kind, name, at, body) in rows {
         if let Some(&i) = index.get(profile.as_str()) {
             let name = waymark_core::event::display_name(&kind, name.as_deref());
-            out[i].push(HistoryEvent { name, at, body });
+            out[i].push(HistoryEvent {
+                name: name.into(),
+                at,
+                body,
+            });
         }
     }
     out
@@ -272,6 +276,9 @@ pub fn attach_memberships(
     people: &mut [crate::ScannedPerson],
     memberships: Vec<(String, String, Millis)>,
 ) {
+    if memberships.is_empty() {
+        return;
+    }
     let index: HashMap<String, usize> = people
         .iter()
         .enumerate()
