@@ -9,6 +9,7 @@ use std::sync::Arc;
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
 use waymark_engine::audience::{AudiencePlan, BodyPart, HistoryEvent};
+use waymark_store::json_part;
 use waymark_store::pipeline::{SizeChange, attach_memberships};
 use waymark_store::{
     AudienceMember, AudienceRecord, AudienceSave, AudienceStatus, BackfillProgress, ProfilePart,
@@ -638,12 +639,11 @@ fn events_in_order(
     // Only the columns this read needs: each one a row carries costs three calls into
     // SQLite on the way out, more than SQLite takes to find the row.
     let kind_column = if kinds_asked { ", kind" } else { "" };
+    // Properties are taken out of the body here, not by `json_extract` (which builds a
+    // binary form of the whole body first, then text again for serde to parse).
     let body_column = match bodies {
         BodyPart::Nothing => "",
-        BodyPart::Properties => {
-            ", '{\"properties\":' || coalesce(json_extract(body, '$.properties'), '{}') || '}'"
-        }
-        BodyPart::Whole => ", body",
+        BodyPart::Properties | BodyPart::Whole => ", body",
     };
     let sql = [
         "SELECT profile_id, timestamp, seq, name",
@@ -700,9 +700,18 @@ fn events_in_order(
         };
         let body = match bodies {
             BodyPart::Nothing => Value::Null,
-            _ => match row.get_ref(body_at).map_err(unavailable)? {
+            BodyPart::Properties | BodyPart::Whole => match row
+                .get_ref(body_at)
+                .map_err(unavailable)?
+            {
                 ValueRef::Null => Value::Null,
-                value => serde_json::from_str(value.as_str().map_err(corrupt)?).map_err(corrupt)?,
+                body if bodies == BodyPart::Properties => {
+                    let body = body.as_str().map_err(corrupt)?;
+                    let properties =
+                        json_part::object_under(body, "properties", None).map_err(corrupt)?;
+                    serde_json::json!({ "properties": properties })
+                }
+                body => serde_json::from_str(body.as_str().map_err(corrupt)?).map_err(corrupt)?,
             },
         };
         let event = HistoryEvent {

@@ -13,8 +13,8 @@ use waymark_core::{Event, Identity, ProfileState};
 
 pub mod batch;
 pub mod conformance;
+pub mod json_part;
 pub mod pipeline;
-mod traits_only;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -534,7 +534,8 @@ impl ProfilePart {
             (ProfilePart::Whole, Some(state)) => serde_json::from_str(state).map_err(corrupt),
             (ProfilePart::Traits, Some(state)) => {
                 let mut profile = ProfileState::new(id, 0, 0);
-                profile.traits = traits_only::decode(state, trait_keys).map_err(corrupt)?;
+                profile.traits =
+                    json_part::object_under(state, "traits", trait_keys).map_err(corrupt)?;
                 Ok(profile)
             }
             _ => Ok(ProfileState::new(id, 0, 0)),
