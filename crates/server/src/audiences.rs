@@ -198,15 +198,13 @@ pub async fn preview_audience(
     let audience = CompiledAudience::compile(&doc, 0)
         .map_err(|problems| ApiError::unprocessable("invalid_audience", problems))?;
     let sample = query.sample.unwrap_or(20).min(1000) as usize;
-    // Two ranges per core: a range waits on each of its reads in turn (profiles, then
-    // events), and with one per core the cores stood idle a fifth of the time.
-    let ranges = 2 * std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
     let outcome = waymark_store::batch::evaluate_everyone(
         state.store.as_ref(),
         &audience,
         wall_clock_ms(),
         sample,
-        ranges,
+        cores,
     )
     .await?;
     Ok(axum::Json(AudiencePreview {

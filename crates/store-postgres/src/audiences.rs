@@ -8,7 +8,7 @@ use serde_json::Value;
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
 use waymark_engine::audience::{AudiencePlan, BodyPart, HistoryEvent};
-use waymark_store::pipeline::{HistoryRow, SizeChange, attach_memberships, group_events};
+use waymark_store::pipeline::{SizeChange, attach_memberships};
 use waymark_store::{
     AudienceMember, AudienceRecord, AudienceSave, AudienceStatus, BackfillProgress, ScanReads,
     ScannedPerson, SizeAt, StoreError, body_code,
@@ -257,6 +257,31 @@ pub async fn history(
     )
     .await?;
     Ok(group_events(profile_ids, rows))
+}
+
+/// A stored event as audience runs read it: (profile id, kind, name, event time, body).
+type HistoryRow = (String, String, Option<String>, Millis, Value);
+
+/// Stored events (rows of any order) as behaviour calls see them (by display name), each
+/// person's in the order of `ids`; rows of anyone else are left out.
+fn group_events(ids: &[&str], rows: Vec<HistoryRow>) -> Vec<Vec<HistoryEvent>> {
+    let mut index: std::collections::HashMap<&str, usize> =
+        std::collections::HashMap::with_capacity(ids.len());
+    for (i, id) in ids.iter().enumerate() {
+        index.entry(id).or_insert(i);
+    }
+    let mut out: Vec<Vec<HistoryEvent>> = vec![Vec::new(); ids.len()];
+    for (profile, kind, name, at, body) in rows {
+        if let Some(&i) = index.get(profile.as_str()) {
+            let name = waymark_core::event::display_name(&kind, name.as_deref());
+            out[i].push(HistoryEvent {
+                name: name.into(),
+                at,
+                body,
+            });
+        }
+    }
+    out
 }
 
 /// Whose events a read takes.

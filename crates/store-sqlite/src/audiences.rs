@@ -524,39 +524,7 @@ fn scan_in_snapshot(
     limit: u32,
     reads: &ScanReads,
 ) -> Result<Vec<ScannedPerson>, StoreError> {
-    // The whole state even for traits alone: serde skipping the rest is three times
-    // faster than SQLite's json_extract, which builds a binary form of all of it first
-    // (12% of a batch evaluation in perf). The column is named, not chosen by a `CASE`,
-    // which copied every state before handing it over.
-    let state = match reads.profile {
-        ProfilePart::Id => "NULL",
-        ProfilePart::Traits | ProfilePart::Whole => "state",
-    };
-    let mut stmt = conn
-        .prepare_cached(&format!(
-            "SELECT id, {state} FROM profiles WHERE id > ?1 AND (?2 IS NULL OR id <= ?2)
-             ORDER BY id LIMIT ?3"
-        ))
-        .map_err(unavailable)?;
-    let mut rows = stmt
-        .query(params![after, until, i64::from(limit)])
-        .map_err(unavailable)?;
-    let mut people: Vec<ScannedPerson> = Vec::with_capacity(limit as usize);
-    // Decoded from SQLite's own copy of the state, not a copy of it.
-    while let Some(row) = rows.next().map_err(unavailable)? {
-        let id: String = row.get(0).map_err(unavailable)?;
-        let state = match row.get_ref(1).map_err(unavailable)? {
-            ValueRef::Null => None,
-            value => Some(value.as_str().map_err(corrupt)?),
-        };
-        people.push(ScannedPerson {
-            profile: reads.decode_profile(id, state)?,
-            events: Vec::new(),
-            members: Default::default(),
-        });
-    }
-    drop(rows);
-    drop(stmt);
+    let mut people = scan_profiles(conn, after, until, limit, reads)?;
     let Some(last) = people.last().map(|p| p.profile.id.clone()) else {
         return Ok(people);
     };
@@ -590,6 +558,49 @@ fn scan_in_snapshot(
         Vec::new()
     };
     attach_memberships(&mut people, memberships);
+    Ok(people)
+}
+
+/// Profiles in (after, until], in id order, at most `limit`, decoded as far as `reads`
+/// asks.
+fn scan_profiles(
+    conn: &Connection,
+    after: &str,
+    until: Option<&str>,
+    limit: u32,
+    reads: &ScanReads,
+) -> Result<Vec<ScannedPerson>, StoreError> {
+    // The whole state even for traits alone: serde skipping the rest is three times
+    // faster than SQLite's json_extract, which builds a binary form of all of it first
+    // (12% of a batch evaluation in perf). The column is named, not chosen by a `CASE`,
+    // which copied every state before handing it over.
+    let state = match reads.profile {
+        ProfilePart::Id => "NULL",
+        ProfilePart::Traits | ProfilePart::Whole => "state",
+    };
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT id, {state} FROM profiles WHERE id > ?1 AND (?2 IS NULL OR id <= ?2)
+             ORDER BY id LIMIT ?3"
+        ))
+        .map_err(unavailable)?;
+    let mut rows = stmt
+        .query(params![after, until, i64::from(limit)])
+        .map_err(unavailable)?;
+    let mut people: Vec<ScannedPerson> = Vec::with_capacity(limit as usize);
+    // Decoded from SQLite's own copy of the state, not a copy of it.
+    while let Some(row) = rows.next().map_err(unavailable)? {
+        let id: String = row.get(0).map_err(unavailable)?;
+        let state = match row.get_ref(1).map_err(unavailable)? {
+            ValueRef::Null => None,
+            value => Some(value.as_str().map_err(corrupt)?),
+        };
+        people.push(ScannedPerson {
+            profile: reads.decode_profile(id, state)?,
+            events: Vec::new(),
+            members: Default::default(),
+        });
+    }
     Ok(people)
 }
 
@@ -639,8 +650,7 @@ fn events_in_order(
     // Only the columns this read needs: each one a row carries costs three calls into
     // SQLite on the way out, more than SQLite takes to find the row.
     let kind_column = if kinds_asked { ", kind" } else { "" };
-    // Properties are taken out of the body here, not by `json_extract` (which builds a
-    // binary form of the whole body first, then text again for serde to parse).
+    // Properties are taken out of the body in `history_body`.
     let body_column = match bodies {
         BodyPart::Nothing => "",
         BodyPart::Properties | BodyPart::Whole => ", body",
@@ -698,21 +708,13 @@ fn events_in_order(
                 name
             }
         };
-        let body = match bodies {
-            BodyPart::Nothing => Value::Null,
-            BodyPart::Properties | BodyPart::Whole => match row
-                .get_ref(body_at)
-                .map_err(unavailable)?
-            {
+        let body = if bodies == BodyPart::Nothing {
+            Value::Null
+        } else {
+            match row.get_ref(body_at).map_err(unavailable)? {
                 ValueRef::Null => Value::Null,
-                body if bodies == BodyPart::Properties => {
-                    let body = body.as_str().map_err(corrupt)?;
-                    let properties =
-                        json_part::object_under(body, "properties", None).map_err(corrupt)?;
-                    serde_json::json!({ "properties": properties })
-                }
-                body => serde_json::from_str(body.as_str().map_err(corrupt)?).map_err(corrupt)?,
-            },
+                body => history_body(bodies, body.as_str().map_err(corrupt)?)?,
+            }
         };
         let event = HistoryEvent {
             name,
@@ -722,6 +724,21 @@ fn events_in_order(
         read.push((i, row.get(2).map_err(unavailable)?, event));
     }
     Ok(per_person(ids.len(), read))
+}
+
+/// A history event's body from the stored one, as far as `bodies` asks: `{"properties":
+/// ...}` (taken out by serde; `json_extract` builds a binary form of the whole body
+/// first, then text again for serde to parse) or all of it.
+fn history_body(bodies: BodyPart, stored: &str) -> Result<Value, StoreError> {
+    Ok(match bodies {
+        BodyPart::Nothing => Value::Null,
+        BodyPart::Properties => {
+            let properties =
+                json_part::object_under(stored, "properties", None).map_err(corrupt)?;
+            serde_json::json!({ "properties": properties })
+        }
+        BodyPart::Whole => serde_json::from_str(stored).map_err(corrupt)?,
+    })
 }
 
 /// Rows read as (whose, seq, event), of any order, as each of `people` people's events in

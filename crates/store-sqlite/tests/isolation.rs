@@ -3,20 +3,25 @@
 use waymark_store::StoreOptions;
 use waymark_store_sqlite::SqliteStore;
 
-/// SQLite stores anything the parser accepts, so the refusal is a real constraint added to
-/// the database: a trigger that aborts an insert of one event name.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_sqlite_refuses_fails_alone() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = SqliteStore::open(dir.path(), StoreOptions::default()).expect("open");
-    let conn = rusqlite::Connection::open(dir.path().join(waymark_store_sqlite::DATABASE_FILE))
+/// A store whose database refuses events named `Poison`. SQLite stores anything the parser
+/// accepts, so the refusal is a real constraint added to the database: a trigger that
+/// aborts an insert of one event name.
+fn refusing_poison(dir: &std::path::Path) -> SqliteStore {
+    let store = SqliteStore::open(dir, StoreOptions::default()).expect("open");
+    let conn = rusqlite::Connection::open(dir.join(waymark_store_sqlite::DATABASE_FILE))
         .expect("second connection");
     conn.execute_batch(
         "CREATE TRIGGER refuse_poison BEFORE INSERT ON events WHEN NEW.name = 'Poison'
          BEGIN SELECT RAISE(ABORT, 'poisoned event'); END;",
     )
     .expect("trigger");
-    drop(conn);
+    store
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sqlite_refuses_fails_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = refusing_poison(dir.path());
     let refused = waymark_store::conformance::refused_requests_fail_alone(
         std::sync::Arc::new(store),
         |event| event.name = Some("Poison".into()),
@@ -32,15 +37,7 @@ async fn an_event_rolled_back_is_not_counted_by_the_next_decision() {
     use waymark_store::conformance::events;
     use waymark_store::{AudienceStore, ProfileStore};
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = SqliteStore::open(dir.path(), StoreOptions::default()).expect("open");
-    let conn = rusqlite::Connection::open(dir.path().join(waymark_store_sqlite::DATABASE_FILE))
-        .expect("second connection");
-    conn.execute_batch(
-        "CREATE TRIGGER refuse_poison BEFORE INSERT ON events WHEN NEW.name = 'Poison'
-         BEGIN SELECT RAISE(ABORT, 'poisoned event'); END;",
-    )
-    .expect("trigger");
-    drop(conn);
+    let store = refusing_poison(dir.path());
     let rule =
         serde_json::json!({"key": "viewers", "rule": r#"events.count("Viewed", "30d") >= 3"#});
     store.put_audience("viewers", &rule, 1).await.expect("put");

@@ -247,30 +247,6 @@ impl SizeChange {
 
 const HOUR_MS: Millis = 3_600_000;
 
-/// A stored event as audience runs read it: (profile id, kind, name, event time, body).
-pub type HistoryRow = (String, String, Option<String>, Millis, Value);
-
-/// Stored events (rows of any order) as behaviour calls see them (by display name), each
-/// person's in the order of `ids`; rows of anyone else are left out.
-pub fn group_events(ids: &[&str], rows: Vec<HistoryRow>) -> Vec<Vec<HistoryEvent>> {
-    let mut index: HashMap<&str, usize> = HashMap::with_capacity(ids.len());
-    for (i, id) in ids.iter().enumerate() {
-        index.entry(id).or_insert(i);
-    }
-    let mut out: Vec<Vec<HistoryEvent>> = vec![Vec::new(); ids.len()];
-    for (profile, kind, name, at, body) in rows {
-        if let Some(&i) = index.get(profile.as_str()) {
-            let name = waymark_core::event::display_name(&kind, name.as_deref());
-            out[i].push(HistoryEvent {
-                name: name.into(),
-                at,
-                body,
-            });
-        }
-    }
-    out
-}
-
 /// Gives scanned people their memberships, as (profile id, audience, since) of any order.
 pub fn attach_memberships(
     people: &mut [crate::ScannedPerson],
