@@ -227,6 +227,14 @@ pub enum Input<'a> {
         from: &'a str,
         entry: &'a Value,
     },
+    /// A read of the audience the journey's entry names found the person among its members:
+    /// enter at the start node if dates, re-entry and `entry.when` (over `profile`; `event`
+    /// is null) allow. Ignored while the person has an active instance here.
+    Read {
+        audience: &'a str,
+        /// When the read began: the same for everyone it entered.
+        started_at: Millis,
+    },
 }
 
 pub struct Ctx<'a> {
@@ -266,6 +274,26 @@ pub fn apply(
             let mut context = Map::new();
             context.insert("entry".into(), entry.clone());
             context.insert("jumped_from".into(), Value::String(from.to_owned()));
+            let instance = run.start_instance(state, context, None);
+            push_instance(state, instance);
+        }
+        (
+            Input::Read {
+                audience,
+                started_at,
+            },
+            None,
+        ) if may_enter && run.j.doc.entry.read_audience() == Some(audience) => {
+            if let Some(when) = &run.j.entry_when
+                && !run.eval(when, None, &Map::new()).unwrap_or(false)
+            {
+                return run.effects;
+            }
+            let mut context = Map::new();
+            context.insert(
+                "entry".into(),
+                json!({"audience": audience, "read_at": started_at}),
+            );
             let instance = run.start_instance(state, context, None);
             push_instance(state, instance);
         }

@@ -117,6 +117,12 @@ impl Catalog {
         self.active_keys().next().is_none()
     }
 
+    /// How many more people may enter the journey in the current second (its entry rate
+    /// limit's room; `u32::MAX` without one).
+    pub fn entry_room(&self, key: &str, now: Millis) -> u32 {
+        self.rates.get(key).map_or(u32::MAX, |r| r.room(now))
+    }
+
     /// Whether any version in the catalog may send to an address, i.e. whether a plan
     /// needs the people's suppression list entries read at all.
     pub fn sends_to_addresses(&self) -> bool {
@@ -337,11 +343,13 @@ impl<'a> Collector<'a> {
         self.original
             .entry(slot.clone())
             .or_insert_with(|| marks(state));
-        let is_entry = matches!(input, Input::Event(_) | Input::Jump { .. })
-            && !state
-                .instances
-                .last()
-                .is_some_and(|i| i.status == Status::Active);
+        let is_entry = matches!(
+            input,
+            Input::Event(_) | Input::Jump { .. } | Input::Read { .. }
+        ) && !state
+            .instances
+            .last()
+            .is_some_and(|i| i.status == Status::Active);
         let rate = is_entry
             .then(|| {
                 self.out
@@ -694,6 +702,33 @@ pub fn plan_jump(
         entry: jump.entry,
     };
     c.run(profile, jump.journey, input, now);
+    c.finish()
+}
+
+/// A read of an audience for a journey: its members found in one chunk.
+pub struct ReadIn<'a> {
+    pub journey: &'a str,
+    pub audience: &'a str,
+    pub started_at: Millis,
+}
+
+/// Enters members of the audience a journey reads (those its entry rules allow). The
+/// reader takes no more people than [`Catalog::entry_room`] allows, so none is refused.
+pub fn plan_read(
+    catalog: &Catalog,
+    states: States,
+    people: &[&ProfileState],
+    read: ReadIn<'_>,
+    now: Millis,
+) -> Planned {
+    let mut c = Collector::new(catalog, states);
+    for profile in people {
+        let input = Input::Read {
+            audience: read.audience,
+            started_at: read.started_at,
+        };
+        c.run(profile, read.journey, input, now);
+    }
     c.finish()
 }
 

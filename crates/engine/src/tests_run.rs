@@ -427,3 +427,80 @@ fn a_message_held_by_quiet_hours_is_held_where_its_node_stands_in_the_trace() {
             .collect::<Counts>()
     );
 }
+
+#[test]
+fn a_read_enters_members_its_entry_allows_and_no_event_starts_it() {
+    let mut m = Memory::default();
+    m.publish(
+        r#"
+key: promo
+entry: { audience: buyers, on: read, when: 'profile.traits.plan == "pro"' }
+properties: { reentry: { after: 1d } }
+nodes:
+  - { id: offer, type: message, channel: log, template: t, next: done }
+  - { id: done, type: end }
+"#,
+    );
+    let person = |user: &str, plan: &str| {
+        let (_, mut profile) = track(user, "x", json!({}), 1_000);
+        profile.traits.insert("plan".into(), json!(plan));
+        profile
+    };
+    let (ann, bob) = (person("ann", "pro"), person("bob", "free"));
+    let read = |at| crate::run::ReadIn {
+        journey: "promo",
+        audience: "buyers",
+        started_at: at,
+    };
+    let planned = crate::run::plan_read(
+        &m.catalog,
+        m.states.clone(),
+        &[&ann, &bob],
+        read(1_000),
+        1_000,
+    );
+    m.apply(planned);
+    let ann_state = &m.states[&("ann".to_string(), "promo".to_string())];
+    assert_eq!(ann_state.instances.len(), 1);
+    assert_eq!(ann_state.instances[0].status, Status::Completed);
+    assert_eq!(
+        ann_state.instances[0].context["entry"],
+        json!({"audience": "buyers", "read_at": 1_000})
+    );
+    assert!(
+        m.states
+            .get(&("bob".to_string(), "promo".to_string()))
+            .is_none_or(|s| s.instances.is_empty()),
+        "entry.when keeps bob out"
+    );
+    // The audience-entry event is not this journey's entry.
+    let (entered, profile) = track(
+        "ann",
+        "Audience Entered",
+        json!({"audience": "buyers"}),
+        2_000,
+    );
+    m.events(&[(entered, profile)], 2_000);
+    assert_eq!(m.stats("promo").instances, 1);
+    // Re-entry rules hold across reads: not within a day, then again.
+    let planned = crate::run::plan_read(&m.catalog, m.states.clone(), &[&ann], read(5_000), 5_000);
+    m.apply(planned);
+    assert_eq!(m.stats("promo").instances, 1);
+    let day = 86_400_000;
+    let planned = crate::run::plan_read(
+        &m.catalog,
+        m.states.clone(),
+        &[&ann],
+        read(day + 1_000),
+        day + 1_000,
+    );
+    m.apply(planned);
+    assert_eq!(m.stats("promo").instances, 2);
+    assert_eq!(
+        m.outbox
+            .iter()
+            .filter(|o| o.effect.kind() == "message")
+            .count(),
+        2
+    );
+}

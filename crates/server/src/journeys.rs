@@ -35,6 +35,41 @@ pub struct JourneyView {
     /// Set by publish: the version now live and whether publishing created it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub published: Option<Published>,
+    /// For a journey that reads an audience (`entry.on: read`): its reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read: Option<ReadView>,
+}
+
+/// A journey's reads of its audience.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadView {
+    /// `reading` (a read in progress), `scheduled` (one to come) or `done`.
+    pub state: &'static str,
+    /// When the next read starts (or the one in progress started).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<String>,
+    /// Members the read in progress has gone through.
+    pub members_read: u64,
+    /// When the last complete read finished, and how many members it went through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_finished_at: Option<String>,
+    pub last_read: u64,
+}
+
+impl From<waymark_store::pipeline::JourneyRead> for ReadView {
+    fn from(r: waymark_store::pipeline::JourneyRead) -> Self {
+        Self {
+            state: match (r.started_at, r.due_at) {
+                (Some(_), _) => "reading",
+                (None, Some(_)) => "scheduled",
+                (None, None) => "done",
+            },
+            due_at: r.due_at.map(format_iso8601),
+            members_read: r.read,
+            last_finished_at: r.last_finished_at.map(format_iso8601),
+            last_read: r.last_read,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -60,6 +95,7 @@ impl From<JourneyRecord> for JourneyView {
             created_at: format_iso8601(r.created_at),
             updated_at: format_iso8601(r.updated_at),
             published: None,
+            read: r.read.map(|r| ReadView::from(*r)),
         }
     }
 }

@@ -55,6 +55,10 @@ pub async fn read(
         versions,
         created_at: row.get(4),
         updated_at: row.get(5),
+        read: crate::reads::journey_read(client, key, false)
+            .await
+            .map_err(db_error)?
+            .map(Box::new),
     }))
 }
 
@@ -126,6 +130,7 @@ pub async fn publish(
         )
         .await
         .map_err(db_error)?;
+    crate::reads::after_publish(client, key, &record.draft, now).await?;
     Ok(read(client, key, false).await?.map(|r| (r, created)))
 }
 

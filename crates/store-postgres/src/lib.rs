@@ -12,6 +12,7 @@
 mod audiences;
 mod inbox;
 mod journeys;
+mod reads;
 mod runs;
 mod schema;
 mod suppressions;

@@ -15,7 +15,7 @@ use waymark_engine::audience::{AudiencePlan, BodyPart, HistoryEvent};
 use waymark_engine::run::{EntryRate, OutboxRow, Planned, Runtime, States, TimerRow};
 use waymark_engine::stats::{Counts, JourneyStats};
 use waymark_engine::{Effect, JourneyState};
-use waymark_store::pipeline::{self, JourneyRow, RunTx};
+use waymark_store::pipeline::{self, JourneyRead, JourneyRow, RunTx};
 use waymark_store::{Delivery, MessageEvent, OutboxEntry, OutboxItem, StoreError};
 
 use crate::{Abort, audiences, db_error, decode_profile};
@@ -560,6 +560,24 @@ impl<C: GenericClient> RunTx for Run<'_, C> {
         now: Millis,
     ) -> Result<(), Abort> {
         audiences::forget(self.0, profile_id, recheck, now).await
+    }
+
+    async fn due_journey_read(&self, now: Millis) -> Result<Option<JourneyRead>, Abort> {
+        Ok(crate::reads::due_journey_read(self.0, now).await?)
+    }
+
+    async fn save_journey_read(&self, read: &JourneyRead) -> Result<(), Abort> {
+        Ok(crate::reads::save_journey_read(self.0, read).await?)
+    }
+
+    async fn audience_members_after(
+        &self,
+        audience: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, Abort> {
+        let members = audiences::members(self.0, audience, Some(after), limit).await?;
+        Ok(members.into_iter().map(|m| m.profile_id).collect())
     }
 
     async fn due_audience_runs(&self, now: Millis, limit: u32) -> Result<Vec<String>, Abort> {

@@ -248,6 +248,21 @@ const MIGRATIONS: &[(i32, &str)] = &[
          );
          CREATE INDEX audience_schedules_due ON audience_schedules (next_run);",
     ),
+    // Journeys that read an audience: when the next read runs, and how far the one in
+    // progress has got (its cursor commits with the entries it made).
+    (
+        17,
+        "CREATE TABLE journey_reads (
+             journey_key TEXT PRIMARY KEY,
+             due_at BIGINT,
+             started_at BIGINT,
+             after_profile TEXT NOT NULL,
+             members_read BIGINT NOT NULL,
+             last_finished_at BIGINT,
+             last_read BIGINT NOT NULL
+         );
+         CREATE INDEX journey_reads_due ON journey_reads (due_at) WHERE due_at IS NOT NULL;",
+    ),
 ];
 
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {

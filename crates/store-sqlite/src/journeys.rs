@@ -49,6 +49,7 @@ pub fn read(conn: &Connection, key: &str) -> Result<Option<JourneyRecord>, Store
         versions,
         created_at,
         updated_at,
+        read: crate::reads::journey_read(conn, key)?.map(Box::new),
     }))
 }
 
@@ -110,6 +111,7 @@ pub fn publish(
         params![key, i64::from(live), now, waymark_engine::run::entry_rate_limit(&record.draft).map(i64::from)],
     )
     .map_err(unavailable)?;
+    crate::reads::after_publish(tx, key, &record.draft, now)?;
     Ok(read(tx, key)?.map(|r| (r, created)))
 }
 

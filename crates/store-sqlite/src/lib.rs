@@ -9,6 +9,7 @@ mod audiences;
 mod checkpointer;
 mod inbox;
 mod journeys;
+mod reads;
 mod runs;
 mod schema;
 mod suppressions;

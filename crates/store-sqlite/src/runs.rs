@@ -13,7 +13,7 @@ use waymark_engine::audience::{AudiencePlan, BodyPart, HistoryEvent};
 use waymark_engine::run::{EntryRate, OutboxRow, Planned, Runtime, States, TimerRow};
 use waymark_engine::stats::{Counts, JourneyStats};
 use waymark_engine::{Effect, JourneyState};
-use waymark_store::pipeline::{self, JourneyRow, RunTx, run_now};
+use waymark_store::pipeline::{self, JourneyRead, JourneyRow, RunTx, run_now};
 use waymark_store::{Delivery, MessageEvent, OutboxEntry, OutboxItem, StoreError};
 
 use crate::{audiences, decode_profile, unavailable};
@@ -553,6 +553,25 @@ impl RunTx for Run<'_, '_> {
         now: Millis,
     ) -> Result<(), StoreError> {
         audiences::forget(self.0, profile_id, recheck, now)
+    }
+
+    async fn due_journey_read(&self, now: Millis) -> Result<Option<JourneyRead>, StoreError> {
+        // One writer: nothing to lock.
+        crate::reads::due_journey_read(self.0, now)
+    }
+
+    async fn save_journey_read(&self, read: &JourneyRead) -> Result<(), StoreError> {
+        crate::reads::save_journey_read(self.0, read)
+    }
+
+    async fn audience_members_after(
+        &self,
+        audience: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let members = audiences::members(self.0, audience, Some(after), limit)?;
+        Ok(members.into_iter().map(|m| m.profile_id).collect())
     }
 
     async fn due_audience_runs(&self, now: Millis, limit: u32) -> Result<Vec<String>, StoreError> {

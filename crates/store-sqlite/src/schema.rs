@@ -249,6 +249,21 @@ const MIGRATIONS: &[(i64, &str)] = &[
          ) WITHOUT ROWID;
          CREATE INDEX audience_schedules_due ON audience_schedules (next_run);",
     ),
+    // Journeys that read an audience: when the next read runs, and how far the one in
+    // progress has got (its cursor commits with the entries it made).
+    (
+        16,
+        "CREATE TABLE journey_reads (
+             journey_key TEXT PRIMARY KEY,
+             due_at INTEGER,
+             started_at INTEGER,
+             after_profile TEXT NOT NULL,
+             members_read INTEGER NOT NULL,
+             last_finished_at INTEGER,
+             last_read INTEGER NOT NULL
+         ) WITHOUT ROWID;
+         CREATE INDEX journey_reads_due ON journey_reads (due_at) WHERE due_at IS NOT NULL;",
+    ),
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

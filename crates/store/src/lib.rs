@@ -266,6 +266,8 @@ pub struct JourneyRecord {
     pub versions: Vec<JourneyVersion>,
     pub created_at: Millis,
     pub updated_at: Millis,
+    /// For a journey that reads an audience: its next read and the one in progress.
+    pub read: Option<Box<pipeline::JourneyRead>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -10,6 +10,7 @@ mod direct_mail;
 mod email;
 mod governance;
 mod push;
+mod reads;
 mod sms;
 mod timers;
 mod webhooks;

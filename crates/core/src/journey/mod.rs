@@ -17,6 +17,7 @@ pub use duration::{DurationText, parse_duration_ms};
 pub use validate::{MAX_WEBHOOK_TIMEOUT_MS, partial_sources, valid_key, validate};
 
 use crate::FieldError;
+use crate::time::Millis;
 
 /// What a message is for, which decides the governance rules it is subject to.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -62,7 +63,8 @@ pub struct PinnedTemplate {
     pub document: crate::content::ContentDoc,
 }
 
-/// What starts a person's journey: an event, or entering (or leaving) an audience.
+/// What starts a person's journey: an event, entering (or leaving) an audience, or a read
+/// of an audience's members (a brand-initiated send: everyone in it enters).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Entry {
@@ -73,9 +75,14 @@ pub struct Entry {
     /// `on: exit`, leaves it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
-    /// With `audience`: `enter` (default) or `exit`.
+    /// With `audience`: `enter` (default), `exit`, or `read` (every member enters when the
+    /// audience is read: once at `properties.start_at` or at publish, or on `schedule`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on: Option<AudienceSide>,
+    /// With `on: read`: read the audience again on this cron schedule (in its time zone);
+    /// who may enter again is `properties.reentry`'s rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<crate::schedule::Schedule>,
     /// Optional CEL filter over `event` and `profile`.
     #[serde(default)]
     pub when: Option<String>,
@@ -88,29 +95,74 @@ pub enum AudienceSide {
     #[default]
     Enter,
     Exit,
+    /// Every member, when the audience is read.
+    Read,
 }
 
 impl Entry {
     /// The name of the events that can start the journey: the entry event, or for an
     /// audience entry `Audience Entered` / `Audience Exited`.
+    /// Empty for a read entry: no event starts it.
     pub fn event_name(&self) -> &str {
         match (&self.audience, self.on.unwrap_or_default()) {
             (None, _) => &self.event,
             (Some(_), AudienceSide::Enter) => crate::event::AUDIENCE_ENTERED,
             (Some(_), AudienceSide::Exit) => crate::event::AUDIENCE_EXITED,
+            (Some(_), AudienceSide::Read) => "",
+        }
+    }
+
+    /// The audience whose members a read entry enters.
+    pub fn read_audience(&self) -> Option<&str> {
+        match self.on {
+            Some(AudienceSide::Read) => self.audience.as_deref(),
+            _ => None,
         }
     }
 
     /// Whether an event of the entry's name starts the journey (for an audience entry, it
     /// must be about that audience).
     pub fn accepts(&self, event: &crate::Event) -> bool {
-        if event.display_name() != self.event_name() {
+        if self.read_audience().is_some() || event.display_name() != self.event_name() {
             return false;
         }
         match &self.audience {
             None => true,
             Some(key) => event.properties.get("audience").and_then(|a| a.as_str()) == Some(key),
         }
+    }
+}
+
+impl Journey {
+    /// When a version published at `now` first reads its audience (a read entry only): at
+    /// `start_at` (or now, if that has passed), or with a schedule at its first run from
+    /// then. `None` for other entries, and for a schedule that never runs.
+    pub fn first_read(&self, now: Millis) -> Option<Millis> {
+        self.entry.read_audience()?;
+        let start = self
+            .properties
+            .start_at
+            .as_deref()
+            .and_then(crate::time::parse_iso8601)
+            .map_or(now, |s| s.max(now));
+        match &self.entry.schedule {
+            // A run exactly at `start` counts: next_run looks strictly after its argument.
+            Some(schedule) => crate::schedule::next_run(schedule, start - 1).ok(),
+            None => Some(start),
+        }
+    }
+
+    /// When the read after one that started at `started` runs: the schedule's next run,
+    /// if it has one (and it is before `end_at`).
+    pub fn next_read(&self, started: Millis) -> Option<Millis> {
+        self.entry.read_audience()?;
+        let next = crate::schedule::next_run(self.entry.schedule.as_ref()?, started).ok()?;
+        let end = self
+            .properties
+            .end_at
+            .as_deref()
+            .and_then(crate::time::parse_iso8601);
+        end.is_none_or(|e| next < e).then_some(next)
     }
 }
 

@@ -196,3 +196,66 @@ fn a_journey_of_a_hundred_thousand_nodes_validates_without_recursion() {
         &errs[..errs.len().min(5)]
     );
 }
+
+const READER: &str = "key: promo
+entry: {audience: buyers, on: read}
+nodes:
+  - {id: done, type: end}
+";
+
+#[test]
+fn a_read_entry_reads_once_at_start_or_on_its_schedule() {
+    let at = |t: &str| crate::time::parse_iso8601(t).expect("time");
+    let now = at("2026-12-07T10:20:00Z");
+    let once = parse(READER, Format::Yaml).expect("parses");
+    assert!(validate(&once).is_empty());
+    assert_eq!(once.first_read(now), Some(now), "at publish");
+    assert_eq!(once.next_read(now), None, "once");
+
+    let later = parse(
+        &READER.replace(
+            "nodes:",
+            "properties: {start_at: 2026-12-08T09:00:00Z}\nnodes:",
+        ),
+        Format::Yaml,
+    )
+    .expect("parses");
+    assert_eq!(later.first_read(now), Some(at("2026-12-08T09:00:00Z")));
+
+    let weekly = parse(
+        &READER.replace(
+            "on: read}",
+            "on: read, schedule: {cron: '0 9 * * MON', timezone: Europe/Oslo}}",
+        ),
+        Format::Yaml,
+    )
+    .expect("parses");
+    assert!(validate(&weekly).is_empty());
+    // Monday 2026-12-14 09:00 in Oslo (UTC+1).
+    assert_eq!(weekly.first_read(now), Some(at("2026-12-14T08:00:00Z")));
+    assert_eq!(
+        weekly.next_read(at("2026-12-14T08:00:00Z")),
+        Some(at("2026-12-21T08:00:00Z"))
+    );
+    // A run exactly at start_at counts.
+    let from = weekly.clone();
+    let mut from = from;
+    from.properties.start_at = Some("2026-12-14T08:00:00Z".into());
+    assert_eq!(from.first_read(now), Some(at("2026-12-14T08:00:00Z")));
+    // None after end_at.
+    from.properties.end_at = Some("2026-12-20T00:00:00Z".into());
+    assert_eq!(from.next_read(at("2026-12-14T08:00:00Z")), None);
+}
+
+#[test]
+fn a_schedule_goes_with_a_read_entry_and_must_run() {
+    let on_enter = READER.replace("on: read}", "on: enter, schedule: {cron: '0 9 * * *'}}");
+    assert!(errors(&on_enter).contains(&("entry.schedule".into(), "invalid_value")));
+    let bad = READER.replace("on: read}", "on: read, schedule: {cron: 'often'}}");
+    assert!(errors(&bad).contains(&("entry.schedule.cron".into(), "invalid_schedule")));
+    let zone = READER.replace(
+        "on: read}",
+        "on: read, schedule: {cron: '0 9 * * *', timezone: Mars/Base}}",
+    );
+    assert!(errors(&zone).contains(&("entry.schedule.timezone".into(), "invalid_schedule")));
+}

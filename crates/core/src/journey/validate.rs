@@ -107,6 +107,18 @@ pub fn validate(journey: &Journey) -> Vec<FieldError> {
             "entry.on goes with entry.audience",
         );
     }
+    if let Some(schedule) = &journey.entry.schedule {
+        if journey.entry.read_audience().is_none() {
+            r.add(
+                "invalid_value",
+                "entry.schedule",
+                "entry.schedule goes with entry.on: read (a journey that reads an audience)",
+            );
+        }
+        if let Err(e) = crate::schedule::next_run(schedule, 0) {
+            r.add(e.code, format!("entry.{}", e.field), e.message);
+        }
+    }
     if let Some(when) = &journey.entry.when {
         r.cel("entry.when", when);
     }

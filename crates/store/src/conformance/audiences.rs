@@ -2,7 +2,8 @@
 //! journeys started by entries, erasure.
 
 use super::*;
-use crate::AudienceStore;
+use crate::{AudienceStore, JourneyRecord};
+use waymark_engine::stats::JourneyStats;
 
 const DAY: i64 = 86_400_000;
 
@@ -468,5 +469,131 @@ pub async fn calendar_rules_flip_at_the_persons_midnight(b: &impl Backend) {
             ("birthday-month".to_owned(), true),
             ("birthday-month".to_owned(), false)
         ]
+    );
+}
+
+/// A journey that reads an audience enters every member, a chunk per transaction paced by
+/// its entry rate limit, once; a scheduled one reads again on its schedule; a paused one's
+/// read waits.
+pub async fn journeys_read_their_audience_in_paced_steps_and_on_schedule(b: &impl Backend) {
+    let s = b.open(StoreOptions::default()).await;
+    let batch: Vec<Value> = (0..5)
+        .map(|n| json!({"type": "track", "messageId": format!("r{n}"), "userId": format!("u{n}"), "event": "Order Completed"}))
+        .chain(std::iter::once(json!({"type": "track", "messageId": "x", "userId": "other", "event": "Page Viewed"})))
+        .collect();
+    s.ingest(events(Value::Array(batch))).await.expect("ingest");
+    let now = crate::wall_clock_ms();
+    let start = now - now.rem_euclid(1000) + 10_000; // a whole second, ahead of the clock
+    let buyers = json!({"key": "buyers", "rule": r#"events.any("Order Completed")"#});
+    s.put_audience("buyers", &buyers, start).await.expect("put");
+    while s.fire_due_timers(start, 100).await.expect("fire") > 0 {}
+    assert_eq!(buyers_size(&s).await, 5);
+
+    let promo = json!({"key": "promo",
+        "entry": {"audience": "buyers", "on": "read"},
+        "properties": {"entry_rate_limit": 2},
+        "nodes": [
+            {"id": "offer", "type": "message", "channel": "log", "template": "t", "next": "done"},
+            {"id": "done", "type": "end"}]});
+    s.put_journey_draft("promo", &promo, start)
+        .await
+        .expect("put");
+    s.publish_journey("promo", start).await.expect("publish");
+    let read = |r: Option<JourneyRecord>| *r.expect("journey").read.expect("reads");
+    let scheduled = read(s.journey("promo").await.expect("read"));
+    assert_eq!(
+        (scheduled.due_at, scheduled.started_at),
+        (Some(start), None)
+    );
+    let instances = |st: JourneyStats| st.instances;
+
+    while s.fire_due_timers(start, 100).await.expect("fire") > 0 {}
+    let part = read(s.journey("promo").await.expect("read"));
+    assert_eq!(
+        (part.started_at, part.read),
+        (Some(start), 2),
+        "two a second: {part:?}"
+    );
+    assert_eq!(instances(s.journey_stats("promo").await.expect("stats")), 2);
+    // Paused, the read waits where it is.
+    s.change_journey_status("promo", JourneyAction::Pause, start + 1000)
+        .await
+        .expect("pause");
+    while s.fire_due_timers(start + 1000, 100).await.expect("fire") > 0 {}
+    assert_eq!(read(s.journey("promo").await.expect("read")).read, 2);
+    s.change_journey_status("promo", JourneyAction::Resume, start + 2000)
+        .await
+        .expect("resume");
+    for second in [2000, 3000, 4000] {
+        while s.fire_due_timers(start + second, 100).await.expect("fire") > 0 {}
+    }
+    let done = read(s.journey("promo").await.expect("read"));
+    assert_eq!(
+        (
+            done.due_at,
+            done.started_at,
+            done.last_read,
+            done.last_finished_at
+        ),
+        (None, None, 5, Some(start + 3000)),
+        "{done:?}"
+    );
+    let stats = s.journey_stats("promo").await.expect("stats");
+    assert_eq!(
+        (stats.instances, stats.completed, stats.rate_limited),
+        (5, 5, 0)
+    );
+    let other = s
+        .profile_journeys(&id("user_id", "other"))
+        .await
+        .expect("read")
+        .expect("profile");
+    assert!(other.is_empty(), "not a member, not entered");
+    // Publishing an edit does not read the audience again: a one-off read happens once.
+    let mut edited = promo.clone();
+    edited["name"] = json!("Promo, edited");
+    s.put_journey_draft("promo", &edited, start + 5000)
+        .await
+        .expect("put");
+    s.publish_journey("promo", start + 5000)
+        .await
+        .expect("publish");
+    while s.fire_due_timers(start + 6000, 100).await.expect("fire") > 0 {}
+    assert_eq!(instances(s.journey_stats("promo").await.expect("stats")), 5);
+
+    // On a schedule, every hour; members may enter again on each read.
+    let hourly = json!({"key": "hourly",
+        "entry": {"audience": "buyers", "on": "read", "schedule": {"cron": "0 * * * *"}},
+        "properties": {"reentry": "always"},
+        "nodes": [{"id": "done", "type": "end"}]});
+    s.put_journey_draft("hourly", &hourly, start)
+        .await
+        .expect("put");
+    s.publish_journey("hourly", start).await.expect("publish");
+    let first = read(s.journey("hourly").await.expect("read"))
+        .due_at
+        .expect("due");
+    assert!(first > start && first % 3_600_000 == 0 && first - start <= 3_600_000);
+    while s.fire_due_timers(first - 1, 100).await.expect("fire") > 0 {}
+    assert_eq!(
+        instances(s.journey_stats("hourly").await.expect("stats")),
+        0
+    );
+    while s.fire_due_timers(first, 100).await.expect("fire") > 0 {}
+    assert_eq!(
+        instances(s.journey_stats("hourly").await.expect("stats")),
+        5
+    );
+    let after = read(s.journey("hourly").await.expect("read"));
+    assert_eq!(after.due_at, Some(first + 3_600_000));
+    while s
+        .fire_due_timers(first + 3_600_000, 100)
+        .await
+        .expect("fire")
+        > 0
+    {}
+    assert_eq!(
+        instances(s.journey_stats("hourly").await.expect("stats")),
+        10
     );
 }

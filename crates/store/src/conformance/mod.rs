@@ -69,6 +69,7 @@ macro_rules! conformance_suite {
             snapshot_audiences_change_only_when_they_run,
             batch_evaluation_agrees_with_the_backfill,
             calendar_rules_flip_at_the_persons_midnight,
+            journeys_read_their_audience_in_paced_steps_and_on_schedule,
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {

@@ -28,8 +28,10 @@ use waymark_engine::audience::{AudiencePlan, BodyPart, HistoryEvent};
 use crate::{Delivery, OutboxItem, StoreError};
 
 mod audiences;
+mod reads;
 
 pub use audiences::change_list_members;
+pub use reads::JourneyRead;
 
 /// A journey row as the catalog reads it.
 #[derive(Debug, Clone)]
@@ -205,6 +207,18 @@ pub trait RunTx {
         to: Option<&str>,
         decided: u64,
     ) -> Result<(), Self::Error>;
+    /// The audience read due first (`due_at` reached) of a live journey, locked (skipped
+    /// where another transaction holds it).
+    async fn due_journey_read(&self, now: Millis) -> Result<Option<JourneyRead>, Self::Error>;
+    /// Writes a journey's read as it now stands.
+    async fn save_journey_read(&self, read: &JourneyRead) -> Result<(), Self::Error>;
+    /// Up to `limit` members of an audience after the profile id `after`, in id order.
+    async fn audience_members_after(
+        &self,
+        audience: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, Self::Error>;
     /// Drops a person's memberships and check (merged away or erased); with `recheck`, that
     /// person's audiences are decided again now (the profile that took over the history).
     async fn forget_audiences(
@@ -436,7 +450,8 @@ pub async fn fire_due<T: RunTx>(
     let checks = audiences::fire_checks(tx, runtime, now, limit).await?;
     let runs = audiences::start_scheduled_runs(tx, now, limit).await?;
     let backfilled = audiences::backfill(tx, runtime, now, limit).await?;
-    Ok(timers + checks + runs + backfilled)
+    let read = reads::read_audiences(tx, runtime, now, limit).await?;
+    Ok(timers + checks + runs + backfilled + read)
 }
 
 async fn fire_due_timers<T: RunTx>(
