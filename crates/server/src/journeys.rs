@@ -48,12 +48,16 @@ pub struct ReadView {
     /// When the next read starts (or the one in progress started).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub due_at: Option<String>,
-    /// Members the read in progress has gone through.
+    /// Members the read in progress has gone through, and of them those left out as
+    /// members of an `except` audience.
     pub members_read: u64,
-    /// When the last complete read finished, and how many members it went through.
+    pub excluded: u64,
+    /// When the last complete read finished, how many members it went through and how
+    /// many of them it left out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_finished_at: Option<String>,
     pub last_read: u64,
+    pub last_excluded: u64,
 }
 
 impl From<waymark_store::pipeline::JourneyRead> for ReadView {
@@ -66,8 +70,10 @@ impl From<waymark_store::pipeline::JourneyRead> for ReadView {
             },
             due_at: r.due_at.map(format_iso8601),
             members_read: r.read,
+            excluded: r.excluded,
             last_finished_at: r.last_finished_at.map(format_iso8601),
             last_read: r.last_read,
+            last_excluded: r.last_excluded,
         }
     }
 }
@@ -124,14 +130,21 @@ pub async fn put_journey(
     if let Some(mismatch) = key_mismatch(&journey.key, &key) {
         problems.insert(0, mismatch);
     }
-    if let Some(audience) = &journey.entry.audience
-        && state.store.audience(audience).await?.is_none()
-    {
-        problems.push(FieldError::new(
-            "unknown_audience",
-            "entry.audience",
-            format!("there is no audience {audience:?}"),
-        ));
+    let named = journey
+        .entry
+        .audience
+        .iter()
+        .map(|a| ("entry.audience".to_owned(), a));
+    let except =
+        (journey.entry.except.iter().enumerate()).map(|(i, a)| (format!("entry.except[{i}]"), a));
+    for (field, audience) in named.chain(except) {
+        if state.store.audience(audience).await?.is_none() {
+            problems.push(FieldError::new(
+                "unknown_audience",
+                field,
+                format!("there is no audience {audience:?}"),
+            ));
+        }
     }
     if !problems.is_empty() {
         return Err(ApiError::unprocessable("invalid_journey", problems));

@@ -10,8 +10,7 @@ use waymark_store::pipeline::JourneyRead;
 
 use crate::db_error;
 
-const READ_COLUMNS: &str =
-    "journey_key, due_at, started_at, after_profile, members_read, last_finished_at, last_read";
+const READ_COLUMNS: &str = "journey_key, due_at, started_at, after_profile, members_read, excluded, last_finished_at, last_read, last_excluded";
 
 fn read_row(r: &tokio_postgres::Row) -> JourneyRead {
     JourneyRead {
@@ -20,8 +19,10 @@ fn read_row(r: &tokio_postgres::Row) -> JourneyRead {
         started_at: r.get(2),
         after: r.get(3),
         read: r.get::<_, i64>(4).max(0) as u64,
-        last_finished_at: r.get(5),
-        last_read: r.get::<_, i64>(6).max(0) as u64,
+        excluded: r.get::<_, i64>(5).max(0) as u64,
+        last_finished_at: r.get(6),
+        last_read: r.get::<_, i64>(7).max(0) as u64,
+        last_excluded: r.get::<_, i64>(8).max(0) as u64,
     }
 }
 
@@ -63,11 +64,12 @@ pub async fn save_journey_read(
     read: &JourneyRead,
 ) -> Result<(), tokio_postgres::Error> {
     let sql = format!(
-        "INSERT INTO journey_reads ({READ_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)
+        "INSERT INTO journey_reads ({READ_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          ON CONFLICT (journey_key) DO UPDATE SET due_at = excluded.due_at,
              started_at = excluded.started_at, after_profile = excluded.after_profile,
-             members_read = excluded.members_read, last_finished_at = excluded.last_finished_at,
-             last_read = excluded.last_read"
+             members_read = excluded.members_read, excluded = excluded.excluded,
+             last_finished_at = excluded.last_finished_at, last_read = excluded.last_read,
+             last_excluded = excluded.last_excluded"
     );
     client
         .execute(
@@ -78,8 +80,10 @@ pub async fn save_journey_read(
                 &read.started_at,
                 &read.after,
                 &(read.read as i64),
+                &(read.excluded as i64),
                 &read.last_finished_at,
                 &(read.last_read as i64),
+                &(read.last_excluded as i64),
             ],
         )
         .await?;

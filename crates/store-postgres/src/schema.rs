@@ -258,8 +258,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
              started_at BIGINT,
              after_profile TEXT NOT NULL,
              members_read BIGINT NOT NULL,
+             excluded BIGINT NOT NULL,
              last_finished_at BIGINT,
-             last_read BIGINT NOT NULL
+             last_read BIGINT NOT NULL,
+             last_excluded BIGINT NOT NULL
          );
          CREATE INDEX journey_reads_due ON journey_reads (due_at) WHERE due_at IS NOT NULL;",
     ),

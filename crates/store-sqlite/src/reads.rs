@@ -10,8 +10,7 @@ use waymark_store::pipeline::JourneyRead;
 
 use crate::unavailable;
 
-const READ_COLUMNS: &str =
-    "journey_key, due_at, started_at, after_profile, members_read, last_finished_at, last_read";
+const READ_COLUMNS: &str = "journey_key, due_at, started_at, after_profile, members_read, excluded, last_finished_at, last_read, last_excluded";
 
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JourneyRead> {
     Ok(JourneyRead {
@@ -20,8 +19,10 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JourneyRead> {
         started_at: r.get(2)?,
         after: r.get(3)?,
         read: r.get::<_, i64>(4)?.max(0) as u64,
-        last_finished_at: r.get(5)?,
-        last_read: r.get::<_, i64>(6)?.max(0) as u64,
+        excluded: r.get::<_, i64>(5)?.max(0) as u64,
+        last_finished_at: r.get(6)?,
+        last_read: r.get::<_, i64>(7)?.max(0) as u64,
+        last_excluded: r.get::<_, i64>(8)?.max(0) as u64,
     })
 }
 
@@ -47,11 +48,12 @@ pub fn due_journey_read(conn: &Connection, now: Millis) -> Result<Option<Journey
 
 pub fn save_journey_read(tx: &Transaction<'_>, read: &JourneyRead) -> Result<(), StoreError> {
     tx.prepare_cached(&format!(
-        "INSERT INTO journey_reads ({READ_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+        "INSERT INTO journey_reads ({READ_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
          ON CONFLICT (journey_key) DO UPDATE SET due_at = excluded.due_at,
              started_at = excluded.started_at, after_profile = excluded.after_profile,
-             members_read = excluded.members_read, last_finished_at = excluded.last_finished_at,
-             last_read = excluded.last_read"
+             members_read = excluded.members_read, excluded = excluded.excluded,
+             last_finished_at = excluded.last_finished_at, last_read = excluded.last_read,
+             last_excluded = excluded.last_excluded"
     ))
     .and_then(|mut s| {
         s.execute(params![
@@ -60,8 +62,10 @@ pub fn save_journey_read(tx: &Transaction<'_>, read: &JourneyRead) -> Result<(),
             read.started_at,
             read.after,
             read.read as i64,
+            read.excluded as i64,
             read.last_finished_at,
-            read.last_read as i64
+            read.last_read as i64,
+            read.last_excluded as i64
         ])
     })
     .map_err(unavailable)?;

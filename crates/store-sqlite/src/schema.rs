@@ -259,8 +259,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
              started_at INTEGER,
              after_profile TEXT NOT NULL,
              members_read INTEGER NOT NULL,
+             excluded INTEGER NOT NULL,
              last_finished_at INTEGER,
-             last_read INTEGER NOT NULL
+             last_read INTEGER NOT NULL,
+             last_excluded INTEGER NOT NULL
          ) WITHOUT ROWID;
          CREATE INDEX journey_reads_due ON journey_reads (due_at) WHERE due_at IS NOT NULL;",
     ),

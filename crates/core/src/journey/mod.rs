@@ -83,6 +83,9 @@ pub struct Entry {
     /// who may enter again is `properties.reentry`'s rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<crate::schedule::Schedule>,
+    /// With `on: read`: members of any of these audiences are left out of the read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub except: Vec<String>,
     /// Optional CEL filter over `event` and `profile`.
     #[serde(default)]
     pub when: Option<String>,

@@ -107,6 +107,22 @@ pub fn validate(journey: &Journey) -> Vec<FieldError> {
             "entry.on goes with entry.audience",
         );
     }
+    if !journey.entry.except.is_empty() && journey.entry.read_audience().is_none() {
+        r.add(
+            "invalid_value",
+            "entry.except",
+            "entry.except goes with entry.on: read (a journey that reads an audience)",
+        );
+    }
+    for (i, key) in journey.entry.except.iter().enumerate() {
+        if !valid_key(key) {
+            r.add(
+                "invalid_key",
+                format!("entry.except[{i}]"),
+                format!("{key:?} is not an audience key (a-z, 0-9, - and _)"),
+            );
+        }
+    }
     if let Some(schedule) = &journey.entry.schedule {
         if journey.entry.read_audience().is_none() {
             r.add(

@@ -489,8 +489,20 @@ pub async fn journeys_read_their_audience_in_paced_steps_and_on_schedule(b: &imp
     while s.fire_due_timers(start, 100).await.expect("fire") > 0 {}
     assert_eq!(buyers_size(&s).await, 5);
 
+    // u1 opted out: an uploaded list the read leaves out.
+    s.put_audience(
+        "optout",
+        &json!({"key": "optout", "refresh": "upload"}),
+        start,
+    )
+    .await
+    .expect("put");
+    let u1 = profile_id(&s, "u1").await;
+    s.change_list_members("optout", vec![u1], true, start)
+        .await
+        .expect("upload");
     let promo = json!({"key": "promo",
-        "entry": {"audience": "buyers", "on": "read"},
+        "entry": {"audience": "buyers", "on": "read", "except": ["optout"]},
         "properties": {"entry_rate_limit": 2},
         "nodes": [
             {"id": "offer", "type": "message", "channel": "log", "template": "t", "next": "done"},
@@ -509,9 +521,10 @@ pub async fn journeys_read_their_audience_in_paced_steps_and_on_schedule(b: &imp
 
     while s.fire_due_timers(start, 100).await.expect("fire") > 0 {}
     let part = read(s.journey("promo").await.expect("read"));
+    // Two entries a second; a member left out takes no room.
     assert_eq!(
         (part.started_at, part.read),
-        (Some(start), 2),
+        (Some(start), 2 + part.excluded),
         "two a second: {part:?}"
     );
     assert_eq!(instances(s.journey_stats("promo").await.expect("stats")), 2);
@@ -520,7 +533,10 @@ pub async fn journeys_read_their_audience_in_paced_steps_and_on_schedule(b: &imp
         .await
         .expect("pause");
     while s.fire_due_timers(start + 1000, 100).await.expect("fire") > 0 {}
-    assert_eq!(read(s.journey("promo").await.expect("read")).read, 2);
+    assert_eq!(
+        read(s.journey("promo").await.expect("read")).read,
+        part.read
+    );
     s.change_journey_status("promo", JourneyAction::Resume, start + 2000)
         .await
         .expect("resume");
@@ -533,16 +549,23 @@ pub async fn journeys_read_their_audience_in_paced_steps_and_on_schedule(b: &imp
             done.due_at,
             done.started_at,
             done.last_read,
+            done.last_excluded,
             done.last_finished_at
         ),
-        (None, None, 5, Some(start + 3000)),
+        (None, None, 5, 1, Some(start + 3000)),
         "{done:?}"
     );
     let stats = s.journey_stats("promo").await.expect("stats");
     assert_eq!(
         (stats.instances, stats.completed, stats.rate_limited),
-        (5, 5, 0)
+        (4, 4, 0)
     );
+    let opted_out = s
+        .profile_journeys(&id("user_id", "u1"))
+        .await
+        .expect("read")
+        .expect("profile");
+    assert!(opted_out.is_empty(), "left out");
     let other = s
         .profile_journeys(&id("user_id", "other"))
         .await
@@ -559,7 +582,7 @@ pub async fn journeys_read_their_audience_in_paced_steps_and_on_schedule(b: &imp
         .await
         .expect("publish");
     while s.fire_due_timers(start + 6000, 100).await.expect("fire") > 0 {}
-    assert_eq!(instances(s.journey_stats("promo").await.expect("stats")), 5);
+    assert_eq!(instances(s.journey_stats("promo").await.expect("stats")), 4);
 
     // On a schedule, every hour; members may enter again on each read.
     let hourly = json!({"key": "hourly",

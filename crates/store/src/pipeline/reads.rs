@@ -4,7 +4,9 @@
 //! and nobody is entered twice by the same read. The journey's `entry_rate_limit` paces the
 //! read (a chunk takes no more than the second's room), instead of refusing entries.
 
+use std::collections::HashSet;
 use waymark_core::ProfileState;
+
 use waymark_core::journey::Journey;
 use waymark_core::journey::lifecycle::Status as JourneyStatus;
 use waymark_core::time::Millis;
@@ -24,9 +26,13 @@ pub struct JourneyRead {
     pub after: String,
     /// Members the read in progress has gone through.
     pub read: u64,
-    /// When the last complete read finished, and how many members it went through.
+    /// Of them, left out as members of an `except` audience.
+    pub excluded: u64,
+    /// When the last complete read finished, how many members it went through, and how
+    /// many of them it left out.
     pub last_finished_at: Option<Millis>,
     pub last_read: u64,
+    pub last_excluded: u64,
 }
 
 impl JourneyRead {
@@ -97,10 +103,26 @@ pub async fn read_audiences<T: RunTx>(
         .audience_members_after(audience, &read.after, room)
         .await?;
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    if !ids.is_empty() {
-        let profiles = tx.lock_profiles(&id_refs).await?;
+    let excluded: HashSet<String> = if journey.entry.except.is_empty() || ids.is_empty() {
+        HashSet::new()
+    } else {
+        tx.memberships(&id_refs)
+            .await?
+            .into_iter()
+            .filter(|(_, audience, _)| journey.entry.except.contains(audience))
+            .map(|(profile, _, _)| profile)
+            .collect()
+    };
+    read.excluded += excluded.len() as u64;
+    let entering: Vec<&str> = id_refs
+        .iter()
+        .copied()
+        .filter(|id| !excluded.contains(*id))
+        .collect();
+    if !entering.is_empty() {
+        let profiles = tx.lock_profiles(&entering).await?;
         let people: Vec<&ProfileState> =
-            id_refs.iter().filter_map(|id| profiles.get(*id)).collect();
+            entering.iter().filter_map(|id| profiles.get(*id)).collect();
         let keys: Vec<(String, String)> = people
             .iter()
             .map(|p| (p.id.clone(), read.journey.clone()))
@@ -121,7 +143,9 @@ pub async fn read_audiences<T: RunTx>(
             tracing::info!(journey = %read.journey, audience, members = read.read, "audience read finished");
             read.last_finished_at = Some(now);
             read.last_read = read.read;
+            read.last_excluded = read.excluded;
             read.read = 0;
+            read.excluded = 0;
             read.after.clear();
             read.started_at = None;
             // Runs missed while the server was down are not made up one after another.
