@@ -5,6 +5,7 @@
 //! functions, and every storage backend runs the same rules by calling into it.
 
 pub mod audience;
+pub mod campaign;
 pub mod channel;
 pub mod content;
 pub mod delivery;

@@ -130,6 +130,60 @@ pub async fn put_journey(
     if let Some(mismatch) = key_mismatch(&journey.key, &key) {
         problems.insert(0, mismatch);
     }
+    problems.extend(unknown_audiences(&state, &journey).await?);
+    if journey.campaign.is_some() {
+        problems.push(FieldError::new(
+            "invalid_value",
+            "campaign",
+            "campaign is set by the campaigns API (PUT /v1/campaigns/{key})",
+        ));
+    }
+    let record = store_draft(&state, &key, &journey, problems, "invalid_journey").await?;
+    Ok(axum::Json(record.into()))
+}
+
+/// Stores a journey document as the draft of `key`, unless there are `problems` (refused as
+/// `code`) or the key is the other API's: campaigns and journeys share keys, and a
+/// campaign's journey (one with `campaign` set) changes only through the campaigns API.
+pub async fn store_draft(
+    state: &AppState,
+    key: &str,
+    journey: &Journey,
+    problems: Vec<FieldError>,
+    code: &str,
+) -> Result<JourneyRecord, ApiError> {
+    let campaign = journey.campaign.is_some();
+    if let Some(existing) = state.store.journey(key).await?
+        && existing.draft.get("campaign").is_some() != campaign
+    {
+        return Err(if campaign {
+            ApiError::conflict(
+                "not_a_campaign",
+                format!("journey {key:?} is not a campaign's; campaigns and journeys share keys"),
+            )
+        } else {
+            ApiError::conflict(
+                "campaign_journey",
+                format!("journey {key:?} runs a campaign: change it with PUT /v1/campaigns/{key}"),
+            )
+        });
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::unprocessable(code, problems));
+    }
+    let document = serde_json::to_value(journey)
+        .map_err(|e| ApiError::bad_request("invalid_document", e.to_string()))?;
+    Ok(state
+        .store
+        .put_journey_draft(key, &document, wall_clock_ms())
+        .await?)
+}
+
+/// The audiences a journey's entry names that do not exist, with their paths.
+pub async fn unknown_audiences(
+    state: &AppState,
+    journey: &Journey,
+) -> Result<Vec<FieldError>, ApiError> {
     let named = journey
         .entry
         .audience
@@ -137,6 +191,7 @@ pub async fn put_journey(
         .map(|a| ("entry.audience".to_owned(), a));
     let except =
         (journey.entry.except.iter().enumerate()).map(|(i, a)| (format!("entry.except[{i}]"), a));
+    let mut problems = Vec::new();
     for (field, audience) in named.chain(except) {
         if state.store.audience(audience).await?.is_none() {
             problems.push(FieldError::new(
@@ -146,16 +201,33 @@ pub async fn put_journey(
             ));
         }
     }
-    if !problems.is_empty() {
-        return Err(ApiError::unprocessable("invalid_journey", problems));
-    }
-    let document = serde_json::to_value(&journey)
-        .map_err(|e| ApiError::bad_request("invalid_document", e.to_string()))?;
-    let record = state
+    Ok(problems)
+}
+
+/// Publishes the journey's draft with its templates pinned; returns the journey and
+/// whether publishing made a new version.
+pub async fn publish(
+    state: &AppState,
+    key: &str,
+    now: waymark_core::time::Millis,
+) -> Result<(JourneyRecord, bool), ApiError> {
+    let draft = state
         .store
-        .put_journey_draft(&key, &document, wall_clock_ms())
-        .await?;
-    Ok(axum::Json(record.into()))
+        .journey(key)
+        .await?
+        .ok_or_else(|| no_journey(key))?
+        .draft;
+    if let Some(pinned) = pin_templates(state, &draft).await? {
+        state.store.put_journey_draft(key, &pinned, now).await?;
+    }
+    let (record, created) = state
+        .store
+        .publish_journey(key, now)
+        .await?
+        .ok_or_else(|| no_journey(key))?;
+    let version = record.live_version.unwrap_or(1);
+    tracing::info!(journey = %key, version, created, "journey published");
+    Ok((record, created))
 }
 
 /// Publish, pause, resume, close or stop a journey.
@@ -172,22 +244,18 @@ pub async fn journey_action(
     state.keys.require_admin(&headers)?;
     let now = wall_clock_ms();
     if action == "publish" {
-        let draft = state
-            .store
-            .journey(&key)
-            .await?
-            .ok_or_else(|| no_journey(&key))?
-            .draft;
-        if let Some(pinned) = pin_templates(&state, &draft).await? {
-            state.store.put_journey_draft(&key, &pinned, now).await?;
+        if let Some(existing) = state.store.journey(&key).await?
+            && existing.draft.get("campaign").is_some()
+        {
+            return Err(ApiError::conflict(
+                "campaign_journey",
+                format!(
+                    "journey {key:?} runs a campaign: launch it with POST /v1/campaigns/{key}/launch"
+                ),
+            ));
         }
-        let (record, created) = state
-            .store
-            .publish_journey(&key, now)
-            .await?
-            .ok_or_else(|| no_journey(&key))?;
+        let (record, created) = publish(&state, &key, now).await?;
         let version = record.live_version.unwrap_or(1);
-        tracing::info!(journey = %key, version, created, "journey published");
         let mut view = JourneyView::from(record);
         view.published = Some(Published { version, created });
         return Ok(axum::Json(view));

@@ -6,6 +6,7 @@
 
 pub mod audiences;
 pub mod auth;
+pub mod campaigns;
 pub mod error;
 pub mod inbox;
 pub mod ingest;
@@ -129,6 +130,19 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/v1/journeys/{key}/{action}",
             post(journeys::journey_action),
+        )
+        .route("/v1/campaigns", get(campaigns::list_campaigns))
+        .route(
+            "/v1/campaigns/{key}/report",
+            get(campaigns::campaign_report),
+        )
+        .route(
+            "/v1/campaigns/{key}",
+            get(campaigns::get_campaign).put(campaigns::put_campaign),
+        )
+        .route(
+            "/v1/campaigns/{key}/{action}",
+            post(campaigns::campaign_action),
         )
         .route("/v1/inbox/{namespace}/{value}", get(inbox::get_inbox))
         .route(

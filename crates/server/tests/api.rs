@@ -91,6 +91,18 @@ pub struct Reply {
     text: String,
 }
 
+impl Reply {
+    /// The `field` of each error listed, in order.
+    fn error_fields(&self) -> Vec<&str> {
+        self.body["errors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["field"].as_str())
+            .collect()
+    }
+}
+
 impl Api {
     async fn call(
         &self,
@@ -159,10 +171,13 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 #[path = "api/audiences.rs"]
 mod audiences;
+#[path = "api/campaigns.rs"]
+mod campaigns;
 use audiences::{
     audience_preview_export_and_sizes, audiences_through_the_api,
     uploaded_lists_and_runs_through_the_api,
 };
+use campaigns::campaigns_through_the_api;
 
 macro_rules! api_tests {
     ($backend:ident: $($case:ident),* $(,)?) => {
@@ -202,6 +217,7 @@ macro_rules! all_api_tests {
             audiences_through_the_api,
             audience_preview_export_and_sizes,
             uploaded_lists_and_runs_through_the_api,
+            campaigns_through_the_api,
         );
     };
 }
@@ -695,12 +711,7 @@ async fn journeys_lifecycle_through_the_api(api: &Api) {
     let r = api.put_yaml("/v1/journeys/welcome", &broken).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
     assert_eq!(r.body["code"], "invalid_journey");
-    let fields: Vec<&str> = r.body["errors"]
-        .as_array()
-        .expect("errors")
-        .iter()
-        .filter_map(|e| e["field"].as_str())
-        .collect();
+    let fields = r.error_fields();
     assert!(
         fields.contains(&"entry.when") && fields.contains(&"nodes[1].branches[0].next"),
         "{fields:?}"
@@ -895,12 +906,7 @@ async fn templates_version_validate_and_preview(api: &Api) {
     )
     .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
-    let fields: Vec<&str> = r.body["errors"]
-        .as_array()
-        .expect("errors")
-        .iter()
-        .filter_map(|e| e["field"].as_str())
-        .collect();
+    let fields = r.error_fields();
     assert_eq!(fields, ["title", "subject", "html"], "{}", r.text);
     let r = put(
         "broken",

@@ -6,6 +6,7 @@ mod common;
 mod support;
 
 mod audiences;
+mod campaigns;
 mod direct_mail;
 mod email;
 mod governance;

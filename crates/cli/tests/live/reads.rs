@@ -41,22 +41,8 @@ async fn read_killed_part_way(store: Option<&str>) {
         &json!({"key": "leads", "refresh": "upload"}),
     )
     .await;
-    let csv: String = std::iter::once("user_id".to_owned())
-        .chain((0..PEOPLE).map(|n| format!("r{n}")))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let upload = c
-        .post(format!(
-            "{}/v1/audiences/leads/members?mode=add",
-            server.base
-        ))
-        .bearer_auth(ADMIN)
-        .header("content-type", "text/csv")
-        .body(csv)
-        .send()
-        .await
-        .expect("upload");
-    assert!(upload.status().is_success());
+    let everyone: Vec<String> = (0..PEOPLE).map(|n| format!("r{n}")).collect();
+    upload_list(&c, &server.base, "leads", &everyone).await;
     let (url, calls) = crm_sink(false).await;
     // `reentry: always`: only the read's cursor keeps a person from entering twice.
     let promo = json!({"key": "promo",

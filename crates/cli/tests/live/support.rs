@@ -503,3 +503,20 @@ pub async fn call_once(c: &reqwest::Client, base: &str, key: &str, url: &str, fo
         .await
         .expect("ingest");
 }
+
+/// Adds people to an uploaded list audience by their `user_id`s (CSV upload).
+pub async fn upload_list(c: &reqwest::Client, base: &str, key: &str, users: &[String]) {
+    let csv = std::iter::once("user_id")
+        .chain(users.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let r = c
+        .post(format!("{base}/v1/audiences/{key}/members?mode=add"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .expect("upload");
+    assert!(r.status().is_success(), "upload to {key}");
+}

@@ -51,6 +51,11 @@ pub struct Journey {
     /// version of each, so a published version always sends the same content.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub templates: BTreeMap<String, PinnedTemplate>,
+    /// Set by the campaigns API on the journey it runs a campaign with: the campaign
+    /// document (`document`) and its launch and approval (`launch_requested_at`,
+    /// `approved_at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<Value>,
 }
 
 /// A template as a journey version carries it.

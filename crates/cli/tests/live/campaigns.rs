@@ -1,0 +1,132 @@
+//! A campaign in a running server: two email variants and a holdout sent to an uploaded
+//! list through a real SMTP server (aiosmtpd), each member exactly one email of their
+//! variant, the holdout nothing, an excluded member nothing, and the report agreeing.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::{ADMIN, WRITE_KEY, client, get, send_batch};
+use crate::support::*;
+
+const PEOPLE: usize = 200;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_sends_each_variant_and_holds_out_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (smtp, server) = email_server(dir.path(), &[("WAYMARK_EMAIL__FROM", "hello@example.com")]);
+    let c = client();
+    let base = &server.base;
+    let batch: Vec<Value> = (0..PEOPLE)
+        .map(|n| json!({"type": "identify", "userId": format!("c{n}"), "traits": {"email": format!("c{n}@example.com")}}))
+        .collect();
+    send_batch(&c, base, WRITE_KEY, &Value::Array(batch))
+        .await
+        .expect("ingest");
+    for key in ["list", "opted-out"] {
+        put_document(
+            &c,
+            base,
+            &format!("/v1/audiences/{key}"),
+            &json!({"key": key, "refresh": "upload"}),
+        )
+        .await;
+    }
+    let everyone: Vec<String> = (0..PEOPLE).map(|n| format!("c{n}")).collect();
+    upload_list(&c, base, "list", &everyone).await;
+    upload_list(&c, base, "opted-out", &["c7".to_owned()]).await;
+    for variant in ["a", "b"] {
+        let template = json!({"channel": "email", "subject": format!("Sale {variant}"), "text": "Up to 50% off"});
+        put_template(&c, base, &format!("sale-{variant}"), &template).await;
+    }
+    let sale = json!({"key": "sale", "audience": "list", "exclude": ["opted-out"], "channel": "email",
+        "variants": [{"key": "a", "template": "sale-a", "percent": 40}, {"key": "b", "template": "sale-b", "percent": 40}],
+        "holdout": 20, "rate": 100});
+    put_document(&c, base, "/v1/campaigns/sale", &sale).await;
+    let launched = c
+        .post(format!("{base}/v1/campaigns/sale/launch"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("launch");
+    assert!(launched.status().is_success());
+    let started = Instant::now();
+    let report = loop {
+        let (_, report) = get(&c, base, ADMIN, "/v1/campaigns/sale/report").await;
+        if report["status"] == "completed" {
+            break report;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never completed: {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (&report["targeted"], &report["excluded"], &report["entered"]),
+        (&json!(PEOPLE), &json!(1), &json!(PEOPLE - 1)),
+        "{report}"
+    );
+    let variants = report["variants"].as_array().expect("variants");
+    let sent: u64 = variants
+        .iter()
+        .map(|v| v["sent"].as_u64().expect("sent"))
+        .sum();
+    let held_out = report["holdout"]["assigned"].as_u64().expect("holdout");
+    assert_eq!(sent + held_out, PEOPLE as u64 - 1, "{report}");
+    // Shares near 40/40/20 (199 people: a binomial share is within 12 points nearly always).
+    for v in variants {
+        let assigned = v["assigned"].as_u64().expect("assigned") as f64 / (PEOPLE - 1) as f64;
+        assert!((assigned - 0.4).abs() < 0.12, "{report}");
+    }
+    assert!(
+        (held_out as f64 / (PEOPLE - 1) as f64 - 0.2).abs() < 0.1,
+        "{report}"
+    );
+    smtp.wait_for(sent as usize, Duration::from_secs(30)).await;
+    // Any more than that would be a repeat: give one a moment to arrive.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let messages = smtp.messages.lock().expect("lock").clone();
+    assert_eq!(messages.len() as u64, sent, "one email per person sent to");
+    let mut subjects: BTreeMap<String, String> = BTreeMap::new();
+    for m in &messages {
+        let to = m["rcpt_tos"][0].as_str().expect("rcpt").to_owned();
+        let subject = m["headers"]["Subject"]
+            .as_str()
+            .expect("subject")
+            .to_owned();
+        assert!(
+            subjects.insert(to.clone(), subject).is_none(),
+            "{to} got two emails"
+        );
+    }
+    assert!(
+        !subjects.contains_key("c7@example.com"),
+        "the excluded member got nothing"
+    );
+    for v in variants {
+        let subject = format!("Sale {}", v["key"].as_str().expect("key"));
+        let count = subjects.values().filter(|s| **s == subject).count() as u64;
+        assert_eq!(
+            count,
+            v["sent"].as_u64().expect("sent"),
+            "{subject}: {report}"
+        );
+    }
+    // Each person's variant is where the journey put them: a holdout member has no email.
+    let (_, one) = get(&c, base, ADMIN, "/v1/profiles/user_id/c0/journeys").await;
+    let split = one["journeys"][0]["instances"][0]["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .find(|s| s["what"] == "split")
+        .cloned()
+        .expect("split step");
+    let mailed = subjects.contains_key("c0@example.com");
+    assert_eq!(
+        split["detail"].to_string().contains("holdout"),
+        !mailed,
+        "{split}"
+    );
+}

@@ -1,0 +1,299 @@
+//! Campaigns: a brand-initiated send to an audience, written as a short document and run as
+//! a journey that reads the audience (`entry.on: read`). The journey is made here, from the
+//! document alone, so what a campaign does is what its journey shows: a split into the
+//! variants and a holdout (a path that sends nothing, to measure against), one message node
+//! per variant, and the audience read at the campaign's time and pace.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::FieldError;
+use crate::journey::{
+    AudienceSide, Category, Entry, Journey, Node, NodeKind, Properties, Reentry, SplitPath,
+    valid_key,
+};
+use crate::schedule::Schedule;
+
+/// The node a campaign's holdout takes: it sends nothing.
+pub const HOLDOUT_NODE: &str = "holdout";
+/// The node every variant's message goes on to.
+pub const SENT_NODE: &str = "sent";
+/// The split between variants (and the holdout), when there is more than one path.
+pub const SPLIT_NODE: &str = "assign";
+
+/// The message node of a variant.
+pub fn variant_node(variant: &str) -> String {
+    format!("variant-{variant}")
+}
+
+/// A campaign document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Campaign {
+    /// Stable identifier: lowercase letters, digits, `-` and `_`.
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The audience sent to (any kind: streaming, snapshot, uploaded list).
+    pub audience: String,
+    /// Members of these audiences are left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// `email`, `sms`, `push`, `in_app`, `direct_mail` or `log`.
+    pub channel: String,
+    /// The template of a campaign with one variant (or give `variants`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// Variants with their share of the audience in percent; shares left out are split
+    /// evenly over what the holdout leaves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<Variant>,
+    /// Percent of the audience that gets nothing and is measured against.
+    #[serde(default)]
+    pub holdout: u32,
+    /// `marketing` (default) or `transactional`.
+    #[serde(default)]
+    pub category: Category,
+    /// The subscription list the messages belong to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<String>,
+    /// When to send (RFC 3339); default: at launch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_at: Option<String>,
+    /// Send again on a cron schedule in a time zone (from `send_at`, if given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+    /// For a recurring campaign: who gets it again (`never` by default, `always`, or
+    /// `{after: 30d}`).
+    #[serde(default)]
+    pub reentry: Reentry,
+    /// Most messages started per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u32>,
+    /// Whether launching needs a second action (`approve`) before anything is sent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requires_approval: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    /// Lowercase letters, digits, `-` and `_`; unique in the campaign.
+    pub key: String,
+    pub template: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u32>,
+}
+
+impl Campaign {
+    /// The variants as (key, template, percent), shares filled in: those not given split
+    /// what the holdout and the given ones leave, evenly, the remainder to the first.
+    pub fn shares(&self) -> Vec<(String, String, u32)> {
+        let listed: Vec<Variant> = match (&self.template, self.variants.is_empty()) {
+            (Some(template), true) => vec![Variant {
+                key: "main".into(),
+                template: template.clone(),
+                percent: None,
+            }],
+            _ => self.variants.clone(),
+        };
+        let given: u32 = listed.iter().filter_map(|v| v.percent).sum();
+        let open = listed.iter().filter(|v| v.percent.is_none()).count() as u32;
+        let left = 100u32.saturating_sub(self.holdout.saturating_add(given));
+        let (each, mut extra) = match open {
+            0 => (0, 0),
+            n => (left / n, left % n),
+        };
+        listed
+            .into_iter()
+            .map(|v| {
+                let percent = v.percent.unwrap_or_else(|| {
+                    let p = each + extra;
+                    extra = 0;
+                    p
+                });
+                (v.key, v.template, percent)
+            })
+            .collect()
+    }
+
+    /// Problems with the campaign's own fields (the journey it makes is checked too,
+    /// see `journey_field`).
+    pub fn problems(&self) -> Vec<FieldError> {
+        let mut out = Vec::new();
+        let mut add = |code, field: String, message: String| {
+            out.push(FieldError::new(code, field, message));
+        };
+        for (field, key) in [("key", &self.key), ("audience", &self.audience)] {
+            if !valid_key(key) {
+                add(
+                    "invalid_key",
+                    field.into(),
+                    format!("{key:?} must be 1 to 64 characters of a-z, 0-9, - and _"),
+                );
+            }
+        }
+        match (&self.template, self.variants.is_empty()) {
+            (None, true) => add(
+                "missing_field",
+                "template".into(),
+                "a campaign sends a template, or gives variants".into(),
+            ),
+            (Some(_), false) => add(
+                "invalid_value",
+                "variants".into(),
+                "give template or variants, not both".into(),
+            ),
+            _ => {}
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, v) in self.variants.iter().enumerate() {
+            if !valid_key(&v.key) || !seen.insert(v.key.as_str()) {
+                add(
+                    "invalid_key",
+                    format!("variants[{i}].key"),
+                    format!("{:?} must be a unique key of a-z, 0-9, - and _", v.key),
+                );
+            }
+            if v.percent == Some(0) {
+                add(
+                    "invalid_value",
+                    format!("variants[{i}].percent"),
+                    "a variant of 0 percent is never sent".into(),
+                );
+            }
+        }
+        let shares = self.shares();
+        let total: u32 = shares.iter().map(|(_, _, p)| p).sum::<u32>() + self.holdout;
+        if total != 100 || shares.iter().any(|(_, _, p)| *p == 0) {
+            add(
+                "invalid_value",
+                "variants".into(),
+                format!(
+                    "variants and holdout must share 100 percent, each variant some: they come to {total}"
+                ),
+            );
+        }
+        out
+    }
+
+    /// The journey that runs the campaign. It carries the campaign document, so the
+    /// journey's versions are the campaign's.
+    pub fn to_journey(&self) -> Journey {
+        let shares = self.shares();
+        let mut nodes = Vec::new();
+        let mut paths: Vec<SplitPath> = shares
+            .iter()
+            .map(|(key, _, percent)| SplitPath {
+                percent: *percent,
+                next: variant_node(key),
+            })
+            .collect();
+        if self.holdout > 0 {
+            paths.push(SplitPath {
+                percent: self.holdout,
+                next: HOLDOUT_NODE.into(),
+            });
+        }
+        if paths.len() > 1 {
+            nodes.push(Node {
+                id: SPLIT_NODE.into(),
+                kind: NodeKind::RandomSplit { paths },
+            });
+        }
+        for (key, template, _) in &shares {
+            nodes.push(Node {
+                id: variant_node(key),
+                kind: NodeKind::Message {
+                    channel: self.channel.clone(),
+                    template: template.clone(),
+                    category: self.category,
+                    subscription: self.subscription.clone(),
+                    expires: None,
+                    next: SENT_NODE.into(),
+                },
+            });
+        }
+        nodes.push(Node {
+            id: SENT_NODE.into(),
+            kind: NodeKind::End {},
+        });
+        if self.holdout > 0 {
+            nodes.push(Node {
+                id: HOLDOUT_NODE.into(),
+                kind: NodeKind::End {},
+            });
+        }
+        Journey {
+            key: self.key.clone(),
+            name: self.name.clone(),
+            description: self.description.clone(),
+            entry: Entry {
+                event: String::new(),
+                audience: Some(self.audience.clone()),
+                on: Some(AudienceSide::Read),
+                schedule: self.schedule.clone(),
+                except: self.exclude.clone(),
+                when: None,
+            },
+            properties: Properties {
+                reentry: self.reentry.clone(),
+                start_at: self.send_at.clone(),
+                entry_rate_limit: self.rate,
+                ..Properties::default()
+            },
+            start: None,
+            nodes,
+            templates: Default::default(),
+            campaign: Some(json!({"document": self})),
+        }
+    }
+}
+
+/// Where in a campaign a problem the journey validation found lies, given its path in the
+/// journey `to_journey` made.
+pub fn journey_field(campaign: &Campaign, field: &str) -> String {
+    let rename = [
+        ("entry.audience", "audience".to_owned()),
+        ("entry.schedule", "schedule".to_owned()),
+        ("entry.except", "exclude".to_owned()),
+        ("properties.start_at", "send_at".to_owned()),
+        ("properties.entry_rate_limit", "rate".to_owned()),
+        ("properties.reentry", "reentry".to_owned()),
+    ];
+    for (from, to) in rename {
+        if let Some(rest) = field.strip_prefix(from) {
+            return format!("{to}{rest}");
+        }
+    }
+    let journey = campaign.to_journey();
+    if let Some(rest) = field.strip_prefix("nodes[")
+        && let Some((index, rest)) = rest.split_once(']')
+        && let Some(node) = index
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| journey.nodes.get(i))
+        && let Some(variant) = node.id.strip_prefix("variant-")
+    {
+        let rest = rest.trim_start_matches('.');
+        return match rest {
+            "template" => match campaign.variants.iter().position(|v| v.key == variant) {
+                Some(i) => format!("variants[{i}].template"),
+                None => "template".into(),
+            },
+            other => other.to_owned(),
+        };
+    }
+    field.to_owned()
+}
+
+/// The campaign a journey was made from, if it was.
+pub fn of_journey(document: &Value) -> Option<Campaign> {
+    serde_json::from_value(document.get("campaign")?.get("document")?.clone()).ok()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,105 @@
+use super::*;
+use crate::journey::validate;
+
+fn campaign(yaml: &str) -> Campaign {
+    crate::journey::parse_document(yaml, crate::journey::Format::Yaml).expect("parses")
+}
+
+const AB: &str = "
+key: december-sale
+audience: buyers
+exclude: [opted-out]
+channel: email
+variants:
+  - {key: a, template: sale-a}
+  - {key: b, template: sale-b}
+holdout: 10
+send_at: 2026-12-08T09:00:00Z
+rate: 2000
+";
+
+#[test]
+fn variants_split_what_the_holdout_leaves_and_the_journey_reads_the_audience() {
+    let c = campaign(AB);
+    assert!(c.problems().is_empty(), "{:?}", c.problems());
+    assert_eq!(
+        c.shares(),
+        [
+            ("a".into(), "sale-a".into(), 45),
+            ("b".into(), "sale-b".into(), 45)
+        ]
+    );
+    let j = c.to_journey();
+    assert!(validate(&j).is_empty(), "{:?}", validate(&j));
+    assert_eq!(j.entry.read_audience(), Some("buyers"));
+    assert_eq!(j.entry.except, ["opted-out"]);
+    assert_eq!(j.properties.entry_rate_limit, Some(2000));
+    assert_eq!(
+        j.properties.start_at.as_deref(),
+        Some("2026-12-08T09:00:00Z")
+    );
+    let NodeKind::RandomSplit { paths } = &j.nodes[0].kind else {
+        panic!("starts with the split: {:?}", j.nodes[0]);
+    };
+    let paths: Vec<(u32, &str)> = paths.iter().map(|p| (p.percent, p.next.as_str())).collect();
+    assert_eq!(
+        paths,
+        [(45, "variant-a"), (45, "variant-b"), (10, "holdout")]
+    );
+    assert_eq!(
+        of_journey(&serde_json::to_value(&j).expect("json")),
+        Some(c)
+    );
+}
+
+#[test]
+fn three_variants_share_the_remainder_and_one_template_needs_no_split() {
+    let mut c = campaign(AB);
+    c.holdout = 0;
+    c.variants.push(Variant {
+        key: "c".into(),
+        template: "sale-c".into(),
+        percent: None,
+    });
+    let percents: Vec<u32> = c.shares().iter().map(|s| s.2).collect();
+    assert_eq!(percents, [34, 33, 33]);
+    let single = campaign("{key: news, audience: all, channel: email, template: news}");
+    assert!(single.problems().is_empty());
+    let j = single.to_journey();
+    assert_eq!(j.nodes[0].id, "variant-main", "no split for one path");
+    assert!(validate(&j).is_empty());
+}
+
+#[test]
+fn bad_campaigns_say_which_field() {
+    let fields = |yaml: &str| -> Vec<String> {
+        let c = campaign(yaml);
+        let mut out: Vec<String> = c.problems().into_iter().map(|e| e.field).collect();
+        out.extend(
+            validate(&c.to_journey())
+                .into_iter()
+                .map(|e| journey_field(&c, &e.field)),
+        );
+        out
+    };
+    let none = fields("{key: x, audience: a, channel: email}");
+    assert!(none.contains(&"template".to_owned()), "{none:?}");
+    let both = fields(
+        "{key: x, audience: a, channel: email, template: t, variants: [{key: a, template: t}]}",
+    );
+    assert!(both.contains(&"variants".to_owned()), "{both:?}");
+    let over = fields(
+        "{key: x, audience: a, channel: email, holdout: 20, variants: [{key: a, template: t, percent: 90}]}",
+    );
+    assert!(over.contains(&"variants".to_owned()), "{over:?}");
+    let dup = fields(
+        "{key: x, audience: a, channel: email, variants: [{key: a, template: t}, {key: a, template: u}]}",
+    );
+    assert!(dup.contains(&"variants[1].key".to_owned()), "{dup:?}");
+    let bad = fields(
+        "{key: x, audience: a, channel: pigeon, template: t, send_at: soon, schedule: {cron: often}}",
+    );
+    for field in ["channel", "send_at", "schedule.cron"] {
+        assert!(bad.contains(&field.to_owned()), "{field} in {bad:?}");
+    }
+}

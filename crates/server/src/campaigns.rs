@@ -1,0 +1,357 @@
+//! The campaigns API (admin token): a campaign is a short document run as the journey it
+//! makes (`waymark_core::campaign`), kept under the same key, so its versions, lifecycle,
+//! pace and per-node counters are the journey's. Launching publishes that journey; with
+//! `requires_approval`, launching asks and a second action (`approve`) publishes.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use serde::Serialize;
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+use waymark_core::campaign::{self, Campaign, HOLDOUT_NODE, journey_field, variant_node};
+use waymark_core::journey::lifecycle::Status;
+use waymark_core::journey::validate;
+use waymark_core::time::{Millis, format_iso8601};
+use waymark_store::{JourneyAction, JourneyRecord, Transition, wall_clock_ms};
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorBody};
+use crate::journeys::{ReadView, publish, store_draft, unknown_audiences};
+use crate::versions::{key_mismatch, read_document};
+
+const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+
+/// A campaign: its document, where it stands, and its reads of the audience.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CampaignView {
+    pub key: String,
+    /// draft, awaiting_approval, scheduled, running, paused, completed or cancelled.
+    pub status: &'static str,
+    /// The document as last put.
+    #[schema(value_type = Object)]
+    pub document: Value,
+    /// The version sending (the journey's live version), if launched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub launch_requested_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approved_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read: Option<ReadView>,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CampaignList {
+    pub campaigns: Vec<CampaignView>,
+}
+
+fn mark(record: &JourneyRecord, name: &str) -> Option<Millis> {
+    record.draft["campaign"][name].as_i64()
+}
+
+/// Where a campaign stands, from its journey: its status, its read of the audience and
+/// whether anyone is still in it (`active`).
+fn status(record: &JourneyRecord, active: u64) -> &'static str {
+    let asked = mark(record, "launch_requested_at").is_some();
+    let approved = mark(record, "approved_at").is_some();
+    match record.status {
+        Status::Draft if asked && !approved => "awaiting_approval",
+        Status::Draft => "draft",
+        Status::Paused => "paused",
+        Status::Stopped => "cancelled",
+        Status::Closed => "completed",
+        Status::Live => match record.read.as_deref() {
+            Some(r) if r.started_at.is_some() => "running",
+            Some(r) if r.due_at.is_some() && r.last_finished_at.is_none() => "scheduled",
+            _ if active > 0 => "running",
+            Some(r) if r.due_at.is_some() => "scheduled",
+            _ => "completed",
+        },
+    }
+}
+
+async fn view(state: &AppState, record: JourneyRecord) -> Result<CampaignView, ApiError> {
+    let active = if record.status == Status::Live {
+        state.store.journey_stats(&record.key).await?.active
+    } else {
+        0
+    };
+    Ok(CampaignView {
+        status: status(&record, active),
+        document: record.draft["campaign"]["document"].clone(),
+        version: record.live_version,
+        launch_requested_at: mark(&record, "launch_requested_at").map(format_iso8601),
+        approved_at: mark(&record, "approved_at").map(format_iso8601),
+        read: record.read.clone().map(|r| ReadView::from(*r)),
+        updated_at: format_iso8601(record.updated_at.max(record.draft_updated_at)),
+        key: record.key,
+    })
+}
+
+fn no_campaign(key: &str) -> ApiError {
+    ApiError::not_found(format!("no campaign has the key {key:?}"))
+}
+
+/// The campaign's journey, if `key` is a campaign's.
+async fn campaign_journey(state: &AppState, key: &str) -> Result<JourneyRecord, ApiError> {
+    state
+        .store
+        .journey(key)
+        .await?
+        .filter(|r| r.draft.get("campaign").is_some())
+        .ok_or_else(|| no_campaign(key))
+}
+
+/// Creates the campaign or replaces its draft (a launched campaign goes on sending its
+/// launched version until the edit is launched). Refused with every problem, at the
+/// campaign's own paths: unknown audiences, bad shares, schedule, channel.
+#[utoipa::path(put, path = "/v1/campaigns/{key}", tag = "campaigns",
+    params(("key" = String, Path, description = "The campaign's key; must match `key` in the document")),
+    request_body(content = Object, description = "A campaign document, as JSON or YAML (Content-Type: application/yaml)"),
+    responses((status = 200, body = CampaignView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 409, description = "A journey that is not a campaign's has this key", body = ErrorBody),
+        (status = 422, description = "Every problem, with its path", body = ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn put_campaign(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    body: Body,
+) -> Result<axum::Json<CampaignView>, ApiError> {
+    state.keys.require_admin(&headers)?;
+    let campaign: Campaign =
+        read_document(&headers, body, "a campaign", MAX_DOCUMENT_BYTES).await?;
+    let mut problems = campaign.problems();
+    if let Some(mismatch) = key_mismatch(&campaign.key, &key) {
+        problems.insert(0, mismatch);
+    }
+    let journey = campaign.to_journey();
+    let translate = |mut e: waymark_core::FieldError| {
+        e.field = journey_field(&campaign, &e.field);
+        e
+    };
+    problems.extend(validate(&journey).into_iter().map(translate));
+    problems.extend(
+        unknown_audiences(&state, &journey)
+            .await?
+            .into_iter()
+            .map(translate),
+    );
+    if campaign.channel != "log" {
+        for (i, (_, template, _)) in campaign.shares().iter().enumerate() {
+            if state.store.template(template).await?.is_none() {
+                let field = match campaign.template {
+                    Some(_) => "template".to_owned(),
+                    None => format!("variants[{i}].template"),
+                };
+                problems.push(waymark_core::FieldError::new(
+                    "unknown_template",
+                    field,
+                    format!(
+                        "no template has the key {template:?}; PUT /v1/templates/{template} first"
+                    ),
+                ));
+            }
+        }
+    }
+    let record = store_draft(&state, &key, &journey, problems, "invalid_campaign").await?;
+    Ok(axum::Json(view(&state, record).await?))
+}
+
+/// One campaign.
+#[utoipa::path(get, path = "/v1/campaigns/{key}", tag = "campaigns",
+    params(("key" = String, Path)),
+    responses((status = 200, body = CampaignView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn get_campaign(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<axum::Json<CampaignView>, ApiError> {
+    state.keys.require_admin(&headers)?;
+    let record = campaign_journey(&state, &key).await?;
+    Ok(axum::Json(view(&state, record).await?))
+}
+
+/// Every campaign, by key.
+#[utoipa::path(get, path = "/v1/campaigns", tag = "campaigns",
+    responses((status = 200, body = CampaignList), (status = 401, body = ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn list_campaigns(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<axum::Json<CampaignList>, ApiError> {
+    state.keys.require_admin(&headers)?;
+    let mut campaigns = Vec::new();
+    for record in state.store.journeys().await? {
+        if record.draft.get("campaign").is_some() {
+            campaigns.push(view(&state, record).await?);
+        }
+    }
+    Ok(axum::Json(CampaignList { campaigns }))
+}
+
+/// Puts a launch or approval mark on the draft.
+async fn put_mark(
+    state: &AppState,
+    record: &JourneyRecord,
+    name: &str,
+    now: Millis,
+) -> Result<(), ApiError> {
+    let mut draft = record.draft.clone();
+    draft["campaign"][name] = json!(now);
+    state
+        .store
+        .put_journey_draft(&record.key, &draft, now)
+        .await?;
+    Ok(())
+}
+
+/// `launch` (sends the draft at its time; with `requires_approval`, asks for approval),
+/// `approve` (a launch that asked: sends it), `pause`, `resume`, `cancel`.
+#[utoipa::path(post, path = "/v1/campaigns/{key}/{action}", tag = "campaigns",
+    params(("key" = String, Path), ("action" = String, Path, description = "launch | approve | pause | resume | cancel")),
+    responses((status = 200, body = CampaignView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "Not allowed now (nothing awaits approval; the lifecycle does not allow it)", body = ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn campaign_action(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((key, action)): Path<(String, String)>,
+) -> Result<axum::Json<CampaignView>, ApiError> {
+    state.keys.require_admin(&headers)?;
+    let now = wall_clock_ms();
+    let record = campaign_journey(&state, &key).await?;
+    let lifecycle = match action.as_str() {
+        "launch" => {
+            let needs_approval =
+                campaign::of_journey(&record.draft).is_some_and(|c| c.requires_approval);
+            if needs_approval && mark(&record, "approved_at").is_none() {
+                if mark(&record, "launch_requested_at").is_none() {
+                    put_mark(&state, &record, "launch_requested_at", now).await?;
+                    tracing::info!(campaign = %key, "campaign launch awaits approval");
+                }
+            } else {
+                if mark(&record, "launch_requested_at").is_none() {
+                    put_mark(&state, &record, "launch_requested_at", now).await?;
+                }
+                publish(&state, &key, now).await?;
+                tracing::info!(campaign = %key, "campaign launched");
+            }
+            None
+        }
+        "approve" => {
+            if mark(&record, "launch_requested_at").is_none()
+                || mark(&record, "approved_at").is_some()
+            {
+                return Err(ApiError::conflict(
+                    "nothing_to_approve",
+                    format!("campaign {key:?} has no launch awaiting approval"),
+                ));
+            }
+            put_mark(&state, &record, "approved_at", now).await?;
+            publish(&state, &key, now).await?;
+            tracing::info!(campaign = %key, "campaign approved and launched");
+            None
+        }
+        "pause" => Some(JourneyAction::Pause),
+        "resume" => Some(JourneyAction::Resume),
+        "cancel" => Some(JourneyAction::Stop),
+        other => {
+            return Err(ApiError::not_found(format!(
+                "unknown campaign action {other:?}; use launch, approve, pause, resume or cancel"
+            )));
+        }
+    };
+    if let Some(action) = lifecycle {
+        match state
+            .store
+            .change_journey_status(&key, action, now)
+            .await?
+            .ok_or_else(|| no_campaign(&key))?
+        {
+            Transition::Done(_) => {}
+            Transition::Refused { reason, .. } => {
+                return Err(ApiError::conflict("invalid_transition", reason));
+            }
+        }
+    }
+    let record = campaign_journey(&state, &key).await?;
+    Ok(axum::Json(view(&state, record).await?))
+}
+
+/// What became of one variant (or the holdout).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VariantReport {
+    pub key: String,
+    pub percent: u32,
+    /// People assigned to it.
+    pub assigned: u64,
+    /// Messages sent (or queued for their channel), held for quiet hours (sent later), and
+    /// not sent (suppression list, unsubscribed, caps).
+    pub sent: u64,
+    pub held: u64,
+    pub suppressed: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CampaignReport {
+    pub key: String,
+    pub status: &'static str,
+    /// Audience members read, and of them those left out by `exclude`.
+    pub targeted: u64,
+    pub excluded: u64,
+    pub entered: u64,
+    pub variants: Vec<VariantReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holdout: Option<VariantReport>,
+}
+
+/// Targeted, excluded, and per variant and holdout: assigned, sent, held, suppressed.
+#[utoipa::path(get, path = "/v1/campaigns/{key}/report", tag = "campaigns",
+    params(("key" = String, Path)),
+    responses((status = 200, body = CampaignReport), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn campaign_report(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<axum::Json<CampaignReport>, ApiError> {
+    state.keys.require_admin(&headers)?;
+    let record = campaign_journey(&state, &key).await?;
+    let campaign = campaign::of_journey(&record.draft).ok_or_else(|| no_campaign(&key))?;
+    let stats = state.store.journey_stats(&key).await?;
+    let node = |id: &str, key: &str, percent: u32| {
+        let n = stats.nodes.get(id).cloned().unwrap_or_default();
+        VariantReport {
+            key: key.to_owned(),
+            percent,
+            assigned: n.entered,
+            sent: n.entered.saturating_sub(n.suppressed + n.held),
+            held: n.held,
+            suppressed: n.suppressed,
+        }
+    };
+    let variants = campaign
+        .shares()
+        .iter()
+        .map(|(key, _, percent)| node(&variant_node(key), key, *percent))
+        .collect();
+    let holdout =
+        (campaign.holdout > 0).then(|| node(HOLDOUT_NODE, HOLDOUT_NODE, campaign.holdout));
+    let read = record.read.as_deref();
+    let targeted = read.map_or(0, |r| r.last_read + r.read);
+    let excluded = read.map_or(0, |r| r.last_excluded + r.excluded);
+    Ok(axum::Json(CampaignReport {
+        key: key.clone(),
+        status: status(&record, stats.active),
+        targeted,
+        excluded,
+        entered: stats.instances,
+        variants,
+        holdout,
+    }))
+}
