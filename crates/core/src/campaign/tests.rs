@@ -103,3 +103,16 @@ fn bad_campaigns_say_which_field() {
         assert!(bad.contains(&field.to_owned()), "{field} in {bad:?}");
     }
 }
+
+#[test]
+fn the_example_campaign_and_multi_step_read_journey_are_valid() {
+    let example = include_str!("../../../../examples/campaigns/vip-preview.json");
+    let c: Campaign =
+        crate::journey::parse_document(example, crate::journey::Format::Json).expect("parses");
+    assert!(c.problems().is_empty(), "{:?}", c.problems());
+    assert!(validate(&c.to_journey()).is_empty());
+    let follow_up = include_str!("../../../../examples/read-journeys/vip-follow-up.yaml");
+    let j = crate::journey::parse(follow_up, crate::journey::Format::Yaml).expect("parses");
+    assert!(validate(&j).is_empty(), "{:?}", validate(&j));
+    assert_eq!(j.entry.read_audience(), Some("vip"));
+}
