@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use crate::FieldError;
 use crate::journey::{
-    AudienceSide, Category, Entry, Journey, Node, NodeKind, Properties, Reentry, SplitPath,
-    valid_key,
+    AudienceSide, Category, Conversion, Entry, Journey, Node, NodeKind, Properties, Reentry,
+    SplitPath, valid_key,
 };
 use crate::schedule::Schedule;
 
@@ -76,6 +76,10 @@ pub struct Campaign {
     /// Whether launching needs a second action (`approve`) before anything is sent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub requires_approval: bool,
+    /// The goal measured per variant and against the holdout: an event within a window
+    /// after the send, optionally filtered, with a revenue property.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversion: Option<Conversion>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -243,6 +247,7 @@ impl Campaign {
                 reentry: self.reentry.clone(),
                 start_at: self.send_at.clone(),
                 entry_rate_limit: self.rate,
+                conversion: self.conversion.clone(),
                 ..Properties::default()
             },
             start: None,
@@ -263,6 +268,7 @@ pub fn journey_field(campaign: &Campaign, field: &str) -> String {
         ("properties.start_at", "send_at".to_owned()),
         ("properties.entry_rate_limit", "rate".to_owned()),
         ("properties.reentry", "reentry".to_owned()),
+        ("properties.conversion", "conversion".to_owned()),
     ];
     for (from, to) in rename {
         if let Some(rest) = field.strip_prefix(from) {
@@ -288,6 +294,43 @@ pub fn journey_field(campaign: &Campaign, field: &str) -> String {
         };
     }
     field.to_owned()
+}
+
+/// The 95% Wilson score interval of a rate of `hits` in `n` (a proportion's interval that
+/// stays within 0..1 and behaves for small counts); `(0, 0)` with nobody.
+pub fn rate_interval(hits: u64, n: u64) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 0.0);
+    }
+    let (z, n, p) = (1.96f64, n as f64, hits as f64 / n as f64);
+    let scale = 1.0 + z * z / n;
+    let center = (p + z * z / (2.0 * n)) / scale;
+    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / scale;
+    ((center - half).max(0.0), (center + half).min(1.0))
+}
+
+/// The probability that a variant's true rate (`hits` of `n`) is above the control's
+/// (`control_hits` of `control_n`), by the normal approximation of the difference of the
+/// two rates; 0.5 when either group is empty or neither varies.
+pub fn chance_to_beat(hits: u64, n: u64, control_hits: u64, control_n: u64) -> f64 {
+    if n == 0 || control_n == 0 {
+        return 0.5;
+    }
+    let (p1, p0) = (
+        hits as f64 / n as f64,
+        control_hits as f64 / control_n as f64,
+    );
+    let se = (p1 * (1.0 - p1) / n as f64 + p0 * (1.0 - p0) / control_n as f64).sqrt();
+    if se == 0.0 {
+        return if p1 > p0 {
+            1.0
+        } else if p1 < p0 {
+            0.0
+        } else {
+            0.5
+        };
+    }
+    0.5 * (1.0 + libm::erf((p1 - p0) / se / std::f64::consts::SQRT_2))
 }
 
 /// The campaign a journey was made from, if it was.

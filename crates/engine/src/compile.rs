@@ -53,7 +53,20 @@ pub struct CompiledJourney {
     pub(crate) addressed: bool,
     /// What the expressions read of `event`, `profile` and `journey`.
     pub(crate) reads: FieldReads,
+    /// The conversion goal, if the journey has one.
+    pub(crate) conversion: Option<Goal>,
 }
+
+/// A conversion goal, compiled.
+pub(crate) struct Goal {
+    pub event: String,
+    pub within_ms: Millis,
+    pub when: Option<Expression>,
+    pub revenue: Option<String>,
+}
+
+/// How long after entering a conversion counts, unless the journey says.
+pub const DEFAULT_CONVERSION_WINDOW_MS: Millis = 7 * 86_400_000;
 
 impl CompiledJourney {
     /// The time zone waits until a local time are computed in.
@@ -197,15 +210,34 @@ pub fn compile(doc: Journey, version: u32) -> Result<CompiledJourney, Vec<FieldE
         matches!(&n.kind, NodeKind::Message { channel, .. }
             if waymark_core::governance::SUPPRESSIBLE.iter().any(|(c, _)| c == channel))
     });
+    let conversion = match &doc.properties.conversion {
+        Some(goal) => Some(Goal {
+            event: goal.event.clone(),
+            within_ms: goal
+                .within
+                .as_ref()
+                .map_or(DEFAULT_CONVERSION_WINDOW_MS, |w| ms(&w.0)),
+            when: goal
+                .when
+                .as_deref()
+                .map(program)
+                .transpose()
+                .map_err(wrap)?,
+            revenue: goal.revenue.clone(),
+        }),
+        None => None,
+    };
     let reads = FieldReads::of(
         entry_when
             .iter()
             .chain(&exit_when)
             .chain(branches.values())
-            .chain(wait_when.values()),
+            .chain(wait_when.values())
+            .chain(conversion.iter().filter_map(|g| g.when.as_ref())),
     );
     Ok(CompiledJourney {
         reads,
+        conversion,
         addressed,
         timeout_ms: p.timeout.as_ref().map_or(DEFAULT_TIMEOUT_MS, |t| ms(&t.0)),
         start_at: p.start_at.as_deref().and_then(parse_iso8601),

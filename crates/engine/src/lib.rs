@@ -132,10 +132,13 @@ pub enum StepKind {
     Failed,
     /// The journey was stopped by its owner.
     Stopped,
+    /// The conversion goal was reached (`detail`: the event, its message id, revenue),
+    /// credited to the step's node.
+    Converted,
 }
 
 impl StepKind {
-    pub const ALL: [StepKind; 18] = {
+    pub const ALL: [StepKind; 19] = {
         use StepKind::*;
         [
             Entered,
@@ -156,6 +159,7 @@ impl StepKind {
             TimedOut,
             Failed,
             Stopped,
+            Converted,
         ]
     };
 
@@ -179,6 +183,7 @@ impl StepKind {
             StepKind::TimedOut => "timed_out",
             StepKind::Failed => "failed",
             StepKind::Stopped => "stopped",
+            StepKind::Converted => "converted",
         }
     }
 }
@@ -258,6 +263,9 @@ pub fn apply(
         cel_profile: Lazy::default(),
         cel_journey: Lazy::default(),
     };
+    if let Input::Event(event) = &input {
+        run.convert(state, event);
+    }
     let may_enter = run.may_enter(state);
     let active = state
         .instances
@@ -450,6 +458,65 @@ impl Run<'_> {
             (ReentryRule::Never, Some(_)) => false,
             (ReentryRule::Always, Some(_)) => true,
             (ReentryRule::After(ms), Some(last)) => now - last.entered_at >= *ms,
+        }
+    }
+
+    /// Credits the person's latest instance with the journey's conversion goal, once, if
+    /// `event` reaches it within the window after that entry: to the message node the
+    /// instance last reached (sent, held or not sent: the variant they were assigned), else
+    /// to the node where it is.
+    fn convert(&mut self, state: &mut JourneyState, event: &Event) {
+        let Some(goal) = &self.j.conversion else {
+            return;
+        };
+        if event.display_name() != goal.event {
+            return;
+        }
+        let Some(instance) = state.instances.last() else {
+            return;
+        };
+        let at = event.timestamp;
+        if at < instance.entered_at
+            || at > instance.entered_at.saturating_add(goal.within_ms)
+            || instance.steps.iter().any(|s| s.what == StepKind::Converted)
+        {
+            return;
+        }
+        if let Some(when) = &goal.when
+            && !self
+                .eval(when, Some(&event.to_json()), &Map::new())
+                .unwrap_or(false)
+        {
+            return;
+        }
+        let node = instance
+            .steps
+            .iter()
+            .rev()
+            .find(|s| {
+                matches!(
+                    s.what,
+                    StepKind::Sent | StepKind::Held | StepKind::Suppressed
+                )
+            })
+            .or(instance.steps.last())
+            .map(|s| s.node.clone())
+            .unwrap_or_default();
+        let revenue = goal
+            .revenue
+            .as_ref()
+            .and_then(|p| event.properties.get(p))
+            .and_then(Value::as_f64)
+            .filter(|r| r.is_finite());
+        let detail =
+            json!({"event": goal.event, "messageId": event.message_id, "revenue": revenue});
+        if let Some(instance) = state.instances.last_mut() {
+            instance.steps.push(Step {
+                at: self.ctx.now,
+                node,
+                what: StepKind::Converted,
+                detail: Some(detail),
+            });
         }
     }
 

@@ -24,6 +24,10 @@ pub struct NodeStats {
     pub suppressed: u64,
     /// Instances that ended at the node without completing (exited, timed out, failed, stopped).
     pub exited: u64,
+    /// Conversions credited to the node, and the revenue they brought in hundredths of
+    /// the event's unit (counters are integers).
+    pub converted: u64,
+    pub revenue_cents: i64,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -163,6 +167,16 @@ pub fn count_change(
             StepKind::Error => "errored",
             StepKind::Held => "held",
             StepKind::Suppressed => "suppressed",
+            StepKind::Converted => {
+                // Counters are integers: revenue is kept in hundredths.
+                let cents = step
+                    .detail
+                    .as_ref()
+                    .and_then(|d| d["revenue"].as_f64())
+                    .map_or(0, |r| (r * 100.0).round() as i64);
+                add(c, journey, &step.node, "revenue_cents", cents);
+                "converted"
+            }
             _ => continue,
         };
         add(c, journey, &step.node, counter, 1);
@@ -229,6 +243,9 @@ pub fn from_counters<'a>(rows: impl IntoIterator<Item = (&'a str, &'a str, i64)>
             "held" => n.held += v,
             "suppressed" => n.suppressed += v,
             "exited" => n.exited += v,
+            "converted" => n.converted += v,
+            // Negative revenue (refunds recorded as conversions) is kept.
+            "revenue_cents" => n.revenue_cents += value,
             _ => {}
         }
     }

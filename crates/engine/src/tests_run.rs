@@ -15,7 +15,7 @@ use crate::run::{
     plan_webhook_result, stop_all,
 };
 use crate::stats::{Counts, count_states, from_counters};
-use crate::{JourneyState, Status, compile};
+use crate::{JourneyState, Status, StepKind, compile};
 
 #[derive(Default)]
 struct Memory {
@@ -503,4 +503,59 @@ nodes:
             .count(),
         2
     );
+}
+
+#[test]
+fn a_conversion_is_credited_once_to_the_message_node_within_its_window() {
+    let mut m = Memory::default();
+    m.publish(
+        r#"
+key: sale
+entry: { event: Go }
+properties:
+  conversion: { event: Order Completed, within: 1d, when: 'event.properties.total > 0', revenue: total }
+nodes:
+  - { id: offer, type: message, channel: log, template: t, next: done }
+  - { id: done, type: end }
+"#,
+    );
+    let day = 86_400_000;
+    let (go, profile) = track("ann", "Go", json!({}), 1_000);
+    m.events(&[(go, profile.clone())], 1_000);
+    let order = |total: f64, at: i64| {
+        let (e, _) = track("ann", "Order Completed", json!({"total": total}), at);
+        (e, profile.clone())
+    };
+    // Not counted: a zero order (the condition), then the first real one, once.
+    m.events(&[order(0.0, 2_000)], 2_000);
+    assert_eq!(m.stats("sale").nodes["offer"].converted, 0);
+    m.events(&[order(12.5, 3_000), order(40.0, 4_000)], 4_000);
+    let offer = &m.stats("sale").nodes["offer"];
+    assert_eq!((offer.converted, offer.revenue_cents), (1, 1250));
+    let steps = &m.states[&("ann".to_string(), "sale".to_string())].instances[0].steps;
+    let converted: Vec<&crate::Step> = steps
+        .iter()
+        .filter(|s| s.what == StepKind::Converted)
+        .collect();
+    assert_eq!(converted.len(), 1);
+    assert_eq!(converted[0].node, "offer");
+    // Bob's order comes after the window: no conversion.
+    let (go, bob) = track("bob", "Go", json!({}), 1_000);
+    m.events(&[(go, bob.clone())], 1_000);
+    let (late, _) = track("bob", "Order Completed", json!({"total": 5}), day + 2_000);
+    m.events(&[(late, bob)], day + 2_000);
+    assert_eq!(m.stats("sale").nodes["offer"].converted, 1);
+    // The counters kept per transaction agree with counting the states from scratch.
+    let recount = from_counters(
+        count_states(
+            "sale",
+            m.states
+                .iter()
+                .filter(|((_, k), _)| k == "sale")
+                .map(|(_, s)| s),
+        )
+        .iter()
+        .map(|((_, n, c), v)| (n.as_str(), c.as_str(), *v)),
+    );
+    assert_eq!(recount, m.stats("sale"));
 }

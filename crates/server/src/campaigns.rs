@@ -295,6 +295,16 @@ pub struct VariantReport {
     pub sent: u64,
     pub held: u64,
     pub suppressed: u64,
+    /// People who reached the conversion goal within its window, and the revenue.
+    pub converted: u64,
+    pub revenue: f64,
+    /// `converted / assigned`, with its 95% interval (Wilson).
+    pub conversion_rate: f64,
+    pub conversion_interval: [f64; 2],
+    /// The probability that this variant's conversion rate is above the holdout's
+    /// (normal approximation); absent without a holdout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chance_to_beat_holdout: Option<f64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -326,6 +336,7 @@ pub async fn campaign_report(
     let stats = state.store.journey_stats(&key).await?;
     let node = |id: &str, key: &str, percent: u32| {
         let n = stats.nodes.get(id).cloned().unwrap_or_default();
+        let (lo, hi) = campaign::rate_interval(n.converted, n.entered);
         VariantReport {
             key: key.to_owned(),
             percent,
@@ -333,15 +344,30 @@ pub async fn campaign_report(
             sent: n.entered.saturating_sub(n.suppressed + n.held),
             held: n.held,
             suppressed: n.suppressed,
+            converted: n.converted,
+            revenue: n.revenue_cents as f64 / 100.0,
+            conversion_rate: if n.entered == 0 {
+                0.0
+            } else {
+                n.converted as f64 / n.entered as f64
+            },
+            conversion_interval: [lo, hi],
+            chance_to_beat_holdout: None,
         }
     };
+    let holdout =
+        (campaign.holdout > 0).then(|| node(HOLDOUT_NODE, HOLDOUT_NODE, campaign.holdout));
     let variants = campaign
         .shares()
         .iter()
-        .map(|(key, _, percent)| node(&variant_node(key), key, *percent))
+        .map(|(key, _, percent)| {
+            let mut v = node(&variant_node(key), key, *percent);
+            v.chance_to_beat_holdout = holdout.as_ref().map(|h| {
+                campaign::chance_to_beat(v.converted, v.assigned, h.converted, h.assigned)
+            });
+            v
+        })
         .collect();
-    let holdout =
-        (campaign.holdout > 0).then(|| node(HOLDOUT_NODE, HOLDOUT_NODE, campaign.holdout));
     let read = record.read.as_deref();
     let targeted = read.map_or(0, |r| r.last_read + r.read);
     let excluded = read.map_or(0, |r| r.last_excluded + r.excluded);

@@ -42,7 +42,8 @@ async fn a_campaign_sends_each_variant_and_holds_out_the_rest() {
     }
     let sale = json!({"key": "sale", "audience": "list", "exclude": ["opted-out"], "channel": "email",
         "variants": [{"key": "a", "template": "sale-a", "percent": 40}, {"key": "b", "template": "sale-b", "percent": 40}],
-        "holdout": 20, "rate": 100});
+        "holdout": 20, "rate": 100,
+        "conversion": {"event": "Order Completed", "within": "7d", "revenue": "total"}});
     put_document(&c, base, "/v1/campaigns/sale", &sale).await;
     let launched = c
         .post(format!("{base}/v1/campaigns/sale/launch"))
@@ -124,9 +125,52 @@ async fn a_campaign_sends_each_variant_and_holds_out_the_rest() {
         .cloned()
         .expect("split step");
     let mailed = subjects.contains_key("c0@example.com");
+    // Paths in order: variant a, variant b, holdout.
     assert_eq!(
-        split["detail"].to_string().contains("holdout"),
+        split["detail"]["path"].as_u64() == Some(2),
         !mailed,
         "{split}"
     );
+    // The first 40 people order (c7, left out, too): each conversion is credited to the
+    // variant the person was sent (or the holdout), once, with its revenue.
+    let orders: Vec<Value> = (0..40)
+        .flat_map(|n| {
+            let order = json!({"type": "track", "userId": format!("c{n}"), "event": "Order Completed", "properties": {"total": 10.5}});
+            [order.clone(), order] // a second order converts nobody twice
+        })
+        .collect();
+    send_batch(&c, base, WRITE_KEY, &Value::Array(orders))
+        .await
+        .expect("orders");
+    let (_, report) = get(&c, base, ADMIN, "/v1/campaigns/sale/report").await;
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for n in (0..40).filter(|n| *n != 7) {
+        let group = match subjects.get(&format!("c{n}@example.com")) {
+            Some(subject) => subject.trim_start_matches("Sale ").to_owned(),
+            None => "holdout".to_owned(),
+        };
+        *expected.entry(group).or_default() += 1;
+    }
+    let groups = report["variants"]
+        .as_array()
+        .expect("variants")
+        .iter()
+        .chain([&report["holdout"]]);
+    for g in groups {
+        let key = g["key"].as_str().expect("key");
+        let want = expected.get(key).copied().unwrap_or(0);
+        assert_eq!(g["converted"], want, "{key}: {report}");
+        assert!(
+            (g["revenue"].as_f64().expect("revenue") - want as f64 * 10.5).abs() < 1e-9,
+            "{report}"
+        );
+        let rate = g["conversion_rate"].as_f64().expect("rate");
+        let [lo, hi] = [&g["conversion_interval"][0], &g["conversion_interval"][1]]
+            .map(|v| v.as_f64().expect("interval"));
+        assert!(lo <= rate && rate <= hi, "{report}");
+    }
+    for v in report["variants"].as_array().expect("variants") {
+        let p = v["chance_to_beat_holdout"].as_f64().expect("chance");
+        assert!((0.0..=1.0).contains(&p), "{report}");
+    }
 }

@@ -116,3 +116,22 @@ fn the_example_campaign_and_multi_step_read_journey_are_valid() {
     assert!(validate(&j).is_empty(), "{:?}", validate(&j));
     assert_eq!(j.entry.read_audience(), Some("vip"));
 }
+
+#[test]
+fn report_statistics_are_the_textbook_ones() {
+    // Wilson interval of 10 in 100: 0.0552..0.1744 (Newcombe 1998, table I style figures).
+    let (lo, hi) = rate_interval(10, 100);
+    assert!(
+        (lo - 0.0552).abs() < 5e-4 && (hi - 0.1744).abs() < 5e-4,
+        "{lo} {hi}"
+    );
+    assert_eq!(rate_interval(0, 0), (0.0, 0.0));
+    let (lo, hi) = rate_interval(0, 20);
+    assert!(lo == 0.0 && hi > 0.1 && hi < 0.2, "{hi}");
+    // 12% of 1000 against 10% of 1000: z = 0.02 / 0.01404 = 1.424, P = 0.923.
+    let p = chance_to_beat(120, 1000, 100, 1000);
+    assert!((p - 0.923).abs() < 2e-3, "{p}");
+    assert!((chance_to_beat(100, 1000, 120, 1000) - (1.0 - p)).abs() < 1e-9);
+    assert_eq!(chance_to_beat(5, 10, 0, 0), 0.5);
+    assert_eq!(chance_to_beat(0, 10, 0, 10), 0.5);
+}

@@ -198,6 +198,27 @@ pub struct Properties {
     /// Most entries per second; further entries are refused and counted.
     #[serde(default)]
     pub entry_rate_limit: Option<u32>,
+    /// The goal an entry is measured by: an event within a window after it, credited to
+    /// the message node the person last reached (or, with none, the node they were at).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversion: Option<Conversion>,
+}
+
+/// A conversion goal: the first `event` (passing `when`) within `within` of entering.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Conversion {
+    /// Segment event name (`Order Completed`).
+    pub event: String,
+    /// How long after entering an event still counts (default 7d).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub within: Option<DurationText>,
+    /// Optional CEL over `event` and `profile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// The event property holding the revenue (a number), summed per node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revenue: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -267,6 +267,21 @@ fn check_properties(journey: &Journey, r: &mut Report) {
             "end_at must be after start_at",
         );
     }
+    if let Some(goal) = &p.conversion {
+        if goal.event.trim().is_empty() {
+            r.add(
+                "missing_field",
+                "properties.conversion.event",
+                "a conversion names the event that counts",
+            );
+        }
+        if let Some(within) = &goal.within {
+            r.duration("properties.conversion.within", &within.0);
+        }
+        if let Some(when) = &goal.when {
+            r.cel("properties.conversion.when", when);
+        }
+    }
     if p.entry_rate_limit == Some(0) {
         r.add(
             "invalid_value",
