@@ -21,6 +21,8 @@ pub const HOLDOUT_NODE: &str = "holdout";
 pub const SENT_NODE: &str = "sent";
 /// The split between variants (and the holdout), when there is more than one path.
 pub const SPLIT_NODE: &str = "assign";
+/// The wait for each person's local send time.
+pub const LOCAL_TIME_NODE: &str = "local-time";
 
 /// The message node of a variant.
 pub fn variant_node(variant: &str) -> String {
@@ -70,6 +72,13 @@ pub struct Campaign {
     /// `{after: 30d}`).
     #[serde(default)]
     pub reentry: Reentry,
+    /// Send at this local time (`HH:MM`) in each person's own time zone (their `timezone`
+    /// trait, else `fallback_timezone`, else UTC): the audience is read at `send_at` and
+    /// each person waits for the next such time where they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_timezone: Option<String>,
     /// Most messages started per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<u32>,
@@ -104,7 +113,10 @@ impl Campaign {
             }],
             _ => self.variants.clone(),
         };
-        let given: u32 = listed.iter().filter_map(|v| v.percent).sum();
+        let given = listed
+            .iter()
+            .filter_map(|v| v.percent)
+            .fold(0u32, u32::saturating_add);
         let open = listed.iter().filter(|v| v.percent.is_none()).count() as u32;
         let left = 100u32.saturating_sub(self.holdout.saturating_add(given));
         let (each, mut extra) = match open {
@@ -171,7 +183,8 @@ impl Campaign {
             }
         }
         let shares = self.shares();
-        let total: u32 = shares.iter().map(|(_, _, p)| p).sum::<u32>() + self.holdout;
+        let total: u64 =
+            shares.iter().map(|(_, _, p)| u64::from(*p)).sum::<u64>() + u64::from(self.holdout);
         if total != 100 || shares.iter().any(|(_, _, p)| *p == 0) {
             add(
                 "invalid_value",
@@ -200,6 +213,24 @@ impl Campaign {
             paths.push(SplitPath {
                 percent: self.holdout,
                 next: HOLDOUT_NODE.into(),
+            });
+        }
+        // No paths is a campaign without variants, refused by `problems`; its journey
+        // still has to be made, for the journey's own checks.
+        let first = match paths.as_slice() {
+            [only] => only.next.clone(),
+            [] => SENT_NODE.to_owned(),
+            _ => SPLIT_NODE.to_owned(),
+        };
+        if let Some(local) = &self.local_time {
+            nodes.push(Node {
+                id: LOCAL_TIME_NODE.into(),
+                kind: NodeKind::Wait {
+                    duration: None,
+                    until: Some(local.clone()),
+                    event: None,
+                    next: first,
+                },
             });
         }
         if paths.len() > 1 {
@@ -248,6 +279,8 @@ impl Campaign {
                 start_at: self.send_at.clone(),
                 entry_rate_limit: self.rate,
                 conversion: self.conversion.clone(),
+                timezone: self.local_time.as_ref().map(|_| "profile".to_owned()),
+                fallback_timezone: self.fallback_timezone.clone(),
                 ..Properties::default()
             },
             start: None,
@@ -269,6 +302,10 @@ pub fn journey_field(campaign: &Campaign, field: &str) -> String {
         ("properties.entry_rate_limit", "rate".to_owned()),
         ("properties.reentry", "reentry".to_owned()),
         ("properties.conversion", "conversion".to_owned()),
+        (
+            "properties.fallback_timezone",
+            "fallback_timezone".to_owned(),
+        ),
     ];
     for (from, to) in rename {
         if let Some(rest) = field.strip_prefix(from) {
@@ -282,8 +319,13 @@ pub fn journey_field(campaign: &Campaign, field: &str) -> String {
             .parse::<usize>()
             .ok()
             .and_then(|i| journey.nodes.get(i))
-        && let Some(variant) = node.id.strip_prefix("variant-")
     {
+        if node.id == LOCAL_TIME_NODE {
+            return "local_time".into();
+        }
+        let Some(variant) = node.id.strip_prefix("variant-") else {
+            return field.to_owned();
+        };
         let rest = rest.trim_start_matches('.');
         return match rest {
             "template" => match campaign.variants.iter().position(|v| v.key == variant) {

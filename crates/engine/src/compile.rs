@@ -23,7 +23,8 @@ pub enum ReentryRule {
 enum Zone {
     Utc,
     Fixed(jiff::tz::TimeZone),
-    Profile,
+    /// The person's zone, else this one.
+    Profile(jiff::tz::TimeZone),
 }
 
 pub struct CompiledJourney {
@@ -74,19 +75,23 @@ impl CompiledJourney {
         match &self.zone {
             Zone::Utc => jiff::tz::TimeZone::UTC,
             Zone::Fixed(tz) => tz.clone(),
-            Zone::Profile => person_zone(profile),
+            Zone::Profile(fallback) => zone_of(profile).unwrap_or_else(|| fallback.clone()),
         }
     }
 }
 
 /// The person's time zone: their `timezone` trait, else UTC.
 pub(crate) fn person_zone(profile: &ProfileState) -> jiff::tz::TimeZone {
+    zone_of(profile).unwrap_or(jiff::tz::TimeZone::UTC)
+}
+
+/// The zone the person's `timezone` trait names, if it names one.
+fn zone_of(profile: &ProfileState) -> Option<jiff::tz::TimeZone> {
     profile
         .traits
         .get("timezone")
         .and_then(|v| v.as_str())
         .and_then(|name| jiff::tz::TimeZone::get(name).ok())
-        .unwrap_or(jiff::tz::TimeZone::UTC)
 }
 
 fn program(source: &str) -> Result<Expression, FieldError> {
@@ -203,7 +208,12 @@ pub fn compile(doc: Journey, version: u32) -> Result<CompiledJourney, Vec<FieldE
     };
     let zone = match p.timezone.as_deref() {
         None => Zone::Utc,
-        Some("profile") => Zone::Profile,
+        Some("profile") => Zone::Profile(
+            p.fallback_timezone
+                .as_deref()
+                .and_then(|name| jiff::tz::TimeZone::get(name).ok())
+                .unwrap_or(jiff::tz::TimeZone::UTC),
+        ),
         Some(name) => Zone::Fixed(jiff::tz::TimeZone::get(name).unwrap_or(jiff::tz::TimeZone::UTC)),
     };
     let addressed = doc.nodes.iter().any(|n| {

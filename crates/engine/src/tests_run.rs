@@ -559,3 +559,42 @@ nodes:
     );
     assert_eq!(recount, m.stats("sale"));
 }
+
+#[test]
+fn people_without_a_time_zone_wait_in_the_fallback_zone() {
+    let mut m = Memory::default();
+    m.publish(
+        r#"
+key: local
+entry: { event: Go }
+properties: { timezone: profile, fallback_timezone: Asia/Tokyo }
+nodes:
+  - { id: nine, type: wait, until: "09:00", next: done }
+  - { id: done, type: end }
+"#,
+    );
+    let at = |t: &str| waymark_core::time::parse_iso8601(t).expect("time");
+    let now = at("2026-12-07T01:00:00Z");
+    let (go, tokyo) = track("ann", "Go", json!({}), now);
+    let (go_oslo, mut oslo) = track("bob", "Go", json!({}), now);
+    oslo.traits.insert("timezone".into(), json!("Europe/Oslo"));
+    m.events(&[(go, tokyo), (go_oslo, oslo)], now);
+    let due = |user: &str| {
+        m.timers
+            .iter()
+            .find(|t| {
+                t.profile_id == user && t.journey == "local" && t.timer != crate::DEADLINE_TIMER
+            })
+            .map(|t| t.due)
+    };
+    assert_eq!(
+        due("ann"),
+        Some(at("2026-12-08T00:00:00Z")),
+        "09:00 in Tokyo"
+    );
+    assert_eq!(
+        due("bob"),
+        Some(at("2026-12-07T08:00:00Z")),
+        "09:00 in Oslo"
+    );
+}

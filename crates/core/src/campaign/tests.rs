@@ -135,3 +135,64 @@ fn report_statistics_are_the_textbook_ones() {
     assert_eq!(chance_to_beat(5, 10, 0, 0), 0.5);
     assert_eq!(chance_to_beat(0, 10, 0, 10), 0.5);
 }
+
+#[test]
+fn a_local_time_send_waits_for_each_persons_time_first() {
+    let mut c = campaign(AB);
+    c.local_time = Some("09:00".into());
+    c.fallback_timezone = Some("America/New_York".into());
+    let j = c.to_journey();
+    assert!(validate(&j).is_empty(), "{:?}", validate(&j));
+    assert_eq!(j.nodes[0].id, LOCAL_TIME_NODE);
+    assert!(
+        matches!(&j.nodes[0].kind, NodeKind::Wait { until: Some(t), next, .. } if t == "09:00" && next == SPLIT_NODE)
+    );
+    assert_eq!(j.properties.timezone.as_deref(), Some("profile"));
+    c.local_time = Some("25:99".into());
+    c.fallback_timezone = Some("Nowhere/Land".into());
+    let fields: Vec<String> = validate(&c.to_journey())
+        .into_iter()
+        .map(|e| journey_field(&c, &e.field))
+        .collect();
+    assert!(fields.contains(&"local_time".to_owned()), "{fields:?}");
+    assert!(
+        fields.contains(&"fallback_timezone".to_owned()),
+        "{fields:?}"
+    );
+}
+
+proptest::proptest! {
+    /// Whatever shares, holdout and variants a document has, checking it and making its
+    /// journey never panic, and a campaign found valid makes a valid journey.
+    #[test]
+    fn any_shares_are_checked_without_panicking(
+        holdout in proptest::prop_oneof![0u32..200, proptest::prelude::Just(u32::MAX)],
+        percents in proptest::collection::vec(
+            proptest::option::of(proptest::prop_oneof![0u32..150, proptest::prelude::Just(u32::MAX)]),
+            0..5,
+        ),
+        single in proptest::bool::ANY,
+    ) {
+        let mut c = campaign("{key: x, audience: a, channel: log}");
+        c.holdout = holdout;
+        if single {
+            c.template = Some("t".into());
+        }
+        c.variants = percents
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Variant { key: format!("v{i}"), template: "t".into(), percent: *p })
+            .collect();
+        let problems = c.problems();
+        let journey = c.to_journey();
+        let journey_problems = validate(&journey);
+        for e in &journey_problems {
+            let _ = journey_field(&c, &e.field);
+        }
+        if problems.is_empty() {
+            proptest::prop_assert!(journey_problems.is_empty(), "{:?}", journey_problems);
+            let total: u32 = c.shares().iter().map(|s| s.2).sum::<u32>() + c.holdout;
+            proptest::prop_assert_eq!(total, 100);
+        }
+    }
+}

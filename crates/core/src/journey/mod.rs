@@ -189,6 +189,10 @@ pub struct Properties {
     /// `profile` (the person's `timezone` trait) or an IANA zone such as `Europe/Oslo`. Default UTC.
     #[serde(default)]
     pub timezone: Option<String>,
+    /// With `timezone: profile`, the zone of people without a valid `timezone` trait
+    /// (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_timezone: Option<String>,
     /// No entries before this instant (RFC 3339).
     #[serde(default)]
     pub start_at: Option<String>,

@@ -259,3 +259,20 @@ fn a_schedule_goes_with_a_read_entry_and_must_run() {
     );
     assert!(errors(&zone).contains(&("entry.schedule.timezone".into(), "invalid_schedule")));
 }
+
+#[test]
+fn split_percents_that_would_overflow_are_refused_not_wrapped() {
+    // 2^32 - 1 + 101 wraps to 100 in 32 bits.
+    let yaml = "key: s
+entry: {event: Go}
+nodes:
+  - {id: split, type: random_split, paths: [{percent: 4294967295, next: a}, {percent: 101, next: b}]}
+  - {id: a, type: end}
+  - {id: b, type: end}
+";
+    assert!(
+        errors(yaml).contains(&("nodes[0].paths".into(), "invalid_value")),
+        "{:?}",
+        errors(yaml)
+    );
+}

@@ -234,6 +234,15 @@ fn check_properties(journey: &Journey, r: &mut Report) {
     if let Some(t) = &p.timeout {
         r.duration("properties.timeout", &t.0);
     }
+    if let Some(zone) = &p.fallback_timezone
+        && jiff::tz::TimeZone::get(zone).is_err()
+    {
+        r.add(
+            "invalid_value",
+            "properties.fallback_timezone",
+            format!("{zone:?} is not an IANA time zone such as Europe/Oslo"),
+        );
+    }
     if let Some(zone) = &p.timezone
         && zone != "profile"
         && jiff::tz::TimeZone::get(zone).is_err()
@@ -508,7 +517,7 @@ fn check_node(journey: &Journey, kind: &NodeKind, at: &dyn Fn(&str) -> String, r
                     "a random split needs at least two paths",
                 );
             }
-            let total: u32 = paths.iter().map(|p| p.percent).sum();
+            let total: u64 = paths.iter().map(|p| u64::from(p.percent)).sum();
             if total != 100 {
                 r.add(
                     "invalid_value",
