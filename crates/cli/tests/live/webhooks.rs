@@ -44,11 +44,20 @@ async fn webhooks_reach_a_real_sink_once_per_step_and_failures_take_the_error_pa
             "every call carries an Idempotency-Key"
         );
     }
-    let (_, body) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/g3").await;
-    assert_eq!(
-        body["traits"]["in_crm"], true,
-        "update_profile applied after the webhook: {body}"
-    );
+    // The profile update is the dispatcher's to apply once the instance has recorded it
+    // (an effect, like the webhook): it follows the completion, not with it.
+    let started = Instant::now();
+    loop {
+        let (_, body) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/g3").await;
+        if body["traits"]["in_crm"] == true {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "update_profile applied after the webhook: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (_, journeys) = get(&c, &server.base, ADMIN, "/v1/profiles/user_id/g3/journeys").await;
     let hook_response = &journeys["journeys"][0]["instances"][0]["context"]["hook"];
     assert_eq!(hook_response["status"], 200);
