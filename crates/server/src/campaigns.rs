@@ -381,3 +381,51 @@ pub async fn campaign_report(
         holdout,
     }))
 }
+
+/// One variant rendered for a person.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VariantPreview {
+    pub key: String,
+    pub template: String,
+    /// `{channel, fields: {subject, html, ...}}`, as a send would render it.
+    #[schema(value_type = Object)]
+    pub rendered: waymark_core::content::Rendered,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CampaignPreview {
+    pub variants: Vec<VariantPreview>,
+}
+
+/// Renders every variant of the campaign's draft for a chosen person (`profile`, and
+/// `traits` to try others on), exactly as a send would; nothing is sent or counted.
+#[utoipa::path(post, path = "/v1/campaigns/{key}/preview", tag = "campaigns",
+    params(("key" = String, Path)),
+    request_body = crate::templates::PreviewRequest,
+    responses((status = 200, body = CampaignPreview), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, description = "A variant's template failed to render", body = ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn preview_campaign(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    body: Body,
+) -> Result<axum::Json<CampaignPreview>, ApiError> {
+    state.keys.require_admin(&headers)?;
+    let mut req: crate::templates::PreviewRequest = crate::templates::json_body(body).await?;
+    let record = campaign_journey(&state, &key).await?;
+    let campaign = campaign::of_journey(&record.draft).ok_or_else(|| no_campaign(&key))?;
+    req.version = None;
+    req.journey =
+        Some(json!({"entry": {"audience": campaign.audience, "read_at": wall_clock_ms()}}));
+    let mut variants = Vec::new();
+    for (variant, template, _) in campaign.shares() {
+        let rendered = crate::templates::render(&state, &template, &req).await?;
+        variants.push(VariantPreview {
+            key: variant,
+            template,
+            rendered,
+        });
+    }
+    Ok(axum::Json(CampaignPreview { variants }))
+}

@@ -137,6 +137,10 @@ pub fn app(state: AppState) -> Router {
             get(campaigns::campaign_report),
         )
         .route(
+            "/v1/campaigns/{key}/preview",
+            post(campaigns::preview_campaign),
+        )
+        .route(
             "/v1/campaigns/{key}",
             get(campaigns::get_campaign).put(campaigns::put_campaign),
         )

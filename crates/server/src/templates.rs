@@ -297,24 +297,33 @@ pub async fn preview_template(
 ) -> Result<axum::Json<Rendered>, ApiError> {
     state.keys.require_admin(&headers)?;
     let req: PreviewRequest = json_body(body).await?;
-    let document = match req.version {
-        Some(v) => state
-            .store
-            .template_version(&key, v)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("template {key:?} has no version {v}")))?,
-        None => {
-            state
-                .store
-                .template(&key)
-                .await?
-                .ok_or_else(|| no_template(&key))?
-                .document
-        }
-    };
+    render(&state, &key, &req).await.map(axum::Json)
+}
+
+/// Renders template `key` (the newest version, or `req.version`) for the person, traits,
+/// event and journey context `req` gives, exactly as a send would.
+pub async fn render(
+    state: &AppState,
+    key: &str,
+    req: &PreviewRequest,
+) -> Result<Rendered, ApiError> {
+    let document =
+        match req.version {
+            Some(v) => state.store.template_version(key, v).await?.ok_or_else(|| {
+                ApiError::not_found(format!("template {key:?} has no version {v}"))
+            })?,
+            None => {
+                state
+                    .store
+                    .template(key)
+                    .await?
+                    .ok_or_else(|| no_template(key))?
+                    .document
+            }
+        };
     let doc: ContentDoc = serde_json::from_value(document)
         .map_err(|e| ApiError::bad_request("invalid_document", e.to_string()))?;
-    let template = compiled(&state, &doc, None).await?;
+    let template = compiled(state, &doc, None).await?;
     let mut profile = match &req.profile {
         Some(p) => {
             let id = Identity::parse(&p.namespace, &p.value)
@@ -336,10 +345,10 @@ pub async fn preview_template(
     }
     let data = serde_json::json!({
         "profile": profile,
-        "event": req.event.unwrap_or(Value::Null),
-        "journey": req.journey.unwrap_or(Value::Null),
+        "event": req.event.clone().unwrap_or(Value::Null),
+        "journey": req.journey.clone().unwrap_or(Value::Null),
     });
-    template.render(&data).map(axum::Json).map_err(|reason| {
+    template.render(&data).map_err(|reason| {
         ApiError::unprocessable(
             "render_failed",
             vec![FieldError::new("render_failed", "", reason)],

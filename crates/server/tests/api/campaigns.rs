@@ -149,4 +149,62 @@ pub async fn campaigns_through_the_api(api: &Api) {
         "{}",
         r.text
     );
+    // Each variant rendered for a chosen person, nothing sent.
+    for (key, subject) in [
+        ("hello-a", "Hi {{profile.traits.name}}"),
+        (
+            "hello-b",
+            "Hello {{profile.traits.name}}, from {{journey.entry.audience}}",
+        ),
+    ] {
+        let doc = json!({"channel": "email", "subject": subject, "text": "x"});
+        let r = admin(api, "PUT", &format!("/v1/templates/{key}"), Some(doc)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    }
+    assert_eq!(
+        api.post(
+            "/v1/identify",
+            json!({"userId": "ada", "traits": {"name": "Ada"}})
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    let hello = json!({"key": "hello", "audience": "leads", "channel": "email",
+        "variants": [{"key": "a", "template": "hello-a"}, {"key": "b", "template": "hello-b"}]});
+    assert_eq!(
+        admin(api, "PUT", "/v1/campaigns/hello", Some(hello))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let r = admin(
+        api,
+        "POST",
+        "/v1/campaigns/hello/preview",
+        Some(json!({"profile": {"namespace": "user_id", "value": "ada"}})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let subjects: Vec<&str> = r.body["variants"]
+        .as_array()
+        .expect("variants")
+        .iter()
+        .filter_map(|v| v["rendered"]["fields"]["subject"].as_str())
+        .collect();
+    assert_eq!(subjects, ["Hi Ada", "Hello Ada, from leads"], "{}", r.text);
+    let r = admin(
+        api,
+        "POST",
+        "/v1/campaigns/hello/preview",
+        Some(json!({"profile": {"namespace": "user_id", "value": "nobody"}})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    let report = api.get("/v1/campaigns/hello/report").await;
+    assert_eq!(
+        report.body["entered"], 0,
+        "a preview sends nothing: {}",
+        report.text
+    );
 }
