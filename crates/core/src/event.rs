@@ -109,6 +109,11 @@ impl Event {
     }
 }
 
+/// The events a tracked email's open pixel and links record (first open of each message,
+/// first click on each link), with the message's outbox key as `properties.message`.
+pub const EMAIL_OPENED: &str = "Email Opened";
+pub const EMAIL_LINK_CLICKED: &str = "Email Link Clicked";
+
 /// The event a person's history records when they enter an audience.
 pub const AUDIENCE_ENTERED: &str = "Audience Entered";
 /// ... and when they leave one.

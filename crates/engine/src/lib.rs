@@ -135,10 +135,14 @@ pub enum StepKind {
     /// The conversion goal was reached (`detail`: the event, its message id, revenue),
     /// credited to the step's node.
     Converted,
+    /// The email the step's node sent was opened (first time), or a link in it clicked
+    /// (first click on any of its links).
+    Opened,
+    Clicked,
 }
 
 impl StepKind {
-    pub const ALL: [StepKind; 19] = {
+    pub const ALL: [StepKind; 21] = {
         use StepKind::*;
         [
             Entered,
@@ -160,6 +164,8 @@ impl StepKind {
             Failed,
             Stopped,
             Converted,
+            Opened,
+            Clicked,
         ]
     };
 
@@ -184,6 +190,8 @@ impl StepKind {
             StepKind::Failed => "failed",
             StepKind::Stopped => "stopped",
             StepKind::Converted => "converted",
+            StepKind::Opened => "opened",
+            StepKind::Clicked => "clicked",
         }
     }
 }
@@ -265,6 +273,7 @@ pub fn apply(
     };
     if let Input::Event(event) = &input {
         run.convert(state, event);
+        engage(j, state, event, ctx.now);
     }
     let may_enter = run.may_enter(state);
     let active = state
@@ -322,6 +331,47 @@ pub fn apply(
         _ => {}
     }
     run.effects
+}
+
+/// Records a first open of an email this journey sent, or a first click in it, as a step of
+/// the instance that sent it, at the node that sent it: once per message for each.
+fn engage(j: &CompiledJourney, state: &mut JourneyState, event: &Event, now: Millis) {
+    let what = match event.display_name() {
+        waymark_core::event::EMAIL_OPENED => StepKind::Opened,
+        waymark_core::event::EMAIL_LINK_CLICKED => StepKind::Clicked,
+        _ => return,
+    };
+    let Some(key) = event
+        .properties
+        .get("message")
+        .and_then(Value::as_str)
+        .and_then(EffectKey::parse)
+    else {
+        return;
+    };
+    if key.journey != j.doc.key {
+        return;
+    }
+    let Some(instance) = state
+        .instances
+        .iter_mut()
+        .find(|i| i.number == key.instance)
+    else {
+        return;
+    };
+    if instance
+        .steps
+        .iter()
+        .any(|s| s.what == what && s.node == key.node)
+    {
+        return;
+    }
+    instance.steps.push(Step {
+        at: now,
+        node: key.node.to_owned(),
+        what,
+        detail: Some(json!({"message": event.properties.get("message")})),
+    });
 }
 
 fn push_instance(state: &mut JourneyState, instance: Instance) {

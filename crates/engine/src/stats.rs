@@ -28,6 +28,9 @@ pub struct NodeStats {
     /// the event's unit (counters are integers).
     pub converted: u64,
     pub revenue_cents: i64,
+    /// Emails from the node opened, and clicked, once per message each.
+    pub opened: u64,
+    pub clicked: u64,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -167,6 +170,8 @@ pub fn count_change(
             StepKind::Error => "errored",
             StepKind::Held => "held",
             StepKind::Suppressed => "suppressed",
+            StepKind::Opened => "opened",
+            StepKind::Clicked => "clicked",
             StepKind::Converted => {
                 // Counters are integers: revenue is kept in hundredths.
                 let cents = step
@@ -244,6 +249,8 @@ pub fn from_counters<'a>(rows: impl IntoIterator<Item = (&'a str, &'a str, i64)>
             "suppressed" => n.suppressed += v,
             "exited" => n.exited += v,
             "converted" => n.converted += v,
+            "opened" => n.opened += v,
+            "clicked" => n.clicked += v,
             // Negative revenue (refunds recorded as conversions) is kept.
             "revenue_cents" => n.revenue_cents += value,
             _ => {}

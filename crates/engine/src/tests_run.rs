@@ -598,3 +598,49 @@ nodes:
         "09:00 in Oslo"
     );
 }
+
+#[test]
+fn first_opens_and_clicks_of_a_message_are_counted_at_the_node_that_sent_it() {
+    let mut m = Memory::default();
+    m.publish(
+        r#"
+key: news
+entry: { event: Go }
+nodes:
+  - { id: letter, type: message, channel: log, template: t, next: done }
+  - { id: done, type: end }
+"#,
+    );
+    let (go, ann) = track("ann", "Go", json!({}), 1_000);
+    m.events(&[(go, ann.clone())], 1_000);
+    let key = m
+        .outbox
+        .iter()
+        .find(|o| o.journey == "news")
+        .map(|o| o.key.clone())
+        .expect("the message");
+    let engagement = |name: &str, at: i64, journey: &str| {
+        // The message key names the journey that sent it.
+        let message = key.replacen("news:", &format!("{journey}:"), 1);
+        let (e, _) = track(
+            "ann",
+            name,
+            json!({"message": message, "journey": journey, "channel": "email"}),
+            at,
+        );
+        (e, ann.clone())
+    };
+    m.events(&[engagement("Email Opened", 2_000, "news")], 2_000);
+    // A second open (another client), two clicks, and an open of another journey's message.
+    m.events(
+        &[
+            engagement("Email Opened", 3_000, "news"),
+            engagement("Email Link Clicked", 3_000, "news"),
+            engagement("Email Link Clicked", 4_000, "news"),
+            engagement("Email Opened", 4_000, "other"),
+        ],
+        4_000,
+    );
+    let letter = &m.stats("news").nodes["letter"];
+    assert_eq!((letter.opened, letter.clicked), (1, 1));
+}

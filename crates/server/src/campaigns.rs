@@ -295,6 +295,9 @@ pub struct VariantReport {
     pub sent: u64,
     pub held: u64,
     pub suppressed: u64,
+    /// Emails opened and clicked (tracked email: each message counted once for each).
+    pub opened: u64,
+    pub clicked: u64,
     /// People who reached the conversion goal within its window, and the revenue.
     pub converted: u64,
     pub revenue: f64,
@@ -344,6 +347,8 @@ pub async fn campaign_report(
             sent: n.entered.saturating_sub(n.suppressed + n.held),
             held: n.held,
             suppressed: n.suppressed,
+            opened: n.opened,
+            clicked: n.clicked,
             converted: n.converted,
             revenue: n.revenue_cents as f64 / 100.0,
             conversion_rate: if n.entered == 0 {

@@ -190,7 +190,7 @@ pub async fn email_open(
     record_engagement(
         &state,
         &q,
-        "Email Opened",
+        waymark_core::event::EMAIL_OPENED,
         format!("email-opened-{}", q.m),
         &headers,
     )
@@ -238,7 +238,15 @@ pub async fn email_click(
     }
     // The signature is 64 hex characters (verified above) and differs per link.
     let id = format!("email-clicked-{}-{}", q.m, &q.s[..32]);
-    if let Err(e) = record_engagement(&state, &q, "Email Link Clicked", id, &headers).await {
+    if let Err(e) = record_engagement(
+        &state,
+        &q,
+        waymark_core::event::EMAIL_LINK_CLICKED,
+        id,
+        &headers,
+    )
+    .await
+    {
         metrics::counter!("waymark_link_events_lost_total").increment(1);
         tracing::warn!(error = ?e, "could not record a click; redirecting anyway");
     }
