@@ -323,20 +323,91 @@ pub struct CampaignReport {
     pub holdout: Option<VariantReport>,
 }
 
-/// Targeted, excluded, and per variant and holdout: assigned, sent, held, suppressed.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ReportQuery {
+    /// `json` (default) or `csv`: a row per variant and the holdout.
+    pub format: Option<String>,
+}
+
+/// Targeted, excluded, and per variant and holdout: assigned, sent, held, suppressed,
+/// opened, clicked, converted, revenue, the conversion rate with its interval and the
+/// chance to beat the holdout; as JSON, or with `?format=csv` a row per group.
 #[utoipa::path(get, path = "/v1/campaigns/{key}/report", tag = "campaigns",
-    params(("key" = String, Path)),
-    responses((status = 200, body = CampaignReport), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    params(("key" = String, Path), ReportQuery),
+    responses((status = 200, body = CampaignReport), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn campaign_report(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(key): Path<String>,
-) -> Result<axum::Json<CampaignReport>, ApiError> {
+    axum::extract::Query(q): axum::extract::Query<ReportQuery>,
+) -> Result<axum::response::Response, ApiError> {
     state.keys.require_admin(&headers)?;
-    let record = campaign_journey(&state, &key).await?;
-    let campaign = campaign::of_journey(&record.draft).ok_or_else(|| no_campaign(&key))?;
-    let stats = state.store.journey_stats(&key).await?;
+    let report = build_report(&state, &key).await?;
+    match q.format.as_deref() {
+        None | Some("json") => Ok(axum::response::IntoResponse::into_response(axum::Json(
+            report,
+        ))),
+        Some("csv") => Ok(axum::response::IntoResponse::into_response((
+            [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            report_csv(&report),
+        ))),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_format",
+            format!("format {other:?}: use json or csv"),
+        )),
+    }
+}
+
+/// The report as CSV: a header, then a row per variant and the holdout.
+fn report_csv(report: &CampaignReport) -> Vec<u8> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let header = [
+        "group",
+        "percent",
+        "assigned",
+        "sent",
+        "held",
+        "suppressed",
+        "opened",
+        "clicked",
+        "converted",
+        "revenue",
+        "conversion_rate",
+        "conversion_low",
+        "conversion_high",
+        "chance_to_beat_holdout",
+    ];
+    // Writing to memory cannot fail.
+    let _ = writer.write_record(header);
+    for g in report.variants.iter().chain(&report.holdout) {
+        let _ = writer.write_record([
+            g.key.clone(),
+            g.percent.to_string(),
+            g.assigned.to_string(),
+            g.sent.to_string(),
+            g.held.to_string(),
+            g.suppressed.to_string(),
+            g.opened.to_string(),
+            g.clicked.to_string(),
+            g.converted.to_string(),
+            g.revenue.to_string(),
+            g.conversion_rate.to_string(),
+            g.conversion_interval[0].to_string(),
+            g.conversion_interval[1].to_string(),
+            g.chance_to_beat_holdout
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+        ]);
+    }
+    writer.into_inner().unwrap_or_default()
+}
+
+async fn build_report(state: &AppState, key: &str) -> Result<CampaignReport, ApiError> {
+    let record = campaign_journey(state, key).await?;
+    let campaign = campaign::of_journey(&record.draft).ok_or_else(|| no_campaign(key))?;
+    let stats = state.store.journey_stats(key).await?;
     let node = |id: &str, key: &str, percent: u32| {
         let n = stats.nodes.get(id).cloned().unwrap_or_default();
         let (lo, hi) = campaign::rate_interval(n.converted, n.entered);
@@ -376,15 +447,15 @@ pub async fn campaign_report(
     let read = record.read.as_deref();
     let targeted = read.map_or(0, |r| r.last_read + r.read);
     let excluded = read.map_or(0, |r| r.last_excluded + r.excluded);
-    Ok(axum::Json(CampaignReport {
-        key: key.clone(),
+    Ok(CampaignReport {
+        key: key.to_owned(),
         status: status(&record, stats.active),
         targeted,
         excluded,
         entered: stats.instances,
         variants,
         holdout,
-    }))
+    })
 }
 
 /// One variant rendered for a person.

@@ -117,6 +117,22 @@ pub async fn campaigns_through_the_api(api: &Api) {
     assert_eq!(percents, [&json!(45), &json!(45)]);
     assert_eq!(report.body["holdout"]["percent"], 10);
     assert_eq!(report.body["targeted"], 0);
+    let csv = api.get("/v1/campaigns/sale/report?format=csv").await;
+    assert_eq!(csv.status, StatusCode::OK, "{}", csv.text);
+    let rows: Vec<&str> = csv.text.lines().collect();
+    assert!(
+        rows[0].starts_with("group,percent,assigned,sent"),
+        "{}",
+        csv.text
+    );
+    let groups: Vec<&str> = rows[1..]
+        .iter()
+        .filter_map(|r| r.split(',').next())
+        .collect();
+    assert_eq!(groups, ["a", "b", "holdout"], "{}", csv.text);
+    assert!(rows[1].starts_with("a,45,0,"), "{}", csv.text);
+    let bad = api.get("/v1/campaigns/sale/report?format=xml").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text);
     let r = admin(api, "POST", "/v1/campaigns/sale/cancel", None).await;
     assert_eq!(r.body["status"], "cancelled", "{}", r.text);
     let list = api.get("/v1/campaigns").await;
