@@ -227,17 +227,14 @@ pub async fn campaign_action(
     let record = campaign_journey(&state, &key).await?;
     let lifecycle = match action.as_str() {
         "launch" => {
+            if mark(&record, "launch_requested_at").is_none() {
+                put_mark(&state, &record, "launch_requested_at", now).await?;
+            }
             let needs_approval =
                 campaign::of_journey(&record.draft).is_some_and(|c| c.requires_approval);
             if needs_approval && mark(&record, "approved_at").is_none() {
-                if mark(&record, "launch_requested_at").is_none() {
-                    put_mark(&state, &record, "launch_requested_at", now).await?;
-                    tracing::info!(campaign = %key, "campaign launch awaits approval");
-                }
+                tracing::info!(campaign = %key, "campaign launch awaits approval");
             } else {
-                if mark(&record, "launch_requested_at").is_none() {
-                    put_mark(&state, &record, "launch_requested_at", now).await?;
-                }
                 publish(&state, &key, now).await?;
                 tracing::info!(campaign = %key, "campaign launched");
             }

@@ -10,9 +10,9 @@ use waymark_core::ProfileState;
 use waymark_core::journey::Journey;
 use waymark_core::journey::lifecycle::Status as JourneyStatus;
 use waymark_core::time::Millis;
-use waymark_engine::run::{ReadIn, Runtime, plan_read};
+use waymark_engine::run::{ReadIn, Runtime, States, plan_read};
 
-use super::{RunTx, catalog, plan_inputs};
+use super::{RunTx, add_versions, catalog, plan_inputs};
 
 /// A journey's reads of its audience: the next one, and the one in progress.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -68,7 +68,7 @@ pub async fn read_audiences<T: RunTx>(
     let Some(mut read) = tx.due_journey_read(now).await? else {
         return Ok(0);
     };
-    let journeys = catalog(tx, true).await?;
+    let mut journeys = catalog(tx, true).await?;
     let Some((JourneyStatus::Live, Some(version))) = journeys.journeys.get(&read.journey).cloned()
     else {
         // Only live journeys' reads are due; one that is not (a race with a status change)
@@ -79,20 +79,18 @@ pub async fn read_audiences<T: RunTx>(
     if room == 0 {
         return Ok(0);
     }
-    let Some(document) = tx.version(&read.journey, version).await? else {
-        return Ok(0);
-    };
-    let journey: Journey = match serde_json::from_value(document) {
-        Ok(j) => j,
-        Err(e) => {
-            tracing::error!(journey = %read.journey, version, error = %e, "stored journey does not parse; its read is dropped");
-            read.due_at = None;
-            read.started_at = None;
-            tx.save_journey_read(&read).await?;
-            return Ok(0);
-        }
-    };
-    let Some(audience) = journey.entry.read_audience() else {
+    // The live version as the runtime keeps it compiled: no document read per chunk.
+    add_versions(tx, runtime, &mut journeys, &States::default()).await?;
+    let compiled = journeys
+        .versions
+        .get(&(read.journey.clone(), version))
+        .cloned();
+    let Some((journey, audience)) = compiled
+        .as_deref()
+        .and_then(|c| Some((&c.doc, c.doc.entry.read_audience()?)))
+    else {
+        // The live version reads no audience (or does not compile, which compiling
+        // logged): the read is dropped.
         read.due_at = None;
         read.started_at = None;
         tx.save_journey_read(&read).await?;
