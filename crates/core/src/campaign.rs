@@ -10,10 +10,11 @@ use serde_json::{Value, json};
 
 use crate::FieldError;
 use crate::journey::{
-    AudienceSide, Category, Conversion, Entry, Journey, Node, NodeKind, Properties, Reentry,
-    SplitPath, valid_key,
+    AudienceSide, Category, Conversion, DurationText, Entry, Journey, Node, NodeKind, Properties,
+    Reentry, SplitPath, WinnerMetric, parse_duration_ms, valid_key,
 };
 use crate::schedule::Schedule;
+use crate::time::{Millis, format_iso8601, parse_iso8601};
 
 /// The node a campaign's holdout takes: it sends nothing.
 pub const HOLDOUT_NODE: &str = "holdout";
@@ -23,6 +24,10 @@ pub const SENT_NODE: &str = "sent";
 pub const SPLIT_NODE: &str = "assign";
 /// The wait for each person's local send time.
 pub const LOCAL_TIME_NODE: &str = "local-time";
+/// Where the rest of the audience waits for the winning variant.
+pub const WINNER_NODE: &str = "winner";
+/// The test share of a campaign with a winner, when its variants give no percents.
+pub const DEFAULT_TEST_PERCENT: u32 = 20;
 
 /// The message node of a variant.
 pub fn variant_node(variant: &str) -> String {
@@ -89,6 +94,30 @@ pub struct Campaign {
     /// after the send, optionally filtered, with a revenue property.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conversion: Option<Conversion>,
+    /// Test the variants on a share of the audience, then send the best one to the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub winner: Option<WinnerRule>,
+}
+
+/// Automatic winner selection: the variants go to a test share of the audience (their
+/// percents); the rest waits `after` from the send, then gets the variant with the best
+/// rate on `metric`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WinnerRule {
+    /// `opened` or `clicked` (per email sent; tracked email) or `converted` (per person
+    /// assigned; needs `conversion`).
+    pub metric: WinnerMetric,
+    /// How long the test runs, from `send_at` (else the launch).
+    pub after: DurationText,
+    /// Percent of the audience in the test, split evenly over the variants that give no
+    /// percent (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_percent: Option<u32>,
+    /// The variant the rest gets when no variant beats every other with 95% confidence;
+    /// without it, the variant with the best rate (ties: the first listed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inconclusive: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -103,7 +132,8 @@ pub struct Variant {
 
 impl Campaign {
     /// The variants as (key, template, percent), shares filled in: those not given split
-    /// what the holdout and the given ones leave, evenly, the remainder to the first.
+    /// what the holdout and the given ones leave (with a winner: what the given ones leave
+    /// of the test share), evenly, the remainder to the first.
     pub fn shares(&self) -> Vec<(String, String, u32)> {
         let listed: Vec<Variant> = match (&self.template, self.variants.is_empty()) {
             (Some(template), true) => vec![Variant {
@@ -118,7 +148,13 @@ impl Campaign {
             .filter_map(|v| v.percent)
             .fold(0u32, u32::saturating_add);
         let open = listed.iter().filter(|v| v.percent.is_none()).count() as u32;
-        let left = 100u32.saturating_sub(self.holdout.saturating_add(given));
+        let left = match &self.winner {
+            Some(w) => w
+                .test_percent
+                .unwrap_or(DEFAULT_TEST_PERCENT)
+                .saturating_sub(given),
+            None => 100u32.saturating_sub(self.holdout.saturating_add(given)),
+        };
         let (each, mut extra) = match open {
             0 => (0, 0),
             n => (left / n, left % n),
@@ -185,21 +221,101 @@ impl Campaign {
         let shares = self.shares();
         let total: u64 =
             shares.iter().map(|(_, _, p)| u64::from(*p)).sum::<u64>() + u64::from(self.holdout);
-        if total != 100 || shares.iter().any(|(_, _, p)| *p == 0) {
-            add(
+        let some_each = shares.iter().all(|(_, _, p)| *p > 0);
+        match &self.winner {
+            None if total != 100 || !some_each => add(
                 "invalid_value",
                 "variants".into(),
                 format!(
                     "variants and holdout must share 100 percent, each variant some: they come to {total}"
                 ),
-            );
+            ),
+            Some(_) if total >= 100 || !some_each => add(
+                "invalid_value",
+                "variants".into(),
+                format!(
+                    "with a winner, variants (the test) and holdout must leave some of the audience for the winner, each variant some: they come to {total}"
+                ),
+            ),
+            _ => {}
+        }
+        if let Some(w) = &self.winner {
+            self.winner_problems(w, &mut add);
         }
         out
     }
 
-    /// The journey that runs the campaign. It carries the campaign document, so the
-    /// journey's versions are the campaign's.
+    fn winner_problems(&self, w: &WinnerRule, add: &mut impl FnMut(&'static str, String, String)) {
+        if self.shares().len() < 2 {
+            add(
+                "invalid_value",
+                "winner".into(),
+                "a winner needs at least two variants to compare".into(),
+            );
+        }
+        if self.schedule.is_some() {
+            add(
+                "invalid_value",
+                "winner".into(),
+                "a recurring campaign cannot pick a winner (each run would be its own test); send once".into(),
+            );
+        }
+        if !matches!(parse_duration_ms(&w.after.0), Ok(ms) if ms > 0) {
+            add(
+                "invalid_value",
+                "winner.after".into(),
+                format!("{:?} is not a duration such as 4h or 1d", w.after.0),
+            );
+        }
+        if w.metric == WinnerMetric::Converted && self.conversion.is_none() {
+            add(
+                "missing_field",
+                "conversion".into(),
+                "a winner on conversions needs the conversion goal".into(),
+            );
+        }
+        if w.metric != WinnerMetric::Converted && self.channel != "email" {
+            add(
+                "invalid_value",
+                "winner.metric".into(),
+                format!(
+                    "opens and clicks are tracked for email only; on {} pick the winner on converted",
+                    self.channel
+                ),
+            );
+        }
+        if let Some(key) = &w.inconclusive
+            && !self.variants.iter().any(|v| &v.key == key)
+        {
+            add(
+                "invalid_value",
+                "winner.inconclusive".into(),
+                format!("{key:?} is not one of the variants"),
+            );
+        }
+    }
+
+    /// The journey that runs the campaign, before its launch (see `to_journey_launched`).
     pub fn to_journey(&self) -> Journey {
+        self.to_journey_launched(None)
+    }
+
+    /// When the winner's test ends: `winner.after` from `send_at`, else from the launch
+    /// (before a launch, from the epoch: a placeholder the launch replaces).
+    pub fn winner_at(&self, launched_at: Option<Millis>) -> Option<Millis> {
+        let w = self.winner.as_ref()?;
+        let from = self
+            .send_at
+            .as_deref()
+            .and_then(parse_iso8601)
+            .or(launched_at)
+            .unwrap_or(0);
+        Some(from.saturating_add(parse_duration_ms(&w.after.0).unwrap_or(0)))
+    }
+
+    /// The journey that runs the campaign, launched at `launched_at`. It carries the
+    /// campaign document, so the journey's versions are the campaign's.
+    pub fn to_journey_launched(&self, launched_at: Option<Millis>) -> Journey {
         let shares = self.shares();
         let mut nodes = Vec::new();
         let mut paths: Vec<SplitPath> = shares
@@ -213,6 +329,14 @@ impl Campaign {
             paths.push(SplitPath {
                 percent: self.holdout,
                 next: HOLDOUT_NODE.into(),
+            });
+        }
+        let tested: u32 = paths.iter().map(|p| p.percent).fold(0, u32::saturating_add);
+        let winner_at = self.winner_at(launched_at);
+        if winner_at.is_some() && tested < 100 {
+            paths.push(SplitPath {
+                percent: 100 - tested,
+                next: WINNER_NODE.into(),
             });
         }
         // No paths is a campaign without variants, refused by `problems`; its journey
@@ -237,6 +361,17 @@ impl Campaign {
             nodes.push(Node {
                 id: SPLIT_NODE.into(),
                 kind: NodeKind::RandomSplit { paths },
+            });
+        }
+        if let (Some(w), Some(at)) = (&self.winner, winner_at) {
+            nodes.push(Node {
+                id: WINNER_NODE.into(),
+                kind: NodeKind::Winner {
+                    paths: shares.iter().map(|(key, _, _)| variant_node(key)).collect(),
+                    metric: w.metric,
+                    at: format_iso8601(at),
+                    inconclusive: w.inconclusive.as_deref().map(variant_node),
+                },
             });
         }
         for (key, template, _) in &shares {
@@ -322,6 +457,9 @@ pub fn journey_field(campaign: &Campaign, field: &str) -> String {
     {
         if node.id == LOCAL_TIME_NODE {
             return "local_time".into();
+        }
+        if node.id == WINNER_NODE {
+            return "winner".into();
         }
         let Some(variant) = node.id.strip_prefix("variant-") else {
             return field.to_owned();

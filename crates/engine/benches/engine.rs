@@ -31,6 +31,7 @@ fn entry_through_three_nodes(bencher: Bencher) {
     .events
     .remove(0);
     let profile = ProfileState::new("p1".into(), 0, 0);
+    let winners = Default::default();
     bencher.bench(|| {
         let mut state = JourneyState::default();
         let effects = apply(
@@ -40,6 +41,7 @@ fn entry_through_three_nodes(bencher: Bencher) {
             &Ctx {
                 profile: &profile,
                 now: 1_800_000_000_000,
+                winners: &winners,
             },
         );
         // The message and the webhook (the deadline timer is stored only once an instance

@@ -56,6 +56,9 @@ pub struct CompiledJourney {
     pub(crate) reads: FieldReads,
     /// The conversion goal, if the journey has one.
     pub(crate) conversion: Option<Goal>,
+    /// Winner nodes, with the time each decides: a store decides them (once, kept) when a
+    /// plan that may need them runs at or after that time.
+    pub winners: Vec<(String, Millis)>,
 }
 
 /// A conversion goal, compiled.
@@ -237,6 +240,14 @@ pub fn compile(doc: Journey, version: u32) -> Result<CompiledJourney, Vec<FieldE
         }),
         None => None,
     };
+    let winners = doc
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.kind {
+            NodeKind::Winner { at, .. } => Some((n.id.clone(), parse_iso8601(at).unwrap_or(0))),
+            _ => None,
+        })
+        .collect();
     let reads = FieldReads::of(
         entry_when
             .iter()
@@ -246,6 +257,7 @@ pub fn compile(doc: Journey, version: u32) -> Result<CompiledJourney, Vec<FieldE
             .chain(conversion.iter().filter_map(|g| g.when.as_ref())),
     );
     Ok(CompiledJourney {
+        winners,
         reads,
         conversion,
         addressed,

@@ -14,6 +14,7 @@ mod nodes;
 pub mod run;
 pub mod simulate;
 pub mod stats;
+pub mod winner;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -253,6 +254,8 @@ pub enum Input<'a> {
 pub struct Ctx<'a> {
     pub profile: &'a ProfileState,
     pub now: Millis,
+    /// The winner nodes decided so far (`winner::decide`).
+    pub winners: &'a winner::Winners,
 }
 
 /// Applies one input. Returns the effects; `state` is updated in place.
@@ -678,10 +681,20 @@ impl Run<'_> {
         }
         let next = match &instance.waiting {
             Some(Waiting::Timer { node, timer: t, .. }) if *t == timer => {
-                let NodeKind::Wait { next, .. } = &self.j.doc.nodes[self.j.index[node]].kind else {
-                    return;
-                };
-                (node.clone(), next.clone(), StepKind::Resumed)
+                let idx = self.j.index[node];
+                match &self.j.doc.nodes[idx].kind {
+                    NodeKind::Wait { next, .. } => (node.clone(), next.clone(), StepKind::Resumed),
+                    NodeKind::Winner { .. } => {
+                        let node = node.clone();
+                        instance.waiting = None;
+                        match self.winner_path(instance, &node) {
+                            Some(path) => self.advance(instance, path, None),
+                            None => self.await_winner(instance, &node),
+                        }
+                        return;
+                    }
+                    _ => return,
+                }
             }
             Some(Waiting::Event { node, timer: t, .. }) if *t == timer => {
                 let NodeKind::Wait { event: Some(e), .. } =

@@ -13,6 +13,9 @@ use crate::{
     devices_of, next_local_time, recipient,
 };
 
+/// How long an instance at an undecided winner node past its time waits to look again.
+const WINNER_RETRY_MS: waymark_core::time::Millis = 60_000;
+
 /// Where the walk goes after a node.
 enum Next {
     /// On to this node, within the same input.
@@ -102,6 +105,13 @@ impl Run<'_> {
                     self.update_profile(instance, here, set, unset, next)
                 }
                 NodeKind::RandomSplit { paths } => self.random_split(instance, here, paths),
+                NodeKind::Winner { .. } => match self.winner_path(instance, &id) {
+                    Some(path) => Next::Node(path),
+                    None => {
+                        self.await_winner(instance, &id);
+                        Next::Stop
+                    }
+                },
                 NodeKind::Jump { journey } => self.jump(instance, here, journey),
                 NodeKind::End {} => {
                     self.end(instance, Status::Completed, StepKind::Completed, None);
@@ -364,6 +374,39 @@ impl Run<'_> {
             }
         }
         Next::Node(paths.last().map(|p| p.next.clone()).unwrap_or_default())
+    }
+
+    /// The path a winner node decided, recorded as the instance's step there.
+    pub(crate) fn winner_path(&mut self, instance: &mut Instance, id: &str) -> Option<String> {
+        let path = self
+            .ctx
+            .winners
+            .get(&(self.j.doc.key.clone(), id.to_owned()))?
+            .clone();
+        let detail = json!({"winner": path});
+        self.step(instance, id, StepKind::Split, Some(detail));
+        Some(path)
+    }
+
+    /// Waits at a winner node for its decision: a timer at the node's time (after it, a
+    /// retry a minute on, which a store that decides at the time never needs).
+    pub(crate) fn await_winner(&mut self, instance: &mut Instance, id: &str) {
+        let at = self
+            .j
+            .winners
+            .iter()
+            .find(|(node, _)| node == id)
+            .map_or(0, |(_, at)| *at);
+        let now = self.ctx.now;
+        let due = if at > now { at } else { now + WINNER_RETRY_MS };
+        let timer = self.schedule(instance, due);
+        let detail = json!({"for": "winner", "until": waymark_core::time::format_iso8601(due)});
+        self.step(instance, id, StepKind::Waiting, Some(detail));
+        instance.waiting = Some(Waiting::Timer {
+            node: id.to_owned(),
+            due,
+            timer,
+        });
     }
 
     /// Ends here and enters the person into another journey (through the outbox).

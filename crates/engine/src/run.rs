@@ -36,6 +36,8 @@ pub struct Catalog {
     /// Suppressed addresses among the people's (see `addresses`): (channel, address) ->
     /// reason, read in the plan's transaction.
     pub suppressed: HashMap<(String, String), String>,
+    /// Winner nodes decided, of the versions in `versions` whose winners are due.
+    pub winners: crate::winner::Winners,
 }
 
 /// Every address a person's messages may go to, per suppressible channel, normalised as the
@@ -139,6 +141,8 @@ pub struct Runtime {
     governance: Arc<Policy>,
     /// The audience catalog compiled for the newest versions it was built from.
     audiences: Mutex<Option<AudienceVersions>>,
+    /// Winner nodes decided (decisions never change once kept).
+    winners: Mutex<crate::winner::Winners>,
 }
 
 /// (key, version) of every audience, and the catalog compiled from them.
@@ -150,7 +154,59 @@ impl Runtime {
             compiled: Mutex::default(),
             governance: Arc::new(governance),
             audiences: Mutex::default(),
+            winners: Mutex::default(),
         }
+    }
+
+    /// The winner nodes of the catalog's versions whose time has come, as (journey key,
+    /// node, version); those already decided are put into `catalog.winners`, the rest
+    /// returned for the store to read or decide.
+    pub fn fill_winners(
+        &self,
+        catalog: &mut Catalog,
+        now: Millis,
+    ) -> Vec<(String, String, Arc<CompiledJourney>)> {
+        let due: Vec<(String, String, Arc<CompiledJourney>)> = catalog
+            .versions
+            .iter()
+            .flat_map(|((key, _), j)| {
+                j.winners
+                    .iter()
+                    .filter(|(_, at)| *at <= now)
+                    .map(|(node, _)| (key.clone(), node.clone(), j.clone()))
+            })
+            .collect();
+        if due.is_empty() {
+            return due;
+        }
+        let decided = self
+            .winners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut missing = Vec::new();
+        for (key, node, j) in due {
+            let slot = (key, node);
+            match decided.get(&slot) {
+                Some(path) => {
+                    catalog.winners.insert(slot, path.clone());
+                }
+                None if !missing.iter().any(|(k, n, _)| (k, n) == (&slot.0, &slot.1)) => {
+                    missing.push((slot.0, slot.1, j));
+                }
+                None => {}
+            }
+        }
+        missing
+    }
+
+    /// Keeps a winner node's decision for the next plans, and puts it in `catalog`.
+    pub fn keep_winner(&self, catalog: &mut Catalog, key: &str, node: &str, path: String) {
+        let slot = (key.to_owned(), node.to_owned());
+        self.winners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(slot.clone(), path.clone());
+        catalog.winners.insert(slot, path);
     }
 
     pub fn governance(&self) -> &Policy {
@@ -364,7 +420,16 @@ impl<'a> Collector<'a> {
             .filter(|r| r.room(now) == 0)
             .map(|_| state.instances.clone());
         let instances_before = state.instances.last().map(|i| i.number);
-        let effects = apply(journey, state, input, &Ctx { profile, now });
+        let effects = apply(
+            journey,
+            state,
+            input,
+            &Ctx {
+                profile,
+                now,
+                winners: &self.catalog.winners,
+            },
+        );
         if let Some(mut rate) = rate
             && state.instances.last().map(|i| i.number) != instances_before
         {
@@ -393,7 +458,11 @@ impl<'a> Collector<'a> {
                         journey,
                         state,
                         Input::Timer { instance, timer },
-                        &Ctx { profile, now },
+                        &Ctx {
+                            profile,
+                            now,
+                            winners: &self.catalog.winners,
+                        },
                     ));
                 }
                 Effect::Timer {

@@ -3,7 +3,8 @@
 //! both use this.
 //!
 //! Simplifications, stated: a person is keyed by `userId`, else `anonymousId` (no identity
-//! merges); webhooks succeed at once with an empty response, unless told to fail.
+//! merges); webhooks succeed at once with an empty response, unless told to fail; a winner
+//! node takes its `inconclusive` path, else its first (no counts to compare).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -52,6 +53,7 @@ pub struct Simulation<'a> {
     order: u64,
     now: Millis,
     webhooks: Webhooks,
+    winners: crate::winner::Winners,
 }
 
 impl<'a> Simulation<'a> {
@@ -63,6 +65,22 @@ impl<'a> Simulation<'a> {
             order: 0,
             now: Millis::MIN,
             webhooks,
+            winners: journey
+                .doc
+                .nodes
+                .iter()
+                .filter_map(|n| match &n.kind {
+                    waymark_core::journey::NodeKind::Winner {
+                        paths,
+                        inconclusive,
+                        ..
+                    } => {
+                        let path = inconclusive.as_ref().or(paths.first())?;
+                        Some(((journey.doc.key.clone(), n.id.clone()), path.clone()))
+                    }
+                    _ => None,
+                })
+                .collect(),
         }
     }
 
@@ -100,6 +118,7 @@ impl<'a> Simulation<'a> {
             &Ctx {
                 profile: &person.profile,
                 now: self.now,
+                winners: &self.winners,
             },
         );
         self.carry_out(&key, effects);
@@ -126,6 +145,7 @@ impl<'a> Simulation<'a> {
                 &Ctx {
                     profile: &person.profile,
                     now: self.now,
+                    winners: &self.winners,
                 },
             );
             self.carry_out(&key, effects);
@@ -189,6 +209,7 @@ impl<'a> Simulation<'a> {
                         &Ctx {
                             profile: &person.profile,
                             now,
+                            winners: &self.winners,
                         },
                     );
                     queue.extend(more);

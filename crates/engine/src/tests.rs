@@ -8,6 +8,24 @@ use crate::{CompiledJourney, Effect, Status, compile};
 
 const WELCOME: &str = include_str!("../../../examples/journeys/welcome.yaml");
 
+/// A track event of user `u`, received (and stamped) at 1 s.
+fn track_at_1s(name: &str) -> waymark_core::Event {
+    let body =
+        serde_json::to_vec(&json!({"batch": [{"type": "track", "userId": "u", "event": name}]}))
+            .expect("json");
+    let mut id = || "m".to_string();
+    parse_batch(
+        &body,
+        &mut Receipt {
+            received_at: 1_000,
+            new_message_id: &mut id,
+        },
+    )
+    .expect("valid")
+    .events
+    .remove(0)
+}
+
 fn journey(yaml: &str) -> CompiledJourney {
     compile(parse(yaml, Format::Yaml).expect("parses"), 1)
         .unwrap_or_else(|e| panic!("invalid journey: {e:?}"))
@@ -420,19 +438,7 @@ nodes:
         .journeys
         .insert("zero".into(), (JourneyStatus::Live, Some(1)));
     catalog.versions.insert(("zero".into(), 1), Arc::new(j));
-    let body =
-        serde_json::to_vec(&json!({"batch": [{"type": "track", "userId": "u", "event": "Go"}]}))
-            .expect("json");
-    let mut id = || "m".to_string();
-    let events = parse_batch(
-        &body,
-        &mut Receipt {
-            received_at: 1_000,
-            new_message_id: &mut id,
-        },
-    )
-    .expect("valid")
-    .events;
+    let events = [track_at_1s("Go")];
     let profile = waymark_core::ProfileState::new("p".into(), 0, 0);
     let planned =
         crate::run::plan_events(&catalog, HashMap::new(), &[(&events[0], &profile)], 1_000);
@@ -565,27 +571,13 @@ nodes:
 
 #[test]
 fn the_deadline_timer_is_stored_only_once_an_instance_waits_into_the_future() {
-    let event = |name: &str| {
-        let body = serde_json::to_vec(
-            &json!({"batch": [{"type": "track", "userId": "u", "event": name}]}),
-        )
-        .expect("json");
-        let mut id = || "m".to_string();
-        parse_batch(
-            &body,
-            &mut Receipt {
-                received_at: 1_000,
-                new_message_id: &mut id,
-            },
-        )
-        .expect("valid")
-        .events
-        .remove(0)
-    };
+    let event = track_at_1s;
     let profile = waymark_core::ProfileState::new("p".into(), 0, 0);
+    let winners = Default::default();
     let ctx = crate::Ctx {
         profile: &profile,
         now: 1_000,
+        winners: &winners,
     };
     let timers = |effects: &[Effect]| -> Vec<(u64, i64)> {
         effects
@@ -709,4 +701,142 @@ fn an_audience_entry_starts_on_that_audience_only() {
     );
     let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
     assert_eq!(fields, ["entry.event", "entry.on"], "{problems:?}");
+}
+
+#[test]
+fn a_winner_node_waits_for_its_decision_then_takes_the_chosen_path() {
+    let ab = journey(
+        r#"
+key: ab
+entry: { event: Go }
+properties: { conversion: { event: Order Completed } }
+nodes:
+  - { id: pick, type: winner, paths: [a, b], metric: converted, at: "1970-01-01T00:00:05Z" }
+  - { id: a, type: message, channel: log, template: ta, next: done }
+  - { id: b, type: message, channel: log, template: tb, next: done }
+  - { id: done, type: end }
+"#,
+    );
+    assert_eq!(ab.winners, [("pick".to_owned(), 5_000)]);
+    let go = track_at_1s("Go");
+    let profile = waymark_core::ProfileState::new("p".into(), 0, 0);
+    let undecided = Default::default();
+    let at = |now, winners| crate::Ctx {
+        profile: &profile,
+        now,
+        winners,
+    };
+    let mut state = crate::JourneyState::default();
+    let effects = crate::apply(
+        &ab,
+        &mut state,
+        crate::Input::Event(&go),
+        &at(1_000, &undecided),
+    );
+    let timer = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Timer { timer, due, .. } if *timer != crate::DEADLINE_TIMER => {
+                Some((*timer, *due))
+            }
+            _ => None,
+        })
+        .expect("a timer at the winner's time");
+    assert_eq!(timer.1, 5_000);
+    assert_eq!(state.instances[0].node.as_deref(), Some("pick"));
+    // Due, but not decided (a store decides first; this one has not): it looks again later.
+    let fire = crate::Input::Timer {
+        instance: 1,
+        timer: timer.0,
+    };
+    let effects = crate::apply(&ab, &mut state, fire, &at(5_000, &undecided));
+    let again = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Timer { timer, due, .. } if *timer != crate::DEADLINE_TIMER => {
+                Some((*timer, *due))
+            }
+            _ => None,
+        })
+        .expect("a retry");
+    assert!(again.1 > 5_000, "{again:?}");
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Message(_))));
+    // Decided: on down the chosen path, recorded as the step's detail.
+    let decided: crate::winner::Winners =
+        [(("ab".to_owned(), "pick".to_owned()), "b".to_owned())].into();
+    let fire = crate::Input::Timer {
+        instance: 1,
+        timer: again.0,
+    };
+    let effects = crate::apply(&ab, &mut state, fire, &at(65_000, &decided));
+    let sent: Vec<&str> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Message(m) => Some(m.template.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent, ["tb"]);
+    let step = state.instances[0]
+        .steps
+        .iter()
+        .find(|s| s.what == crate::StepKind::Split)
+        .expect("split step");
+    assert_eq!(step.detail, Some(json!({"winner": "b"})));
+    assert_eq!(state.instances[0].status, crate::Status::Completed);
+}
+
+#[test]
+fn the_winner_is_the_best_rate_and_significant_only_when_it_beats_every_other() {
+    use crate::stats::{JourneyStats, NodeStats};
+    let three = journey(
+        r#"
+key: three
+entry: { event: Go }
+nodes:
+  - { id: pick, type: winner, paths: [a, b, c], metric: opened, at: "2026-12-08T00:00:00Z", inconclusive: c }
+  - { id: a, type: message, channel: email, template: t, next: done }
+  - { id: b, type: message, channel: email, template: t, next: done }
+  - { id: c, type: message, channel: email, template: t, next: done }
+  - { id: done, type: end }
+"#,
+    );
+    let stats = |counts: [(u64, u64, u64); 3]| {
+        let mut s = JourneyStats::default();
+        for (node, (entered, suppressed, opened)) in ["a", "b", "c"].into_iter().zip(counts) {
+            s.nodes.insert(
+                node.to_owned(),
+                NodeStats {
+                    entered,
+                    suppressed,
+                    opened,
+                    ..NodeStats::default()
+                },
+            );
+        }
+        s
+    };
+    // b opens 30% of 1,000 sent against 10% and 12%: it wins outright. Suppressed
+    // messages were never sent and do not count.
+    let clear = crate::winner::decide(
+        &three,
+        "pick",
+        &stats([(1000, 0, 100), (1100, 100, 300), (1000, 0, 120)]),
+    )
+    .expect("decided");
+    assert_eq!((clear.chosen.as_str(), clear.significant), ("b", true));
+    assert_eq!(clear.tested[1].n, 1000);
+    assert!(clear.tested[1].chance_to_beat_all > 0.99, "{clear:?}");
+    // 12% against 11% and 10% of 100: nothing is sure, so the `inconclusive` path.
+    let close = crate::winner::decide(
+        &three,
+        "pick",
+        &stats([(100, 0, 10), (100, 0, 11), (100, 0, 12)]),
+    )
+    .expect("decided");
+    assert_eq!((close.chosen.as_str(), close.significant), ("c", false));
+    // Nobody sent yet: not significant, and the rule's path.
+    let empty = crate::winner::decide(&three, "pick", &stats([(0, 0, 0); 3])).expect("decided");
+    assert_eq!((empty.chosen.as_str(), empty.significant), ("c", false));
+    assert!(crate::winner::decide(&three, "a", &stats([(0, 0, 0); 3])).is_none());
 }

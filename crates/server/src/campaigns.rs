@@ -9,7 +9,9 @@ use axum::http::HeaderMap;
 use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
-use waymark_core::campaign::{self, Campaign, HOLDOUT_NODE, journey_field, variant_node};
+use waymark_core::campaign::{
+    self, Campaign, HOLDOUT_NODE, WINNER_NODE, journey_field, variant_node,
+};
 use waymark_core::journey::lifecycle::Status;
 use waymark_core::journey::validate;
 use waymark_core::time::{Millis, format_iso8601};
@@ -210,6 +212,22 @@ async fn put_mark(
     Ok(())
 }
 
+/// A campaign that picks a winner and has no `send_at` tests from its launch: its
+/// journey's draft is made again with the winner's time counted from `now`.
+async fn time_winner(state: &AppState, key: &str, now: Millis) -> Result<(), ApiError> {
+    let record = campaign_journey(state, key).await?;
+    let Some(campaign) =
+        campaign::of_journey(&record.draft).filter(|c| c.winner.is_some() && c.send_at.is_none())
+    else {
+        return Ok(());
+    };
+    let mut draft = serde_json::to_value(campaign.to_journey_launched(Some(now)))
+        .map_err(|e| ApiError::bad_request("invalid_document", e.to_string()))?;
+    draft["campaign"] = record.draft["campaign"].clone();
+    state.store.put_journey_draft(key, &draft, now).await?;
+    Ok(())
+}
+
 /// `launch` (sends the draft at its time; with `requires_approval`, asks for approval),
 /// `approve` (a launch that asked: sends it), `pause`, `resume`, `cancel`.
 #[utoipa::path(post, path = "/v1/campaigns/{key}/{action}", tag = "campaigns",
@@ -235,6 +253,7 @@ pub async fn campaign_action(
             if needs_approval && mark(&record, "approved_at").is_none() {
                 tracing::info!(campaign = %key, "campaign launch awaits approval");
             } else {
+                time_winner(&state, &key, now).await?;
                 publish(&state, &key, now).await?;
                 tracing::info!(campaign = %key, "campaign launched");
             }
@@ -250,6 +269,7 @@ pub async fn campaign_action(
                 ));
             }
             put_mark(&state, &record, "approved_at", now).await?;
+            time_winner(&state, &key, now).await?;
             publish(&state, &key, now).await?;
             tracing::info!(campaign = %key, "campaign approved and launched");
             None
@@ -318,6 +338,104 @@ pub struct CampaignReport {
     pub variants: Vec<VariantReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub holdout: Option<VariantReport>,
+    /// The winner selection, for a campaign that has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub winner: Option<WinnerReport>,
+}
+
+/// Where a campaign's winner selection stands.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WinnerReport {
+    /// opened, clicked or converted.
+    pub metric: &'static str,
+    /// When the test ends (RFC 3339).
+    pub at: String,
+    /// `testing` until the winner is decided, then `decided`.
+    pub state: &'static str,
+    /// People waiting for the winner now.
+    pub waiting: u64,
+    /// The variant the rest gets, once decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chosen: Option<String>,
+    /// Whether it beat every other variant with 95% confidence (if not, it is
+    /// `inconclusive`'s variant, else the best rate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub significant: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<String>,
+    /// Each variant's test counts at the decision.
+    pub test: Vec<TestedVariant>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TestedVariant {
+    pub key: String,
+    /// Emails sent (opens, clicks) or people assigned (conversions).
+    pub n: u64,
+    pub hits: u64,
+    pub rate: f64,
+    pub interval: [f64; 2],
+    /// The lowest probability, over the other variants, that this one's rate is above theirs.
+    pub chance_to_beat_all: f64,
+}
+
+fn variant_of(node: &str) -> String {
+    node.strip_prefix("variant-").unwrap_or(node).to_owned()
+}
+
+/// The winner selection of a campaign's journey as it stands.
+async fn winner_report(
+    state: &AppState,
+    record: &JourneyRecord,
+    campaign: &Campaign,
+    stats: &waymark_engine::stats::JourneyStats,
+) -> Result<Option<WinnerReport>, ApiError> {
+    let Some(rule) = &campaign.winner else {
+        return Ok(None);
+    };
+    let at = record.draft["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["id"] == WINNER_NODE))
+        .and_then(|n| n["at"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let decided = state
+        .store
+        .journey_winners(&record.key)
+        .await?
+        .into_iter()
+        .find(|w| w.node == WINNER_NODE);
+    let test = decided
+        .as_ref()
+        .map(|w| {
+            w.decision
+                .tested
+                .iter()
+                .map(|t| TestedVariant {
+                    key: variant_of(&t.path),
+                    n: t.n,
+                    hits: t.hits,
+                    rate: t.rate,
+                    interval: t.interval,
+                    chance_to_beat_all: t.chance_to_beat_all,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Some(WinnerReport {
+        metric: rule.metric.as_str(),
+        at,
+        state: if decided.is_some() {
+            "decided"
+        } else {
+            "testing"
+        },
+        waiting: stats.nodes.get(WINNER_NODE).map_or(0, |n| n.waiting),
+        chosen: decided.as_ref().map(|w| variant_of(&w.decision.chosen)),
+        significant: decided.as_ref().map(|w| w.decision.significant),
+        decided_at: decided.as_ref().map(|w| format_iso8601(w.decided_at)),
+        test,
+    }))
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
@@ -441,6 +559,7 @@ async fn build_report(state: &AppState, key: &str) -> Result<CampaignReport, Api
             v
         })
         .collect();
+    let winner = winner_report(state, &record, &campaign, &stats).await?;
     let read = record.read.as_deref();
     let targeted = read.map_or(0, |r| r.last_read + r.read);
     let excluded = read.map_or(0, |r| r.last_excluded + r.excluded);
@@ -452,6 +571,7 @@ async fn build_report(state: &AppState, key: &str) -> Result<CampaignReport, Api
         entered: stats.instances,
         variants,
         holdout,
+        winner,
     })
 }
 

@@ -18,6 +18,7 @@ mod schema;
 mod suppressions;
 mod templates;
 mod versioned;
+mod winners;
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -1086,6 +1087,14 @@ impl JourneyRunStore for PostgresStore {
     async fn journey_stats(&self, journey: &str) -> Result<JourneyStats, StoreError> {
         let client = self.client().await?;
         runs::journey_stats(&client, journey).await
+    }
+
+    async fn journey_winners(
+        &self,
+        journey: &str,
+    ) -> Result<Vec<waymark_store::WinnerRecord>, StoreError> {
+        let client = self.client().await?;
+        winners::decisions(&client, journey).await
     }
 
     async fn profile_outbox_page(

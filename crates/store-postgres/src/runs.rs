@@ -562,6 +562,24 @@ impl<C: GenericClient> RunTx for Run<'_, C> {
         audiences::forget(self.0, profile_id, recheck, now).await
     }
 
+    async fn journey_counters(&self, journey: &str) -> Result<JourneyStats, Abort> {
+        Ok(journey_stats(self.0, journey).await?)
+    }
+
+    async fn winner_decision(&self, journey: &str, node: &str) -> Result<Option<String>, Abort> {
+        Ok(crate::winners::decision(self.0, journey, node).await?)
+    }
+
+    async fn save_winner(
+        &self,
+        journey: &str,
+        node: &str,
+        decision: &waymark_engine::winner::Decision,
+        now: Millis,
+    ) -> Result<bool, Abort> {
+        Ok(crate::winners::save(self.0, journey, node, decision, now).await?)
+    }
+
     async fn due_journey_read(&self, now: Millis) -> Result<Option<JourneyRead>, Abort> {
         Ok(crate::reads::due_journey_read(self.0, now).await?)
     }

@@ -265,6 +265,18 @@ const MIGRATIONS: &[(i32, &str)] = &[
          );
          CREATE INDEX journey_reads_due ON journey_reads (due_at) WHERE due_at IS NOT NULL;",
     ),
+    // Winner nodes' decisions (A/B tests that send the best path to the rest): written once.
+    (
+        18,
+        "CREATE TABLE journey_winners (
+             journey_key TEXT NOT NULL,
+             node TEXT NOT NULL,
+             chosen TEXT NOT NULL,
+             decision TEXT NOT NULL,
+             decided_at BIGINT NOT NULL,
+             PRIMARY KEY (journey_key, node)
+         );",
+    ),
 ];
 
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {

@@ -15,6 +15,7 @@ mod schema;
 mod suppressions;
 mod templates;
 mod versioned;
+mod winners;
 mod writer;
 
 use std::collections::HashMap;
@@ -738,6 +739,15 @@ impl JourneyRunStore for SqliteStore {
     async fn journey_stats(&self, journey: &str) -> Result<JourneyStats, StoreError> {
         let journey = journey.to_owned();
         self.read(move |conn| runs::journey_stats(conn, &journey))
+            .await
+    }
+
+    async fn journey_winners(
+        &self,
+        journey: &str,
+    ) -> Result<Vec<waymark_store::WinnerRecord>, StoreError> {
+        let journey = journey.to_owned();
+        self.read(move |conn| winners::decisions(conn, &journey))
             .await
     }
 

@@ -555,6 +555,28 @@ impl RunTx for Run<'_, '_> {
         audiences::forget(self.0, profile_id, recheck, now)
     }
 
+    async fn journey_counters(&self, journey: &str) -> Result<JourneyStats, StoreError> {
+        journey_stats(self.0, journey)
+    }
+
+    async fn winner_decision(
+        &self,
+        journey: &str,
+        node: &str,
+    ) -> Result<Option<String>, StoreError> {
+        crate::winners::decision(self.0, journey, node)
+    }
+
+    async fn save_winner(
+        &self,
+        journey: &str,
+        node: &str,
+        decision: &waymark_engine::winner::Decision,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        crate::winners::save(self.0, journey, node, decision, now)
+    }
+
     async fn due_journey_read(&self, now: Millis) -> Result<Option<JourneyRead>, StoreError> {
         // One writer: nothing to lock.
         crate::reads::due_journey_read(self.0, now)

@@ -266,6 +266,18 @@ const MIGRATIONS: &[(i64, &str)] = &[
          ) WITHOUT ROWID;
          CREATE INDEX journey_reads_due ON journey_reads (due_at) WHERE due_at IS NOT NULL;",
     ),
+    // Winner nodes' decisions (A/B tests that send the best path to the rest): written once.
+    (
+        17,
+        "CREATE TABLE journey_winners (
+             journey_key TEXT NOT NULL,
+             node TEXT NOT NULL,
+             chosen TEXT NOT NULL,
+             decision TEXT NOT NULL,
+             decided_at INTEGER NOT NULL,
+             PRIMARY KEY (journey_key, node)
+         ) WITHOUT ROWID;",
+    ),
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -253,6 +253,14 @@ pub trait ProfileStore: Send + Sync {
     async fn forget_identity(&self, identity: &Identity, now: Millis) -> Result<bool, StoreError>;
 }
 
+/// A winner node's decision as kept.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WinnerRecord {
+    pub node: String,
+    pub decision: waymark_engine::winner::Decision,
+    pub decided_at: Millis,
+}
+
 /// A journey as stored: its editable draft, its immutable published versions, its status.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JourneyRecord {
@@ -801,6 +809,9 @@ pub trait JourneyRunStore: Send + Sync {
     /// Per-node counts of one journey, kept as counters by every transaction that changes
     /// its states (reading them scans nothing).
     async fn journey_stats(&self, journey: &str) -> Result<JourneyStats, StoreError>;
+
+    /// The decisions of the journey's winner nodes.
+    async fn journey_winners(&self, journey: &str) -> Result<Vec<WinnerRecord>, StoreError>;
 
     /// Effects recorded for the person (messages, webhooks, ...), with what became of each
     /// delivery: the newest [`MAX_PROFILE_OUTBOX`], oldest first, so a person with a long

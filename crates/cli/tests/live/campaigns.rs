@@ -1,6 +1,7 @@
-//! A campaign in a running server: two email variants and a holdout sent to an uploaded
-//! list through a real SMTP server (aiosmtpd), each member exactly one email of their
-//! variant, the holdout nothing, an excluded member nothing, and the report agreeing.
+//! Campaigns in a running server, through a real SMTP server (aiosmtpd): two email variants
+//! and a holdout sent to an uploaded list, each member exactly one email of their variant,
+//! the holdout nothing, an excluded member nothing, and the report agreeing; and a winner
+//! picked on real clicks of tracked links, sent to the rest once.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -11,6 +12,48 @@ use crate::common::{ADMIN, WRITE_KEY, client, get, send_batch};
 use crate::support::*;
 
 const PEOPLE: usize = 200;
+
+/// Exactly `count` emails arrive (any more within 300 ms after would be repeats), each to a
+/// different person: their subjects by recipient.
+async fn one_email_each(smtp: &SmtpSink, count: u64) -> BTreeMap<String, String> {
+    smtp.wait_for(count as usize, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let messages = smtp.messages.lock().expect("lock").clone();
+    assert_eq!(messages.len() as u64, count, "one email per person sent to");
+    let mut subjects: BTreeMap<String, String> = BTreeMap::new();
+    for m in &messages {
+        let to = m["rcpt_tos"][0].as_str().expect("rcpt").to_owned();
+        let subject = m["headers"]["Subject"]
+            .as_str()
+            .expect("subject")
+            .to_owned();
+        assert!(
+            subjects.insert(to.clone(), subject).is_none(),
+            "{to} got two emails"
+        );
+    }
+    subjects
+}
+
+/// The campaign's report, once `until` holds of it (checked every 50 ms, for up to `within`).
+async fn report_once(
+    c: &reqwest::Client,
+    base: &str,
+    campaign: &str,
+    within: Duration,
+    what: &str,
+    until: impl Fn(&Value) -> bool,
+) -> Value {
+    let started = Instant::now();
+    loop {
+        let (_, report) = get(c, base, ADMIN, &format!("/v1/campaigns/{campaign}/report")).await;
+        if until(&report) {
+            return report;
+        }
+        assert!(started.elapsed() < within, "{what}: {report}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_campaign_sends_each_variant_and_holds_out_the_rest() {
@@ -52,18 +95,15 @@ async fn a_campaign_sends_each_variant_and_holds_out_the_rest() {
         .await
         .expect("launch");
     assert!(launched.status().is_success());
-    let started = Instant::now();
-    let report = loop {
-        let (_, report) = get(&c, base, ADMIN, "/v1/campaigns/sale/report").await;
-        if report["status"] == "completed" {
-            break report;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "never completed: {report}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let report = report_once(
+        &c,
+        base,
+        "sale",
+        Duration::from_secs(60),
+        "never completed",
+        |r| r["status"] == "completed",
+    )
+    .await;
     assert_eq!(
         (&report["targeted"], &report["excluded"], &report["entered"]),
         (&json!(PEOPLE), &json!(1), &json!(PEOPLE - 1)),
@@ -85,23 +125,7 @@ async fn a_campaign_sends_each_variant_and_holds_out_the_rest() {
         (held_out as f64 / (PEOPLE - 1) as f64 - 0.2).abs() < 0.1,
         "{report}"
     );
-    smtp.wait_for(sent as usize, Duration::from_secs(30)).await;
-    // Any more than that would be a repeat: give one a moment to arrive.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let messages = smtp.messages.lock().expect("lock").clone();
-    assert_eq!(messages.len() as u64, sent, "one email per person sent to");
-    let mut subjects: BTreeMap<String, String> = BTreeMap::new();
-    for m in &messages {
-        let to = m["rcpt_tos"][0].as_str().expect("rcpt").to_owned();
-        let subject = m["headers"]["Subject"]
-            .as_str()
-            .expect("subject")
-            .to_owned();
-        assert!(
-            subjects.insert(to.clone(), subject).is_none(),
-            "{to} got two emails"
-        );
-    }
+    let subjects = one_email_each(&smtp, sent).await;
     assert!(
         !subjects.contains_key("c7@example.com"),
         "the excluded member got nothing"
@@ -173,4 +197,153 @@ async fn a_campaign_sends_each_variant_and_holds_out_the_rest() {
         let p = v["chance_to_beat_holdout"].as_f64().expect("chance");
         assert!((0.0..=1.0).contains(&p), "{report}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_tests_two_variants_then_sends_the_rest_the_one_clicked_more() {
+    const EVERYONE: usize = 100;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (smtp, server) = tracked_email_server(dir.path());
+    let c = client();
+    let base = &server.base;
+    let batch: Vec<Value> = (0..EVERYONE)
+        .map(|n| json!({"type": "identify", "userId": format!("w{n}"), "traits": {"email": format!("w{n}@example.com")}}))
+        .collect();
+    send_batch(&c, base, WRITE_KEY, &Value::Array(batch))
+        .await
+        .expect("ingest");
+    put_document(
+        &c,
+        base,
+        "/v1/audiences/everyone",
+        &json!({"key": "everyone", "refresh": "upload"}),
+    )
+    .await;
+    let everyone: Vec<String> = (0..EVERYONE).map(|n| format!("w{n}")).collect();
+    upload_list(&c, base, "everyone", &everyone).await;
+    for variant in ["a", "b"] {
+        let template = json!({"channel": "email", "subject": format!("Pick {variant}"),
+            "html": format!("<p><a href=\"https://shop.example.com/{variant}\">Shop</a></p>"), "text": "Shop"});
+        put_template(&c, base, &format!("pick-{variant}"), &template).await;
+    }
+    // 20% get a, 20% b, 10% nothing; the other half waits 8 s for the variant clicked more.
+    let pick = json!({"key": "pick", "audience": "everyone", "channel": "email",
+        "variants": [{"key": "a", "template": "pick-a", "percent": 20}, {"key": "b", "template": "pick-b", "percent": 20}],
+        "holdout": 10, "winner": {"metric": "clicked", "after": "8s"}});
+    put_document(&c, base, "/v1/campaigns/pick", &pick).await;
+    let launched = c
+        .post(format!("{base}/v1/campaigns/pick/launch"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("launch");
+    assert!(launched.status().is_success());
+    let assigned = |group: &Value| group["assigned"].as_u64().unwrap_or(0);
+    let read = |report: &Value| {
+        let tested: u64 = report["variants"]
+            .as_array()
+            .expect("variants")
+            .iter()
+            .map(assigned)
+            .sum::<u64>()
+            + assigned(&report["holdout"]);
+        let waiting = report["winner"]["waiting"].as_u64().unwrap_or(0);
+        report["targeted"] == EVERYONE && tested + waiting == EVERYONE as u64
+    };
+    let testing = report_once(
+        &c,
+        base,
+        "pick",
+        Duration::from_secs(30),
+        "the read never finished",
+        read,
+    )
+    .await;
+    let test_sent: u64 = testing["variants"]
+        .as_array()
+        .expect("variants")
+        .iter()
+        .map(|v| v["sent"].as_u64().expect("sent"))
+        .sum();
+    let rest = testing["winner"]["waiting"].as_u64().expect("waiting");
+    assert!(rest > 0, "{testing}");
+    smtp.wait_for(test_sent as usize, Duration::from_secs(30))
+        .await;
+    // Everyone sent b clicks its link; nobody sent a does.
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let tested_mail = smtp.messages.lock().expect("lock").clone();
+    let mut clicks = 0;
+    for m in &tested_mail {
+        if m["headers"]["Subject"] != "Pick b" {
+            continue;
+        }
+        let html = m["parts"][1]["body"].as_str().expect("html");
+        let (_, click) = tracked_links(html).pop().expect("a tracked link");
+        let r = no_redirects
+            .get(click.replace(PUBLIC_URL, base))
+            .send()
+            .await
+            .expect("click");
+        assert_eq!(r.status(), 302);
+        clicks += 1;
+    }
+    assert!(clicks > 0, "{testing}");
+
+    let decided = report_once(
+        &c,
+        base,
+        "pick",
+        Duration::from_secs(60),
+        "never decided",
+        |r| r["winner"]["state"] == "decided",
+    )
+    .await;
+    let winner = &decided["winner"];
+    assert_eq!(winner["chosen"], "b", "{decided}");
+    assert_eq!(winner["metric"], "clicked");
+    let test = winner["test"].as_array().expect("test");
+    assert_eq!(test[1]["hits"], clicks, "{decided}");
+    assert_eq!(test[0]["hits"], 0, "{decided}");
+    // b clicked by all its people and a by none: sure, with a few in each.
+    assert_eq!(
+        winner["significant"],
+        test[0]["n"].as_u64() >= Some(3),
+        "{decided}"
+    );
+    let report = report_once(
+        &c,
+        base,
+        "pick",
+        Duration::from_secs(60),
+        "never completed",
+        |r| r["status"] == "completed",
+    )
+    .await;
+    let total = test_sent + rest;
+    let subjects = one_email_each(&smtp, total).await;
+    let tested_people: std::collections::BTreeSet<String> = tested_mail
+        .iter()
+        .map(|m| m["rcpt_tos"][0].as_str().expect("rcpt").to_owned())
+        .collect();
+    let rest_subjects: Vec<&String> = subjects
+        .iter()
+        .filter(|(to, _)| !tested_people.contains(*to))
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(rest_subjects.len() as u64, rest);
+    assert!(
+        rest_subjects.iter().all(|s| *s == "Pick b"),
+        "{rest_subjects:?}"
+    );
+    let b = &report["variants"][1];
+    assert_eq!(b["key"], "b");
+    assert_eq!(
+        b["assigned"].as_u64(),
+        Some(testing["variants"][1]["assigned"].as_u64().expect("b") + rest),
+        "{report}"
+    );
+    assert_eq!(report["winner"]["waiting"], 0);
 }

@@ -172,9 +172,16 @@ proptest::proptest! {
             0..5,
         ),
         single in proptest::bool::ANY,
+        test in proptest::option::of(proptest::option::of(proptest::prop_oneof![0u32..150, proptest::prelude::Just(u32::MAX)])),
     ) {
-        let mut c = campaign("{key: x, audience: a, channel: log}");
+        let mut c = campaign("{key: x, audience: a, channel: log, conversion: {event: Order Completed}}");
         c.holdout = holdout;
+        c.winner = test.map(|test_percent| WinnerRule {
+            metric: WinnerMetric::Converted,
+            after: DurationText("1h".into()),
+            test_percent,
+            inconclusive: None,
+        });
         if single {
             c.template = Some("t".into());
         }
@@ -192,7 +199,139 @@ proptest::proptest! {
         if problems.is_empty() {
             proptest::prop_assert!(journey_problems.is_empty(), "{:?}", journey_problems);
             let total: u32 = c.shares().iter().map(|s| s.2).sum::<u32>() + c.holdout;
-            proptest::prop_assert_eq!(total, 100);
+            if c.winner.is_some() {
+                proptest::prop_assert!(total < 100);
+            } else {
+                proptest::prop_assert_eq!(total, 100);
+            }
         }
     }
+}
+
+const WINNER: &str = "
+key: subject-test
+audience: buyers
+channel: email
+variants:
+  - {key: a, template: sale-a}
+  - {key: b, template: sale-b}
+holdout: 10
+send_at: 2026-12-08T09:00:00Z
+winner: {metric: clicked, after: 4h, inconclusive: b}
+";
+
+#[test]
+fn a_winner_tests_on_a_share_and_sends_the_rest_the_best_variant_at_its_time() {
+    let c = campaign(WINNER);
+    assert!(c.problems().is_empty(), "{:?}", c.problems());
+    // The default test share of 20 percent, split between the variants.
+    assert_eq!(
+        c.shares(),
+        [
+            ("a".into(), "sale-a".into(), 10),
+            ("b".into(), "sale-b".into(), 10)
+        ]
+    );
+    let j = c.to_journey();
+    assert!(validate(&j).is_empty(), "{:?}", validate(&j));
+    let split = j.nodes.iter().find(|n| n.id == SPLIT_NODE).expect("split");
+    let NodeKind::RandomSplit { paths } = &split.kind else {
+        panic!("{split:?}");
+    };
+    let paths: Vec<(u32, &str)> = paths.iter().map(|p| (p.percent, p.next.as_str())).collect();
+    assert_eq!(
+        paths,
+        [
+            (10, "variant-a"),
+            (10, "variant-b"),
+            (10, "holdout"),
+            (70, "winner")
+        ]
+    );
+    let winner = j
+        .nodes
+        .iter()
+        .find(|n| n.id == WINNER_NODE)
+        .expect("winner");
+    assert_eq!(
+        winner.kind,
+        NodeKind::Winner {
+            paths: vec!["variant-a".into(), "variant-b".into()],
+            metric: WinnerMetric::Clicked,
+            at: "2026-12-08T13:00:00.000Z".into(),
+            inconclusive: Some("variant-b".into()),
+        }
+    );
+    // Without send_at, the test runs from the launch.
+    let mut now = c.clone();
+    now.send_at = None;
+    let launched = parse_iso8601("2026-12-07T20:00:00Z").expect("time");
+    let j = now.to_journey_launched(Some(launched));
+    let winner = j
+        .nodes
+        .iter()
+        .find(|n| n.id == WINNER_NODE)
+        .expect("winner");
+    assert!(
+        matches!(&winner.kind, NodeKind::Winner { at, .. } if at == "2026-12-08T00:00:00.000Z"),
+        "{winner:?}"
+    );
+}
+
+#[test]
+fn a_winner_that_cannot_be_picked_is_refused_at_its_field() {
+    let problems = |edit: &dyn Fn(&mut Campaign)| -> Vec<String> {
+        let mut c = campaign(WINNER);
+        edit(&mut c);
+        let mut out: Vec<String> = c.problems().into_iter().map(|e| e.field).collect();
+        out.extend(
+            validate(&c.to_journey())
+                .into_iter()
+                .map(|e| journey_field(&c, &e.field)),
+        );
+        out
+    };
+    let sms = problems(&|c| c.channel = "sms".into());
+    assert!(sms.contains(&"winner.metric".to_owned()), "{sms:?}");
+    let goal = problems(&|c| {
+        if let Some(w) = &mut c.winner {
+            w.metric = WinnerMetric::Converted;
+        }
+    });
+    assert!(goal.contains(&"conversion".to_owned()), "{goal:?}");
+    let recurring = problems(&|c| {
+        c.schedule = Some(Schedule {
+            cron: "0 9 * * 1".into(),
+            timezone: None,
+        })
+    });
+    assert!(recurring.contains(&"winner".to_owned()), "{recurring:?}");
+    let nothing_left = problems(&|c| {
+        if let Some(w) = &mut c.winner {
+            w.test_percent = Some(90);
+        }
+    });
+    assert!(
+        nothing_left.contains(&"variants".to_owned()),
+        "{nothing_left:?}"
+    );
+    let unknown = problems(&|c| {
+        if let Some(w) = &mut c.winner {
+            w.inconclusive = Some("c".into());
+        }
+    });
+    assert!(
+        unknown.contains(&"winner.inconclusive".to_owned()),
+        "{unknown:?}"
+    );
+    let never = problems(&|c| {
+        if let Some(w) = &mut c.winner {
+            w.after = DurationText("0s".into());
+        }
+    });
+    assert!(never.contains(&"winner.after".to_owned()), "{never:?}");
+    let one = problems(&|c| {
+        c.variants.truncate(1);
+    });
+    assert!(one.contains(&"winner".to_owned()), "{one:?}");
 }

@@ -329,11 +329,49 @@ pub enum NodeKind {
     RandomSplit {
         paths: Vec<SplitPath>,
     },
+    /// The end of an A/B test: waits until `at`, then sends everyone who reaches it down
+    /// the path (a message node of the test) that did best on `metric`; the decision is
+    /// taken once, from the paths' counts at that moment, and kept.
+    Winner {
+        /// The message nodes compared (at least two).
+        paths: Vec<String>,
+        /// `opened` or `clicked` (per message sent) or `converted` (per person who reached
+        /// the node; needs `properties.conversion`).
+        metric: WinnerMetric,
+        /// When the test ends (RFC 3339).
+        at: String,
+        /// Taken when no path beats every other with 95% confidence; without it, the path
+        /// with the best rate is taken anyway (ties: the first listed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        inconclusive: Option<String>,
+    },
     /// Continue in another journey.
     Jump {
         journey: String,
     },
     End {},
+}
+
+/// What a winner is picked on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WinnerMetric {
+    /// Unique opens per message sent (tracked email).
+    Opened,
+    /// Unique clicks per message sent (tracked email).
+    Clicked,
+    /// Conversions per person who reached the path.
+    Converted,
+}
+
+impl WinnerMetric {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WinnerMetric::Opened => "opened",
+            WinnerMetric::Clicked => "clicked",
+            WinnerMetric::Converted => "converted",
+        }
+    }
 }
 
 fn default_method() -> String {
@@ -374,6 +412,7 @@ impl NodeKind {
             NodeKind::Webhook { .. } => "webhook",
             NodeKind::UpdateProfile { .. } => "update_profile",
             NodeKind::RandomSplit { .. } => "random_split",
+            NodeKind::Winner { .. } => "winner",
             NodeKind::Jump { .. } => "jump",
             NodeKind::End {} => "end",
         }
@@ -416,6 +455,23 @@ impl NodeKind {
                 .enumerate()
                 .map(|(i, p)| (format!("paths[{i}].next"), p.next.as_str()))
                 .collect(),
+            NodeKind::Winner {
+                paths,
+                inconclusive,
+                ..
+            } => {
+                let mut out: Vec<(String, &str)> = paths
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (format!("paths[{i}]"), p.as_str()))
+                    .collect();
+                if let Some(other) = inconclusive
+                    && !paths.contains(other)
+                {
+                    out.push(("inconclusive".into(), other.as_str()));
+                }
+                out
+            }
             NodeKind::Jump { .. } | NodeKind::End {} => Vec::new(),
         }
     }

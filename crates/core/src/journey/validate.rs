@@ -535,6 +535,56 @@ fn check_node(journey: &Journey, kind: &NodeKind, at: &dyn Fn(&str) -> String, r
                 }
             }
         }
+        NodeKind::Winner {
+            paths,
+            metric,
+            at: time,
+            ..
+        } => {
+            if paths.len() < 2 {
+                r.add(
+                    "invalid_value",
+                    at("paths"),
+                    "a winner compares at least two paths",
+                );
+            }
+            for (p, path) in paths.iter().enumerate() {
+                if paths[..p].contains(path) {
+                    r.add(
+                        "invalid_value",
+                        at(&format!("paths[{p}]")),
+                        format!("{path:?} is listed twice"),
+                    );
+                }
+                let kind = journey
+                    .nodes
+                    .iter()
+                    .find(|n| &n.id == path)
+                    .map(|n| &n.kind);
+                if kind.is_some_and(|k| !matches!(k, NodeKind::Message { .. })) {
+                    r.add(
+                        "invalid_value",
+                        at(&format!("paths[{p}]")),
+                        format!("{path:?} is not a message node; a winner compares messages"),
+                    );
+                }
+            }
+            if crate::time::parse_iso8601(time).is_none() {
+                r.add(
+                    "invalid_value",
+                    at("at"),
+                    format!("{time:?} is not an RFC 3339 time"),
+                );
+            }
+            if *metric == super::WinnerMetric::Converted && journey.properties.conversion.is_none()
+            {
+                r.add(
+                    "missing_field",
+                    at("metric"),
+                    "a winner on conversions needs properties.conversion",
+                );
+            }
+        }
         NodeKind::Jump { journey: target } => {
             if !valid_key(target) {
                 r.add(

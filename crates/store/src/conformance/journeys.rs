@@ -1,5 +1,7 @@
 //! Journeys: drafts, versions and lifecycle, runs on ingest and timers, jumps, rate limits, stats, templates.
 
+use std::collections::BTreeMap;
+
 use super::*;
 
 pub(super) fn doc(key: &str, template: &str) -> Value {
@@ -444,4 +446,145 @@ pub async fn templates_keep_every_changed_version(b: &impl Backend) {
         .collect();
     assert_eq!(keys, ["footer", "welcome"]);
     s.close().await;
+}
+
+/// The path a person's first instance in `journey` took at `node`'s split step.
+async fn split_path(s: &impl Store, user: &str, journey: &str, node: &str) -> Option<Value> {
+    let states = s
+        .profile_journeys(&id("user_id", user))
+        .await
+        .expect("read")
+        .expect("profile");
+    let (_, state) = states.iter().find(|(k, _)| k == journey)?;
+    state.instances[0]
+        .steps
+        .iter()
+        .find(|st| st.node == node && st.what == waymark_engine::StepKind::Split)
+        .and_then(|st| st.detail.clone())
+}
+
+pub async fn a_winner_node_sends_the_rest_the_best_path_once(b: &impl Backend) {
+    let s = b.open(StoreOptions::default()).await;
+    let now = crate::wall_clock_ms();
+    let at = now - now.rem_euclid(1000) + 3_600_000;
+    let ab = json!({"key": "ab", "entry": {"event": "Signed Up"},
+        "properties": {"conversion": {"event": "Order Completed", "within": "7d"}},
+        "nodes": [
+            {"id": "split", "type": "random_split", "paths": [
+                {"percent": 25, "next": "a"}, {"percent": 25, "next": "b"}, {"percent": 50, "next": "pick"}]},
+            {"id": "pick", "type": "winner", "paths": ["a", "b"], "metric": "converted",
+             "at": waymark_core::time::format_iso8601(at)},
+            {"id": "a", "type": "message", "channel": "log", "template": "a", "next": "done"},
+            {"id": "b", "type": "message", "channel": "log", "template": "b", "next": "done"},
+            {"id": "done", "type": "end"}]});
+    s.put_journey_draft("ab", &ab, now).await.expect("put");
+    s.publish_journey("ab", now).await.expect("publish");
+    let people: Vec<String> = (0..80).map(|n| format!("w{n}")).collect();
+    let signups: Vec<Value> = people
+        .iter()
+        .map(|p| json!({"type": "track", "messageId": format!("s-{p}"), "userId": p, "event": "Signed Up"}))
+        .collect();
+    s.ingest(events(Value::Array(signups)))
+        .await
+        .expect("ingest");
+    let mut groups: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for p in &people {
+        let path = split_path(&s, p, "ab", "split").await.expect("split");
+        groups
+            .entry(path["path"].as_u64().expect("path"))
+            .or_default()
+            .push(p.clone());
+    }
+    let (tested_a, tested_b, rest) = (
+        groups.get(&0).cloned().unwrap_or_default(),
+        groups.get(&1).cloned().unwrap_or_default(),
+        groups.get(&2).cloned().unwrap_or_default(),
+    );
+    assert!(!rest.is_empty(), "{groups:?}");
+    // Everyone sent b orders; nobody sent a does. (Events are stamped as received on a
+    // fixed day; orders must come after the entries, which ran at the wall clock.)
+    let ordered_at = waymark_core::time::format_iso8601(crate::wall_clock_ms() + 1000);
+    let orders: Vec<Value> = tested_b
+        .iter()
+        .map(|p| json!({"type": "track", "messageId": format!("o-{p}"), "userId": p, "event": "Order Completed", "timestamp": ordered_at}))
+        .collect();
+    s.ingest(events(Value::Array(orders)))
+        .await
+        .expect("ingest");
+
+    // Before its time, the rest waits and nothing is decided.
+    while s.fire_due_timers(at - 1, 100).await.expect("fire") > 0 {}
+    assert!(s.journey_winners("ab").await.expect("read").is_empty());
+    let stats = s.journey_stats("ab").await.expect("stats");
+    assert_eq!(stats.nodes["pick"].waiting, rest.len() as u64);
+
+    while s.fire_due_timers(at, 100).await.expect("fire") > 0 {}
+    let winners = s.journey_winners("ab").await.expect("read");
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let decision = &winners[0].decision;
+    assert_eq!(
+        (winners[0].node.as_str(), decision.chosen.as_str()),
+        ("pick", "b"),
+        "{decision:?} {:?}",
+        s.journey_stats("ab").await.expect("stats")
+    );
+    let counted: Vec<(u64, u64)> = decision.tested.iter().map(|t| (t.n, t.hits)).collect();
+    assert_eq!(
+        counted,
+        [
+            (tested_a.len() as u64, 0),
+            (tested_b.len() as u64, tested_b.len() as u64)
+        ]
+    );
+    // b converts everyone and a nobody: with a few people in each, b wins outright.
+    assert_eq!(
+        decision.significant,
+        tested_a.len() >= 3 && tested_b.len() >= 3,
+        "{decision:?}"
+    );
+    let stats = s.journey_stats("ab").await.expect("stats");
+    assert_eq!(stats.nodes["pick"].waiting, 0);
+    assert_eq!(
+        stats.nodes["b"].entered,
+        (tested_b.len() + rest.len()) as u64
+    );
+    assert_eq!(stats.nodes["a"].entered, tested_a.len() as u64);
+    for p in &rest {
+        let path = split_path(&s, p, "ab", "pick").await.expect("winner step");
+        assert_eq!(path["winner"], "b", "{p}");
+    }
+
+    // The decision is kept: a reopened store (nothing cached) sends a newcomer the same
+    // way, though a's orders now outnumber b's.
+    drop(s);
+    let s = b.open(StoreOptions::default()).await;
+    let late: Vec<Value> = tested_a
+        .iter()
+        .flat_map(|p| {
+            let ordered_at = ordered_at.clone();
+            (0..3).map(move |n| json!({"type": "track", "messageId": format!("late-{p}-{n}"), "userId": p, "event": "Order Completed", "timestamp": ordered_at}))
+        })
+        .collect();
+    s.ingest(events(Value::Array(late))).await.expect("ingest");
+    let mut newcomers = Vec::new();
+    for n in 0..40 {
+        let p = format!("late{n}");
+        s.ingest(events(json!([{"type": "track", "messageId": format!("s-{p}"), "userId": p, "event": "Signed Up"}])))
+            .await
+            .expect("ingest");
+        newcomers.push(p);
+    }
+    // Ingest runs at the wall clock, before the winner's time: the newcomers sent to the
+    // rest wait like the others, and go b when their timers fire.
+    while s.fire_due_timers(at, 100).await.expect("fire") > 0 {}
+    let mut picked = 0;
+    for p in &newcomers {
+        if let Some(path) = split_path(&s, p, "ab", "pick").await {
+            assert_eq!(path["winner"], "b", "{p}");
+            picked += 1;
+        }
+    }
+    assert!(picked > 0, "some of 40 newcomers go to the rest");
+    let again = s.journey_winners("ab").await.expect("read");
+    assert_eq!(again, winners, "decided once");
 }

@@ -70,6 +70,7 @@ macro_rules! conformance_suite {
             batch_evaluation_agrees_with_the_backfill,
             calendar_rules_flip_at_the_persons_midnight,
             journeys_read_their_audience_in_paced_steps_and_on_schedule,
+            a_winner_node_sends_the_rest_the_best_path_once,
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {

@@ -20,7 +20,8 @@ use waymark_engine::run::{
     Catalog, EntryRate, JumpIn, Planned, Runtime, States, TimerRow, WebhookOutcome, addresses,
     plan_events, plan_jump, plan_timers, plan_webhook_results, state_keys, stop_all,
 };
-use waymark_engine::stats::{Counts, count_state_change, count_states};
+use waymark_engine::stats::{Counts, JourneyStats, count_state_change, count_states};
+use waymark_engine::winner::Decision;
 use waymark_engine::{Effect, JourneyState};
 
 use waymark_engine::audience::{AudiencePlan, BodyPart, HistoryEvent};
@@ -102,6 +103,22 @@ pub trait RunTx {
     ) -> Result<Vec<(String, JourneyState)>, Self::Error>;
     /// Every journey with its live version.
     async fn live_versions(&self) -> Result<Vec<(String, Option<u32>)>, Self::Error>;
+    /// A journey's counters, as they stand in this transaction.
+    async fn journey_counters(&self, journey: &str) -> Result<JourneyStats, Self::Error>;
+    /// The path a winner node decided, if it did.
+    async fn winner_decision(
+        &self,
+        journey: &str,
+        node: &str,
+    ) -> Result<Option<String>, Self::Error>;
+    /// Keeps a winner node's decision, unless one is kept already (returns false then).
+    async fn save_winner(
+        &self,
+        journey: &str,
+        node: &str,
+        decision: &Decision,
+        now: Millis,
+    ) -> Result<bool, Self::Error>;
 
     /// The rows a plan produced.
     async fn write(&self, planned: &Planned, now: Millis) -> Result<(), Self::Error>;
@@ -331,6 +348,38 @@ async fn add_versions<T: RunTx>(
     Ok(())
 }
 
+/// Puts into `catalog` the decisions of the winner nodes whose time has come in its
+/// versions, deciding those not yet decided from the journey's counters now (once: the
+/// first transaction to keep a decision wins, the others read it).
+async fn add_winners<T: RunTx>(
+    tx: &T,
+    runtime: &Runtime,
+    catalog: &mut Catalog,
+    now: Millis,
+) -> Result<(), T::Error> {
+    for (key, node, journey) in runtime.fill_winners(catalog, now) {
+        let kept = match tx.winner_decision(&key, &node).await? {
+            Some(path) => Some(path),
+            None => {
+                let stats = tx.journey_counters(&key).await?;
+                let Some(decision) = waymark_engine::winner::decide(&journey, &node, &stats) else {
+                    continue;
+                };
+                if tx.save_winner(&key, &node, &decision, now).await? {
+                    tracing::info!(journey = %key, node = %node, chosen = %decision.chosen, significant = decision.significant, "winner decided");
+                    Some(decision.chosen)
+                } else {
+                    tx.winner_decision(&key, &node).await?
+                }
+            }
+        };
+        if let Some(path) = kept {
+            runtime.keep_winner(catalog, &key, &node, path);
+        }
+    }
+    Ok(())
+}
+
 /// What governance needs to know about the people a plan may message: their recent
 /// messages (for caps) and which of their addresses are on the suppression list.
 async fn add_people<T: RunTx>(
@@ -388,6 +437,7 @@ async fn plan_inputs<T: RunTx>(
     let states = tx.states(keys).await?;
     let mut catalog = catalog(tx, for_entries).await?;
     add_versions(tx, runtime, &mut catalog, &states).await?;
+    add_winners(tx, runtime, &mut catalog, now).await?;
     add_people(tx, runtime, &mut catalog, people, now).await?;
     Ok((catalog, states))
 }
@@ -430,6 +480,7 @@ async fn run_journeys<T: RunTx>(
     let keys = state_keys(&catalog, events.iter().map(|(_, p)| p.id.as_str()));
     let states = tx.states(&keys).await?;
     add_versions(tx, runtime, &mut catalog, &states).await?;
+    add_winners(tx, runtime, &mut catalog, now).await?;
     let people: Vec<&ProfileState> = events.iter().map(|(_, p)| *p).collect();
     add_people(tx, runtime, &mut catalog, &people, now).await?;
     let planned = plan_events(&catalog, states, events, now);
