@@ -358,22 +358,20 @@ async fn add_winners<T: RunTx>(
     now: Millis,
 ) -> Result<(), T::Error> {
     for (key, node, journey) in runtime.fill_winners(catalog, now) {
-        let kept = match tx.winner_decision(&key, &node).await? {
-            Some(path) => Some(path),
-            None => {
-                let stats = tx.journey_counters(&key).await?;
-                let Some(decision) = waymark_engine::winner::decide(&journey, &node, &stats) else {
-                    continue;
-                };
-                if tx.save_winner(&key, &node, &decision, now).await? {
-                    tracing::info!(journey = %key, node = %node, chosen = %decision.chosen, significant = decision.significant, "winner decided");
-                    Some(decision.chosen)
-                } else {
-                    tx.winner_decision(&key, &node).await?
-                }
-            }
+        if let Some(path) = tx.winner_decision(&key, &node).await? {
+            // Committed (a decision is written once): kept for the next plans.
+            runtime.keep_winner(catalog, &key, &node, path);
+            continue;
+        }
+        let stats = tx.journey_counters(&key).await?;
+        let Some(decision) = waymark_engine::winner::decide(&journey, &node, &stats) else {
+            continue;
         };
-        if let Some(path) = kept {
+        if tx.save_winner(&key, &node, &decision, now).await? {
+            tracing::info!(journey = %key, node = %node, chosen = %decision.chosen, significant = decision.significant, "winner decided");
+            // Not kept beyond this plan until it commits: a later plan reads it back.
+            catalog.winners.insert((key, node), decision.chosen);
+        } else if let Some(path) = tx.winner_decision(&key, &node).await? {
             runtime.keep_winner(catalog, &key, &node, path);
         }
     }
