@@ -622,3 +622,159 @@ pub async fn preview_campaign(
     }
     Ok(axum::Json(CampaignPreview { variants }))
 }
+
+/// Most addresses one proof request sends to.
+const MAX_PROOF_ADDRESSES: usize = 20;
+
+/// A proof request: where to send a rendered proof of every variant, and who to render for.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProofRequest {
+    /// The seed list: email addresses (email campaigns) or phone numbers (SMS), at most 20.
+    pub to: Vec<String>,
+    /// A test profile to render for, by identity (default: nobody, no traits).
+    #[serde(default)]
+    pub profile: Option<crate::templates::PreviewIdentity>,
+    /// Traits to render with (over the test profile's).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub traits: Option<serde_json::Map<String, Value>>,
+}
+
+/// One proof queued.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProofQueued {
+    pub variant: String,
+    pub to: String,
+    /// The message's key (its delivery: `GET /v1/messages/reports?key=`).
+    pub message: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProofsQueued {
+    pub proofs: Vec<ProofQueued>,
+}
+
+/// Sends a proof of every variant of the draft to each address of a seed list, rendered
+/// for a test profile; marked `[Proof <variant>]` in the subject (email) or text (SMS).
+/// Proofs skip governance (they go to your own addresses, suppressed ones excepted) and
+/// are counted in no report and no cap.
+#[utoipa::path(post, path = "/v1/campaigns/{key}/proof", tag = "campaigns",
+    params(("key" = String, Path)),
+    request_body = ProofRequest,
+    responses((status = 202, body = ProofsQueued), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, description = "Not a channel proofs go on, a suppressed address, or a variant that fails to render", body = ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn proof_campaign(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    body: Body,
+) -> Result<(axum::http::StatusCode, axum::Json<ProofsQueued>), ApiError> {
+    state.keys.require_admin(&headers)?;
+    let req: ProofRequest = crate::templates::json_body(body).await?;
+    let record = campaign_journey(&state, &key).await?;
+    let campaign = campaign::of_journey(&record.draft).ok_or_else(|| no_campaign(&key))?;
+    let channel = campaign.channel.as_str();
+    if !matches!(channel, "email" | "sms") {
+        return Err(ApiError::unprocessable(
+            "invalid_proof",
+            vec![waymark_core::FieldError::new(
+                "invalid_value",
+                "channel",
+                format!("proofs go to addresses: email or sms campaigns, not {channel}"),
+            )],
+        ));
+    }
+    if req.to.is_empty() || req.to.len() > MAX_PROOF_ADDRESSES {
+        return Err(ApiError::field(
+            "invalid_value",
+            "to",
+            format!("1 to {MAX_PROOF_ADDRESSES} addresses"),
+        ));
+    }
+    let mut addresses = Vec::with_capacity(req.to.len());
+    for (i, raw) in req.to.iter().enumerate() {
+        let address = waymark_core::governance::suppression_address(channel, raw)
+            .and_then(|a| match channel {
+                "email" => a
+                    .parse::<lettre::Address>()
+                    .map(|_| a)
+                    .map_err(|e| format!("{raw:?} is not an email address: {e}")),
+                _ => Ok(a),
+            })
+            .map_err(|m| ApiError::field("invalid_address", &format!("to[{i}]"), m))?;
+        if let Some(s) = state.store.suppression(channel, &address).await? {
+            return Err(ApiError::unprocessable(
+                "invalid_proof",
+                vec![waymark_core::FieldError::new(
+                    "suppressed",
+                    format!("to[{i}]"),
+                    format!("{address} is on the suppression list ({})", s.reason),
+                )],
+            ));
+        }
+        addresses.push(address);
+    }
+    let render = crate::templates::PreviewRequest {
+        profile: req.profile,
+        traits: req.traits,
+        event: None,
+        journey: Some(
+            json!({"entry": {"audience": campaign.audience, "read_at": wall_clock_ms()}}),
+        ),
+        version: None,
+    };
+    let now = wall_clock_ms();
+    let batch = uuid::Uuid::now_v7().simple().to_string();
+    let mut rows = Vec::new();
+    let mut proofs = Vec::new();
+    for (variant, template, _) in campaign.shares() {
+        let mut content = crate::templates::render(&state, &template, &render).await?;
+        let field = if channel == "email" {
+            "subject"
+        } else {
+            "text"
+        };
+        let marked = format!(
+            "[Proof {variant}] {}",
+            content.fields.get(field).map_or("", String::as_str)
+        );
+        content.fields.insert(field.to_owned(), marked);
+        for to in &addresses {
+            let message = format!("proof:{key}:{batch}:{variant}:{to}");
+            rows.push(waymark_engine::run::OutboxRow {
+                key: message.clone(),
+                // Nobody's: counted in no person's caps and in no journey's report.
+                profile_id: String::new(),
+                journey: format!("proof:{key}"),
+                effect: waymark_engine::Effect::Message(waymark_engine::Message {
+                    key: message.clone(),
+                    instance: 0,
+                    node: "proof".into(),
+                    channel: channel.to_owned(),
+                    template: template.clone(),
+                    content: Some(content.clone()),
+                    to: Some(to.clone()),
+                    transactional: true,
+                    expires_at: None,
+                    subscription: None,
+                    devices: Vec::new(),
+                }),
+                status: "pending".into(),
+                due: None,
+            });
+            proofs.push(ProofQueued {
+                variant: variant.clone(),
+                to: to.clone(),
+                message,
+            });
+        }
+    }
+    state.store.enqueue_outbox(rows, now).await?;
+    tracing::info!(campaign = %key, proofs = proofs.len(), "campaign proofs queued");
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        axum::Json(ProofsQueued { proofs }),
+    ))
+}

@@ -140,6 +140,7 @@ pub fn app(state: AppState) -> Router {
             "/v1/campaigns/{key}/preview",
             post(campaigns::preview_campaign),
         )
+        .route("/v1/campaigns/{key}/proof", post(campaigns::proof_campaign))
         .route(
             "/v1/campaigns/{key}",
             get(campaigns::get_campaign).put(campaigns::put_campaign),

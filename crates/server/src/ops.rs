@@ -122,7 +122,7 @@ impl Modify for SecuritySchemes {
         crate::ingest::group, crate::ingest::alias, crate::ingest::batch,
         crate::profiles::get_profile, crate::profiles::get_events, crate::profiles::delete_profile, crate::profiles::get_journeys, crate::profiles::get_messages,
         crate::journeys::put_journey, crate::journeys::journey_action, crate::journeys::get_journey, crate::journeys::list_journeys, crate::journeys::journey_stats,
-        crate::campaigns::put_campaign, crate::campaigns::get_campaign, crate::campaigns::list_campaigns, crate::campaigns::campaign_action, crate::campaigns::campaign_report, crate::campaigns::preview_campaign,
+        crate::campaigns::put_campaign, crate::campaigns::get_campaign, crate::campaigns::list_campaigns, crate::campaigns::campaign_action, crate::campaigns::campaign_report, crate::campaigns::preview_campaign, crate::campaigns::proof_campaign,
         crate::templates::put_template, crate::templates::get_template, crate::templates::list_templates, crate::templates::preview_template,
         crate::audiences::put_audience, crate::audiences::get_audience, crate::audiences::list_audiences, crate::audiences::audience_members, crate::audiences::audience_sizes, crate::audiences::preview_audience, crate::audiences::export_members, crate::audiences::run_audience, crate::audiences::upload_members,
         crate::audiences::profile_audiences, crate::audiences::explain,

@@ -1116,6 +1116,21 @@ impl JourneyRunStore for PostgresStore {
 
 #[async_trait]
 impl OutboxStore for PostgresStore {
+    async fn enqueue_outbox(
+        &self,
+        rows: Vec<waymark_engine::run::OutboxRow>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        // New rows only: nothing to conflict with, so one attempt.
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_error)?;
+        match runs::enqueue(&tx, rows, now).await {
+            Ok(()) => tx.commit().await.map_err(db_error),
+            Err(Abort::Retry(why)) => Err(StoreError::Unavailable(why.into())),
+            Err(Abort::Fail(e)) => Err(e),
+        }
+    }
+
     async fn claim_outbox(
         &self,
         now: Millis,

@@ -45,6 +45,14 @@ pub async fn fire_due(
     pipeline::fire_due(&Run(client), runtime, now, limit).await
 }
 
+pub async fn enqueue(
+    client: &impl GenericClient,
+    rows: Vec<OutboxRow>,
+    now: Millis,
+) -> Result<(), Abort> {
+    pipeline::enqueue(&Run(client), rows, now).await
+}
+
 pub async fn change_list_members(
     client: &impl GenericClient,
     runtime: &Runtime,

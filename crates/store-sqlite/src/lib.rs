@@ -774,6 +774,14 @@ impl JourneyRunStore for SqliteStore {
 
 #[async_trait]
 impl OutboxStore for SqliteStore {
+    async fn enqueue_outbox(
+        &self,
+        rows: Vec<waymark_engine::run::OutboxRow>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        self.write(move |tx| runs::enqueue(tx, rows, now)).await
+    }
+
     /// The claim holds the lease lock from before its read begins until its claims are
     /// recorded, and a lease is dropped (under the lock) only after the row's outcome was
     /// committed. So a claim either sees the lease, or reads a snapshot taken after the

@@ -45,6 +45,10 @@ pub fn fire_due(
     run_now(pipeline::fire_due(&Run(tx), runtime, now, limit))
 }
 
+pub fn enqueue(tx: &Transaction<'_>, rows: Vec<OutboxRow>, now: Millis) -> Result<(), StoreError> {
+    run_now(pipeline::enqueue(&Run(tx), rows, now))
+}
+
 pub fn change_list_members(
     tx: &Transaction<'_>,
     runtime: &Runtime,

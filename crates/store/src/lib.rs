@@ -919,6 +919,13 @@ pub enum Delivery {
 /// claims come due again when the lease ends), then record what happened to each.
 #[async_trait]
 pub trait OutboxStore: Send + Sync {
+    /// Queues effects no journey step made (campaign proofs), in one transaction.
+    async fn enqueue_outbox(
+        &self,
+        rows: Vec<waymark_engine::run::OutboxRow>,
+        now: Millis,
+    ) -> Result<(), StoreError>;
+
     async fn claim_outbox(
         &self,
         now: Millis,

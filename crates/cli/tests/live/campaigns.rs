@@ -347,3 +347,147 @@ async fn a_campaign_tests_two_variants_then_sends_the_rest_the_one_clicked_more(
     );
     assert_eq!(report["winner"]["waiting"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proofs_of_each_variant_reach_the_seed_list_and_count_nowhere() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (smtp, server) = email_server(dir.path(), &[("WAYMARK_EMAIL__FROM", "hello@example.com")]);
+    let c = client();
+    let base = &server.base;
+    send_batch(
+        &c,
+        base,
+        WRITE_KEY,
+        &json!([{"type": "identify", "userId": "tester",
+        "traits": {"email": "tester@example.com", "first_name": "Tess"}}]),
+    )
+    .await
+    .expect("ingest");
+    put_document(
+        &c,
+        base,
+        "/v1/audiences/list",
+        &json!({"key": "list", "refresh": "upload"}),
+    )
+    .await;
+    for variant in ["a", "b"] {
+        let template = json!({"channel": "email", "subject": format!("Sale {variant}"),
+            "text": "Hi {{profile.traits.first_name}}, up to 50% off"});
+        put_template(&c, base, &format!("sale-{variant}"), &template).await;
+    }
+    let sale = json!({"key": "sale", "audience": "list", "channel": "email",
+        "variants": [{"key": "a", "template": "sale-a"}, {"key": "b", "template": "sale-b"}]});
+    put_document(&c, base, "/v1/campaigns/sale", &sale).await;
+    let proof = |body: Value| {
+        c.post(format!("{base}/v1/campaigns/sale/proof"))
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+    };
+    let r = proof(json!({"to": ["Seed.One@Example.com", "seed2@example.com"],
+        "profile": {"namespace": "user_id", "value": "tester"}}))
+    .await
+    .expect("proof");
+    assert_eq!(r.status(), 202);
+    let queued: Value = r.json().await.expect("json");
+    assert_eq!(
+        queued["proofs"].as_array().map(Vec::len),
+        Some(4),
+        "{queued}"
+    );
+    smtp.wait_for(4, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let messages = smtp.messages.lock().expect("lock").clone();
+    let mut got: Vec<(String, String)> = messages
+        .iter()
+        .map(|m| {
+            let to = m["rcpt_tos"][0].as_str().expect("rcpt").to_owned();
+            let subject = m["headers"]["Subject"]
+                .as_str()
+                .expect("subject")
+                .to_owned();
+            (to, subject)
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (
+                "seed.one@example.com".to_owned(),
+                "[Proof a] Sale a".to_owned()
+            ),
+            (
+                "seed.one@example.com".to_owned(),
+                "[Proof b] Sale b".to_owned()
+            ),
+            (
+                "seed2@example.com".to_owned(),
+                "[Proof a] Sale a".to_owned()
+            ),
+            (
+                "seed2@example.com".to_owned(),
+                "[Proof b] Sale b".to_owned()
+            ),
+        ]
+    );
+    let text = messages[0]["parts"][0]["body"]
+        .as_str()
+        .or(messages[0]["body"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        text.contains("Hi Tess"),
+        "rendered for the test profile: {:?}",
+        messages[0]
+    );
+    // Nothing sent to anyone in the audience, nothing counted, nobody's caps touched.
+    let (_, report) = get(&c, base, ADMIN, "/v1/campaigns/sale/report").await;
+    assert_eq!(
+        (
+            &report["status"],
+            &report["entered"],
+            &report["variants"][0]["sent"]
+        ),
+        (&json!("draft"), &json!(0), &json!(0)),
+        "{report}"
+    );
+    let (_, tester) = get(&c, base, ADMIN, "/v1/profiles/user_id/tester/messages").await;
+    assert_eq!(
+        tester["messages"].as_array().map(Vec::len),
+        Some(0),
+        "{tester}"
+    );
+
+    // A suppressed address, a malformed one, none at all: refused, at the field.
+    let r = c
+        .put(format!("{base}/v1/suppressions/email/bounced@example.com"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("suppress");
+    assert!(r.status().is_success());
+    for (body, status, field) in [
+        (
+            json!({"to": ["ok@example.com", "bounced@example.com"]}),
+            422,
+            "to[1]",
+        ),
+        (json!({"to": ["not an address"]}), 400, "to[0]"),
+        (json!({"to": []}), 400, "to"),
+    ] {
+        let r = proof(body.clone()).await.expect("proof");
+        assert_eq!(r.status().as_u16(), status, "{body}");
+        let error: Value = r.json().await.expect("json");
+        assert!(
+            error.to_string().contains(&format!("\"{field}\"")),
+            "{field}: {error}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        smtp.messages.lock().expect("lock").len(),
+        4,
+        "nothing more sent"
+    );
+}

@@ -44,6 +44,16 @@ pub async fn campaigns_through_the_api(api: &Api) {
         (r.body["status"].as_str(), &r.body["document"]["holdout"]),
         (Some("draft"), &json!(10))
     );
+    // Proofs go to addresses: a `log` campaign has none.
+    let r = admin(
+        api,
+        "POST",
+        "/v1/campaigns/sale/proof",
+        Some(json!({"to": ["seed@example.com"]})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert_eq!(r.error_fields(), ["channel"]);
     // It runs as a journey of the same key, which the journeys API does not change.
     let journey = api.get("/v1/journeys/sale").await;
     assert_eq!(

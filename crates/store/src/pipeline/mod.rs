@@ -17,8 +17,8 @@ use waymark_core::journey::lifecycle::Status as JourneyStatus;
 use waymark_core::time::Millis;
 use waymark_core::{Event, ProfileState};
 use waymark_engine::run::{
-    Catalog, EntryRate, JumpIn, Planned, Runtime, States, TimerRow, WebhookOutcome, addresses,
-    plan_events, plan_jump, plan_timers, plan_webhook_results, state_keys, stop_all,
+    Catalog, EntryRate, JumpIn, OutboxRow, Planned, Runtime, States, TimerRow, WebhookOutcome,
+    addresses, plan_events, plan_jump, plan_timers, plan_webhook_results, state_keys, stop_all,
 };
 use waymark_engine::stats::{Counts, JourneyStats, count_state_change, count_states};
 use waymark_engine::winner::Decision;
@@ -532,6 +532,15 @@ async fn fire_due_timers<T: RunTx>(
     let seqs: Vec<i64> = due.iter().map(|(s, _)| *s).collect();
     tx.delete_timers(&seqs).await?;
     Ok(due.len())
+}
+
+/// Queues effects that no journey step made (campaign proofs): outbox rows only.
+pub async fn enqueue<T: RunTx>(tx: &T, rows: Vec<OutboxRow>, now: Millis) -> Result<(), T::Error> {
+    let planned = Planned {
+        outbox: rows,
+        ..Planned::default()
+    };
+    tx.write(&planned, now).await
 }
 
 /// Effects whose outcome changes journey state or the profile (a message's does not).
