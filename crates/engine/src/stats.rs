@@ -31,6 +31,12 @@ pub struct NodeStats {
     /// Emails from the node opened, and clicked, once per message each.
     pub opened: u64,
     pub clicked: u64,
+    /// Messages from the node the provider reported delivered, undelivered, bounced, or
+    /// complained about (spam), once per message each.
+    pub delivered: u64,
+    pub undelivered: u64,
+    pub bounced: u64,
+    pub complained: u64,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -217,6 +223,14 @@ pub fn count_marked_change(
     }
 }
 
+/// Counts a provider's report on a message the node sent (first report of its status for
+/// that message only: the caller records each (message, status) once).
+pub fn count_message_report(c: &mut Counts, journey: &str, node: &str, status: &str) {
+    if waymark_core::delivery::REPORTS.contains(&status) {
+        add(c, journey, node, status, 1);
+    }
+}
+
 /// Records entries refused by the rate limit.
 pub fn count_rate_limited(c: &mut Counts, journey: &str, n: i64) {
     add(c, journey, JOURNEY, "rate_limited", n);
@@ -251,6 +265,10 @@ pub fn from_counters<'a>(rows: impl IntoIterator<Item = (&'a str, &'a str, i64)>
             "converted" => n.converted += v,
             "opened" => n.opened += v,
             "clicked" => n.clicked += v,
+            "delivered" => n.delivered += v,
+            "undelivered" => n.undelivered += v,
+            "bounced" => n.bounced += v,
+            "complained" => n.complained += v,
             // Negative revenue (refunds recorded as conversions) is kept.
             "revenue_cents" => n.revenue_cents += value,
             _ => {}

@@ -315,6 +315,15 @@ pub struct VariantReport {
     /// Emails opened and clicked (tracked email: each message counted once for each).
     pub opened: u64,
     pub clicked: u64,
+    /// Provider reports: delivered, undelivered, bounced, complained (each message once
+    /// for each).
+    pub delivered: u64,
+    pub undelivered: u64,
+    pub bounced: u64,
+    pub complained: u64,
+    /// Each of those per message sent, with its 95% interval (Wilson).
+    #[schema(value_type = Object)]
+    pub rates: std::collections::BTreeMap<&'static str, Rate>,
     /// People who reached the conversion goal within its window, and the revenue.
     pub converted: u64,
     pub revenue: f64,
@@ -325,6 +334,23 @@ pub struct VariantReport {
     /// (normal approximation); absent without a holdout.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chance_to_beat_holdout: Option<f64>,
+}
+
+/// A share of messages sent, with its 95% interval.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Rate {
+    pub rate: f64,
+    pub interval: [f64; 2],
+}
+
+impl Rate {
+    fn of(hits: u64, n: u64) -> Self {
+        let (lo, hi) = campaign::rate_interval(hits, n);
+        Rate {
+            rate: if n == 0 { 0.0 } else { hits as f64 / n as f64 },
+            interval: [lo, hi],
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -487,6 +513,10 @@ fn report_csv(report: &CampaignReport) -> Vec<u8> {
         "suppressed",
         "opened",
         "clicked",
+        "delivered",
+        "undelivered",
+        "bounced",
+        "complained",
         "converted",
         "revenue",
         "conversion_rate",
@@ -506,6 +536,10 @@ fn report_csv(report: &CampaignReport) -> Vec<u8> {
             g.suppressed.to_string(),
             g.opened.to_string(),
             g.clicked.to_string(),
+            g.delivered.to_string(),
+            g.undelivered.to_string(),
+            g.bounced.to_string(),
+            g.complained.to_string(),
             g.converted.to_string(),
             g.revenue.to_string(),
             g.conversion_rate.to_string(),
@@ -526,15 +560,31 @@ async fn build_report(state: &AppState, key: &str) -> Result<CampaignReport, Api
     let node = |id: &str, key: &str, percent: u32| {
         let n = stats.nodes.get(id).cloned().unwrap_or_default();
         let (lo, hi) = campaign::rate_interval(n.converted, n.entered);
+        let sent = n.entered.saturating_sub(n.suppressed + n.held);
+        let rates = [
+            ("delivered", n.delivered),
+            ("opened", n.opened),
+            ("clicked", n.clicked),
+            ("bounced", n.bounced),
+            ("complained", n.complained),
+        ]
+        .into_iter()
+        .map(|(name, hits)| (name, Rate::of(hits, sent)))
+        .collect();
         VariantReport {
             key: key.to_owned(),
             percent,
             assigned: n.entered,
-            sent: n.entered.saturating_sub(n.suppressed + n.held),
+            sent,
             held: n.held,
             suppressed: n.suppressed,
             opened: n.opened,
             clicked: n.clicked,
+            delivered: n.delivered,
+            undelivered: n.undelivered,
+            bounced: n.bounced,
+            complained: n.complained,
+            rates,
             converted: n.converted,
             revenue: n.revenue_cents as f64 / 100.0,
             conversion_rate: if n.entered == 0 {

@@ -1176,8 +1176,12 @@ impl OutboxStore for PostgresStore {
         key: &str,
         event: waymark_store::MessageEvent,
     ) -> Result<Option<OutboxItem>, StoreError> {
-        let client = self.client().await?;
-        runs::record_message_event(&client, key, &event).await
+        // The report and the counter it adds commit together.
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_error)?;
+        let item = runs::record_message_event(&tx, key, &event).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(item)
     }
 
     async fn outbox_key(&self, seq: i64) -> Result<Option<String>, StoreError> {

@@ -735,15 +735,16 @@ pub async fn record_message_event(
     else {
         return Ok(None);
     };
-    client
+    let first = client
         .execute(
             "INSERT INTO message_events (key, status, detail, at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (key, status) DO NOTHING",
             &[&key, &event.status, &event.detail, &event.at],
         )
         .await
-        .map_err(db_error)?;
-    Ok(Some(OutboxItem {
+        .map_err(db_error)?
+        == 1;
+    let item = OutboxItem {
         seq: r.get(0),
         key: key.to_owned(),
         profile_id: r.get(1),
@@ -751,7 +752,15 @@ pub async fn record_message_event(
         effect: Effect::decode(r.get(3)).map_err(corrupt)?,
         attempts: r.get::<_, i32>(4) as u32,
         created_at: r.get(5),
-    }))
+    };
+    if first {
+        let counts = pipeline::message_report_counts(&item, &event.status);
+        add_counts(client, &counts).await.map_err(|e| match e {
+            Abort::Fail(e) => e,
+            Abort::Retry(why) => StoreError::Unavailable(why.into()),
+        })?;
+    }
+    Ok(Some(item))
 }
 
 pub async fn outbox_key(

@@ -785,12 +785,17 @@ pub fn record_message_event(
     let Some(item) = item else {
         return Ok(None);
     };
-    tx.prepare_cached(
-        "INSERT INTO message_events (key, status, detail, at) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (key, status) DO NOTHING",
-    )
-    .and_then(|mut s| s.execute(params![key, event.status, event.detail, event.at]))
-    .map_err(unavailable)?;
+    let first = tx
+        .prepare_cached(
+            "INSERT INTO message_events (key, status, detail, at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (key, status) DO NOTHING",
+        )
+        .and_then(|mut s| s.execute(params![key, event.status, event.detail, event.at]))
+        .map_err(unavailable)?
+        == 1;
+    if first {
+        add_counts(tx, &pipeline::message_report_counts(&item, &event.status))?;
+    }
     Ok(Some(item))
 }
 

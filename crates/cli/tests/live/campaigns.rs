@@ -197,6 +197,52 @@ async fn a_campaign_sends_each_variant_and_holds_out_the_rest() {
         let p = v["chance_to_beat_holdout"].as_f64().expect("chance");
         assert!((0.0..=1.0).contains(&p), "{report}");
     }
+
+    // Providers' reports come back per message (by Message-ID), counted per variant, each
+    // status once per message however often it is reported.
+    let messages = smtp.messages.lock().expect("lock").clone();
+    let mut want: BTreeMap<(String, &str), u64> = BTreeMap::new();
+    for (i, m) in messages.iter().enumerate() {
+        let subject = m["headers"]["Subject"].as_str().expect("subject");
+        let variant = subject.trim_start_matches("Sale ").to_owned();
+        let id = m["headers"]["Message-ID"].as_str().expect("Message-ID");
+        let statuses: &[&str] = match i % 10 {
+            0 => &["delivered", "delivered", "complained"],
+            1 => &["bounced"],
+            _ => &["delivered"],
+        };
+        for status in statuses {
+            let r = c
+                .post(format!("{base}/v1/messages/reports"))
+                .bearer_auth(ADMIN)
+                .json(&json!({"email_message_id": id, "status": status}))
+                .send()
+                .await
+                .expect("report");
+            assert_eq!(r.status(), 200, "{status} for {id}");
+        }
+        let mut once = statuses.to_vec();
+        once.dedup();
+        for status in once {
+            *want.entry((variant.clone(), status)).or_default() += 1;
+        }
+    }
+    let (_, report) = get(&c, base, ADMIN, "/v1/campaigns/sale/report").await;
+    for v in report["variants"].as_array().expect("variants") {
+        let key = v["key"].as_str().expect("key").to_owned();
+        for status in ["delivered", "bounced", "complained"] {
+            let expected = want.get(&(key.clone(), status)).copied().unwrap_or(0);
+            assert_eq!(v[status], expected, "{key} {status}: {report}");
+        }
+        let delivered = v["delivered"].as_f64().expect("delivered");
+        let sent = v["sent"].as_f64().expect("sent");
+        let rate = &v["rates"]["delivered"];
+        assert!(
+            (rate["rate"].as_f64().expect("rate") - delivered / sent).abs() < 1e-9,
+            "{report}"
+        );
+    }
+    assert_eq!(report["holdout"]["delivered"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -333,6 +333,18 @@ pub async fn provider_reports_are_kept_per_message_once_per_status(b: &impl Back
         outbox[0].events,
         [event("delivered", 6_000), event("complained", 8_000)]
     );
+    // Counted at the node that sent it, each status once however often reported.
+    let send = s.journey_stats("receipt").await.expect("stats").nodes["send"].clone();
+    assert_eq!(
+        (
+            send.delivered,
+            send.complained,
+            send.bounced,
+            send.undelivered
+        ),
+        (1, 1, 0, 0),
+        "{send:?}"
+    );
     // Erasing the person takes the reports with the messages.
     s.erase(&id("user_id", "reported")).await.expect("erase");
     assert_eq!(

@@ -543,6 +543,16 @@ pub async fn enqueue<T: RunTx>(tx: &T, rows: Vec<OutboxRow>, now: Millis) -> Res
     tx.write(&planned, now).await
 }
 
+/// The counters a provider's first report of `status` on a message adds: at the node that
+/// sent it.
+pub fn message_report_counts(item: &OutboxItem, status: &str) -> Counts {
+    let mut counts = Counts::new();
+    if let Effect::Message(m) = &item.effect {
+        waymark_engine::stats::count_message_report(&mut counts, &item.journey, &m.node, status);
+    }
+    counts
+}
+
 /// Effects whose outcome changes journey state or the profile (a message's does not).
 fn acts_on_person(effect: &Effect) -> bool {
     matches!(
