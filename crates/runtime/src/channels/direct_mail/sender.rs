@@ -6,7 +6,10 @@
 //! Columns: `message_id` (the step's idempotency key), `journey`, then the template's `data`
 //! fields, in `direct_mail.columns` order if given, else by name. A row is synced to disk
 //! before the message counts as sent; a crash between the two can repeat it in a later file
-//! with the same `message_id`, which is how the provider recognises it.
+//! with the same `message_id`, which is how the provider recognises it. A file is also
+//! complete once it holds `direct_mail.max_rows` rows; with `direct_mail.dedupe` (default),
+//! a row whose data columns repeat an earlier row of the same file is not written (the
+//! message is done, its result naming the row it repeats).
 
 use std::path::PathBuf;
 
@@ -22,6 +25,8 @@ pub struct Extractor {
     folder: PathBuf,
     every_ms: i64,
     columns: Option<Vec<String>>,
+    max_rows: Option<u64>,
+    dedupe: bool,
     run: tokio::sync::Mutex<Option<Run>>,
 }
 
@@ -32,6 +37,9 @@ struct Run {
     /// The data columns this run's header names.
     columns: Vec<String>,
     rows: u64,
+    /// With dedupe: each written row's data cells, by a hash, with the row's number. Bounded
+    /// by the rows of one file.
+    seen: std::collections::HashMap<u64, u64>,
 }
 
 impl Run {
@@ -73,6 +81,8 @@ impl Extractor {
             folder: config.folder.clone(),
             every_ms,
             columns: config.columns.clone(),
+            max_rows: config.max_rows.filter(|n| *n > 0),
+            dedupe: config.dedupe,
             run: tokio::sync::Mutex::new(None),
         })
     }
@@ -122,8 +132,25 @@ impl Extractor {
             Some(Value::String(s)) => s.clone(),
             Some(other) => other.to_string(),
         };
+        let cells: Vec<String> = run.columns.iter().map(|c| cell(data.get(c))).collect();
+        let file = run.part.with_extension("");
+        let file = file.file_name().map(|f| f.to_string_lossy().into_owned());
+        let fingerprint = self.dedupe.then(|| {
+            // Each cell prefixed with its length, so different rows never join to the same
+            // bytes; hashed to 64 bits, a false match in a million-row file is about one in
+            // 3·10^7.
+            let mut joined = Vec::new();
+            for c in &cells {
+                joined.extend_from_slice(&(c.len() as u64).to_le_bytes());
+                joined.extend_from_slice(c.as_bytes());
+            }
+            xxhash_rust::xxh3::xxh3_64(&joined)
+        });
+        if let Some(earlier) = fingerprint.and_then(|f| run.seen.get(&f)) {
+            return Delivery::Delivered(json!({"file": file, "duplicate_of_row": earlier}));
+        }
         let mut row = vec![item.key.clone(), item.journey.clone()];
-        row.extend(run.columns.iter().map(|c| cell(data.get(c))));
+        row.extend(cells);
         // File writes and fsync block: tell the runtime, so other tasks move to other
         // workers meanwhile.
         let written = tokio::task::block_in_place(|| {
@@ -136,11 +163,18 @@ impl Extractor {
         match written {
             Ok(()) => {
                 run.rows += 1;
-                let file = run.part.with_extension("");
-                Delivery::Delivered(json!({
-                    "file": file.file_name().map(|f| f.to_string_lossy().into_owned()),
-                    "row": run.rows,
-                }))
+                if let Some(f) = fingerprint {
+                    run.seen.insert(f, run.rows);
+                }
+                let delivered = Delivery::Delivered(json!({"file": file, "row": run.rows}));
+                if self.max_rows.is_some_and(|max| run.rows >= max)
+                    && let Some(full) = guard.take()
+                    && let Err(e) = tokio::task::block_in_place(|| full.finish())
+                {
+                    // The row is on disk; the file is complete at the next start at worst.
+                    tracing::warn!(error = %e, "could not complete a full direct mail file");
+                }
+                delivered
             }
             Err(e) => later(format!("writing {}: {e}", run.part.display())),
         }
@@ -156,12 +190,29 @@ impl Extractor {
             .chars()
             .filter(|c| !matches!(c, '-' | ':' | '.'))
             .collect();
-        let part = self.folder.join(format!("direct-mail-{stamp}.csv.part"));
-        let file = std::fs::OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .open(&part)
-            .map_err(|e| format!("creating {}: {e}", part.display()))?;
+        // A file split at `max_rows` can be followed by the next in the same millisecond:
+        // `-2`, `-3`... after the stamp then, so names still sort by time.
+        let mut n = 1u32;
+        let (part, file) = loop {
+            let name = match n {
+                1 => format!("direct-mail-{stamp}.csv"),
+                n => format!("direct-mail-{stamp}-{n}.csv"),
+            };
+            n += 1;
+            if self.folder.join(&name).exists() {
+                continue;
+            }
+            let part = self.folder.join(format!("{name}.part"));
+            match std::fs::OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .open(&part)
+            {
+                Ok(file) => break (part, file),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(format!("creating {}: {e}", part.display())),
+            }
+        };
         let mut writer = csv::Writer::from_writer(file);
         let mut header = vec!["message_id".to_owned(), "journey".to_owned()];
         header.extend(columns.iter().cloned());
@@ -178,6 +229,7 @@ impl Extractor {
             writer,
             columns,
             rows: 0,
+            seen: std::collections::HashMap::new(),
         })
     }
 }
