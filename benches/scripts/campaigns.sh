@@ -6,17 +6,27 @@
 # made and recorded, nothing handed to a provider) with RATE (default: none) sends per
 # second. Reported: targeting (audience read, exclusion, governance, variant assignment, the
 # journey steps written) in recipients per second, from launch to the report's `completed`.
+# With CHANNEL=sms, the variants are SMS templates sent through the Twilio-style API to
+# `waymark bench sink` (a local HTTP stand-in answering 200), and delivery is reported too:
+# messages per second from launch until the sink has received every one sent.
 set -euo pipefail
 bin=$1 rounds=${2:-1}
 people=${PEOPLE:-100000}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 port=18086 url=http://127.0.0.1:18086
+channel=${CHANNEL:-log} sink=http://127.0.0.1:18087
 field() { grep -o "\"$1\":[^,}]*" | head -1 | cut -d: -f2 | tr -d '"'; }
 admin() { curl -sf -H "Authorization: Bearer adm" -H 'content-type: application/json' "$@"; }
 
 for round in $(seq 1 "$rounds"); do
   dir="$work/r$round"
+  if [ "$channel" = sms ]; then
+    "$bin" bench sink --listen 127.0.0.1:18087 >/dev/null 2>&1 &
+    sink_pid=$!
+    export WAYMARK_SMS__BASE_URL=$sink WAYMARK_SMS__ACCOUNT_SID=ACbench WAYMARK_SMS__AUTH_TOKEN=t \
+      WAYMARK_SMS__FROM=+15550000000
+  fi
   WAYMARK_WRITE_KEY=wk WAYMARK_ADMIN_TOKEN=adm "$bin" serve --listen 127.0.0.1:$port --data-dir "$dir" >/dev/null 2>"$dir.log" &
   pid=$!
   for _ in $(seq 1 100); do curl -sf $url/healthz >/dev/null && break; sleep 0.1; done
@@ -25,7 +35,8 @@ import json, sys, urllib.request, base64
 url, n = sys.argv[1], int(sys.argv[2])
 auth = "Basic " + base64.b64encode(b"wk:").decode()
 for start in range(0, n, 1000):
-    batch = [{"type": "identify", "userId": f"p{i}", "traits": {"email": f"p{i}@example.com"}}
+    batch = [{"type": "identify", "userId": f"p{i}",
+              "traits": {"email": f"p{i}@example.com", "phone": f"+1555{i:07d}"}}
              for i in range(start, min(n, start + 1000))]
     req = urllib.request.Request(url + "/v1/batch", json.dumps({"batch": batch}).encode(),
                                  {"content-type": "application/json", "authorization": auth})
@@ -35,8 +46,11 @@ PY
   { echo user_id; seq -f 'p%.0f' 0 $((people - 1)); } > "$work/list.csv"
   curl -sf -X POST -H "Authorization: Bearer adm" -H 'content-type: text/csv' \
     --data-binary @"$work/list.csv" "$url/v1/audiences/list/members?mode=add" >/dev/null
+  for v in a b; do
+    admin -X PUT --data "{\"channel\": \"sms\", \"text\": \"Sale $v: up to 50% off\"}" $url/v1/templates/sale-$v >/dev/null
+  done
   rate=${RATE:+, \"rate\": $RATE}
-  admin -X PUT --data "{\"key\": \"sale\", \"audience\": \"list\", \"channel\": \"log\", \"holdout\": 10,
+  admin -X PUT --data "{\"key\": \"sale\", \"audience\": \"list\", \"channel\": \"$channel\", \"holdout\": 10,
     \"variants\": [{\"key\": \"a\", \"template\": \"sale-a\"}, {\"key\": \"b\", \"template\": \"sale-b\"}]$rate}" \
     $url/v1/campaigns/sale >/dev/null
   start=$(date +%s.%N)
@@ -47,6 +61,13 @@ PY
     sleep 0.05
   done
   end=$(date +%s.%N)
+  if [ "$channel" = sms ]; then
+    sent=$(echo "$report" | python3 -c "import json,sys; print(sum(v['sent'] for v in json.load(sys.stdin)['variants']))")
+    while [ "$(curl -sf $sink/count | field count)" -lt "$sent" ]; do sleep 0.05; done
+    delivered=$(date +%s.%N)
+    echo "campaign round $round: $sent SMS delivered to the stand-in in $(python3 -c "print(round($delivered - $start, 2))") s from launch: $(python3 -c "print(round($sent / ($delivered - $start)))") messages/s"
+    kill $sink_pid
+  fi
   echo "campaign round $round: $(python3 -c "print(round($people / ($end - $start)))") recipients/s targeted and decided, $people people, $(python3 -c "print(round($end - $start, 2))") s; entered $(echo "$report" | field entered)"
   kill $pid; wait $pid 2>/dev/null || true
 done
