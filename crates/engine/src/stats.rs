@@ -223,6 +223,41 @@ pub fn count_marked_change(
     }
 }
 
+/// Node counters that are also kept per hour (a journey's time series): those that only
+/// count things happening. An erasure takes a person out of the totals, not out of the
+/// hours already counted.
+pub const SERIES: &[&str] = &[
+    "entered",
+    "held",
+    "suppressed",
+    "converted",
+    "revenue_cents",
+    "opened",
+    "clicked",
+    "delivered",
+    "undelivered",
+    "bounced",
+    "complained",
+];
+
+/// The counter changes of a transaction that go into the hour starting at `hour`: the
+/// increases of node counters named in [`SERIES`].
+pub fn series_counts(counts: &Counts) -> impl Iterator<Item = (&str, &str, &str, i64)> {
+    counts.iter().filter_map(|((journey, node, name), value)| {
+        (node != JOURNEY && *value > 0 && SERIES.contains(&name.as_str())).then_some((
+            journey.as_str(),
+            node.as_str(),
+            name.as_str(),
+            *value,
+        ))
+    })
+}
+
+/// The start of the hour `at` falls in.
+pub fn hour_of(at: waymark_core::time::Millis) -> waymark_core::time::Millis {
+    at - at.rem_euclid(3_600_000)
+}
+
 /// Counts a provider's report on a message the node sent (first report of its status for
 /// that message only: the caller records each (message, status) once).
 pub fn count_message_report(c: &mut Counts, journey: &str, node: &str, status: &str) {

@@ -367,6 +367,95 @@ pub struct CampaignReport {
     /// The winner selection, for a campaign that has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub winner: Option<WinnerReport>,
+    /// With `?series=hour`: what happened each hour, per group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub series: Option<Vec<SeriesRow>>,
+}
+
+/// One hour of one group (a variant or the holdout): what happened in it.
+#[derive(Debug, Default, Clone, Serialize, ToSchema)]
+pub struct SeriesRow {
+    /// The start of the hour (RFC 3339, UTC).
+    pub hour: String,
+    pub group: String,
+    pub assigned: u64,
+    pub held: u64,
+    pub suppressed: u64,
+    pub opened: u64,
+    pub clicked: u64,
+    pub delivered: u64,
+    pub undelivered: u64,
+    pub bounced: u64,
+    pub complained: u64,
+    pub converted: u64,
+    pub revenue: f64,
+}
+
+/// The campaign's hourly series, a row per hour and group in hour order.
+async fn campaign_series(state: &AppState, key: &str) -> Result<Vec<SeriesRow>, ApiError> {
+    let mut hours: std::collections::BTreeMap<Millis, Vec<(String, String, i64)>> =
+        Default::default();
+    for (hour, node, name, value) in state.store.journey_series(key).await? {
+        hours.entry(hour).or_default().push((node, name, value));
+    }
+    let mut rows = Vec::new();
+    for (hour, counters) in hours {
+        let counted = waymark_engine::stats::from_counters(
+            counters
+                .iter()
+                .map(|(n, c, v)| (n.as_str(), c.as_str(), *v)),
+        );
+        for (node, n) in counted.nodes {
+            let group = match node.strip_prefix("variant-") {
+                Some(variant) => variant.to_owned(),
+                None if node == HOLDOUT_NODE => node,
+                None => continue,
+            };
+            rows.push(SeriesRow {
+                hour: format_iso8601(hour),
+                group,
+                assigned: n.entered,
+                held: n.held,
+                suppressed: n.suppressed,
+                opened: n.opened,
+                clicked: n.clicked,
+                delivered: n.delivered,
+                undelivered: n.undelivered,
+                bounced: n.bounced,
+                complained: n.complained,
+                converted: n.converted,
+                revenue: n.revenue_cents as f64 / 100.0,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// The series as CSV: a header (the fields' names), then a row per hour and group.
+fn series_csv(rows: &[SeriesRow]) -> Vec<u8> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    for r in rows {
+        // Writing to memory cannot fail.
+        let _ = writer.serialize(r);
+    }
+    if rows.is_empty() {
+        let _ = writer.write_record([
+            "hour",
+            "group",
+            "assigned",
+            "held",
+            "suppressed",
+            "opened",
+            "clicked",
+            "delivered",
+            "undelivered",
+            "bounced",
+            "complained",
+            "converted",
+            "revenue",
+        ]);
+    }
+    writer.into_inner().unwrap_or_default()
 }
 
 /// Where a campaign's winner selection stands.
@@ -469,6 +558,8 @@ async fn winner_report(
 pub struct ReportQuery {
     /// `json` (default) or `csv`: a row per variant and the holdout.
     pub format: Option<String>,
+    /// `hour`: also the time series, a row per hour and group (as CSV: only the series).
+    pub series: Option<String>,
 }
 
 /// Targeted, excluded, and per variant and holdout: assigned, sent, held, suppressed,
@@ -485,14 +576,30 @@ pub async fn campaign_report(
     axum::extract::Query(q): axum::extract::Query<ReportQuery>,
 ) -> Result<axum::response::Response, ApiError> {
     state.keys.require_admin(&headers)?;
-    let report = build_report(&state, &key).await?;
+    let series = match q.series.as_deref() {
+        None => false,
+        Some("hour") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_series",
+                format!("series {other:?}: use hour"),
+            ));
+        }
+    };
+    let mut report = build_report(&state, &key).await?;
+    if series {
+        report.series = Some(campaign_series(&state, &key).await?);
+    }
     match q.format.as_deref() {
         None | Some("json") => Ok(axum::response::IntoResponse::into_response(axum::Json(
             report,
         ))),
         Some("csv") => Ok(axum::response::IntoResponse::into_response((
             [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-            report_csv(&report),
+            match &report.series {
+                Some(rows) => series_csv(rows),
+                None => report_csv(&report),
+            },
         ))),
         Some(other) => Err(ApiError::bad_request(
             "invalid_format",
@@ -622,6 +729,7 @@ async fn build_report(state: &AppState, key: &str) -> Result<CampaignReport, Api
         variants,
         holdout,
         winner,
+        series: None,
     })
 }
 

@@ -1089,6 +1089,14 @@ impl JourneyRunStore for PostgresStore {
         runs::journey_stats(&client, journey).await
     }
 
+    async fn journey_series(
+        &self,
+        journey: &str,
+    ) -> Result<Vec<(Millis, String, String, i64)>, StoreError> {
+        let client = self.client().await?;
+        runs::journey_series(&client, journey).await
+    }
+
     async fn journey_winners(
         &self,
         journey: &str,

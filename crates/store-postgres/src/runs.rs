@@ -126,6 +126,57 @@ async fn add_counts(client: &impl GenericClient, counts: &Counts) -> Result<(), 
     Ok(())
 }
 
+/// Adds the counter changes of a transaction at `now` to the hourly series too (sharded
+/// like the totals).
+async fn add_counts_at(
+    client: &impl GenericClient,
+    counts: &Counts,
+    now: Millis,
+) -> Result<(), Abort> {
+    add_counts(client, counts).await?;
+    let (mut journeys, mut nodes, mut names, mut values) = (vec![], vec![], vec![], vec![]);
+    for (journey, node, name, value) in waymark_engine::stats::series_counts(counts) {
+        journeys.push(journey);
+        nodes.push(node);
+        names.push(name);
+        values.push(value);
+    }
+    if journeys.is_empty() {
+        return Ok(());
+    }
+    let shard =
+        (NEXT_SHARD.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % COUNTER_SHARDS) as i16;
+    let hour = waymark_engine::stats::hour_of(now);
+    client
+        .execute(
+            "INSERT INTO journey_counter_hours (journey_key, node, name, hour, shard, value)
+             SELECT j, n, c, $5, $6, v FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS q(j, n, c, v)
+             ON CONFLICT (journey_key, node, name, hour, shard) DO UPDATE SET value = journey_counter_hours.value + excluded.value",
+            &[&journeys, &nodes, &names, &values, &hour, &shard],
+        )
+        .await?;
+    Ok(())
+}
+
+/// A journey's hourly series: (hour, node, counter, value), in hour order.
+pub async fn journey_series(
+    client: &impl GenericClient,
+    journey: &str,
+) -> Result<Vec<(Millis, String, String, i64)>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT hour, node, name, sum(value)::bigint FROM journey_counter_hours WHERE journey_key = $1
+             GROUP BY hour, node, name ORDER BY hour, node, name",
+            &[&journey],
+        )
+        .await
+        .map_err(db_error)?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect())
+}
+
 fn states_of(rows: Vec<tokio_postgres::Row>) -> Result<Vec<(String, JourneyState)>, Abort> {
     rows.into_iter()
         .map(|r| {
@@ -400,7 +451,7 @@ impl<C: GenericClient> RunTx for Run<'_, C> {
                 )
                 .await?;
         }
-        add_counts(client, &planned.counts).await
+        add_counts_at(client, &planned.counts, now).await
     }
 
     async fn add_counts(&self, counts: &Counts) -> Result<(), Abort> {
@@ -755,10 +806,12 @@ pub async fn record_message_event(
     };
     if first {
         let counts = pipeline::message_report_counts(&item, &event.status);
-        add_counts(client, &counts).await.map_err(|e| match e {
-            Abort::Fail(e) => e,
-            Abort::Retry(why) => StoreError::Unavailable(why.into()),
-        })?;
+        add_counts_at(client, &counts, event.at)
+            .await
+            .map_err(|e| match e {
+                Abort::Fail(e) => e,
+                Abort::Retry(why) => StoreError::Unavailable(why.into()),
+            })?;
     }
     Ok(Some(item))
 }

@@ -277,6 +277,20 @@ const MIGRATIONS: &[(i32, &str)] = &[
              PRIMARY KEY (journey_key, node)
          );",
     ),
+    // Node counters per hour (a journey's and a campaign's time series): only increases of
+    // counters that count things happening (`waymark_engine::stats::SERIES`).
+    (
+        19,
+        "CREATE TABLE journey_counter_hours (
+             journey_key TEXT NOT NULL,
+             node TEXT NOT NULL,
+             name TEXT NOT NULL,
+             hour BIGINT NOT NULL,
+             shard SMALLINT NOT NULL,
+             value BIGINT NOT NULL,
+             PRIMARY KEY (journey_key, node, name, hour, shard)
+         );",
+    ),
 ];
 
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {

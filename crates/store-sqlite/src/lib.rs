@@ -742,6 +742,15 @@ impl JourneyRunStore for SqliteStore {
             .await
     }
 
+    async fn journey_series(
+        &self,
+        journey: &str,
+    ) -> Result<Vec<(Millis, String, String, i64)>, StoreError> {
+        let journey = journey.to_owned();
+        self.read(move |conn| runs::journey_series(conn, &journey))
+            .await
+    }
+
     async fn journey_winners(
         &self,
         journey: &str,

@@ -110,6 +110,38 @@ fn states_where(
         .collect()
 }
 
+/// Adds the counter changes of a transaction at `now` to the hourly series too.
+fn add_counts_at(tx: &Transaction<'_>, counts: &Counts, now: Millis) -> Result<(), StoreError> {
+    add_counts(tx, counts)?;
+    let hour = waymark_engine::stats::hour_of(now);
+    let mut add = tx
+        .prepare_cached(
+            "INSERT INTO journey_counter_hours (journey_key, node, name, hour, value) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (journey_key, node, name, hour) DO UPDATE SET value = value + excluded.value",
+        )
+        .map_err(unavailable)?;
+    for (journey, node, name, value) in waymark_engine::stats::series_counts(counts) {
+        add.execute(params![journey, node, name, hour, value])
+            .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+/// A journey's hourly series: (hour, node, counter, value), in hour order.
+pub fn journey_series(
+    conn: &Connection,
+    journey: &str,
+) -> Result<Vec<(Millis, String, String, i64)>, StoreError> {
+    conn.prepare_cached(
+        "SELECT hour, node, name, value FROM journey_counter_hours WHERE journey_key = ?1 ORDER BY hour, node, name",
+    )
+    .and_then(|mut s| {
+        s.query_map([journey], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()
+    })
+    .map_err(unavailable)
+}
+
 fn add_counts(tx: &Transaction<'_>, counts: &Counts) -> Result<(), StoreError> {
     let mut add = tx
         .prepare_cached(
@@ -365,7 +397,7 @@ impl RunTx for Run<'_, '_> {
             rate.execute(params![key, r.window, r.used])
                 .map_err(unavailable)?;
         }
-        add_counts(tx, &planned.counts)
+        add_counts_at(tx, &planned.counts, now)
     }
 
     async fn add_counts(&self, counts: &Counts) -> Result<(), StoreError> {
@@ -794,7 +826,8 @@ pub fn record_message_event(
         .map_err(unavailable)?
         == 1;
     if first {
-        add_counts(tx, &pipeline::message_report_counts(&item, &event.status))?;
+        let counts = pipeline::message_report_counts(&item, &event.status);
+        add_counts_at(tx, &counts, event.at)?;
     }
     Ok(Some(item))
 }

@@ -278,6 +278,19 @@ const MIGRATIONS: &[(i64, &str)] = &[
              PRIMARY KEY (journey_key, node)
          ) WITHOUT ROWID;",
     ),
+    // Node counters per hour (a journey's and a campaign's time series): only increases of
+    // counters that count things happening (`waymark_engine::stats::SERIES`).
+    (
+        18,
+        "CREATE TABLE journey_counter_hours (
+             journey_key TEXT NOT NULL,
+             node TEXT NOT NULL,
+             name TEXT NOT NULL,
+             hour INTEGER NOT NULL,
+             value INTEGER NOT NULL,
+             PRIMARY KEY (journey_key, node, name, hour)
+         ) WITHOUT ROWID;",
+    ),
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

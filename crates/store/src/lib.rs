@@ -813,6 +813,13 @@ pub trait JourneyRunStore: Send + Sync {
     /// The decisions of the journey's winner nodes.
     async fn journey_winners(&self, journey: &str) -> Result<Vec<WinnerRecord>, StoreError>;
 
+    /// The journey's node counters per hour (`waymark_engine::stats::SERIES`), as (start
+    /// of the hour, node, counter, value), in hour order.
+    async fn journey_series(
+        &self,
+        journey: &str,
+    ) -> Result<Vec<(Millis, String, String, i64)>, StoreError>;
+
     /// Effects recorded for the person (messages, webhooks, ...), with what became of each
     /// delivery: the newest [`MAX_PROFILE_OUTBOX`], oldest first, so a person with a long
     /// history cannot make every read of it (the inbox reads it per request) unbounded.

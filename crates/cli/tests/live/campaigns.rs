@@ -35,6 +35,17 @@ async fn one_email_each(smtp: &SmtpSink, count: u64) -> BTreeMap<String, String>
     subjects
 }
 
+/// A GET with the admin token, as status and text.
+async fn get_text(c: &reqwest::Client, base: &str, path: &str) -> (u16, String) {
+    let r = c
+        .get(format!("{base}{path}"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("get");
+    (r.status().as_u16(), r.text().await.expect("text"))
+}
+
 /// The campaign's report, once `until` holds of it (checked every 50 ms, for up to `within`).
 async fn report_once(
     c: &reqwest::Client,
@@ -197,6 +208,34 @@ async fn a_campaign_sends_each_variant_and_holds_out_the_rest() {
         let p = v["chance_to_beat_holdout"].as_f64().expect("chance");
         assert!((0.0..=1.0).contains(&p), "{report}");
     }
+    // The hourly series adds up to the totals, per group.
+    let (_, with_series) = get(&c, base, ADMIN, "/v1/campaigns/sale/report?series=hour").await;
+    let rows = with_series["series"].as_array().expect("series").clone();
+    for g in report["variants"]
+        .as_array()
+        .expect("variants")
+        .iter()
+        .chain([&report["holdout"]])
+    {
+        let key = g["key"].as_str().expect("key");
+        for counter in ["assigned", "converted"] {
+            let summed: u64 = rows
+                .iter()
+                .filter(|r| r["group"] == key)
+                .map(|r| r[counter].as_u64().expect("count"))
+                .sum();
+            assert_eq!(
+                Some(summed),
+                g[counter].as_u64(),
+                "{key} {counter}: {rows:?}"
+            );
+        }
+    }
+    let (status, csv) =
+        get_text(&c, base, "/v1/campaigns/sale/report?series=hour&format=csv").await;
+    assert_eq!(status, 200);
+    assert!(csv.starts_with("hour,group,assigned,"), "{csv}");
+    assert_eq!(csv.lines().count(), rows.len() + 1, "{csv}");
 
     // Providers' reports come back per message (by Message-ID), counted per variant, each
     // status once per message however often it is reported.

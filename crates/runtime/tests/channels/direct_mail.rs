@@ -104,7 +104,9 @@ async fn files_split_at_max_rows_and_repeated_rows_are_left_out() {
     // Each file is complete (renamed) as soon as it holds two rows.
     assert_eq!(files.len(), 2, "{files:?}");
     assert!(
-        files.iter().all(|f| f.extension().is_some_and(|e| e == "csv")),
+        files
+            .iter()
+            .all(|f| f.extension().is_some_and(|e| e == "csv")),
         "{files:?}"
     );
     let complete = std::fs::read_to_string(&files[0]).expect("file");

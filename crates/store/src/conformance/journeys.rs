@@ -553,6 +553,32 @@ pub async fn a_winner_node_sends_the_rest_the_best_path_once(b: &impl Backend) {
         let path = split_path(&s, p, "ab", "pick").await.expect("winner step");
         assert_eq!(path["winner"], "b", "{p}");
     }
+    // The hourly series says when: the test's entries and conversions in the hour they
+    // ran, the rest's sends in the hour of the winner's time.
+    let series = s.journey_series("ab").await.expect("series");
+    let at_b = |hour, name: &str| {
+        series
+            .iter()
+            .filter(|(h, node, n, _)| *h == hour && node == "b" && n == name)
+            .map(|(_, _, _, v)| *v)
+            .sum::<i64>()
+    };
+    let first_hour = now - now.rem_euclid(3_600_000);
+    assert_eq!(
+        at_b(first_hour, "entered"),
+        tested_b.len() as i64,
+        "{series:?}"
+    );
+    assert_eq!(
+        at_b(first_hour, "converted"),
+        tested_b.len() as i64,
+        "{series:?}"
+    );
+    assert_eq!(
+        at_b(at - at.rem_euclid(3_600_000), "entered"),
+        rest.len() as i64,
+        "{series:?}"
+    );
 
     // The decision is kept: a reopened store (nothing cached) sends a newcomer the same
     // way, though a's orders now outnumber b's.
