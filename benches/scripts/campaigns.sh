@@ -66,6 +66,16 @@ PY
     while [ "$(curl -sf $sink/count | field count)" -lt "$sent" ]; do sleep 0.05; done
     delivered=$(date +%s.%N)
     echo "campaign round $round: $sent SMS delivered to the stand-in in $(python3 -c "print(round($delivered - $start, 2))") s from launch: $(python3 -c "print(round($sent / ($delivered - $start)))") messages/s"
+    if [ -n "${RATE:-}" ]; then
+      # Every whole second at the stand-in between the first and the last (both partial).
+      curl -sf $sink/count | python3 -c "
+import json, sys
+rate = $RATE
+seconds = [n for _, n in json.load(sys.stdin)['per_second']][1:-1]
+worst = max(abs(n - rate) / rate for n in seconds) if seconds else 0
+print(f'  rate {rate}/s: {len(seconds)} whole seconds at the stand-in, min {min(seconds, default=0)}, max {max(seconds, default=0)}, worst {worst:.1%} off')
+print('  per second:', ' '.join(map(str, seconds)))"
+    fi
     kill $sink_pid
   fi
   echo "campaign round $round: $(python3 -c "print(round($people / ($end - $start)))") recipients/s targeted and decided, $people people, $(python3 -c "print(round($end - $start, 2))") s; entered $(echo "$report" | field entered)"

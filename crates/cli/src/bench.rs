@@ -27,7 +27,7 @@ enum Target {
     /// Read profiles written by an earlier `bench ingest` run.
     Profiles(ProfilesArgs),
     /// A local HTTP sink for webhook benchmarks: answers every POST with 200 `{}` and
-    /// reports how many it received at `GET /count`.
+    /// reports how many it received at `GET /count` (in total and per second).
     Sink {
         #[arg(long, default_value = "127.0.0.1:9900")]
         listen: String,
@@ -359,9 +359,15 @@ async fn sink(listen: &str) -> Result<(), String> {
     struct Seen {
         count: AtomicU64,
         latency_us: std::sync::Mutex<Histogram<u64>>,
+        /// Calls per second of wall clock (pacing), by the second's start in ms.
+        per_second: std::sync::Mutex<std::collections::BTreeMap<i64, u64>>,
+        /// The distinct `To` of form-encoded calls (SMS APIs): repeats show as calls over it.
+        recipients: std::sync::Mutex<std::collections::HashSet<String>>,
     }
     let seen = Arc::new(Seen {
         count: AtomicU64::new(0),
+        per_second: std::sync::Mutex::default(),
+        recipients: std::sync::Mutex::default(),
         latency_us: std::sync::Mutex::new(
             Histogram::new_with_bounds(1, 600_000_000, 3).map_err(|e| e.to_string())?,
         ),
@@ -374,6 +380,16 @@ async fn sink(listen: &str) -> Result<(), String> {
                 let hits = hits.clone();
                 async move {
                     hits.count.fetch_add(1, Ordering::Relaxed);
+                    let now = waymark_store::wall_clock_ms();
+                    if let Ok(mut seconds) = hits.per_second.lock() {
+                        *seconds.entry(now - now.rem_euclid(1000)).or_default() += 1;
+                    }
+                    let to = url::form_urlencoded::parse(&body)
+                        .find(|(k, _)| k == "To")
+                        .map(|(_, v)| v.into_owned());
+                    if let (Some(to), Ok(mut seen)) = (to, hits.recipients.lock()) {
+                        seen.insert(to);
+                    }
                     let sent = serde_json::from_slice::<Value>(&body)
                         .ok()
                         .and_then(|b| b["sent_at_ms"].as_i64());
@@ -396,7 +412,14 @@ async fn sink(listen: &str) -> Result<(), String> {
                         let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
                         json!({"samples": h.len(), "p50_ms": ms(0.5), "p99_ms": ms(0.99), "max_ms": h.max() as f64 / 1000.0})
                     });
-                    axum::Json(json!({"count": seen.count.load(Ordering::Relaxed), "event_to_call": latency}))
+                    let per_second: Vec<(i64, u64)> = seen
+                        .per_second
+                        .lock()
+                        .map(|s| s.iter().map(|(k, v)| (*k, *v)).collect())
+                        .unwrap_or_default();
+                    let recipients = seen.recipients.lock().map(|r| r.len()).unwrap_or(0);
+                    axum::Json(json!({"count": seen.count.load(Ordering::Relaxed), "recipients": recipients,
+                        "event_to_call": latency, "per_second": per_second}))
                 }
             }),
         );

@@ -856,7 +856,7 @@ pub async fn proof_campaign(
         let address = waymark_core::governance::suppression_address(channel, raw)
             .and_then(|a| match channel {
                 "email" => a
-                    .parse::<lettre::Address>()
+                    .parse::<email_address::EmailAddress>()
                     .map(|_| a)
                     .map_err(|e| format!("{raw:?} is not an email address: {e}")),
                 _ => Ok(a),
