@@ -9,6 +9,11 @@
 # With CHANNEL=sms, the variants are SMS templates sent through the Twilio-style API to
 # `waymark bench sink` (a local HTTP stand-in answering 200), and delivery is reported too:
 # messages per second from launch until the sink has received every one sent.
+# With KILL_AFTER=N (sms), the server is killed with SIGKILL once the stand-in has N
+# messages, started again on the same data, and the run goes on: reported are the distinct
+# recipients at the stand-in (everyone sent to, once: nobody skipped) and the repeats (calls
+# in flight at the kill, sent again with the same message id), and the peak memory (VmHWM)
+# of each server process.
 set -euo pipefail
 bin=$1 rounds=${2:-1}
 people=${PEOPLE:-100000}
@@ -27,9 +32,13 @@ for round in $(seq 1 "$rounds"); do
     export WAYMARK_SMS__BASE_URL=$sink WAYMARK_SMS__ACCOUNT_SID=ACbench WAYMARK_SMS__AUTH_TOKEN=t \
       WAYMARK_SMS__FROM=+15550000000
   fi
-  WAYMARK_WRITE_KEY=wk WAYMARK_ADMIN_TOKEN=adm "$bin" serve --listen 127.0.0.1:$port --data-dir "$dir" >/dev/null 2>"$dir.log" &
-  pid=$!
-  for _ in $(seq 1 100); do curl -sf $url/healthz >/dev/null && break; sleep 0.1; done
+  serve() {
+    WAYMARK_WRITE_KEY=wk WAYMARK_ADMIN_TOKEN=adm "$bin" serve --listen 127.0.0.1:$port --data-dir "$dir" >/dev/null 2>>"$dir.log" &
+    pid=$!
+    for _ in $(seq 1 300); do curl -sf $url/healthz >/dev/null && break; sleep 0.1; done
+  }
+  peak() { grep VmHWM /proc/$pid/status | awk '{print int($2/1024) " MB"}'; }
+  serve
   python3 - "$url" "$people" <<'PY'
 import json, sys, urllib.request, base64
 url, n = sys.argv[1], int(sys.argv[2])
@@ -55,6 +64,12 @@ PY
     $url/v1/campaigns/sale >/dev/null
   start=$(date +%s.%N)
   admin -X POST $url/v1/campaigns/sale/launch >/dev/null
+  if [ -n "${KILL_AFTER:-}" ]; then
+    while [ "$(curl -sf $sink/count | field count)" -lt "$KILL_AFTER" ]; do sleep 0.02; done
+    echo "  killed (SIGKILL) with $(curl -sf $sink/count | field count) at the stand-in; peak memory $(peak)"
+    kill -9 $pid; wait $pid 2>/dev/null || true
+    serve
+  fi
   while :; do
     report=$(admin $url/v1/campaigns/sale/report)
     [ "$(echo "$report" | field status)" = completed ] && break
@@ -63,8 +78,11 @@ PY
   end=$(date +%s.%N)
   if [ "$channel" = sms ]; then
     sent=$(echo "$report" | python3 -c "import json,sys; print(sum(v['sent'] for v in json.load(sys.stdin)['variants']))")
-    while [ "$(curl -sf $sink/count | field count)" -lt "$sent" ]; do sleep 0.05; done
+    while [ "$(curl -sf $sink/count | field recipients)" -lt "$sent" ]; do sleep 0.05; done
     delivered=$(date +%s.%N)
+    sleep 1 # a repeat still on its way
+    calls=$(curl -sf $sink/count | field count) recipients=$(curl -sf $sink/count | field recipients)
+    echo "  at the stand-in: $calls calls, $recipients distinct recipients of $sent sent ($((calls - recipients)) repeats); peak memory $(peak)"
     echo "campaign round $round: $sent SMS delivered to the stand-in in $(python3 -c "print(round($delivered - $start, 2))") s from launch: $(python3 -c "print(round($sent / ($delivered - $start)))") messages/s"
     if [ -n "${RATE:-}" ]; then
       # Every whole second at the stand-in between the first and the last (both partial).
@@ -78,6 +96,6 @@ print('  per second:', ' '.join(map(str, seconds)))"
     fi
     kill $sink_pid
   fi
-  echo "campaign round $round: $(python3 -c "print(round($people / ($end - $start)))") recipients/s targeted and decided, $people people, $(python3 -c "print(round($end - $start, 2))") s; entered $(echo "$report" | field entered)"
+  echo "campaign round $round: $(python3 -c "print(round($people / ($end - $start)))") recipients/s targeted and decided, $people people, $(python3 -c "print(round($end - $start, 2))") s; entered $(echo "$report" | field entered); server peak memory $(peak)"
   kill $pid; wait $pid 2>/dev/null || true
 done

@@ -300,6 +300,19 @@ impl Campaign {
         self.to_journey_launched(None)
     }
 
+    /// The people read per second for `rate` sends per second: the holdout (and, with a
+    /// winner, the rest, sent at the winner's time) take part of each second's reading
+    /// without a send, so more are read to keep the sends at `rate`.
+    pub fn entry_rate(&self) -> Option<u32> {
+        let rate = u64::from(self.rate?);
+        let sent: u64 = self.shares().iter().map(|(_, _, p)| u64::from(*p)).sum();
+        if sent == 0 {
+            return self.rate;
+        }
+        let people = (rate * 100).div_ceil(sent.min(100));
+        Some(u32::try_from(people).unwrap_or(u32::MAX))
+    }
+
     /// When the winner's test ends: `winner.after` from `send_at`, else from the launch
     /// (before a launch, from the epoch: a placeholder the launch replaces).
     pub fn winner_at(&self, launched_at: Option<Millis>) -> Option<Millis> {
@@ -412,7 +425,7 @@ impl Campaign {
             properties: Properties {
                 reentry: self.reentry.clone(),
                 start_at: self.send_at.clone(),
-                entry_rate_limit: self.rate,
+                entry_rate_limit: self.entry_rate(),
                 conversion: self.conversion.clone(),
                 timezone: self.local_time.as_ref().map(|_| "profile".to_owned()),
                 fallback_timezone: self.fallback_timezone.clone(),

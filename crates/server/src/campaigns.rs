@@ -936,3 +936,53 @@ pub async fn proof_campaign(
         axum::Json(ProofsQueued { proofs }),
     ))
 }
+
+/// Every campaign's per-variant counts in Prometheus text format, for `/metrics`: what
+/// became of each group's messages, its conversions and revenue. Read from the counters at
+/// each scrape (the keys of campaigns and variants need no escaping).
+pub async fn metrics_text(state: &AppState) -> Result<String, ApiError> {
+    use std::fmt::Write;
+    let mut messages = String::new();
+    let mut revenue = String::new();
+    for record in state.store.journeys().await? {
+        if record.draft.get("campaign").is_none() {
+            continue;
+        }
+        let report = build_report(state, &record.key).await?;
+        for g in report.variants.iter().chain(&report.holdout) {
+            let labels = format!("campaign=\"{}\",variant=\"{}\"", report.key, g.key);
+            for (what, n) in [
+                ("assigned", g.assigned),
+                ("sent", g.sent),
+                ("held", g.held),
+                ("suppressed", g.suppressed),
+                ("delivered", g.delivered),
+                ("undelivered", g.undelivered),
+                ("bounced", g.bounced),
+                ("complained", g.complained),
+                ("opened", g.opened),
+                ("clicked", g.clicked),
+                ("converted", g.converted),
+            ] {
+                let _ = writeln!(
+                    messages,
+                    "waymark_campaign_messages_total{{{labels},what=\"{what}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                revenue,
+                "waymark_campaign_revenue_total{{{labels}}} {}",
+                g.revenue
+            );
+        }
+    }
+    if messages.is_empty() {
+        return Ok(messages);
+    }
+    Ok(format!(
+        "# HELP waymark_campaign_messages_total A campaign's people and messages per variant (and the holdout), by what became of them.\n\
+         # TYPE waymark_campaign_messages_total counter\n{messages}\
+         # HELP waymark_campaign_revenue_total Revenue of a campaign's conversions per variant.\n\
+         # TYPE waymark_campaign_revenue_total counter\n{revenue}"
+    ))
+}

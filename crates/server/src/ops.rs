@@ -85,11 +85,15 @@ pub async fn metrics(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     state.keys.require_admin(&headers)?;
-    let body = METRICS
+    let mut body = METRICS
         .get()
         .and_then(Option::as_ref)
         .map(PrometheusHandle::render)
         .unwrap_or_default();
+    if !body.is_empty() && !body.ends_with('\n') {
+        body.push('\n');
+    }
+    body.push_str(&crate::campaigns::metrics_text(&state).await?);
     Ok(([("content-type", "text/plain; version=0.0.4")], body).into_response())
 }
 

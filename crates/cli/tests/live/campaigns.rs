@@ -231,6 +231,23 @@ async fn a_campaign_sends_each_variant_and_holds_out_the_rest() {
             );
         }
     }
+    // The same counts on /metrics, per campaign and variant.
+    let (_, metrics) = get_text(&c, base, "/metrics").await;
+    for g in report["variants"]
+        .as_array()
+        .expect("variants")
+        .iter()
+        .chain([&report["holdout"]])
+    {
+        let key = g["key"].as_str().expect("key");
+        for what in ["assigned", "sent", "converted"] {
+            let line = format!(
+                "waymark_campaign_messages_total{{campaign=\"sale\",variant=\"{key}\",what=\"{what}\"}} {}",
+                g[what]
+            );
+            assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+        }
+    }
     let (status, csv) =
         get_text(&c, base, "/v1/campaigns/sale/report?series=hour&format=csv").await;
     assert_eq!(status, 200);
