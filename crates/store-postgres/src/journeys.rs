@@ -156,9 +156,7 @@ pub async fn change_status(
                 )
                 .await
                 .map_err(db_error)?;
-            if next == Status::Stopped {
-                crate::runs::stop_journey(client, key, now).await?;
-            }
+            crate::runs::follow_status(client, key, record.status, next, now).await?;
             Ok(read(client, key, false).await?.map(Transition::Done))
         }
     }

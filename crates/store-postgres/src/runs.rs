@@ -83,12 +83,15 @@ pub async fn erase(client: &impl GenericClient, profile_id: &str) -> Result<(), 
 }
 
 /// Stop: every active instance of the journey ends now, and its timers go.
-pub async fn stop_journey(
+/// See `pipeline::follow_status`.
+pub async fn follow_status(
     client: &impl GenericClient,
     journey: &str,
+    before: waymark_core::journey::lifecycle::Status,
+    after: waymark_core::journey::lifecycle::Status,
     now: Millis,
 ) -> Result<(), StoreError> {
-    Ok(pipeline::stop_journey(&Run(client), journey, now).await?)
+    Ok(pipeline::follow_status(&Run(client), journey, before, after, now).await?)
 }
 
 /// Migration 6: counters for the states that exist, and the live versions' rate limits.
@@ -637,6 +640,32 @@ impl<C: GenericClient> RunTx for Run<'_, C> {
         now: Millis,
     ) -> Result<bool, Abort> {
         Ok(crate::winners::save(self.0, journey, node, decision, now).await?)
+    }
+
+    async fn hold_outbox(&self, journey: &str, hold: bool) -> Result<u64, Abort> {
+        let sql = if hold {
+            "UPDATE journey_outbox SET next_attempt_at = next_attempt_at + $2
+             WHERE journey_key = $1 AND status = 'pending' AND next_attempt_at < $2"
+        } else {
+            "UPDATE journey_outbox SET next_attempt_at = next_attempt_at - $2
+             WHERE journey_key = $1 AND status = 'pending' AND next_attempt_at >= $2"
+        };
+        Ok(self
+            .0
+            .execute(sql, &[&journey, &pipeline::HELD_OFFSET])
+            .await?)
+    }
+
+    async fn cancel_messages(&self, journey: &str, why: &str, now: Millis) -> Result<u64, Abort> {
+        Ok(self
+            .0
+            .execute(
+                "UPDATE journey_outbox SET status = 'failed', last_error = $2, finished_at = $3
+                 WHERE journey_key = $1 AND status = 'pending' AND kind = 'message'
+                   AND (leased_until IS NULL OR leased_until <= $3)",
+                &[&journey, &why, &now],
+            )
+            .await?)
     }
 
     async fn due_journey_read(&self, now: Millis) -> Result<Option<JourneyRead>, Abort> {

@@ -135,9 +135,7 @@ pub fn change_status(
                 params![key, next.as_str(), now],
             )
             .map_err(unavailable)?;
-            if next == Status::Stopped {
-                crate::runs::stop_journey(tx, key, now)?;
-            }
+            crate::runs::follow_status(tx, key, record.status, next, now)?;
             Ok(read(tx, key)?.map(Transition::Done))
         }
     }

@@ -84,8 +84,21 @@ pub fn erase(tx: &Transaction<'_>, profile_id: &str) -> Result<(), StoreError> {
     run_now(pipeline::erase(&Run(tx), profile_id))
 }
 
-pub fn stop_journey(tx: &Transaction<'_>, journey: &str, now: Millis) -> Result<(), StoreError> {
-    run_now(pipeline::stop_journey(&Run(tx), journey, now))
+/// See `pipeline::follow_status`.
+pub fn follow_status(
+    tx: &Transaction<'_>,
+    journey: &str,
+    before: waymark_core::journey::lifecycle::Status,
+    after: waymark_core::journey::lifecycle::Status,
+    now: Millis,
+) -> Result<(), StoreError> {
+    run_now(pipeline::follow_status(
+        &Run(tx),
+        journey,
+        before,
+        after,
+        now,
+    ))
 }
 
 /// Migration 6: counters for the states that exist, and the live versions' rate limits.
@@ -611,6 +624,41 @@ impl RunTx for Run<'_, '_> {
         now: Millis,
     ) -> Result<bool, StoreError> {
         crate::winners::save(self.0, journey, node, decision, now)
+    }
+
+    async fn hold_outbox(&self, journey: &str, hold: bool) -> Result<u64, StoreError> {
+        let sql = if hold {
+            "UPDATE journey_outbox SET next_attempt_at = next_attempt_at + ?2
+             WHERE journey_key = ?1 AND status = 'pending' AND next_attempt_at < ?2"
+        } else {
+            "UPDATE journey_outbox SET next_attempt_at = next_attempt_at - ?2
+             WHERE journey_key = ?1 AND status = 'pending' AND next_attempt_at >= ?2"
+        };
+        let n = self
+            .0
+            .execute(sql, params![journey, pipeline::HELD_OFFSET])
+            .map_err(unavailable)?;
+        Ok(n as u64)
+    }
+
+    async fn cancel_messages(
+        &self,
+        journey: &str,
+        why: &str,
+        now: Millis,
+    ) -> Result<u64, StoreError> {
+        // Leases live in the store's memory here, not in this transaction: a message under
+        // delivery at the stop is failed too, and its outcome, when it comes, finds the row
+        // no longer pending and is dropped.
+        let n = self
+            .0
+            .execute(
+                "UPDATE journey_outbox SET status = 'failed', last_error = ?2, finished_at = ?3
+                 WHERE journey_key = ?1 AND status = 'pending' AND kind = 'message'",
+                params![journey, why, now],
+            )
+            .map_err(unavailable)?;
+        Ok(n as u64)
     }
 
     async fn due_journey_read(&self, now: Millis) -> Result<Option<JourneyRead>, StoreError> {

@@ -35,6 +35,33 @@ async fn one_email_each(smtp: &SmtpSink, count: u64) -> BTreeMap<String, String>
     subjects
 }
 
+/// `count` people (`<prefix>0`, `<prefix>1`, ...) identified with the traits `traits(n)`
+/// gives, all on a new uploaded list `list`.
+async fn people_on_a_list(
+    c: &reqwest::Client,
+    base: &str,
+    list: &str,
+    prefix: &str,
+    count: usize,
+    traits: impl Fn(usize) -> Value,
+) {
+    let batch: Vec<Value> = (0..count)
+        .map(|n| json!({"type": "identify", "userId": format!("{prefix}{n}"), "traits": traits(n)}))
+        .collect();
+    send_batch(c, base, WRITE_KEY, &Value::Array(batch))
+        .await
+        .expect("ingest");
+    put_document(
+        c,
+        base,
+        &format!("/v1/audiences/{list}"),
+        &json!({"key": list, "refresh": "upload"}),
+    )
+    .await;
+    let everyone: Vec<String> = (0..count).map(|n| format!("{prefix}{n}")).collect();
+    upload_list(c, base, list, &everyone).await;
+}
+
 /// A GET with the admin token, as status and text.
 async fn get_text(c: &reqwest::Client, base: &str, path: &str) -> (u16, String) {
     let r = c
@@ -72,23 +99,22 @@ async fn a_campaign_sends_each_variant_and_holds_out_the_rest() {
     let (smtp, server) = email_server(dir.path(), &[("WAYMARK_EMAIL__FROM", "hello@example.com")]);
     let c = client();
     let base = &server.base;
-    let batch: Vec<Value> = (0..PEOPLE)
-        .map(|n| json!({"type": "identify", "userId": format!("c{n}"), "traits": {"email": format!("c{n}@example.com")}}))
-        .collect();
-    send_batch(&c, base, WRITE_KEY, &Value::Array(batch))
-        .await
-        .expect("ingest");
-    for key in ["list", "opted-out"] {
-        put_document(
-            &c,
-            base,
-            &format!("/v1/audiences/{key}"),
-            &json!({"key": key, "refresh": "upload"}),
-        )
-        .await;
-    }
-    let everyone: Vec<String> = (0..PEOPLE).map(|n| format!("c{n}")).collect();
-    upload_list(&c, base, "list", &everyone).await;
+    people_on_a_list(
+        &c,
+        base,
+        "list",
+        "c",
+        PEOPLE,
+        |n| json!({"email": format!("c{n}@example.com")}),
+    )
+    .await;
+    put_document(
+        &c,
+        base,
+        "/v1/audiences/opted-out",
+        &json!({"key": "opted-out", "refresh": "upload"}),
+    )
+    .await;
     upload_list(&c, base, "opted-out", &["c7".to_owned()]).await;
     for variant in ["a", "b"] {
         let template = json!({"channel": "email", "subject": format!("Sale {variant}"), "text": "Up to 50% off"});
@@ -308,21 +334,15 @@ async fn a_campaign_tests_two_variants_then_sends_the_rest_the_one_clicked_more(
     let (smtp, server) = tracked_email_server(dir.path());
     let c = client();
     let base = &server.base;
-    let batch: Vec<Value> = (0..EVERYONE)
-        .map(|n| json!({"type": "identify", "userId": format!("w{n}"), "traits": {"email": format!("w{n}@example.com")}}))
-        .collect();
-    send_batch(&c, base, WRITE_KEY, &Value::Array(batch))
-        .await
-        .expect("ingest");
-    put_document(
+    people_on_a_list(
         &c,
         base,
-        "/v1/audiences/everyone",
-        &json!({"key": "everyone", "refresh": "upload"}),
+        "everyone",
+        "w",
+        EVERYONE,
+        |n| json!({"email": format!("w{n}@example.com")}),
     )
     .await;
-    let everyone: Vec<String> = (0..EVERYONE).map(|n| format!("w{n}")).collect();
-    upload_list(&c, base, "everyone", &everyone).await;
     for variant in ["a", "b"] {
         let template = json!({"channel": "email", "subject": format!("Pick {variant}"),
             "html": format!("<p><a href=\"https://shop.example.com/{variant}\">Shop</a></p>"), "text": "Shop"});
@@ -592,4 +612,83 @@ async fn proofs_of_each_variant_reach_the_seed_list_and_count_nowhere() {
         4,
         "nothing more sent"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_campaign_stops_sending_within_a_second_and_resumes_where_it_stopped() {
+    const PEOPLE: usize = 150;
+    let (provider, arrivals) = timed_twilio().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The SMS channel takes 20 a second: the campaign's messages queue up behind it.
+    let server = throttled_sms_server(&dir.path().join("data"), &provider, None, "1h");
+    let c = client();
+    let base = &server.base;
+    people_on_a_list(
+        &c,
+        base,
+        "texters",
+        "s",
+        PEOPLE,
+        |n| json!({"phone": format!("+155502{n:04}1")}),
+    )
+    .await;
+    put_template(
+        &c,
+        base,
+        "flash",
+        &json!({"channel": "sms", "text": "Flash sale"}),
+    )
+    .await;
+    put_document(
+        &c,
+        base,
+        "/v1/campaigns/flash",
+        &json!({"key": "flash", "audience": "texters", "channel": "sms", "template": "flash"}),
+    )
+    .await;
+    let action = |what: &'static str| {
+        c.post(format!("{base}/v1/campaigns/flash/{what}"))
+            .bearer_auth(ADMIN)
+            .send()
+    };
+    assert!(
+        action("launch")
+            .await
+            .expect("launch")
+            .status()
+            .is_success()
+    );
+    wait_for_arrivals(&arrivals, 40).await;
+    assert!(action("pause").await.expect("pause").status().is_success());
+    let paused_at = Instant::now();
+    // What was under way when the pause came may still land; nothing after a second.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_a_second = arrivals.lock().expect("lock").len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let arrived = arrivals.lock().expect("lock").clone();
+    assert_eq!(arrived.len(), after_a_second, "nothing sent while paused");
+    assert!(
+        arrived
+            .iter()
+            .all(|t| t.duration_since(paused_at) < Duration::from_secs(1)),
+        "every send while paused came within a second of the pause"
+    );
+    assert!(
+        arrived.len() < PEOPLE,
+        "the pause came part way: {}",
+        arrived.len()
+    );
+    // Resumed, the rest go, each person once.
+    assert!(
+        action("resume")
+            .await
+            .expect("resume")
+            .status()
+            .is_success()
+    );
+    wait_for_arrivals(&arrivals, PEOPLE).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(arrivals.lock().expect("lock").len(), PEOPLE, "one each");
+    let (_, report) = get(&c, base, ADMIN, "/v1/campaigns/flash/report").await;
+    assert_eq!(report["variants"][0]["sent"], PEOPLE, "{report}");
 }

@@ -71,6 +71,7 @@ macro_rules! conformance_suite {
             calendar_rules_flip_at_the_persons_midnight,
             journeys_read_their_audience_in_paced_steps_and_on_schedule,
             a_winner_node_sends_the_rest_the_best_path_once,
+            a_paused_journey_holds_its_messages_and_a_stopped_one_sends_nothing_more,
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {

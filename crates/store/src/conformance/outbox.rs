@@ -531,3 +531,67 @@ pub async fn finished_messages_are_pruned_after_retention(b: &impl Backend) {
     assert_eq!(s.prune_expired(now + 46 * day).await.expect("prune"), 0);
     s.close().await;
 }
+
+pub async fn a_paused_journey_holds_its_messages_and_a_stopped_one_sends_nothing_more(
+    b: &impl Backend,
+) {
+    let s = b.open(StoreOptions::default()).await;
+    publish_receipts(&s).await;
+    let paid = |n: u32| {
+        events(json!([
+            {"type": "identify", "messageId": format!("h-id-{n}"), "userId": "held", "traits": {"phone": "+15550101301"}},
+            {"type": "track", "messageId": format!("h-{n}"), "userId": "held", "event": "Paid"},
+        ]))
+    };
+    // A day ahead: anything due is claimed, a held row is not.
+    let far = crate::wall_clock_ms() + 86_400_000;
+    s.ingest(paid(1)).await.expect("ingest");
+    s.change_journey_status("receipt", JourneyAction::Pause, 10)
+        .await
+        .expect("pause");
+    assert!(
+        s.claim_outbox(far, 10, 60_000)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "a paused journey's message is held"
+    );
+    s.change_journey_status("receipt", JourneyAction::Resume, 20)
+        .await
+        .expect("resume");
+    let claimed = s.claim_outbox(far, 10, 60_000).await.expect("claim");
+    assert_eq!(claimed.len(), 1, "released at resume");
+    let first = claimed[0].clone();
+    s.complete_outbox(&first, Delivery::Delivered(json!({})), 30)
+        .await
+        .expect("complete");
+
+    // Queued, then the journey stops: never sent, failed with why.
+    s.ingest(paid(2)).await.expect("ingest");
+    s.change_journey_status("receipt", JourneyAction::Stop, 40)
+        .await
+        .expect("stop");
+    assert!(
+        s.claim_outbox(far, 10, 60_000)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    let outbox = s
+        .profile_outbox(&id("user_id", "held"))
+        .await
+        .expect("read")
+        .expect("profile");
+    let statuses: Vec<(&str, Option<&str>)> = outbox
+        .iter()
+        .map(|e| (e.row.status.as_str(), e.last_error.as_deref()))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("done", None),
+            ("failed", Some(crate::pipeline::STOPPED_MESSAGE))
+        ]
+    );
+    s.close().await;
+}

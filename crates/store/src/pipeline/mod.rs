@@ -160,6 +160,17 @@ pub trait RunTx {
         journey: &str,
         limit: Option<u32>,
     ) -> Result<(), Self::Error>;
+    /// Holds (`true`) or releases the journey's pending outbox rows: a held row's due time
+    /// is moved [`HELD_OFFSET`] on (never due), a released one's moved back.
+    async fn hold_outbox(&self, journey: &str, hold: bool) -> Result<u64, Self::Error>;
+    /// Ends the journey's pending message rows as failed with `why`, except those a
+    /// delivery has taken (where the store can tell).
+    async fn cancel_messages(
+        &self,
+        journey: &str,
+        why: &str,
+        now: Millis,
+    ) -> Result<u64, Self::Error>;
 
     /// The newest version of every audience, by key.
     async fn audience_versions(&self) -> Result<Vec<(String, u32)>, Self::Error>;
@@ -693,6 +704,44 @@ pub async fn erase<T: RunTx>(tx: &T, profile_id: &str) -> Result<(), T::Error> {
     }
     tx.add_counts(&counts).await?;
     tx.delete_journey_rows(profile_id).await
+}
+
+/// How far a held outbox row's due time is moved: past any real time (about 35,000 years),
+/// so held rows are never due, and an offset, so releasing restores each row's own time
+/// (a message held by quiet hours keeps its hour).
+pub const HELD_OFFSET: Millis = 1 << 50;
+
+/// Why the messages of a stopped journey were not sent.
+pub const STOPPED_MESSAGE: &str = "not sent: the journey (or campaign) was stopped";
+
+/// What a journey's status change does to what it has queued, in the transaction of the
+/// change: a pause holds its outbox rows (sending stops with the deliveries already under
+/// way), leaving the pause releases them at the times they had, and a stop ends the
+/// instances and fails the messages not yet taken, so nothing more is sent.
+pub async fn follow_status<T: RunTx>(
+    tx: &T,
+    journey: &str,
+    before: JourneyStatus,
+    after: JourneyStatus,
+    now: Millis,
+) -> Result<(), T::Error> {
+    if after == JourneyStatus::Stopped {
+        stop_journey(tx, journey, now).await?;
+        tx.cancel_messages(journey, STOPPED_MESSAGE, now).await?;
+    }
+    match (
+        before == JourneyStatus::Paused,
+        after == JourneyStatus::Paused,
+    ) {
+        (false, true) => {
+            tx.hold_outbox(journey, true).await?;
+        }
+        (true, false) => {
+            tx.hold_outbox(journey, false).await?;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Stop: every active instance of the journey ends now, and its timers go.
