@@ -439,9 +439,9 @@ impl Campaign {
     }
 }
 
-/// Where in a campaign a problem the journey validation found lies, given its path in the
-/// journey `to_journey` made.
-pub fn journey_field(campaign: &Campaign, field: &str) -> String {
+/// Where in a campaign a problem the journey validation found lies, given its path in
+/// `journey`, the journey `to_journey` made of it.
+pub fn journey_field(campaign: &Campaign, journey: &Journey, field: &str) -> String {
     let rename = [
         ("entry.audience", "audience".to_owned()),
         ("entry.schedule", "schedule".to_owned()),
@@ -460,7 +460,6 @@ pub fn journey_field(campaign: &Campaign, field: &str) -> String {
             return format!("{to}{rest}");
         }
     }
-    let journey = campaign.to_journey();
     if let Some(rest) = field.strip_prefix("nodes[")
         && let Some((index, rest)) = rest.split_once(']')
         && let Some(node) = index
@@ -487,6 +486,13 @@ pub fn journey_field(campaign: &Campaign, field: &str) -> String {
         };
     }
     field.to_owned()
+}
+
+/// The share `hits` is of `n` (0 with nobody) and its 95% Wilson interval.
+pub fn proportion(hits: u64, n: u64) -> (f64, [f64; 2]) {
+    let (lo, hi) = rate_interval(hits, n);
+    let rate = if n == 0 { 0.0 } else { hits as f64 / n as f64 };
+    (rate, [lo, hi])
 }
 
 /// The 95% Wilson score interval of a rate of `hits` in `n` (a proportion's interval that

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use waymark_core::campaign::{chance_to_beat, rate_interval};
+use waymark_core::campaign::{chance_to_beat, proportion};
 use waymark_core::journey::{NodeKind, WinnerMetric};
 
 use crate::CompiledJourney;
@@ -74,7 +74,7 @@ pub fn decide(journey: &CompiledJourney, node: &str, stats: &JourneyStats) -> Op
         .zip(&counts)
         .enumerate()
         .map(|(i, (path, &(n, hits)))| {
-            let (lo, hi) = rate_interval(hits, n);
+            let (rate, interval) = proportion(hits, n);
             let chance_to_beat_all = counts
                 .iter()
                 .enumerate()
@@ -85,8 +85,8 @@ pub fn decide(journey: &CompiledJourney, node: &str, stats: &JourneyStats) -> Op
                 path: path.clone(),
                 n,
                 hits,
-                rate: if n == 0 { 0.0 } else { hits as f64 / n as f64 },
-                interval: [lo, hi],
+                rate,
+                interval,
                 chance_to_beat_all,
             }
         })

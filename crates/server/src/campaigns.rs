@@ -132,7 +132,7 @@ pub async fn put_campaign(
     }
     let journey = campaign.to_journey();
     let translate = |mut e: waymark_core::FieldError| {
-        e.field = journey_field(&campaign, &e.field);
+        e.field = journey_field(&campaign, &journey, &e.field);
         e
     };
     problems.extend(validate(&journey).into_iter().map(translate));
@@ -345,11 +345,8 @@ pub struct Rate {
 
 impl Rate {
     fn of(hits: u64, n: u64) -> Self {
-        let (lo, hi) = campaign::rate_interval(hits, n);
-        Rate {
-            rate: if n == 0 { 0.0 } else { hits as f64 / n as f64 },
-            interval: [lo, hi],
-        }
+        let (rate, interval) = campaign::proportion(hits, n);
+        Rate { rate, interval }
     }
 }
 
@@ -586,7 +583,8 @@ pub async fn campaign_report(
             ));
         }
     };
-    let mut report = build_report(&state, &key).await?;
+    let record = campaign_journey(&state, &key).await?;
+    let mut report = build_report(&state, record).await?;
     if series {
         report.series = Some(campaign_series(&state, &key).await?);
     }
@@ -660,13 +658,14 @@ fn report_csv(report: &CampaignReport) -> Vec<u8> {
     writer.into_inner().unwrap_or_default()
 }
 
-async fn build_report(state: &AppState, key: &str) -> Result<CampaignReport, ApiError> {
-    let record = campaign_journey(state, key).await?;
+/// The report of the campaign whose journey `record` is (read once by the caller).
+async fn build_report(state: &AppState, record: JourneyRecord) -> Result<CampaignReport, ApiError> {
+    let key = record.key.as_str();
     let campaign = campaign::of_journey(&record.draft).ok_or_else(|| no_campaign(key))?;
     let stats = state.store.journey_stats(key).await?;
     let node = |id: &str, key: &str, percent: u32| {
         let n = stats.nodes.get(id).cloned().unwrap_or_default();
-        let (lo, hi) = campaign::rate_interval(n.converted, n.entered);
+        let (conversion_rate, conversion_interval) = campaign::proportion(n.converted, n.entered);
         let sent = n.entered.saturating_sub(n.suppressed + n.held);
         let rates = [
             ("delivered", n.delivered),
@@ -694,12 +693,8 @@ async fn build_report(state: &AppState, key: &str) -> Result<CampaignReport, Api
             rates,
             converted: n.converted,
             revenue: n.revenue_cents as f64 / 100.0,
-            conversion_rate: if n.entered == 0 {
-                0.0
-            } else {
-                n.converted as f64 / n.entered as f64
-            },
-            conversion_interval: [lo, hi],
+            conversion_rate,
+            conversion_interval,
             chance_to_beat_holdout: None,
         }
     };
@@ -948,7 +943,7 @@ pub async fn metrics_text(state: &AppState) -> Result<String, ApiError> {
         if record.draft.get("campaign").is_none() {
             continue;
         }
-        let report = build_report(state, &record.key).await?;
+        let report = build_report(state, record).await?;
         for g in report.variants.iter().chain(&report.holdout) {
             let labels = format!("campaign=\"{}\",variant=\"{}\"", report.key, g.key);
             for (what, n) in [

@@ -75,11 +75,12 @@ fn three_variants_share_the_remainder_and_one_template_needs_no_split() {
 fn bad_campaigns_say_which_field() {
     let fields = |yaml: &str| -> Vec<String> {
         let c = campaign(yaml);
+        let journey = c.to_journey();
         let mut out: Vec<String> = c.problems().into_iter().map(|e| e.field).collect();
         out.extend(
-            validate(&c.to_journey())
+            validate(&journey)
                 .into_iter()
-                .map(|e| journey_field(&c, &e.field)),
+                .map(|e| journey_field(&c, &journey, &e.field)),
         );
         out
     };
@@ -151,9 +152,10 @@ fn a_local_time_send_waits_for_each_persons_time_first() {
     assert_eq!(j.properties.timezone.as_deref(), Some("profile"));
     c.local_time = Some("25:99".into());
     c.fallback_timezone = Some("Nowhere/Land".into());
-    let fields: Vec<String> = validate(&c.to_journey())
+    let journey = c.to_journey();
+    let fields: Vec<String> = validate(&journey)
         .into_iter()
-        .map(|e| journey_field(&c, &e.field))
+        .map(|e| journey_field(&c, &journey, &e.field))
         .collect();
     assert!(fields.contains(&"local_time".to_owned()), "{fields:?}");
     assert!(
@@ -195,7 +197,7 @@ proptest::proptest! {
         let journey = c.to_journey();
         let journey_problems = validate(&journey);
         for e in &journey_problems {
-            let _ = journey_field(&c, &e.field);
+            let _ = journey_field(&c, &journey, &e.field);
         }
         if problems.is_empty() {
             proptest::prop_assert!(journey_problems.is_empty(), "{:?}", journey_problems);
@@ -284,11 +286,12 @@ fn a_winner_that_cannot_be_picked_is_refused_at_its_field() {
     let problems = |edit: &dyn Fn(&mut Campaign)| -> Vec<String> {
         let mut c = campaign(WINNER);
         edit(&mut c);
+        let journey = c.to_journey();
         let mut out: Vec<String> = c.problems().into_iter().map(|e| e.field).collect();
         out.extend(
-            validate(&c.to_journey())
+            validate(&journey)
                 .into_iter()
-                .map(|e| journey_field(&c, &e.field)),
+                .map(|e| journey_field(&c, &journey, &e.field)),
         );
         out
     };
