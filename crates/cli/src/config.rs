@@ -75,6 +75,10 @@ pub struct Http {
     /// How long a request's body may take once its headers are in (`30s`).
     #[serde(default)]
     pub body_timeout: Option<String>,
+    /// Origins whose web pages may call Waymark from the browser (`https://shop.example`,
+    /// or `*` for any): sending events, asking for offers (`/v1/decide`), reading inboxes.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
 }
 
 impl Http {

@@ -138,7 +138,8 @@ pub async fn run(config: Config) -> Result<(), String> {
     let mut state = AppState::new(store.clone(), keys.keys)
         .with_link_secret(link_secret)
         .with_identity_secret(crate::config::identity_secret(&config)?)
-        .with_event_retention(config.store_options().max_event_age_ms);
+        .with_event_retention(config.store_options().max_event_age_ms)
+        .with_cors_origins(config.http.cors_origins.clone());
     if let Some(sms) = &config.sms
         && let Some(url) = &sms.inbound_url
     {

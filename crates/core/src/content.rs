@@ -185,7 +185,7 @@ pub fn is_sender_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-fn registry(escape_html: bool) -> Handlebars<'static> {
+pub(crate) fn registry(escape_html: bool) -> Handlebars<'static> {
     let mut r = Handlebars::new();
     if !escape_html {
         r.register_escape_fn(handlebars::no_escape);

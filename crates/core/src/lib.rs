@@ -8,6 +8,7 @@ pub mod audience;
 pub mod campaign;
 pub mod channel;
 pub mod content;
+pub mod decisioning;
 pub mod delivery;
 pub mod error;
 pub mod event;

@@ -461,6 +461,13 @@ fn parse_object(
         &context,
     )?;
 
+    // Every report of one display (or click) of an offer in one proposition is one message,
+    // whatever id its sender gave it, so ingest keeps it once.
+    let message_id = name
+        .as_deref()
+        .filter(|_| kind == EventKind::Track)
+        .and_then(|n| crate::decisioning::feedback_message_id(n, &properties))
+        .unwrap_or(message_id);
     let event = Event {
         message_id,
         kind,

@@ -8,6 +8,7 @@
 
 pub mod audience;
 mod compile;
+pub mod decisioning;
 mod effect;
 pub mod expression;
 mod nodes;

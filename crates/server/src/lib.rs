@@ -7,6 +7,7 @@
 pub mod audiences;
 pub mod auth;
 pub mod campaigns;
+pub mod decisioning;
 pub mod error;
 pub mod inbox;
 pub mod ingest;
@@ -47,6 +48,10 @@ pub struct AppState {
     /// How long events are kept (`retention.max_event_age_days`): an audience window longer
     /// than it could never be filled, so it is refused.
     pub event_retention_ms: Option<i64>,
+    /// The decisioning catalogue and counts decisions are made from, in memory.
+    pub decisioning: Arc<decisioning::Decisioning>,
+    /// Origins whose pages may call the API from a browser (CORS); none by default.
+    pub cors_origins: Vec<String>,
 }
 
 impl AppState {
@@ -60,7 +65,16 @@ impl AppState {
             sms_status: None,
             email_senders: None,
             event_retention_ms: None,
+            decisioning: Arc::default(),
+            cors_origins: Vec::new(),
         }
+    }
+
+    /// Lets pages on these origins (`https://shop.example`, or `*` for any) call the API
+    /// from a browser: ingest, decide and the inbox, with the write key.
+    pub fn with_cors_origins(mut self, origins: Vec<String>) -> Self {
+        self.cors_origins = origins;
+        self
     }
 
     pub fn with_sms_inbound(mut self, inbound: links::SmsInbound) -> Self {
@@ -97,7 +111,8 @@ impl AppState {
 /// The whole API as one router, so tests can drive it without a socket.
 pub fn app(state: AppState) -> Router {
     ops::install_metrics_recorder();
-    Router::new()
+    let cors = cors(&state.cors_origins);
+    let router = decisioning::routes(Router::new())
         .route("/v1/identify", post(ingest::identify))
         .route("/v1/track", post(ingest::track))
         .route("/v1/page", post(ingest::page))
@@ -203,11 +218,48 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/sms/inbound", post(links::sms_inbound))
         .route("/v1/sms/status", post(reports::sms_status))
         .route("/v1/messages/reports", post(reports::post_report))
+        .route("/v1/decide", post(decisioning::decide))
+        .route("/v1/decide.js", get(decisioning::client_script))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(axum::middleware::from_fn(ops::observe))
-        .with_state(state)
+        .with_state(state);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// What browsers on the configured origins may do: call with the write key (and a user
+/// hash) or an admin token, and read the answers.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, HeaderValue, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::CONTENT_ENCODING,
+                HeaderName::from_static(inbox::USER_HASH_HEADER),
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }

@@ -133,6 +133,7 @@ impl Modify for SecuritySchemes {
         crate::links::unsubscribe_page, crate::links::unsubscribe, crate::links::sms_inbound, crate::links::email_open,
         crate::links::email_click, crate::reports::sms_status, crate::reports::post_report,
         crate::inbox::get_inbox, crate::inbox::mark,
+        crate::decisioning::put_document, crate::decisioning::get_document, crate::decisioning::list_documents, crate::decisioning::decide,
         crate::suppressions::list, crate::suppressions::get_one, crate::suppressions::put, crate::suppressions::delete,
         healthz, metrics, openapi,
     ),

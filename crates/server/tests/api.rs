@@ -173,11 +173,14 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 mod audiences;
 #[path = "api/campaigns.rs"]
 mod campaigns;
+#[path = "api/decisioning.rs"]
+mod decisioning;
 use audiences::{
     audience_preview_export_and_sizes, audiences_through_the_api,
     uploaded_lists_and_runs_through_the_api,
 };
 use campaigns::campaigns_through_the_api;
+use decisioning::{decisioning_through_the_api, the_browser_client_is_served};
 
 macro_rules! api_tests {
     ($backend:ident: $($case:ident),* $(,)?) => {
@@ -218,6 +221,8 @@ macro_rules! all_api_tests {
             audience_preview_export_and_sizes,
             uploaded_lists_and_runs_through_the_api,
             campaigns_through_the_api,
+            decisioning_through_the_api,
+            the_browser_client_is_served,
         );
     };
 }

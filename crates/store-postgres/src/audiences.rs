@@ -634,13 +634,7 @@ pub async fn scan_people(
     limit: u32,
     reads: &ScanReads,
 ) -> Result<Vec<ScannedPerson>, StoreError> {
-    let tx = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(db_error)?;
+    let tx = crate::snapshot(client).await?;
     let rows = tx
         .query(
             "SELECT id, CASE $4::bigint WHEN 2 THEN state::text

@@ -10,6 +10,7 @@
 //! violation, which is retried the same way.
 
 mod audiences;
+mod decisioning;
 mod inbox;
 mod journeys;
 mod reads;
@@ -175,6 +176,19 @@ fn retryable(e: &tokio_postgres::Error) -> bool {
         e.code(),
         Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::UNIQUE_VIOLATION
     )
+}
+
+/// A read-only transaction that sees one snapshot for all its reads.
+pub(crate) async fn snapshot(
+    client: &mut deadpool_postgres::Client,
+) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(db_error)
 }
 
 pub(crate) fn decode_profile(json: &str) -> Result<ProfileState, StoreError> {
@@ -844,6 +858,77 @@ impl TemplateStore for PostgresStore {
     async fn templates(&self) -> Result<Vec<TemplateRecord>, StoreError> {
         let client = self.client().await?;
         templates::list(&client).await
+    }
+}
+
+#[async_trait]
+impl waymark_store::decisioning::DecisioningStore for PostgresStore {
+    async fn put_catalogue(
+        &self,
+        kind: waymark_core::decisioning::Kind,
+        key: &str,
+        document: &serde_json::Value,
+        check: waymark_store::decisioning::CatalogueCheck,
+        now: Millis,
+    ) -> Result<Result<(waymark_store::Versions, bool), Vec<waymark_core::FieldError>>, StoreError>
+    {
+        let mut client = self.client().await?;
+        decisioning::put(&mut client, kind, key, document, check, now).await
+    }
+
+    async fn catalogue_document(
+        &self,
+        kind: waymark_core::decisioning::Kind,
+        key: &str,
+    ) -> Result<Option<waymark_store::Versions>, StoreError> {
+        let client = self.client().await?;
+        versioned::read(&client, versioned::Kind::Catalogue(kind), key).await
+    }
+
+    async fn catalogue_version(
+        &self,
+        kind: waymark_core::decisioning::Kind,
+        key: &str,
+        version: u32,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let client = self.client().await?;
+        versioned::version(&client, versioned::Kind::Catalogue(kind), key, version).await
+    }
+
+    async fn catalogue_documents(
+        &self,
+        kind: waymark_core::decisioning::Kind,
+    ) -> Result<Vec<(String, waymark_store::Versions)>, StoreError> {
+        let client = self.client().await?;
+        decisioning::documents(&client, kind).await
+    }
+
+    async fn catalogue(&self) -> Result<waymark_core::decisioning::Catalogue, StoreError> {
+        let mut client = self.client().await?;
+        decisioning::read_catalogue(&mut client).await
+    }
+
+    async fn catalogue_stamp(&self) -> Result<i64, StoreError> {
+        let client = self.client().await?;
+        decisioning::stamp(&client).await
+    }
+
+    async fn offer_counts(
+        &self,
+        since_hour: Millis,
+    ) -> Result<Vec<waymark_store::decisioning::OfferCount>, StoreError> {
+        let client = self.client().await?;
+        decisioning::counts(&client, since_hour).await
+    }
+
+    async fn decision_inputs(
+        &self,
+        identities: &[Identity],
+        names: &[String],
+        bodies: waymark_engine::audience::BodyPart,
+    ) -> Result<Option<waymark_store::decisioning::DecisionInputs>, StoreError> {
+        let mut client = self.client().await?;
+        decisioning::inputs(&mut client, identities, names, bodies).await
     }
 }
 

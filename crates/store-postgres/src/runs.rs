@@ -461,6 +461,13 @@ impl<C: GenericClient> RunTx for Run<'_, C> {
         add_counts(self.0, counts).await
     }
 
+    async fn add_offer_counts(
+        &self,
+        counts: &[waymark_store::decisioning::OfferCount],
+    ) -> Result<(), Abort> {
+        crate::decisioning::add_counts(self.0, counts).await
+    }
+
     async fn delete_timers(&self, seqs: &[i64]) -> Result<(), Abort> {
         self.0
             .execute("DELETE FROM journey_timers WHERE seq = ANY($1)", &[&seqs])

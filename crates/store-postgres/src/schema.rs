@@ -291,6 +291,49 @@ const MIGRATIONS: &[(i32, &str)] = &[
              PRIMARY KEY (journey_key, node, name, hour, shard)
          );",
     ),
+    // The decisioning catalogue (each document kept as versions, like audiences) and
+    // displays and clicks of each offer on each placement by the hour, from feedback events
+    // (sharded like the counters, so concurrent ingests do not queue on one row).
+    (
+        20,
+        "CREATE TABLE offers (
+             key TEXT NOT NULL,
+             version INTEGER NOT NULL,
+             document JSONB NOT NULL,
+             created_at BIGINT NOT NULL,
+             PRIMARY KEY (key, version)
+         );
+         CREATE TABLE placements (
+             key TEXT NOT NULL,
+             version INTEGER NOT NULL,
+             document JSONB NOT NULL,
+             created_at BIGINT NOT NULL,
+             PRIMARY KEY (key, version)
+         );
+         CREATE TABLE collections (
+             key TEXT NOT NULL,
+             version INTEGER NOT NULL,
+             document JSONB NOT NULL,
+             created_at BIGINT NOT NULL,
+             PRIMARY KEY (key, version)
+         );
+         CREATE TABLE decision_policies (
+             key TEXT NOT NULL,
+             version INTEGER NOT NULL,
+             document JSONB NOT NULL,
+             created_at BIGINT NOT NULL,
+             PRIMARY KEY (key, version)
+         );
+         CREATE TABLE offer_counts (
+             offer TEXT NOT NULL,
+             placement TEXT NOT NULL,
+             hour BIGINT NOT NULL,
+             shard SMALLINT NOT NULL,
+             displays BIGINT NOT NULL,
+             clicks BIGINT NOT NULL,
+             PRIMARY KEY (offer, placement, hour, shard)
+         );",
+    ),
 ];
 
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {

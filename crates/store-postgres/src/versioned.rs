@@ -1,4 +1,5 @@
-//! Documents kept as immutable versions (templates, audiences) on PostgreSQL: a changed
+//! Documents kept as immutable versions (templates, audiences, the decisioning catalogue)
+//! on PostgreSQL: a changed
 //! document is a new version, and the newest is the one used. A put holds a
 //! transaction-scoped advisory lock on the key, so concurrent puts number versions without
 //! gaps or duplicates.
@@ -16,6 +17,8 @@ pub enum Kind {
     /// `templates`, which also keeps each version's channel.
     Template,
     Audience,
+    /// The decisioning catalogue, a table per kind of document.
+    Catalogue(waymark_core::decisioning::Kind),
 }
 
 impl Kind {
@@ -23,6 +26,7 @@ impl Kind {
         match self {
             Kind::Template => "templates",
             Kind::Audience => "audiences",
+            Kind::Catalogue(kind) => catalogue_table(kind),
         }
     }
 
@@ -31,11 +35,23 @@ impl Kind {
         match self {
             Kind::Template => "template:",
             Kind::Audience => "audience:",
+            Kind::Catalogue(_) => "catalogue:",
         }
     }
 
     fn corrupt(self, e: impl std::fmt::Display) -> StoreError {
         StoreError::Corrupt(format!("{}: {e}", self.table()))
+    }
+}
+
+/// The table of a kind of catalogue document.
+pub fn catalogue_table(kind: waymark_core::decisioning::Kind) -> &'static str {
+    use waymark_core::decisioning::Kind as Doc;
+    match kind {
+        Doc::Offer => "offers",
+        Doc::Placement => "placements",
+        Doc::Collection => "collections",
+        Doc::Policy => "decision_policies",
     }
 }
 
@@ -137,9 +153,12 @@ pub async fn put(
                 )
                 .await
             }
-            Kind::Audience => {
+            Kind::Audience | Kind::Catalogue(_) => {
                 tx.execute(
-                    "INSERT INTO audiences (key, version, document, created_at) VALUES ($1, $2, $3::text::jsonb, $4)",
+                    &format!(
+                        "INSERT INTO {} (key, version, document, created_at) VALUES ($1, $2, $3::text::jsonb, $4)",
+                        kind.table()
+                    ),
                     &[&key, &next, &body, &now],
                 )
                 .await

@@ -7,6 +7,7 @@
 
 mod audiences;
 mod checkpointer;
+mod decisioning;
 mod inbox;
 mod journeys;
 mod reads;
@@ -477,6 +478,87 @@ impl TemplateStore for SqliteStore {
 
     async fn templates(&self) -> Result<Vec<TemplateRecord>, StoreError> {
         self.read(templates::list).await
+    }
+}
+
+#[async_trait]
+impl waymark_store::decisioning::DecisioningStore for SqliteStore {
+    async fn put_catalogue(
+        &self,
+        kind: waymark_core::decisioning::Kind,
+        key: &str,
+        document: &serde_json::Value,
+        check: waymark_store::decisioning::CatalogueCheck,
+        now: Millis,
+    ) -> Result<Result<(waymark_store::Versions, bool), Vec<waymark_core::FieldError>>, StoreError>
+    {
+        let (key, document) = (key.to_owned(), document.clone());
+        self.write(move |tx| decisioning::put(tx, kind, &key, &document, check, now))
+            .await
+    }
+
+    async fn catalogue_document(
+        &self,
+        kind: waymark_core::decisioning::Kind,
+        key: &str,
+    ) -> Result<Option<waymark_store::Versions>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |conn| versioned::read(conn, versioned::Kind::Catalogue(kind), &key))
+            .await
+    }
+
+    async fn catalogue_version(
+        &self,
+        kind: waymark_core::decisioning::Kind,
+        key: &str,
+        version: u32,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |conn| {
+            versioned::version(conn, versioned::Kind::Catalogue(kind), &key, version)
+        })
+        .await
+    }
+
+    async fn catalogue_documents(
+        &self,
+        kind: waymark_core::decisioning::Kind,
+    ) -> Result<Vec<(String, waymark_store::Versions)>, StoreError> {
+        self.read(move |conn| decisioning::documents(conn, kind))
+            .await
+    }
+
+    async fn catalogue(&self) -> Result<waymark_core::decisioning::Catalogue, StoreError> {
+        self.read(|conn| {
+            let snapshot = conn.unchecked_transaction().map_err(unavailable)?;
+            let catalogue = decisioning::catalogue(&snapshot)?;
+            snapshot.finish().map_err(unavailable)?;
+            Ok(catalogue)
+        })
+        .await
+    }
+
+    async fn catalogue_stamp(&self) -> Result<i64, StoreError> {
+        self.read(decisioning::stamp).await
+    }
+
+    async fn offer_counts(
+        &self,
+        since_hour: Millis,
+    ) -> Result<Vec<waymark_store::decisioning::OfferCount>, StoreError> {
+        self.read(move |conn| decisioning::counts(conn, since_hour))
+            .await
+    }
+
+    async fn decision_inputs(
+        &self,
+        identities: &[Identity],
+        names: &[String],
+        bodies: waymark_engine::audience::BodyPart,
+    ) -> Result<Option<waymark_store::decisioning::DecisionInputs>, StoreError> {
+        let (identities, names) = (identities.to_vec(), names.to_vec());
+        self.read(move |conn| decisioning::inputs(conn, &identities, &names, bodies))
+            .await
     }
 }
 

@@ -417,6 +417,13 @@ impl RunTx for Run<'_, '_> {
         add_counts(self.0, counts)
     }
 
+    async fn add_offer_counts(
+        &self,
+        counts: &[waymark_store::decisioning::OfferCount],
+    ) -> Result<(), StoreError> {
+        crate::decisioning::add_counts(self.0, counts)
+    }
+
     async fn delete_timers(&self, seqs: &[i64]) -> Result<(), StoreError> {
         let mut delete = self
             .0

@@ -291,6 +291,47 @@ const MIGRATIONS: &[(i64, &str)] = &[
              PRIMARY KEY (journey_key, node, name, hour)
          ) WITHOUT ROWID;",
     ),
+    // The decisioning catalogue (each document kept as versions, like audiences) and
+    // displays and clicks of each offer on each placement by the hour, from feedback events.
+    (
+        19,
+        "CREATE TABLE offers (
+             key TEXT NOT NULL,
+             version INTEGER NOT NULL,
+             document TEXT NOT NULL,
+             created_at INTEGER NOT NULL,
+             PRIMARY KEY (key, version)
+         ) WITHOUT ROWID;
+         CREATE TABLE placements (
+             key TEXT NOT NULL,
+             version INTEGER NOT NULL,
+             document TEXT NOT NULL,
+             created_at INTEGER NOT NULL,
+             PRIMARY KEY (key, version)
+         ) WITHOUT ROWID;
+         CREATE TABLE collections (
+             key TEXT NOT NULL,
+             version INTEGER NOT NULL,
+             document TEXT NOT NULL,
+             created_at INTEGER NOT NULL,
+             PRIMARY KEY (key, version)
+         ) WITHOUT ROWID;
+         CREATE TABLE decision_policies (
+             key TEXT NOT NULL,
+             version INTEGER NOT NULL,
+             document TEXT NOT NULL,
+             created_at INTEGER NOT NULL,
+             PRIMARY KEY (key, version)
+         ) WITHOUT ROWID;
+         CREATE TABLE offer_counts (
+             offer TEXT NOT NULL,
+             placement TEXT NOT NULL,
+             hour INTEGER NOT NULL,
+             displays INTEGER NOT NULL,
+             clicks INTEGER NOT NULL,
+             PRIMARY KEY (offer, placement, hour)
+         ) WITHOUT ROWID;",
+    ),
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

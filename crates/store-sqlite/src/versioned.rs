@@ -1,4 +1,5 @@
-//! Documents kept as immutable versions (templates, audiences) on SQLite: a changed document
+//! Documents kept as immutable versions (templates, audiences, the decisioning catalogue)
+//! on SQLite: a changed document
 //! is a new version, and the newest is the one used.
 
 use rusqlite::{Connection, Transaction, params};
@@ -14,6 +15,8 @@ pub enum Kind {
     /// `templates`, which also keeps each version's channel.
     Template,
     Audience,
+    /// The decisioning catalogue, a table per kind of document.
+    Catalogue(waymark_core::decisioning::Kind),
 }
 
 impl Kind {
@@ -21,11 +24,23 @@ impl Kind {
         match self {
             Kind::Template => "templates",
             Kind::Audience => "audiences",
+            Kind::Catalogue(kind) => catalogue_table(kind),
         }
     }
 
     fn corrupt(self, e: impl std::fmt::Display) -> StoreError {
         StoreError::Corrupt(format!("{}: {e}", self.table()))
+    }
+}
+
+/// The table of a kind of catalogue document.
+pub fn catalogue_table(kind: waymark_core::decisioning::Kind) -> &'static str {
+    use waymark_core::decisioning::Kind as Doc;
+    match kind {
+        Doc::Offer => "offers",
+        Doc::Placement => "placements",
+        Doc::Collection => "collections",
+        Doc::Policy => "decision_policies",
     }
 }
 
@@ -121,8 +136,11 @@ pub fn put(
                 "INSERT INTO templates (key, version, channel, document, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![key, next, document["channel"].as_str().unwrap_or_default(), body, now],
             ),
-            Kind::Audience => tx.execute(
-                "INSERT INTO audiences (key, version, document, created_at) VALUES (?1, ?2, ?3, ?4)",
+            Kind::Audience | Kind::Catalogue(_) => tx.execute(
+                &format!(
+                    "INSERT INTO {} (key, version, document, created_at) VALUES (?1, ?2, ?3, ?4)",
+                    kind.table()
+                ),
                 params![key, next, body, now],
             ),
         }

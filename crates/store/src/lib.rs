@@ -13,6 +13,7 @@ use waymark_core::{Event, Identity, ProfileState};
 
 pub mod batch;
 pub mod conformance;
+pub mod decisioning;
 pub mod json_part;
 pub mod pipeline;
 
@@ -1027,6 +1028,7 @@ pub trait Store:
     + SuppressionStore
     + InboxStore
     + AudienceStore
+    + decisioning::DecisioningStore
     + 'static
 {
     fn backend(&self) -> &'static str;

@@ -188,6 +188,13 @@ pub fn audience_variable(index: usize) -> String {
 impl Rule {
     /// Parses and checks a rule; every problem found is returned.
     pub fn parse(source: &str) -> Result<Rule, Vec<RuleError>> {
+        Self::parse_with(source, &[])
+    }
+
+    /// Parses and checks a rule that may also read the variables `extra` (an offer's
+    /// eligibility reads the request's `context`, a ranking formula the `offer` too); the
+    /// conditions inside behaviour calls still read only their event and `profile`.
+    pub fn parse_with(source: &str, extra: &[&str]) -> Result<Rule, Vec<RuleError>> {
         if source.trim().is_empty() {
             return Err(vec![RuleError {
                 message: "the rule is empty".into(),
@@ -215,7 +222,7 @@ impl Rule {
                     })
                     .collect::<Vec<_>>()
             })?;
-        let mut walk = Walk::new(source, &info, Vec::new());
+        let mut walk = Walk::new(source, &info, Vec::new(), extra);
         walk.visit(&mut expression);
         if walk.rule.calls.len() + walk.rule.audiences.len() + walk.rule.calendar.len() > MAX_CALLS
         {
@@ -241,10 +248,17 @@ struct Walk<'s> {
     errors: Vec<RuleError>,
     /// Variables bound by comprehensions (`exists(x, ...)`) around the node being visited.
     bound: Vec<String>,
+    /// Variables the caller binds besides `profile` and `now`.
+    extra: &'s [&'s str],
 }
 
 impl<'s> Walk<'s> {
-    fn new(source: &'s str, info: &'s SourceInfo, bound: Vec<String>) -> Self {
+    fn new(
+        source: &'s str,
+        info: &'s SourceInfo,
+        bound: Vec<String>,
+        extra: &'s [&'s str],
+    ) -> Self {
         Walk {
             source,
             info,
@@ -257,6 +271,7 @@ impl<'s> Walk<'s> {
             },
             errors: Vec::new(),
             bound,
+            extra,
         }
     }
 
@@ -328,6 +343,7 @@ impl<'s> Walk<'s> {
                     match name.as_str() {
                         "profile" => self.rule.reads_profile = true,
                         "now" => {}
+                        extra if self.extra.contains(&extra) => {}
                         "events" => self.error(
                             id,
                             "`events` is read through its functions: count, any, sum, last, first",
@@ -471,7 +487,7 @@ impl<'s> Walk<'s> {
                 return None;
             };
             let variable = variable.clone();
-            let mut inner = Walk::new(self.source, self.info, vec![variable.clone()]);
+            let mut inner = Walk::new(self.source, self.info, vec![variable.clone()], &[]);
             let mut expression = predicate.clone();
             inner.visit(&mut expression);
             if !inner.rule.calls.is_empty() || !inner.rule.audiences.is_empty() {

@@ -342,3 +342,25 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn repeated_offer_feedback_is_one_message_whatever_id_it_was_sent_with() {
+    let props = json!({"proposition": "p1", "offer": "sale", "placement": "hero"});
+    let parsed = parse(json!({"batch": [
+        {"type": "track", "event": "Offer Displayed", "userId": "u", "messageId": "m1", "properties": props},
+        {"type": "track", "event": "Offer Displayed", "userId": "u", "messageId": "m2", "properties": props},
+        {"type": "track", "event": "Offer Clicked", "userId": "u", "messageId": "m3", "properties": props},
+        {"type": "track", "event": "Order Completed", "userId": "u", "messageId": "m4", "properties": props},
+        {"type": "page", "name": "Offer Displayed", "userId": "u", "messageId": "m5", "properties": props},
+    ]}))
+    .expect("valid");
+    let ids: Vec<&str> = parsed
+        .events
+        .iter()
+        .map(|e| e.message_id.as_str())
+        .collect();
+    assert_eq!(ids[0], ids[1]);
+    assert!(ids[0].starts_with("offer-displayed-"), "{}", ids[0]);
+    assert!(ids[2].starts_with("offer-clicked-"), "{}", ids[2]);
+    assert_eq!(&ids[3..], ["m4", "m5"]);
+}

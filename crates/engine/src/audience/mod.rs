@@ -227,13 +227,82 @@ impl CompiledAudience {
 
     /// Decides the rule for `person` at `now`.
     pub fn evaluate(&self, person: &Person<'_>, now: Millis) -> Evaluation {
+        self.evaluate_with(person, now, &NoVariables)
+    }
+
+    /// Decides a rule that also reads variables of its caller's (an offer's eligibility
+    /// reads the request's `context`).
+    pub fn evaluate_with(
+        &self,
+        person: &Person<'_>,
+        now: Millis,
+        extra: &dyn Variables,
+    ) -> Evaluation {
         let profile = Lazy::default();
         let profile_of = || self.prepared_profile(person.profile);
+        let (values, next_change) = self.values(person, now, &profile, &profile_of);
+        self.decide(
+            values,
+            next_change,
+            person,
+            &profile,
+            &profile_of,
+            now,
+            extra,
+        )
+    }
+
+    /// The rule's value as a number (a ranking formula), with the calls' values; an error
+    /// when it fails or is not a number.
+    pub fn number_with(
+        &self,
+        person: &Person<'_>,
+        now: Millis,
+        extra: &dyn Variables,
+    ) -> (Result<f64, String>, Vec<CallValue>) {
+        let profile = Lazy::default();
+        let profile_of = || self.prepared_profile(person.profile);
+        let (values, _) = self.values(person, now, &profile, &profile_of);
+        let memberships: Vec<bool> = self
+            .rule
+            .audiences
+            .iter()
+            .map(|key| (person.member_of)(key))
+            .collect();
+        let bound: Vec<Prepared> = values.iter().map(|v| prepare(&v.value)).collect();
+        let audience_values: Vec<Prepared> = memberships.iter().map(prepare).collect();
+        let variables = RuleVars {
+            profile: &profile,
+            profile_of: &profile_of,
+            calls: &bound,
+            behaviour_calls: self.rule.calls.len(),
+            audiences: &audience_values,
+            extra,
+        };
+        let number = match self.expression.value(&variables, now) {
+            Ok(cel::Value::Int(i)) => Ok(i as f64),
+            Ok(cel::Value::UInt(u)) => Ok(u as f64),
+            Ok(cel::Value::Float(f)) if f.is_finite() => Ok(f),
+            Ok(other) => Err(format!("the formula gave {other:?}, not a number")),
+            Err(e) => Err(e),
+        };
+        (number, values)
+    }
+
+    /// The behaviour calls' and calendar readings' values, and when time alone next
+    /// changes one.
+    fn values(
+        &self,
+        person: &Person<'_>,
+        now: Millis,
+        profile: &Lazy,
+        profile_of: &(dyn Fn() -> Prepared + Sync),
+    ) -> (Vec<CallValue>, Option<Millis>) {
         let mut values = Vec::with_capacity(self.rule.calls.len());
         let mut next_change: Option<Millis> = None;
         for (call, filter) in self.rule.calls.iter().zip(&self.filters) {
             let (value, change) =
-                self.compute(call, filter.as_ref(), person, &profile, &profile_of, now);
+                self.compute(call, filter.as_ref(), person, profile, profile_of, now);
             if let Some(at) = change {
                 next_change = Some(next_change.map_or(at, |n| n.min(at)));
             }
@@ -249,10 +318,14 @@ impl CompiledAudience {
                 values.push(value);
             }
         }
-        self.decide(values, next_change, person, &profile, &profile_of, now)
+        (values, next_change)
     }
 
     /// The rule decided over the calls' values and the memberships it reads.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one decision's inputs, passed down"
+    )]
     fn decide(
         &self,
         values: Vec<CallValue>,
@@ -261,6 +334,7 @@ impl CompiledAudience {
         profile: &Lazy,
         profile_of: &(dyn Fn() -> Prepared + Sync),
         now: Millis,
+        extra: &dyn Variables,
     ) -> Evaluation {
         let audiences: Vec<(String, bool)> = self
             .rule
@@ -281,7 +355,7 @@ impl CompiledAudience {
             Some(native::Outcome::Bool(member)) => (member, None),
             Some(native::Outcome::Error(e)) => (false, Some(e)),
             Some(native::Outcome::Unknown) | None => {
-                self.decide_with_cel(&values, &memberships, profile, profile_of, now)
+                self.decide_with_cel(&values, &memberships, profile, profile_of, now, extra)
             }
         };
         Evaluation {
@@ -311,6 +385,7 @@ impl CompiledAudience {
         profile: &Lazy,
         profile_of: &(dyn Fn() -> Prepared + Sync),
         now: Millis,
+        extra: &dyn Variables,
     ) -> (bool, Option<String>) {
         let bound: Vec<Prepared> = values.iter().map(|v| prepare(&v.value)).collect();
         let audience_values: Vec<Prepared> = memberships.iter().map(prepare).collect();
@@ -320,6 +395,7 @@ impl CompiledAudience {
             calls: &bound,
             behaviour_calls: self.rule.calls.len(),
             audiences: &audience_values,
+            extra,
         };
         match self.expression.test(&variables, now) {
             Ok(member) => (member, None),
@@ -513,6 +589,17 @@ struct RuleVars<'a> {
     calls: &'a [Prepared],
     behaviour_calls: usize,
     audiences: &'a [Prepared],
+    /// The caller's own variables (`context`, `offer`).
+    extra: &'a dyn Variables,
+}
+
+/// No variables besides a rule's own.
+pub struct NoVariables;
+
+impl Variables for NoVariables {
+    fn variable(&self, _: &str) -> Option<&Prepared> {
+        None
+    }
 }
 
 impl Variables for RuleVars<'_> {
@@ -527,7 +614,10 @@ impl Variables for RuleVars<'_> {
         if let Some(i) = index("@c") {
             return self.calls.get(self.behaviour_calls + i);
         }
-        self.audiences.get(index("@a")?)
+        match index("@a") {
+            Some(i) => self.audiences.get(i),
+            None => self.extra.variable(name),
+        }
     }
 }
 

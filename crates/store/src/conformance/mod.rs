@@ -11,12 +11,14 @@ use waymark_core::{Event, Identity, partition_of};
 use waymark_engine::Effect;
 
 mod audiences;
+mod decisioning;
 mod governance;
 mod journeys;
 mod outbox;
 mod profiles;
 
 pub use audiences::*;
+pub use decisioning::*;
 pub use governance::*;
 pub use journeys::*;
 pub use outbox::*;
@@ -72,6 +74,7 @@ macro_rules! conformance_suite {
             journeys_read_their_audience_in_paced_steps_and_on_schedule,
             a_winner_node_sends_the_rest_the_best_path_once,
             a_paused_journey_holds_its_messages_and_a_stopped_one_sends_nothing_more,
+            the_decisioning_catalogue_is_checked_whole_and_feedback_counted_once,
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {

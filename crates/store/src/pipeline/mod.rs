@@ -123,6 +123,12 @@ pub trait RunTx {
     /// The rows a plan produced.
     async fn write(&self, planned: &Planned, now: Millis) -> Result<(), Self::Error>;
     async fn add_counts(&self, counts: &Counts) -> Result<(), Self::Error>;
+    /// Adds displays and clicks to the offer counts, for offers and placements that
+    /// exist (feedback naming anything else is kept as an event, not counted).
+    async fn add_offer_counts(
+        &self,
+        counts: &[crate::decisioning::OfferCount],
+    ) -> Result<(), Self::Error>;
     async fn delete_timers(&self, seqs: &[i64]) -> Result<(), Self::Error>;
     /// Makes a pending row due again at `at`: a retry (counted, with its error) or a
     /// deferral (not attempted, so not counted).
@@ -462,6 +468,10 @@ pub async fn on_events<T: RunTx>(
 ) -> Result<(), T::Error> {
     if events.is_empty() {
         return Ok(());
+    }
+    let feedback = crate::decisioning::feedback_counts(events, now);
+    if !feedback.is_empty() {
+        tx.add_offer_counts(&feedback).await?;
     }
     let caused = audiences::on_events(tx, runtime, events, now).await?;
     if caused.is_empty() {
