@@ -10,6 +10,7 @@
 //! inputs give the same answer.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
@@ -25,19 +26,22 @@ use waymark_core::decisioning::{
 use waymark_core::time::Millis;
 
 use crate::audience::{BodyPart, CallValue, CompiledAudience, HistoryEvent, Person};
-use crate::expression::{Prepared, Variables, prepare};
+use crate::expression::{Lazy, Prepared, Reads, Variables, prepare};
 
 /// A catalogue compiled for deciding: rules compiled, content compiled, each policy's
 /// candidates listed.
 #[derive(Debug)]
 pub struct CompiledCatalogue {
     pub catalogue: Catalogue,
-    offers: HashMap<String, CompiledOffer>,
+    offers: HashMap<String, Arc<CompiledOffer>>,
     /// By placement key.
     policies: HashMap<String, CompiledPolicy>,
     contents: OfferContents,
     event_names: BTreeSet<String>,
     bodies: BodyPart,
+    /// What every rule reads of `profile`: the profile is prepared for CEL once per
+    /// request, not once per offer.
+    profile_reads: Reads,
     /// What could not be compiled (a damaged store): `(what, why)`.
     pub problems: Vec<(String, String)>,
 }
@@ -49,8 +53,10 @@ struct CompiledOffer {
     ends_at: Option<Millis>,
     eligibility: Option<CompiledAudience>,
     caps: Vec<CompiledCap>,
-    /// What a formula reads as `offer`.
+    /// What a formula reads as `offer`, and content as `offer`.
     view: Value,
+    /// The same, prepared for CEL once.
+    view_prepared: Prepared,
 }
 
 #[derive(Debug, Clone)]
@@ -69,7 +75,7 @@ struct CompiledPolicy {
     surface: String,
     content: ContentType,
     /// Candidate offers, by key order.
-    candidates: Vec<String>,
+    candidates: Vec<Arc<CompiledOffer>>,
     formula: Option<CompiledAudience>,
 }
 
@@ -196,17 +202,22 @@ pub fn nobody() -> ProfileState {
 
 /// The request's context and (for formulas) the offer, as rules read them.
 struct ExtraVars<'a> {
-    context: &'a Prepared,
+    context: &'a Value,
+    context_prepared: &'a Lazy,
     offer: Option<&'a Prepared>,
 }
 
 impl Variables for ExtraVars<'_> {
     fn variable(&self, name: &str) -> Option<&Prepared> {
         match name {
-            "context" => Some(self.context),
+            "context" => Some(self.context_prepared.get(|| prepare(self.context))),
             "offer" => self.offer,
             _ => None,
         }
+    }
+
+    fn json(&self, name: &str) -> Option<&Value> {
+        (name == "context").then_some(self.context)
     }
 }
 
@@ -233,6 +244,7 @@ impl CompiledCatalogue {
         }
         let mut event_names = BTreeSet::new();
         let mut bodies = BodyPart::Nothing;
+        let mut profile_reads = Reads::Nothing;
         let mut offers = HashMap::new();
         for doc in catalogue.offers.values() {
             let eligibility = match doc
@@ -250,6 +262,7 @@ impl CompiledCatalogue {
             if let Some(r) = &eligibility {
                 event_names.extend(r.event_names.iter().cloned());
                 bodies = bodies.max(r.bodies);
+                profile_reads.union(r.profile_reads());
             }
             let caps: Vec<CompiledCap> = doc
                 .caps
@@ -271,19 +284,20 @@ impl CompiledCatalogue {
             }
             let instant =
                 |t: &Option<String>| t.as_deref().and_then(waymark_core::time::parse_iso8601);
+            let view = json!({
+                "key": doc.key, "name": doc.name, "priority": doc.priority, "tags": doc.tags,
+            });
             offers.insert(
                 doc.key.clone(),
-                CompiledOffer {
+                Arc::new(CompiledOffer {
                     starts_at: instant(&doc.starts_at),
                     ends_at: instant(&doc.ends_at),
                     eligibility,
                     caps,
-                    view: json!({
-                        "key": doc.key, "name": doc.name, "priority": doc.priority,
-                        "tags": doc.tags,
-                    }),
+                    view_prepared: prepare(&view),
+                    view,
                     doc: doc.clone(),
-                },
+                }),
             );
         }
         let mut policies = HashMap::new();
@@ -304,6 +318,7 @@ impl CompiledCatalogue {
                     Ok(r) => {
                         event_names.extend(r.event_names.iter().cloned());
                         bodies = bodies.max(r.bodies);
+                        profile_reads.union(r.profile_reads());
                         Some(r)
                     }
                     Err(e) => {
@@ -316,8 +331,8 @@ impl CompiledCatalogue {
             let candidates = catalogue
                 .candidates(&doc)
                 .into_iter()
-                .map(|o| o.key.clone())
-                .filter(|k| offers.contains_key(k) && contents.has(k, &placement.key))
+                .filter(|o| contents.has(&o.key, &placement.key))
+                .filter_map(|o| offers.get(&o.key).cloned())
                 .collect();
             policies.insert(
                 placement.key.clone(),
@@ -337,6 +352,7 @@ impl CompiledCatalogue {
             contents,
             event_names,
             bodies,
+            profile_reads,
             problems,
         }
     }
@@ -379,7 +395,15 @@ impl CompiledCatalogue {
         explain: bool,
     ) -> Result<Vec<Decided>, (usize, UnknownPlacement)> {
         let mut rng = SmallRng::seed_from_u64(seed);
-        let context_prepared = prepare(context);
+        let context_prepared = Lazy::default();
+        let profile = Lazy::default();
+        let profile_of = || {
+            prepare(
+                &self
+                    .profile_reads
+                    .prune(&visitor.profile.context_json(&visitor.profile.traits)),
+            )
+        };
         let feedback = Feedback::of(visitor.events, now);
         let mut profile_data: Option<Value> = None;
         let mut out = Vec::with_capacity(asks.len());
@@ -397,6 +421,8 @@ impl CompiledCatalogue {
                 visitor,
                 context,
                 context_prepared: &context_prepared,
+                profile: &profile,
+                profile_of: &profile_of,
                 feedback: &feedback,
                 now,
                 counts,
@@ -456,7 +482,10 @@ struct PolicyRun<'a> {
     policy: &'a CompiledPolicy,
     visitor: &'a Visitor<'a>,
     context: &'a Value,
-    context_prepared: &'a Prepared,
+    context_prepared: &'a Lazy,
+    /// The person as every rule reads them, prepared on first use.
+    profile: &'a Lazy,
+    profile_of: &'a (dyn Fn() -> Prepared + Sync),
     feedback: &'a Feedback,
     now: Millis,
     counts: &'a dyn OfferCounts,
@@ -472,7 +501,7 @@ struct Judged {
     error: Option<String>,
 }
 
-impl PolicyRun<'_> {
+impl<'a> PolicyRun<'a> {
     fn decide(
         &self,
         items: Option<u32>,
@@ -487,33 +516,35 @@ impl PolicyRun<'_> {
         let mut errors = Vec::new();
         let (label, ordered) = self.rank(wanted, rng, &mut explain, &mut errors);
         let mut chosen = Vec::with_capacity(wanted);
-        for key in ordered {
+        for offer in ordered {
             if chosen.len() == wanted {
                 break;
             }
-            match self.render(&key, profile_data) {
+            let key = &offer.doc.key;
+            match self.render(offer, profile_data) {
                 Ok(content) => {
-                    if let Some(e) = explain.iter_mut().find(|e| e.offer == key) {
+                    if let Some(e) = explain.iter_mut().find(|e| e.offer == *key) {
                         e.chosen = true;
                     }
                     chosen.push(Item {
-                        offer: key,
+                        offer: key.clone(),
                         content,
                         fallback: false,
                     });
                 }
                 Err(why) => {
-                    if let Some(e) = explain.iter_mut().find(|e| e.offer == key) {
+                    if let Some(e) = explain.iter_mut().find(|e| e.offer == *key) {
                         e.why = Some(format!("its content failed to render: {why}"));
                     }
-                    errors.push((key, why));
+                    errors.push((key.clone(), why));
                 }
             }
         }
         if chosen.is_empty()
             && let Some(fallback) = &policy.doc.fallback
+            && let Some(offer) = self.catalogue.offers.get(fallback)
         {
-            match self.render(fallback, profile_data) {
+            match self.render(offer, profile_data) {
                 Ok(content) => chosen.push(Item {
                     offer: fallback.clone(),
                     content,
@@ -547,19 +578,16 @@ impl PolicyRun<'_> {
         rng: &mut SmallRng,
         explain: &mut Vec<OfferExplain>,
         errors: &mut Vec<(String, String)>,
-    ) -> (&'static str, Vec<String>) {
+    ) -> (&'static str, Vec<&'a CompiledOffer>) {
         let policy = self.policy;
-        let mut judge = |key: &str, explain: &mut Vec<OfferExplain>| -> bool {
-            let Some(offer) = self.catalogue.offers.get(key) else {
-                return false;
-            };
+        let mut judge = |offer: &CompiledOffer, explain: &mut Vec<OfferExplain>| -> bool {
             let judged = self.judge(offer);
             if let Some(e) = judged.error.clone() {
-                errors.push((key.to_owned(), e));
+                errors.push((offer.doc.key.clone(), e));
             }
             if self.explain {
                 explain.push(OfferExplain {
-                    offer: key.to_owned(),
+                    offer: offer.doc.key.clone(),
                     eligible: judged.eligible,
                     chosen: false,
                     why: judged.why,
@@ -570,88 +598,90 @@ impl PolicyRun<'_> {
             }
             judged.eligible
         };
-        let score_of = |explain: &mut Vec<OfferExplain>, key: &str, score: f64| {
-            if let Some(e) = explain.iter_mut().find(|e| e.offer == key) {
-                e.score = Some(score);
-            }
-        };
+        let explained =
+            |explain: &mut Vec<OfferExplain>, key: &str, f: &dyn Fn(&mut OfferExplain)| {
+                if let Some(e) = explain.iter_mut().find(|e| e.offer == key) {
+                    f(e);
+                }
+            };
         match &policy.doc.ranking {
             Ranking::Priority => {
                 // Highest priority first, ties at random; judged in that order until
                 // enough are eligible (all of them when explaining).
-                let mut order: Vec<(i64, u64, &String)> = policy
+                let mut order: Vec<(i64, u64, &'a CompiledOffer)> = policy
                     .candidates
                     .iter()
-                    .filter_map(|k| {
-                        self.catalogue
-                            .offers
-                            .get(k)
-                            .map(|o| (o.doc.priority, rng.random::<u64>(), k))
-                    })
+                    .map(|o| (o.doc.priority, rng.random::<u64>(), &**o))
                     .collect();
-                order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+                order.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
                 let mut eligible = Vec::new();
-                for (priority, _, key) in order {
+                for (priority, _, offer) in order {
                     // One more than shown, in case one's content fails to render.
                     if !self.explain && eligible.len() > wanted {
                         break;
                     }
-                    if judge(key, explain) {
-                        score_of(explain, key, priority as f64);
-                        eligible.push(key.clone());
+                    if judge(offer, explain) {
+                        explained(explain, &offer.doc.key, &|e| {
+                            e.score = Some(priority as f64)
+                        });
+                        eligible.push(offer);
                     }
                 }
                 ("priority", eligible)
             }
             Ranking::Formula { .. } => {
-                let eligible: Vec<&String> = policy
-                    .candidates
-                    .iter()
-                    .filter(|k| judge(k, explain))
-                    .collect();
-                let mut scored: Vec<(f64, u64, String)> = Vec::with_capacity(eligible.len());
-                for key in eligible {
-                    let Some(offer) = self.catalogue.offers.get(key) else {
+                let mut scored: Vec<(f64, u64, &'a CompiledOffer)> = Vec::new();
+                let mut failed = Vec::new();
+                for offer in policy.candidates.iter().map(|o| &**o) {
+                    if !judge(offer, explain) {
                         continue;
-                    };
+                    }
                     match self.formula(offer) {
                         Ok(score) => {
-                            score_of(explain, key, score);
-                            scored.push((score, rng.random::<u64>(), key.clone()));
+                            explained(explain, &offer.doc.key, &|e| e.score = Some(score));
+                            scored.push((score, rng.random::<u64>(), offer));
                         }
                         Err(e) => {
-                            if let Some(x) = explain.iter_mut().find(|x| x.offer == *key) {
+                            let why = format!("the ranking formula failed: {e}");
+                            explained(explain, &offer.doc.key, &|x| {
                                 x.eligible = false;
-                                x.why = Some(format!("the ranking formula failed: {e}"));
-                            }
-                            errors.push((key.clone(), e));
+                                x.why = Some(why.clone());
+                            });
+                            failed.push((offer.doc.key.clone(), e));
                         }
                     }
                 }
-                scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                errors.extend(failed);
+                scored.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
                 ("formula", scored.into_iter().map(|s| s.2).collect())
             }
             Ranking::Learned {
                 exploration,
                 control,
             } => {
-                let mut eligible: Vec<String> = policy
+                let mut eligible: Vec<&'a CompiledOffer> = policy
                     .candidates
                     .iter()
-                    .filter(|k| judge(k, explain))
-                    .cloned()
+                    .map(|o| &**o)
+                    .filter(|o| judge(o, explain))
                     .collect();
                 let in_control =
                     *control > 0.0 && share_of(self.visitor.id, &policy.doc.key) < *control;
                 let explore = !in_control && rng.random::<f64>() < *exploration;
-                for key in &eligible {
-                    let (displays, clicks) = self.counts.learned(&policy.doc.placement, key);
-                    let clicks = clicks.min(displays);
-                    if let Some(e) = explain.iter_mut().find(|e| e.offer == *key) {
-                        e.estimate = Some(Estimate {
-                            displays,
-                            clicks,
-                            mean: (clicks as f64 + 1.0) / (displays as f64 + 2.0),
+                let counts = |offer: &CompiledOffer| {
+                    let (displays, clicks) =
+                        self.counts.learned(&policy.doc.placement, &offer.doc.key);
+                    (displays, clicks.min(displays))
+                };
+                if self.explain {
+                    for offer in &eligible {
+                        let (displays, clicks) = counts(offer);
+                        explained(explain, &offer.doc.key, &|e| {
+                            e.estimate = Some(Estimate {
+                                displays,
+                                clicks,
+                                mean: (clicks as f64 + 1.0) / (displays as f64 + 2.0),
+                            });
                         });
                     }
                 }
@@ -659,24 +689,23 @@ impl PolicyRun<'_> {
                     eligible.shuffle(rng);
                     return (if in_control { "control" } else { "exploration" }, eligible);
                 }
-                let mut sampled: Vec<(f64, String)> = eligible
+                let mut sampled: Vec<(f64, &'a CompiledOffer)> = eligible
                     .into_iter()
-                    .map(|key| {
-                        let (displays, clicks) = self.counts.learned(&policy.doc.placement, &key);
-                        let clicks = clicks.min(displays);
+                    .map(|offer| {
+                        let (displays, clicks) = counts(offer);
                         let sample = rand_distr::Beta::new(
                             clicks as f64 + 1.0,
                             (displays - clicks) as f64 + 1.0,
                         )
                         .map(|b| b.sample(rng))
                         .unwrap_or(0.0);
-                        (sample, key)
+                        (sample, offer)
                     })
                     .collect();
-                for (score, key) in &sampled {
-                    score_of(explain, key, *score);
+                for (score, offer) in &sampled {
+                    explained(explain, &offer.doc.key, &|e| e.score = Some(*score));
                 }
-                sampled.sort_by(|a, b| b.0.total_cmp(&a.0));
+                sampled.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
                 ("learned", sampled.into_iter().map(|s| s.1).collect())
             }
         }
@@ -741,7 +770,8 @@ impl PolicyRun<'_> {
             };
         };
         let extra = ExtraVars {
-            context: self.context_prepared,
+            context: self.context,
+            context_prepared: self.context_prepared,
             offer: None,
         };
         let person = Person {
@@ -749,7 +779,7 @@ impl PolicyRun<'_> {
             events: self.visitor.events,
             member_of: self.visitor.member_of,
         };
-        let evaluation = rule.evaluate_with(&person, now, &extra);
+        let evaluation = rule.evaluate_shared(&person, now, &extra, self.profile, self.profile_of);
         let why = match (&evaluation.error, evaluation.member) {
             (Some(e), _) => Some(format!("its eligibility failed: {e}")),
             (None, false) => Some("its eligibility is false".to_owned()),
@@ -771,20 +801,27 @@ impl PolicyRun<'_> {
         let Some(formula) = &self.policy.formula else {
             return Ok(offer.doc.priority as f64);
         };
-        let offer_prepared = prepare(&offer.view);
         let extra = ExtraVars {
-            context: self.context_prepared,
-            offer: Some(&offer_prepared),
+            context: self.context,
+            context_prepared: self.context_prepared,
+            offer: Some(&offer.view_prepared),
         };
         let person = Person {
             profile: self.visitor.profile,
             events: self.visitor.events,
             member_of: self.visitor.member_of,
         };
-        formula.number_with(&person, self.now, &extra).0
+        formula
+            .number_shared(&person, self.now, &extra, self.profile, self.profile_of)
+            .0
     }
 
-    fn render(&self, key: &str, profile_data: &mut Option<Value>) -> Result<Value, String> {
+    fn render(
+        &self,
+        offer: &CompiledOffer,
+        profile_data: &mut Option<Value>,
+    ) -> Result<Value, String> {
+        let key = offer.doc.key.as_str();
         let placement = &self.policy.doc.placement;
         let contents = &self.catalogue.contents;
         if !contents.reads_data(key, placement) {
@@ -795,12 +832,7 @@ impl PolicyRun<'_> {
                 .profile
                 .context_json(&self.visitor.profile.traits)
         });
-        let offer = self
-            .catalogue
-            .offers
-            .get(key)
-            .map_or(Value::Null, |o| o.view.clone());
-        let data = json!({"profile": profile, "context": self.context, "offer": offer});
+        let data = json!({"profile": profile, "context": self.context, "offer": offer.view});
         contents.render(key, placement, &data)
     }
 }

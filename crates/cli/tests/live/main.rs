@@ -7,6 +7,7 @@ mod support;
 
 mod audiences;
 mod campaigns;
+mod decisioning;
 mod direct_mail;
 mod email;
 mod governance;

@@ -590,6 +590,12 @@ fn is_calendar_call(call: &CallExpr) -> bool {
 /// `profile.a.b` as `["a", "b"]` (`profile` alone as no fields); `None` for anything
 /// else.
 pub fn profile_path(node: &IdedExpr) -> Option<Vec<String>> {
+    variable_path(node, "profile")
+}
+
+/// The fields of a plain field chain on the variable `root` (`context.cart.total` for
+/// `context`: `[cart, total]`), if the node is one.
+pub fn variable_path(node: &IdedExpr, root: &str) -> Option<Vec<String>> {
     let mut path = Vec::new();
     let mut at = node;
     loop {
@@ -598,7 +604,7 @@ pub fn profile_path(node: &IdedExpr) -> Option<Vec<String>> {
                 path.push(s.field.clone());
                 at = &s.operand;
             }
-            Expr::Ident(root) if root == "profile" => break,
+            Expr::Ident(name) if name == root => break,
             _ => return None,
         }
     }

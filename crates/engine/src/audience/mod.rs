@@ -240,29 +240,40 @@ impl CompiledAudience {
     ) -> Evaluation {
         let profile = Lazy::default();
         let profile_of = || self.prepared_profile(person.profile);
-        let (values, next_change) = self.values(person, now, &profile, &profile_of);
-        self.decide(
-            values,
-            next_change,
-            person,
-            &profile,
-            &profile_of,
-            now,
-            extra,
-        )
+        self.evaluate_shared(person, now, extra, &profile, &profile_of)
     }
 
-    /// The rule's value as a number (a ranking formula), with the calls' values; an error
-    /// when it fails or is not a number.
-    pub fn number_with(
+    /// [`Self::evaluate_with`] with the person's profile prepared by the caller, once for
+    /// many rules: `profile_of` prepares at least what [`Self::profile_reads`] reads.
+    pub fn evaluate_shared(
         &self,
         person: &Person<'_>,
         now: Millis,
         extra: &dyn Variables,
+        profile: &Lazy,
+        profile_of: &(dyn Fn() -> Prepared + Sync),
+    ) -> Evaluation {
+        let (values, next_change) = self.values(person, now, profile, profile_of);
+        self.decide(values, next_change, person, profile, profile_of, now, extra)
+    }
+
+    /// What the rule and its conditions read of `profile`.
+    pub fn profile_reads(&self) -> &crate::expression::Reads {
+        self.reads.of_var("profile")
+    }
+
+    /// The rule's value as a number (a ranking formula), with the calls' values; an error
+    /// when it fails or is not a number. The profile is prepared by the caller, as for
+    /// [`Self::evaluate_shared`].
+    pub fn number_shared(
+        &self,
+        person: &Person<'_>,
+        now: Millis,
+        extra: &dyn Variables,
+        profile: &Lazy,
+        profile_of: &(dyn Fn() -> Prepared + Sync),
     ) -> (Result<f64, String>, Vec<CallValue>) {
-        let profile = Lazy::default();
-        let profile_of = || self.prepared_profile(person.profile);
-        let (values, _) = self.values(person, now, &profile, &profile_of);
+        let (values, _) = self.values(person, now, profile, profile_of);
         let memberships: Vec<bool> = self
             .rule
             .audiences
@@ -272,8 +283,8 @@ impl CompiledAudience {
         let bound: Vec<Prepared> = values.iter().map(|v| prepare(&v.value)).collect();
         let audience_values: Vec<Prepared> = memberships.iter().map(prepare).collect();
         let variables = RuleVars {
-            profile: &profile,
-            profile_of: &profile_of,
+            profile,
+            profile_of,
             calls: &bound,
             behaviour_calls: self.rule.calls.len(),
             audiences: &audience_values,
@@ -348,6 +359,7 @@ impl CompiledAudience {
                 calls: Some(&values),
                 audiences: &memberships,
                 profile: person.profile,
+                context: extra.json("context"),
             })
             .ok()
         });
@@ -420,6 +432,7 @@ impl CompiledAudience {
                 calls: None,
                 audiences: &memberships,
                 profile,
+                context: None,
             })
             .ok()?;
         match outcome {

@@ -30,6 +30,8 @@ pub(super) enum Operand {
     Audience(usize),
     /// `profile.<path>`.
     Profile(Vec<String>),
+    /// `context.<path>`: what a decision request sent (offers' rules only).
+    Context(Vec<String>),
     Literal(Scalar),
 }
 
@@ -91,6 +93,8 @@ pub(super) struct Inputs<'a> {
     pub calls: Option<&'a [super::CallValue]>,
     pub audiences: &'a [bool],
     pub profile: &'a ProfileState,
+    /// The request's `context`, for rules that read it.
+    pub context: Option<&'a Value>,
 }
 
 /// Not decided here: ask CEL.
@@ -212,7 +216,13 @@ fn operand(expr: &IdedExpr, calls: usize) -> Option<Operand> {
                 index("@a").map(Operand::Audience)
             }
         }
-        Expr::Select(_) => waymark_core::audience::profile_path(expr).map(Operand::Profile),
+        Expr::Select(_) => waymark_core::audience::profile_path(expr)
+            .map(Operand::Profile)
+            .or_else(|| {
+                waymark_core::audience::rule::variable_path(expr, "context")
+                    .filter(|p| !p.is_empty())
+                    .map(Operand::Context)
+            }),
         Expr::Literal(literal) => Some(Operand::Literal(match literal {
             LiteralValue::Int(i) => Scalar::Int(*i.inner()),
             LiteralValue::Double(d) => Scalar::Double(*d.inner()),
@@ -268,6 +278,17 @@ fn resolve(operand: &Operand, inputs: &Inputs<'_>) -> Result<Resolved, AskCel> {
             };
             for field in rest.iter().skip(1) {
                 // A field of something that is not an object is CEL's to report.
+                let object = at.as_object().ok_or(AskCel)?;
+                match object.get(field) {
+                    Some(v) => at = v,
+                    None => return missing(field),
+                }
+            }
+            value(scalar(at)?)
+        }
+        Operand::Context(path) => {
+            let mut at = inputs.context.ok_or(AskCel)?;
+            for field in path {
                 let object = at.as_object().ok_or(AskCel)?;
                 match object.get(field) {
                     Some(v) => at = v,

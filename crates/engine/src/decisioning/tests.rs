@@ -629,3 +629,64 @@ fn json_content_keeps_types_and_placements_are_asked_by_key_or_surface() {
         json!({"title": "Hi <Ann>", "points": 120, "cart": 42.5})
     );
 }
+
+#[test]
+fn rules_on_the_context_are_decided_without_cel_exactly_as_cel_would() {
+    let rule = waymark_core::audience::Rule::parse_with(
+        r#"context.cart.total > 40 && context.page == "/shop" || in_audience("vip")"#,
+        waymark_core::decisioning::ELIGIBILITY_VARIABLES,
+    )
+    .expect("parses");
+    let compiled = CompiledAudience::from_rule("r".into(), 0, rule.clone());
+    assert!(compiled.decided_natively());
+    // The same rule made opaque to the native path (a function call it does not know):
+    // decided by CEL alone.
+    let by_cel = CompiledAudience::from_rule(
+        "c".into(),
+        0,
+        waymark_core::audience::Rule::parse_with(
+            r#"(context.cart.total > 40 && context.page == "/shop" || in_audience("vip")) && size("") == 0"#,
+            waymark_core::decisioning::ELIGIBILITY_VARIABLES,
+        )
+        .expect("parses"),
+    );
+    assert!(!by_cel.decided_natively());
+    let profile = person(json!({}));
+    for (context, vip) in [
+        (json!({"cart": {"total": 41}, "page": "/shop"}), false),
+        (json!({"cart": {"total": 40.5}, "page": "/shop"}), false),
+        (json!({"cart": {"total": 40}, "page": "/shop"}), false),
+        (json!({"cart": {"total": 99}, "page": "/"}), false),
+        (json!({"page": "/shop"}), false),
+        (json!({"page": "/shop"}), true),
+        (json!({"cart": "full", "page": "/shop"}), false),
+        (json!({"cart": {"total": "41"}, "page": "/shop"}), false),
+        (json!({}), true),
+    ] {
+        let member_of = |_: &str| vip;
+        let person = Person {
+            profile: &profile,
+            events: &[],
+            member_of: &member_of,
+        };
+        let lazy = Lazy::default();
+        let extra = ExtraVars {
+            context: &context,
+            context_prepared: &lazy,
+            offer: None,
+        };
+        let native = compiled.evaluate_with(&person, NOW, &extra);
+        let lazy = Lazy::default();
+        let extra = ExtraVars {
+            context: &context,
+            context_prepared: &lazy,
+            offer: None,
+        };
+        let cel = by_cel.evaluate_with(&person, NOW, &extra);
+        assert_eq!(
+            (native.member, native.error.is_some()),
+            (cel.member, cel.error.is_some()),
+            "{context} vip={vip}: native {native:?} cel {cel:?}"
+        );
+    }
+}

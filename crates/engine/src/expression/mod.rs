@@ -68,9 +68,16 @@ fn root() -> &'static cel::Context<'static, 'static> {
 /// The variables an expression may read, by name (`now` is always there).
 pub trait Variables: Sync {
     fn variable(&self, name: &str) -> Option<&Prepared>;
+
+    /// The variable as JSON, where the caller has it so (rules of the common shape read
+    /// it without CEL: `audience::native`).
+    fn json(&self, _name: &str) -> Option<&serde_json::Value> {
+        None
+    }
 }
 
 /// A value converted for evaluation, or why it could not be.
+#[derive(Debug)]
 pub struct Prepared(Result<Box<dyn Val>, String>);
 
 /// Converts a value for evaluation. Converting a whole event or profile is most of an

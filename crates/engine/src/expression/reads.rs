@@ -38,6 +38,19 @@ impl Reads {
         }
     }
 
+    /// Adds what `other` reads.
+    pub fn union(&mut self, other: &Reads) {
+        match other {
+            Reads::Nothing => {}
+            Reads::Whole => *self = Reads::Whole,
+            Reads::Paths(paths) => {
+                for p in paths {
+                    self.add_path(p.clone());
+                }
+            }
+        }
+    }
+
     /// The part of `value` these reads can reach.
     pub fn prune<'v>(&self, value: &'v Value) -> Cow<'v, Value> {
         match self {
