@@ -486,10 +486,26 @@ pub struct DecideQuery {
 /// Who a decide request is about, once its proof is checked.
 struct Asker {
     identities: Vec<Identity>,
-    /// Whether the request proved who the person is (admin token or user hash).
-    proven: bool,
+    /// An admin token: any person.
+    admin: bool,
+    /// The `userId` the request proved with its user hash.
+    proven_user: Option<String>,
     /// Stable per visitor when nobody is found: the anonymous id.
     anonymous: String,
+}
+
+impl Asker {
+    /// Whether the request may be decided as this person.
+    fn may_read(&self, profile: &waymark_core::ProfileState) -> bool {
+        self.admin
+            || !profile.has_user_id()
+            || self.proven_user.as_ref().is_some_and(|user| {
+                profile
+                    .identities
+                    .get(waymark_core::Namespace::USER_ID)
+                    .is_some_and(|ids| ids.contains(user))
+            })
+    }
 }
 
 fn asker(
@@ -518,7 +534,7 @@ fn asker(
             "a decision is for a userId or an anonymousId",
         ));
     }
-    let mut proven = admin;
+    let mut proven_user = None;
     if let Some(user) = &user
         && !admin
     {
@@ -543,7 +559,7 @@ fn asker(
             e.body.code = "invalid_user_hash".into();
             return Err(e);
         }
-        proven = true;
+        proven_user = Some(user.value.clone());
     }
     Ok(Asker {
         anonymous: anonymous
@@ -552,7 +568,8 @@ fn asker(
             .map(|i| i.value.clone())
             .unwrap_or_default(),
         identities: user.into_iter().chain(anonymous).collect(),
-        proven,
+        admin,
+        proven_user,
     })
 }
 
@@ -642,8 +659,10 @@ pub async fn decide(
         .store
         .decision_inputs(&asker.identities, &names, catalogue.bodies())
         .await?
-        // Someone who signed in is only decided as themselves when the request proves it.
-        .filter(|i| asker.proven || !i.profile.has_user_id());
+        // Someone who signed in is decided as themselves only when the request proves it is
+        // them: a user hash proves its own userId, not the owner of an anonymous id sent
+        // beside it.
+        .filter(|i| asker.may_read(&i.profile));
     let nobody = waymark_engine::decisioning::nobody();
     let (profile, events, audiences) = match &inputs {
         Some(i) => (&i.profile, i.events.as_slice(), i.audiences.as_slice()),

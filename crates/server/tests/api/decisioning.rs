@@ -235,6 +235,21 @@ pub async fn decisioning_through_the_api(api: &Api) {
     let r = decide(api, Auth::Write(CLIENT_KEY), hers).await;
     assert_eq!(offers(&r, 0), ["generic"], "{}", r.text);
 
+    // Someone else's hash does not reach her through her anonymous id either.
+    let r = api
+        .post(
+            "/v1/identify",
+            json!({"userId": "bob", "traits": {"name": "Bob"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let as_bob = json!({"userId": "bob", "anonymousId": "a1", "context": {"page": "/shop"}, "placements": [{"placement": "hero"}]});
+    let r = decide(api, Auth::WriteAs(CLIENT_KEY, "user_id:bob"), as_bob).await;
+    assert_eq!(offers(&r, 0), ["generic"], "{}", r.text);
+    let stranger = json!({"userId": "carol", "anonymousId": "a1", "context": {"page": "/shop"}, "placements": [{"placement": "hero"}]});
+    let r = decide(api, Auth::WriteAs(CLIENT_KEY, "user_id:carol"), stranger).await;
+    assert_eq!(offers(&r, 0), ["generic"], "{}", r.text);
+
     // Displays, reported twice each: counted once.
     let r = feedback(
         api,
