@@ -8,7 +8,9 @@
 # feedback events), 10 decision policies (4 by priority, 3 by formula, 3 learned), each
 # with a fallback. Then `wrk` (keep-alive, CONNECTIONS connections, 2 threads, on the same
 # 2 cores) asks POST /v1/decide for a random person, placement, page and cart, for
-# DURATION seconds, ROUNDS times. Needs wrk (apt-get install wrk).
+# DURATION seconds, ROUNDS times. Needs wrk (apt-get install wrk). With
+# DECIDE_POSTGRES=postgres://postgres@127.0.0.1:5432 the server runs on PostgreSQL (a fresh
+# database).
 set -euo pipefail
 bin=$1 rounds=${2:-3}
 profiles=${PROFILES:-1000000}
@@ -20,8 +22,14 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 port=18086 url=http://127.0.0.1:18086
 run=d
 
+store=()
+if [ -n "${DECIDE_POSTGRES:-}" ]; then
+  psql "$DECIDE_POSTGRES/postgres" -qc "SET client_min_messages = warning" \
+    -c "DROP DATABASE IF EXISTS decide_bench" -c "CREATE DATABASE decide_bench" >/dev/null
+  store=(--store "$DECIDE_POSTGRES/decide_bench")
+fi
 WAYMARK_WRITE_KEY=wk WAYMARK_ADMIN_TOKEN=adm "$bin" serve --listen 127.0.0.1:$port \
-  --data-dir "$work/data" >/dev/null 2>"$work/server.log" &
+  --data-dir "$work/data" "${store[@]}" >/dev/null 2>"$work/server.log" &
 pid=$!
 for _ in $(seq 1 100); do curl -sf $url/healthz >/dev/null && break; sleep 0.1; done
 

@@ -927,8 +927,8 @@ impl waymark_store::decisioning::DecisioningStore for PostgresStore {
         names: &[String],
         bodies: waymark_engine::audience::BodyPart,
     ) -> Result<Option<waymark_store::decisioning::DecisionInputs>, StoreError> {
-        let mut client = self.client().await?;
-        decisioning::inputs(&mut client, identities, names, bodies).await
+        let client = self.client().await?;
+        decisioning::inputs(&client, identities, names, bodies).await
     }
 }
 

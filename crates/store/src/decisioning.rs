@@ -122,8 +122,9 @@ pub trait DecisioningStore: Send + Sync {
     async fn offer_counts(&self, since_hour: Millis) -> Result<Vec<OfferCount>, StoreError>;
 
     /// What a decision reads of the person holding the first identity that has one: their
-    /// profile, audiences and kept events of `names` (bodies as far as `bodies`), in one
-    /// snapshot; `None` when nobody holds any of them.
+    /// profile, audiences and kept events of `names` (bodies as far as `bodies`); `None`
+    /// when nobody holds any of them. Not necessarily one snapshot: a decision tolerates a
+    /// membership or an event changing between the reads.
     async fn decision_inputs(
         &self,
         identities: &[Identity],
