@@ -367,6 +367,18 @@ impl CompiledCatalogue {
         self.bodies
     }
 
+    /// The longest window of any total cap (0 when none has one): how many hours of
+    /// everyone's counts a server must keep by the hour.
+    pub fn longest_total_window(&self) -> i64 {
+        self.offers
+            .values()
+            .flat_map(|o| &o.caps)
+            .filter(|c| c.per == CapScope::Total)
+            .filter_map(|c| c.window_ms)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Whether a decision reads the person's audiences.
     pub fn reads_audiences(&self) -> bool {
         self.offers

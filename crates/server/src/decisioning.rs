@@ -56,13 +56,18 @@ impl std::fmt::Debug for Decisioning {
     }
 }
 
-/// Displays and clicks, by offer and placement per hour (as stored) and in total.
+/// Displays and clicks, by offer and placement per hour (as stored, the last two hours
+/// only: older rows no longer change) and in total. Memory stays bounded by the catalogue
+/// and its longest total-cap window, not by how long the server runs.
 #[derive(Default)]
 struct Counts {
     rows: BTreeMap<(Millis, String, String), (u64, u64)>,
     /// All hours, per (placement, offer): what the learned ranker reads.
     pairs: HashMap<(String, String), (u64, u64)>,
-    /// Per offer, per hour, all placements: what total caps read.
+    /// All hours, per offer: what total caps without a window read.
+    offer_totals: HashMap<String, (u64, u64)>,
+    /// Per offer, per hour, all placements, as far back as the longest total-cap window:
+    /// what total caps with a window read.
     offers: HashMap<String, BTreeMap<Millis, (u64, u64)>>,
     /// The newest hour read: rows from the hour before it are read again each time (a
     /// row only changes while its hour is current).
@@ -70,7 +75,8 @@ struct Counts {
 }
 
 impl Counts {
-    fn merge(&mut self, rows: Vec<OfferCount>) {
+    /// Merges rows read again; keeps hours per offer `keep_ms` back from the newest.
+    fn merge(&mut self, rows: Vec<OfferCount>, keep_ms: i64) {
         for row in rows {
             let new = (row.displays.max(0) as u64, row.clicks.max(0) as u64);
             let old = self
@@ -84,6 +90,9 @@ impl Counts {
                 .or_default();
             pair.0 += dd;
             pair.1 += dc;
+            let total = self.offer_totals.entry(row.offer.clone()).or_default();
+            total.0 += dd;
+            total.1 += dc;
             let hour = self
                 .offers
                 .entry(row.offer)
@@ -94,23 +103,33 @@ impl Counts {
             hour.1 += dc;
             self.newest_hour = Some(self.newest_hour.map_or(row.hour, |h| h.max(row.hour)));
         }
+        if let Some(newest) = self.newest_hour {
+            let settled = newest - HOUR;
+            self.rows.retain(|(hour, _, _), _| *hour >= settled);
+            let oldest_kept = settled.saturating_sub(keep_ms);
+            for hours in self.offers.values_mut() {
+                *hours = hours.split_off(&oldest_kept);
+            }
+            self.offers.retain(|_, hours| !hours.is_empty());
+        }
     }
 }
 
 impl OfferCounts for Counts {
     fn total(&self, offer: &str, on: CapEvent, since: Option<Millis>) -> u64 {
+        let pick = |(d, c): &(u64, u64)| match on {
+            CapEvent::Display => *d,
+            CapEvent::Click => *c,
+        };
+        let Some(since) = since else {
+            return self.offer_totals.get(offer).map_or(0, pick);
+        };
         let Some(hours) = self.offers.get(offer) else {
             return 0;
         };
         // By the hour, rounded out: the hour `since` falls in counts whole.
-        let from = since.map_or(Millis::MIN, waymark_engine::stats::hour_of);
-        hours
-            .range(from..)
-            .map(|(_, (d, c))| match on {
-                CapEvent::Display => *d,
-                CapEvent::Click => *c,
-            })
-            .sum()
+        let from = waymark_engine::stats::hour_of(since);
+        hours.range(from..).map(|(_, v)| pick(v)).sum()
     }
 
     fn learned(&self, placement: &str, offer: &str) -> (u64, u64) {
@@ -193,10 +212,11 @@ impl Decisioning {
                 .newest_hour
                 .map_or(Millis::MIN, |h| h - HOUR);
             let rows = store.offer_counts(since).await?;
+            let keep_ms = self.loaded().map_or(0, |c| c.longest_total_window());
             self.counts
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
-                .merge(rows);
+                .merge(rows, keep_ms);
             self.counts_read_at.store(now, Ordering::Relaxed);
         }
         Ok(())
@@ -748,4 +768,46 @@ pub async fn client_script() -> impl IntoResponse {
         ],
         include_str!("decide.js"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(hour: i64, offer: &str, displays: i64, clicks: i64) -> OfferCount {
+        OfferCount {
+            offer: offer.into(),
+            placement: "hero".into(),
+            hour: hour * HOUR,
+            displays,
+            clicks,
+        }
+    }
+
+    #[test]
+    fn counts_keep_totals_and_only_the_hours_caps_read() {
+        let mut counts = Counts::default();
+        // 48 hours of 10 displays and 1 click an hour; total caps look back 24 hours.
+        counts.merge((0..48).map(|h| row(h, "a", 10, 1)).collect(), 24 * HOUR);
+        assert_eq!(counts.learned("hero", "a"), (480, 48));
+        assert_eq!(counts.total("a", CapEvent::Display, None), 480);
+        assert_eq!(counts.total("a", CapEvent::Click, None), 48);
+        // The last day, by the hour (rounded out to whole hours).
+        assert_eq!(
+            counts.total("a", CapEvent::Display, Some(47 * HOUR - 1)),
+            20
+        );
+        assert_eq!(counts.total("a", CapEvent::Display, Some(24 * HOUR)), 240);
+        // Only the two newest hours are kept as rows; hours per offer a day back.
+        assert_eq!(counts.rows.len(), 2);
+        assert_eq!(counts.offers["a"].len(), 26);
+        // The current hour read again, grown: added once, not twice.
+        counts.merge(vec![row(47, "a", 15, 3)], 24 * HOUR);
+        assert_eq!(counts.learned("hero", "a"), (485, 50));
+        assert_eq!(counts.total("a", CapEvent::Display, Some(47 * HOUR)), 15);
+        // Without windowed total caps, no hours are kept beyond the settled one.
+        counts.merge(vec![row(48, "a", 1, 0)], 0);
+        assert_eq!(counts.offers["a"].len(), 2);
+        assert_eq!(counts.total("a", CapEvent::Display, None), 486);
+    }
 }
