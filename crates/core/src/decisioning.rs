@@ -360,31 +360,31 @@ impl Catalogue {
     /// The catalogue with `doc` in place of the document of its kind and key.
     pub fn with(&self, doc: Document) -> Catalogue {
         let mut next = self.clone();
+        next.insert(doc);
+        next
+    }
+
+    /// Puts `doc` in place of the document of its kind and key.
+    pub fn insert(&mut self, doc: Document) {
         match doc {
             Document::Offer(d) => {
-                next.offers.insert(d.key.clone(), d);
+                self.offers.insert(d.key.clone(), d);
             }
             Document::Placement(d) => {
-                next.placements.insert(d.key.clone(), d);
+                self.placements.insert(d.key.clone(), d);
             }
             Document::Collection(d) => {
-                next.collections.insert(d.key.clone(), d);
+                self.collections.insert(d.key.clone(), d);
             }
             Document::Policy(d) => {
-                next.policies.insert(d.key.clone(), d);
+                self.policies.insert(d.key.clone(), d);
             }
         }
-        next
     }
 
     /// Inserts a stored document; one that does not read is left out (and named).
     pub fn insert_stored(&mut self, kind: Kind, value: Value) -> Result<(), FieldError> {
-        match Document::from_value(kind, value)? {
-            Document::Offer(d) => self.offers.insert(d.key.clone(), d).map(|_| ()),
-            Document::Placement(d) => self.placements.insert(d.key.clone(), d).map(|_| ()),
-            Document::Collection(d) => self.collections.insert(d.key.clone(), d).map(|_| ()),
-            Document::Policy(d) => self.policies.insert(d.key.clone(), d).map(|_| ()),
-        };
+        self.insert(Document::from_value(kind, value)?);
         Ok(())
     }
 
@@ -414,28 +414,6 @@ impl Catalogue {
     /// The policy filling a placement.
     pub fn policy_for(&self, placement: &str) -> Option<&PolicyDoc> {
         self.policies.values().find(|p| p.placement == placement)
-    }
-
-    /// Every problem the whole catalogue has (each document checked against the others).
-    /// A catalogue built only through [`check`] has none.
-    pub fn problems(&self) -> Vec<(Kind, String, FieldError)> {
-        let docs = self
-            .offers
-            .values()
-            .cloned()
-            .map(Document::Offer)
-            .chain(self.placements.values().cloned().map(Document::Placement))
-            .chain(self.collections.values().cloned().map(Document::Collection))
-            .chain(self.policies.values().cloned().map(Document::Policy));
-        docs.flat_map(|d| {
-            let (kind, key) = (d.kind(), d.key().to_owned());
-            check_in(self, &d, None)
-                .err()
-                .unwrap_or_default()
-                .into_iter()
-                .map(move |e| (kind, key.clone(), e))
-        })
-        .collect()
     }
 }
 

@@ -379,15 +379,6 @@ impl CompiledCatalogue {
             .unwrap_or(0)
     }
 
-    /// Whether a decision reads the person's audiences.
-    pub fn reads_audiences(&self) -> bool {
-        self.offers
-            .values()
-            .filter_map(|o| o.eligibility.as_ref())
-            .chain(self.policies.values().filter_map(|p| p.formula.as_ref()))
-            .any(|r| !r.rule.audiences.is_empty())
-    }
-
     /// The placement key asked for (by key or surface), if there is one.
     pub fn placement_key(&self, asked: &str) -> Option<&str> {
         self.catalogue.placement_by(asked).map(|p| p.key.as_str())

@@ -280,17 +280,10 @@ impl CompiledAudience {
             .iter()
             .map(|key| (person.member_of)(key))
             .collect();
-        let bound: Vec<Prepared> = values.iter().map(|v| prepare(&v.value)).collect();
-        let audience_values: Vec<Prepared> = memberships.iter().map(prepare).collect();
-        let variables = RuleVars {
-            profile,
-            profile_of,
-            calls: &bound,
-            behaviour_calls: self.rule.calls.len(),
-            audiences: &audience_values,
-            extra,
-        };
-        let number = match self.expression.value(&variables, now) {
+        let value = self.with_variables(&values, &memberships, profile, profile_of, extra, |v| {
+            self.expression.value(v, now)
+        });
+        let number = match value {
             Ok(cel::Value::Int(i)) => Ok(i as f64),
             Ok(cel::Value::UInt(u)) => Ok(u as f64),
             Ok(cel::Value::Float(f)) if f.is_finite() => Ok(f),
@@ -399,20 +392,36 @@ impl CompiledAudience {
         now: Millis,
         extra: &dyn Variables,
     ) -> (bool, Option<String>) {
+        let tested = self.with_variables(values, memberships, profile, profile_of, extra, |v| {
+            self.expression.test(v, now)
+        });
+        match tested {
+            Ok(member) => (member, None),
+            Err(e) => (false, Some(e)),
+        }
+    }
+
+    /// Runs `f` with the rule's CEL variables: the calls' values, the memberships, the
+    /// person's profile and the caller's own variables.
+    fn with_variables<T>(
+        &self,
+        values: &[CallValue],
+        memberships: &[bool],
+        profile: &Lazy,
+        profile_of: &(dyn Fn() -> Prepared + Sync),
+        extra: &dyn Variables,
+        f: impl FnOnce(&RuleVars<'_>) -> T,
+    ) -> T {
         let bound: Vec<Prepared> = values.iter().map(|v| prepare(&v.value)).collect();
         let audience_values: Vec<Prepared> = memberships.iter().map(prepare).collect();
-        let variables = RuleVars {
+        f(&RuleVars {
             profile,
             profile_of,
             calls: &bound,
             behaviour_calls: self.rule.calls.len(),
             audiences: &audience_values,
             extra,
-        };
-        match self.expression.test(&variables, now) {
-            Ok(member) => (member, None),
-            Err(e) => (false, Some(e)),
-        }
+        })
     }
 
     /// Membership (and the error, if the rule failed) when the profile and memberships
