@@ -174,10 +174,16 @@ impl Governance {
         let mut out = std::collections::HashMap::new();
         for (channel, rate) in &self.throttle {
             use waymark_core::channel::Channel;
-            if !Channel::sending().any(|c| c == channel) {
-                let known: Vec<&str> = Channel::sending().collect();
+            let governed = || {
+                Channel::ALL
+                    .into_iter()
+                    .filter(|c| c.governed())
+                    .map(Channel::as_str)
+            };
+            if !governed().any(|c| c == channel) {
+                let known: Vec<&str> = governed().collect();
                 return Err(format!(
-                    "governance.throttle.{channel}: not a channel that sends ({})",
+                    "governance.throttle.{channel}: not a channel that sends messages ({})",
                     known.join(", ")
                 ));
             }

@@ -25,6 +25,7 @@ fn render_order_email_html(bencher: Bencher) {
         text: None,
         title: None,
         body: None,
+        image: None,
         data: None,
         sender: None,
     };

@@ -26,6 +26,10 @@ pub const SPLIT_NODE: &str = "assign";
 pub const LOCAL_TIME_NODE: &str = "local-time";
 /// Where the rest of the audience waits for the winning variant.
 pub const WINNER_NODE: &str = "winner";
+/// Where the content of a `code_based` campaign stays on its surface (`expires`).
+pub const ON_SURFACE_NODE: &str = "on-surface";
+/// How long a `code_based` campaign's content stays on its surface by default.
+pub const DEFAULT_ON_SURFACE: &str = "30d";
 /// The test share of a campaign with a winner, when its variants give no percents.
 pub const DEFAULT_TEST_PERCENT: u32 = 20;
 
@@ -49,8 +53,20 @@ pub struct Campaign {
     /// Members of these audiences are left out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
-    /// `email`, `sms`, `push`, `in_app`, `direct_mail` or `log`.
+    /// `email`, `sms`, `push`, `in_app`, `direct_mail`, `code_based` or `log`.
     pub channel: String,
+    /// `code_based`: the placement the content goes on, by key or surface URI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub surface: Option<String>,
+    /// `code_based`: how long the content stays on the surface for each person (default
+    /// 30d; stopping the campaign takes it down at once). `in_app`: how long the message
+    /// stays in the inbox (default 30d).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<DurationText>,
+    /// `code_based`: where journeys and campaigns place content on the same surface, the
+    /// higher goes first (default 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i64,
     /// The template of a campaign with one variant (or give `variants`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
@@ -387,6 +403,9 @@ impl Campaign {
                 },
             });
         }
+        // Content placed on a surface stays while the person's instance lasts: they wait
+        // there for `expires`.
+        let placed = self.channel == "code_based";
         for (key, template, _) in &shares {
             nodes.push(Node {
                 id: variant_node(key),
@@ -395,7 +414,23 @@ impl Campaign {
                     template: template.clone(),
                     category: self.category,
                     subscription: self.subscription.clone(),
-                    expires: None,
+                    expires: (!placed).then(|| self.expires.clone()).flatten(),
+                    surface: self.surface.clone(),
+                    next: if placed { ON_SURFACE_NODE } else { SENT_NODE }.into(),
+                },
+            });
+        }
+        if placed {
+            nodes.push(Node {
+                id: ON_SURFACE_NODE.into(),
+                kind: NodeKind::Wait {
+                    duration: Some(
+                        self.expires
+                            .clone()
+                            .unwrap_or_else(|| DurationText(DEFAULT_ON_SURFACE.into())),
+                    ),
+                    until: None,
+                    event: None,
                     next: SENT_NODE.into(),
                 },
             });
@@ -429,6 +464,7 @@ impl Campaign {
                 conversion: self.conversion.clone(),
                 timezone: self.local_time.as_ref().map(|_| "profile".to_owned()),
                 fallback_timezone: self.fallback_timezone.clone(),
+                priority: self.priority,
                 ..Properties::default()
             },
             start: None,
@@ -450,6 +486,7 @@ pub fn journey_field(campaign: &Campaign, journey: &Journey, field: &str) -> Str
         ("properties.entry_rate_limit", "rate".to_owned()),
         ("properties.reentry", "reentry".to_owned()),
         ("properties.conversion", "conversion".to_owned()),
+        ("properties.priority", "priority".to_owned()),
         (
             "properties.fallback_timezone",
             "fallback_timezone".to_owned(),
@@ -473,6 +510,9 @@ pub fn journey_field(campaign: &Campaign, journey: &Journey, field: &str) -> Str
         if node.id == WINNER_NODE {
             return "winner".into();
         }
+        if node.id == ON_SURFACE_NODE {
+            return "expires".into();
+        }
         let Some(variant) = node.id.strip_prefix("variant-") else {
             return field.to_owned();
         };
@@ -486,6 +526,10 @@ pub fn journey_field(campaign: &Campaign, journey: &Journey, field: &str) -> Str
         };
     }
     field.to_owned()
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 /// The share `hits` is of `n` (0 with nobody) and its 95% Wilson interval.

@@ -11,16 +11,20 @@ pub enum Channel {
     Push,
     InApp,
     DirectMail,
+    /// Content placed on a surface of a page or app (a decisioning placement) while the
+    /// journey step lasts; the decide API returns it, ahead of catalogue offers.
+    CodeBased,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 6] = [
+    pub const ALL: [Channel; 7] = [
         Channel::Log,
         Channel::Email,
         Channel::Sms,
         Channel::Push,
         Channel::InApp,
         Channel::DirectMail,
+        Channel::CodeBased,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -31,6 +35,7 @@ impl Channel {
             Channel::Push => "push",
             Channel::InApp => "in_app",
             Channel::DirectMail => "direct_mail",
+            Channel::CodeBased => "code_based",
         }
     }
 
@@ -42,6 +47,13 @@ impl Channel {
     /// are written for, and what throttles and caps apply to.
     pub fn sends(self) -> bool {
         self != Channel::Log
+    }
+
+    /// Whether frequency caps, throttles and quiet hours apply to it: every channel that
+    /// sends, but content placed on a page or app (`code_based`), which the person sees
+    /// only when they are there and which interrupts nobody.
+    pub fn governed(self) -> bool {
+        self.sends() && self != Channel::CodeBased
     }
 
     /// The channels that send, by name.
@@ -69,6 +81,7 @@ mod tests {
         }
         assert_eq!(Channel::parse("fax"), None);
         assert!(!Channel::sending().any(|c| c == "log"));
-        assert_eq!(Channel::sending().count(), 5);
+        assert_eq!(Channel::sending().count(), 6);
+        assert!(Channel::Email.governed() && !Channel::CodeBased.governed());
     }
 }

@@ -20,8 +20,8 @@ pub fn template_kinds() -> impl Iterator<Item = &'static str> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContentDoc {
-    /// `email`, `sms`, `push`, `in_app`, `direct_mail`, or `partial` (a fragment other
-    /// templates include).
+    /// `email`, `sms`, `push`, `in_app`, `direct_mail`, `code_based` (content placed on a
+    /// page or app surface), or `partial` (a fragment other templates include).
     pub channel: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
@@ -35,8 +35,12 @@ pub struct ContentDoc {
     pub title: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
-    /// Custom key/value data for push and in-app, the columns of a direct mail file
-    /// (strings in it are templates too).
+    /// `code_based`: the image URL an `image` placement shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Custom key/value data for push and in-app, the columns of a direct mail file, the
+    /// content of a `code_based` template for a `json` placement (strings in it are
+    /// templates too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     pub data: Option<Value>,
@@ -56,6 +60,7 @@ impl ContentDoc {
             ("text", &self.text),
             ("title", &self.title),
             ("body", &self.body),
+            ("image", &self.image),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
@@ -76,6 +81,11 @@ impl ContentDoc {
             "push" | "in_app" => (&["title", "body", "data"], &[&["title", "body"]]),
             "direct_mail" => (&["data"], &[&["data"]]),
             "partial" => (&["body"], &[&["body"]]),
+            // One field per kind of placement content (html, text, image, json: data).
+            "code_based" => (
+                &["html", "text", "image", "data"],
+                &[&["html", "text", "image", "data"]],
+            ),
             _ => return None,
         })
     }

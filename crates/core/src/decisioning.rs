@@ -166,6 +166,14 @@ impl ContentType {
             ContentType::Image => "image",
         }
     }
+
+    /// The field of a `code_based` template that holds content of this type.
+    pub fn template_field(self) -> &'static str {
+        match self {
+            ContentType::Json => "data",
+            other => other.name(),
+        }
+    }
 }
 
 /// Offers that compete together: those with any (or all) of some tags, or a list.
@@ -562,8 +570,11 @@ fn check_surface(p: &PlacementDoc) -> Result<(), String> {
             "a {expected} placement's surface starts with {expected}:// (not {scheme}://)"
         ));
     }
-    if rest.is_empty() || p.surface.len() > 512 || p.surface.chars().any(char::is_whitespace) {
-        return Err("a surface is a URI of at most 512 characters without spaces".into());
+    if rest.is_empty() || !crate::surface::well_formed(&p.surface) {
+        return Err(format!(
+            "a surface is a URI of at most {} characters without spaces",
+            crate::surface::MAX_LEN
+        ));
     }
     Ok(())
 }
@@ -861,8 +872,15 @@ pub fn feedback_message_id(
         _ => return None,
     };
     let proposition = properties.get("proposition")?.as_str()?;
-    let offer = properties.get("offer")?.as_str()?;
-    if proposition.is_empty() || offer.is_empty() {
+    // The item shown: an offer, or content a journey placed (its message id).
+    let item = |k: &str| {
+        properties
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let offer = item("offer").or_else(|| item("message"))?;
+    if proposition.is_empty() {
         return None;
     }
     let digest = xxhash_rust::xxh3::xxh3_128(

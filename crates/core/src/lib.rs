@@ -21,6 +21,7 @@ pub mod partition;
 pub mod profile;
 pub mod schedule;
 pub mod segment;
+pub mod surface;
 pub mod template;
 pub mod time;
 

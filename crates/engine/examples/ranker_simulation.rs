@@ -110,6 +110,7 @@ impl Ranker for Waymark {
             events: &[],
             member_of: &member_of,
             id: "v",
+            placed: &[],
         };
         let asks = [Ask {
             placement: "hero".into(),
@@ -127,7 +128,8 @@ impl Ranker for Waymark {
                 false,
             )
             .expect("the placement exists");
-        decided[0].items[0].offer[1..].parse().expect("o<i>")
+        let offer = decided[0].items[0].offer.as_deref().expect("an offer");
+        offer[1..].parse().expect("o<i>")
     }
 
     fn learn(&mut self, _: u64, offer: usize, clicked: bool) {

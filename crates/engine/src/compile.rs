@@ -36,7 +36,8 @@ pub struct CompiledJourney {
     pub(crate) exit_when: Option<Expression>,
     pub(crate) branches: HashMap<(usize, usize), Expression>,
     pub(crate) wait_when: HashMap<usize, Expression>,
-    /// Wait durations, event-wait timeouts, webhook timeouts and in-app message lifetimes,
+    /// Wait durations, event-wait timeouts, webhook timeouts, in-app message and placed
+    /// content lifetimes,
     /// by node index.
     pub(crate) durations: HashMap<usize, Millis>,
     pub(crate) timeout_ms: Millis,

@@ -6,6 +6,9 @@
 //! what feedback has taught (Thompson sampling over clicks per display), and the first
 //! that render are returned, else the policy's fallback.
 //!
+//! Content a journey or campaign placed on the placement for this person (`code_based`)
+//! comes first, by the journey's priority; offers fill the items left.
+//!
 //! Pure: the catalogue, the person's reads, the counts and a random seed come in; the same
 //! inputs give the same answer.
 
@@ -107,6 +110,63 @@ pub struct Visitor<'a> {
     pub member_of: &'a dyn Fn(&str) -> bool,
     /// Stable per person (profile id, else the anonymous id): who is in a control group.
     pub id: &'a str,
+    /// Content journeys placed for them (any surface; those that expired are skipped).
+    pub placed: &'a [Placed],
+}
+
+/// Content a journey's `code_based` step put on a surface for one person: kept while the
+/// step's instance lasts (the store drops it when the instance ends), at most until
+/// `expires_at`.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Placed {
+    /// The message's key (unique): what feedback names it by.
+    pub key: String,
+    pub journey: String,
+    pub instance: u32,
+    /// The placement, by key or surface URI, as the journey named it.
+    pub surface: String,
+    pub priority: i64,
+    pub placed_at: Millis,
+    pub expires_at: Option<Millis>,
+    /// The template as rendered for the person when the step ran.
+    pub content: waymark_core::content::Rendered,
+}
+
+impl crate::run::Planned {
+    /// The content this plan places on surfaces, with whose profile it is: every
+    /// `code_based` message but those whose instance ended in this same plan (placed
+    /// content lasts only while its instance does).
+    pub fn placed(&self, now: Millis) -> Vec<(&str, Placed)> {
+        self.outbox
+            .iter()
+            .filter_map(|o| Some((o.profile_id.as_str(), o.placed(now)?)))
+            .filter(|(profile, p)| {
+                !self
+                    .ended
+                    .iter()
+                    .any(|(pid, k, i)| pid == profile && *k == p.journey && *i == p.instance)
+            })
+            .collect()
+    }
+}
+
+impl crate::run::OutboxRow {
+    /// The content this row places on a surface, if it is a `code_based` message.
+    pub fn placed(&self, now: Millis) -> Option<Placed> {
+        let crate::Effect::Message(m) = &self.effect else {
+            return None;
+        };
+        Some(Placed {
+            key: self.key.clone(),
+            journey: self.journey.clone(),
+            instance: m.instance,
+            surface: m.surface.clone().filter(|_| m.channel == "code_based")?,
+            priority: m.priority,
+            placed_at: now,
+            expires_at: m.expires_at,
+            content: m.content.clone()?,
+        })
+    }
 }
 
 /// One placement asked for.
@@ -125,7 +185,15 @@ pub struct UnknownPlacement(pub String);
 /// One chosen item.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Item {
-    pub offer: String,
+    /// The offer shown (absent for journey content).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offer: Option<String>,
+    /// The journey (or campaign) that placed it, for content a journey placed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub journey: Option<String>,
+    /// The placed message's id, for content a journey placed (report feedback with it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     /// The content for the placement, rendered for the person.
     pub content: Value,
     /// Shown because nothing eligible was left.
@@ -142,15 +210,17 @@ pub struct Decided {
     /// The decision policy, if the placement has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
-    /// How the items were ordered: `priority`, `formula`, `learned`, `exploration` (a
+    /// How the offers were ordered: `priority`, `formula`, `learned`, `exploration` (a
     /// random order, the learned ranker's exploration share) or `control` (a random
-    /// order, the person is in the policy's control group).
+    /// order, the person is in the policy's control group); `journey` when content
+    /// journeys placed took every item.
     pub ranking: &'static str,
     pub items: Vec<Item>,
     /// Per candidate offer, why it was or was not chosen (when asked to explain).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub explain: Vec<OfferExplain>,
-    /// Offers left out because their rule, formula or content failed for this person.
+    /// Offers (or a journey's content, as `journey <key>`) left out because their rule,
+    /// formula or content failed for this person.
     #[serde(skip)]
     pub errors: Vec<(String, String)>,
 }
@@ -517,8 +587,12 @@ impl<'a> PolicyRun<'a> {
             .clamp(1, waymark_core::decisioning::MAX_ITEMS) as usize;
         let mut explain: Vec<OfferExplain> = Vec::new();
         let mut errors = Vec::new();
-        let (label, ordered) = self.rank(wanted, rng, &mut explain, &mut errors);
-        let mut chosen = Vec::with_capacity(wanted);
+        let mut chosen = self.placed(wanted, &mut errors);
+        let (label, ordered) = if chosen.len() == wanted {
+            ("journey", Vec::new())
+        } else {
+            self.rank(wanted - chosen.len(), rng, &mut explain, &mut errors)
+        };
         for offer in ordered {
             if chosen.len() == wanted {
                 break;
@@ -530,7 +604,9 @@ impl<'a> PolicyRun<'a> {
                         e.chosen = true;
                     }
                     chosen.push(Item {
-                        offer: key.clone(),
+                        offer: Some(key.clone()),
+                        journey: None,
+                        message: None,
                         content,
                         fallback: false,
                     });
@@ -549,7 +625,9 @@ impl<'a> PolicyRun<'a> {
         {
             match self.render(offer, profile_data) {
                 Ok(content) => chosen.push(Item {
-                    offer: fallback.clone(),
+                    offer: Some(fallback.clone()),
+                    journey: None,
+                    message: None,
                     content,
                     fallback: true,
                 }),
@@ -572,6 +650,50 @@ impl<'a> PolicyRun<'a> {
             explain,
             errors,
         }
+    }
+
+    /// Up to `wanted` items journeys placed on this placement for the person and still
+    /// there: highest priority first, then the newest. Content without the field the
+    /// placement shows is left out and counted (as the journey's error).
+    fn placed(&self, wanted: usize, errors: &mut Vec<(String, String)>) -> Vec<Item> {
+        let policy = self.policy;
+        let here = |p: &&Placed| {
+            (p.surface == policy.doc.placement || p.surface == policy.surface)
+                && p.expires_at.is_none_or(|at| at > self.now)
+        };
+        let mut placed: Vec<&Placed> = self.visitor.placed.iter().filter(here).collect();
+        placed.sort_by(|a, b| {
+            (b.priority, b.placed_at, &b.key).cmp(&(a.priority, a.placed_at, &a.key))
+        });
+        let field = policy.content.template_field();
+        let mut items = Vec::new();
+        for p in placed {
+            if items.len() == wanted {
+                break;
+            }
+            let content = if policy.content == ContentType::Json {
+                p.content.data.clone()
+            } else {
+                p.content.fields.get(field).cloned().map(Value::String)
+            };
+            match content {
+                Some(content) => items.push(Item {
+                    offer: None,
+                    journey: Some(p.journey.clone()),
+                    message: Some(p.key.clone()),
+                    content,
+                    fallback: false,
+                }),
+                None => errors.push((
+                    format!("journey {}", p.journey),
+                    format!(
+                        "its template has no {field} for this {} placement",
+                        policy.content.name()
+                    ),
+                )),
+            }
+        }
+        items
     }
 
     /// The eligible candidates in the order to show them, and how they were ordered.

@@ -89,15 +89,26 @@ pub struct Message {
     /// Transactional messages skip frequency caps and quiet hours.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub transactional: bool,
-    /// `in_app`: when the message leaves the inbox.
+    /// `in_app`: when the message leaves the inbox; `code_based`: when the content leaves
+    /// its surface, if before the instance ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Millis>,
+    /// `code_based`: the placement the content goes on (key or surface URI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub surface: Option<String>,
+    /// `code_based`: the journey's priority on the surface.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i64,
     /// The subscription list it belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscription: Option<String>,
     /// `push`: the person's devices, as (`apns` or `fcm`, token).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<(String, String)>,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 impl Message {
@@ -262,6 +273,8 @@ mod tests {
             to: Some("+15550100".into()),
             transactional: false,
             expires_at: None,
+            surface: None,
+            priority: 0,
             subscription: None,
             devices: vec![],
         })

@@ -70,6 +70,7 @@ impl Run<'_> {
                     template,
                     category,
                     subscription,
+                    surface,
                     next,
                     ..
                 } => self.message(
@@ -80,6 +81,7 @@ impl Run<'_> {
                         template,
                         category: *category,
                         subscription: subscription.as_deref(),
+                        surface: surface.as_deref(),
                         next,
                     },
                 ),
@@ -208,6 +210,7 @@ impl Run<'_> {
             template,
             category,
             subscription,
+            surface,
             next,
         } = node;
         let j = self.j;
@@ -263,8 +266,13 @@ impl Run<'_> {
                 }
             }
         };
-        let expires_at = (channel == "in_app")
-            .then(|| self.ctx.now + j.durations.get(&here.idx).copied().unwrap_or(INBOX_TTL_MS));
+        let expires = j.durations.get(&here.idx).copied();
+        let expires_at = match channel {
+            "in_app" => Some(self.ctx.now + expires.unwrap_or(INBOX_TTL_MS)),
+            // Without `expires`, content stays on its surface while the instance lasts.
+            "code_based" => expires.map(|d| self.ctx.now + d),
+            _ => None,
+        };
         self.effects.push(Effect::Message(Message {
             key: self.key(instance, here.id),
             instance: instance.number,
@@ -277,6 +285,12 @@ impl Run<'_> {
             expires_at,
             devices,
             subscription: subscription.map(str::to_owned),
+            surface: surface.map(str::to_owned),
+            priority: if surface.is_some() {
+                j.doc.properties.priority
+            } else {
+                0
+            },
         }));
         let detail = json!({"channel": channel, "template": template});
         self.step(instance, here.id, StepKind::Sent, Some(detail));
@@ -434,6 +448,7 @@ struct MessageNode<'n> {
     template: &'n str,
     category: Category,
     subscription: Option<&'n str>,
+    surface: Option<&'n str>,
     next: &'n str,
 }
 

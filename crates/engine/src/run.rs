@@ -485,10 +485,13 @@ impl<'a> Collector<'a> {
                             Gate::Suppressed => continue,
                         };
                     let done = match &other {
-                        // Nothing to deliver: `log` records, and an `in_app` message is in
-                        // the inbox once committed (unless quiet hours hold it).
+                        // Nothing to deliver: `log` records, `code_based` content is on its
+                        // surface once committed, and an `in_app` message is in the inbox
+                        // (unless quiet hours hold it).
                         Effect::Message(m) => {
-                            m.channel == "log" || (m.channel == "in_app" && due.is_none())
+                            m.channel == "log"
+                                || m.channel == "code_based"
+                                || (m.channel == "in_app" && due.is_none())
                         }
                         Effect::Webhook(_) | Effect::UpdateProfile(_) | Effect::Jump(_) => false,
                         Effect::Timer { .. } => continue,
@@ -571,7 +574,10 @@ fn govern(
     else {
         return Gate::Record { due: None };
     };
-    if channel == "log" {
+    let governed = |channel: &str| {
+        waymark_core::channel::Channel::parse(channel).is_some_and(|c| c.governed())
+    };
+    if !governed(channel) {
         return Gate::Record { due: None };
     }
     // The decision replaces the node's `sent` step where it stands (the instance has gone on
@@ -622,7 +628,12 @@ fn govern(
         catalog
             .recent_messages
             .get(&profile.id)
-            .cloned()
+            .map(|sent| {
+                sent.iter()
+                    .filter(|s| governed(&s.channel))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     });
     let decision = catalog.governance.decide(

@@ -913,6 +913,8 @@ pub async fn proof_campaign(
                     expires_at: None,
                     subscription: None,
                     devices: Vec::new(),
+                    surface: None,
+                    priority: 0,
                 }),
                 status: "pending".into(),
                 due: None,

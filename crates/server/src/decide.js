@@ -9,7 +9,8 @@
  *   });
  * Each chosen item is put in its element (HTML as HTML, text as text, an image as <img>,
  * JSON through your onItem(element, item, placement) if given), its display is reported
- * once as an `Offer Displayed` event, and its first click as `Offer Clicked`. */
+ * once as an `Offer Displayed` event, and its first click as `Offer Clicked` (an offer by
+ * its key; content a journey placed by its journey and message id). */
 (function (global) {
   "use strict";
 
@@ -50,6 +51,8 @@
         properties: {
           proposition: placement.proposition,
           offer: item.offer,
+          journey: item.journey,
+          message: item.message,
           placement: placement.placement,
         },
       }),
@@ -113,7 +116,8 @@
           el.replaceChildren();
           placement.items.forEach(function (item) {
             var box = global.document.createElement("div");
-            box.setAttribute("data-waymark-offer", item.offer);
+            if (item.offer) box.setAttribute("data-waymark-offer", item.offer);
+            if (item.journey) box.setAttribute("data-waymark-journey", item.journey);
             render(o, box, placement, item);
             box.addEventListener(
               "click",

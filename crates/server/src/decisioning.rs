@@ -143,7 +143,7 @@ impl OfferCounts for Counts {
 impl Decisioning {
     /// The compiled catalogue, loading it first if this process has none yet; a refresh
     /// is started in the background when due.
-    async fn current(
+    pub(crate) async fn current(
         self: &Arc<Self>,
         store: &Arc<dyn Store>,
     ) -> Result<Arc<CompiledCatalogue>, ApiError> {
@@ -675,18 +675,24 @@ pub async fn decide(
     let asker = asker(&state, &headers, &request, admin)?;
     let catalogue = state.decisioning.current(&state.store).await?;
     let names: Vec<String> = catalogue.event_names().iter().cloned().collect();
+    let now = wall_clock_ms();
     let inputs = state
         .store
-        .decision_inputs(&asker.identities, &names, catalogue.bodies())
+        .decision_inputs(&asker.identities, &names, catalogue.bodies(), now)
         .await?
         // Someone who signed in is decided as themselves only when the request proves it is
         // them: a user hash proves its own userId, not the owner of an anonymous id sent
         // beside it.
         .filter(|i| asker.may_read(&i.profile));
     let nobody = waymark_engine::decisioning::nobody();
-    let (profile, events, audiences) = match &inputs {
-        Some(i) => (&i.profile, i.events.as_slice(), i.audiences.as_slice()),
-        None => (&nobody, &[][..], &[][..]),
+    let (profile, events, audiences, placed) = match &inputs {
+        Some(i) => (
+            &i.profile,
+            i.events.as_slice(),
+            i.audiences.as_slice(),
+            i.placed.as_slice(),
+        ),
+        None => (&nobody, &[][..], &[][..], &[][..]),
     };
     let member_of = |key: &str| audiences.iter().any(|a| a == key);
     let id = if profile.id.is_empty() {
@@ -699,6 +705,7 @@ pub async fn decide(
         events,
         member_of: &member_of,
         id,
+        placed,
     };
     let request_id = uuid::Uuid::now_v7().simple().to_string();
     let seed = seed_of(&request_id);
@@ -712,7 +719,7 @@ pub async fn decide(
             &visitor,
             &context,
             &asks,
-            wall_clock_ms(),
+            now,
             seed,
             &*counts,
             query.explain,

@@ -325,6 +325,7 @@ async fn pin_templates(state: &AppState, draft: &Value) -> Result<Option<Value>,
             },
         );
     }
+    problems.extend(placement_problems(state, &journey, &pinned).await?);
     for (key, template) in &pinned {
         if let Some(why) = crate::templates::unknown_sender(state, &template.document) {
             problems.push(FieldError::new(
@@ -345,6 +346,71 @@ async fn pin_templates(state: &AppState, draft: &Value) -> Result<Option<Value>,
     serde_json::to_value(&journey)
         .map(Some)
         .map_err(|e| ApiError::bad_request("invalid_document", e.to_string()))
+}
+
+/// Each `code_based` node's surface must be a placement of the decisioning catalogue, and
+/// its template must hold what that placement shows (`html`, `text`, `image`, or `data` for
+/// JSON): otherwise the content could never be shown.
+async fn placement_problems(
+    state: &AppState,
+    journey: &Journey,
+    pinned: &std::collections::BTreeMap<String, waymark_core::journey::PinnedTemplate>,
+) -> Result<Vec<FieldError>, ApiError> {
+    use waymark_core::journey::NodeKind;
+    let placed: Vec<(usize, &str, &str)> = journey
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, node)| match &node.kind {
+            NodeKind::Message {
+                channel,
+                template,
+                surface: Some(surface),
+                ..
+            } if channel == "code_based" => Some((i, surface.as_str(), template.as_str())),
+            _ => None,
+        })
+        .collect();
+    if placed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let catalogue = state.decisioning.current(&state.store).await?;
+    let mut problems = Vec::new();
+    for (i, surface, template) in placed {
+        let Some(placement) = catalogue.catalogue.placement_by(surface) else {
+            problems.push(FieldError::new(
+                "unknown_placement",
+                format!("nodes[{i}].surface"),
+                format!("there is no placement {surface:?} (by key or surface); PUT /v1/placements/<key> first"),
+            ));
+            continue;
+        };
+        let field = placement.content.template_field();
+        // (A template of another channel is refused by validation.)
+        let Some(doc) = pinned
+            .get(template)
+            .map(|t| &t.document)
+            .filter(|d| d.channel == "code_based")
+        else {
+            continue;
+        };
+        let has = match field {
+            "data" => doc.data.is_some(),
+            f => doc.fields().iter().any(|(name, _)| *name == f),
+        };
+        if !has {
+            problems.push(FieldError::new(
+                "invalid_value",
+                format!("nodes[{i}].template"),
+                format!(
+                    "placement {:?} shows {} content: template {template:?} has no {field}",
+                    placement.key,
+                    placement.content.name()
+                ),
+            ));
+        }
+    }
+    Ok(problems)
 }
 
 /// One journey: status, versions and draft; or, with `?version=N`, that version's document.

@@ -180,7 +180,10 @@ use audiences::{
     uploaded_lists_and_runs_through_the_api,
 };
 use campaigns::campaigns_through_the_api;
-use decisioning::{decisioning_through_the_api, the_browser_client_is_served};
+use decisioning::{
+    decisioning_through_the_api, journeys_place_content_ahead_of_offers,
+    the_browser_client_is_served,
+};
 
 macro_rules! api_tests {
     ($backend:ident: $($case:ident),* $(,)?) => {
@@ -222,6 +225,7 @@ macro_rules! all_api_tests {
             uploaded_lists_and_runs_through_the_api,
             campaigns_through_the_api,
             decisioning_through_the_api,
+            journeys_place_content_ahead_of_offers,
             the_browser_client_is_served,
         );
     };

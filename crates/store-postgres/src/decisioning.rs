@@ -8,7 +8,10 @@ use waymark_core::decisioning::Kind as Doc;
 use waymark_core::time::Millis;
 use waymark_core::{FieldError, Identity};
 use waymark_engine::audience::BodyPart;
-use waymark_store::decisioning::{CatalogueCheck, DecisionInputs, OfferCount, assemble};
+use waymark_engine::decisioning::Placed;
+use waymark_store::decisioning::{
+    CatalogueCheck, DecisionInputs, MAX_PLACED, OfferCount, assemble,
+};
 use waymark_store::{StoreError, Versions};
 
 use crate::versioned::{self, Kind, catalogue_table};
@@ -163,6 +166,7 @@ pub async fn inputs(
     identities: &[Identity],
     names: &[String],
     bodies: BodyPart,
+    now: Millis,
 ) -> Result<Option<DecisionInputs>, StoreError> {
     let mut found = None;
     for identity in identities {
@@ -205,10 +209,38 @@ pub async fn inputs(
         events.sort_by_key(|e| e.at);
         Ok::<_, StoreError>(events)
     };
-    let (audiences, events) = tokio::try_join!(audiences, events)?;
+    let placed = async {
+        let rows = client
+            .query(
+                "SELECT key, journey_key, instance, surface, priority, placed_at, expires_at, content::text
+                   FROM placed_content WHERE profile_id = $1 AND (expires_at IS NULL OR expires_at > $2)
+                  ORDER BY priority DESC, placed_at DESC LIMIT $3",
+                &[&profile_id, &now, &MAX_PLACED],
+            )
+            .await
+            .map_err(db_error)?;
+        rows.iter()
+            .map(|r| {
+                let key: String = r.get(0);
+                Ok(Placed {
+                    content: serde_json::from_str(&r.get::<_, String>(7))
+                        .map_err(|e| StoreError::Corrupt(format!("placed content {key}: {e}")))?,
+                    key,
+                    journey: r.get(1),
+                    instance: r.get::<_, i32>(2) as u32,
+                    surface: r.get(3),
+                    priority: r.get(4),
+                    placed_at: r.get(5),
+                    expires_at: r.get(6),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()
+    };
+    let (audiences, events, placed) = tokio::try_join!(audiences, events, placed)?;
     Ok(Some(DecisionInputs {
         profile,
         audiences,
         events,
+        placed,
     }))
 }

@@ -736,6 +736,11 @@ impl ProfileStore for PostgresStore {
                 cutoff,
             ));
         }
+        // Content past its `expires` is no longer shown; the rows go.
+        steps.push((
+            "DELETE FROM placed_content WHERE key IN (SELECT key FROM placed_content WHERE expires_at <= $1 LIMIT 10000)",
+            now,
+        ));
         let mut total = 0;
         for (sql, before) in steps {
             loop {
@@ -926,9 +931,10 @@ impl waymark_store::decisioning::DecisioningStore for PostgresStore {
         identities: &[Identity],
         names: &[String],
         bodies: waymark_engine::audience::BodyPart,
+        now: Millis,
     ) -> Result<Option<waymark_store::decisioning::DecisionInputs>, StoreError> {
         let client = self.client().await?;
-        decisioning::inputs(&client, identities, names, bodies).await
+        decisioning::inputs(&client, identities, names, bodies, now).await
     }
 }
 

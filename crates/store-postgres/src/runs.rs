@@ -190,11 +190,12 @@ fn states_of(rows: Vec<tokio_postgres::Row>) -> Result<Vec<(String, JourneyState
 }
 
 /// The tables holding a person's journey rows, by profile id.
-const PERSON_ROWS: [&str; 4] = [
+const PERSON_ROWS: [&str; 5] = [
     "journey_states",
     "journey_timers",
     "journey_outbox",
     "inbox_marks",
+    "placed_content",
 ];
 
 impl<C: GenericClient> RunTx for Run<'_, C> {
@@ -436,6 +437,9 @@ impl<C: GenericClient> RunTx for Run<'_, C> {
             client
                 .execute("DELETE FROM journey_timers WHERE profile_id = $1 AND journey_key = $2 AND instance = $3", &[p, k, &(*instance as i32)])
                 .await?;
+            client
+                .execute("DELETE FROM placed_content WHERE profile_id = $1 AND journey_key = $2 AND instance = $3", &[p, k, &(*instance as i32)])
+                .await?;
         }
         for o in &planned.outbox {
             client
@@ -443,6 +447,16 @@ impl<C: GenericClient> RunTx for Run<'_, C> {
                     "INSERT INTO journey_outbox (key, profile_id, journey_key, kind, effect, status, created_at, next_attempt_at, finished_at)
                      VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7, $8, CASE WHEN $6::text = 'pending' THEN NULL ELSE $7::bigint END) ON CONFLICT (key) DO NOTHING",
                     &[&o.key, &o.profile_id, &o.journey, &o.effect.kind(), &o.effect.encode(), &o.status, &now, &o.due.unwrap_or(now)],
+                )
+                .await?;
+        }
+        for (profile_id, p) in planned.placed(now) {
+            let content = serde_json::to_string(&p.content).map_err(corrupt)?;
+            client
+                .execute(
+                    "INSERT INTO placed_content (key, profile_id, journey_key, instance, surface, priority, placed_at, expires_at, content)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::text::jsonb) ON CONFLICT (key) DO NOTHING",
+                    &[&p.key, &profile_id, &p.journey, &(p.instance as i32), &p.surface, &p.priority, &p.placed_at, &p.expires_at, &content],
                 )
                 .await?;
         }
@@ -513,6 +527,15 @@ impl<C: GenericClient> RunTx for Run<'_, C> {
     }
 
     async fn move_journey_rows(&self, from: &str, into: &str) -> Result<(), Abort> {
+        // Where both were in a journey, the surviving profile's state is kept: what the
+        // other's instance placed goes with it.
+        self.0
+            .execute(
+                "DELETE FROM placed_content WHERE profile_id = $1
+                   AND journey_key IN (SELECT journey_key FROM journey_states WHERE profile_id = $2)",
+                &[&from, &into],
+            )
+            .await?;
         self.0
             .execute(
                 "DELETE FROM journey_states s WHERE s.profile_id = $1
@@ -564,12 +587,14 @@ impl<C: GenericClient> RunTx for Run<'_, C> {
                 )
                 .await?;
         }
-        self.0
-            .execute(
-                "DELETE FROM journey_timers WHERE journey_key = $1",
-                &[&journey],
-            )
-            .await?;
+        for table in ["journey_timers", "placed_content"] {
+            self.0
+                .execute(
+                    &format!("DELETE FROM {table} WHERE journey_key = $1"),
+                    &[&journey],
+                )
+                .await?;
+        }
         Ok(())
     }
 

@@ -334,6 +334,25 @@ const MIGRATIONS: &[(i32, &str)] = &[
              PRIMARY KEY (offer, placement, hour, shard)
          );",
     ),
+    // Content journeys placed on a surface for a person (`code_based` messages), kept while
+    // the instance that placed it lasts; what decisions read ahead of offers.
+    (
+        21,
+        "CREATE TABLE placed_content (
+             key TEXT PRIMARY KEY,
+             profile_id TEXT NOT NULL,
+             journey_key TEXT NOT NULL,
+             instance INTEGER NOT NULL,
+             surface TEXT NOT NULL,
+             priority BIGINT NOT NULL,
+             placed_at BIGINT NOT NULL,
+             expires_at BIGINT,
+             content JSONB NOT NULL
+         );
+         CREATE INDEX placed_content_by_profile ON placed_content (profile_id, journey_key, instance);
+         CREATE INDEX placed_content_by_journey ON placed_content (journey_key);
+         CREATE INDEX placed_content_expiry ON placed_content (expires_at) WHERE expires_at IS NOT NULL;",
+    ),
 ];
 
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {

@@ -6,7 +6,10 @@ use waymark_core::decisioning::Kind as Doc;
 use waymark_core::time::Millis;
 use waymark_core::{FieldError, Identity};
 use waymark_engine::audience::BodyPart;
-use waymark_store::decisioning::{CatalogueCheck, DecisionInputs, OfferCount, assemble};
+use waymark_engine::decisioning::Placed;
+use waymark_store::decisioning::{
+    CatalogueCheck, DecisionInputs, MAX_PLACED, OfferCount, assemble,
+};
 use waymark_store::{StoreError, Versions};
 
 use crate::versioned::{self, Kind, catalogue_table};
@@ -115,11 +118,69 @@ pub fn counts(conn: &Connection, since_hour: Millis) -> Result<Vec<OfferCount>, 
 }
 
 /// The person's profile, audiences and events of `names`, in one read transaction.
+/// The content journeys placed for the person, not expired at `now`, as decisions read it.
+fn placed_content(
+    conn: &Connection,
+    profile_id: &str,
+    now: Millis,
+) -> Result<Vec<Placed>, StoreError> {
+    type Row = (
+        String,
+        String,
+        u32,
+        String,
+        i64,
+        Millis,
+        Option<Millis>,
+        String,
+    );
+    let rows: Vec<Row> = conn
+        .prepare_cached(
+            "SELECT key, journey_key, instance, surface, priority, placed_at, expires_at, content
+               FROM placed_content WHERE profile_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)
+              ORDER BY priority DESC, placed_at DESC LIMIT ?3",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![profile_id, now, MAX_PLACED], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ))
+            })?
+            .collect()
+        })
+        .map_err(unavailable)?;
+    rows.into_iter()
+        .map(
+            |(key, journey, instance, surface, priority, placed_at, expires_at, content)| {
+                Ok(Placed {
+                    content: serde_json::from_str(&content)
+                        .map_err(|e| StoreError::Corrupt(format!("placed content {key}: {e}")))?,
+                    key,
+                    journey,
+                    instance,
+                    surface,
+                    priority,
+                    placed_at,
+                    expires_at,
+                })
+            },
+        )
+        .collect()
+}
+
 pub fn inputs(
     conn: &Connection,
     identities: &[Identity],
     names: &[String],
     bodies: BodyPart,
+    now: Millis,
 ) -> Result<Option<DecisionInputs>, StoreError> {
     let snapshot = conn.unchecked_transaction().map_err(unavailable)?;
     let mut profile_id = None;
@@ -155,10 +216,12 @@ pub fn inputs(
         events.sort_by_key(|e| e.at);
         events
     };
+    let placed = placed_content(&snapshot, &profile_id, now)?;
     snapshot.finish().map_err(unavailable)?;
     Ok(Some(DecisionInputs {
         profile,
         audiences,
         events,
+        placed,
     }))
 }

@@ -569,9 +569,10 @@ impl waymark_store::decisioning::DecisioningStore for SqliteStore {
         identities: &[Identity],
         names: &[String],
         bodies: waymark_engine::audience::BodyPart,
+        now: Millis,
     ) -> Result<Option<waymark_store::decisioning::DecisionInputs>, StoreError> {
         let (identities, names) = (identities.to_vec(), names.to_vec());
-        self.read_now(move |conn| decisioning::inputs(conn, &identities, &names, bodies))
+        self.read_now(move |conn| decisioning::inputs(conn, &identities, &names, bodies, now))
             .await
     }
 }

@@ -378,8 +378,14 @@ impl RunTx for Run<'_, '_> {
         let mut cancel = tx
             .prepare_cached("DELETE FROM journey_timers WHERE profile_id = ?1 AND journey_key = ?2 AND instance = ?3")
             .map_err(unavailable)?;
+        let mut take_down = tx
+            .prepare_cached("DELETE FROM placed_content WHERE profile_id = ?1 AND journey_key = ?2 AND instance = ?3")
+            .map_err(unavailable)?;
         for (p, k, instance) in &planned.ended {
             cancel
+                .execute(params![p, k, i64::from(*instance)])
+                .map_err(unavailable)?;
+            take_down
                 .execute(params![p, k, i64::from(*instance)])
                 .map_err(unavailable)?;
         }
@@ -400,6 +406,28 @@ impl RunTx for Run<'_, '_> {
                     o.status,
                     now,
                     o.due.unwrap_or(now)
+                ])
+                .map_err(unavailable)?;
+        }
+        let mut place = tx
+            .prepare_cached(
+                "INSERT INTO placed_content (key, profile_id, journey_key, instance, surface, priority, placed_at, expires_at, content)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (key) DO NOTHING",
+            )
+            .map_err(unavailable)?;
+        for (profile_id, p) in planned.placed(now) {
+            let content = serde_json::to_string(&p.content).map_err(corrupt)?;
+            place
+                .execute(params![
+                    p.key,
+                    profile_id,
+                    p.journey,
+                    i64::from(p.instance),
+                    p.surface,
+                    p.priority,
+                    p.placed_at,
+                    p.expires_at,
+                    content
                 ])
                 .map_err(unavailable)?;
         }
@@ -482,6 +510,14 @@ impl RunTx for Run<'_, '_> {
 
     async fn move_journey_rows(&self, from: &str, into: &str) -> Result<(), StoreError> {
         let tx = self.0;
+        // Where both were in a journey, the surviving profile's state is kept: what the
+        // other's instance placed goes with it.
+        tx.execute(
+            "DELETE FROM placed_content WHERE profile_id = ?2
+               AND journey_key IN (SELECT journey_key FROM journey_states WHERE profile_id = ?1)",
+            params![into, from],
+        )
+        .map_err(unavailable)?;
         tx.execute(
             "UPDATE OR IGNORE journey_states SET profile_id = ?1 WHERE profile_id = ?2",
             params![into, from],
@@ -489,7 +525,12 @@ impl RunTx for Run<'_, '_> {
         .map_err(unavailable)?;
         tx.execute("DELETE FROM journey_states WHERE profile_id = ?1", [from])
             .map_err(unavailable)?;
-        for table in ["journey_timers", "journey_outbox", "inbox_marks"] {
+        for table in [
+            "journey_timers",
+            "journey_outbox",
+            "inbox_marks",
+            "placed_content",
+        ] {
             tx.execute(
                 &format!("UPDATE {table} SET profile_id = ?1 WHERE profile_id = ?2"),
                 params![into, from],
@@ -511,6 +552,7 @@ impl RunTx for Run<'_, '_> {
             "journey_timers",
             "journey_outbox",
             "inbox_marks",
+            "placed_content",
         ] {
             tx.execute(
                 &format!("DELETE FROM {table} WHERE profile_id = ?1"),
@@ -535,6 +577,11 @@ impl RunTx for Run<'_, '_> {
         }
         tx.execute(
             "DELETE FROM journey_timers WHERE journey_key = ?1",
+            [journey],
+        )
+        .map_err(unavailable)?;
+        tx.execute(
+            "DELETE FROM placed_content WHERE journey_key = ?1",
             [journey],
         )
         .map_err(unavailable)?;

@@ -332,6 +332,25 @@ const MIGRATIONS: &[(i64, &str)] = &[
              PRIMARY KEY (offer, placement, hour)
          ) WITHOUT ROWID;",
     ),
+    // Content journeys placed on a surface for a person (`code_based` messages), kept while
+    // the instance that placed it lasts; what decisions read ahead of offers.
+    (
+        20,
+        "CREATE TABLE placed_content (
+             key TEXT PRIMARY KEY,
+             profile_id TEXT NOT NULL,
+             journey_key TEXT NOT NULL,
+             instance INTEGER NOT NULL,
+             surface TEXT NOT NULL,
+             priority INTEGER NOT NULL,
+             placed_at INTEGER NOT NULL,
+             expires_at INTEGER,
+             content TEXT NOT NULL
+         ) WITHOUT ROWID;
+         CREATE INDEX placed_content_by_profile ON placed_content (profile_id, journey_key, instance);
+         CREATE INDEX placed_content_by_journey ON placed_content (journey_key);
+         CREATE INDEX placed_content_expiry ON placed_content (expires_at) WHERE expires_at IS NOT NULL;",
+    ),
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

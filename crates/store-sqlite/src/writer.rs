@@ -520,5 +520,12 @@ fn prune(tx: &Transaction<'_>, now: Millis, config: &Config) -> Result<u64, Stor
         }
         deleted += keys.len();
     }
+    // Content past its `expires` is no longer shown; the rows go.
+    deleted += tx
+        .execute(
+            "DELETE FROM placed_content WHERE key IN (SELECT key FROM placed_content WHERE expires_at <= ?1 LIMIT ?2)",
+            params![now, PRUNE_CHUNK as i64],
+        )
+        .map_err(unavailable)?;
     Ok(deleted as u64)
 }

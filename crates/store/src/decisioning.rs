@@ -12,6 +12,7 @@ use waymark_core::decisioning::{Catalogue, Kind, feedback_of};
 use waymark_core::time::Millis;
 use waymark_core::{Event, FieldError, Identity, ProfileState};
 use waymark_engine::audience::{BodyPart, HistoryEvent};
+use waymark_engine::decisioning::Placed;
 
 use crate::{StoreError, Versions};
 
@@ -36,7 +37,13 @@ pub struct DecisionInputs {
     pub audiences: Vec<String>,
     /// Their kept events of the names asked for, oldest first.
     pub events: Vec<HistoryEvent>,
+    /// Content journeys placed for them and not expired at the read, the first
+    /// [`MAX_PLACED`] by priority (highest first), then newest.
+    pub placed: Vec<Placed>,
 }
+
+/// The most placed content one decision reads of a person.
+pub const MAX_PLACED: i64 = 64;
 
 /// The catalogue from its stored documents (newest versions); a document that no longer
 /// reads is left out, so one damaged row cannot stop every decision.
@@ -122,7 +129,8 @@ pub trait DecisioningStore: Send + Sync {
     async fn offer_counts(&self, since_hour: Millis) -> Result<Vec<OfferCount>, StoreError>;
 
     /// What a decision reads of the person holding the first identity that has one: their
-    /// profile, audiences and kept events of `names` (bodies as far as `bodies`); `None`
+    /// profile, audiences, kept events of `names` (bodies as far as `bodies`) and the
+    /// content journeys placed for them that has not expired at `now`; `None`
     /// when nobody holds any of them. Not necessarily one snapshot: a decision tolerates a
     /// membership or an event changing between the reads.
     async fn decision_inputs(
@@ -130,5 +138,6 @@ pub trait DecisioningStore: Send + Sync {
         identities: &[Identity],
         names: &[String],
         bodies: BodyPart,
+        now: Millis,
     ) -> Result<Option<DecisionInputs>, StoreError>;
 }

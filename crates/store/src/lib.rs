@@ -245,8 +245,8 @@ pub trait ProfileStore: Send + Sync {
     async fn erase(&self, identity: &Identity) -> Result<Option<Erasure>, StoreError>;
 
     /// Removes what is past its retention: events and merge records older than
-    /// `max_event_age_ms`, finished outbox rows older than [`StoreOptions::message_cutoff`];
-    /// returns how many rows.
+    /// `max_event_age_ms`, finished outbox rows older than [`StoreOptions::message_cutoff`],
+    /// placed content past its `expires`; returns how many rows.
     async fn prune_expired(&self, now: Millis) -> Result<u64, StoreError>;
 
     /// Detaches one identity from its profile (a push token the provider says is no longer

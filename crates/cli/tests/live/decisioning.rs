@@ -1,7 +1,8 @@
 //! Offer decisioning in a real headless Chromium (Debian's `chromium`, driven by
 //! playwright-core from `tests/browser`): the example page, served from its own origin,
 //! loads the browser client from Waymark, shows the offers chosen for the visitor, reports
-//! displays and clicks (once each), and the catalogue's caps and learned ranking follow.
+//! displays and clicks (once each), and the catalogue's caps and learned ranking follow; a
+//! campaign places its content in the hero, ahead of the offers, for the people it reaches.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -11,6 +12,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::{ADMIN, Launch, Server, client, get, workspace_root};
+use crate::support::{put_document, put_template};
 
 const CLIENT_KEY: &str = "wkc_browser_test";
 
@@ -116,6 +118,18 @@ async fn event_names(c: &reqwest::Client, base: &str, visitor: &str) -> Vec<Stri
     names
 }
 
+/// `POST /v1/decide{query}` with the admin token (for anyone); the answer.
+async fn decide_as_admin(c: &reqwest::Client, base: &str, query: &str, ask: &Value) -> Value {
+    let r = c
+        .post(format!("{base}/v1/decide{query}"))
+        .bearer_auth(ADMIN)
+        .json(ask)
+        .send()
+        .await
+        .expect("decide");
+    r.json().await.expect("json")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_page_shows_offers_chosen_for_the_visitor_in_chromium() {
     playwright();
@@ -213,14 +227,7 @@ async fn the_example_page_shows_offers_chosen_for_the_visitor_in_chromium() {
     let ask = serde_json::json!({"anonymousId": "someone-else", "placements": [{"placement": "home-sidebar"}]});
     let started = Instant::now();
     loop {
-        let r = c
-            .post(format!("{base}/v1/decide?explain=true"))
-            .bearer_auth(ADMIN)
-            .json(&ask)
-            .send()
-            .await
-            .expect("decide");
-        let body: Value = r.json().await.expect("json");
+        let body = decide_as_admin(&c, &base, "?explain=true", &ask).await;
         let scarves = body["placements"][0]["explain"]
             .as_array()
             .into_iter()
@@ -236,5 +243,115 @@ async fn the_example_page_shows_offers_chosen_for_the_visitor_in_chromium() {
             "the ranker never saw 4 displays of scarves: {body}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A campaign places its banner in the hero for the people of its audience (the first
+    // visitor), ahead of the offers; someone else still gets the offers.
+    put_document(
+        &c,
+        &base,
+        "/v1/audiences/winter-list",
+        &serde_json::json!({"key": "winter-list", "refresh": "upload"}),
+    )
+    .await;
+    let r = c
+        .post(format!("{base}/v1/audiences/winter-list/members?mode=add"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "text/csv")
+        .body("anonymous_id\nvisitor-1\n")
+        .send()
+        .await
+        .expect("upload");
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    put_template(
+        &c,
+        &base,
+        "winter-banner",
+        &serde_json::json!({"channel": "code_based", "html": "<em>Winter sale</em> for you"}),
+    )
+    .await;
+    put_document(
+        &c,
+        &base,
+        "/v1/campaigns/winter",
+        &serde_json::json!({"key": "winter", "audience": "winter-list", "channel": "code_based",
+            "template": "winter-banner", "surface": "web://shop.example/home#hero",
+            "expires": "7d", "priority": 5}),
+    )
+    .await;
+    let r = c
+        .post(format!("{base}/v1/campaigns/winter/launch"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("launch");
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    let ask =
+        serde_json::json!({"anonymousId": "visitor-1", "placements": [{"placement": "home-hero"}]});
+    let started = Instant::now();
+    loop {
+        let body = decide_as_admin(&c, &base, "", &ask).await;
+        if body["placements"][0]["items"][0]["journey"] == "winter" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the campaign never placed its banner: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let shown = tokio::task::spawn_blocking({
+        let url = small.clone();
+        move || visit(&url)
+    })
+    .await
+    .expect("visit");
+    assert_eq!(
+        shown["hero"]["journeys"],
+        serde_json::json!(["winter"]),
+        "{shown}"
+    );
+    assert!(
+        shown["hero"]["html"]
+            .as_str()
+            .is_some_and(|h| h.contains("<em>Winter sale</em> for you")),
+        "{shown}"
+    );
+    let other =
+        format!("{page}/index.html?waymark={base}&key={CLIENT_KEY}&anonymousId=visitor-2&cart=10");
+    let shown = tokio::task::spawn_blocking(move || visit(&other))
+        .await
+        .expect("visit");
+    assert_eq!(
+        shown["hero"]["offers"],
+        serde_json::json!(["welcome"]),
+        "{shown}"
+    );
+    // Its display and click are the visitor's events, naming the campaign.
+    let started = Instant::now();
+    loop {
+        let (status, body) = get(
+            &c,
+            &base,
+            ADMIN,
+            "/v1/profiles/anonymous_id/visitor-1/events?limit=100",
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let kinds: Vec<&str> = body["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["properties"]["journey"] == "winter")
+            .filter_map(|e| e["event"].as_str())
+            .collect();
+        if kinds.contains(&"Offer Displayed") && kinds.contains(&"Offer Clicked") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the banner's display and click were not recorded: {kinds:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

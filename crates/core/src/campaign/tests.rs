@@ -339,3 +339,50 @@ fn a_winner_that_cannot_be_picked_is_refused_at_its_field() {
     });
     assert!(one.contains(&"winner".to_owned()), "{one:?}");
 }
+
+#[test]
+fn a_code_based_campaign_places_content_and_keeps_it_up_for_expires() {
+    let c = campaign(
+        "
+key: spring
+audience: everyone
+channel: code_based
+template: spring-banner
+surface: web://shop.example/home#banner
+expires: 14d
+priority: 7
+",
+    );
+    assert!(c.problems().is_empty(), "{:?}", c.problems());
+    let j = c.to_journey();
+    assert!(validate(&j).is_empty(), "{:?}", validate(&j));
+    assert_eq!(j.properties.priority, 7);
+    let node = |id: &str| j.nodes.iter().find(|n| n.id == id).map(|n| &n.kind);
+    match node(&variant_node("main")) {
+        Some(NodeKind::Message { surface, next, .. }) => {
+            assert_eq!(surface.as_deref(), Some("web://shop.example/home#banner"));
+            assert_eq!(next, ON_SURFACE_NODE);
+        }
+        other => panic!("{other:?}"),
+    }
+    match node(ON_SURFACE_NODE) {
+        Some(NodeKind::Wait { duration, next, .. }) => {
+            assert_eq!(duration.as_ref().map(|d| d.0.as_str()), Some("14d"));
+            assert_eq!(next, SENT_NODE);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Without a surface it is refused at `surface`; `expires` on email at `expires`.
+    let bad = campaign("key: s\naudience: a\nchannel: code_based\ntemplate: t\n");
+    let fields: Vec<String> = validate(&bad.to_journey())
+        .into_iter()
+        .map(|e| journey_field(&bad, &bad.to_journey(), &e.field))
+        .collect();
+    assert_eq!(fields, ["surface"]);
+    let bad = campaign("key: s\naudience: a\nchannel: email\ntemplate: t\nexpires: 1d\n");
+    let fields: Vec<String> = validate(&bad.to_journey())
+        .into_iter()
+        .map(|e| journey_field(&bad, &bad.to_journey(), &e.field))
+        .collect();
+    assert_eq!(fields, ["expires"]);
+}

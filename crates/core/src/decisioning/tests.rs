@@ -299,6 +299,20 @@ fn repeated_feedback_is_one_message_and_other_events_are_untouched() {
             &map(json!({"proposition": "p12", "offer": "sale"}))
         )
     );
+    // Content a journey placed is named by its message id.
+    let placed = map(json!({"proposition": "p1", "journey": "j", "message": "m1"}));
+    let placed_id = feedback_message_id(OFFER_DISPLAYED, &placed).expect("some");
+    assert_eq!(
+        feedback_message_id(OFFER_DISPLAYED, &placed),
+        Some(placed_id.clone())
+    );
+    assert_ne!(
+        Some(placed_id),
+        feedback_message_id(
+            OFFER_DISPLAYED,
+            &map(json!({"proposition": "p1", "journey": "j", "message": "m2"}))
+        )
+    );
     assert_eq!(feedback_message_id("Order Completed", &props), None);
     assert_eq!(
         feedback_message_id(OFFER_DISPLAYED, &map(json!({"offer": "sale"}))),

@@ -202,10 +202,18 @@ pub struct Properties {
     /// Most entries per second; further entries are refused and counted.
     #[serde(default)]
     pub entry_rate_limit: Option<u32>,
+    /// Where journeys place content on the same surface (`code_based`), the higher goes
+    /// first (default 0; ties: the newest content first).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i64,
     /// The goal an entry is measured by: an event within a window after it, credited to
     /// the message node the person last reached (or, with none, the node they were at).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conversion: Option<Conversion>,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 /// A conversion goal: the first `event` (passing `when`) within `within` of entering.
@@ -290,9 +298,15 @@ pub enum NodeKind {
         /// link leaves this list only.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         subscription: Option<String>,
-        /// `in_app` only: how long the message stays in the person's inbox (default 30d).
+        /// `in_app`: how long the message stays in the person's inbox (default 30d).
+        /// `code_based`: how long the content stays on its surface at most (by default as
+        /// long as the person is in the journey).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires: Option<DurationText>,
+        /// `code_based` only: the placement the content goes on, by key or surface URI
+        /// (`web://shop.example/home#hero`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        surface: Option<String>,
         next: String,
     },
     /// Call an HTTP endpoint (custom action).

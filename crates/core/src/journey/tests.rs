@@ -276,3 +276,32 @@ nodes:
         errors(yaml)
     );
 }
+
+#[test]
+fn content_goes_on_a_surface_only_from_code_based_nodes() {
+    let doc = |channel: &str, surface: &str| {
+        format!(
+            "key: j\nentry: {{event: E}}\nnodes:\n  - {{id: a, type: message, channel: {channel}, template: t{surface}, next: b}}\n  - {{id: b, type: end}}\n"
+        )
+    };
+    assert!(errors(&doc("code_based", ", surface: hero")).is_empty());
+    assert!(
+        errors(&doc(
+            "code_based",
+            ", surface: \"web://shop.example/home#hero\""
+        ))
+        .is_empty()
+    );
+    assert_eq!(
+        errors(&doc("code_based", "")),
+        [("nodes[0].surface".to_owned(), "missing_field")]
+    );
+    assert_eq!(
+        errors(&doc("code_based", ", surface: \"ftp://x\"")),
+        [("nodes[0].surface".to_owned(), "invalid_value")]
+    );
+    assert_eq!(
+        errors(&doc("email", ", surface: hero")),
+        [("nodes[0].surface".to_owned(), "invalid_value")]
+    );
+}

@@ -365,6 +365,7 @@ fn check_node(journey: &Journey, kind: &NodeKind, at: &dyn Fn(&str) -> String, r
             template,
             expires,
             subscription,
+            surface,
             ..
         } => {
             if let Some(list) = subscription
@@ -377,14 +378,32 @@ fn check_node(journey: &Journey, kind: &NodeKind, at: &dyn Fn(&str) -> String, r
                 );
             }
             if let Some(e) = expires {
-                if channel != "in_app" {
+                if channel != "in_app" && channel != "code_based" {
                     r.add(
                         "invalid_value",
                         at("expires"),
-                        "only in_app messages expire (they wait in an inbox)",
+                        "only in_app messages (in an inbox) and code_based content (on a surface) expire",
                     );
                 }
                 r.duration(&at("expires"), &e.0);
+            }
+            match (channel == "code_based", surface) {
+                (true, None) => r.add(
+                    "missing_field",
+                    at("surface"),
+                    "code_based content goes on a surface: a placement's key or surface URI",
+                ),
+                (true, Some(s)) if !valid_key(s) && !crate::surface::is_uri(s) => r.add(
+                    "invalid_value",
+                    at("surface"),
+                    format!("{s:?} is neither a placement key nor a surface URI such as web://shop.example/home#hero"),
+                ),
+                (false, Some(_)) => r.add(
+                    "invalid_value",
+                    at("surface"),
+                    "only code_based content goes on a surface",
+                ),
+                _ => {}
             }
             if crate::channel::Channel::parse(channel).is_none() {
                 r.add(

@@ -79,6 +79,30 @@ struct Asked<'a> {
     context: Value,
 }
 
+/// The same, with content journeys placed for the person.
+fn decide_with_placed(
+    c: &CompiledCatalogue,
+    profile: &ProfileState,
+    placed: &[Placed],
+    items: Option<u32>,
+) -> Decided {
+    let member_of = |_: &str| false;
+    let visitor = Visitor {
+        profile,
+        events: &[],
+        member_of: &member_of,
+        id: &profile.id,
+        placed,
+    };
+    let asks = [Ask {
+        placement: "hero".into(),
+        items,
+    }];
+    c.decide(&visitor, &json!({}), &asks, NOW, 7, &NoCounts, false)
+        .expect("the placement exists")
+        .remove(0)
+}
+
 impl Asked<'_> {
     fn decide(
         &self,
@@ -93,6 +117,7 @@ impl Asked<'_> {
             events: self.events,
             member_of: &member_of,
             id: &self.profile.id,
+            placed: &[],
         };
         let asks = [Ask {
             placement: "hero".into(),
@@ -105,7 +130,7 @@ impl Asked<'_> {
 }
 
 fn offers_of(d: &Decided) -> Vec<&str> {
-    d.items.iter().map(|i| i.offer.as_str()).collect()
+    d.items.iter().filter_map(|i| i.offer.as_deref()).collect()
 }
 
 #[test]
@@ -561,7 +586,12 @@ fn the_same_seed_gives_the_same_answer_and_ties_are_broken_at_random() {
     let first = asked.decide(&c, 42, &NoCounts, false);
     assert_eq!(first, asked.decide(&c, 42, &NoCounts, false));
     let winners: std::collections::BTreeSet<String> = (0..100)
-        .map(|s| asked.decide(&c, s, &NoCounts, false).items[0].offer.clone())
+        .map(|s| {
+            asked.decide(&c, s, &NoCounts, false).items[0]
+                .offer
+                .clone()
+                .expect("an offer")
+        })
         .collect();
     assert_eq!(
         winners.len(),
@@ -595,6 +625,7 @@ fn json_content_keeps_types_and_placements_are_asked_by_key_or_surface() {
         events: &[],
         member_of: &member_of,
         id: "p1",
+        placed: &[],
     };
     let asks = [
         Ask {
@@ -689,4 +720,68 @@ fn rules_on_the_context_are_decided_without_cel_exactly_as_cel_would() {
             "{context} vip={vip}: native {native:?} cel {cel:?}"
         );
     }
+}
+
+fn placed(key: &str, journey: &str, surface: &str, priority: i64, at: i64) -> Placed {
+    Placed {
+        key: key.into(),
+        journey: journey.into(),
+        instance: 1,
+        surface: surface.into(),
+        priority,
+        placed_at: at,
+        expires_at: None,
+        content: waymark_core::content::Rendered {
+            channel: "code_based".into(),
+            fields: [("html".to_owned(), format!("<p>{journey}</p>"))].into(),
+            data: None,
+            sender: None,
+        },
+    }
+}
+
+#[test]
+fn content_journeys_placed_comes_first_by_priority_then_newest_and_offers_fill_the_rest() {
+    let c = catalogue(
+        vec![offer("a", 5, json!("A")), offer("b", 1, json!("B"))],
+        Some(policy(Ranking::Priority, 3, None)),
+    );
+    let profile = person(json!({}));
+    let mut expired = placed("m0", "old", "hero", 100, NOW - DAY);
+    expired.expires_at = Some(NOW - 1);
+    let elsewhere = placed("m1", "cart", "web://shop.example/cart#top", 50, NOW);
+    let low = placed("m2", "welcome", "hero", 0, NOW - 2 * DAY);
+    let newer_low = placed("m3", "browse", "web://shop.example/home#hero", 0, NOW - DAY);
+    let high = placed("m4", "winback", "hero", 9, NOW - 3 * DAY);
+    let all = [expired, elsewhere, low, newer_low, high];
+    // Journeys' content first (priority, then newest; by key or surface; not expired, not
+    // another surface's), then the best offer in the one item left.
+    let d = decide_with_placed(&c, &profile, &all, None);
+    let shown: Vec<(Option<&str>, Option<&str>)> = d
+        .items
+        .iter()
+        .map(|i| (i.journey.as_deref(), i.offer.as_deref()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (Some("winback"), None),
+            (Some("browse"), None),
+            (Some("welcome"), None),
+        ]
+    );
+    assert_eq!(d.items[0].content, json!("<p>winback</p>"));
+    assert_eq!(d.items[0].message.as_deref(), Some("m4"));
+    assert_eq!(d.ranking, "journey");
+    let d = decide_with_placed(&c, &profile, &all[..3], None);
+    assert_eq!(d.items[0].journey.as_deref(), Some("welcome"));
+    assert_eq!(offers_of(&d), ["a", "b"]);
+    assert_eq!(d.ranking, "priority");
+    // Content without the field this placement shows is left out and counted.
+    let mut text_only = placed("m5", "sms-like", "hero", 99, NOW);
+    text_only.content.fields = [("text".to_owned(), "plain".to_owned())].into();
+    let d = decide_with_placed(&c, &profile, &[text_only], Some(1));
+    assert_eq!(offers_of(&d), ["a"]);
+    assert_eq!(d.errors.len(), 1);
+    assert!(d.errors[0].1.contains("no html"), "{:?}", d.errors);
 }

@@ -38,6 +38,8 @@ pub fn message(key: &str, channel: &str, to: Option<&str>, content: Value) -> Ef
         expires_at: None,
         subscription: None,
         devices: vec![],
+        surface: None,
+        priority: 0,
     })
 }
 

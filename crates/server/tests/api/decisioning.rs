@@ -450,3 +450,213 @@ pub async fn the_browser_client_is_served(api: &Api) {
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.text.contains("Offer Displayed") && r.text.contains("/v1/decide"));
 }
+
+/// Journeys and campaigns place content on a surface (`code_based`): refused at publish
+/// when the placement or the template's field is missing, shown ahead of offers by the
+/// journey's priority while the person is in the journey, gone when they leave it.
+pub async fn journeys_place_content_ahead_of_offers(api: &Api) {
+    put(
+        api,
+        "/v1/placements/banner",
+        json!({"key": "banner", "channel": "web", "surface": "web://shop.example/home#banner", "content": "html"}),
+    )
+    .await;
+    put(
+        api,
+        "/v1/offers/house",
+        json!({"key": "house", "priority": 1, "content": {"banner": "<b>House</b>"}}),
+    )
+    .await;
+    for (key, doc) in [
+        (
+            "cart-banner",
+            json!({"channel": "code_based", "html": "<p>{{profile.traits.name}}, your cart</p>"}),
+        ),
+        (
+            "vip-banner",
+            json!({"channel": "code_based", "html": "<p>VIP</p>"}),
+        ),
+        (
+            "text-only",
+            json!({"channel": "code_based", "text": "plain"}),
+        ),
+    ] {
+        put(api, &format!("/v1/templates/{key}"), doc).await;
+    }
+    // Each shows its content until the person does `until` (or a week passes).
+    let journey = |key: &str, event: &str, template: &str, surface: &str, priority: i64| {
+        let until = if key == "vip" {
+            "VIP Lapsed"
+        } else {
+            "Order Completed"
+        };
+        json!({"key": key, "entry": {"event": event}, "properties": {"priority": priority},
+            "nodes": [
+                {"id": "show", "type": "message", "channel": "code_based", "template": template,
+                    "surface": surface, "next": "wait"},
+                {"id": "wait", "type": "wait", "event": {"name": until, "timeout": "7d",
+                    "timeout_next": "done"}, "next": "done"},
+                {"id": "done", "type": "end"}]})
+    };
+    let publish = |key: &'static str, doc: Value| async move {
+        put(api, &format!("/v1/journeys/{key}"), doc).await;
+        admin(api, "POST", &format!("/v1/journeys/{key}/publish"), None).await
+    };
+    // A surface no placement has, or a template without what the placement shows, cannot
+    // be published.
+    let r = publish(
+        "nowhere",
+        journey(
+            "nowhere",
+            "Cart Viewed",
+            "cart-banner",
+            "web://shop.example/none",
+            0,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert_eq!(
+        r.body["errors"][0]["field"], "nodes[0].surface",
+        "{}",
+        r.text
+    );
+    assert_eq!(
+        r.body["errors"][0]["code"], "unknown_placement",
+        "{}",
+        r.text
+    );
+    let r = publish(
+        "plain",
+        journey("plain", "Cart Viewed", "text-only", "banner", 0),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert_eq!(
+        r.body["errors"][0]["field"], "nodes[0].template",
+        "{}",
+        r.text
+    );
+    let r = publish(
+        "cart",
+        journey(
+            "cart",
+            "Cart Viewed",
+            "cart-banner",
+            "web://shop.example/home#banner",
+            1,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = publish(
+        "vip",
+        journey("vip", "Became VIP", "vip-banner", "banner", 5),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+
+    let ask = json!({"userId": "shopper", "placements": [{"placement": "banner", "items": 3}]});
+    let shown = |r: &Reply| -> Vec<String> {
+        r.body["placements"][0]["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| {
+                i["journey"]
+                    .as_str()
+                    .or(i["offer"].as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let asked = || async {
+        let r = decide(
+            api,
+            Auth::WriteAs(CLIENT_KEY, "user_id:shopper"),
+            ask.clone(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        r
+    };
+    api.post(
+        "/v1/identify",
+        json!({"userId": "shopper", "traits": {"name": "<Bo>"}}),
+    )
+    .await;
+    assert_eq!(shown(&asked().await), ["house"]);
+    api.post(
+        "/v1/track",
+        json!({"userId": "shopper", "event": "Cart Viewed"}),
+    )
+    .await;
+    api.post(
+        "/v1/track",
+        json!({"userId": "shopper", "event": "Became VIP"}),
+    )
+    .await;
+    // The higher priority first, then offers fill what is left.
+    let r = asked().await;
+    assert_eq!(shown(&r), ["vip", "cart", "house"], "{}", r.text);
+    let cart = &r.body["placements"][0]["items"][1];
+    assert_eq!(cart["content"], "<p>&lt;Bo&gt;, your cart</p>");
+    assert!(cart["message"].is_string(), "{cart}");
+    // Feedback about it is an ordinary event, kept once per proposition and message.
+    let proposition = r.body["placements"][0]["proposition"].as_str().expect("id");
+    for _ in 0..2 {
+        let r = api
+            .post(
+                "/v1/track",
+                json!({"userId": "shopper", "event": "Offer Displayed", "properties": {
+                    "proposition": proposition, "journey": "cart", "message": cart["message"],
+                    "placement": "banner"}}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    }
+    let events = api
+        .get("/v1/profiles/user_id/shopper/events?limit=50")
+        .await;
+    let displayed = events.body["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["event"] == "Offer Displayed")
+        .count();
+    assert_eq!(displayed, 1, "{}", events.text);
+    // Leaving the journey (the awaited event) takes its content down.
+    api.post(
+        "/v1/track",
+        json!({"userId": "shopper", "event": "Order Completed"}),
+    )
+    .await;
+    assert_eq!(shown(&asked().await), ["vip", "house"]);
+    // Stopping a journey takes its content down.
+    let r = admin(api, "POST", "/v1/journeys/vip/stop", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(shown(&asked().await), ["house"]);
+
+    // A campaign places content too: it needs a surface.
+    let r = admin(
+        api,
+        "PUT",
+        "/v1/campaigns/spring",
+        Some(
+            json!({"key": "spring", "audience": "everyone", "channel": "code_based",
+            "template": "vip-banner"}),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert!(
+        r.body["errors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["field"] == "surface"),
+        "{}",
+        r.text
+    );
+}

@@ -155,6 +155,7 @@ pub async fn the_decisioning_catalogue_is_checked_whole_and_feedback_counted_onc
             &[id("user_id", "nobody"), id("user_id", "u2")],
             &names,
             BodyPart::Properties,
+            crate::wall_clock_ms(),
         )
         .await
         .expect("read")
@@ -181,11 +182,124 @@ pub async fn the_decisioning_catalogue_is_checked_whole_and_feedback_counted_onc
             ("Order Completed".to_owned(), "null".to_owned()),
         ]
     );
-    assert!(inputs.audiences.is_empty());
+    assert!(inputs.audiences.is_empty() && inputs.placed.is_empty());
     assert!(
-        s.decision_inputs(&[id("anonymous_id", "never")], &names, BodyPart::Nothing)
-            .await
-            .expect("read")
-            .is_none()
+        s.decision_inputs(
+            &[id("anonymous_id", "never")],
+            &names,
+            BodyPart::Nothing,
+            crate::wall_clock_ms()
+        )
+        .await
+        .expect("read")
+        .is_none()
     );
+}
+
+/// A journey placing `code_based` content on `hero` for `wait` (its instance's life).
+fn placing(key: &str, wait: &str, expires: Option<&str>) -> Value {
+    let mut place = json!({"id": "place", "type": "message", "channel": "code_based",
+        "template": "banner", "surface": "hero", "next": "stay"});
+    if let Some(e) = expires {
+        place["expires"] = json!(e);
+    }
+    json!({"key": key, "entry": {"event": format!("Go {key}")},
+        "properties": {"priority": 3},
+        "nodes": [place,
+            {"id": "stay", "type": "wait", "duration": wait, "next": "done"},
+            {"id": "done", "type": "end"}],
+        "templates": {"banner": {"document": {"channel": "code_based",
+            "html": "<p>Hi {{profile.traits.name}}</p>"}}}})
+}
+
+pub async fn content_journeys_place_lasts_while_the_instance_does(b: &impl Backend) {
+    let s = b.open(StoreOptions::default()).await;
+    for (key, wait, expires) in [
+        ("stay", "1h", None),
+        ("flash", "1d", Some("10m")),
+        ("halt", "1d", None),
+    ] {
+        s.put_journey_draft(key, &placing(key, wait, expires), 1)
+            .await
+            .expect("put");
+        s.publish_journey(key, 1).await.expect("publish");
+    }
+    let go = |user: &str, key: &str| {
+        json!({"type": "track", "userId": user, "event": format!("Go {key}"),
+            "messageId": format!("{user}-{key}")})
+    };
+    s.ingest(events(json!([
+        {"type": "identify", "userId": "u1", "traits": {"name": "Ann"}},
+        go("u1", "stay"), go("u1", "flash"), go("u1", "halt"),
+    ])))
+    .await
+    .expect("ingest");
+    let now = crate::wall_clock_ms();
+    let placed = |at: Millis, who: Identity| {
+        let s = &s;
+        async move {
+            let mut journeys: Vec<String> = s
+                .decision_inputs(&[who], &[], BodyPart::Nothing, at)
+                .await
+                .expect("read")
+                .map(|i| i.placed.into_iter().map(|p| p.journey).collect())
+                .unwrap_or_default();
+            journeys.sort();
+            journeys
+        }
+    };
+    let inputs = s
+        .decision_inputs(&[id("user_id", "u1")], &[], BodyPart::Nothing, now)
+        .await
+        .expect("read")
+        .expect("found");
+    let stay = inputs
+        .placed
+        .iter()
+        .find(|p| p.journey == "stay")
+        .expect("placed");
+    assert_eq!(
+        (stay.surface.as_str(), stay.priority, stay.expires_at),
+        ("hero", 3, None)
+    );
+    assert_eq!(stay.content.fields["html"], "<p>Hi Ann</p>");
+    assert_eq!(
+        placed(now, id("user_id", "u1")).await,
+        ["flash", "halt", "stay"]
+    );
+    // `expires` takes it down even while the instance waits.
+    assert_eq!(
+        placed(now + 20 * 60_000, id("user_id", "u1")).await,
+        ["halt", "stay"]
+    );
+    // Stopping a journey takes its content down at once.
+    s.change_journey_status("halt", JourneyAction::Stop, now)
+        .await
+        .expect("stop");
+    assert_eq!(placed(now, id("user_id", "u1")).await, ["flash", "stay"]);
+    // The instance ending (its wait over) takes it down.
+    s.fire_due_timers(now + 2 * 3_600_000, 100)
+        .await
+        .expect("fire");
+    assert_eq!(placed(now, id("user_id", "u1")).await, ["flash"]);
+    // Retention removes what expired.
+    s.prune_expired(now + 20 * 60_000).await.expect("prune");
+    assert!(placed(now, id("user_id", "u1")).await.is_empty());
+
+    // A visitor's content follows them when they sign in (their profile merges).
+    s.ingest(events(json!([
+        {"type": "track", "anonymousId": "a1", "event": "Go stay", "messageId": "a1-stay"},
+    ])))
+    .await
+    .expect("ingest");
+    assert_eq!(placed(now, id("anonymous_id", "a1")).await, ["stay"]);
+    s.ingest(events(json!([
+        {"type": "identify", "anonymousId": "a1", "userId": "u2", "messageId": "a1-u2"},
+    ])))
+    .await
+    .expect("ingest");
+    assert_eq!(placed(now, id("user_id", "u2")).await, ["stay"]);
+    // Erasing the person erases it.
+    s.erase(&id("user_id", "u2")).await.expect("erase");
+    assert!(placed(now, id("user_id", "u2")).await.is_empty());
 }

@@ -75,6 +75,7 @@ macro_rules! conformance_suite {
             a_winner_node_sends_the_rest_the_best_path_once,
             a_paused_journey_holds_its_messages_and_a_stopped_one_sends_nothing_more,
             the_decisioning_catalogue_is_checked_whole_and_feedback_counted_once,
+            content_journeys_place_lasts_while_the_instance_does,
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {
