@@ -174,6 +174,30 @@ impl ContentType {
             other => other.name(),
         }
     }
+
+    /// Whether a template holds content of this type (JSON in `data`, the rest in the text
+    /// field of the same name).
+    pub fn in_template(self, doc: &crate::content::ContentDoc) -> bool {
+        match self {
+            ContentType::Json => doc.data.is_some(),
+            other => doc
+                .fields()
+                .iter()
+                .any(|(name, _)| *name == other.template_field()),
+        }
+    }
+
+    /// Content of this type from a rendered template, if it holds some.
+    pub fn of_rendered(self, rendered: &crate::content::Rendered) -> Option<Value> {
+        match self {
+            ContentType::Json => rendered.data.clone(),
+            other => rendered
+                .fields
+                .get(other.template_field())
+                .cloned()
+                .map(Value::String),
+        }
+    }
 }
 
 /// Offers that compete together: those with any (or all) of some tags, or a list.

@@ -671,12 +671,7 @@ impl<'a> PolicyRun<'a> {
             if items.len() == wanted {
                 break;
             }
-            let content = if policy.content == ContentType::Json {
-                p.content.data.clone()
-            } else {
-                p.content.fields.get(field).cloned().map(Value::String)
-            };
-            match content {
+            match policy.content.of_rendered(&p.content) {
                 Some(content) => items.push(Item {
                     offer: None,
                     journey: Some(p.journey.clone()),

@@ -385,7 +385,6 @@ async fn placement_problems(
             ));
             continue;
         };
-        let field = placement.content.template_field();
         // (A template of another channel is refused by validation.)
         let Some(doc) = pinned
             .get(template)
@@ -394,11 +393,8 @@ async fn placement_problems(
         else {
             continue;
         };
-        let has = match field {
-            "data" => doc.data.is_some(),
-            f => doc.fields().iter().any(|(name, _)| *name == f),
-        };
-        if !has {
+        if !placement.content.in_template(doc) {
+            let field = placement.content.template_field();
             problems.push(FieldError::new(
                 "invalid_value",
                 format!("nodes[{i}].template"),
