@@ -1003,8 +1003,13 @@ impl AudienceStore for PostgresStore {
     }
 
     async fn audience_status(&self, key: &str) -> Result<AudienceStatus, StoreError> {
-        let client = self.client().await?;
-        audiences::status(&client, key).await
+        // One snapshot: read apart, a backfill committing between the size and its own row
+        // would show an audience `current` with none of its members.
+        let mut client = self.client().await?;
+        let tx = snapshot(&mut client).await?;
+        let status = audiences::status(&tx, key).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(status)
     }
 
     async fn audience_size_history(

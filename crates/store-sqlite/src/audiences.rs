@@ -100,7 +100,16 @@ pub fn due_runs(conn: &Connection, now: Millis, limit: u32) -> Result<Vec<String
     .map_err(unavailable)
 }
 
+/// Read in one snapshot: apart, a backfill committing between the size and its own row
+/// would show an audience `current` with none of its members.
 pub fn status(conn: &Connection, key: &str) -> Result<AudienceStatus, StoreError> {
+    let snapshot = conn.unchecked_transaction().map_err(unavailable)?;
+    let status = status_in(&snapshot, key)?;
+    snapshot.finish().map_err(unavailable)?;
+    Ok(status)
+}
+
+fn status_in(conn: &Connection, key: &str) -> Result<AudienceStatus, StoreError> {
     let (members, last_change): (i64, Option<i64>) = conn
         .prepare_cached("SELECT members, last_change FROM audience_sizes WHERE audience_key = ?1")
         .and_then(|mut s| {
